@@ -1,0 +1,469 @@
+//! The token authority: the use cases (issue, verify, refresh, revoke, ban) over the codec, the
+//! revocation policy and the store. It knows nothing of gRPC; the gRPC layer translates to it.
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde_json::{Map, Value};
+
+use crate::clock::{Clock, UnixMillis};
+use crate::policy::{RevocationPolicy, TokenTimes};
+use crate::reason::Reason;
+use crate::store::{DenyEntry, DenyKind, RevocationStore, StoreError};
+use crate::token::{Claims, CodecError, RESERVED_CLAIMS, TokenCodec, new_random_id};
+
+/// Longest accepted user id, in bytes.
+pub const MAX_USER_ID_BYTES: usize = 256;
+/// Longest accepted `jti` or session id in a Revoke, in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+/// Largest accepted custom claims, as compact JSON, so that tokens stay well under the size cap.
+pub const MAX_CUSTOM_CLAIMS_BYTES: usize = 4 * 1024;
+/// Shortest token lifetime a caller may ask for.
+pub const MIN_TTL_MS: i64 = 1000;
+
+/// Why a request could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthorityError {
+    /// A request field is missing or out of bounds.
+    #[error("{field}: {message}")]
+    InvalidArgument {
+        /// The request field.
+        field: &'static str,
+        /// A machine-readable reason, e.g. `INVALID_USER_ID`.
+        reason: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The presented token is not acceptable (Refresh).
+    #[error("token rejected: {0}")]
+    Rejected(Reason),
+    /// The presented token cannot even be identified as ours (Revoke by token).
+    #[error("invalid token: {0}")]
+    InvalidToken(Reason),
+    /// The user is banned until the given time (Issue).
+    #[error("the user is banned")]
+    Banned {
+        /// The end of the ban.
+        until_ms: UnixMillis,
+    },
+    /// The store is still starting up.
+    #[error("the store is not ready yet")]
+    NotReady,
+    /// The store did not answer; nothing was acknowledged.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A token could not be signed.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+}
+
+/// What Issue is asked for.
+#[derive(Debug, Clone, Default)]
+pub struct IssueRequest {
+    /// The token's subject.
+    pub user_id: String,
+    /// Custom claims to carry.
+    pub claims: Map<String, Value>,
+    /// Requested lifetime, capped by configuration.
+    pub ttl_ms: Option<i64>,
+}
+
+/// A freshly minted token and its times.
+#[derive(Clone)]
+pub struct IssuedToken {
+    /// The compact JWS.
+    pub token: String,
+    /// Its `jti`.
+    pub jti: String,
+    /// Its `sid`.
+    pub session_id: String,
+    /// Its times.
+    pub times: TokenTimes,
+}
+
+/// What to revoke.
+#[derive(Debug, Clone)]
+pub enum RevokeTarget {
+    /// The session of this token.
+    Token(String),
+    /// One token by id.
+    Jti(String),
+    /// One session by id.
+    Session(String),
+    /// Every token of a user issued up to `until` (default now); a future `until` bans.
+    User {
+        /// The user.
+        user_id: String,
+        /// The new cutoff.
+        until_ms: Option<UnixMillis>,
+    },
+}
+
+/// What a Revoke did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RevokeOutcome {
+    /// Whether a row was written.
+    pub stored: bool,
+    /// For a user: the cutoff in force afterwards.
+    pub revoked_until_ms: Option<UnixMillis>,
+    /// For a user: whether the user is banned afterwards.
+    pub banned: bool,
+    /// For a token: the session that is revoked.
+    pub session_id: Option<String>,
+}
+
+/// A user's revocation state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserStatus {
+    /// The cutoff, if any.
+    pub cutoff_ms: Option<UnixMillis>,
+    /// Whether the cutoff lies in the future.
+    pub banned: bool,
+}
+
+/// Issues, verifies, refreshes and revokes tokens.
+pub struct TokenAuthority {
+    codec: TokenCodec,
+    policy: RevocationPolicy,
+    store: Arc<dyn RevocationStore>,
+    clock: Arc<dyn Clock>,
+    ready: AtomicBool,
+}
+
+impl TokenAuthority {
+    /// An authority that is not ready until [`TokenAuthority::mark_ready`] is called.
+    pub fn new(
+        codec: TokenCodec,
+        policy: RevocationPolicy,
+        store: Arc<dyn RevocationStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            codec,
+            policy,
+            store,
+            clock,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// Declares the store migrated and reachable.
+    pub fn mark_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Whether the store has been migrated and answered.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// The store behind this authority.
+    pub fn store(&self) -> &Arc<dyn RevocationStore> {
+        &self.store
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &RevocationPolicy {
+        &self.policy
+    }
+
+    /// The injected clock's current time.
+    pub fn now_ms(&self) -> UnixMillis {
+        self.clock.now_ms()
+    }
+
+    fn store_ready(&self) -> Result<&dyn RevocationStore, AuthorityError> {
+        if self.is_ready() {
+            Ok(self.store.as_ref())
+        } else {
+            Err(AuthorityError::NotReady)
+        }
+    }
+
+    /// Issues the first token of a new session (SPEC §4 rule 3).
+    pub async fn issue(&self, request: IssueRequest) -> Result<IssuedToken, AuthorityError> {
+        check_user_id(&request.user_id)?;
+        check_custom_claims(&request.claims)?;
+        if let Some(ttl) = request.ttl_ms
+            && ttl < MIN_TTL_MS
+        {
+            return Err(invalid("ttl", "INVALID_TTL", "ttl must be at least 1s"));
+        }
+        let store = self.store_ready()?;
+        let cutoff = store.cutoff(&request.user_id).await?;
+        let now = self.clock.now_ms();
+        let orig_iat_ms = RevocationPolicy::new_session_start(cutoff, now).map_err(|_| {
+            AuthorityError::Banned {
+                until_ms: cutoff.unwrap_or(now),
+            }
+        })?;
+        let times = self
+            .policy
+            .token_times(orig_iat_ms, now, request.ttl_ms)
+            .map_err(|_| invalid("ttl", "INVALID_TTL", "the token would expire at once"))?;
+        self.mint(request.user_id, new_random_id(), request.claims, times)
+    }
+
+    /// Checks a token completely. The outer error means "cannot answer safely"; the inner one
+    /// is the verdict on the token.
+    pub async fn verify(&self, token: &str) -> Result<Result<Claims, Reason>, AuthorityError> {
+        let now = self.clock.now_ms();
+        let claims = match self
+            .codec
+            .decode(token)
+            .and_then(|c| self.policy.check_lifetime(&c, now).map(|()| c))
+        {
+            Ok(claims) => claims,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        let store = self.store_ready()?;
+        let cutoff = store.cutoff(&claims.user_id).await?;
+        if let Err(reason) = RevocationPolicy::check_cutoff(cutoff, claims.orig_iat_ms, now) {
+            return Ok(Err(reason));
+        }
+        let deny = store.denied(&claims.jti, &claims.session_id).await?;
+        Ok(RevocationPolicy::check_denylist(deny).map(|()| claims))
+    }
+
+    /// Exchanges a valid token for a new one of the same session (SPEC §4 rule 4).
+    pub async fn refresh(&self, token: &str) -> Result<IssuedToken, AuthorityError> {
+        let claims = self
+            .verify(token)
+            .await?
+            .map_err(AuthorityError::Rejected)?;
+        let now = self.clock.now_ms();
+        self.policy
+            .check_refresh(&claims, now)
+            .map_err(AuthorityError::Rejected)?;
+        let times = self
+            .policy
+            .token_times(claims.orig_iat_ms, now, None)
+            .map_err(AuthorityError::Rejected)?;
+        self.mint(claims.user_id, claims.session_id, claims.extra, times)
+    }
+
+    fn mint(
+        &self,
+        user_id: String,
+        session_id: String,
+        extra: Map<String, Value>,
+        times: TokenTimes,
+    ) -> Result<IssuedToken, AuthorityError> {
+        let claims = Claims {
+            user_id,
+            jti: new_random_id(),
+            session_id,
+            issued_at: times.issued_at,
+            expires_at: times.expires_at,
+            not_before: None,
+            orig_iat_ms: times.orig_iat_ms,
+            extra,
+        };
+        let token = self.codec.encode(&claims)?;
+        Ok(IssuedToken {
+            token,
+            jti: claims.jti,
+            session_id: claims.session_id,
+            times,
+        })
+    }
+
+    /// Revokes a token's session, a token, a session or a user (SPEC §4 rules 2 and 5).
+    /// Returns only after the store has committed whatever it stored.
+    pub async fn revoke(&self, target: RevokeTarget) -> Result<RevokeOutcome, AuthorityError> {
+        match target {
+            RevokeTarget::Token(token) => self.revoke_token_session(&token).await,
+            RevokeTarget::Jti(jti) => self.revoke_by_id(DenyKind::Token, "jti", jti).await,
+            RevokeTarget::Session(sid) => {
+                self.revoke_by_id(DenyKind::Session, "session_id", sid)
+                    .await
+            }
+            RevokeTarget::User { user_id, until_ms } => {
+                check_user_id(&user_id)?;
+                let store = self.store_ready()?;
+                let now = self.clock.now_ms();
+                let wanted = RevocationPolicy::revoke_all_cutoff(until_ms, now);
+                let update = store.raise_cutoff(&user_id, wanted).await?;
+                Ok(RevokeOutcome {
+                    stored: update.changed,
+                    revoked_until_ms: Some(update.cutoff_ms),
+                    banned: RevocationPolicy::is_banned(Some(update.cutoff_ms), now),
+                    session_id: None,
+                })
+            }
+        }
+    }
+
+    async fn revoke_token_session(&self, token: &str) -> Result<RevokeOutcome, AuthorityError> {
+        let claims = self
+            .codec
+            .decode(token)
+            .map_err(AuthorityError::InvalidToken)?;
+        let now = self.clock.now_ms();
+        let nothing = RevokeOutcome {
+            session_id: Some(claims.session_id.clone()),
+            ..RevokeOutcome::default()
+        };
+        // An expired token is dead already; one not valid yet will become valid, so it is
+        // revoked like any other.
+        if self.policy.check_lifetime(&claims, now) == Err(Reason::Expired) {
+            return Ok(nothing);
+        }
+        let store = self.store_ready()?;
+        let cutoff = store.cutoff(&claims.user_id).await?;
+        if RevocationPolicy::check_cutoff(cutoff, claims.orig_iat_ms, now).is_err() {
+            return Ok(nothing);
+        }
+        let entry = DenyEntry {
+            kind: DenyKind::Session,
+            moot_after_ms: self.policy.session_row_moot_at(claims.orig_iat_ms),
+            id: claims.session_id,
+            user_id: Some(claims.user_id),
+        };
+        let stored = store.deny(&entry).await?;
+        Ok(RevokeOutcome {
+            stored,
+            session_id: Some(entry.id),
+            ..RevokeOutcome::default()
+        })
+    }
+
+    async fn revoke_by_id(
+        &self,
+        kind: DenyKind,
+        field: &'static str,
+        id: String,
+    ) -> Result<RevokeOutcome, AuthorityError> {
+        if id.is_empty() || id.len() > MAX_ID_BYTES {
+            return Err(invalid(
+                field,
+                "INVALID_ID",
+                format!("must be 1 to {MAX_ID_BYTES} bytes"),
+            ));
+        }
+        let store = self.store_ready()?;
+        // Known only by its id, the target may still be alive for as long as any token can be.
+        let entry = DenyEntry {
+            kind,
+            moot_after_ms: self.policy.unknown_row_moot_at(self.clock.now_ms()),
+            id,
+            user_id: None,
+        };
+        let stored = store.deny(&entry).await?;
+        Ok(RevokeOutcome {
+            stored,
+            session_id: (kind == DenyKind::Session).then_some(entry.id),
+            ..RevokeOutcome::default()
+        })
+    }
+
+    /// Ends a running ban now (rule 2); tokens from before stay revoked. False if no ban ran.
+    pub async fn lift_ban(&self, user_id: &str) -> Result<bool, AuthorityError> {
+        check_user_id(user_id)?;
+        let store = self.store_ready()?;
+        Ok(store.lift_ban(user_id, self.clock.now_ms()).await?)
+    }
+
+    /// The user's cutoff and whether a ban is running.
+    pub async fn user_status(&self, user_id: &str) -> Result<UserStatus, AuthorityError> {
+        check_user_id(user_id)?;
+        let store = self.store_ready()?;
+        let cutoff_ms = store.cutoff(user_id).await?;
+        Ok(UserStatus {
+            cutoff_ms,
+            banned: RevocationPolicy::is_banned(cutoff_ms, self.clock.now_ms()),
+        })
+    }
+
+    /// The public keys as an RFC 7517 key set.
+    pub fn jwks_json(&self) -> String {
+        self.codec.keys().jwks_json()
+    }
+}
+
+fn invalid(
+    field: &'static str,
+    reason: &'static str,
+    message: impl Into<String>,
+) -> AuthorityError {
+    AuthorityError::InvalidArgument {
+        field,
+        reason,
+        message: message.into(),
+    }
+}
+
+fn check_user_id(user_id: &str) -> Result<(), AuthorityError> {
+    if user_id.trim().is_empty() {
+        return Err(invalid("user_id", "INVALID_USER_ID", "must not be empty"));
+    }
+    if user_id.len() > MAX_USER_ID_BYTES {
+        return Err(invalid(
+            "user_id",
+            "INVALID_USER_ID",
+            format!("must be at most {MAX_USER_ID_BYTES} bytes"),
+        ));
+    }
+    if user_id.chars().any(char::is_control) {
+        return Err(invalid(
+            "user_id",
+            "INVALID_USER_ID",
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn check_custom_claims(claims: &Map<String, Value>) -> Result<(), AuthorityError> {
+    if let Some(name) = claims
+        .keys()
+        .find(|k| RESERVED_CLAIMS.contains(&k.as_str()))
+    {
+        return Err(invalid(
+            "claims",
+            "RESERVED_CLAIM",
+            format!("{name:?} is a reserved claim and is set by the sidecar"),
+        ));
+    }
+    let size = serde_json::to_vec(claims).map_or(usize::MAX, |v| v.len());
+    if size > MAX_CUSTOM_CLAIMS_BYTES {
+        return Err(invalid(
+            "claims",
+            "CLAIMS_TOO_LARGE",
+            format!(
+                "custom claims take {size} bytes; at most {MAX_CUSTOM_CLAIMS_BYTES} are allowed"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_ids_are_bounded_and_printable() {
+        assert!(check_user_id("alice").is_ok());
+        assert!(check_user_id(&"a".repeat(MAX_USER_ID_BYTES)).is_ok());
+        for bad in ["", "   ", "a\nb", &"a".repeat(MAX_USER_ID_BYTES + 1)] {
+            assert!(check_user_id(bad).is_err(), "{bad:.20}");
+        }
+    }
+
+    #[test]
+    fn custom_claims_may_not_override_reserved_ones_or_be_huge() {
+        let mut claims = Map::new();
+        claims.insert("role".into(), Value::from("admin"));
+        assert!(check_custom_claims(&claims).is_ok());
+        for reserved in RESERVED_CLAIMS {
+            let mut c = claims.clone();
+            c.insert((*reserved).into(), Value::from(1));
+            assert!(check_custom_claims(&c).is_err(), "{reserved}");
+        }
+        claims.insert(
+            "blob".into(),
+            Value::from("x".repeat(MAX_CUSTOM_CLAIMS_BYTES)),
+        );
+        assert!(check_custom_claims(&claims).is_err());
+    }
+}

@@ -1,0 +1,225 @@
+//! Configuration: command-line flags, each also readable from an environment variable.
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::token::KeySpec;
+
+/// The embedded database used when no `--database-url` is given.
+pub const DEFAULT_SQLITE_FILE: &str = "token-sidecar.db";
+
+/// token-sidecar: issues, verifies, refreshes and revokes JWTs over gRPC.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "token-sidecar", version, about, max_term_width = 100)]
+pub struct Config {
+    /// Address of the gRPC API (TokenService, health, reflection).
+    #[arg(long, env = "TOKEN_SIDECAR_LISTEN", default_value = "127.0.0.1:50051", value_parser = parse_listen)]
+    pub listen: SocketAddr,
+
+    /// Address of the Prometheus metrics endpoint.
+    #[arg(long, env = "TOKEN_SIDECAR_METRICS_LISTEN", default_value = "127.0.0.1:9464", value_parser = parse_listen)]
+    pub metrics_listen: SocketAddr,
+
+    /// Extra address serving only grpc.health.v1 (for kubelet probes on the Pod IP). Off if unset.
+    #[arg(long, env = "TOKEN_SIDECAR_HEALTH_LISTEN", value_parser = parse_listen)]
+    pub health_listen: Option<SocketAddr>,
+
+    /// PostgreSQL URL (postgres://...) or sqlite:PATH. Default: an embedded SQLite file,
+    /// ./token-sidecar.db (single instance only).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// A key as KID=ALG:PATH (repeatable). HS* keys: PATH holds the secret's bytes (at least 32).
+    /// Without any key, SQLite mode generates one beside the database; PostgreSQL mode refuses
+    /// to start.
+    #[arg(long = "key", env = "TOKEN_SIDECAR_KEYS", value_delimiter = ',', value_parser = parse_key)]
+    pub keys: Vec<KeySpec>,
+
+    /// The key id that signs new tokens. Default: the first key.
+    #[arg(long, env = "TOKEN_SIDECAR_SIGNING_KID")]
+    pub signing_kid: Option<String>,
+
+    /// The `iss` written into and required of every token.
+    #[arg(long, env = "TOKEN_SIDECAR_ISSUER", default_value = "token-sidecar")]
+    pub issuer: String,
+
+    /// The `aud` written into and required of every token. None if unset.
+    #[arg(long, env = "TOKEN_SIDECAR_AUDIENCE")]
+    pub audience: Option<String>,
+
+    /// Default and maximum token lifetime (e.g. 30s, 5m, 1h).
+    #[arg(long, env = "TOKEN_SIDECAR_TOKEN_TTL", default_value = "5m", value_parser = parse_positive_duration)]
+    pub token_ttl: Duration,
+
+    /// How long after a session's first token it may still be refreshed.
+    #[arg(long, env = "TOKEN_SIDECAR_REFRESH_WINDOW", default_value = "7d", value_parser = parse_positive_duration)]
+    pub refresh_window: Duration,
+
+    /// Clock-skew tolerance applied to `exp` and `nbf` only.
+    #[arg(long, env = "TOKEN_SIDECAR_LEEWAY", default_value = "0s", value_parser = parse_duration)]
+    pub leeway: Duration,
+
+    /// How often expired denylist rows and stale cutoffs are purged.
+    #[arg(long, env = "TOKEN_SIDECAR_PURGE_INTERVAL", default_value = "10m", value_parser = parse_positive_duration)]
+    pub purge_interval: Duration,
+
+    /// How often the store is pinged to keep the health status true.
+    #[arg(long, env = "TOKEN_SIDECAR_HEALTH_INTERVAL", default_value = "5s", value_parser = parse_positive_duration)]
+    pub health_interval: Duration,
+
+    /// Log format.
+    #[arg(long, env = "TOKEN_SIDECAR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Config {
+    /// The database URL in force: the configured one, or the embedded SQLite default.
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite:{DEFAULT_SQLITE_FILE}"))
+    }
+
+    /// Whether the store is the embedded SQLite file.
+    pub fn is_sqlite(&self) -> bool {
+        self.database_url().starts_with("sqlite:")
+    }
+
+    /// Where the generated development key lives: beside the SQLite database file.
+    pub fn dev_key_path(&self) -> Option<PathBuf> {
+        let url = self.database_url();
+        let path = url.strip_prefix("sqlite:")?;
+        let path = path.trim_start_matches("//");
+        let path = path.split('?').next().unwrap_or(path);
+        if path.is_empty() || path == ":memory:" {
+            return None;
+        }
+        let db = PathBuf::from(path);
+        let name = db.file_name()?.to_string_lossy().into_owned();
+        Some(db.with_file_name(format!("{name}.dev-key")))
+    }
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.to_socket_addrs()
+        .map_err(|e| format!("{s:?} is not HOST:PORT: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))
+}
+
+fn parse_key(s: &str) -> Result<KeySpec, String> {
+    s.parse().map_err(|e: crate::token::KeyError| e.to_string())
+}
+
+/// Parses durations like `250ms`, `30s`, `5m`, `1h`, `7d`, or sums like `1h30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a duration (examples: 30s, 5m, 1h, 7d, 1h30m, 250ms)");
+    let s = s.trim();
+    if s.is_empty() {
+        return Err(bad());
+    }
+    let mut total_ms: u64 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(bad());
+        }
+        let value: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit_ms: u64 = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        total_ms = value
+            .checked_mul(unit_ms)
+            .and_then(|ms| total_ms.checked_add(ms))
+            .filter(|ms| *ms <= i64::MAX as u64 / 4)
+            .ok_or_else(bad)?;
+    }
+    Ok(Duration::from_millis(total_ms))
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("{s:?} is too short: at least 1s"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5_400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        for bad in ["", "5", "m", "5x", "-5s", "1.5h", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert!(parse_positive_duration("0s").is_err());
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = Config::parse_from(["token-sidecar"]);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.metrics_listen.to_string(), "127.0.0.1:9464");
+        assert_eq!(c.health_listen, None);
+        assert_eq!(c.issuer, "token-sidecar");
+        assert_eq!(c.audience, None);
+        assert_eq!(c.token_ttl, Duration::from_secs(300));
+        assert_eq!(c.refresh_window, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.leeway, Duration::ZERO);
+        assert!(c.is_sqlite());
+        assert_eq!(
+            c.dev_key_path(),
+            Some(PathBuf::from("token-sidecar.db.dev-key"))
+        );
+    }
+
+    #[test]
+    fn keys_repeat_and_the_dev_key_sits_beside_the_database() {
+        let c = Config::parse_from([
+            "token-sidecar",
+            "--key",
+            "a=HS256:/k/a",
+            "--key",
+            "b=HS512:/k/b",
+            "--database-url",
+            "sqlite:///var/lib/ts/state.db?mode=rwc",
+        ]);
+        assert_eq!(c.keys.len(), 2);
+        assert_eq!(
+            c.dev_key_path(),
+            Some(PathBuf::from("/var/lib/ts/state.db.dev-key"))
+        );
+    }
+}

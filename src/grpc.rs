@@ -1,0 +1,442 @@
+//! The gRPC layer: proto <-> domain translation and the one mapping of errors to `Status`.
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use prost_types::value::Kind;
+use serde_json::{Map, Number, Value};
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::authority::{AuthorityError, IssueRequest, IssuedToken, RevokeTarget, TokenAuthority};
+use crate::clock::UnixMillis;
+use crate::reason::Reason;
+use crate::token::Claims;
+
+/// The generated protobuf and gRPC code for `tokensidecar.v1`.
+pub mod pb {
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("tokensidecar.v1");
+
+    /// The encoded descriptor set of our proto and its imports, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/token_sidecar_descriptor.bin"));
+}
+
+use pb::token_service_server::TokenService;
+
+/// The `domain` of every `google.rpc.ErrorInfo` we send.
+pub const ERROR_DOMAIN: &str = "token-sidecar";
+
+/// `tokensidecar.v1.TokenService`, delegating to a [`TokenAuthority`].
+#[derive(Clone)]
+pub struct TokenGrpc {
+    authority: Arc<TokenAuthority>,
+}
+
+impl TokenGrpc {
+    /// Serves `authority` over gRPC.
+    pub fn new(authority: Arc<TokenAuthority>) -> Self {
+        Self { authority }
+    }
+}
+
+#[tonic::async_trait]
+impl TokenService for TokenGrpc {
+    async fn issue(
+        &self,
+        request: Request<pb::IssueRequest>,
+    ) -> Result<Response<pb::IssueResponse>, Status> {
+        let req = request.into_inner();
+        let ttl_ms = req.ttl.map(|d| duration_ms(&d, "ttl")).transpose()?;
+        let issued = self
+            .authority
+            .issue(IssueRequest {
+                user_id: req.user_id,
+                claims: req.claims.map(struct_to_json).unwrap_or_default(),
+                ttl_ms,
+            })
+            .await
+            .map_err(to_status)?;
+        let g = grant(issued);
+        Ok(Response::new(pb::IssueResponse {
+            token: g.token,
+            jti: g.jti,
+            issued_at: g.issued_at,
+            expires_at: g.expires_at,
+            refresh_expires_at: g.refresh_expires_at,
+            session_id: g.session_id,
+        }))
+    }
+
+    async fn verify(
+        &self,
+        request: Request<pb::VerifyRequest>,
+    ) -> Result<Response<pb::VerifyResponse>, Status> {
+        let token = request.into_inner().token;
+        let verdict = self.authority.verify(&token).await.map_err(to_status)?;
+        let response = match verdict {
+            Ok(claims) => pb::VerifyResponse {
+                valid: true,
+                reason: pb::Reason::Unspecified as i32,
+                claims: Some(token_claims(claims)),
+            },
+            Err(reason) => pb::VerifyResponse {
+                valid: false,
+                reason: proto_reason(reason) as i32,
+                claims: None,
+            },
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn refresh(
+        &self,
+        request: Request<pb::RefreshRequest>,
+    ) -> Result<Response<pb::RefreshResponse>, Status> {
+        let token = request.into_inner().token;
+        let issued = self.authority.refresh(&token).await.map_err(to_status)?;
+        let g = grant(issued);
+        Ok(Response::new(pb::RefreshResponse {
+            token: g.token,
+            jti: g.jti,
+            issued_at: g.issued_at,
+            expires_at: g.expires_at,
+            refresh_expires_at: g.refresh_expires_at,
+            session_id: g.session_id,
+        }))
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<pb::RevokeRequest>,
+    ) -> Result<Response<pb::RevokeResponse>, Status> {
+        use pb::revoke_request::Target;
+        let target = match request.into_inner().target {
+            Some(Target::Token(token)) => RevokeTarget::Token(token),
+            Some(Target::Jti(jti)) => RevokeTarget::Jti(jti),
+            Some(Target::SessionId(sid)) => RevokeTarget::Session(sid),
+            Some(Target::User(user)) => RevokeTarget::User {
+                user_id: user.user_id,
+                until_ms: user
+                    .until
+                    .map(|t| timestamp_ms(&t, "user.until"))
+                    .transpose()?,
+            },
+            None => {
+                return Err(invalid_argument(
+                    "target",
+                    "MISSING_TARGET",
+                    "set one of token, jti, session_id or user",
+                ));
+            }
+        };
+        let outcome = self.authority.revoke(target).await.map_err(to_status)?;
+        Ok(Response::new(pb::RevokeResponse {
+            stored: outcome.stored,
+            revoked_until: outcome.revoked_until_ms.map(timestamp),
+            banned: outcome.banned,
+            session_id: outcome.session_id.unwrap_or_default(),
+        }))
+    }
+
+    async fn lift_ban(
+        &self,
+        request: Request<pb::LiftBanRequest>,
+    ) -> Result<Response<pb::LiftBanResponse>, Status> {
+        let user_id = request.into_inner().user_id;
+        let lifted = self.authority.lift_ban(&user_id).await.map_err(to_status)?;
+        Ok(Response::new(pb::LiftBanResponse { lifted }))
+    }
+
+    async fn get_user_status(
+        &self,
+        request: Request<pb::GetUserStatusRequest>,
+    ) -> Result<Response<pb::GetUserStatusResponse>, Status> {
+        let user_id = request.into_inner().user_id;
+        let status = self
+            .authority
+            .user_status(&user_id)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::GetUserStatusResponse {
+            cutoff: status.cutoff_ms.map(timestamp),
+            banned: status.banned,
+            banned_until: status.cutoff_ms.filter(|_| status.banned).map(timestamp),
+        }))
+    }
+
+    async fn get_jwks(
+        &self,
+        _request: Request<pb::GetJwksRequest>,
+    ) -> Result<Response<pb::GetJwksResponse>, Status> {
+        Ok(Response::new(pb::GetJwksResponse {
+            jwks_json: self.authority.jwks_json(),
+        }))
+    }
+}
+
+/// The fields Issue and Refresh both answer with.
+struct Grant {
+    token: String,
+    jti: String,
+    session_id: String,
+    issued_at: Option<prost_types::Timestamp>,
+    expires_at: Option<prost_types::Timestamp>,
+    refresh_expires_at: Option<prost_types::Timestamp>,
+}
+
+fn grant(issued: IssuedToken) -> Grant {
+    Grant {
+        token: issued.token,
+        jti: issued.jti,
+        session_id: issued.session_id,
+        issued_at: Some(timestamp(issued.times.issued_at * 1000)),
+        expires_at: Some(timestamp(issued.times.expires_at * 1000)),
+        refresh_expires_at: Some(timestamp(issued.times.refresh_expires_ms)),
+    }
+}
+
+fn token_claims(claims: Claims) -> pb::TokenClaims {
+    pb::TokenClaims {
+        user_id: claims.user_id,
+        jti: claims.jti,
+        session_id: claims.session_id,
+        issued_at: Some(timestamp(claims.issued_at * 1000)),
+        original_issued_at: Some(timestamp(claims.orig_iat_ms)),
+        expires_at: Some(timestamp(claims.expires_at * 1000)),
+        extra: Some(json_to_struct(claims.extra)),
+    }
+}
+
+/// The proto twin of a domain reason.
+pub fn proto_reason(reason: Reason) -> pb::Reason {
+    match reason {
+        Reason::Malformed => pb::Reason::Malformed,
+        Reason::BadSignature => pb::Reason::BadSignature,
+        Reason::Expired => pb::Reason::Expired,
+        Reason::NotYetValid => pb::Reason::NotYetValid,
+        Reason::WrongIssuer => pb::Reason::WrongIssuer,
+        Reason::WrongAudience => pb::Reason::WrongAudience,
+        Reason::MissingClaim => pb::Reason::MissingClaim,
+        Reason::UserRevoked => pb::Reason::UserRevoked,
+        Reason::UserBanned => pb::Reason::UserBanned,
+        Reason::TokenRevoked => pb::Reason::TokenRevoked,
+        Reason::RefreshExpired => pb::Reason::RefreshExpired,
+    }
+}
+
+/// The one mapping from domain errors to gRPC statuses, with an AIP-193 `ErrorInfo`.
+pub fn to_status(err: AuthorityError) -> Status {
+    match err {
+        AuthorityError::InvalidArgument {
+            field,
+            reason,
+            message,
+        } => invalid_argument(field, reason, &message),
+        AuthorityError::Rejected(reason) => token_status(Code::Unauthenticated, reason),
+        AuthorityError::InvalidToken(reason) => token_status(Code::InvalidArgument, reason),
+        AuthorityError::Banned { until_ms } => {
+            let until = chrono::DateTime::from_timestamp_millis(until_ms)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                .unwrap_or_default();
+            let mut metadata = reason_metadata(Reason::UserBanned);
+            metadata.insert("banned_until".into(), until.clone());
+            Status::with_error_details(
+                Code::PermissionDenied,
+                format!("the user is banned until {until} (REASON_USER_BANNED)"),
+                ErrorDetails::with_error_info(Reason::UserBanned.code(), ERROR_DOMAIN, metadata),
+            )
+        }
+        AuthorityError::NotReady => unavailable("the store is not ready yet; retry shortly"),
+        AuthorityError::Store(e) => {
+            tracing::warn!(error = %e, "store error");
+            unavailable("the store did not answer; nothing was changed or acknowledged")
+        }
+        AuthorityError::Codec(e) => {
+            tracing::error!(error = %e, "could not sign a token");
+            Status::with_error_details(
+                Code::Internal,
+                "could not sign the token",
+                ErrorDetails::with_error_info("SIGNING_FAILED", ERROR_DOMAIN, HashMap::new()),
+            )
+        }
+    }
+}
+
+fn reason_metadata(reason: Reason) -> HashMap<String, String> {
+    HashMap::from([(
+        "reason".to_owned(),
+        proto_reason(reason).as_str_name().to_owned(),
+    )])
+}
+
+fn token_status(code: Code, reason: Reason) -> Status {
+    let name = proto_reason(reason).as_str_name();
+    Status::with_error_details(
+        code,
+        format!("{reason} ({name})"),
+        ErrorDetails::with_error_info(reason.code(), ERROR_DOMAIN, reason_metadata(reason)),
+    )
+}
+
+fn invalid_argument(field: &str, reason: &str, message: &str) -> Status {
+    let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new());
+    details.add_bad_request_violation(field, message);
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("{field}: {message}"),
+        details,
+    )
+}
+
+fn unavailable(message: &str) -> Status {
+    Status::with_error_details(
+        Code::Unavailable,
+        message,
+        ErrorDetails::with_error_info("STORE_UNAVAILABLE", ERROR_DOMAIN, HashMap::new()),
+    )
+}
+
+/// A protobuf Timestamp for a time in milliseconds.
+pub fn timestamp(ms: UnixMillis) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+fn timestamp_ms(t: &prost_types::Timestamp, field: &str) -> Result<UnixMillis, Status> {
+    if !(0..1_000_000_000).contains(&t.nanos) {
+        return Err(invalid_argument(
+            field,
+            "INVALID_TIMESTAMP",
+            "nanos out of range",
+        ));
+    }
+    t.seconds
+        .checked_mul(1000)
+        .and_then(|ms| ms.checked_add(i64::from(t.nanos / 1_000_000)))
+        .filter(|ms| (0..=253_402_300_799_999).contains(ms))
+        .ok_or_else(|| {
+            invalid_argument(field, "INVALID_TIMESTAMP", "must lie between 1970 and 9999")
+        })
+}
+
+fn duration_ms(d: &prost_types::Duration, field: &str) -> Result<i64, Status> {
+    if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
+        return Err(invalid_argument(field, "INVALID_TTL", "must be positive"));
+    }
+    d.seconds
+        .checked_mul(1000)
+        .and_then(|ms| ms.checked_add(i64::from(d.nanos / 1_000_000)))
+        .ok_or_else(|| invalid_argument(field, "INVALID_TTL", "is too large"))
+}
+
+/// Converts a protobuf Struct to JSON; whole numbers become JSON integers.
+pub fn struct_to_json(s: prost_types::Struct) -> Map<String, Value> {
+    s.fields
+        .into_iter()
+        .map(|(k, v)| (k, value_to_json(v)))
+        .collect()
+}
+
+fn value_to_json(v: prost_types::Value) -> Value {
+    match v.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::BoolValue(b)) => Value::Bool(b),
+        Some(Kind::StringValue(s)) => Value::String(s),
+        Some(Kind::NumberValue(n)) => {
+            // 2^53: the largest range where every integer is exact in an f64.
+            if n.fract() == 0.0 && n.abs() <= 9_007_199_254_740_992.0 {
+                Value::Number(Number::from(n as i64))
+            } else {
+                Number::from_f64(n).map_or(Value::Null, Value::Number)
+            }
+        }
+        Some(Kind::StructValue(s)) => Value::Object(struct_to_json(s)),
+        Some(Kind::ListValue(l)) => Value::Array(l.values.into_iter().map(value_to_json).collect()),
+    }
+}
+
+/// Converts JSON to a protobuf Struct.
+pub fn json_to_struct(map: Map<String, Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: map
+            .into_iter()
+            .map(|(k, v)| (k, json_to_value(v)))
+            .collect(),
+    }
+}
+
+fn json_to_value(v: Value) -> prost_types::Value {
+    let kind = match v {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(b),
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        Value::String(s) => Kind::StringValue(s),
+        Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.into_iter().map(json_to_value).collect(),
+        }),
+        Value::Object(o) => Kind::StructValue(json_to_struct(o)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_domain_reason_has_a_distinct_proto_reason() {
+        let mut seen = std::collections::HashSet::new();
+        for reason in Reason::ALL {
+            let p = proto_reason(reason);
+            assert_ne!(p, pb::Reason::Unspecified);
+            assert!(seen.insert(p));
+            assert_eq!(p.as_str_name(), format!("REASON_{}", reason.code()));
+        }
+    }
+
+    #[test]
+    fn structs_round_trip_through_json_keeping_integers() {
+        let original = json!({"n": 42, "f": 1.5, "s": "x", "b": true, "z": null,
+                              "l": [1, "a"], "o": {"k": -7}});
+        let Value::Object(map) = original.clone() else {
+            panic!("object literal")
+        };
+        let back = struct_to_json(json_to_struct(map));
+        assert_eq!(Value::Object(back), original);
+    }
+
+    #[test]
+    fn timestamps_keep_milliseconds_and_reject_nonsense() {
+        let t = timestamp(1_764_405_892_123);
+        assert_eq!((t.seconds, t.nanos), (1_764_405_892, 123_000_000));
+        assert_eq!(timestamp_ms(&t, "t").ok(), Some(1_764_405_892_123));
+        let bad = prost_types::Timestamp {
+            seconds: 1,
+            nanos: -1,
+        };
+        assert!(timestamp_ms(&bad, "t").is_err());
+        let huge = prost_types::Timestamp {
+            seconds: i64::MAX,
+            nanos: 0,
+        };
+        assert!(timestamp_ms(&huge, "t").is_err());
+    }
+
+    #[test]
+    fn statuses_carry_error_info_with_the_reason() {
+        let status = to_status(AuthorityError::Rejected(Reason::TokenRevoked));
+        assert_eq!(status.code(), Code::Unauthenticated);
+        let details = status.get_error_details();
+        let info = details.error_info().expect("error info");
+        assert_eq!(info.reason, "TOKEN_REVOKED");
+        assert_eq!(info.domain, ERROR_DOMAIN);
+        assert_eq!(info.metadata["reason"], "REASON_TOKEN_REVOKED");
+        let banned = to_status(AuthorityError::Banned { until_ms: 0 });
+        assert_eq!(banned.code(), Code::PermissionDenied);
+        assert!(banned.message().contains("USER_BANNED"));
+    }
+}

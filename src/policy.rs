@@ -1,0 +1,326 @@
+//! The revocation policy: SPEC §4 as pure rules over claims, the user's cutoff and the clock.
+//!
+//! Nothing here knows about gRPC, SQL or caches; every rule is unit-tested below.
+use crate::clock::UnixMillis;
+use crate::reason::Reason;
+use crate::token::Claims;
+
+/// Whether a token's `jti` or session is on the denylist.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DenyStatus {
+    /// The token itself was revoked.
+    pub jti: bool,
+    /// The token's session was revoked.
+    pub session: bool,
+}
+
+/// When a freshly minted token starts and ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenTimes {
+    /// `orig_iat`, in milliseconds.
+    pub orig_iat_ms: UnixMillis,
+    /// `iat`, in seconds.
+    pub issued_at: i64,
+    /// `exp`, in seconds.
+    pub expires_at: i64,
+    /// The end of the session's refresh window, in milliseconds.
+    pub refresh_expires_ms: UnixMillis,
+}
+
+/// The time limits every rule is evaluated with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RevocationPolicy {
+    /// Default and maximum token lifetime.
+    pub token_ttl_ms: i64,
+    /// How long after `orig_iat` a session may still be refreshed.
+    pub refresh_window_ms: i64,
+    /// Tolerance for clock skew, on `exp` and `nbf` only.
+    pub leeway_ms: i64,
+}
+
+impl RevocationPolicy {
+    /// Rule 6: `exp` and `nbf`, with leeway.
+    pub fn check_lifetime(&self, claims: &Claims, now: UnixMillis) -> Result<(), Reason> {
+        if now >= claims.expires_at * 1000 + self.leeway_ms {
+            return Err(Reason::Expired);
+        }
+        if let Some(nbf) = claims.not_before
+            && now + self.leeway_ms < nbf * 1000
+        {
+            return Err(Reason::NotYetValid);
+        }
+        Ok(())
+    }
+
+    /// Rule 1: banned while the cutoff lies ahead, else revoked if issued at or before it.
+    pub fn check_cutoff(
+        cutoff: Option<UnixMillis>,
+        orig_iat_ms: UnixMillis,
+        now: UnixMillis,
+    ) -> Result<(), Reason> {
+        match cutoff {
+            Some(c) if c > now => Err(Reason::UserBanned),
+            Some(c) if orig_iat_ms <= c => Err(Reason::UserRevoked),
+            _ => Ok(()),
+        }
+    }
+
+    /// Rule 5: a revoked token or session is refused.
+    pub fn check_denylist(deny: DenyStatus) -> Result<(), Reason> {
+        if deny.jti || deny.session {
+            Err(Reason::TokenRevoked)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether the user is banned at `now`.
+    pub fn is_banned(cutoff: Option<UnixMillis>, now: UnixMillis) -> bool {
+        cutoff.is_some_and(|c| c > now)
+    }
+
+    /// Rule 3: the `orig_iat` of a new session: refused while banned, never at or before the
+    /// cutoff (a login right after "logout everywhere" works even within the same millisecond).
+    pub fn new_session_start(
+        cutoff: Option<UnixMillis>,
+        now: UnixMillis,
+    ) -> Result<UnixMillis, Reason> {
+        if Self::is_banned(cutoff, now) {
+            return Err(Reason::UserBanned);
+        }
+        Ok(cutoff.map_or(now, |c| now.max(c + 1)))
+    }
+
+    /// The times of a token minted at `now` for a session that started at `orig_iat_ms`:
+    /// `exp = min(now + ttl, orig_iat + refresh_window)`, so no token outlives its session.
+    /// `ttl_ms` is the caller's wish, capped by the configured TTL.
+    pub fn token_times(
+        &self,
+        orig_iat_ms: UnixMillis,
+        now: UnixMillis,
+        ttl_ms: Option<i64>,
+    ) -> Result<TokenTimes, Reason> {
+        let ttl = ttl_ms.map_or(self.token_ttl_ms, |t| t.min(self.token_ttl_ms));
+        let refresh_expires_ms = orig_iat_ms + self.refresh_window_ms;
+        // exp is a whole second; rounding down keeps it inside both limits.
+        let expires_at = (now + ttl).min(refresh_expires_ms).div_euclid(1000);
+        let issued_at = now.div_euclid(1000);
+        if expires_at <= issued_at {
+            return Err(Reason::RefreshExpired);
+        }
+        Ok(TokenTimes {
+            orig_iat_ms,
+            issued_at,
+            expires_at,
+            refresh_expires_ms,
+        })
+    }
+
+    /// Rule 4: a session can be refreshed until `orig_iat + refresh_window` (no leeway).
+    pub fn check_refresh(&self, claims: &Claims, now: UnixMillis) -> Result<(), Reason> {
+        if now >= claims.orig_iat_ms + self.refresh_window_ms {
+            Err(Reason::RefreshExpired)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Rule 2: the cutoff a revoke-all asks for: `until`, or now. The store applies it as
+    /// `C := max(C, this)` atomically, so a running ban is never shortened.
+    pub fn revoke_all_cutoff(until: Option<UnixMillis>, now: UnixMillis) -> UnixMillis {
+        until.unwrap_or(now)
+    }
+
+    /// After this instant a denylisted token can no longer be accepted anyway (it has expired),
+    /// so its row may be purged.
+    pub fn token_row_moot_at(&self, claims: &Claims) -> UnixMillis {
+        claims.expires_at * 1000 + self.leeway_ms
+    }
+
+    /// After this instant no token of a session that started at `orig_iat_ms` can be accepted.
+    pub fn session_row_moot_at(&self, orig_iat_ms: UnixMillis) -> UnixMillis {
+        orig_iat_ms + self.refresh_window_ms + self.leeway_ms
+    }
+
+    /// A bound for a token or session known only by its id: anything alive now started no
+    /// later than now (plus the one millisecond rule 3 may add), so it is dead after this.
+    pub fn unknown_row_moot_at(&self, now: UnixMillis) -> UnixMillis {
+        self.session_row_moot_at(now + 1)
+    }
+
+    /// A cutoff this old revokes nothing that could still be alive, so it may be purged.
+    pub fn cutoff_purgeable_before(&self, now: UnixMillis) -> UnixMillis {
+        now - self.refresh_window_ms - self.leeway_ms - 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Map;
+
+    const SEC: i64 = 1000;
+    const MIN: i64 = 60 * SEC;
+    const DAY: i64 = 24 * 60 * MIN;
+
+    fn policy() -> RevocationPolicy {
+        RevocationPolicy {
+            token_ttl_ms: 5 * MIN,
+            refresh_window_ms: 7 * DAY,
+            leeway_ms: 0,
+        }
+    }
+
+    fn claims(orig_iat_ms: i64, exp_s: i64) -> Claims {
+        Claims {
+            user_id: "u".into(),
+            jti: "j".into(),
+            session_id: "s".into(),
+            issued_at: orig_iat_ms / 1000,
+            expires_at: exp_s,
+            not_before: None,
+            orig_iat_ms,
+            extra: Map::new(),
+        }
+    }
+
+    #[test]
+    fn rule1_banned_before_revoked_and_cutoff_is_inclusive() {
+        let now = 10 * SEC;
+        assert_eq!(RevocationPolicy::check_cutoff(None, 5, now), Ok(()));
+        assert_eq!(
+            RevocationPolicy::check_cutoff(Some(now + 1), 5, now),
+            Err(Reason::UserBanned)
+        );
+        // A ban also applies to tokens issued after... nothing can be issued during a ban,
+        // but a token from before the ban is reported as banned while it runs.
+        assert_eq!(
+            RevocationPolicy::check_cutoff(Some(now + 1), now + 2, now),
+            Err(Reason::UserBanned)
+        );
+        assert_eq!(
+            RevocationPolicy::check_cutoff(Some(now), now, now),
+            Err(Reason::UserRevoked)
+        );
+        assert_eq!(
+            RevocationPolicy::check_cutoff(Some(now - 1), now, now),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn rule2_revoke_all_asks_for_until_or_now() {
+        let now = 100 * SEC;
+        assert_eq!(RevocationPolicy::revoke_all_cutoff(None, now), now);
+        assert_eq!(
+            RevocationPolicy::revoke_all_cutoff(Some(now + DAY), now),
+            now + DAY
+        );
+        assert!(RevocationPolicy::is_banned(Some(now + 1), now));
+        assert!(!RevocationPolicy::is_banned(Some(now), now));
+        assert!(!RevocationPolicy::is_banned(None, now));
+    }
+
+    #[test]
+    fn rule3_issue_refused_while_banned_and_never_at_or_before_the_cutoff() {
+        let now = 50 * SEC;
+        assert_eq!(
+            RevocationPolicy::new_session_start(Some(now + 1), now),
+            Err(Reason::UserBanned)
+        );
+        assert_eq!(RevocationPolicy::new_session_start(None, now), Ok(now));
+        assert_eq!(
+            RevocationPolicy::new_session_start(Some(now), now),
+            Ok(now + 1)
+        );
+        assert_eq!(
+            RevocationPolicy::new_session_start(Some(now - 5), now),
+            Ok(now)
+        );
+    }
+
+    #[test]
+    fn rule4_refresh_window_and_capped_expiry() {
+        let p = policy();
+        let orig = 1_000 * SEC + 250;
+        let c = claims(orig, 0);
+        assert_eq!(p.check_refresh(&c, orig + 7 * DAY - 1), Ok(()));
+        assert_eq!(
+            p.check_refresh(&c, orig + 7 * DAY),
+            Err(Reason::RefreshExpired)
+        );
+        // Far from the window's end, exp = now + ttl.
+        let t = p.token_times(orig, orig + DAY, None).expect("times");
+        assert_eq!(t.expires_at, (orig + DAY + 5 * MIN) / 1000);
+        assert_eq!(t.refresh_expires_ms, orig + 7 * DAY);
+        // Near it, exp is clamped to the window (rounded down to the second).
+        let near = orig + 7 * DAY - 2 * MIN;
+        let t = p.token_times(orig, near, None).expect("times");
+        assert_eq!(t.expires_at, (orig + 7 * DAY) / 1000);
+        assert!(t.expires_at * 1000 <= orig + 7 * DAY);
+        // Less than a second left: nothing worth minting.
+        assert_eq!(
+            p.token_times(orig, orig + 7 * DAY - 100, None),
+            Err(Reason::RefreshExpired)
+        );
+    }
+
+    #[test]
+    fn requested_ttl_is_capped_by_configuration() {
+        let p = policy();
+        let t = p.token_times(0, 0, Some(DAY)).expect("times");
+        assert_eq!(t.expires_at, 300);
+        let t = p.token_times(0, 0, Some(30 * SEC)).expect("times");
+        assert_eq!(t.expires_at, 30);
+    }
+
+    #[test]
+    fn rule6_leeway_applies_to_exp_and_nbf_only() {
+        let mut p = policy();
+        let c = claims(0, 100);
+        assert_eq!(p.check_lifetime(&c, 100 * SEC - 1), Ok(()));
+        assert_eq!(p.check_lifetime(&c, 100 * SEC), Err(Reason::Expired));
+        p.leeway_ms = 5 * SEC;
+        assert_eq!(p.check_lifetime(&c, 104 * SEC), Ok(()));
+        assert_eq!(p.check_lifetime(&c, 105 * SEC), Err(Reason::Expired));
+        let mut early = claims(0, 100);
+        early.not_before = Some(50);
+        assert_eq!(p.check_lifetime(&early, 44 * SEC), Err(Reason::NotYetValid));
+        assert_eq!(p.check_lifetime(&early, 45 * SEC), Ok(()));
+        // Neither the cutoff nor the refresh window gets leeway.
+        assert_eq!(
+            RevocationPolicy::check_cutoff(Some(10), 10, 11),
+            Err(Reason::UserRevoked)
+        );
+        let window = claims(0, 0);
+        assert_eq!(
+            p.check_refresh(&window, 7 * DAY),
+            Err(Reason::RefreshExpired)
+        );
+    }
+
+    #[test]
+    fn denylist_rows_outlive_everything_they_refuse() {
+        let mut p = policy();
+        p.leeway_ms = 2 * SEC;
+        let c = claims(10 * SEC, 400);
+        assert_eq!(p.token_row_moot_at(&c), 402 * SEC);
+        assert!(p.check_lifetime(&c, p.token_row_moot_at(&c)).is_err());
+        assert_eq!(
+            p.session_row_moot_at(10 * SEC),
+            10 * SEC + 7 * DAY + 2 * SEC
+        );
+        assert!(p.unknown_row_moot_at(0) > p.session_row_moot_at(0));
+        assert_eq!(
+            RevocationPolicy::check_denylist(DenyStatus {
+                jti: false,
+                session: true
+            }),
+            Err(Reason::TokenRevoked)
+        );
+        assert_eq!(
+            RevocationPolicy::check_denylist(DenyStatus::default()),
+            Ok(())
+        );
+    }
+}

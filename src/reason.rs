@@ -1,0 +1,73 @@
+//! Why a token is refused: the domain twin of the proto `Reason` enum.
+
+/// Why a token was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum Reason {
+    /// Not a compact JWS we can read, or over the size cap.
+    #[error("the token is malformed")]
+    Malformed,
+    /// Unknown `kid`, an `alg` that does not match its key, or a signature that does not verify.
+    #[error("the token's signature is not valid")]
+    BadSignature,
+    /// `exp` has passed (after leeway).
+    #[error("the token has expired")]
+    Expired,
+    /// `nbf` is still in the future (after leeway).
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    /// `iss` is not the configured issuer.
+    #[error("the token was issued by someone else")]
+    WrongIssuer,
+    /// `aud` does not name the configured audience.
+    #[error("the token is meant for another audience")]
+    WrongAudience,
+    /// A required claim is absent.
+    #[error("the token lacks a required claim")]
+    MissingClaim,
+    /// All of the user's tokens up to the cutoff were revoked.
+    #[error("all of the user's tokens were revoked")]
+    UserRevoked,
+    /// The user is banned (the cutoff lies in the future).
+    #[error("the user is banned")]
+    UserBanned,
+    /// The token or its session was revoked.
+    #[error("the token was revoked")]
+    TokenRevoked,
+    /// The session is older than the refresh window.
+    #[error("the session can no longer be refreshed")]
+    RefreshExpired,
+}
+
+impl Reason {
+    /// Every reason, in the proto's order.
+    pub const ALL: [Reason; 11] = [
+        Reason::Malformed,
+        Reason::BadSignature,
+        Reason::Expired,
+        Reason::NotYetValid,
+        Reason::WrongIssuer,
+        Reason::WrongAudience,
+        Reason::MissingClaim,
+        Reason::UserRevoked,
+        Reason::UserBanned,
+        Reason::TokenRevoked,
+        Reason::RefreshExpired,
+    ];
+
+    /// The machine-readable name (AIP-193 `ErrorInfo.reason`), e.g. `USER_BANNED`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::Malformed => "MALFORMED",
+            Reason::BadSignature => "BAD_SIGNATURE",
+            Reason::Expired => "EXPIRED",
+            Reason::NotYetValid => "NOT_YET_VALID",
+            Reason::WrongIssuer => "WRONG_ISSUER",
+            Reason::WrongAudience => "WRONG_AUDIENCE",
+            Reason::MissingClaim => "MISSING_CLAIM",
+            Reason::UserRevoked => "USER_REVOKED",
+            Reason::UserBanned => "USER_BANNED",
+            Reason::TokenRevoked => "TOKEN_REVOKED",
+            Reason::RefreshExpired => "REFRESH_EXPIRED",
+        }
+    }
+}

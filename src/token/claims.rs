@@ -1,0 +1,291 @@
+//! The claims we put in a token and read back out of one.
+//!
+//! Representation: `iat`, `exp` and `nbf` are integer NumericDates (seconds), for interoperability.
+//! `orig_iat` is a NumericDate with exactly millisecond precision: seconds since the epoch as a
+//! JSON number with up to three decimals (e.g. `1764405892.123`). Inside the sidecar it is an
+//! integer count of milliseconds.
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::RngCore;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::clock::UnixMillis;
+use crate::reason::Reason;
+
+/// Claim names that Issue's custom claims may not set.
+pub const RESERVED_CLAIMS: &[&str] = &[
+    "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "sid", "orig_iat",
+];
+
+/// The validated claims of one token.
+#[derive(Clone, PartialEq)]
+pub struct Claims {
+    /// `sub`: the user.
+    pub user_id: String,
+    /// `jti`: this token's id.
+    pub jti: String,
+    /// `sid`: the session id, shared by every token refreshed from the first one.
+    pub session_id: String,
+    /// `iat`, in seconds.
+    pub issued_at: i64,
+    /// `exp`, in seconds.
+    pub expires_at: i64,
+    /// `nbf`, in seconds, if present.
+    pub not_before: Option<i64>,
+    /// `orig_iat`: when the session's first token was issued, in milliseconds.
+    pub orig_iat_ms: UnixMillis,
+    /// Every claim that is not reserved: the custom claims given at Issue.
+    pub extra: Map<String, Value>,
+}
+
+// Claims carry user data and ids that let a reader correlate sessions; keep Debug terse.
+impl std::fmt::Debug for Claims {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claims")
+            .field("user_id", &self.user_id)
+            .field("jti", &self.jti)
+            .field("issued_at", &self.issued_at)
+            .field("expires_at", &self.expires_at)
+            .field("orig_iat_ms", &self.orig_iat_ms)
+            .field("extra_claims", &self.extra.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A fresh 128-bit random identifier, base64url without padding (22 characters).
+pub fn new_random_id() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The JSON shape written into a token's payload.
+#[derive(Serialize)]
+pub(super) struct WireClaims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
+    jti: &'a str,
+    sid: &'a str,
+    iat: i64,
+    exp: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nbf: Option<i64>,
+    orig_iat: f64,
+    #[serde(flatten)]
+    extra: &'a Map<String, Value>,
+}
+
+impl<'a> WireClaims<'a> {
+    pub(super) fn new(claims: &'a Claims, issuer: &'a str, audience: Option<&'a str>) -> Self {
+        Self {
+            iss: issuer,
+            sub: &claims.user_id,
+            aud: audience,
+            jti: &claims.jti,
+            sid: &claims.session_id,
+            iat: claims.issued_at,
+            exp: claims.expires_at,
+            nbf: claims.not_before,
+            orig_iat: millis_to_numeric_date(claims.orig_iat_ms),
+            extra: &claims.extra,
+        }
+    }
+}
+
+fn millis_to_numeric_date(ms: UnixMillis) -> f64 {
+    // Exact for every millisecond within ±285,000 years: f64 holds 53 bits.
+    ms as f64 / 1000.0
+}
+
+fn numeric_date_to_millis(seconds: f64) -> Option<UnixMillis> {
+    let ms = (seconds * 1000.0).round();
+    (ms.is_finite() && (0.0..=(i64::MAX / 2) as f64).contains(&ms)).then_some(ms as i64)
+}
+
+/// Reads the claims out of a payload whose signature has already been checked.
+///
+/// `issuer` must match `iss`; `audience`, when configured, must be named by `aud`.
+pub(super) fn parse_payload(
+    mut map: Map<String, Value>,
+    issuer: &str,
+    audience: Option<&str>,
+) -> Result<Claims, Reason> {
+    let iss = take_string(&mut map, "iss")?;
+    let user_id = take_string(&mut map, "sub")?;
+    let jti = take_string(&mut map, "jti")?;
+    let session_id = take_string(&mut map, "sid")?;
+    let issued_at = take_int(&mut map, "iat")?;
+    let expires_at = take_int(&mut map, "exp")?;
+    let not_before = match map.remove("nbf") {
+        None => None,
+        Some(value) => Some(as_numeric_date(&value)?),
+    };
+    let orig_iat_ms = match map.remove("orig_iat") {
+        None => return Err(Reason::MissingClaim),
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .and_then(numeric_date_to_millis)
+            .ok_or(Reason::Malformed)?,
+        Some(_) => return Err(Reason::Malformed),
+    };
+    let aud = map.remove("aud");
+
+    if iss != issuer {
+        return Err(Reason::WrongIssuer);
+    }
+    if let Some(expected) = audience {
+        let named = match aud {
+            None => return Err(Reason::MissingClaim),
+            Some(Value::String(one)) => one == expected,
+            Some(Value::Array(many)) => many.iter().any(|a| a.as_str() == Some(expected)),
+            Some(_) => return Err(Reason::Malformed),
+        };
+        if !named {
+            return Err(Reason::WrongAudience);
+        }
+    }
+    Ok(Claims {
+        user_id,
+        jti,
+        session_id,
+        issued_at,
+        expires_at,
+        not_before,
+        orig_iat_ms,
+        extra: map,
+    })
+}
+
+fn take_string(map: &mut Map<String, Value>, name: &str) -> Result<String, Reason> {
+    match map.remove(name) {
+        None => Err(Reason::MissingClaim),
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+        Some(Value::String(_)) => Err(Reason::MissingClaim),
+        Some(_) => Err(Reason::Malformed),
+    }
+}
+
+fn take_int(map: &mut Map<String, Value>, name: &str) -> Result<i64, Reason> {
+    match map.remove(name) {
+        None => Err(Reason::MissingClaim),
+        Some(value) => as_numeric_date(&value),
+    }
+}
+
+/// An integer NumericDate: non-negative, and small enough that milliseconds do not overflow.
+fn as_numeric_date(value: &Value) -> Result<i64, Reason> {
+    const MAX_SECONDS: i64 = i64::MAX / 4_000;
+    value
+        .as_i64()
+        .filter(|s| (0..=MAX_SECONDS).contains(s))
+        .ok_or(Reason::Malformed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn payload(value: Value) -> Map<String, Value> {
+        match value {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        }
+    }
+
+    fn good() -> Value {
+        json!({"iss": "me", "sub": "alice", "jti": "j", "sid": "s", "iat": 10, "exp": 20,
+               "orig_iat": 9.5, "role": "admin"})
+    }
+
+    #[test]
+    fn orig_iat_round_trips_every_millisecond() {
+        let base = 1_764_405_892_000_i64;
+        for ms in (base..base + 5_000).chain([0, 1, 999, 4_102_444_800_123]) {
+            let text = serde_json::to_string(&millis_to_numeric_date(ms)).unwrap_or_default();
+            let back: f64 = serde_json::from_str(&text).unwrap_or(f64::NAN);
+            assert_eq!(numeric_date_to_millis(back), Some(ms), "{ms} -> {text}");
+        }
+    }
+
+    #[test]
+    fn orig_iat_is_written_as_seconds_with_milliseconds() {
+        let text = serde_json::to_string(&millis_to_numeric_date(1_764_405_892_123)).unwrap();
+        assert_eq!(text, "1764405892.123");
+    }
+
+    #[test]
+    fn parses_claims_and_keeps_custom_ones() {
+        let claims = parse_payload(payload(good()), "me", None).expect("valid");
+        assert_eq!(claims.user_id, "alice");
+        assert_eq!(claims.orig_iat_ms, 9_500);
+        assert_eq!(claims.extra.get("role"), Some(&json!("admin")));
+        assert_eq!(claims.extra.len(), 1);
+    }
+
+    #[test]
+    fn each_required_claim_is_required() {
+        for name in ["iss", "sub", "jti", "sid", "iat", "exp", "orig_iat"] {
+            let mut map = payload(good());
+            map.remove(name);
+            assert_eq!(
+                parse_payload(map, "me", None),
+                Err(Reason::MissingClaim),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_types_are_malformed() {
+        for (name, value) in [
+            ("exp", json!("20")),
+            ("exp", json!(20.5)),
+            ("exp", json!(-1)),
+            ("iat", json!(1e300)),
+            ("nbf", json!(true)),
+            ("orig_iat", json!("9")),
+            ("orig_iat", json!(-3)),
+            ("sub", json!(42)),
+        ] {
+            let mut map = payload(good());
+            map.insert(name.into(), value);
+            assert_eq!(
+                parse_payload(map, "me", None),
+                Err(Reason::Malformed),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn issuer_and_audience_are_checked() {
+        assert_eq!(
+            parse_payload(payload(good()), "other", None),
+            Err(Reason::WrongIssuer)
+        );
+        assert_eq!(
+            parse_payload(payload(good()), "me", Some("api")),
+            Err(Reason::MissingClaim)
+        );
+        let mut map = payload(good());
+        map.insert("aud".into(), json!(["web", "api"]));
+        assert!(parse_payload(map, "me", Some("api")).is_ok());
+        let mut map = payload(good());
+        map.insert("aud".into(), json!("web"));
+        assert_eq!(
+            parse_payload(map, "me", Some("api")),
+            Err(Reason::WrongAudience)
+        );
+    }
+
+    #[test]
+    fn random_ids_carry_128_bits() {
+        let a = new_random_id();
+        assert_eq!(a.len(), 22);
+        assert_ne!(a, new_random_id());
+    }
+}

@@ -1,0 +1,295 @@
+//! The one decode-and-validate path, and the encoder.
+//!
+//! Verify, Refresh and Revoke(token) all call [`TokenCodec::decode`]; there is no other decoder.
+//! It checks, in order: the size cap, the compact shape, the header (`alg` must be the `kid`'s
+//! key's algorithm; `crit` is refused), the signature, then the claims (types, required claims,
+//! issuer, audience). Time-dependent checks (`exp`, `nbf`) belong to the revocation policy, which
+//! reads the injected clock.
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::Header;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::claims::{Claims, WireClaims, parse_payload};
+use super::keys::KeySet;
+use crate::reason::Reason;
+
+/// Tokens longer than this are refused before any decoding.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// Why a token could not be produced.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The crypto library refused to sign.
+    #[error("signing failed: {0}")]
+    Signing(String),
+}
+
+/// The fields of a JOSE header that decide how a token is checked. Every other header field
+/// (`jwk`, `jku`, `x5u`, `x5c`, ...) is ignored: keys come only from our own key set.
+#[derive(Deserialize)]
+struct JoseHeader {
+    alg: Option<String>,
+    kid: Option<String>,
+    crit: Option<Value>,
+}
+
+/// Signs and decodes tokens with one key set, issuer and audience.
+#[derive(Debug)]
+pub struct TokenCodec {
+    keys: KeySet,
+    issuer: String,
+    audience: Option<String>,
+}
+
+impl TokenCodec {
+    /// A codec for `keys`; tokens carry `issuer` and, if given, `audience`.
+    pub fn new(keys: KeySet, issuer: String, audience: Option<String>) -> Self {
+        Self {
+            keys,
+            issuer,
+            audience,
+        }
+    }
+
+    /// The key set in use.
+    pub fn keys(&self) -> &KeySet {
+        &self.keys
+    }
+
+    /// Signs `claims` with the signing key.
+    pub fn encode(&self, claims: &Claims) -> Result<String, CodecError> {
+        let signer = &self.keys.signer;
+        let mut header = Header::new(signer.alg);
+        header.kid = Some(signer.kid.clone());
+        let wire = WireClaims::new(claims, &self.issuer, self.audience.as_deref());
+        jsonwebtoken::encode(&header, &wire, &signer.encoding)
+            .map_err(|e| CodecError::Signing(e.to_string()))
+    }
+
+    /// Decodes a token and validates everything that does not depend on time.
+    pub fn decode(&self, token: &str) -> Result<Claims, Reason> {
+        if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
+            return Err(Reason::Malformed);
+        }
+        let mut parts = token.split('.');
+        let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(Reason::Malformed);
+        };
+        let header: JoseHeader = decode_json(header_b64)?;
+        if header.crit.is_some() {
+            // We implement no JWS extensions, so a critical one can never be understood.
+            return Err(Reason::Malformed);
+        }
+        let alg = header.alg.ok_or(Reason::Malformed)?;
+        let key = header
+            .kid
+            .and_then(|kid| self.keys.verifiers.get(&kid))
+            .ok_or(Reason::BadSignature)?;
+        if alg != key.alg_name {
+            return Err(Reason::BadSignature);
+        }
+        if signature_b64.is_empty() {
+            return Err(Reason::BadSignature);
+        }
+        let signed_len = header_b64.len() + 1 + payload_b64.len();
+        let message = &token.as_bytes()[..signed_len];
+        match jsonwebtoken::crypto::verify(signature_b64, message, &key.decoding, key.alg) {
+            Ok(true) => {}
+            Ok(false) => return Err(Reason::BadSignature),
+            Err(_) => return Err(Reason::Malformed),
+        }
+        let payload: Map<String, Value> = decode_json(payload_b64)?;
+        parse_payload(payload, &self.issuer, self.audience.as_deref())
+    }
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(segment: &str) -> Result<T, Reason> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(segment)
+        .map_err(|_| Reason::Malformed)?;
+    serde_json::from_slice(&bytes).map_err(|_| Reason::Malformed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::KeySpec;
+    use serde_json::json;
+
+    fn key_file(secret: &[u8]) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("ts-codec-{}", super::super::new_random_id()));
+        std::fs::write(&path, secret).expect("write key");
+        path
+    }
+
+    fn codec_with(kids: &[(&str, &str, &[u8])], signing: &str, aud: Option<&str>) -> TokenCodec {
+        let specs: Vec<KeySpec> = kids
+            .iter()
+            .map(|(kid, alg, secret)| KeySpec {
+                kid: (*kid).into(),
+                alg: (*alg).into(),
+                path: key_file(secret),
+            })
+            .collect();
+        let keys = KeySet::load(&specs, Some(signing)).expect("keys");
+        TokenCodec::new(keys, "issuer".into(), aud.map(Into::into))
+    }
+
+    fn codec() -> TokenCodec {
+        codec_with(&[("k1", "HS256", &[1; 32])], "k1", None)
+    }
+
+    fn claims() -> Claims {
+        let mut extra = Map::new();
+        extra.insert("role".into(), json!("admin"));
+        Claims {
+            user_id: "alice".into(),
+            jti: "jti-1".into(),
+            session_id: "sid-1".into(),
+            issued_at: 1_000,
+            expires_at: 2_000,
+            not_before: None,
+            orig_iat_ms: 999_123,
+            extra,
+        }
+    }
+
+    fn b64(v: &Value) -> String {
+        URL_SAFE_NO_PAD.encode(v.to_string())
+    }
+
+    fn resign(codec: &TokenCodec, header: &Value, payload: &Value) -> String {
+        let message = format!("{}.{}", b64(header), b64(payload));
+        let sig = jsonwebtoken::crypto::sign(
+            message.as_bytes(),
+            &codec.keys.signer.encoding,
+            codec.keys.signer.alg,
+        )
+        .expect("sign");
+        format!("{message}.{sig}")
+    }
+
+    fn good_payload() -> Value {
+        json!({"iss": "issuer", "sub": "alice", "jti": "j", "sid": "s", "iat": 1, "exp": 2,
+               "orig_iat": 1.5})
+    }
+
+    #[test]
+    fn round_trips_claims() {
+        let codec = codec();
+        let token = codec.encode(&claims()).expect("encode");
+        assert_eq!(codec.decode(&token), Ok(claims()));
+    }
+
+    #[test]
+    fn rejects_shapes_that_are_not_a_compact_jws() {
+        let codec = codec();
+        let token = codec.encode(&claims()).expect("encode");
+        let too_big = "a".repeat(MAX_TOKEN_BYTES + 1);
+        let five = format!("{token}.a.b");
+        let truncated = &token[..token.len() - 10];
+        let padded = format!("{token}=");
+        for bad in [
+            "",
+            "garbage",
+            "a.b",
+            "a.b.c",
+            too_big.as_str(),
+            five.as_str(),
+            &padded,
+        ] {
+            assert_eq!(codec.decode(bad), Err(Reason::Malformed), "{bad:.40}");
+        }
+        assert!(codec.decode(truncated).is_err());
+    }
+
+    #[test]
+    fn rejects_alg_none_unknown_kid_and_alg_mismatch() {
+        let codec = codec_with(
+            &[("k1", "HS256", &[1; 32]), ("k2", "HS512", &[2; 64])],
+            "k1",
+            None,
+        );
+        let payload = good_payload();
+        for (header, why) in [
+            (json!({"alg": "none", "kid": "k1"}), "none"),
+            (json!({"alg": "HS512", "kid": "k1"}), "alg differs from key"),
+            (json!({"alg": "HS256", "kid": "nope"}), "unknown kid"),
+            (json!({"alg": "HS256"}), "no kid"),
+            (
+                json!({"alg": "HS256", "kid": "../../etc/passwd"}),
+                "injected kid",
+            ),
+        ] {
+            let token = resign(&codec, &header, &payload);
+            assert_eq!(codec.decode(&token), Err(Reason::BadSignature), "{why}");
+        }
+        for alg in ["none", "None", "NONE", "nOnE"] {
+            let unsigned = format!("{}.{}.", b64(&json!({"alg": alg})), b64(&payload));
+            assert_eq!(codec.decode(&unsigned), Err(Reason::BadSignature), "{alg}");
+        }
+        let unsigned = format!(
+            "{}.{}.",
+            b64(&json!({"alg": "none", "kid": "k1"})),
+            b64(&payload)
+        );
+        assert_eq!(codec.decode(&unsigned), Err(Reason::BadSignature));
+    }
+
+    #[test]
+    fn rejects_a_wrong_key_and_a_flipped_signature() {
+        let ours = codec();
+        let theirs = codec_with(&[("k1", "HS256", &[9; 32])], "k1", None);
+        let token = theirs.encode(&claims()).expect("encode");
+        assert_eq!(ours.decode(&token), Err(Reason::BadSignature));
+
+        let token = ours.encode(&claims()).expect("encode");
+        let (head, sig) = token.rsplit_once('.').expect("three parts");
+        let mut sig = URL_SAFE_NO_PAD.decode(sig).expect("b64");
+        sig[0] ^= 1;
+        let flipped = format!("{head}.{}", URL_SAFE_NO_PAD.encode(sig));
+        assert_eq!(ours.decode(&flipped), Err(Reason::BadSignature));
+    }
+
+    #[test]
+    fn verifies_with_any_configured_key_and_signs_with_one() {
+        let old = codec_with(&[("old", "HS256", &[1; 32])], "old", None);
+        let token = old.encode(&claims()).expect("encode");
+        let rotated = codec_with(
+            &[("new", "HS384", &[2; 48]), ("old", "HS256", &[1; 32])],
+            "new",
+            None,
+        );
+        assert_eq!(rotated.decode(&token), Ok(claims()));
+        let fresh = rotated.encode(&claims()).expect("encode");
+        let header: Value = decode_json(fresh.split('.').next().unwrap_or_default()).expect("json");
+        assert_eq!(header["kid"], "new");
+        assert_eq!(header["alg"], "HS384");
+    }
+
+    #[test]
+    fn refuses_crit_and_payloads_that_are_not_objects() {
+        let codec = codec();
+        let crit = resign(
+            &codec,
+            &json!({"alg": "HS256", "kid": "k1", "crit": ["exp"]}),
+            &good_payload(),
+        );
+        assert_eq!(codec.decode(&crit), Err(Reason::Malformed));
+        let array = resign(&codec, &json!({"alg": "HS256", "kid": "k1"}), &json!([1]));
+        assert_eq!(codec.decode(&array), Err(Reason::Malformed));
+    }
+
+    #[test]
+    fn checks_audience_when_configured() {
+        let codec = codec_with(&[("k1", "HS256", &[1; 32])], "k1", Some("api"));
+        let token = codec.encode(&claims()).expect("encode");
+        assert!(codec.decode(&token).is_ok());
+        let other = codec_with(&[("k1", "HS256", &[1; 32])], "k1", Some("web"));
+        assert_eq!(other.decode(&token), Err(Reason::WrongAudience));
+    }
+}

@@ -1,0 +1,8 @@
+//! The token codec: keys, claims, and the one decode-and-validate path.
+mod claims;
+mod codec;
+mod keys;
+
+pub use claims::{Claims, RESERVED_CLAIMS, new_random_id};
+pub use codec::{CodecError, MAX_TOKEN_BYTES, TokenCodec};
+pub use keys::{KeyError, KeySet, KeySpec};
