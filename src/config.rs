@@ -69,6 +69,11 @@ pub struct Config {
     #[arg(long, env = "TOKEN_SIDECAR_HEALTH_INTERVAL", default_value = "5s", value_parser = parse_positive_duration)]
     pub health_interval: Duration,
 
+    /// On SIGTERM, how long in-flight RPCs (and open streams such as health Watch) may run
+    /// before they are cut.
+    #[arg(long, env = "TOKEN_SIDECAR_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
     /// Log format.
     #[arg(long, env = "TOKEN_SIDECAR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

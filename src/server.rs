@@ -60,24 +60,38 @@ pub struct RunningSidecar {
     /// The authority (for in-process callers such as benchmarks).
     pub authority: Arc<TokenAuthority>,
     shutdown: watch::Sender<bool>,
+    grace: Duration,
     tasks: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
     background: Vec<JoinHandle<()>>,
 }
 
 impl RunningSidecar {
-    /// Stops accepting connections, lets in-flight RPCs finish, and waits for the servers.
+    /// Stops accepting connections and lets in-flight RPCs finish, for at most the shutdown
+    /// grace period; whatever still runs then (e.g. a health Watch stream) is cut.
     pub async fn shutdown(self) -> Result<(), tonic::transport::Error> {
         let _ = self.shutdown.send(true);
         for task in self.background {
             task.abort();
         }
-        for task in self.tasks {
-            match task.await {
-                Ok(result) => result?,
-                Err(e) => tracing::error!(error = %e, "server task failed"),
+        let aborts: Vec<_> = self.tasks.iter().map(JoinHandle::abort_handle).collect();
+        let drained = tokio::time::timeout(self.grace, async {
+            for task in self.tasks {
+                match task.await {
+                    Ok(result) => result?,
+                    Err(e) => tracing::error!(error = %e, "server task failed"),
+                }
+            }
+            Ok(())
+        })
+        .await;
+        match drained {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(grace = ?self.grace, "grace period over: cutting open streams");
+                aborts.iter().for_each(tokio::task::AbortHandle::abort);
+                Ok(())
             }
         }
-        Ok(())
     }
 }
 
@@ -191,6 +205,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
         health_addr,
         authority,
         shutdown,
+        grace: config.shutdown_grace,
         tasks,
         background,
     })

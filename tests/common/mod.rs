@@ -73,6 +73,7 @@ pub struct TestApp {
     pub health: HealthClient<Channel>,
     pub clock: ManualClock,
     pub addr: SocketAddr,
+    pub health_addr: Option<SocketAddr>,
     pub backend: Backend,
     pub database_url: String,
     pub dir: Arc<tempfile::TempDir>,
@@ -87,6 +88,7 @@ pub struct Settings {
     pub dir: Option<Arc<tempfile::TempDir>>,
     pub clock: Option<ManualClock>,
     pub wait_until_serving: bool,
+    pub with_key: bool,
 }
 
 impl Settings {
@@ -98,6 +100,7 @@ impl Settings {
             dir: None,
             clock: None,
             wait_until_serving: true,
+            with_key: true,
         }
     }
 
@@ -114,8 +117,19 @@ impl Settings {
         self
     }
 
+    pub fn database_url(mut self, url: &str) -> Self {
+        self.database_url = Some(url.into());
+        self
+    }
+
     pub fn clock(mut self, clock: ManualClock) -> Self {
         self.clock = Some(clock);
+        self
+    }
+
+    /// Starts with no `--key`, as a first-time user would.
+    pub fn without_key(mut self) -> Self {
+        self.with_key = false;
         self
     }
 
@@ -143,7 +157,7 @@ impl Settings {
         };
         let key = dir.path().join("main.key");
         if !key.exists() {
-            std::fs::write(&key, [42u8; 32]).expect("write key");
+            std::fs::write(&key, TEST_SECRET).expect("write key");
         }
         let mut args: Vec<String> = vec![
             "token-sidecar".into(),
@@ -152,7 +166,7 @@ impl Settings {
             "--database-url".into(),
             database_url.clone(),
         ];
-        if !self.args.iter().any(|a| a == "--key") {
+        if self.with_key && !self.args.iter().any(|a| a == "--key") {
             args.push("--key".into());
             args.push(format!("main=HS256:{}", key.display()));
         }
@@ -161,6 +175,7 @@ impl Settings {
         let clock = self.clock.unwrap_or_else(|| ManualClock::new(T0_MS));
         let running = server::start(config, Arc::new(clock.clone())).await?;
         let addr = running.addr;
+        let health_addr = running.health_addr;
         let channel = Channel::from_shared(format!("http://{addr}"))
             .expect("uri")
             .connect()
@@ -171,6 +186,7 @@ impl Settings {
             health: HealthClient::new(channel),
             clock,
             addr,
+            health_addr,
             backend: self.backend,
             database_url,
             dir,
@@ -369,4 +385,34 @@ macro_rules! on_every_backend {
             )*
         }
     };
+}
+
+/// The secret every test sidecar's `main` key holds.
+pub const TEST_SECRET: [u8; 32] = [42u8; 32];
+
+/// Signs an arbitrary header and payload with HS256 and `secret`: for hand-made tokens.
+pub fn craft(header: &serde_json::Value, payload: &serde_json::Value, secret: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = |v: &serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let message = format!("{}.{}", b64(header), b64(payload));
+    let key = jsonwebtoken::EncodingKey::from_secret(secret).expect("key");
+    let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &key, jsonwebtoken::Algorithm::HS256)
+        .expect("sign");
+    format!("{message}.{sig}")
+}
+
+/// A payload that is valid at T0 for the default configuration.
+pub fn good_payload() -> serde_json::Value {
+    let t0 = T0_MS / 1000;
+    serde_json::json!({
+        "iss": "token-sidecar", "sub": "crafted", "jti": "crafted-jti", "sid": "crafted-sid",
+        "iat": t0, "exp": t0 + 300, "orig_iat": t0 as f64,
+    })
+}
+
+/// The header our sidecars' `main` key expects.
+pub fn good_header() -> serde_json::Value {
+    serde_json::json!({"alg": "HS256", "typ": "JWT", "kid": "main"})
 }
