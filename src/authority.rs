@@ -1,14 +1,14 @@
 //! The token authority: the use cases (issue, verify, refresh, revoke, ban) over the codec, the
 //! revocation policy and the store. It knows nothing of gRPC; the gRPC layer translates to it.
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{Map, Value};
 
 use crate::clock::{Clock, UnixMillis};
 use crate::policy::{RevocationPolicy, TokenTimes};
 use crate::reason::Reason;
-use crate::store::{DenyEntry, DenyKind, RevocationStore, StoreError};
+use crate::revocations::Revocations;
+use crate::store::{DenyEntry, DenyKind, StoreError};
 use crate::token::{Claims, CodecError, RESERVED_CLAIMS, TokenCodec, new_random_id};
 
 /// Longest accepted user id, in bytes.
@@ -124,41 +124,34 @@ pub struct UserStatus {
 pub struct TokenAuthority {
     codec: TokenCodec,
     policy: RevocationPolicy,
-    store: Arc<dyn RevocationStore>,
+    revocations: Arc<Revocations>,
     clock: Arc<dyn Clock>,
-    ready: AtomicBool,
 }
 
 impl TokenAuthority {
-    /// An authority that is not ready until [`TokenAuthority::mark_ready`] is called.
+    /// An authority that answers once `revocations` has been loaded.
     pub fn new(
         codec: TokenCodec,
         policy: RevocationPolicy,
-        store: Arc<dyn RevocationStore>,
+        revocations: Arc<Revocations>,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
             codec,
             policy,
-            store,
+            revocations,
             clock,
-            ready: AtomicBool::new(false),
         }
     }
 
-    /// Declares the store migrated and reachable.
-    pub fn mark_ready(&self) {
-        self.ready.store(true, Ordering::Release);
-    }
-
-    /// Whether the store has been migrated and answered.
+    /// Whether the store has been migrated and the caches loaded.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.revocations.is_loaded()
     }
 
-    /// The store behind this authority.
-    pub fn store(&self) -> &Arc<dyn RevocationStore> {
-        &self.store
+    /// The revocation state behind this authority.
+    pub fn revocations(&self) -> &Arc<Revocations> {
+        &self.revocations
     }
 
     /// The policy in force.
@@ -171,9 +164,9 @@ impl TokenAuthority {
         self.clock.now_ms()
     }
 
-    fn store_ready(&self) -> Result<&dyn RevocationStore, AuthorityError> {
+    fn store_ready(&self) -> Result<&Revocations, AuthorityError> {
         if self.is_ready() {
-            Ok(self.store.as_ref())
+            Ok(self.revocations.as_ref())
         } else {
             Err(AuthorityError::NotReady)
         }
@@ -220,7 +213,7 @@ impl TokenAuthority {
         if let Err(reason) = RevocationPolicy::check_cutoff(cutoff, claims.orig_iat_ms, now) {
             return Ok(Err(reason));
         }
-        let deny = store.denied(&claims.jti, &claims.session_id).await?;
+        let deny = store.deny_status(&claims.jti, &claims.session_id).await?;
         Ok(RevocationPolicy::check_denylist(deny).map(|()| claims))
     }
 

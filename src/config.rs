@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::revocations::OutageMode;
+use crate::sync::SyncMode;
 use crate::token::KeySpec;
 
 /// The embedded database used when no `--database-url` is given.
@@ -61,6 +63,53 @@ pub struct Config {
     #[arg(long, env = "TOKEN_SIDECAR_LEEWAY", default_value = "0s", value_parser = parse_duration)]
     pub leeway: Duration,
 
+    /// How long a user's cutoff stays cached; 0 disables the cutoff cache (every check asks
+    /// the store). Entries are kept current by the change feed; the TTL is a safety net.
+    #[arg(long, env = "TOKEN_SIDECAR_CUTOFF_CACHE_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub cutoff_cache_ttl: Duration,
+
+    /// Most users whose cutoff is cached.
+    #[arg(
+        long,
+        env = "TOKEN_SIDECAR_CUTOFF_CACHE_CAPACITY",
+        default_value_t = 100_000
+    )]
+    pub cutoff_cache_capacity: u64,
+
+    /// The bloom-style negative cache of the denylist; off makes every check ask the store.
+    #[arg(long, env = "TOKEN_SIDECAR_DENYLIST_FILTER", value_enum, default_value_t = Toggle::On)]
+    pub denylist_filter: Toggle,
+
+    /// Expected number of live denylist rows (sizes the filter; it grows when exceeded).
+    #[arg(
+        long,
+        env = "TOKEN_SIDECAR_DENYLIST_EXPECTED_ITEMS",
+        default_value_t = 1_000_000
+    )]
+    pub denylist_expected_items: usize,
+
+    /// Target false-positive rate of the denylist filter.
+    #[arg(long, env = "TOKEN_SIDECAR_DENYLIST_FP_RATE", default_value_t = 0.01, value_parser = parse_rate)]
+    pub denylist_fp_rate: f64,
+
+    /// How changes made by other instances arrive: LISTEN/NOTIFY plus polling, or polling only
+    /// (behind transaction-pooling PgBouncer).
+    #[arg(long, env = "TOKEN_SIDECAR_SYNC_MODE", value_enum, default_value_t = SyncMode::Notify)]
+    pub sync_mode: SyncMode,
+
+    /// How often the change feed is polled (the safety net; the only mechanism in poll mode).
+    #[arg(long, env = "TOKEN_SIDECAR_SYNC_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub sync_poll_interval: Duration,
+
+    /// After this long without a successful sync the caches are not trusted.
+    #[arg(long, env = "TOKEN_SIDECAR_MAX_STALENESS", default_value = "10s", value_parser = parse_positive_duration)]
+    pub max_staleness: Duration,
+
+    /// When the caches are stale and the store is unreachable: fail closed (Verify answers
+    /// UNAVAILABLE) or serve stale answers from the caches.
+    #[arg(long, env = "TOKEN_SIDECAR_ON_STORE_OUTAGE", value_enum, default_value_t = OutageMode::FailClosed)]
+    pub on_store_outage: OutageMode,
+
     /// How often expired denylist rows and stale cutoffs are purged.
     #[arg(long, env = "TOKEN_SIDECAR_PURGE_INTERVAL", default_value = "10m", value_parser = parse_positive_duration)]
     pub purge_interval: Duration,
@@ -77,6 +126,15 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "TOKEN_SIDECAR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// A feature switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Toggle {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
 }
 
 /// How log lines are written.
@@ -164,6 +222,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .ok_or_else(bad)?;
     }
     Ok(Duration::from_millis(total_ms))
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r > 0.0 && r < 0.5 => Ok(r),
+        _ => Err(format!("{s:?} is not a rate between 0 and 0.5 (e.g. 0.01)")),
+    }
 }
 
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {

@@ -1,6 +1,7 @@
 //! The gRPC layer: proto <-> domain translation and the one mapping of errors to `Status`.
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use prost_types::value::Kind;
 use serde_json::{Map, Number, Value};
@@ -9,6 +10,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::authority::{AuthorityError, IssueRequest, IssuedToken, RevokeTarget, TokenAuthority};
 use crate::clock::UnixMillis;
+use crate::metrics::Metrics;
 use crate::reason::Reason;
 use crate::token::Claims;
 
@@ -31,12 +33,33 @@ pub const ERROR_DOMAIN: &str = "token-sidecar";
 #[derive(Clone)]
 pub struct TokenGrpc {
     authority: Arc<TokenAuthority>,
+    metrics: Arc<Metrics>,
 }
 
 impl TokenGrpc {
-    /// Serves `authority` over gRPC.
-    pub fn new(authority: Arc<TokenAuthority>) -> Self {
-        Self { authority }
+    /// Serves `authority` over gRPC, counting RPCs in `metrics`.
+    pub fn new(authority: Arc<TokenAuthority>, metrics: Arc<Metrics>) -> Self {
+        Self { authority, metrics }
+    }
+
+    /// Records the RPC and maps its error to a `Status`.
+    fn finish<T>(
+        &self,
+        method: &'static str,
+        started: Instant,
+        result: Result<T, AuthorityError>,
+    ) -> Result<Response<T>, Status> {
+        match result {
+            Ok(value) => {
+                self.metrics.rpc(method, started, "ok", "");
+                Ok(Response::new(value))
+            }
+            Err(e) => {
+                let (result, reason) = error_labels(&e);
+                self.metrics.rpc(method, started, result, reason);
+                Err(to_status(e))
+            }
+        }
     }
 }
 
@@ -46,45 +69,60 @@ impl TokenService for TokenGrpc {
         &self,
         request: Request<pb::IssueRequest>,
     ) -> Result<Response<pb::IssueResponse>, Status> {
+        let started = Instant::now();
         let req = request.into_inner();
-        let ttl_ms = req.ttl.map(|d| duration_ms(&d, "ttl")).transpose()?;
-        let issued = self
-            .authority
-            .issue(IssueRequest {
-                user_id: req.user_id,
-                claims: req.claims.map(struct_to_json).unwrap_or_default(),
-                ttl_ms,
+        let result = async {
+            let ttl_ms = req.ttl.map(|d| duration_ms(&d, "ttl")).transpose()?;
+            let issued = self
+                .authority
+                .issue(IssueRequest {
+                    user_id: req.user_id,
+                    claims: req.claims.map(struct_to_json).unwrap_or_default(),
+                    ttl_ms,
+                })
+                .await?;
+            let g = grant(issued);
+            Ok(pb::IssueResponse {
+                token: g.token,
+                jti: g.jti,
+                issued_at: g.issued_at,
+                expires_at: g.expires_at,
+                refresh_expires_at: g.refresh_expires_at,
+                session_id: g.session_id,
             })
-            .await
-            .map_err(to_status)?;
-        let g = grant(issued);
-        Ok(Response::new(pb::IssueResponse {
-            token: g.token,
-            jti: g.jti,
-            issued_at: g.issued_at,
-            expires_at: g.expires_at,
-            refresh_expires_at: g.refresh_expires_at,
-            session_id: g.session_id,
-        }))
+        }
+        .await;
+        self.finish("Issue", started, result)
     }
 
     async fn verify(
         &self,
         request: Request<pb::VerifyRequest>,
     ) -> Result<Response<pb::VerifyResponse>, Status> {
+        let started = Instant::now();
         let token = request.into_inner().token;
-        let verdict = self.authority.verify(&token).await.map_err(to_status)?;
+        let verdict = match self.authority.verify(&token).await {
+            Ok(verdict) => verdict,
+            Err(e) => return self.finish("Verify", started, Err(e)),
+        };
         let response = match verdict {
-            Ok(claims) => pb::VerifyResponse {
-                valid: true,
-                reason: pb::Reason::Unspecified as i32,
-                claims: Some(token_claims(claims)),
-            },
-            Err(reason) => pb::VerifyResponse {
-                valid: false,
-                reason: proto_reason(reason) as i32,
-                claims: None,
-            },
+            Ok(claims) => {
+                self.metrics.rpc("Verify", started, "ok", "");
+                pb::VerifyResponse {
+                    valid: true,
+                    reason: pb::Reason::Unspecified as i32,
+                    claims: Some(token_claims(claims)),
+                }
+            }
+            Err(reason) => {
+                self.metrics
+                    .rpc("Verify", started, "invalid", reason.code());
+                pb::VerifyResponse {
+                    valid: false,
+                    reason: proto_reason(reason) as i32,
+                    claims: None,
+                }
+            }
         };
         Ok(Response::new(response))
     }
@@ -93,17 +131,20 @@ impl TokenService for TokenGrpc {
         &self,
         request: Request<pb::RefreshRequest>,
     ) -> Result<Response<pb::RefreshResponse>, Status> {
+        let started = Instant::now();
         let token = request.into_inner().token;
-        let issued = self.authority.refresh(&token).await.map_err(to_status)?;
-        let g = grant(issued);
-        Ok(Response::new(pb::RefreshResponse {
-            token: g.token,
-            jti: g.jti,
-            issued_at: g.issued_at,
-            expires_at: g.expires_at,
-            refresh_expires_at: g.refresh_expires_at,
-            session_id: g.session_id,
-        }))
+        let result = self.authority.refresh(&token).await.map(|issued| {
+            let g = grant(issued);
+            pb::RefreshResponse {
+                token: g.token,
+                jti: g.jti,
+                issued_at: g.issued_at,
+                expires_at: g.expires_at,
+                refresh_expires_at: g.refresh_expires_at,
+                session_id: g.session_id,
+            }
+        });
+        self.finish("Refresh", started, result)
     }
 
     async fn revoke(
@@ -111,67 +152,93 @@ impl TokenService for TokenGrpc {
         request: Request<pb::RevokeRequest>,
     ) -> Result<Response<pb::RevokeResponse>, Status> {
         use pb::revoke_request::Target;
-        let target = match request.into_inner().target {
-            Some(Target::Token(token)) => RevokeTarget::Token(token),
-            Some(Target::Jti(jti)) => RevokeTarget::Jti(jti),
-            Some(Target::SessionId(sid)) => RevokeTarget::Session(sid),
-            Some(Target::User(user)) => RevokeTarget::User {
-                user_id: user.user_id,
-                until_ms: user
-                    .until
-                    .map(|t| timestamp_ms(&t, "user.until"))
-                    .transpose()?,
-            },
-            None => {
-                return Err(invalid_argument(
-                    "target",
-                    "MISSING_TARGET",
-                    "set one of token, jti, session_id or user",
-                ));
-            }
-        };
-        let outcome = self.authority.revoke(target).await.map_err(to_status)?;
-        Ok(Response::new(pb::RevokeResponse {
-            stored: outcome.stored,
-            revoked_until: outcome.revoked_until_ms.map(timestamp),
-            banned: outcome.banned,
-            session_id: outcome.session_id.unwrap_or_default(),
-        }))
+        let started = Instant::now();
+        let target = request.into_inner().target;
+        let result = async {
+            let target = match target {
+                Some(Target::Token(token)) => RevokeTarget::Token(token),
+                Some(Target::Jti(jti)) => RevokeTarget::Jti(jti),
+                Some(Target::SessionId(sid)) => RevokeTarget::Session(sid),
+                Some(Target::User(user)) => RevokeTarget::User {
+                    user_id: user.user_id,
+                    until_ms: user
+                        .until
+                        .map(|t| timestamp_ms(&t, "user.until"))
+                        .transpose()?,
+                },
+                None => {
+                    return Err(AuthorityError::InvalidArgument {
+                        field: "target",
+                        reason: "MISSING_TARGET",
+                        message: "set one of token, jti, session_id or user".into(),
+                    });
+                }
+            };
+            let outcome = self.authority.revoke(target).await?;
+            Ok(pb::RevokeResponse {
+                stored: outcome.stored,
+                revoked_until: outcome.revoked_until_ms.map(timestamp),
+                banned: outcome.banned,
+                session_id: outcome.session_id.unwrap_or_default(),
+            })
+        }
+        .await;
+        self.finish("Revoke", started, result)
     }
 
     async fn lift_ban(
         &self,
         request: Request<pb::LiftBanRequest>,
     ) -> Result<Response<pb::LiftBanResponse>, Status> {
+        let started = Instant::now();
         let user_id = request.into_inner().user_id;
-        let lifted = self.authority.lift_ban(&user_id).await.map_err(to_status)?;
-        Ok(Response::new(pb::LiftBanResponse { lifted }))
+        let result = self
+            .authority
+            .lift_ban(&user_id)
+            .await
+            .map(|lifted| pb::LiftBanResponse { lifted });
+        self.finish("LiftBan", started, result)
     }
 
     async fn get_user_status(
         &self,
         request: Request<pb::GetUserStatusRequest>,
     ) -> Result<Response<pb::GetUserStatusResponse>, Status> {
+        let started = Instant::now();
         let user_id = request.into_inner().user_id;
-        let status = self
-            .authority
-            .user_status(&user_id)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::GetUserStatusResponse {
-            cutoff: status.cutoff_ms.map(timestamp),
-            banned: status.banned,
-            banned_until: status.cutoff_ms.filter(|_| status.banned).map(timestamp),
-        }))
+        let result =
+            self.authority
+                .user_status(&user_id)
+                .await
+                .map(|status| pb::GetUserStatusResponse {
+                    cutoff: status.cutoff_ms.map(timestamp),
+                    banned: status.banned,
+                    banned_until: status.cutoff_ms.filter(|_| status.banned).map(timestamp),
+                });
+        self.finish("GetUserStatus", started, result)
     }
 
     async fn get_jwks(
         &self,
         _request: Request<pb::GetJwksRequest>,
     ) -> Result<Response<pb::GetJwksResponse>, Status> {
-        Ok(Response::new(pb::GetJwksResponse {
+        let started = Instant::now();
+        let result = Ok(pb::GetJwksResponse {
             jwks_json: self.authority.jwks_json(),
-        }))
+        });
+        self.finish("GetJwks", started, result)
+    }
+}
+
+/// The `result` and `reason` metric labels of an error.
+fn error_labels(e: &AuthorityError) -> (&'static str, &'static str) {
+    match e {
+        AuthorityError::InvalidArgument { reason, .. } => ("invalid_argument", reason),
+        AuthorityError::Rejected(r) => ("unauthenticated", r.code()),
+        AuthorityError::InvalidToken(r) => ("invalid_argument", r.code()),
+        AuthorityError::Banned { .. } => ("permission_denied", Reason::UserBanned.code()),
+        AuthorityError::NotReady | AuthorityError::Store(_) => ("unavailable", "STORE_UNAVAILABLE"),
+        AuthorityError::Codec(_) => ("internal", "SIGNING_FAILED"),
     }
 }
 
@@ -305,31 +372,36 @@ pub fn timestamp(ms: UnixMillis) -> prost_types::Timestamp {
     }
 }
 
-fn timestamp_ms(t: &prost_types::Timestamp, field: &str) -> Result<UnixMillis, Status> {
+fn bad(field: &'static str, reason: &'static str, message: &str) -> AuthorityError {
+    AuthorityError::InvalidArgument {
+        field,
+        reason,
+        message: message.into(),
+    }
+}
+
+fn timestamp_ms(
+    t: &prost_types::Timestamp,
+    field: &'static str,
+) -> Result<UnixMillis, AuthorityError> {
     if !(0..1_000_000_000).contains(&t.nanos) {
-        return Err(invalid_argument(
-            field,
-            "INVALID_TIMESTAMP",
-            "nanos out of range",
-        ));
+        return Err(bad(field, "INVALID_TIMESTAMP", "nanos out of range"));
     }
     t.seconds
         .checked_mul(1000)
         .and_then(|ms| ms.checked_add(i64::from(t.nanos / 1_000_000)))
         .filter(|ms| (0..=253_402_300_799_999).contains(ms))
-        .ok_or_else(|| {
-            invalid_argument(field, "INVALID_TIMESTAMP", "must lie between 1970 and 9999")
-        })
+        .ok_or_else(|| bad(field, "INVALID_TIMESTAMP", "must lie between 1970 and 9999"))
 }
 
-fn duration_ms(d: &prost_types::Duration, field: &str) -> Result<i64, Status> {
+fn duration_ms(d: &prost_types::Duration, field: &'static str) -> Result<i64, AuthorityError> {
     if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
-        return Err(invalid_argument(field, "INVALID_TTL", "must be positive"));
+        return Err(bad(field, "INVALID_TTL", "must be positive"));
     }
     d.seconds
         .checked_mul(1000)
         .and_then(|ms| ms.checked_add(i64::from(d.nanos / 1_000_000)))
-        .ok_or_else(|| invalid_argument(field, "INVALID_TTL", "is too large"))
+        .ok_or_else(|| bad(field, "INVALID_TTL", "is too large"))
 }
 
 /// Converts a protobuf Struct to JSON; whole numbers become JSON integers.

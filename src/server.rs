@@ -14,10 +14,13 @@ use tonic_health::server::HealthReporter;
 
 use crate::authority::TokenAuthority;
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, Toggle};
 use crate::grpc::{TokenGrpc, pb};
+use crate::metrics::{self, Metrics};
 use crate::policy::RevocationPolicy;
-use crate::store::{self, RevocationStore, StoreError};
+use crate::revocations::{CacheSettings, Revocations};
+use crate::store::{self, StoreError};
+use crate::sync;
 use crate::token::{KeyError, KeySet, TokenCodec};
 
 /// The fully qualified name under which health reports TokenService.
@@ -57,8 +60,12 @@ pub struct RunningSidecar {
     pub addr: SocketAddr,
     /// The bound health-only address, if configured.
     pub health_addr: Option<SocketAddr>,
+    /// The bound metrics address.
+    pub metrics_addr: SocketAddr,
     /// The authority (for in-process callers such as benchmarks).
     pub authority: Arc<TokenAuthority>,
+    /// This instance's metrics.
+    pub metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
     grace: Duration,
     tasks: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
@@ -124,6 +131,19 @@ pub fn policy(config: &Config) -> RevocationPolicy {
     }
 }
 
+/// The cache settings `config` asks for.
+pub fn cache_settings(config: &Config) -> CacheSettings {
+    CacheSettings {
+        cutoff_ttl: config.cutoff_cache_ttl,
+        cutoff_capacity: config.cutoff_cache_capacity,
+        denylist_filter: config.denylist_filter == Toggle::On,
+        filter_expected_items: config.denylist_expected_items,
+        filter_fp_rate: config.denylist_fp_rate,
+        max_staleness: config.max_staleness,
+        on_outage: config.on_store_outage,
+    }
+}
+
 /// Starts the sidecar: binds its listeners and serves until [`RunningSidecar::shutdown`].
 ///
 /// Health reports NOT_SERVING until the store has been migrated and answered.
@@ -138,12 +158,19 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
         );
     }
     let store = store::open(&url).await?;
+    let metrics = Arc::new(Metrics::new());
+    let revocations = Arc::new(Revocations::new(
+        store.clone(),
+        clock.clone(),
+        metrics.clone(),
+        cache_settings(&config),
+    ));
     let codec = TokenCodec::new(keys, config.issuer.clone(), config.audience.clone());
     let authority = Arc::new(TokenAuthority::new(
         codec,
         policy(&config),
-        store.clone(),
-        clock,
+        revocations.clone(),
+        clock.clone(),
     ));
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -172,7 +199,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(pb::token_service_server::TokenServiceServer::new(
-            TokenGrpc::new(authority.clone()),
+            TokenGrpc::new(authority.clone(), metrics.clone()),
         ))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), stopped(shutdown_rx.clone()));
     let mut tasks = vec![tokio::spawn(api)];
@@ -189,21 +216,55 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
             );
         tasks.push(tokio::spawn(probes));
     }
-    tracing::info!(%addr, health = ?health_addr, store = store.kind(), "token-sidecar listening");
+    let metrics_listener = bind(config.metrics_listen).await?;
+    let metrics_addr = local_addr(&metrics_listener, config.metrics_listen)?;
+    let metrics_server = metrics::serve(
+        metrics_listener,
+        metrics.clone(),
+        stopped(shutdown_rx.clone()),
+    );
+    tracing::info!(
+        %addr,
+        health = ?health_addr,
+        metrics = %metrics::describe(metrics_addr),
+        store = store.kind(),
+        "token-sidecar listening"
+    );
 
-    let background = vec![
+    let mut background = vec![
+        tokio::spawn(async move {
+            if let Err(e) = metrics_server.await {
+                tracing::error!(error = %e, "metrics server failed");
+            }
+        }),
         tokio::spawn(keep_health(
-            authority.clone(),
+            revocations.clone(),
             reporter.clone(),
             config.health_interval,
             shutdown_rx.clone(),
         )),
-        tokio::spawn(purge_loop(authority.clone(), config.purge_interval)),
+        tokio::spawn(purge_loop(
+            revocations.clone(),
+            policy(&config),
+            clock,
+            config.purge_interval,
+        )),
     ];
+    if store.is_shared() {
+        background.push(tokio::spawn(sync::run(
+            revocations,
+            url,
+            config.sync_mode,
+            config.sync_poll_interval,
+            shutdown_rx.clone(),
+        )));
+    }
     Ok(RunningSidecar {
         addr,
         health_addr,
+        metrics_addr,
         authority,
+        metrics,
         shutdown,
         grace: config.shutdown_grace,
         tasks,
@@ -233,39 +294,44 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-/// Migrates the store, then keeps health in step with the store's reachability.
+/// Migrates the store and loads the caches, then keeps health in step with whether this
+/// instance can answer: NOT_SERVING until loaded, and while the caches are stale and the store
+/// is unreachable (unless serving stale answers was chosen).
 async fn keep_health(
-    authority: Arc<TokenAuthority>,
+    revocations: Arc<Revocations>,
     reporter: HealthReporter,
     interval: Duration,
     shutdown: watch::Receiver<bool>,
 ) {
-    let store: Arc<dyn RevocationStore> = authority.store().clone();
-    let mut serving = false;
+    let store = revocations.store().clone();
+    let mut serving = None;
     loop {
-        let healthy = if authority.is_ready() {
-            store.ping().await
+        let answering = if revocations.is_loaded() {
+            let reachable = store.ping().await.is_ok();
+            if !reachable {
+                tracing::warn!("store unreachable");
+            }
+            reachable || revocations.can_answer(revocations.now_ms())
         } else {
-            store.migrate().await
+            match prepare(&revocations).await {
+                Ok(()) => {
+                    tracing::info!(store = store.kind(), "store migrated and caches loaded");
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "store not ready: health is NOT_SERVING");
+                    false
+                }
+            }
         };
-        match healthy {
-            Ok(()) => {
-                if !authority.is_ready() {
-                    tracing::info!(store = store.kind(), "store migrated and reachable");
-                    authority.mark_ready();
-                }
-                if !serving {
-                    set_status(&reporter, ServingStatus::Serving).await;
-                    serving = true;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "store unreachable: health is NOT_SERVING");
-                if serving || !authority.is_ready() {
-                    set_status(&reporter, ServingStatus::NotServing).await;
-                    serving = false;
-                }
-            }
+        if serving != Some(answering) {
+            let status = if answering {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            set_status(&reporter, status).await;
+            serving = Some(answering);
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -277,22 +343,31 @@ async fn keep_health(
     }
 }
 
+async fn prepare(revocations: &Revocations) -> Result<(), StoreError> {
+    revocations.store().migrate().await?;
+    revocations.load().await
+}
+
 async fn set_status(reporter: &HealthReporter, status: ServingStatus) {
     reporter.set_service_status(SERVICE_NAME, status).await;
     reporter.set_service_status("", status).await;
 }
 
 /// Deletes denylist rows and cutoffs that can no longer refuse anything.
-async fn purge_loop(authority: Arc<TokenAuthority>, interval: Duration) {
+async fn purge_loop(
+    revocations: Arc<Revocations>,
+    policy: RevocationPolicy,
+    clock: Arc<dyn Clock>,
+    interval: Duration,
+) {
     let mut ticker = tokio::time::interval(interval);
     loop {
         ticker.tick().await;
-        if !authority.is_ready() {
+        if !revocations.is_loaded() {
             continue;
         }
-        let now = authority.now_ms();
-        let before = authority.policy().cutoff_purgeable_before(now);
-        match authority.store().purge(now, before).await {
+        let before = policy.cutoff_purgeable_before(clock.now_ms());
+        match revocations.purge(before).await {
             Ok(purged) => tracing::debug!(
                 denylist = purged.denylist,
                 cutoffs = purged.cutoffs,

@@ -544,16 +544,27 @@ async fn many_sidecars_migrate_one_postgres_database_at_once() {
         .revoke(Target::Token(issued.token.clone()))
         .await
         .expect("revoke");
-    assert_eq!(apps[2].verdict(&issued.token).await, Reason::TokenRevoked);
+    common::eventually(
+        std::time::Duration::from_secs(10),
+        "revocation reaches #2",
+        || async { apps[2].verdict(&issued.token).await == Reason::TokenRevoked },
+    )
+    .await;
     apps[3].revoke_user("bob", Some(T0_MS + MIN)).await;
-    let e = apps[0]
-        .issue_with(pb::IssueRequest {
-            user_id: "bob".into(),
-            ..Default::default()
-        })
-        .await
-        .expect_err("banned everywhere");
-    assert_status(&e, Code::PermissionDenied, "USER_BANNED");
+    common::eventually(
+        std::time::Duration::from_secs(10),
+        "ban reaches #0",
+        || async {
+            apps[0]
+                .issue_with(pb::IssueRequest {
+                    user_id: "bob".into(),
+                    ..Default::default()
+                })
+                .await
+                .is_err_and(|e| e.code() == Code::PermissionDenied)
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -1,6 +1,8 @@
 -- Cutoffs and the denylist. Times are Unix milliseconds (BIGINT) so that PostgreSQL and SQLite
 -- compare them identically; to read one: to_timestamp(cutoff_unix_ms / 1000.0).
 -- Every change takes a number from one sequence, so an instance can ask for "changes after N".
+-- Writers hold a transaction-scoped advisory lock while they take the number and commit, so
+-- numbers become visible in order and "after N" never skips a late commit.
 CREATE SEQUENCE revocation_change_seq;
 
 CREATE TABLE user_cutoffs (

@@ -2,7 +2,9 @@
 //!
 //! PostgreSQL is the production store; SQLite is the embedded default for trying the sidecar
 //! out. Both run their migrations at start (PostgreSQL under sqlx's advisory lock, so many
-//! sidecars starting at once are safe). Every write returns only after it has committed.
+//! sidecars starting at once are safe). Every write returns only after it has committed, and
+//! every change carries a number from one increasing sequence so that caches can apply
+//! "changes after N" in order.
 mod postgres;
 mod sqlite;
 
@@ -10,13 +12,16 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use postgres::PostgresStore;
+pub use postgres::{CHANGE_CHANNEL, PostgresStore};
 pub use sqlite::SqliteStore;
 
 use crate::clock::UnixMillis;
 
+/// Position in the change sequence. 0 means "before any change".
+pub type ChangeSeq = i64;
+
 /// What a denylist row refuses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DenyKind {
     /// One token, by `jti`.
     Token,
@@ -30,6 +35,14 @@ impl DenyKind {
         match self {
             DenyKind::Token => "jti",
             DenyKind::Session => "sid",
+        }
+    }
+
+    fn from_column(kind: &str) -> Self {
+        if kind == "jti" {
+            DenyKind::Token
+        } else {
+            DenyKind::Session
         }
     }
 }
@@ -47,13 +60,58 @@ pub struct DenyEntry {
     pub moot_after_ms: UnixMillis,
 }
 
+/// A user's cutoff as stored, with the number of the change that set it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CutoffRecord {
+    /// The cutoff, if the user has one.
+    pub cutoff_ms: Option<UnixMillis>,
+    /// The change that set it (0 if none).
+    pub seq: ChangeSeq,
+}
+
 /// The outcome of raising a cutoff.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CutoffUpdate {
     /// The cutoff in force afterwards.
     pub cutoff_ms: UnixMillis,
+    /// The change that set it.
+    pub seq: ChangeSeq,
     /// Whether this call changed it.
     pub changed: bool,
+}
+
+/// One committed change, as the change feed reports it (the row's current state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A user's cutoff is now `cutoff_ms`.
+    Cutoff {
+        /// Its number.
+        seq: ChangeSeq,
+        /// The user.
+        user_id: String,
+        /// The cutoff now in force.
+        cutoff_ms: UnixMillis,
+    },
+    /// A token or session is denied.
+    Denied {
+        /// Its number.
+        seq: ChangeSeq,
+        /// Token or session.
+        kind: DenyKind,
+        /// The `jti` or `sid`.
+        id: String,
+        /// After this instant the row refuses nothing that could still be valid.
+        moot_after_ms: UnixMillis,
+    },
+}
+
+impl Change {
+    /// The change's number.
+    pub fn seq(&self) -> ChangeSeq {
+        match self {
+            Change::Cutoff { seq, .. } | Change::Denied { seq, .. } => *seq,
+        }
+    }
 }
 
 /// How many rows a purge removed.
@@ -77,31 +135,52 @@ pub enum StoreError {
     /// The database URL names no supported store.
     #[error("unsupported database URL scheme (use postgres://... or sqlite:...)")]
     UnsupportedUrl,
+    /// The instance's view is too old and the store cannot refresh it.
+    #[error("the caches are stale and the store cannot be reached")]
+    Stale,
 }
+
+/// A callback that receives every live denylist row while the filter is (re)built.
+pub type DenySink<'a> = dyn FnMut(DenyKind, &str, UnixMillis) + Send + 'a;
 
 /// The persistent revocation state.
 #[async_trait]
 pub trait RevocationStore: Send + Sync + 'static {
     /// A short name for logs: `postgres` or `sqlite`.
     fn kind(&self) -> &'static str;
+    /// Whether other instances may write too (so changes must be synced).
+    fn is_shared(&self) -> bool;
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<(), StoreError>;
     /// Answers when the database is reachable.
     async fn ping(&self) -> Result<(), StoreError>;
-    /// The user's cutoff, if any.
-    async fn cutoff(&self, user_id: &str) -> Result<Option<UnixMillis>, StoreError>;
+    /// The user's cutoff, if any, with the change that set it.
+    async fn cutoff(&self, user_id: &str) -> Result<CutoffRecord, StoreError>;
     /// Atomically sets `C := max(C, at_least)` (SPEC §4 rule 2).
     async fn raise_cutoff(
         &self,
         user_id: &str,
         at_least: UnixMillis,
     ) -> Result<CutoffUpdate, StoreError>;
-    /// Atomically sets `C := now` if `C > now` (lifting a running ban); true if it did.
-    async fn lift_ban(&self, user_id: &str, now: UnixMillis) -> Result<bool, StoreError>;
-    /// Whether the token `jti` and the session `sid` are denied.
-    async fn denied(&self, jti: &str, sid: &str) -> Result<crate::policy::DenyStatus, StoreError>;
-    /// Adds a denylist row; false if it was there already.
-    async fn deny(&self, entry: &DenyEntry) -> Result<bool, StoreError>;
+    /// Atomically sets `C := now` if `C > now` (lifting a running ban); the change if it did.
+    async fn lift_ban(
+        &self,
+        user_id: &str,
+        now: UnixMillis,
+    ) -> Result<Option<ChangeSeq>, StoreError>;
+    /// Whether one token or session is denied.
+    async fn is_denied(&self, kind: DenyKind, id: &str) -> Result<bool, StoreError>;
+    /// Adds a denylist row; its change number, or None if it was there already.
+    async fn deny(&self, entry: &DenyEntry) -> Result<Option<ChangeSeq>, StoreError>;
+    /// Committed changes numbered after `after`, in order, at most `limit`.
+    async fn changes_after(&self, after: ChangeSeq, limit: i64) -> Result<Vec<Change>, StoreError>;
+    /// Feeds every denylist row still live at `now` to `sink`, from one consistent snapshot;
+    /// returns the last change number that snapshot contains.
+    async fn load_denylist(
+        &self,
+        now: UnixMillis,
+        sink: &mut DenySink<'_>,
+    ) -> Result<ChangeSeq, StoreError>;
     /// Deletes denylist rows moot before `now` and cutoffs older than `cutoffs_before`.
     async fn purge(
         &self,
@@ -121,13 +200,33 @@ pub async fn open(url: &str) -> Result<Arc<dyn RevocationStore>, StoreError> {
     }
 }
 
-fn deny_status(kinds: impl IntoIterator<Item = String>) -> crate::policy::DenyStatus {
-    let mut status = crate::policy::DenyStatus::default();
-    for kind in kinds {
-        match kind.as_str() {
-            "jti" => status.jti = true,
-            _ => status.session = true,
+/// Turns a `(kind, id, value, seq)` change-feed row into a [`Change`].
+fn change_from_row((kind, id, value, seq): (String, String, i64, i64)) -> Change {
+    if kind == "cutoff" {
+        Change::Cutoff {
+            seq,
+            user_id: id,
+            cutoff_ms: value,
+        }
+    } else {
+        Change::Denied {
+            seq,
+            kind: DenyKind::from_column(&kind),
+            id,
+            moot_after_ms: value,
         }
     }
-    status
 }
+
+/// The change feed: both tables' rows changed after a number, as `(kind, id, value, seq)`.
+/// `kind` is `cutoff` for a cutoff row, else the denylist kind.
+const CHANGES_AFTER_SQL: &str = "
+    SELECT kind, id, value, seq FROM (
+        SELECT 'cutoff' AS kind, user_id AS id, cutoff_unix_ms AS value, change_seq AS seq
+            FROM user_cutoffs WHERE change_seq > $1
+        UNION ALL
+        SELECT kind, id, moot_after_unix_ms AS value, change_seq AS seq
+            FROM denylist WHERE change_seq > $1
+    ) AS changes
+    ORDER BY seq
+    LIMIT $2";

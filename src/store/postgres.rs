@@ -2,14 +2,24 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use futures::TryStreamExt;
+use sqlx::postgres::{PgPoolOptions, PgRow};
+use sqlx::{PgPool, Postgres, Row, Transaction};
 
-use super::{CutoffUpdate, DenyEntry, Purged, RevocationStore, StoreError, deny_status};
+use super::{
+    CHANGES_AFTER_SQL, Change, ChangeSeq, CutoffRecord, CutoffUpdate, DenyEntry, DenyKind,
+    DenySink, Purged, RevocationStore, StoreError, change_from_row,
+};
 use crate::clock::UnixMillis;
-use crate::policy::DenyStatus;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+/// The LISTEN/NOTIFY channel on which every committed change is announced (payload: its number).
+pub const CHANGE_CHANNEL: &str = "token_sidecar_changes";
+
+/// The advisory lock every writer holds from taking a change number until it commits, so that
+/// numbers become visible in increasing order ("ts-chg" in ASCII).
+const CHANGE_LOCK: i64 = 0x7473_2d63_6867;
 
 /// Cutoffs and denylist in PostgreSQL.
 #[derive(Debug, Clone)]
@@ -24,7 +34,7 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .min_connections(0)
-            .acquire_timeout(Duration::from_secs(3))
+            .acquire_timeout(Duration::from_secs(2))
             .connect_lazy(url)?;
         Ok(Self { pool })
     }
@@ -33,12 +43,40 @@ impl PostgresStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    /// A transaction that holds the change lock.
+    async fn writer(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(CHANGE_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+
+    /// Announces a change (delivered to listeners when the transaction commits) and commits.
+    async fn commit_change(
+        mut tx: Transaction<'static, Postgres>,
+        seq: ChangeSeq,
+    ) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANGE_CHANNEL)
+            .bind(seq.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
 #[async_trait]
 impl RevocationStore for PostgresStore {
     fn kind(&self) -> &'static str {
         "postgres"
+    }
+
+    fn is_shared(&self) -> bool {
+        true
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -52,13 +90,23 @@ impl RevocationStore for PostgresStore {
         Ok(())
     }
 
-    async fn cutoff(&self, user_id: &str) -> Result<Option<UnixMillis>, StoreError> {
-        let row: Option<(i64,)> =
-            sqlx::query_as("SELECT cutoff_unix_ms FROM user_cutoffs WHERE user_id = $1")
-                .bind(user_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(row.map(|(c,)| c))
+    async fn cutoff(&self, user_id: &str) -> Result<CutoffRecord, StoreError> {
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT cutoff_unix_ms, change_seq FROM user_cutoffs WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some((cutoff, seq)) => CutoffRecord {
+                cutoff_ms: Some(cutoff),
+                seq,
+            },
+            None => CutoffRecord {
+                cutoff_ms: None,
+                seq: 0,
+            },
+        })
     }
 
     async fn raise_cutoff(
@@ -66,9 +114,10 @@ impl RevocationStore for PostgresStore {
         user_id: &str,
         at_least: UnixMillis,
     ) -> Result<CutoffUpdate, StoreError> {
-        // One statement: the upsert and the "never lower it" guard are atomic, so concurrent
+        let mut tx = self.writer().await?;
+        // The upsert and its "never lower it" guard are one statement, so concurrent
         // revocations of one user cannot undo each other.
-        let (cutoff_ms, changed): (i64, bool) = sqlx::query_as(
+        let (cutoff_ms, seq, changed): (i64, i64, bool) = sqlx::query_as(
             "WITH up AS (
                  INSERT INTO user_cutoffs (user_id, cutoff_unix_ms) VALUES ($1, $2)
                  ON CONFLICT (user_id) DO UPDATE
@@ -76,58 +125,134 @@ impl RevocationStore for PostgresStore {
                          change_seq = nextval('revocation_change_seq'),
                          updated_at = now()
                      WHERE user_cutoffs.cutoff_unix_ms < EXCLUDED.cutoff_unix_ms
-                 RETURNING cutoff_unix_ms
+                 RETURNING cutoff_unix_ms, change_seq
              )
-             SELECT cutoff_unix_ms, true FROM up
+             SELECT cutoff_unix_ms, change_seq, true FROM up
              UNION ALL
-             SELECT cutoff_unix_ms, false FROM user_cutoffs
+             SELECT cutoff_unix_ms, change_seq, false FROM user_cutoffs
                  WHERE user_id = $1 AND NOT EXISTS (SELECT 1 FROM up)",
         )
         .bind(user_id)
         .bind(at_least)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
-        Ok(CutoffUpdate { cutoff_ms, changed })
+        if changed {
+            Self::commit_change(tx, seq).await?;
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(CutoffUpdate {
+            cutoff_ms,
+            seq,
+            changed,
+        })
     }
 
-    async fn lift_ban(&self, user_id: &str, now: UnixMillis) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+    async fn lift_ban(
+        &self,
+        user_id: &str,
+        now: UnixMillis,
+    ) -> Result<Option<ChangeSeq>, StoreError> {
+        let mut tx = self.writer().await?;
+        let seq: Option<(i64,)> = sqlx::query_as(
             "UPDATE user_cutoffs
                  SET cutoff_unix_ms = $2, change_seq = nextval('revocation_change_seq'),
                      updated_at = now()
-                 WHERE user_id = $1 AND cutoff_unix_ms > $2",
+                 WHERE user_id = $1 AND cutoff_unix_ms > $2
+                 RETURNING change_seq",
         )
         .bind(user_id)
         .bind(now)
-        .execute(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        match seq {
+            Some((seq,)) => {
+                Self::commit_change(tx, seq).await?;
+                Ok(Some(seq))
+            }
+            None => {
+                tx.rollback().await?;
+                Ok(None)
+            }
+        }
     }
 
-    async fn denied(&self, jti: &str, sid: &str) -> Result<DenyStatus, StoreError> {
-        let kinds: Vec<(String,)> = sqlx::query_as(
-            "SELECT kind FROM denylist
-                 WHERE (kind = 'jti' AND id = $1) OR (kind = 'sid' AND id = $2)",
-        )
-        .bind(jti)
-        .bind(sid)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(deny_status(kinds.into_iter().map(|(k,)| k)))
+    async fn is_denied(&self, kind: DenyKind, id: &str) -> Result<bool, StoreError> {
+        let row: Option<(i32,)> =
+            sqlx::query_as("SELECT 1 FROM denylist WHERE kind = $1 AND id = $2")
+                .bind(kind.as_str())
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.is_some())
     }
 
-    async fn deny(&self, entry: &DenyEntry) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+    async fn deny(&self, entry: &DenyEntry) -> Result<Option<ChangeSeq>, StoreError> {
+        let mut tx = self.writer().await?;
+        let seq: Option<(i64,)> = sqlx::query_as(
             "INSERT INTO denylist (kind, id, user_id, moot_after_unix_ms) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (kind, id) DO NOTHING",
+                 ON CONFLICT (kind, id) DO NOTHING
+                 RETURNING change_seq",
         )
         .bind(entry.kind.as_str())
         .bind(&entry.id)
         .bind(entry.user_id.as_deref())
         .bind(entry.moot_after_ms)
-        .execute(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        match seq {
+            Some((seq,)) => {
+                Self::commit_change(tx, seq).await?;
+                Ok(Some(seq))
+            }
+            None => {
+                tx.rollback().await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn changes_after(&self, after: ChangeSeq, limit: i64) -> Result<Vec<Change>, StoreError> {
+        let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(CHANGES_AFTER_SQL)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(change_from_row).collect())
+    }
+
+    async fn load_denylist(
+        &self,
+        now: UnixMillis,
+        sink: &mut DenySink<'_>,
+    ) -> Result<ChangeSeq, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let (watermark,): (i64,) = sqlx::query_as(
+            "SELECT GREATEST(
+                 (SELECT COALESCE(MAX(change_seq), 0) FROM user_cutoffs),
+                 (SELECT COALESCE(MAX(change_seq), 0) FROM denylist))",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        {
+            let mut rows = sqlx::query(
+                "SELECT kind, id, moot_after_unix_ms FROM denylist WHERE moot_after_unix_ms >= $1",
+            )
+            .bind(now)
+            .fetch(&mut *tx);
+            while let Some(row) = rows.try_next().await? {
+                let row: PgRow = row;
+                let kind: &str = row.try_get(0)?;
+                let id: &str = row.try_get(1)?;
+                let moot: i64 = row.try_get(2)?;
+                sink(DenyKind::from_column(kind), id, moot);
+            }
+        }
+        tx.commit().await?;
+        Ok(watermark)
     }
 
     async fn purge(

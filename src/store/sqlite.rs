@@ -3,12 +3,17 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use futures::TryStreamExt;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 
-use super::{CutoffUpdate, DenyEntry, Purged, RevocationStore, StoreError, deny_status};
+use super::{
+    CHANGES_AFTER_SQL, Change, ChangeSeq, CutoffRecord, CutoffUpdate, DenyEntry, DenyKind,
+    DenySink, Purged, RevocationStore, StoreError, change_from_row,
+};
 use crate::clock::UnixMillis;
-use crate::policy::DenyStatus;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -33,12 +38,42 @@ impl SqliteStore {
             .await?;
         Ok(Self { pool })
     }
+
+    /// A write transaction holding the next change number. Its first statement writes, so the
+    /// database's write lock is taken at once (no deferred-upgrade deadlock).
+    async fn writer(&self) -> Result<(Transaction<'static, Sqlite>, ChangeSeq), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let (seq,): (i64,) = sqlx::query_as(
+            "UPDATE revocation_change_seq SET value = value + 1 WHERE id = 1 RETURNING value",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        Ok((tx, seq))
+    }
+
+    async fn finish(
+        tx: Transaction<'static, Sqlite>,
+        seq: ChangeSeq,
+        changed: bool,
+    ) -> Result<Option<ChangeSeq>, StoreError> {
+        if changed {
+            tx.commit().await?;
+            Ok(Some(seq))
+        } else {
+            tx.rollback().await?;
+            Ok(None)
+        }
+    }
 }
 
 #[async_trait]
 impl RevocationStore for SqliteStore {
     fn kind(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn is_shared(&self) -> bool {
+        false
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -51,13 +86,23 @@ impl RevocationStore for SqliteStore {
         Ok(())
     }
 
-    async fn cutoff(&self, user_id: &str) -> Result<Option<UnixMillis>, StoreError> {
-        let row: Option<(i64,)> =
-            sqlx::query_as("SELECT cutoff_unix_ms FROM user_cutoffs WHERE user_id = ?1")
-                .bind(user_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(row.map(|(c,)| c))
+    async fn cutoff(&self, user_id: &str) -> Result<CutoffRecord, StoreError> {
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT cutoff_unix_ms, change_seq FROM user_cutoffs WHERE user_id = ?1",
+        )
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some((cutoff, seq)) => CutoffRecord {
+                cutoff_ms: Some(cutoff),
+                seq,
+            },
+            None => CutoffRecord {
+                cutoff_ms: None,
+                seq: 0,
+            },
+        })
     }
 
     async fn raise_cutoff(
@@ -65,70 +110,131 @@ impl RevocationStore for SqliteStore {
         user_id: &str,
         at_least: UnixMillis,
     ) -> Result<CutoffUpdate, StoreError> {
-        // The guarded upsert is atomic; the follow-up read only runs when it changed nothing,
-        // and a cutoff can only have grown since.
-        let raised: Option<(i64,)> = sqlx::query_as(
-            "INSERT INTO user_cutoffs (user_id, cutoff_unix_ms) VALUES (?1, ?2)
+        let (mut tx, seq) = self.writer().await?;
+        let raised = sqlx::query(
+            "INSERT INTO user_cutoffs (user_id, cutoff_unix_ms, change_seq) VALUES (?1, ?2, ?3)
                  ON CONFLICT (user_id) DO UPDATE
                      SET cutoff_unix_ms = excluded.cutoff_unix_ms,
+                         change_seq = excluded.change_seq,
                          updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-                     WHERE user_cutoffs.cutoff_unix_ms < excluded.cutoff_unix_ms
-                 RETURNING cutoff_unix_ms",
+                     WHERE user_cutoffs.cutoff_unix_ms < excluded.cutoff_unix_ms",
         )
         .bind(user_id)
         .bind(at_least)
-        .fetch_optional(&self.pool)
-        .await?;
-        if let Some((cutoff_ms,)) = raised {
+        .bind(seq)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if raised {
+            Self::finish(tx, seq, true).await?;
             return Ok(CutoffUpdate {
-                cutoff_ms,
+                cutoff_ms: at_least,
+                seq,
                 changed: true,
             });
         }
-        let cutoff_ms = self.cutoff(user_id).await?.unwrap_or(at_least);
+        let (cutoff_ms, current_seq): (i64, i64) = sqlx::query_as(
+            "SELECT cutoff_unix_ms, change_seq FROM user_cutoffs WHERE user_id = ?1",
+        )
+        .bind(user_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        Self::finish(tx, seq, false).await?;
         Ok(CutoffUpdate {
             cutoff_ms,
+            seq: current_seq,
             changed: false,
         })
     }
 
-    async fn lift_ban(&self, user_id: &str, now: UnixMillis) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+    async fn lift_ban(
+        &self,
+        user_id: &str,
+        now: UnixMillis,
+    ) -> Result<Option<ChangeSeq>, StoreError> {
+        let (mut tx, seq) = self.writer().await?;
+        let lifted = sqlx::query(
             "UPDATE user_cutoffs
-                 SET cutoff_unix_ms = ?2, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                 SET cutoff_unix_ms = ?2, change_seq = ?3,
+                     updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
                  WHERE user_id = ?1 AND cutoff_unix_ms > ?2",
         )
         .bind(user_id)
         .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        .bind(seq)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        Self::finish(tx, seq, lifted).await
     }
 
-    async fn denied(&self, jti: &str, sid: &str) -> Result<DenyStatus, StoreError> {
-        let kinds: Vec<(String,)> = sqlx::query_as(
-            "SELECT kind FROM denylist
-                 WHERE (kind = 'jti' AND id = ?1) OR (kind = 'sid' AND id = ?2)",
-        )
-        .bind(jti)
-        .bind(sid)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(deny_status(kinds.into_iter().map(|(k,)| k)))
+    async fn is_denied(&self, kind: DenyKind, id: &str) -> Result<bool, StoreError> {
+        let row: Option<(i32,)> =
+            sqlx::query_as("SELECT 1 FROM denylist WHERE kind = ?1 AND id = ?2")
+                .bind(kind.as_str())
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.is_some())
     }
 
-    async fn deny(&self, entry: &DenyEntry) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "INSERT INTO denylist (kind, id, user_id, moot_after_unix_ms) VALUES (?1, ?2, ?3, ?4)
+    async fn deny(&self, entry: &DenyEntry) -> Result<Option<ChangeSeq>, StoreError> {
+        let (mut tx, seq) = self.writer().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO denylist (kind, id, user_id, moot_after_unix_ms, change_seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (kind, id) DO NOTHING",
         )
         .bind(entry.kind.as_str())
         .bind(&entry.id)
         .bind(entry.user_id.as_deref())
         .bind(entry.moot_after_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        .bind(seq)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        Self::finish(tx, seq, inserted).await
+    }
+
+    async fn changes_after(&self, after: ChangeSeq, limit: i64) -> Result<Vec<Change>, StoreError> {
+        let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(CHANGES_AFTER_SQL)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(change_from_row).collect())
+    }
+
+    async fn load_denylist(
+        &self,
+        now: UnixMillis,
+        sink: &mut DenySink<'_>,
+    ) -> Result<ChangeSeq, StoreError> {
+        // A read transaction in WAL mode sees one snapshot throughout.
+        let mut tx = self.pool.begin().await?;
+        let (watermark,): (i64,) =
+            sqlx::query_as("SELECT value FROM revocation_change_seq WHERE id = 1")
+                .fetch_one(&mut *tx)
+                .await?;
+        {
+            let mut rows = sqlx::query(
+                "SELECT kind, id, moot_after_unix_ms FROM denylist WHERE moot_after_unix_ms >= ?1",
+            )
+            .bind(now)
+            .fetch(&mut *tx);
+            while let Some(row) = rows.try_next().await? {
+                let row: SqliteRow = row;
+                let kind: &str = row.try_get(0)?;
+                let id: &str = row.try_get(1)?;
+                let moot: i64 = row.try_get(2)?;
+                sink(DenyKind::from_column(kind), id, moot);
+            }
+        }
+        tx.commit().await?;
+        Ok(watermark)
     }
 
     async fn purge(

@@ -74,6 +74,8 @@ pub struct TestApp {
     pub clock: ManualClock,
     pub addr: SocketAddr,
     pub health_addr: Option<SocketAddr>,
+    pub metrics_addr: SocketAddr,
+    pub metrics: Arc<token_sidecar::metrics::Metrics>,
     pub backend: Backend,
     pub database_url: String,
     pub dir: Arc<tempfile::TempDir>,
@@ -163,6 +165,8 @@ impl Settings {
             "token-sidecar".into(),
             "--listen".into(),
             "127.0.0.1:0".into(),
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
             "--database-url".into(),
             database_url.clone(),
         ];
@@ -176,6 +180,8 @@ impl Settings {
         let running = server::start(config, Arc::new(clock.clone())).await?;
         let addr = running.addr;
         let health_addr = running.health_addr;
+        let metrics_addr = running.metrics_addr;
+        let metrics = running.metrics.clone();
         let channel = Channel::from_shared(format!("http://{addr}"))
             .expect("uri")
             .connect()
@@ -187,6 +193,8 @@ impl Settings {
             clock,
             addr,
             health_addr,
+            metrics_addr,
+            metrics,
             backend: self.backend,
             database_url,
             dir,
@@ -415,4 +423,77 @@ pub fn good_payload() -> serde_json::Value {
 /// The header our sidecars' `main` key expects.
 pub fn good_header() -> serde_json::Value {
     serde_json::json!({"alg": "HS256", "typ": "JWT", "kid": "main"})
+}
+
+/// Waits until `check` holds, polling every few milliseconds, for at most `deadline`. Only for
+/// what crosses to another instance through PostgreSQL (propagation); rules move the clock.
+pub async fn eventually<F, Fut>(deadline: Duration, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(2));
+    let waited = tokio::time::timeout(deadline, async {
+        loop {
+            tick.tick().await;
+            if check().await {
+                return started.elapsed();
+            }
+        }
+    })
+    .await;
+    waited.unwrap_or_else(|_| panic!("{what}: not within {deadline:?}"))
+}
+
+/// A TCP proxy in front of PostgreSQL that a test can cut (every connection dropped, new ones
+/// refused) and restore, to simulate a store outage without touching the shared server.
+pub struct StoreProxy {
+    pub addr: SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl StoreProxy {
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if *cut_rx.borrow() {
+                    drop(client);
+                    continue;
+                }
+                let mut cut_rx = cut_rx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut_rx.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Self { addr, cut }
+    }
+
+    /// The database URL `url` rewritten to go through this proxy.
+    pub fn url_for(&self, url: &str) -> String {
+        url.replace("127.0.0.1:5432", &self.addr.to_string())
+    }
+
+    pub fn cut(&self) {
+        let _ = self.cut.send(true);
+    }
+
+    pub fn restore(&self) {
+        let _ = self.cut.send(false);
+    }
 }

@@ -1,0 +1,265 @@
+//! Prometheus metrics, served on `--metrics-listen` at `/metrics`.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of an RPC count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    /// The RPC, e.g. `Verify`.
+    pub method: &'static str,
+    /// `ok`, `invalid` (a Verify answering valid=false) or the gRPC code of an error.
+    pub result: &'static str,
+    /// The token reason, or empty.
+    pub reason: &'static str,
+}
+
+/// Labels of an RPC latency.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    /// The RPC.
+    pub method: &'static str,
+}
+
+/// Labels of a cache lookup.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// `cutoff` or `denylist`.
+    pub cache: &'static str,
+    /// `hit` or `miss` (for the denylist: `negative` = filter says no, `maybe`).
+    pub result: &'static str,
+}
+
+/// Labels of a store query.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueryLabels {
+    /// What it was for, e.g. `cutoff`, `denied`, `changes`.
+    pub kind: &'static str,
+}
+
+/// Every metric of one sidecar instance.
+pub struct Metrics {
+    registry: Registry,
+    rpc_requests: Family<RpcLabels, Counter>,
+    rpc_seconds: Family<MethodLabels, Histogram>,
+    cache_lookups: Family<CacheLabels, Counter>,
+    store_queries: Family<QueryLabels, Counter>,
+    store_errors: Counter,
+    store_queries_total: AtomicU64,
+    /// Milliseconds since the last successful sync with the store.
+    pub sync_lag_ms: Gauge,
+    /// The last change number applied.
+    pub sync_watermark: Gauge,
+    /// Changes applied from the change feed.
+    pub sync_changes: Counter,
+    /// Entries in the denylist filter.
+    pub filter_items: Gauge,
+    /// Bits in the denylist filter.
+    pub filter_bits: Gauge,
+    /// Configured expected size of the denylist filter.
+    pub filter_expected_items: Gauge,
+    /// Configured false-positive rate of the denylist filter, in parts per million.
+    pub filter_target_fp_ppm: Gauge,
+    /// Filter rebuilds.
+    pub filter_rebuilds: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("token_sidecar");
+        let rpc_requests = Family::<RpcLabels, Counter>::default();
+        let rpc_seconds = Family::<MethodLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
+        });
+        let cache_lookups = Family::<CacheLabels, Counter>::default();
+        let store_queries = Family::<QueryLabels, Counter>::default();
+        let m = Self {
+            registry: Registry::default(),
+            rpc_requests,
+            rpc_seconds,
+            cache_lookups,
+            store_queries,
+            store_errors: Counter::default(),
+            store_queries_total: AtomicU64::new(0),
+            sync_lag_ms: Gauge::default(),
+            sync_watermark: Gauge::default(),
+            sync_changes: Counter::default(),
+            filter_items: Gauge::default(),
+            filter_bits: Gauge::default(),
+            filter_expected_items: Gauge::default(),
+            filter_target_fp_ppm: Gauge::default(),
+            filter_rebuilds: Counter::default(),
+        };
+        registry.register(
+            "rpc_requests",
+            "RPCs by method, result and reason",
+            m.rpc_requests.clone(),
+        );
+        registry.register("rpc_duration_seconds", "RPC latency", m.rpc_seconds.clone());
+        registry.register(
+            "cache_lookups",
+            "Cache lookups by cache and result",
+            m.cache_lookups.clone(),
+        );
+        registry.register(
+            "store_queries",
+            "Store queries by purpose",
+            m.store_queries.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Store queries that failed",
+            m.store_errors.clone(),
+        );
+        registry.register(
+            "sync_lag_milliseconds",
+            "Time since the last successful sync",
+            m.sync_lag_ms.clone(),
+        );
+        registry.register(
+            "sync_watermark",
+            "Last change number applied",
+            m.sync_watermark.clone(),
+        );
+        registry.register(
+            "sync_changes",
+            "Changes applied from the change feed",
+            m.sync_changes.clone(),
+        );
+        registry.register(
+            "denylist_filter_items",
+            "Entries in the denylist filter",
+            m.filter_items.clone(),
+        );
+        registry.register(
+            "denylist_filter_bits",
+            "Size of the denylist filter in bits",
+            m.filter_bits.clone(),
+        );
+        registry.register(
+            "denylist_filter_expected_items",
+            "Configured expected size of the denylist filter",
+            m.filter_expected_items.clone(),
+        );
+        registry.register(
+            "denylist_filter_target_fp_ppm",
+            "Configured false-positive rate of the denylist filter (parts per million)",
+            m.filter_target_fp_ppm.clone(),
+        );
+        registry.register(
+            "denylist_filter_rebuilds",
+            "Denylist filter rebuilds",
+            m.filter_rebuilds.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// Counts one RPC and its latency.
+    pub fn rpc(
+        &self,
+        method: &'static str,
+        started: Instant,
+        result: &'static str,
+        reason: &'static str,
+    ) {
+        self.rpc_requests
+            .get_or_create(&RpcLabels {
+                method,
+                result,
+                reason,
+            })
+            .inc();
+        self.rpc_seconds
+            .get_or_create(&MethodLabels { method })
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Counts one cache lookup.
+    pub fn cache(&self, cache: &'static str, result: &'static str) {
+        self.cache_lookups
+            .get_or_create(&CacheLabels { cache, result })
+            .inc();
+    }
+
+    /// Counts one store query.
+    pub fn store_query(&self, kind: &'static str) {
+        self.store_queries
+            .get_or_create(&QueryLabels { kind })
+            .inc();
+        self.store_queries_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one failed store query.
+    pub fn store_error(&self) {
+        self.store_errors.inc();
+    }
+
+    /// Store queries made so far for one purpose.
+    pub fn store_queries_of(&self, kind: &'static str) -> u64 {
+        self.store_queries
+            .get_or_create(&QueryLabels { kind })
+            .get()
+    }
+
+    /// Store queries made so far, of every kind.
+    pub fn store_queries_total(&self) -> u64 {
+        self.store_queries_total.load(Ordering::Relaxed)
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "could not encode metrics");
+        }
+        out
+    }
+}
+
+/// Serves `/metrics` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::http::header;
+    use axum::routing::get;
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics.render(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The address `/metrics` is served on, for logs.
+pub fn describe(addr: SocketAddr) -> String {
+    format!("http://{addr}/metrics")
+}

@@ -1,0 +1,383 @@
+//! Several instances on one PostgreSQL: propagation through NOTIFY and through the poll,
+//! catch-up after a cut listener and at start, the hot path served from memory, and bounded
+//! staleness during a store outage.
+mod common;
+
+use std::time::Duration;
+
+use common::{Backend, MIN, SEC, Settings, StoreProxy, T0_MS, TestApp, assert_status, eventually};
+use token_sidecar::clock::ManualClock;
+use token_sidecar::grpc::pb::{self, Reason, revoke_request::Target};
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+const PROPAGATION: Duration = Duration::from_secs(10);
+
+/// Two instances on one fresh database, sharing a clock.
+async fn pair(b_args: &[(&str, &str)]) -> (TestApp, TestApp) {
+    let clock = ManualClock::new(T0_MS);
+    let a = Settings::new(Backend::Postgres)
+        .clock(clock.clone())
+        .spawn()
+        .await;
+    let mut b = Settings::new(Backend::Postgres).sharing(&a).clock(clock);
+    for (flag, value) in b_args {
+        b = b.arg(flag, value);
+    }
+    (a, b.spawn().await)
+}
+
+async fn rejected_with(app: &TestApp, token: &str, reason: Reason, what: &str) -> Duration {
+    eventually(PROPAGATION, what, || async {
+        app.verdict(token).await == reason
+    })
+    .await
+}
+
+/// Every kind of revocation made on `a` reaches `b`; each is visible on `a` at once.
+async fn revocations_reach_the_other_instance(a: &TestApp, b: &TestApp) {
+    // Session revocation.
+    let t = a.issue("alice").await;
+    assert!(b.verify(&t.token).await.valid, "b has seen alice, cached");
+    a.revoke(Target::Token(t.token.clone()))
+        .await
+        .expect("revoke");
+    assert_eq!(
+        a.verdict(&t.token).await,
+        Reason::TokenRevoked,
+        "visible locally at once"
+    );
+    rejected_with(b, &t.token, Reason::TokenRevoked, "session revocation").await;
+
+    // One token by jti.
+    let t = a.issue("alice").await;
+    assert!(b.verify(&t.token).await.valid);
+    a.revoke(Target::Jti(t.jti.clone())).await.expect("revoke");
+    rejected_with(b, &t.token, Reason::TokenRevoked, "jti revocation").await;
+
+    // Revoke-all.
+    let t = a.issue("bob").await;
+    assert!(
+        b.verify(&t.token).await.valid,
+        "b caches bob without a cutoff"
+    );
+    a.revoke_user("bob", None).await;
+    assert_eq!(a.verdict(&t.token).await, Reason::UserRevoked);
+    rejected_with(b, &t.token, Reason::UserRevoked, "revoke-all").await;
+
+    // Ban, then its lifting.
+    let t = a.issue("carol").await;
+    assert!(b.verify(&t.token).await.valid);
+    let now = {
+        use token_sidecar::clock::Clock;
+        a.clock.now_ms()
+    };
+    a.revoke_user("carol", Some(now + 60 * MIN)).await;
+    rejected_with(b, &t.token, Reason::UserBanned, "ban").await;
+    let refused = b
+        .issue_with(pb::IssueRequest {
+            user_id: "carol".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("banned on b too");
+    assert_status(&refused, Code::PermissionDenied, "USER_BANNED");
+    assert!(a.lift_ban("carol").await);
+    rejected_with(b, &t.token, Reason::UserRevoked, "ban lifted").await;
+    let fresh = b.issue("carol").await;
+    assert!(a.verify(&fresh.token).await.valid);
+}
+
+#[tokio::test]
+async fn revocations_reach_another_instance_through_notify() {
+    // A slow poll, so only NOTIFY can be this fast.
+    let (a, b) = pair(&[("--sync-poll-interval", "1h")]).await;
+    revocations_reach_the_other_instance(&a, &b).await;
+    // The second round revokes users again: let time pass so "now" is after the first round.
+    a.clock.advance_ms(SEC);
+    revocations_reach_the_other_instance(&b, &a).await;
+}
+
+#[tokio::test]
+async fn revocations_reach_a_poll_only_instance() {
+    let (a, b) = pair(&[("--sync-mode", "poll"), ("--sync-poll-interval", "100ms")]).await;
+    revocations_reach_the_other_instance(&a, &b).await;
+}
+
+#[tokio::test]
+async fn a_cut_listener_reconnects_and_catches_up() {
+    let (a, b) = pair(&[("--sync-poll-interval", "1h")]).await;
+    let t = a.issue("dave").await;
+    assert!(b.verify(&t.token).await.valid);
+    // Wait for b's listener, then kill its connection from the server side.
+    let admin = sqlx::PgPool::connect(&a.database_url)
+        .await
+        .expect("admin pool");
+    eventually(PROPAGATION, "listener connected", || async {
+        let n: (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM pg_stat_activity
+                 WHERE application_name = 'token-sidecar-listener' AND datname = current_database()",
+        )
+        .fetch_one(&admin)
+        .await
+        .unwrap_or((0,));
+        n.0 >= 2
+    })
+    .await;
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE application_name = 'token-sidecar-listener' AND datname = current_database()",
+    )
+    .execute(&admin)
+    .await
+    .expect("terminate listeners");
+    a.revoke(Target::Token(t.token.clone()))
+        .await
+        .expect("revoke");
+    rejected_with(
+        &b,
+        &t.token,
+        Reason::TokenRevoked,
+        "after the listener was cut",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_instance_started_later_loads_every_revocation_at_start() {
+    let clock = ManualClock::new(T0_MS);
+    let a = Settings::new(Backend::Postgres)
+        .clock(clock.clone())
+        .spawn()
+        .await;
+    let session = a.issue("erin").await;
+    let single = a.issue("erin").await;
+    let user = a.issue("frank").await;
+    let banned = a.issue("gina").await;
+    a.revoke(Target::Token(session.token.clone()))
+        .await
+        .expect("revoke");
+    a.revoke(Target::Jti(single.jti.clone()))
+        .await
+        .expect("revoke");
+    a.revoke_user("frank", None).await;
+    a.revoke_user("gina", Some(T0_MS + MIN)).await;
+
+    let c = Settings::new(Backend::Postgres)
+        .sharing(&a)
+        .clock(clock)
+        .spawn()
+        .await;
+    // SERVING means loaded: no waiting.
+    assert_eq!(c.verdict(&session.token).await, Reason::TokenRevoked);
+    assert_eq!(c.verdict(&single.token).await, Reason::TokenRevoked);
+    assert_eq!(c.verdict(&user.token).await, Reason::UserRevoked);
+    assert_eq!(c.verdict(&banned.token).await, Reason::UserBanned);
+}
+
+#[tokio::test]
+async fn three_instances_agree() {
+    let clock = ManualClock::new(T0_MS);
+    let a = Settings::new(Backend::Postgres)
+        .clock(clock.clone())
+        .spawn()
+        .await;
+    let b = Settings::new(Backend::Postgres)
+        .sharing(&a)
+        .clock(clock.clone())
+        .spawn()
+        .await;
+    let c = Settings::new(Backend::Postgres)
+        .sharing(&a)
+        .clock(clock)
+        .arg("--sync-mode", "poll")
+        .arg("--sync-poll-interval", "50ms")
+        .spawn()
+        .await;
+    let tokens: Vec<String> = futures::future::join_all((0..20).map(|i| {
+        let app = [&a, &b, &c][i % 3];
+        async move { app.issue(&format!("user-{i}")).await.token }
+    }))
+    .await;
+    for (i, t) in tokens.iter().enumerate() {
+        for app in [&a, &b, &c] {
+            assert!(app.verify(t).await.valid, "token {i}");
+        }
+        [&a, &b, &c][(i + 1) % 3]
+            .revoke(Target::Token(t.clone()))
+            .await
+            .expect("revoke");
+    }
+    for t in &tokens {
+        for app in [&a, &b, &c] {
+            rejected_with(app, t, Reason::TokenRevoked, "three-way").await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn steady_state_verify_makes_no_store_queries() {
+    let app = TestApp::spawn(Backend::Postgres).await;
+    let mut tokens = Vec::new();
+    for i in 0..200 {
+        tokens.push(app.issue(&format!("user-{}", i % 50)).await.token);
+    }
+    // 1% revoked, as in production.
+    app.revoke(Target::Token(tokens[7].clone()))
+        .await
+        .expect("revoke");
+    app.revoke(Target::Token(tokens[99].clone()))
+        .await
+        .expect("revoke");
+    for t in &tokens {
+        app.verify(t).await;
+    }
+    let queries = |app: &TestApp| {
+        app.metrics.store_queries_of("cutoff") + app.metrics.store_queries_of("denied")
+    };
+    let before = queries(&app);
+    let mut revoked = 0;
+    for i in 0..10_000 {
+        if !app.verify(&tokens[i % tokens.len()]).await.valid {
+            revoked += 1;
+        }
+    }
+    assert_eq!(revoked, 2 * 10_000 / 200);
+    assert_eq!(
+        queries(&app) - before,
+        0,
+        "verify at steady state touched the store"
+    );
+}
+
+#[tokio::test]
+async fn metrics_are_served_over_http() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let t = app.issue("alice").await;
+    app.verify(&t.token).await;
+    app.verify("garbage").await;
+    let mut stream = tokio::net::TcpStream::connect(app.metrics_addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.expect("response");
+    assert!(body.starts_with("HTTP/1.1 200"), "{body:.200}");
+    for needle in [
+        "token_sidecar_rpc_requests_total{method=\"Verify\",result=\"ok\",reason=\"\"} 1",
+        "token_sidecar_rpc_requests_total{method=\"Verify\",result=\"invalid\",reason=\"MALFORMED\"} 1",
+        "token_sidecar_rpc_duration_seconds_bucket",
+        "token_sidecar_cache_lookups_total",
+        "token_sidecar_store_queries_total",
+        "token_sidecar_sync_lag_milliseconds",
+        "token_sidecar_denylist_filter_expected_items 1000000",
+        "token_sidecar_denylist_filter_target_fp_ppm 10000",
+    ] {
+        assert!(body.contains(needle), "missing {needle}");
+    }
+    assert!(!body.contains(&t.token), "no token in metrics");
+}
+
+fn upstream() -> std::net::SocketAddr {
+    let url = common::postgres_admin_url();
+    let host_port = url
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or("127.0.0.1:5432");
+    host_port
+        .parse()
+        .unwrap_or_else(|_| ([127, 0, 0, 1], 5432).into())
+}
+
+async fn behind_proxy(outage: &str) -> (TestApp, StoreProxy) {
+    let proxy = StoreProxy::start(upstream()).await;
+    let url = proxy.url_for(&common::fresh_postgres_database().await);
+    let app = Settings::new(Backend::Postgres)
+        .database_url(&url)
+        .arg("--max-staleness", "2s")
+        .arg("--health-interval", "1s")
+        .arg("--sync-poll-interval", "200ms")
+        .arg("--on-store-outage", outage)
+        .spawn()
+        .await;
+    (app, proxy)
+}
+
+#[tokio::test]
+async fn a_store_outage_fails_closed_then_recovers_by_itself() {
+    let (app, proxy) = behind_proxy("fail-closed").await;
+    let t = app.issue("alice").await;
+    assert!(app.verify(&t.token).await.valid);
+
+    proxy.cut();
+    // Within the staleness bound the caches still answer...
+    assert!(app.verify(&t.token).await.valid);
+    // ...but nothing is acknowledged that did not commit.
+    let e = app
+        .revoke(Target::Jti(t.jti.clone()))
+        .await
+        .expect_err("no commit, no OK");
+    assert_status(&e, Code::Unavailable, "STORE_UNAVAILABLE");
+    // Past the bound the caches are not trusted: Verify fails closed, health says so.
+    app.clock.advance_ms(3 * SEC);
+    let e = app
+        .client
+        .clone()
+        .verify(pb::VerifyRequest {
+            token: t.token.clone(),
+        })
+        .await
+        .expect_err("stale and no store");
+    assert_status(&e, Code::Unavailable, "STORE_UNAVAILABLE");
+    app.wait_for_health(ServingStatus::NotServing).await;
+
+    proxy.restore();
+    app.wait_for_health(ServingStatus::Serving).await;
+    eventually(PROPAGATION, "verify answers again", || async {
+        app.client
+            .clone()
+            .verify(pb::VerifyRequest {
+                token: t.token.clone(),
+            })
+            .await
+            .is_ok_and(|r| r.into_inner().valid)
+    })
+    .await;
+    app.revoke(Target::Jti(t.jti.clone()))
+        .await
+        .expect("revoke after recovery");
+    assert_eq!(app.verdict(&t.token).await, Reason::TokenRevoked);
+    assert_eq!(
+        app.count_rows("denylist").await,
+        1,
+        "the failed revoke stored nothing"
+    );
+}
+
+#[tokio::test]
+async fn serve_stale_answers_from_the_caches_during_an_outage() {
+    let (app, proxy) = behind_proxy("serve-stale").await;
+    let t = app.issue("alice").await;
+    let revoked = app.issue("alice").await;
+    app.revoke(Target::Token(revoked.token.clone()))
+        .await
+        .expect("revoke");
+    assert!(app.verify(&t.token).await.valid);
+    assert_eq!(app.verdict(&revoked.token).await, Reason::TokenRevoked);
+
+    proxy.cut();
+    app.clock.advance_ms(3 * SEC);
+    assert!(app.verify(&t.token).await.valid, "served stale");
+    assert_eq!(app.verdict(&revoked.token).await, Reason::TokenRevoked);
+    let e = app
+        .revoke(Target::Jti(t.jti.clone()))
+        .await
+        .expect_err("no commit, no OK");
+    assert_status(&e, Code::Unavailable, "STORE_UNAVAILABLE");
+    proxy.restore();
+}
