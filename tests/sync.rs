@@ -381,3 +381,49 @@ async fn serve_stale_answers_from_the_caches_during_an_outage() {
     assert_status(&e, Code::Unavailable, "STORE_UNAVAILABLE");
     proxy.restore();
 }
+
+/// Figures, not assertions: revocation propagation between two instances (NOTIFY and
+/// poll-only) over 200 revocations each, and the denylist filter's memory for 1,000,000 ids.
+/// Run: `cargo test --release --test sync -- --ignored --nocapture measure`
+#[tokio::test]
+#[ignore = "a measurement; run by hand"]
+async fn measure_propagation_and_filter_memory() {
+    let filter = token_sidecar::cache::DenylistFilter::new(1_000_000, 0.01, 10);
+    println!(
+        "filter for 1,000,000 ids at 1% false positives: {} bits = {:.2} MiB",
+        filter.bits(),
+        filter.bits() as f64 / 8.0 / 1024.0 / 1024.0
+    );
+    for (label, args) in [
+        ("notify (poll 1h)", vec![("--sync-poll-interval", "1h")]),
+        (
+            "poll-only, 250ms",
+            vec![("--sync-mode", "poll"), ("--sync-poll-interval", "250ms")],
+        ),
+    ] {
+        let (a, b) = pair(&args).await;
+        let mut samples = Vec::with_capacity(200);
+        for i in 0..200 {
+            let t = a.issue(&format!("user-{i}")).await;
+            assert!(b.verify(&t.token).await.valid);
+            let started = std::time::Instant::now();
+            a.revoke(Target::Token(t.token.clone())).await.expect("revoke");
+            loop {
+                if b.verdict(&t.token).await == Reason::TokenRevoked {
+                    break;
+                }
+                assert!(started.elapsed() < PROPAGATION, "revocation {i} never arrived");
+            }
+            samples.push(started.elapsed());
+        }
+        samples.sort();
+        let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+        println!(
+            "propagation {label}: n={} median={:.1}ms p99={:.1}ms max={:.1}ms",
+            samples.len(),
+            at(0.5).as_secs_f64() * 1e3,
+            at(0.99).as_secs_f64() * 1e3,
+            samples[samples.len() - 1].as_secs_f64() * 1e3
+        );
+    }
+}
