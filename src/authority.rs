@@ -369,7 +369,12 @@ impl TokenAuthority {
 
     /// The public keys as an RFC 7517 key set.
     pub fn jwks_json(&self) -> String {
-        self.codec.keys().jwks_json()
+        self.codec.keys().jwks_json().to_owned()
+    }
+
+    /// Swaps in a new key set (hot reload); tokens signed by keys it still holds stay valid.
+    pub fn replace_keys(&self, keys: crate::token::KeySet) {
+        self.codec.replace_keys(keys);
     }
 }
 

@@ -43,6 +43,11 @@ pub struct Config {
     #[arg(long, env = "TOKEN_SIDECAR_SIGNING_KID")]
     pub signing_kid: Option<String>,
 
+    /// How often key files are checked for changes (mounted Secrets change in place); SIGHUP
+    /// reloads at once.
+    #[arg(long, env = "TOKEN_SIDECAR_KEY_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_positive_duration)]
+    pub key_reload_interval: Duration,
+
     /// The `iss` written into and required of every token.
     #[arg(long, env = "TOKEN_SIDECAR_ISSUER", default_value = "token-sidecar")]
     pub issuer: String,

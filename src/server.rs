@@ -21,7 +21,7 @@ use crate::policy::RevocationPolicy;
 use crate::revocations::{CacheSettings, Revocations};
 use crate::store::{self, StoreError};
 use crate::sync;
-use crate::token::{KeyError, KeySet, TokenCodec};
+use crate::token::{KeyError, KeySet, KeySpec, TokenCodec, read_key_files};
 
 /// The fully qualified name under which health reports TokenService.
 pub const SERVICE_NAME: &str = "tokensidecar.v1.TokenService";
@@ -68,11 +68,18 @@ pub struct RunningSidecar {
     pub metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
     grace: Duration,
+    keys: Arc<KeyReloader>,
     tasks: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
     background: Vec<JoinHandle<()>>,
 }
 
 impl RunningSidecar {
+    /// Re-reads the key files and swaps in the new key set if they changed. A bad file keeps
+    /// the old set; the error says why. Ok(true) when a new set is in use.
+    pub fn reload_keys(&self) -> Result<bool, KeyError> {
+        self.keys.reload()
+    }
+
     /// Stops accepting connections and lets in-flight RPCs finish, for at most the shutdown
     /// grace period; whatever still runs then (e.g. a health Watch stream) is cut.
     pub async fn shutdown(self) -> Result<(), tonic::transport::Error> {
@@ -97,6 +104,69 @@ impl RunningSidecar {
                 tracing::warn!(grace = ?self.grace, "grace period over: cutting open streams");
                 aborts.iter().for_each(tokio::task::AbortHandle::abort);
                 Ok(())
+            }
+        }
+    }
+}
+
+/// Reloads configured key files when their content changes.
+pub struct KeyReloader {
+    specs: Vec<KeySpec>,
+    signing_kid: Option<String>,
+    authority: Arc<TokenAuthority>,
+    loaded: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl KeyReloader {
+    fn new(config: &Config, authority: Arc<TokenAuthority>) -> Self {
+        let loaded = read_key_files(&config.keys)
+            .map(|files| files.into_iter().map(|(_, m)| m).collect())
+            .unwrap_or_default();
+        Self {
+            specs: config.keys.clone(),
+            signing_kid: config.signing_kid.clone(),
+            authority,
+            loaded: std::sync::Mutex::new(loaded),
+        }
+    }
+
+    /// See [`RunningSidecar::reload_keys`].
+    pub fn reload(&self) -> Result<bool, KeyError> {
+        if self.specs.is_empty() {
+            return Ok(false);
+        }
+        let files = read_key_files(&self.specs)?;
+        let material: Vec<Vec<u8>> = files.iter().map(|(_, m)| m.clone()).collect();
+        let mut loaded = match self.loaded.lock() {
+            Ok(l) => l,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if *loaded == material {
+            return Ok(false);
+        }
+        let keys = KeySet::from_material(files, self.signing_kid.as_deref())?;
+        tracing::info!(kids = ?keys.kids(), signing_kid = keys.signing_kid(), "key set reloaded");
+        self.authority.replace_keys(keys);
+        *loaded = material;
+        Ok(true)
+    }
+}
+
+async fn watch_keys(keys: Arc<KeyReloader>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_error = None;
+    loop {
+        ticker.tick().await;
+        match keys.reload() {
+            Ok(_) => last_error = None,
+            Err(e) => {
+                // Say it once per distinct problem, not every tick.
+                let text = e.to_string();
+                if last_error.as_ref() != Some(&text) {
+                    tracing::warn!(error = %text, "key files changed but cannot be used; keeping the current keys");
+                    last_error = Some(text);
+                }
             }
         }
     }
@@ -218,11 +288,14 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
     }
     let metrics_listener = bind(config.metrics_listen).await?;
     let metrics_addr = local_addr(&metrics_listener, config.metrics_listen)?;
+    let jwks_authority = authority.clone();
     let metrics_server = metrics::serve(
         metrics_listener,
         metrics.clone(),
+        Arc::new(move || jwks_authority.jwks_json()),
         stopped(shutdown_rx.clone()),
     );
+    let key_reloader = Arc::new(KeyReloader::new(&config, authority.clone()));
     tracing::info!(
         %addr,
         health = ?health_addr,
@@ -250,6 +323,12 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
             config.purge_interval,
         )),
     ];
+    if !config.keys.is_empty() {
+        background.push(tokio::spawn(watch_keys(
+            key_reloader.clone(),
+            config.key_reload_interval,
+        )));
+    }
     if store.is_shared() {
         background.push(tokio::spawn(sync::run(
             revocations,
@@ -267,6 +346,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
         metrics,
         shutdown,
         grace: config.shutdown_grace,
+        keys: key_reloader,
         tasks,
         background,
     })

@@ -111,6 +111,26 @@ async fn default_run_serves_a_session_logs_no_secrets_and_exits_0_on_sigterm() {
     assert!(dir.path().join("token-sidecar.db").exists());
     assert!(dir.path().join("token-sidecar.db.dev-key").exists());
 
+    // SIGHUP reloads keys (none are configured here) and the sidecar keeps serving.
+    let status = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let hup = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = lines_rx.recv().await {
+            if line.contains("SIGHUP") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(hup, Ok(true), "SIGHUP was not handled");
+    assert!(
+        verdict(&mut api, issued.token.clone()).await.reason == pb::Reason::TokenRevoked as i32
+    );
+
     // The health Watch stream stays open on purpose: shutdown must not wait for it forever.
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -407,12 +407,17 @@ async fn measure_propagation_and_filter_memory() {
             let t = a.issue(&format!("user-{i}")).await;
             assert!(b.verify(&t.token).await.valid);
             let started = std::time::Instant::now();
-            a.revoke(Target::Token(t.token.clone())).await.expect("revoke");
+            a.revoke(Target::Token(t.token.clone()))
+                .await
+                .expect("revoke");
             loop {
                 if b.verdict(&t.token).await == Reason::TokenRevoked {
                     break;
                 }
-                assert!(started.elapsed() < PROPAGATION, "revocation {i} never arrived");
+                assert!(
+                    started.elapsed() < PROPAGATION,
+                    "revocation {i} never arrived"
+                );
             }
             samples.push(started.elapsed());
         }

@@ -5,6 +5,9 @@
 //! key's algorithm; `crit` is refused), the signature, then the claims (types, required claims,
 //! issuer, audience). Time-dependent checks (`exp`, `nbf`) belong to the revocation policy, which
 //! reads the injected clock.
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::Header;
@@ -35,10 +38,11 @@ struct JoseHeader {
     crit: Option<Value>,
 }
 
-/// Signs and decodes tokens with one key set, issuer and audience.
+/// Signs and decodes tokens with one key set (swapped atomically on reload), issuer and
+/// audience.
 #[derive(Debug)]
 pub struct TokenCodec {
-    keys: KeySet,
+    keys: ArcSwap<KeySet>,
     issuer: String,
     audience: Option<String>,
 }
@@ -47,20 +51,26 @@ impl TokenCodec {
     /// A codec for `keys`; tokens carry `issuer` and, if given, `audience`.
     pub fn new(keys: KeySet, issuer: String, audience: Option<String>) -> Self {
         Self {
-            keys,
+            keys: ArcSwap::from_pointee(keys),
             issuer,
             audience,
         }
     }
 
     /// The key set in use.
-    pub fn keys(&self) -> &KeySet {
-        &self.keys
+    pub fn keys(&self) -> Arc<KeySet> {
+        self.keys.load_full()
+    }
+
+    /// Replaces the key set; requests already running finish with the old one.
+    pub fn replace_keys(&self, keys: KeySet) {
+        self.keys.store(Arc::new(keys));
     }
 
     /// Signs `claims` with the signing key.
     pub fn encode(&self, claims: &Claims) -> Result<String, CodecError> {
-        let signer = &self.keys.signer;
+        let keys = self.keys.load();
+        let signer = &keys.signer;
         let mut header = Header::new(signer.alg);
         header.kid = Some(signer.kid.clone());
         let wire = WireClaims::new(claims, &self.issuer, self.audience.as_deref());
@@ -85,9 +95,10 @@ impl TokenCodec {
             return Err(Reason::Malformed);
         }
         let alg = header.alg.ok_or(Reason::Malformed)?;
+        let keys = self.keys.load();
         let key = header
             .kid
-            .and_then(|kid| self.keys.verifiers.get(&kid))
+            .and_then(|kid| keys.verifiers.get(&kid))
             .ok_or(Reason::BadSignature)?;
         if alg != key.alg_name {
             return Err(Reason::BadSignature);
@@ -166,8 +177,8 @@ mod tests {
         let message = format!("{}.{}", b64(header), b64(payload));
         let sig = jsonwebtoken::crypto::sign(
             message.as_bytes(),
-            &codec.keys.signer.encoding,
-            codec.keys.signer.alg,
+            &codec.keys().signer.encoding,
+            codec.keys().signer.alg,
         )
         .expect("sign");
         format!("{message}.{sig}")

@@ -4,12 +4,22 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, PublicKeyUse};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey};
 use rand::RngCore;
 
 /// Shortest HMAC secret accepted (RFC 7518 §3.2 asks for at least the hash size; 32 bytes is
 /// the floor SPEC sets for every HS algorithm).
 const MIN_HMAC_SECRET_BYTES: usize = 32;
+
+/// Smallest RSA modulus accepted, in bits.
+const MIN_RSA_BITS: usize = 2048;
+
+/// The algorithms a key may be configured with.
+pub const SUPPORTED_ALGORITHMS: &str =
+    "HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA";
 
 /// Why a key set could not be built. Never carries key material.
 #[derive(Debug, thiserror::Error)]
@@ -20,7 +30,7 @@ pub enum KeyError {
     )]
     BadSpec(String),
     /// An algorithm name this build does not sign or verify with.
-    #[error("key {kid:?}: algorithm {alg:?} is not supported (supported: HS256, HS384, HS512)")]
+    #[error("key {kid:?}: algorithm {alg:?} is not supported (supported: {SUPPORTED_ALGORITHMS})")]
     UnsupportedAlgorithm {
         /// The key's id.
         kid: String,
@@ -47,6 +57,21 @@ pub enum KeyError {
         /// What went wrong.
         source: std::io::Error,
     },
+    /// An RSA key shorter than 2048 bits.
+    #[error(
+        "key {kid:?}: the RSA key in {path} is too small ({detail}); at least 2048 bits are required"
+    )]
+    WeakRsaKey {
+        /// The key's id.
+        kid: String,
+        /// The file it came from.
+        path: String,
+        /// What was found.
+        detail: String,
+    },
+    /// The signing key can only verify.
+    #[error("--signing-kid {0:?} names a public (verify-only) key; signing needs a private key")]
+    VerifyOnlySigner(String),
     /// Two keys with one `kid`.
     #[error("key id {0:?} is configured twice")]
     DuplicateKid(String),
@@ -88,9 +113,17 @@ impl FromStr for KeySpec {
         if kid.is_empty() || alg.is_empty() || path.is_empty() {
             return Err(bad());
         }
+        let alg = alg.trim();
+        // Algorithm names are case-sensitive in JOSE; accept any case here and write the
+        // canonical one.
+        let alg = if alg.eq_ignore_ascii_case("eddsa") {
+            "EdDSA".to_owned()
+        } else {
+            alg.to_ascii_uppercase()
+        };
         Ok(Self {
             kid: kid.to_owned(),
-            alg: alg.trim().to_ascii_uppercase(),
+            alg,
             path: PathBuf::from(path),
         })
     }
@@ -110,10 +143,11 @@ pub(super) struct SigningKey {
     pub(super) encoding: EncodingKey,
 }
 
-/// Every configured key, by `kid`.
+/// Every configured key, by `kid`, and the JWKS of the public ones.
 pub struct KeySet {
     pub(super) verifiers: HashMap<String, VerificationKey>,
     pub(super) signer: SigningKey,
+    jwks: String,
 }
 
 impl fmt::Debug for KeySet {
@@ -127,32 +161,149 @@ impl fmt::Debug for KeySet {
     }
 }
 
-fn hmac_algorithm(alg: &str) -> Option<(Algorithm, &'static str)> {
-    match alg {
-        "HS256" => Some((Algorithm::HS256, "HS256")),
-        "HS384" => Some((Algorithm::HS384, "HS384")),
-        "HS512" => Some((Algorithm::HS512, "HS512")),
-        _ => None,
+/// The canonical name of a supported algorithm.
+fn algorithm(alg: &str) -> Option<(Algorithm, &'static str)> {
+    Some(match alg {
+        "HS256" => (Algorithm::HS256, "HS256"),
+        "HS384" => (Algorithm::HS384, "HS384"),
+        "HS512" => (Algorithm::HS512, "HS512"),
+        "RS256" => (Algorithm::RS256, "RS256"),
+        "RS384" => (Algorithm::RS384, "RS384"),
+        "RS512" => (Algorithm::RS512, "RS512"),
+        "PS256" => (Algorithm::PS256, "PS256"),
+        "PS384" => (Algorithm::PS384, "PS384"),
+        "PS512" => (Algorithm::PS512, "PS512"),
+        "ES256" => (Algorithm::ES256, "ES256"),
+        "ES384" => (Algorithm::ES384, "ES384"),
+        "EdDSA" => (Algorithm::EdDSA, "EdDSA"),
+        _ => return None,
+    })
+}
+
+/// One key, parsed: how it verifies, whether it can sign, and its public JWK (not for HMAC).
+struct ParsedKey {
+    verification: VerificationKey,
+    encoding: Option<EncodingKey>,
+    jwk: Option<Jwk>,
+}
+
+fn parse_key(spec: &KeySpec, material: &[u8]) -> Result<ParsedKey, KeyError> {
+    let Some((alg, alg_name)) = algorithm(&spec.alg) else {
+        return Err(KeyError::UnsupportedAlgorithm {
+            kid: spec.kid.clone(),
+            alg: spec.alg.clone(),
+        });
+    };
+    let invalid = |message: String| KeyError::Invalid {
+        kid: spec.kid.clone(),
+        message,
+    };
+    let lib = |e: jsonwebtoken::errors::Error| invalid(e.to_string());
+    let family = alg.family();
+    if family == AlgorithmFamily::Hmac {
+        if material.len() < MIN_HMAC_SECRET_BYTES {
+            return Err(KeyError::WeakSecret {
+                kid: spec.kid.clone(),
+                path: spec.path.display().to_string(),
+                len: material.len(),
+            });
+        }
+        return Ok(ParsedKey {
+            verification: VerificationKey {
+                alg,
+                alg_name,
+                decoding: DecodingKey::from_secret(material).map_err(lib)?,
+            },
+            encoding: Some(EncodingKey::from_secret(material).map_err(lib)?),
+            jwk: None,
+        });
     }
+    let pem = std::str::from_utf8(material)
+        .map_err(|_| invalid(format!("{} is not a PEM file", spec.path.display())))?;
+    let (encoding, mut jwk, decoding) = if pem.contains("PRIVATE KEY-----") {
+        let encoding = match family {
+            AlgorithmFamily::Rsa => EncodingKey::from_rsa_pem(material),
+            AlgorithmFamily::Ec => EncodingKey::from_ec_pem(material),
+            _ => EncodingKey::from_ed_pem(material),
+        }
+        .map_err(lib)?;
+        let jwk = Jwk::from_encoding_key(&encoding, alg).map_err(|e| {
+            // aws-lc refuses small RSA keys itself; say so in our words.
+            if family == AlgorithmFamily::Rsa && e.to_string().contains("TooSmall") {
+                KeyError::WeakRsaKey {
+                    kid: spec.kid.clone(),
+                    path: spec.path.display().to_string(),
+                    detail: "under 2048 bits".into(),
+                }
+            } else {
+                lib(e)
+            }
+        })?;
+        let decoding = DecodingKey::from_jwk(&jwk).map_err(lib)?;
+        (Some(encoding), jwk, decoding)
+    } else if pem.contains("PUBLIC KEY-----") {
+        let decoding = match family {
+            AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(material),
+            AlgorithmFamily::Ec => DecodingKey::from_ec_pem(material),
+            _ => DecodingKey::from_ed_pem(material),
+        }
+        .map_err(lib)?;
+        let jwk = Jwk::from_decoding_key(&decoding, Some(alg)).map_err(lib)?;
+        // Rebuilt from the JWK's components, so every key verifies the same way.
+        let decoding = DecodingKey::from_jwk(&jwk).map_err(lib)?;
+        (None, jwk, decoding)
+    } else {
+        return Err(invalid(format!(
+            "{} holds no PEM private (PKCS#8) or public key",
+            spec.path.display()
+        )));
+    };
+    match &jwk.algorithm {
+        AlgorithmParameters::RSA(rsa) => {
+            let bits = URL_SAFE_NO_PAD
+                .decode(&rsa.n)
+                .map_or(0, |n| n.iter().skip_while(|b| **b == 0).count() * 8);
+            if bits < MIN_RSA_BITS {
+                return Err(KeyError::WeakRsaKey {
+                    kid: spec.kid.clone(),
+                    path: spec.path.display().to_string(),
+                    detail: format!("{bits} bits"),
+                });
+            }
+        }
+        AlgorithmParameters::EllipticCurve(ec) => {
+            let wanted = if alg == Algorithm::ES256 {
+                EllipticCurve::P256
+            } else {
+                EllipticCurve::P384
+            };
+            if ec.curve != wanted {
+                return Err(invalid(format!("{alg_name} needs a {wanted:?} key")));
+            }
+        }
+        _ => {}
+    }
+    jwk.common.key_id = Some(spec.kid.clone());
+    jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+    Ok(ParsedKey {
+        verification: VerificationKey {
+            alg,
+            alg_name,
+            decoding,
+        },
+        encoding,
+        jwk: Some(jwk),
+    })
 }
 
 impl KeySet {
     /// Reads every key file; the signer is `signing_kid`, or the first key.
     pub fn load(specs: &[KeySpec], signing_kid: Option<&str>) -> Result<Self, KeyError> {
-        let mut loaded = Vec::with_capacity(specs.len());
-        for spec in specs {
-            let secret = std::fs::read(&spec.path).map_err(|source| KeyError::Io {
-                kid: spec.kid.clone(),
-                path: spec.path.display().to_string(),
-                source,
-            })?;
-            loaded.push((spec.clone(), secret));
-        }
-        Self::from_secrets(loaded, signing_kid)
+        Self::from_material(read_key_files(specs)?, signing_kid)
     }
 
     /// Builds a key set from specs whose material has been read already.
-    fn from_secrets(
+    pub fn from_material(
         keys: Vec<(KeySpec, Vec<u8>)>,
         signing_kid: Option<&str>,
     ) -> Result<Self, KeyError> {
@@ -165,43 +316,37 @@ impl KeySet {
         };
         let mut verifiers = HashMap::new();
         let mut signer = None;
-        for (spec, secret) in keys {
-            let Some((alg, alg_name)) = hmac_algorithm(&spec.alg) else {
-                return Err(KeyError::UnsupportedAlgorithm {
-                    kid: spec.kid,
-                    alg: spec.alg,
-                });
-            };
-            if secret.len() < MIN_HMAC_SECRET_BYTES {
-                return Err(KeyError::WeakSecret {
-                    kid: spec.kid,
-                    path: spec.path.display().to_string(),
-                    len: secret.len(),
-                });
-            }
-            let invalid = |e: jsonwebtoken::errors::Error| KeyError::Invalid {
-                kid: spec.kid.clone(),
-                message: e.to_string(),
-            };
-            let decoding = DecodingKey::from_secret(&secret).map_err(invalid)?;
+        let mut jwks = JwkSet { keys: Vec::new() };
+        for (spec, material) in keys {
+            let parsed = parse_key(&spec, &material)?;
             if spec.kid == signing_kid {
+                let encoding = parsed
+                    .encoding
+                    .ok_or_else(|| KeyError::VerifyOnlySigner(spec.kid.clone()))?;
                 signer = Some(SigningKey {
                     kid: spec.kid.clone(),
-                    alg,
-                    encoding: EncodingKey::from_secret(&secret).map_err(invalid)?,
+                    alg: parsed.verification.alg,
+                    encoding,
                 });
             }
-            let key = VerificationKey {
-                alg,
-                alg_name,
-                decoding,
-            };
-            if verifiers.insert(spec.kid.clone(), key).is_some() {
+            jwks.keys.extend(parsed.jwk);
+            if verifiers
+                .insert(spec.kid.clone(), parsed.verification)
+                .is_some()
+            {
                 return Err(KeyError::DuplicateKid(spec.kid));
             }
         }
         let signer = signer.ok_or(KeyError::UnknownSigningKid(signing_kid))?;
-        Ok(Self { verifiers, signer })
+        let jwks = serde_json::to_string(&jwks).map_err(|e| KeyError::Invalid {
+            kid: signer.kid.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(Self {
+            verifiers,
+            signer,
+            jwks,
+        })
     }
 
     /// The development key kept at `path`, created (64 random bytes, mode 0600) if absent.
@@ -239,9 +384,32 @@ impl KeySet {
 
     /// The RFC 7517 JSON Web Key Set of the public keys. HMAC secrets are never published, so
     /// a key set of HMAC keys only publishes an empty set.
-    pub fn jwks_json(&self) -> String {
-        serde_json::json!({ "keys": [] }).to_string()
+    pub fn jwks_json(&self) -> &str {
+        &self.jwks
     }
+
+    /// The key ids, sorted.
+    pub fn kids(&self) -> Vec<&str> {
+        let mut kids: Vec<&str> = self.verifiers.keys().map(String::as_str).collect();
+        kids.sort_unstable();
+        kids
+    }
+}
+
+/// Reads the material of every key.
+pub fn read_key_files(specs: &[KeySpec]) -> Result<Vec<(KeySpec, Vec<u8>)>, KeyError> {
+    specs
+        .iter()
+        .map(|spec| {
+            std::fs::read(&spec.path)
+                .map(|material| (spec.clone(), material))
+                .map_err(|source| KeyError::Io {
+                    kid: spec.kid.clone(),
+                    path: spec.path.display().to_string(),
+                    source,
+                })
+        })
+        .collect()
 }
 
 fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -292,20 +460,20 @@ mod tests {
             (spec("a", "HS256"), vec![1; 32]),
             (spec("b", "HS512"), vec![2; 64]),
         ];
-        let set = KeySet::from_secrets(keys.clone(), None).expect("valid");
+        let set = KeySet::from_material(keys.clone(), None).expect("valid");
         assert_eq!(set.signing_kid(), "a");
-        let set = KeySet::from_secrets(keys, Some("b")).expect("valid");
+        let set = KeySet::from_material(keys, Some("b")).expect("valid");
         assert_eq!(set.signing_kid(), "b");
         assert_eq!(set.verifiers.len(), 2);
     }
 
     #[test]
     fn refuses_weak_unknown_duplicate_and_unsupported_keys() {
-        let weak = KeySet::from_secrets(vec![(spec("a", "HS256"), vec![1; 31])], None);
+        let weak = KeySet::from_material(vec![(spec("a", "HS256"), vec![1; 31])], None);
         assert!(matches!(weak, Err(KeyError::WeakSecret { len: 31, .. })));
-        let unknown = KeySet::from_secrets(vec![(spec("a", "HS256"), vec![1; 32])], Some("z"));
+        let unknown = KeySet::from_material(vec![(spec("a", "HS256"), vec![1; 32])], Some("z"));
         assert!(matches!(unknown, Err(KeyError::UnknownSigningKid(_))));
-        let dup = KeySet::from_secrets(
+        let dup = KeySet::from_material(
             vec![
                 (spec("a", "HS256"), vec![1; 32]),
                 (spec("a", "HS384"), vec![1; 48]),
@@ -313,10 +481,10 @@ mod tests {
             None,
         );
         assert!(matches!(dup, Err(KeyError::DuplicateKid(_))));
-        let none = KeySet::from_secrets(vec![(spec("a", "NONE"), vec![1; 32])], None);
+        let none = KeySet::from_material(vec![(spec("a", "NONE"), vec![1; 32])], None);
         assert!(matches!(none, Err(KeyError::UnsupportedAlgorithm { .. })));
         assert!(matches!(
-            KeySet::from_secrets(vec![], None),
+            KeySet::from_material(vec![], None),
             Err(KeyError::Empty)
         ));
     }
@@ -324,7 +492,7 @@ mod tests {
     #[test]
     fn jwks_never_publishes_hmac_secrets() {
         let set =
-            KeySet::from_secrets(vec![(spec("a", "HS256"), vec![7; 32])], None).expect("valid");
+            KeySet::from_material(vec![(spec("a", "HS256"), vec![7; 32])], None).expect("valid");
         assert_eq!(set.jwks_json(), r#"{"keys":[]}"#);
     }
 
@@ -345,6 +513,61 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// RFC 7515 appendix A.1: HS256 over the given signing input with the given key.
+    #[test]
+    fn rfc7515_a1_hs256_vector() {
+        let k = URL_SAFE_NO_PAD
+            .decode("AyM1SysPpbyDfgZld3umj1qzKObwVMkoqQ-EstJQLr_T-1qS0gZH75aKtMN3Yj0iPS4hcgUuTwjAzZr1Z9CAow")
+            .expect("k");
+        let set = KeySet::from_material(vec![(spec("a", "HS256"), k)], None).expect("key");
+        let input = "eyJ0eXAiOiJKV1QiLA0KICJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ";
+        let sig =
+            jsonwebtoken::crypto::sign(input.as_bytes(), &set.signer.encoding, set.signer.alg)
+                .expect("sign");
+        assert_eq!(sig, "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk");
+    }
+
+    /// RFC 8037 appendix A: the Ed25519 key, its public JWK and the A.4 signature, loaded the
+    /// way an operator would (a PKCS#8 PEM file).
+    #[test]
+    fn rfc8037_ed25519_vector() {
+        use base64::engine::general_purpose::STANDARD;
+        let d = URL_SAFE_NO_PAD
+            .decode("nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A")
+            .expect("d");
+        let mut der = vec![
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        der.extend(d);
+        let pem = format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            STANDARD.encode(der)
+        );
+        let set = KeySet::from_material(vec![(spec("ed", "EdDSA"), pem.into_bytes())], None)
+            .expect("key");
+        let jwks: serde_json::Value = serde_json::from_str(set.jwks_json()).expect("json");
+        assert_eq!(
+            jwks["keys"][0]["x"],
+            "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
+        );
+        assert_eq!(jwks["keys"][0]["kid"], "ed");
+        assert!(jwks["keys"][0].get("d").is_none(), "no private part");
+        let input = "eyJhbGciOiJFZERTQSJ9.RXhhbXBsZSBvZiBFZDI1NTE5IHNpZ25pbmc";
+        let sig =
+            jsonwebtoken::crypto::sign(input.as_bytes(), &set.signer.encoding, set.signer.alg)
+                .expect("sign");
+        assert_eq!(
+            sig,
+            "hgyY0il_MGCjP0JzlnLWG1PPOt7-09PGcvMg3AIbQR6dWbhijcNR4ki4iylGjg5BhVsPt9g7sVvpAr_MuM0KAg"
+        );
+        let key = &set.verifiers["ed"];
+        assert_eq!(
+            jsonwebtoken::crypto::verify(&sig, input.as_bytes(), &key.decoding, key.alg).ok(),
+            Some(true)
+        );
     }
 
     fn new_suffix() -> String {

@@ -5,4 +5,4 @@ mod keys;
 
 pub use claims::{Claims, RESERVED_CLAIMS, new_random_id};
 pub use codec::{CodecError, MAX_TOKEN_BYTES, TokenCodec};
-pub use keys::{KeyError, KeySet, KeySpec};
+pub use keys::{KeyError, KeySet, KeySpec, SUPPORTED_ALGORITHMS, read_key_files};

@@ -234,6 +234,26 @@ impl TestApp {
             .unwrap_or_else(|_| panic!("sidecar did not report {wanted:?} within 30s"));
     }
 
+    /// Re-reads the key files now (what SIGHUP does).
+    pub fn reload_keys(&self) -> Result<bool, token_sidecar::token::KeyError> {
+        match &self.running {
+            Some(running) => running.reload_keys(),
+            None => Ok(false),
+        }
+    }
+
+    pub async fn jwks(&self) -> serde_json::Value {
+        let json = self
+            .client
+            .clone()
+            .get_jwks(pb::GetJwksRequest {})
+            .await
+            .expect("jwks")
+            .into_inner()
+            .jwks_json;
+        serde_json::from_str(&json).expect("JWKS is JSON")
+    }
+
     pub async fn shutdown(mut self) {
         if let Some(running) = self.running.take() {
             running.shutdown().await.expect("clean shutdown");

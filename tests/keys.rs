@@ -1,0 +1,405 @@
+//! Keys as deployments use them: every algorithm, rotation by kid, verify-only public keys,
+//! weak keys refused, the JWKS (gRPC and HTTP), hot reload, and interoperability with an
+//! independent JWT implementation (jwt-simple) that knows only our published JWKS.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::{Backend, Settings, TestApp};
+use token_sidecar::clock::{ManualClock, SystemClock};
+use token_sidecar::grpc::pb::Reason;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/keys")
+        .join(name)
+}
+
+fn key_arg(kid: &str, alg: &str, file: &str) -> String {
+    format!("{kid}={alg}:{}", fixture(file).display())
+}
+
+fn header(token: &str) -> serde_json::Value {
+    let first = token.split('.').next().unwrap_or_default();
+    let bytes = URL_SAFE_NO_PAD.decode(first).expect("header b64");
+    serde_json::from_slice(&bytes).expect("header json")
+}
+
+const ASYMMETRIC: &[(&str, &str, &str)] = &[
+    ("RS256", "rsa.pem", "rsa.pub.pem"),
+    ("RS384", "rsa.pem", "rsa.pub.pem"),
+    ("RS512", "rsa.pem", "rsa.pub.pem"),
+    ("PS256", "rsa.pem", "rsa.pub.pem"),
+    ("ES256", "p256.pem", "p256.pub.pem"),
+    ("ES384", "p384.pem", "p384.pub.pem"),
+    ("EdDSA", "ed25519.pem", "ed25519.pub.pem"),
+];
+
+#[tokio::test]
+async fn every_algorithm_round_trips_and_publishes_only_public_keys() {
+    for (alg, private, _) in ASYMMETRIC {
+        let app = Settings::new(Backend::Sqlite)
+            .arg("--key", &key_arg("k", alg, private))
+            .spawn()
+            .await;
+        let issued = app.issue("alice").await;
+        assert_eq!(header(&issued.token)["alg"], *alg);
+        assert_eq!(header(&issued.token)["kid"], "k");
+        assert!(app.verify(&issued.token).await.valid, "{alg}");
+        let refreshed = app.refresh(&issued.token).await.expect("refresh");
+        assert!(app.verify(&refreshed.token).await.valid, "{alg}");
+        let jwks = app.jwks().await;
+        let key = &jwks["keys"][0];
+        assert_eq!(key["kid"], "k", "{alg}");
+        assert_eq!(key["alg"], *alg, "{alg}");
+        assert_eq!(key["use"], "sig", "{alg}");
+        for private_member in ["d", "p", "q", "dp", "dq", "qi", "k"] {
+            assert!(
+                key.get(private_member).is_none(),
+                "{alg} publishes {private_member}"
+            );
+        }
+    }
+    for (alg, len) in [("HS256", 32), ("HS384", 48), ("HS512", 64)] {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("hs.key");
+        std::fs::write(&path, vec![9u8; len]).expect("write");
+        let app = Settings::new(Backend::Sqlite)
+            .arg("--key", &format!("h={alg}:{}", path.display()))
+            .spawn()
+            .await;
+        let issued = app.issue("alice").await;
+        assert_eq!(header(&issued.token)["alg"], alg);
+        assert!(app.verify(&issued.token).await.valid, "{alg}");
+        assert_eq!(
+            app.jwks().await,
+            serde_json::json!({"keys": []}),
+            "no secret published"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rotation_keeps_old_tokens_valid_until_their_key_is_retired() {
+    let clock = ManualClock::new(common::T0_MS);
+    let old = Settings::new(Backend::Sqlite)
+        .clock(clock.clone())
+        .arg("--key", &key_arg("2025", "ES256", "p256.pem"))
+        .spawn()
+        .await;
+    let old_token = old.issue("alice").await.token;
+
+    // Step 1: the new key is added and signs; the old one only verifies (its public half).
+    let rotated = Settings::new(Backend::Sqlite)
+        .sharing(&old)
+        .clock(clock.clone())
+        .arg("--key", &key_arg("2026", "EdDSA", "ed25519.pem"))
+        .arg("--key", &key_arg("2025", "ES256", "p256.pub.pem"))
+        .arg("--signing-kid", "2026")
+        .spawn()
+        .await;
+    assert!(rotated.verify(&old_token).await.valid, "old tokens verify");
+    let new_token = rotated.issue("alice").await.token;
+    assert_eq!(header(&new_token)["kid"], "2026");
+    assert_eq!(header(&new_token)["alg"], "EdDSA");
+    let kids: Vec<String> = rotated.jwks().await["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(kids.contains(&"2025".to_owned()) && kids.contains(&"2026".to_owned()));
+    // The old sidecar does not know the new key.
+    assert_eq!(old.verdict(&new_token).await, Reason::BadSignature);
+
+    // Step 2: the old key is retired.
+    let retired = Settings::new(Backend::Sqlite)
+        .sharing(&old)
+        .clock(clock)
+        .arg("--key", &key_arg("2026", "EdDSA", "ed25519.pem"))
+        .spawn()
+        .await;
+    assert_eq!(retired.verdict(&old_token).await, Reason::BadSignature);
+    assert!(retired.verify(&new_token).await.valid);
+}
+
+#[tokio::test]
+async fn bad_keys_are_refused_at_start_with_the_reason() {
+    let cases = [
+        (key_arg("k", "RS256", "rsa1024.pem"), "at least 2048"),
+        (key_arg("k", "ES384", "p256.pem"), "k"),
+        (key_arg("k", "RS256", "p256.pem"), "k"),
+        (key_arg("k", "ES256", "hs384.key"), "k"),
+        (key_arg("k", "XS256", "rsa.pem"), "not supported"),
+    ];
+    for (arg, expected) in cases {
+        let result = Settings::new(Backend::Sqlite)
+            .arg("--key", &arg)
+            .no_wait()
+            .try_spawn()
+            .await;
+        let err = result.err().unwrap_or_else(|| panic!("{arg} was accepted"));
+        assert!(err.to_string().contains(expected), "{arg}: {err}");
+    }
+    let verify_only = Settings::new(Backend::Sqlite)
+        .arg("--key", &key_arg("k", "ES256", "p256.pub.pem"))
+        .no_wait()
+        .try_spawn()
+        .await;
+    let err = verify_only.err().expect("a public key cannot sign");
+    assert!(err.to_string().contains("verify-only"), "{err}");
+}
+
+#[tokio::test]
+async fn jwks_is_served_over_http_with_cache_control() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = Settings::new(Backend::Sqlite)
+        .arg("--key", &key_arg("rsa", "RS256", "rsa.pem"))
+        .arg("--key", &key_arg("ed", "EdDSA", "ed25519.pub.pem"))
+        .spawn()
+        .await;
+    let mut stream = tokio::net::TcpStream::connect(app.metrics_addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /.well-known/jwks.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("http response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("cache-control: public, max-age="), "{head}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    let served: serde_json::Value = serde_json::from_str(body).expect("json");
+    assert_eq!(served, app.jwks().await);
+    assert_eq!(served["keys"].as_array().map(Vec::len), Some(2));
+}
+
+#[tokio::test]
+async fn a_changed_key_file_is_reloaded_and_a_bad_one_keeps_the_old_keys() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("main.key");
+    std::fs::write(&path, [1u8; 32]).expect("write");
+    let app = Settings::new(Backend::Sqlite)
+        .arg("--key", &format!("main=HS256:{}", path.display()))
+        .spawn()
+        .await;
+    let before = app.issue("alice").await.token;
+    assert_eq!(app.reload_keys().ok(), Some(false), "unchanged");
+
+    std::fs::write(&path, b"short").expect("write");
+    assert!(app.reload_keys().is_err(), "a weak secret is refused");
+    assert!(app.verify(&before).await.valid, "old keys kept");
+
+    std::fs::write(&path, [2u8; 32]).expect("write");
+    assert_eq!(app.reload_keys().ok(), Some(true));
+    assert_eq!(app.verdict(&before).await, Reason::BadSignature);
+    let after = app.issue("alice").await.token;
+    assert!(app.verify(&after).await.valid);
+}
+
+#[tokio::test]
+async fn key_files_are_watched_without_a_signal() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("main.key");
+    std::fs::write(&path, [1u8; 32]).expect("write");
+    let app = Settings::new(Backend::Sqlite)
+        .arg("--key", &format!("main=HS256:{}", path.display()))
+        .arg("--key-reload-interval", "1s")
+        .spawn()
+        .await;
+    let before = app.issue("alice").await.token;
+    std::fs::write(&path, [3u8; 32]).expect("write");
+    common::eventually(Duration::from_secs(10), "watcher reloads", || async {
+        app.verdict(&before).await == Reason::BadSignature
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn no_rpc_fails_while_keys_reload_under_load() {
+    let dir = tempfile::tempdir().expect("dir");
+    let verify_only = dir.path().join("extra.pub.pem");
+    std::fs::copy(fixture("p256.pub.pem"), &verify_only).expect("copy");
+    let app = Settings::new(Backend::Sqlite)
+        .arg("--key", &key_arg("main", "EdDSA", "ed25519.pem"))
+        .arg("--key", &format!("extra=ES256:{}", verify_only.display()))
+        .spawn()
+        .await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let client = app.client.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut done = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut c = client.clone();
+                    let issued = c
+                        .issue(token_sidecar::grpc::pb::IssueRequest {
+                            user_id: format!("w{w}"),
+                            ..Default::default()
+                        })
+                        .await
+                        .expect("issue never fails during reload")
+                        .into_inner();
+                    let v = c
+                        .verify(token_sidecar::grpc::pb::VerifyRequest {
+                            token: issued.token,
+                        })
+                        .await
+                        .expect("verify never fails during reload")
+                        .into_inner();
+                    assert!(v.valid, "a fresh token stays valid across reloads");
+                    done += 1;
+                }
+                done
+            })
+        })
+        .collect();
+    let alternate = [fixture("p384.pub.pem"), fixture("p256.pub.pem")];
+    for i in 0..20 {
+        // Rotating the verify-only key between two public keys swaps the whole set each time.
+        let source = &alternate[i % 2];
+        let alg_ok = std::fs::read(source).expect("read");
+        std::fs::write(&verify_only, alg_ok).expect("write");
+        let _ = app.reload_keys();
+        tokio::task::yield_now().await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for w in workers {
+        total += w.await.expect("worker");
+    }
+    assert!(total > 0);
+}
+
+mod interop {
+    //! jwt-simple verifies our tokens from our JWKS alone, and mints tokens we accept.
+    use super::{
+        Backend, ManualClock, Settings, SystemClock, TestApp, URL_SAFE_NO_PAD, fixture, key_arg,
+    };
+    use base64::Engine;
+    use jwt_simple::prelude::{
+        Claims, Deserialize, ECDSAP256KeyPairLike, ECDSAP256PublicKeyLike, ES256KeyPair,
+        ES256PublicKey, Ed25519KeyPair, Ed25519PublicKey, EdDSAKeyPairLike, EdDSAPublicKeyLike,
+        HashSet, PS256KeyPair, PS256PublicKey, RS256KeyPair, RS256PublicKey, RSAKeyPairLike,
+        RSAPublicKeyLike, Serialize, VerificationOptions,
+    };
+    use token_sidecar::clock::Clock as _;
+
+    #[derive(Serialize, Deserialize)]
+    struct Session {
+        sid: String,
+        orig_iat: f64,
+    }
+
+    fn component(jwk: &serde_json::Value, name: &str) -> Vec<u8> {
+        URL_SAFE_NO_PAD
+            .decode(jwk[name].as_str().unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    fn options() -> VerificationOptions {
+        VerificationOptions {
+            allowed_issuers: Some(HashSet::from(["token-sidecar".to_owned()])),
+            ..Default::default()
+        }
+    }
+
+    fn ours_verify_there(alg: &str, jwk: &serde_json::Value, token: &str) {
+        let result = match alg {
+            "RS256" => RS256PublicKey::from_components(&component(jwk, "n"), &component(jwk, "e"))
+                .and_then(|k| k.verify_token::<serde_json::Value>(token, Some(options()))),
+            "PS256" => PS256PublicKey::from_components(&component(jwk, "n"), &component(jwk, "e"))
+                .and_then(|k| k.verify_token::<serde_json::Value>(token, Some(options()))),
+            "ES256" => {
+                let mut point = vec![4u8];
+                point.extend(component(jwk, "x"));
+                point.extend(component(jwk, "y"));
+                ES256PublicKey::from_bytes(&point)
+                    .and_then(|k| k.verify_token::<serde_json::Value>(token, Some(options())))
+            }
+            _ => Ed25519PublicKey::from_bytes(&component(jwk, "x"))
+                .and_then(|k| k.verify_token::<serde_json::Value>(token, Some(options()))),
+        };
+        let claims = result.unwrap_or_else(|e| panic!("{alg}: jwt-simple rejected ours: {e}"));
+        assert_eq!(claims.subject.as_deref(), Some("alice"), "{alg}");
+        assert!(claims.custom.get("sid").is_some(), "{alg}");
+    }
+
+    fn theirs(alg: &str, pem: &str, kid: &str, now_s: u64) -> String {
+        let claims = Claims::with_custom_claims(
+            Session {
+                sid: "their-session".into(),
+                orig_iat: now_s as f64 + 0.25,
+            },
+            jwt_simple::prelude::Duration::from_mins(5),
+        )
+        .with_issuer("token-sidecar")
+        .with_subject("bob")
+        .with_jwt_id("their-jti");
+        let signed = match alg {
+            "RS256" => RS256KeyPair::from_pem(pem)
+                .map(|k| k.with_key_id(kid))
+                .and_then(|k| k.sign(claims)),
+            "PS256" => PS256KeyPair::from_pem(pem)
+                .map(|k| k.with_key_id(kid))
+                .and_then(|k| k.sign(claims)),
+            "ES256" => ES256KeyPair::from_pem(pem)
+                .map(|k| k.with_key_id(kid))
+                .and_then(|k| k.sign(claims)),
+            _ => Ed25519KeyPair::from_pem(pem)
+                .map(|k| k.with_key_id(kid))
+                .and_then(|k| k.sign(claims)),
+        };
+        signed.unwrap_or_else(|e| panic!("{alg}: jwt-simple could not sign: {e}"))
+    }
+
+    #[tokio::test]
+    async fn our_tokens_verify_there_from_our_jwks_and_theirs_verify_here() {
+        // jwt-simple checks exp against the real clock, so this sidecar runs on real time.
+        for (alg, private, _) in [
+            ("RS256", "rsa.pem", ""),
+            ("PS256", "rsa.pem", ""),
+            ("ES256", "p256.pem", ""),
+            ("EdDSA", "ed25519.pem", ""),
+        ] {
+            let now_ms = SystemClock.now_ms();
+            let app = Settings::new(Backend::Sqlite)
+                .clock(ManualClock::new(now_ms))
+                .arg("--key", &key_arg("k1", alg, private))
+                .spawn()
+                .await;
+            let ours = app.issue("alice").await.token;
+            let jwks = app.jwks().await;
+            let jwk = jwks["keys"]
+                .as_array()
+                .and_then(|keys| keys.iter().find(|k| k["kid"] == "k1"))
+                .cloned()
+                .expect("our key in our JWKS");
+            ours_verify_there(alg, &jwk, &ours);
+
+            let pem = std::fs::read_to_string(fixture(private)).expect("pem");
+            let token = theirs(alg, &pem, "k1", (now_ms / 1000) as u64);
+            // jwt-simple stamps nbf with the real time at signing.
+            app.clock.set_ms(SystemClock.now_ms());
+            let verdict = app.verify(&token).await;
+            assert!(verdict.valid, "{alg}: ours rejected theirs: {verdict:?}");
+            let claims = verdict.claims.expect("claims");
+            assert_eq!(claims.user_id, "bob");
+            assert_eq!(claims.session_id, "their-session");
+            let orig = claims.original_issued_at.expect("orig_iat");
+            assert_eq!(orig.nanos, 250_000_000, "orig_iat keeps its milliseconds");
+            let _ = TestApp::shutdown(app).await;
+        }
+    }
+}
