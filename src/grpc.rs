@@ -81,15 +81,7 @@ impl TokenService for TokenGrpc {
                     ttl_ms,
                 })
                 .await?;
-            let g = grant(issued);
-            Ok(pb::IssueResponse {
-                token: g.token,
-                jti: g.jti,
-                issued_at: g.issued_at,
-                expires_at: g.expires_at,
-                refresh_expires_at: g.refresh_expires_at,
-                session_id: g.session_id,
-            })
+            Ok(grant(issued).into())
         }
         .await;
         self.finish("Issue", started, result)
@@ -133,17 +125,11 @@ impl TokenService for TokenGrpc {
     ) -> Result<Response<pb::RefreshResponse>, Status> {
         let started = Instant::now();
         let token = request.into_inner().token;
-        let result = self.authority.refresh(&token).await.map(|issued| {
-            let g = grant(issued);
-            pb::RefreshResponse {
-                token: g.token,
-                jti: g.jti,
-                issued_at: g.issued_at,
-                expires_at: g.expires_at,
-                refresh_expires_at: g.refresh_expires_at,
-                session_id: g.session_id,
-            }
-        });
+        let result = self
+            .authority
+            .refresh(&token)
+            .await
+            .map(|issued| grant(issued).into());
         self.finish("Refresh", started, result)
     }
 
@@ -251,6 +237,26 @@ struct Grant {
     expires_at: Option<prost_types::Timestamp>,
     refresh_expires_at: Option<prost_types::Timestamp>,
 }
+
+/// Issue and Refresh answer with the same fields; the two messages stay separate in the proto
+/// so that either can grow on its own.
+macro_rules! from_grant {
+    ($($response:ty),*) => {$(
+        impl From<Grant> for $response {
+            fn from(g: Grant) -> Self {
+                Self {
+                    token: g.token,
+                    jti: g.jti,
+                    issued_at: g.issued_at,
+                    expires_at: g.expires_at,
+                    refresh_expires_at: g.refresh_expires_at,
+                    session_id: g.session_id,
+                }
+            }
+        }
+    )*};
+}
+from_grant!(pb::IssueResponse, pb::RefreshResponse);
 
 fn grant(issued: IssuedToken) -> Grant {
     Grant {

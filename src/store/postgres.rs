@@ -54,18 +54,23 @@ impl PostgresStore {
         Ok(tx)
     }
 
-    /// Announces a change (delivered to listeners when the transaction commits) and commits.
-    async fn commit_change(
+    /// Ends a write: a change is announced (delivered to listeners at commit) and committed;
+    /// no change rolls back.
+    async fn finish(
         mut tx: Transaction<'static, Postgres>,
-        seq: ChangeSeq,
-    ) -> Result<(), StoreError> {
+        change: Option<ChangeSeq>,
+    ) -> Result<Option<ChangeSeq>, StoreError> {
+        let Some(seq) = change else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANGE_CHANNEL)
             .bind(seq.to_string())
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(Some(seq))
     }
 }
 
@@ -136,11 +141,7 @@ impl RevocationStore for PostgresStore {
         .bind(at_least)
         .fetch_one(&mut *tx)
         .await?;
-        if changed {
-            Self::commit_change(tx, seq).await?;
-        } else {
-            tx.rollback().await?;
-        }
+        Self::finish(tx, changed.then_some(seq)).await?;
         Ok(CutoffUpdate {
             cutoff_ms,
             seq,
@@ -165,16 +166,7 @@ impl RevocationStore for PostgresStore {
         .bind(now)
         .fetch_optional(&mut *tx)
         .await?;
-        match seq {
-            Some((seq,)) => {
-                Self::commit_change(tx, seq).await?;
-                Ok(Some(seq))
-            }
-            None => {
-                tx.rollback().await?;
-                Ok(None)
-            }
-        }
+        Self::finish(tx, seq.map(|(seq,)| seq)).await
     }
 
     async fn is_denied(&self, kind: DenyKind, id: &str) -> Result<bool, StoreError> {
@@ -200,16 +192,7 @@ impl RevocationStore for PostgresStore {
         .bind(entry.moot_after_ms)
         .fetch_optional(&mut *tx)
         .await?;
-        match seq {
-            Some((seq,)) => {
-                Self::commit_change(tx, seq).await?;
-                Ok(Some(seq))
-            }
-            None => {
-                tx.rollback().await?;
-                Ok(None)
-            }
-        }
+        Self::finish(tx, seq.map(|(seq,)| seq)).await
     }
 
     async fn changes_after(&self, after: ChangeSeq, limit: i64) -> Result<Vec<Change>, StoreError> {

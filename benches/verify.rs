@@ -1,0 +1,170 @@
+//! The in-process verify path (decode + policy + caches, warm) against a bare
+//! `jsonwebtoken::decode` of the same token, per algorithm.
+//!
+//!   cargo bench --bench verify
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use token_sidecar::authority::{IssueRequest, TokenAuthority};
+use token_sidecar::clock::SystemClock;
+use token_sidecar::metrics::Metrics;
+use token_sidecar::policy::RevocationPolicy;
+use token_sidecar::revocations::{CacheSettings, OutageMode, Revocations};
+use token_sidecar::store::{self, RevocationStore};
+use token_sidecar::token::{KeySet, KeySpec, TokenCodec};
+
+struct Case {
+    alg: &'static str,
+    private: &'static str,
+    public: &'static str,
+    algorithm: Algorithm,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        alg: "HS256",
+        private: "",
+        public: "",
+        algorithm: Algorithm::HS256,
+    },
+    Case {
+        alg: "RS256",
+        private: "rsa.pem",
+        public: "rsa.pub.pem",
+        algorithm: Algorithm::RS256,
+    },
+    Case {
+        alg: "ES256",
+        private: "p256.pem",
+        public: "p256.pub.pem",
+        algorithm: Algorithm::ES256,
+    },
+    Case {
+        alg: "EdDSA",
+        private: "ed25519.pem",
+        public: "ed25519.pub.pem",
+        algorithm: Algorithm::EdDSA,
+    },
+];
+
+const SECRET: [u8; 32] = [7u8; 32];
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/keys")
+        .join(name)
+}
+
+async fn authority(case: &Case, dir: &Path) -> Arc<TokenAuthority> {
+    let path = if case.private.is_empty() {
+        let p = dir.join("hs.key");
+        std::fs::write(&p, SECRET).unwrap_or_else(|e| panic!("write key: {e}"));
+        p
+    } else {
+        fixture(case.private)
+    };
+    let keys = KeySet::load(
+        &[KeySpec {
+            kid: "k".into(),
+            alg: case.alg.into(),
+            path,
+        }],
+        None,
+    )
+    .unwrap_or_else(|e| panic!("keys: {e}"));
+    let url = format!("sqlite:{}", dir.join(format!("{}.db", case.alg)).display());
+    let store: Arc<dyn RevocationStore> = store::open(&url)
+        .await
+        .unwrap_or_else(|e| panic!("store: {e}"));
+    store
+        .migrate()
+        .await
+        .unwrap_or_else(|e| panic!("migrate: {e}"));
+    let settings = CacheSettings {
+        cutoff_ttl: Duration::from_secs(300),
+        cutoff_capacity: 100_000,
+        denylist_filter: true,
+        filter_expected_items: 1_000_000,
+        filter_fp_rate: 0.01,
+        max_staleness: Duration::from_secs(10),
+        on_outage: OutageMode::FailClosed,
+    };
+    let clock = Arc::new(SystemClock);
+    let revocations = Arc::new(Revocations::new(
+        store,
+        clock.clone(),
+        Arc::new(Metrics::new()),
+        settings,
+    ));
+    revocations
+        .load()
+        .await
+        .unwrap_or_else(|e| panic!("load: {e}"));
+    let policy = RevocationPolicy {
+        token_ttl_ms: 3_600_000,
+        refresh_window_ms: 7 * 86_400_000,
+        leeway_ms: 0,
+    };
+    let codec = TokenCodec::new(keys, "token-sidecar".into(), None);
+    Arc::new(TokenAuthority::new(codec, policy, revocations, clock))
+}
+
+fn bare_key(case: &Case) -> DecodingKey {
+    if case.public.is_empty() {
+        return DecodingKey::from_secret(&SECRET).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let pem = std::fs::read(fixture(case.public)).unwrap_or_else(|e| panic!("{e}"));
+    match case.algorithm {
+        Algorithm::RS256 => DecodingKey::from_rsa_pem(&pem),
+        Algorithm::ES256 => DecodingKey::from_ec_pem(&pem),
+        _ => DecodingKey::from_ed_pem(&pem),
+    }
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn verify(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("dir: {e}"));
+    for case in CASES {
+        let authority = rt.block_on(authority(case, dir.path()));
+        let token = rt
+            .block_on(authority.issue(IssueRequest {
+                user_id: "bench-user".into(),
+                ..Default::default()
+            }))
+            .unwrap_or_else(|e| panic!("issue: {e}"))
+            .token;
+        // Warm: the user's cutoff is cached.
+        let warm = rt.block_on(authority.verify(&token));
+        assert!(matches!(warm, Ok(Ok(_))), "{}: {warm:?}", case.alg);
+
+        let key = bare_key(case);
+        let mut validation = Validation::new(case.algorithm);
+        validation.set_issuer(&["token-sidecar"]);
+        assert!(jsonwebtoken::decode::<serde_json::Value>(&token, &key, &validation).is_ok());
+
+        let mut group = c.benchmark_group(case.alg);
+        group.bench_function("bare_jsonwebtoken_decode", |b| {
+            b.iter(|| jsonwebtoken::decode::<serde_json::Value>(&token, &key, &validation))
+        });
+        group.bench_function("full_verify", |b| {
+            b.to_async(&rt).iter(|| authority.verify(&token))
+        });
+        group.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = verify
+}
+criterion_main!(benches);

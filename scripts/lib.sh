@@ -1,0 +1,26 @@
+# Shared by scripts/test and scripts/bench: make sure PostgreSQL answers at $TEST_DATABASE_URL.
+export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+
+pg_up() { pg_isready -q -d "$TEST_DATABASE_URL" 2>/dev/null; }
+
+ensure_postgres() {
+  if ! command -v pg_isready >/dev/null; then
+    echo "PostgreSQL client tools are missing (apt-get install postgresql-client)," >&2
+    echo "and a PostgreSQL server must listen at $TEST_DATABASE_URL." >&2
+    return 1
+  fi
+  if ! pg_up; then
+    if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
+      local version
+      version=$(ls /etc/postgresql | sort -V | tail -n 1)
+      echo "starting PostgreSQL $version (cluster main)"
+      pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    fi
+    for _ in $(seq 1 60); do pg_up && break; sleep 0.5; done
+    if ! pg_up; then
+      echo "PostgreSQL is not reachable at $TEST_DATABASE_URL." >&2
+      echo "Start it (pg_ctlcluster --skip-systemctl-redirect 15 main start) or set TEST_DATABASE_URL." >&2
+      return 1
+    fi
+  fi
+}
