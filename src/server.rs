@@ -271,7 +271,10 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
         .add_service(pb::token_service_server::TokenServiceServer::new(
             TokenGrpc::new(authority.clone(), metrics.clone()),
         ))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), stopped(shutdown_rx.clone()));
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            stopped(shutdown_rx.clone()),
+        );
     let mut tasks = vec![tokio::spawn(api)];
 
     let mut health_addr = None;
@@ -281,7 +284,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
         let probes = Server::builder()
             .add_service(health_service)
             .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener),
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
                 stopped(shutdown_rx.clone()),
             );
         tasks.push(tokio::spawn(probes));
