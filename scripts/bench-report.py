@@ -135,6 +135,9 @@ positives takes {filt.group(1) if filt else '?'} MiB.
   costs throughput under saturation. A profile (`perf record -e cpu-clock`) puts the verify logic
   itself (HMAC, base64, JSON) at a few percent of the server's CPU; the rest is the kernel's
   loopback TCP, h2 framing and allocation. This is the open item of the benchmarks.
+  Run-to-run spread is large on this shared machine: the same Verify run gave 37k–52k/s and
+  Health 55k–67k/s within minutes (for instance 51.7k vs 65.2k = 0.79 on a sidecar that had not
+  just issued the token mix); swapping glibc malloc for mimalloc changed nothing measurable.
 * **In-process.** The full path adds the header parse, the claims checks, the moka `get` and two
   filter probes to the bare decode.
 * **Caches off** is one cutoff query and two denylist queries per check against PostgreSQL, on the
