@@ -12,9 +12,36 @@ use crate::token::KeySpec;
 /// The embedded database used when no `--database-url` is given.
 pub const DEFAULT_SQLITE_FILE: &str = "token-sidecar.db";
 
-/// token-sidecar: issues, verifies, refreshes and revokes JWTs over gRPC.
+/// The command line: the sidecar's configuration, or an operator subcommand.
+#[derive(Debug, Parser)]
+#[command(
+    name = "token-sidecar",
+    version,
+    about,
+    max_term_width = 100,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// What to do instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The configuration to serve with.
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// Operator subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Apply the database migrations and exit (for a Kubernetes Job before a rollout).
+    Migrate(Config),
+    /// Validate flags, keys and database reachability; exit non-zero with the reason.
+    CheckConfig(Config),
+}
+
+/// token-sidecar's configuration: every flag, each also readable from an environment variable.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "token-sidecar", version, about, max_term_width = 100)]
+#[command(max_term_width = 100)]
 pub struct Config {
     /// Address of the gRPC API (TokenService, health, reflection).
     #[arg(long, env = "TOKEN_SIDECAR_LISTEN", default_value = "127.0.0.1:50051", value_parser = parse_listen)]

@@ -42,21 +42,42 @@ impl TokenGrpc {
         Self { authority, metrics }
     }
 
+    /// Counts the RPC and writes its request log line: method, result, reason, latency, user
+    /// and jti — never the token. Verify logs at debug (it is the hot path), the rest at info.
+    fn record(
+        &self,
+        method: &'static str,
+        started: Instant,
+        result: &'static str,
+        reason: &'static str,
+        subject: Subject<'_>,
+    ) {
+        self.metrics.rpc(method, started, result, reason);
+        let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let Subject { user_id, jti } = subject;
+        if method == "Verify" {
+            tracing::debug!(method, result, reason, latency_us, user_id, jti, "rpc");
+        } else {
+            tracing::info!(method, result, reason, latency_us, user_id, jti, "rpc");
+        }
+    }
+
     /// Records the RPC and maps its error to a `Status`.
     fn finish<T>(
         &self,
         method: &'static str,
         started: Instant,
         result: Result<T, AuthorityError>,
+        subject: Subject<'_>,
     ) -> Result<Response<T>, Status> {
         match result {
             Ok(value) => {
-                self.metrics.rpc(method, started, "ok", "");
+                self.record(method, started, "ok", "", subject);
                 Ok(Response::new(value))
             }
             Err(e) => {
                 let (result, reason) = error_labels(&e);
-                self.metrics.rpc(method, started, result, reason);
+                self.record(method, started, result, reason, subject);
                 Err(to_status(e))
             }
         }
@@ -71,6 +92,7 @@ impl TokenService for TokenGrpc {
     ) -> Result<Response<pb::IssueResponse>, Status> {
         let started = Instant::now();
         let req = request.into_inner();
+        let user_id = req.user_id.clone();
         let result = async {
             let ttl_ms = req.ttl.map(|d| duration_ms(&d, "ttl")).transpose()?;
             let issued = self
@@ -81,10 +103,15 @@ impl TokenService for TokenGrpc {
                     ttl_ms,
                 })
                 .await?;
-            Ok(grant(issued).into())
+            Ok(pb::IssueResponse::from(grant(issued)))
         }
         .await;
-        self.finish("Issue", started, result)
+        let jti = result.as_ref().map(|r| r.jti.clone()).unwrap_or_default();
+        let subject = Subject {
+            user_id: &user_id,
+            jti: &jti,
+        };
+        self.finish("Issue", started, result, subject)
     }
 
     async fn verify(
@@ -95,11 +122,15 @@ impl TokenService for TokenGrpc {
         let token = request.into_inner().token;
         let verdict = match self.authority.verify(&token).await {
             Ok(verdict) => verdict,
-            Err(e) => return self.finish("Verify", started, Err(e)),
+            Err(e) => return self.finish("Verify", started, Err(e), Subject::default()),
         };
         let response = match verdict {
             Ok(claims) => {
-                self.metrics.rpc("Verify", started, "ok", "");
+                let subject = Subject {
+                    user_id: &claims.user_id,
+                    jti: &claims.jti,
+                };
+                self.record("Verify", started, "ok", "", subject);
                 pb::VerifyResponse {
                     valid: true,
                     reason: pb::Reason::Unspecified as i32,
@@ -107,8 +138,13 @@ impl TokenService for TokenGrpc {
                 }
             }
             Err(reason) => {
-                self.metrics
-                    .rpc("Verify", started, "invalid", reason.code());
+                self.record(
+                    "Verify",
+                    started,
+                    "invalid",
+                    reason.code(),
+                    Subject::default(),
+                );
                 pb::VerifyResponse {
                     valid: false,
                     reason: proto_reason(reason) as i32,
@@ -129,8 +165,13 @@ impl TokenService for TokenGrpc {
             .authority
             .refresh(&token)
             .await
-            .map(|issued| grant(issued).into());
-        self.finish("Refresh", started, result)
+            .map(|issued| pb::RefreshResponse::from(grant(issued)));
+        let jti = result.as_ref().map(|r| r.jti.clone()).unwrap_or_default();
+        let subject = Subject {
+            user_id: "",
+            jti: &jti,
+        };
+        self.finish("Refresh", started, result, subject)
     }
 
     async fn revoke(
@@ -140,6 +181,11 @@ impl TokenService for TokenGrpc {
         use pb::revoke_request::Target;
         let started = Instant::now();
         let target = request.into_inner().target;
+        let (user_id, jti) = match &target {
+            Some(Target::User(u)) => (u.user_id.clone(), String::new()),
+            Some(Target::Jti(j)) => (String::new(), j.clone()),
+            _ => Default::default(),
+        };
         let result = async {
             let target = match target {
                 Some(Target::Token(token)) => RevokeTarget::Token(token),
@@ -169,7 +215,11 @@ impl TokenService for TokenGrpc {
             })
         }
         .await;
-        self.finish("Revoke", started, result)
+        let subject = Subject {
+            user_id: &user_id,
+            jti: &jti,
+        };
+        self.finish("Revoke", started, result, subject)
     }
 
     async fn lift_ban(
@@ -183,7 +233,11 @@ impl TokenService for TokenGrpc {
             .lift_ban(&user_id)
             .await
             .map(|lifted| pb::LiftBanResponse { lifted });
-        self.finish("LiftBan", started, result)
+        let subject = Subject {
+            user_id: &user_id,
+            jti: "",
+        };
+        self.finish("LiftBan", started, result, subject)
     }
 
     async fn get_user_status(
@@ -201,7 +255,11 @@ impl TokenService for TokenGrpc {
                     banned: status.banned,
                     banned_until: status.cutoff_ms.filter(|_| status.banned).map(timestamp),
                 });
-        self.finish("GetUserStatus", started, result)
+        let subject = Subject {
+            user_id: &user_id,
+            jti: "",
+        };
+        self.finish("GetUserStatus", started, result, subject)
     }
 
     async fn get_jwks(
@@ -212,8 +270,15 @@ impl TokenService for TokenGrpc {
         let result = Ok(pb::GetJwksResponse {
             jwks_json: self.authority.jwks_json(),
         });
-        self.finish("GetJwks", started, result)
+        self.finish("GetJwks", started, result, Subject::default())
     }
+}
+
+/// Who an RPC was about, for the request log.
+#[derive(Clone, Copy, Default)]
+struct Subject<'a> {
+    user_id: &'a str,
+    jti: &'a str,
 }
 
 /// The `result` and `reason` metric labels of an error.

@@ -4,12 +4,65 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use token_sidecar::clock::SystemClock;
-use token_sidecar::config::Config;
+use token_sidecar::config::{Cli, Command};
 use token_sidecar::{server, telemetry};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("token-sidecar: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line with the chain of causes; no backtrace for an operator to wade through.
+            eprintln!("token-sidecar: {}", one_line(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, skipping a cause its parent already quoted.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
+async fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Migrate(config)) => {
+            telemetry::init(config.log_format);
+            let kind = server::migrate(&config).await.context("migration failed")?;
+            println!("migrations applied ({kind})");
+            return Ok(());
+        }
+        Some(Command::CheckConfig(config)) => {
+            telemetry::init(config.log_format);
+            let report = server::check_config(&config)
+                .await
+                .context("configuration check failed")?;
+            for line in report {
+                println!("{line}");
+            }
+            println!("configuration OK");
+            return Ok(());
+        }
+        None => {}
+    }
+    let config = cli.config;
     telemetry::init(config.log_format);
     let running = server::start(config, Arc::new(SystemClock))
         .await

@@ -191,6 +191,44 @@ pub fn load_keys(config: &Config) -> Result<KeySet, StartupError> {
     Ok(keys)
 }
 
+/// Applies the migrations of the configured store and returns its kind.
+pub async fn migrate(config: &Config) -> Result<&'static str, StartupError> {
+    let store = store::open(&config.database_url()).await?;
+    store.migrate().await?;
+    Ok(store.kind())
+}
+
+/// Checks what a start would need, without starting: keys load, the store answers. Returns what
+/// was checked, one line each. Creates nothing (a missing development key is only reported).
+pub async fn check_config(config: &Config) -> Result<Vec<String>, StartupError> {
+    let mut report = Vec::new();
+    if config.keys.is_empty() {
+        if !config.is_sqlite() {
+            return Err(StartupError::NoKeyForPostgres);
+        }
+        let path = config.dev_key_path().ok_or(KeyError::Empty)?;
+        report.push(format!(
+            "keys: none configured; SQLite mode uses the development key {}",
+            path.display()
+        ));
+    } else {
+        let keys = KeySet::load(&config.keys, config.signing_kid.as_deref())?;
+        report.push(format!(
+            "keys: {} (signing: {})",
+            keys.kids().join(", "),
+            keys.signing_kid()
+        ));
+    }
+    let store = store::open(&config.database_url()).await?;
+    store.ping().await?;
+    report.push(format!("store: {} reachable", store.kind()));
+    report.push(format!(
+        "token ttl {:?}, refresh window {:?}, leeway {:?}, issuer {:?}, audience {:?}",
+        config.token_ttl, config.refresh_window, config.leeway, config.issuer, config.audience
+    ));
+    Ok(report)
+}
+
 /// The policy `config` asks for.
 pub fn policy(config: &Config) -> RevocationPolicy {
     let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);

@@ -150,6 +150,14 @@ async fn default_run_serves_a_session_logs_no_secrets_and_exits_0_on_sigterm() {
         log.contains("development HS256 key"),
         "warns about the dev key"
     );
+    // Request logs carry method, result, user and jti — never the token.
+    assert!(
+        log.lines().any(|l| l.contains("rpc")
+            && l.contains("Issue")
+            && l.contains("alice")
+            && l.contains(&issued.jti)),
+        "no request log line for the Issue"
+    );
     let (_, signature) = issued.token.rsplit_once('.').expect("jws");
     assert!(!log.contains(signature), "a token reached the log");
     let secret = std::fs::read(dir.path().join("token-sidecar.db.dev-key")).expect("key");
