@@ -2,7 +2,8 @@
 //!
 //! Verify, Refresh and Revoke(token) all call [`TokenCodec::decode`]; there is no other decoder.
 //! It checks, in order: the size cap, the compact shape, the header (`alg` must be the `kid`'s
-//! key's algorithm; `crit` is refused), the signature, then the claims (types, required claims,
+//! key's algorithm; `crit` and duplicate members are refused), the payload's base64url, the
+//! signature, then the claims (a JSON object without duplicate members; types, required claims,
 //! issuer, audience). Time-dependent checks (`exp`, `nbf`) belong to the revocation policy, which
 //! reads the injected clock.
 use std::sync::Arc;
@@ -106,6 +107,11 @@ impl TokenCodec {
         if signature_b64.is_empty() {
             return Err(Reason::BadSignature);
         }
+        // The payload's encoding is checked before any cryptography: a format error is reported
+        // as such, and garbage costs no signature check.
+        let payload = URL_SAFE_NO_PAD
+            .decode(payload_b64)
+            .map_err(|_| Reason::Malformed)?;
         let signed_len = header_b64.len() + 1 + payload_b64.len();
         let message = &token.as_bytes()[..signed_len];
         match jsonwebtoken::crypto::verify(signature_b64, message, &key.decoding, key.alg) {
@@ -113,7 +119,8 @@ impl TokenCodec {
             Ok(false) => return Err(Reason::BadSignature),
             Err(_) => return Err(Reason::Malformed),
         }
-        let payload: Map<String, Value> = decode_json(payload_b64)?;
+        let UniqueObject(payload) =
+            serde_json::from_slice(&payload).map_err(|_| Reason::Malformed)?;
         parse_payload(payload, &self.issuer, self.audience.as_deref())
     }
 }
@@ -123,6 +130,38 @@ fn decode_json<T: serde::de::DeserializeOwned>(segment: &str) -> Result<T, Reaso
         .decode(segment)
         .map_err(|_| Reason::Malformed)?;
     serde_json::from_slice(&bytes).map_err(|_| Reason::Malformed)
+}
+
+/// A JSON object that refuses duplicate member names. RFC 7519 allows "last one wins", but two
+/// verifiers that pick differently would disagree about the same token, so we refuse instead.
+struct UniqueObject(Map<String, Value>);
+
+impl<'de> serde::Deserialize<'de> for UniqueObject {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UniqueObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object without duplicate members")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> Result<UniqueObject, A::Error> {
+                let mut map = Map::new();
+                while let Some((key, value)) = access.next_entry::<String, Value>()? {
+                    if map.contains_key(&key) {
+                        return Err(serde::de::Error::custom(format!(
+                            "duplicate member {key:?}"
+                        )));
+                    }
+                    map.insert(key, value);
+                }
+                Ok(UniqueObject(map))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
 }
 
 #[cfg(test)]
@@ -293,6 +332,36 @@ mod tests {
         assert_eq!(codec.decode(&crit), Err(Reason::Malformed));
         let array = resign(&codec, &json!({"alg": "HS256", "kid": "k1"}), &json!([1]));
         assert_eq!(codec.decode(&array), Err(Reason::Malformed));
+    }
+
+    #[test]
+    fn refuses_duplicate_claims_and_duplicate_header_members() {
+        let codec = codec();
+        let header = b64(&json!({"alg": "HS256", "kid": "k1"}));
+        let payload = r#"{"iss":"issuer","sub":"alice","sub":"admin","jti":"j","sid":"s","iat":1,"exp":2,"orig_iat":1.5}"#;
+        let message = format!("{header}.{}", URL_SAFE_NO_PAD.encode(payload));
+        let sig = jsonwebtoken::crypto::sign(
+            message.as_bytes(),
+            &codec.keys().signer.encoding,
+            codec.keys().signer.alg,
+        )
+        .expect("sign");
+        assert_eq!(
+            codec.decode(&format!("{message}.{sig}")),
+            Err(Reason::Malformed)
+        );
+        let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"none","alg":"HS256","kid":"k1"}"#);
+        let message = format!("{header}.{}", b64(&good_payload()));
+        let sig = jsonwebtoken::crypto::sign(
+            message.as_bytes(),
+            &codec.keys().signer.encoding,
+            codec.keys().signer.alg,
+        )
+        .expect("sign");
+        assert_eq!(
+            codec.decode(&format!("{message}.{sig}")),
+            Err(Reason::Malformed)
+        );
     }
 
     #[test]
