@@ -75,6 +75,21 @@ pub struct Config {
     #[arg(long, env = "TOKEN_SIDECAR_KEY_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_positive_duration)]
     pub key_reload_interval: Duration,
 
+    /// A file holding the bearer credential that privileged RPCs (Issue, Revoke by jti, session
+    /// or user, LiftBan, GetUserStatus) must present as `authorization: Bearer <credential>`.
+    /// Verify, Refresh and Revoke of one's own token stay open. Off if unset.
+    #[arg(long, env = "TOKEN_SIDECAR_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Most requests served at once per connection; beyond it requests are shed with
+    /// RESOURCE_EXHAUSTED instead of queueing without bound.
+    #[arg(
+        long,
+        env = "TOKEN_SIDECAR_MAX_CONCURRENT_REQUESTS",
+        default_value_t = 1024
+    )]
+    pub max_concurrent_requests: usize,
+
     /// The `iss` written into and required of every token.
     #[arg(long, env = "TOKEN_SIDECAR_ISSUER", default_value = "token-sidecar")]
     pub issuer: String,

@@ -29,17 +29,88 @@ use pb::token_service_server::TokenService;
 /// The `domain` of every `google.rpc.ErrorInfo` we send.
 pub const ERROR_DOMAIN: &str = "token-sidecar";
 
+/// The bearer credential privileged RPCs must present. Its Debug output hides it.
+pub struct AdminCredential(Vec<u8>);
+
+impl AdminCredential {
+    /// Shortest credential accepted.
+    pub const MIN_LEN: usize = 16;
+
+    /// Wraps a credential (surrounding whitespace, such as a file's final newline, is dropped).
+    pub fn new(raw: &[u8]) -> Option<Self> {
+        let text = raw.trim_ascii();
+        (text.len() >= Self::MIN_LEN).then(|| Self(text.to_vec()))
+    }
+
+    /// Compares in time independent of where the first difference is.
+    fn matches(&self, presented: &[u8]) -> bool {
+        presented.len() == self.0.len()
+            && presented
+                .iter()
+                .zip(&self.0)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+}
+
+impl std::fmt::Debug for AdminCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminCredential(..)")
+    }
+}
+
 /// `tokensidecar.v1.TokenService`, delegating to a [`TokenAuthority`].
 #[derive(Clone)]
 pub struct TokenGrpc {
     authority: Arc<TokenAuthority>,
     metrics: Arc<Metrics>,
+    admin: Option<Arc<AdminCredential>>,
 }
 
 impl TokenGrpc {
-    /// Serves `authority` over gRPC, counting RPCs in `metrics`.
-    pub fn new(authority: Arc<TokenAuthority>, metrics: Arc<Metrics>) -> Self {
-        Self { authority, metrics }
+    /// Serves `authority` over gRPC, counting RPCs in `metrics`; privileged RPCs require
+    /// `admin` when it is set.
+    pub fn new(
+        authority: Arc<TokenAuthority>,
+        metrics: Arc<Metrics>,
+        admin: Option<Arc<AdminCredential>>,
+    ) -> Self {
+        Self {
+            authority,
+            metrics,
+            admin,
+        }
+    }
+
+    /// Checks the caller's credential for a privileged RPC.
+    fn authorize<T>(&self, request: &Request<T>, method: &'static str) -> Result<(), Status> {
+        let Some(admin) = &self.admin else {
+            return Ok(());
+        };
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            });
+        let (reason, message) = match presented {
+            Some(credential) if admin.matches(credential.trim().as_bytes()) => return Ok(()),
+            Some(_) => ("INVALID_CREDENTIAL", "the bearer credential is not valid"),
+            None => (
+                "MISSING_CREDENTIAL",
+                "this RPC needs `authorization: Bearer <credential>`",
+            ),
+        };
+        self.metrics
+            .rpc(method, Instant::now(), "unauthenticated", reason);
+        tracing::warn!(method, reason, "privileged RPC refused");
+        Err(Status::with_error_details(
+            Code::Unauthenticated,
+            message,
+            ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new()),
+        ))
     }
 
     /// Counts the RPC and writes its request log line: method, result, reason, latency, user
@@ -91,6 +162,7 @@ impl TokenService for TokenGrpc {
         request: Request<pb::IssueRequest>,
     ) -> Result<Response<pb::IssueResponse>, Status> {
         let started = Instant::now();
+        self.authorize(&request, "Issue")?;
         let req = request.into_inner();
         let user_id = req.user_id.clone();
         let result = async {
@@ -180,6 +252,10 @@ impl TokenService for TokenGrpc {
     ) -> Result<Response<pb::RevokeResponse>, Status> {
         use pb::revoke_request::Target;
         let started = Instant::now();
+        // Revoking a token one holds is open (like Verify); every other target is privileged.
+        if !matches!(request.get_ref().target, Some(Target::Token(_))) {
+            self.authorize(&request, "Revoke")?;
+        }
         let target = request.into_inner().target;
         let (user_id, jti) = match &target {
             Some(Target::User(u)) => (u.user_id.clone(), String::new()),
@@ -227,6 +303,7 @@ impl TokenService for TokenGrpc {
         request: Request<pb::LiftBanRequest>,
     ) -> Result<Response<pb::LiftBanResponse>, Status> {
         let started = Instant::now();
+        self.authorize(&request, "LiftBan")?;
         let user_id = request.into_inner().user_id;
         let result = self
             .authority
@@ -245,6 +322,7 @@ impl TokenService for TokenGrpc {
         request: Request<pb::GetUserStatusRequest>,
     ) -> Result<Response<pb::GetUserStatusResponse>, Status> {
         let started = Instant::now();
+        self.authorize(&request, "GetUserStatus")?;
         let user_id = request.into_inner().user_id;
         let result =
             self.authority

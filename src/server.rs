@@ -15,7 +15,7 @@ use tonic_health::server::HealthReporter;
 use crate::authority::TokenAuthority;
 use crate::clock::Clock;
 use crate::config::{Config, Toggle};
-use crate::grpc::{TokenGrpc, pb};
+use crate::grpc::{AdminCredential, TokenGrpc, pb};
 use crate::metrics::{self, Metrics};
 use crate::policy::RevocationPolicy;
 use crate::revocations::{CacheSettings, Revocations};
@@ -48,6 +48,14 @@ pub enum StartupError {
         addr: SocketAddr,
         /// Why.
         source: std::io::Error,
+    },
+    /// The admin credential file is unusable.
+    #[error("--admin-token-file {path}: {problem}")]
+    AdminToken {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        problem: String,
     },
     /// Reflection could not be built from the descriptors.
     #[error("reflection setup failed: {0}")]
@@ -174,6 +182,15 @@ async fn watch_keys(keys: Arc<KeyReloader>, interval: Duration) {
 
 /// Builds the key set for `config`, generating the development key in SQLite mode.
 pub fn load_keys(config: &Config) -> Result<KeySet, StartupError> {
+    for spec in &config.keys {
+        // Public keys are public; private keys and HMAC secrets are not.
+        let public = std::fs::read_to_string(&spec.path)
+            .map(|pem| pem.contains("PUBLIC KEY-----"))
+            .unwrap_or(false);
+        if !public {
+            warn_if_readable_by_others(&spec.path);
+        }
+    }
     if !config.keys.is_empty() {
         return Ok(KeySet::load(&config.keys, config.signing_kid.as_deref())?);
     }
@@ -219,6 +236,9 @@ pub async fn check_config(config: &Config) -> Result<Vec<String>, StartupError> 
             keys.signing_kid()
         ));
     }
+    if load_admin(config)?.is_some() {
+        report.push("admin credential: loaded; privileged RPCs require it".into());
+    }
     let store = store::open(&config.database_url()).await?;
     store.ping().await?;
     report.push(format!("store: {} reachable", store.kind()));
@@ -227,6 +247,38 @@ pub async fn check_config(config: &Config) -> Result<Vec<String>, StartupError> 
         config.token_ttl, config.refresh_window, config.leeway, config.issuer, config.audience
     ));
     Ok(report)
+}
+
+/// Reads the admin credential, if one is configured.
+pub fn load_admin(config: &Config) -> Result<Option<Arc<AdminCredential>>, StartupError> {
+    let Some(path) = &config.admin_token_file else {
+        return Ok(None);
+    };
+    let problem = |problem: String| StartupError::AdminToken {
+        path: path.display().to_string(),
+        problem,
+    };
+    let raw = std::fs::read(path).map_err(|e| problem(e.to_string()))?;
+    warn_if_readable_by_others(path);
+    AdminCredential::new(&raw)
+        .map(|c| Some(Arc::new(c)))
+        .ok_or_else(|| problem(format!("shorter than {} bytes", AdminCredential::MIN_LEN)))
+}
+
+/// Secrets should be readable by their owner (and group) only; say so if not.
+pub fn warn_if_readable_by_others(path: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o004 != 0
+        {
+            tracing::warn!(
+                path = %path.display(),
+                "secret file is readable by every user on this host; chmod o-r it"
+            );
+        }
+    }
 }
 
 /// The policy `config` asks for.
@@ -257,6 +309,7 @@ pub fn cache_settings(config: &Config) -> CacheSettings {
 /// Health reports NOT_SERVING until the store has been migrated and answered.
 pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidecar, StartupError> {
     let keys = load_keys(&config)?;
+    let admin = load_admin(&config)?;
     let url = config.database_url();
     if config.database_url.is_none() {
         tracing::warn!(
@@ -303,11 +356,13 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
     let listener = bind(config.listen).await?;
     let addr = local_addr(&listener, config.listen)?;
     let api = Server::builder()
+        .concurrency_limit_per_connection(config.max_concurrent_requests.max(1))
+        .load_shed(true)
         .add_service(health_service.clone())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(pb::token_service_server::TokenServiceServer::new(
-            TokenGrpc::new(authority.clone(), metrics.clone()),
+            TokenGrpc::new(authority.clone(), metrics.clone(), admin),
         ))
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
