@@ -81,6 +81,19 @@ pub struct Config {
     #[arg(long, env = "TOKEN_SIDECAR_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
 
+    /// PEM certificate chain of the gRPC API; with --tls-key, the API speaks TLS only.
+    #[arg(long, env = "TOKEN_SIDECAR_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TOKEN_SIDECAR_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates; when set, callers must present a client certificate they signed
+    /// (mutual TLS).
+    #[arg(long, env = "TOKEN_SIDECAR_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Most requests served at once per connection; beyond it requests are shed with
     /// RESOURCE_EXHAUSTED instead of queueing without bound.
     #[arg(

@@ -7,8 +7,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -57,6 +57,9 @@ pub enum StartupError {
         /// What is wrong.
         problem: String,
     },
+    /// The TLS files are unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// Reflection could not be built from the descriptors.
     #[error("reflection setup failed: {0}")]
     Reflection(String),
@@ -236,6 +239,9 @@ pub async fn check_config(config: &Config) -> Result<Vec<String>, StartupError> 
             keys.signing_kid()
         ));
     }
+    if tls_config(config)?.is_some() {
+        report.push("tls: certificate and key readable".into());
+    }
     if load_admin(config)?.is_some() {
         report.push("admin credential: loaded; privileged RPCs require it".into());
     }
@@ -263,6 +269,22 @@ pub fn load_admin(config: &Config) -> Result<Option<Arc<AdminCredential>>, Start
     AdminCredential::new(&raw)
         .map(|c| Some(Arc::new(c)))
         .ok_or_else(|| problem(format!("shorter than {} bytes", AdminCredential::MIN_LEN)))
+}
+
+/// The API's TLS configuration, if --tls-cert and --tls-key are set.
+pub fn tls_config(config: &Config) -> Result<Option<ServerTlsConfig>, StartupError> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| StartupError::Tls(format!("{}: {e}", path.display())))
+    };
+    warn_if_readable_by_others(key);
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &config.tls_client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(Some(tls))
 }
 
 /// Secrets should be readable by their owner (and group) only; say so if not.
@@ -355,7 +377,17 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
     let (shutdown, shutdown_rx) = watch::channel(false);
     let listener = bind(config.listen).await?;
     let addr = local_addr(&listener, config.listen)?;
-    let api = Server::builder()
+    let mut api = Server::builder();
+    if let Some(tls) = tls_config(&config)? {
+        api = api
+            .tls_config(tls)
+            .map_err(|e| StartupError::Tls(e.to_string()))?;
+        tracing::info!(
+            mutual = config.tls_client_ca.is_some(),
+            "the API speaks TLS"
+        );
+    }
+    let api = api
         .concurrency_limit_per_connection(config.max_concurrent_requests.max(1))
         .load_shed(true)
         .add_service(health_service.clone())

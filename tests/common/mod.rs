@@ -91,6 +91,7 @@ pub struct Settings {
     pub clock: Option<ManualClock>,
     pub wait_until_serving: bool,
     pub with_key: bool,
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Settings {
@@ -103,6 +104,7 @@ impl Settings {
             clock: None,
             wait_until_serving: true,
             with_key: true,
+            tls: None,
         }
     }
 
@@ -126,6 +128,12 @@ impl Settings {
 
     pub fn clock(mut self, clock: ManualClock) -> Self {
         self.clock = Some(clock);
+        self
+    }
+
+    /// Connects over TLS with this client configuration.
+    pub fn tls(mut self, tls: tonic::transport::ClientTlsConfig) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -182,11 +190,20 @@ impl Settings {
         let health_addr = running.health_addr;
         let metrics_addr = running.metrics_addr;
         let metrics = running.metrics.clone();
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connect to the sidecar");
+        let channel = match self.tls {
+            None => Channel::from_shared(format!("http://{addr}"))
+                .expect("uri")
+                .connect()
+                .await
+                .expect("connect to the sidecar"),
+            Some(tls) => Channel::from_shared(format!("https://localhost:{}", addr.port()))
+                .expect("uri")
+                .tls_config(tls)
+                .expect("tls config")
+                .connect()
+                .await
+                .expect("connect to the sidecar over TLS"),
+        };
         let app = TestApp {
             client: TokenServiceClient::new(channel.clone()),
             health: HealthClient::new(channel),

@@ -1,0 +1,111 @@
+//! TLS and mutual TLS on the gRPC API (rustls with aws-lc-rs).
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{Backend, Settings};
+use token_sidecar::grpc::pb;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+fn tls(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/keys/tls")
+        .join(name)
+}
+
+fn read(name: &str) -> Vec<u8> {
+    std::fs::read(tls(name)).expect("fixture")
+}
+
+fn client(identity: Option<&str>) -> ClientTlsConfig {
+    let mut config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem")))
+        .domain_name("localhost");
+    if let Some(name) = identity {
+        config = config.identity(Identity::from_pem(
+            read(&format!("{name}.pem")),
+            read(&format!("{name}.key")),
+        ));
+    }
+    config
+}
+
+fn server(settings: Settings) -> Settings {
+    settings
+        .arg("--tls-cert", &tls("server.pem").display().to_string())
+        .arg("--tls-key", &tls("server.key").display().to_string())
+}
+
+async fn try_verify(port: u16, config: Option<ClientTlsConfig>) -> Result<bool, String> {
+    let channel = match config {
+        Some(c) => Channel::from_shared(format!("https://localhost:{port}"))
+            .map_err(|e| e.to_string())?
+            .tls_config(c)
+            .map_err(|e| e.to_string())?,
+        None => {
+            Channel::from_shared(format!("http://127.0.0.1:{port}")).map_err(|e| e.to_string())?
+        }
+    };
+    let channel = channel
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let mut api = pb::token_service_client::TokenServiceClient::new(channel);
+    api.verify(pb::VerifyRequest { token: "x".into() })
+        .await
+        .map(|r| !r.into_inner().valid)
+        .map_err(|e| format!("rpc: {e}"))
+}
+
+#[tokio::test]
+async fn the_api_speaks_tls_and_refuses_plaintext() {
+    let app = server(Settings::new(Backend::Sqlite))
+        .tls(client(None))
+        .spawn()
+        .await;
+    let issued = app.issue("alice").await;
+    assert!(app.verify(&issued.token).await.valid);
+    assert!(
+        try_verify(app.addr.port(), None).await.is_err(),
+        "plaintext must fail"
+    );
+}
+
+#[tokio::test]
+async fn mutual_tls_accepts_only_clients_the_ca_signed() {
+    let app = server(Settings::new(Backend::Sqlite))
+        .arg("--tls-client-ca", &tls("ca.pem").display().to_string())
+        .tls(client(Some("client")))
+        .spawn()
+        .await;
+    assert!(app.verify(&app.issue("alice").await.token).await.valid);
+    let port = app.addr.port();
+    assert_eq!(
+        try_verify(port, Some(client(Some("client")))).await,
+        Ok(true)
+    );
+    assert!(
+        try_verify(port, Some(client(Some("rogue-client"))))
+            .await
+            .is_err(),
+        "rogue client"
+    );
+    assert!(
+        try_verify(port, Some(client(None))).await.is_err(),
+        "no client certificate"
+    );
+    assert!(try_verify(port, None).await.is_err(), "plaintext");
+}
+
+#[tokio::test]
+async fn unreadable_tls_files_are_refused_at_start() {
+    let err = Settings::new(Backend::Sqlite)
+        .arg("--tls-cert", "/no/such/cert.pem")
+        .arg("--tls-key", "/no/such/key.pem")
+        .no_wait()
+        .try_spawn()
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("/no/such/cert.pem"), "{err}");
+}
