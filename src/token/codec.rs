@@ -212,15 +212,22 @@ mod tests {
         URL_SAFE_NO_PAD.encode(v.to_string())
     }
 
-    fn resign(codec: &TokenCodec, header: &Value, payload: &Value) -> String {
-        let message = format!("{}.{}", b64(header), b64(payload));
-        let sig = jsonwebtoken::crypto::sign(
-            message.as_bytes(),
-            &codec.keys().signer.encoding,
-            codec.keys().signer.alg,
-        )
-        .expect("sign");
+    /// Signs raw header and payload text with the codec's signing key.
+    fn sign_raw(codec: &TokenCodec, header: &str, payload: &str) -> String {
+        let message = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(payload)
+        );
+        let keys = codec.keys();
+        let sig =
+            jsonwebtoken::crypto::sign(message.as_bytes(), &keys.signer.encoding, keys.signer.alg)
+                .expect("sign");
         format!("{message}.{sig}")
+    }
+
+    fn resign(codec: &TokenCodec, header: &Value, payload: &Value) -> String {
+        sign_raw(codec, &header.to_string(), &payload.to_string())
     }
 
     fn good_payload() -> Value {
@@ -337,31 +344,12 @@ mod tests {
     #[test]
     fn refuses_duplicate_claims_and_duplicate_header_members() {
         let codec = codec();
-        let header = b64(&json!({"alg": "HS256", "kid": "k1"}));
-        let payload = r#"{"iss":"issuer","sub":"alice","sub":"admin","jti":"j","sid":"s","iat":1,"exp":2,"orig_iat":1.5}"#;
-        let message = format!("{header}.{}", URL_SAFE_NO_PAD.encode(payload));
-        let sig = jsonwebtoken::crypto::sign(
-            message.as_bytes(),
-            &codec.keys().signer.encoding,
-            codec.keys().signer.alg,
-        )
-        .expect("sign");
-        assert_eq!(
-            codec.decode(&format!("{message}.{sig}")),
-            Err(Reason::Malformed)
-        );
-        let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"none","alg":"HS256","kid":"k1"}"#);
-        let message = format!("{header}.{}", b64(&good_payload()));
-        let sig = jsonwebtoken::crypto::sign(
-            message.as_bytes(),
-            &codec.keys().signer.encoding,
-            codec.keys().signer.alg,
-        )
-        .expect("sign");
-        assert_eq!(
-            codec.decode(&format!("{message}.{sig}")),
-            Err(Reason::Malformed)
-        );
+        let duplicate_sub = r#"{"iss":"issuer","sub":"alice","sub":"admin","jti":"j","sid":"s","iat":1,"exp":2,"orig_iat":1.5}"#;
+        let token = sign_raw(&codec, r#"{"alg":"HS256","kid":"k1"}"#, duplicate_sub);
+        assert_eq!(codec.decode(&token), Err(Reason::Malformed));
+        let duplicate_alg = r#"{"alg":"none","alg":"HS256","kid":"k1"}"#;
+        let token = sign_raw(&codec, duplicate_alg, &good_payload().to_string());
+        assert_eq!(codec.decode(&token), Err(Reason::Malformed));
     }
 
     #[test]
