@@ -94,8 +94,8 @@ pub struct Config {
     #[arg(long, env = "TOKEN_SIDECAR_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
-    /// Most requests served at once per connection; beyond it requests are shed with
-    /// RESOURCE_EXHAUSTED instead of queueing without bound.
+    /// Most API requests served at once, over all connections; beyond it requests are shed
+    /// with RESOURCE_EXHAUSTED instead of queueing without bound (health checks never are).
     #[arg(
         long,
         env = "TOKEN_SIDECAR_MAX_CONCURRENT_REQUESTS",

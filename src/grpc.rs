@@ -479,6 +479,15 @@ pub fn to_status(err: AuthorityError) -> Status {
     }
 }
 
+/// The answer to a request shed because too many are in flight: retry later, with backoff.
+pub fn overloaded(limit: usize) -> Status {
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        format!("more than {limit} requests in flight; retry with backoff"),
+        ErrorDetails::with_error_info("OVERLOADED", ERROR_DOMAIN, HashMap::new()),
+    )
+}
+
 fn reason_metadata(reason: Reason) -> HashMap<String, String> {
     HashMap::from([(
         "reason".to_owned(),

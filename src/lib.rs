@@ -16,6 +16,7 @@ pub mod policy;
 pub mod reason;
 pub mod revocations;
 pub mod server;
+pub mod shed;
 pub mod store;
 pub mod sync;
 pub mod telemetry;

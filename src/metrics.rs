@@ -70,6 +70,12 @@ pub struct Metrics {
     pub filter_target_fp_ppm: Gauge,
     /// Filter rebuilds.
     pub filter_rebuilds: Counter,
+    /// Requests refused with RESOURCE_EXHAUSTED because too many were in flight.
+    pub shed_requests: Counter,
+    /// API requests being served now.
+    pub requests_in_flight: Gauge,
+    /// The configured bound on API requests in flight.
+    pub max_requests_in_flight: Gauge,
 }
 
 impl Default for Metrics {
@@ -104,6 +110,9 @@ impl Metrics {
             filter_expected_items: Gauge::default(),
             filter_target_fp_ppm: Gauge::default(),
             filter_rebuilds: Counter::default(),
+            shed_requests: Counter::default(),
+            requests_in_flight: Gauge::default(),
+            max_requests_in_flight: Gauge::default(),
         };
         registry.register(
             "rpc_requests",
@@ -165,6 +174,21 @@ impl Metrics {
             "denylist_filter_rebuilds",
             "Denylist filter rebuilds",
             m.filter_rebuilds.clone(),
+        );
+        registry.register(
+            "shed_requests",
+            "Requests refused with RESOURCE_EXHAUSTED because too many were in flight",
+            m.shed_requests.clone(),
+        );
+        registry.register(
+            "requests_in_flight",
+            "API requests being served now",
+            m.requests_in_flight.clone(),
+        );
+        registry.register(
+            "max_requests_in_flight",
+            "The configured bound on API requests in flight (--max-concurrent-requests)",
+            m.max_requests_in_flight.clone(),
         );
         Self { registry, ..m }
     }

@@ -19,6 +19,7 @@ use crate::grpc::{AdminCredential, TokenGrpc, pb};
 use crate::metrics::{self, Metrics};
 use crate::policy::RevocationPolicy;
 use crate::revocations::{CacheSettings, Revocations};
+use crate::shed::ShedLayer;
 use crate::store::{self, StoreError};
 use crate::sync;
 use crate::token::{KeyError, KeySet, KeySpec, TokenCodec, read_key_files};
@@ -388,8 +389,10 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
         );
     }
     let api = api
-        .concurrency_limit_per_connection(config.max_concurrent_requests.max(1))
-        .load_shed(true)
+        .layer(ShedLayer::new(
+            config.max_concurrent_requests,
+            metrics.clone(),
+        ))
         .add_service(health_service.clone())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

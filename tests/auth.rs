@@ -145,31 +145,60 @@ async fn a_short_admin_credential_is_refused_at_start() {
 }
 
 #[tokio::test]
-async fn excess_load_is_shed_with_resource_exhausted() {
+async fn excess_load_is_shed_with_resource_exhausted_and_counted() {
     let app = Settings::new(Backend::Sqlite)
         .arg("--max-concurrent-requests", "1")
         .spawn()
         .await;
     let token = app.issue("alice").await.token;
-    let calls = (0..300).map(|_| {
-        let mut c = app.client.clone();
+    // Two connections: the bound is on the whole server, not per connection.
+    let second = tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let calls = (0..300).map(|i| {
+        let mut c = if i % 2 == 0 {
+            app.client.clone()
+        } else {
+            pb::token_service_client::TokenServiceClient::new(second.clone())
+        };
         let token = token.clone();
         async move { c.verify(pb::VerifyRequest { token }).await }
     });
-    let results = futures::future::join_all(calls).await;
-    let shed = results
+    let health_checks = (0..50).map(|_| {
+        let mut h = app.health.clone();
+        async move {
+            h.check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+        }
+    });
+    let (results, health) = futures::future::join(
+        futures::future::join_all(calls),
+        futures::future::join_all(health_checks),
+    )
+    .await;
+    let shed: Vec<&tonic::Status> = results
         .iter()
-        .filter(|r| matches!(r, Err(s) if s.code() == Code::ResourceExhausted))
-        .count();
+        .filter_map(|r| r.as_ref().err())
+        .filter(|s| s.code() == Code::ResourceExhausted)
+        .collect();
     let other_errors = results
         .iter()
         .filter(|r| matches!(r, Err(s) if s.code() != Code::ResourceExhausted))
         .count();
-    assert!(shed > 0, "nothing was shed");
+    assert!(!shed.is_empty(), "nothing was shed");
     assert_eq!(other_errors, 0);
+    assert_status(shed[0], Code::ResourceExhausted, "OVERLOADED");
     assert!(
         results
             .iter()
             .any(|r| r.as_ref().is_ok_and(|v| v.get_ref().valid))
     );
+    assert!(
+        health.iter().all(|h| h.is_ok()),
+        "health checks are never shed"
+    );
+    assert_eq!(app.metrics.shed_requests.get(), shed.len() as u64);
+    assert_eq!(app.metrics.requests_in_flight.get(), 0);
 }
