@@ -94,6 +94,11 @@ pub struct Config {
     #[arg(long, env = "TOKEN_SIDECAR_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// Accept listening beyond loopback with neither TLS nor caller authentication (anyone who
+    /// reaches the port could then issue and revoke tokens).
+    #[arg(long, env = "TOKEN_SIDECAR_ALLOW_INSECURE_REMOTE")]
+    pub allow_insecure_remote: bool,
+
     /// Most API requests served at once, over all connections; beyond it requests are shed
     /// with RESOURCE_EXHAUSTED instead of queueing without bound (health checks never are).
     #[arg(

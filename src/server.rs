@@ -16,10 +16,10 @@ use crate::authority::TokenAuthority;
 use crate::clock::Clock;
 use crate::config::{Config, Toggle};
 use crate::grpc::{AdminCredential, TokenGrpc, pb};
+use crate::limits::RequestLimits;
 use crate::metrics::{self, Metrics};
 use crate::policy::RevocationPolicy;
 use crate::revocations::{CacheSettings, Revocations};
-use crate::shed::ShedLayer;
 use crate::store::{self, StoreError};
 use crate::sync;
 use crate::token::{KeyError, KeySet, KeySpec, TokenCodec, read_key_files};
@@ -61,10 +61,26 @@ pub enum StartupError {
     /// The TLS files are unusable.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The API would be reachable from other hosts with nothing protecting it.
+    #[error(
+        "--listen {0} is reachable from other hosts, but neither TLS (--tls-cert/--tls-key) nor \
+         caller authentication (--admin-token-file) is configured, so anyone who reaches it could \
+         issue and revoke tokens: configure one, listen on loopback, or pass \
+         --allow-insecure-remote to accept the risk"
+    )]
+    InsecureRemote(SocketAddr),
     /// Reflection could not be built from the descriptors.
     #[error("reflection setup failed: {0}")]
     Reflection(String),
 }
+
+/// Largest request message accepted (RESOURCE_EXHAUSTED beyond). Far above any real request
+/// (a token is capped at 8 KiB, custom claims at 4 KiB) yet small enough that a flood of
+/// maximal requests cannot exhaust memory: 1024 in flight × 4 MiB.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Largest request header list (metadata) accepted, made explicit rather than left to hyper.
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
 /// A started sidecar: where it listens and how to stop it.
 pub struct RunningSidecar {
@@ -223,6 +239,8 @@ pub async fn migrate(config: &Config) -> Result<&'static str, StartupError> {
 /// was checked, one line each. Creates nothing (a missing development key is only reported).
 pub async fn check_config(config: &Config) -> Result<Vec<String>, StartupError> {
     let mut report = Vec::new();
+    check_exposure(config)?;
+    report.push(format!("listen: {}", config.listen));
     if config.keys.is_empty() {
         if !config.is_sqlite() {
             return Err(StartupError::NoKeyForPostgres);
@@ -254,6 +272,24 @@ pub async fn check_config(config: &Config) -> Result<Vec<String>, StartupError> 
         config.token_ttl, config.refresh_window, config.leeway, config.issuer, config.audience
     ));
     Ok(report)
+}
+
+/// Refuses an unprotected API beyond loopback unless the operator said it is intended. The
+/// health-only and metrics listeners are exempt: they serve nothing that changes state.
+pub fn check_exposure(config: &Config) -> Result<(), StartupError> {
+    let protected = config.tls_cert.is_some() || config.admin_token_file.is_some();
+    if config.listen.ip().is_loopback() || protected {
+        return Ok(());
+    }
+    if config.allow_insecure_remote {
+        tracing::warn!(
+            listen = %config.listen,
+            "the API is reachable from other hosts with neither TLS nor caller authentication \
+             (--allow-insecure-remote)"
+        );
+        return Ok(());
+    }
+    Err(StartupError::InsecureRemote(config.listen))
 }
 
 /// Reads the admin credential, if one is configured.
@@ -331,6 +367,7 @@ pub fn cache_settings(config: &Config) -> CacheSettings {
 ///
 /// Health reports NOT_SERVING until the store has been migrated and answered.
 pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidecar, StartupError> {
+    check_exposure(&config)?;
     let keys = load_keys(&config)?;
     let admin = load_admin(&config)?;
     let url = config.database_url();
@@ -389,16 +426,22 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
         );
     }
     let api = api
-        .layer(ShedLayer::new(
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .layer(RequestLimits::new(
             config.max_concurrent_requests,
             metrics.clone(),
         ))
         .add_service(health_service.clone())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(pb::token_service_server::TokenServiceServer::new(
-            TokenGrpc::new(authority.clone(), metrics.clone(), admin),
-        ))
+        .add_service(
+            pb::token_service_server::TokenServiceServer::new(TokenGrpc::new(
+                authority.clone(),
+                metrics.clone(),
+                admin,
+            ))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             stopped(shutdown_rx.clone()),

@@ -467,6 +467,71 @@ async fn postgres_without_a_key_refuses_to_start() {
 }
 
 #[tokio::test]
+async fn an_unprotected_api_beyond_loopback_is_refused_unless_allowed() {
+    let err = Settings::new(Backend::Sqlite)
+        .arg("--listen", "0.0.0.0:0")
+        .no_wait()
+        .try_spawn()
+        .await
+        .err()
+        .expect("refused");
+    assert!(matches!(err, StartupError::InsecureRemote(_)), "{err}");
+    assert!(err.to_string().contains("--allow-insecure-remote"), "{err}");
+
+    // Each of these makes it start: the explicit opt-in, or caller authentication.
+    let allowed = Settings::new(Backend::Sqlite)
+        .arg("--listen", "0.0.0.0:0")
+        .flag("--allow-insecure-remote")
+        .spawn()
+        .await;
+    assert!(allowed.addr.ip().is_unspecified());
+    let credential = allowed.dir.path().join("admin");
+    std::fs::write(&credential, "a-long-enough-admin-credential\n").expect("write");
+    std::fs::set_permissions(
+        &credential,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod");
+    let authenticated = Settings::new(Backend::Sqlite)
+        .arg("--listen", "0.0.0.0:0")
+        .arg("--admin-token-file", &credential.display().to_string())
+        .spawn()
+        .await;
+    assert!(authenticated.addr.ip().is_unspecified());
+}
+
+#[tokio::test]
+async fn oversized_messages_and_headers_get_clear_answers_and_the_server_keeps_serving() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let token = app.issue("alice").await.token;
+    let mut client = app.client.clone();
+
+    // A 1 MiB token is an answer (MALFORMED, the 8 KiB cap); a message over the gRPC limit is
+    // refused before it is decoded.
+    let huge = "A".repeat(1024 * 1024);
+    assert_eq!(app.verdict(&huge).await, Reason::Malformed);
+    let too_big = "A".repeat(server::MAX_MESSAGE_BYTES + 1);
+    let status = client
+        .verify(pb::VerifyRequest { token: too_big })
+        .await
+        .expect_err("over the message limit");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+
+    // Metadata beyond the header-list limit never reaches a handler.
+    let mut request = tonic::Request::new(pb::VerifyRequest {
+        token: token.clone(),
+    });
+    let padding = "x".repeat(server::MAX_HEADER_LIST_BYTES as usize);
+    request
+        .metadata_mut()
+        .insert("x-padding", padding.parse().expect("ascii"));
+    let refused = app.client.clone().verify(request).await;
+    assert!(refused.is_err(), "an oversized header list is refused");
+
+    assert!(app.verify(&token).await.valid, "the server still serves");
+}
+
+#[tokio::test]
 async fn weak_keys_are_refused_at_start() {
     let dir = tempfile::tempdir().expect("dir");
     let key = dir.path().join("short.key");

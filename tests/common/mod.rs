@@ -108,6 +108,11 @@ impl Settings {
         }
     }
 
+    pub fn flag(mut self, flag: &str) -> Self {
+        self.args.push(flag.into());
+        self
+    }
+
     pub fn arg(mut self, flag: &str, value: &str) -> Self {
         self.args.push(flag.into());
         self.args.push(value.into());
@@ -169,15 +174,16 @@ impl Settings {
         if !key.exists() {
             std::fs::write(&key, TEST_SECRET).expect("write key");
         }
-        let mut args: Vec<String> = vec![
-            "token-sidecar".into(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
+        let mut args: Vec<String> = vec!["token-sidecar".into()];
+        if !self.args.iter().any(|a| a == "--listen") {
+            args.extend(["--listen".into(), "127.0.0.1:0".into()]);
+        }
+        args.extend([
             "--metrics-listen".into(),
             "127.0.0.1:0".into(),
             "--database-url".into(),
             database_url.clone(),
-        ];
+        ]);
         if self.with_key && !self.args.iter().any(|a| a == "--key") {
             args.push("--key".into());
             args.push(format!("main=HS256:{}", key.display()));

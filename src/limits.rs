@@ -1,7 +1,10 @@
-//! Load shedding: at most `--max-concurrent-requests` API requests are served at once, across
-//! every connection; the next one is answered RESOURCE_EXHAUSTED at once (and counted) instead of
-//! queueing without bound. Health checks are never shed, so that an overloaded sidecar is not
-//! also reported dead.
+//! Request limits on the API, as one tower layer around its routes:
+//! - load shedding: at most `--max-concurrent-requests` requests are served at once, across every
+//!   connection; the next one is answered RESOURCE_EXHAUSTED at once (and counted) instead of
+//!   queueing without bound. Health checks are never shed, so that an overloaded sidecar is not
+//!   also reported dead;
+//! - a request over the message-size limit is answered RESOURCE_EXHAUSTED, the code gRPC assigns
+//!   to "message too large" (tonic's decoder says OUT_OF_RANGE).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,13 +22,13 @@ const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
 
 /// Wraps the API's routes with the in-flight bound.
 #[derive(Clone)]
-pub struct ShedLayer {
+pub struct RequestLimits {
     permits: Arc<Semaphore>,
     limit: usize,
     metrics: Arc<Metrics>,
 }
 
-impl ShedLayer {
+impl RequestLimits {
     /// A bound of `limit` requests in flight (at least one).
     pub fn new(limit: usize, metrics: Arc<Metrics>) -> Self {
         let limit = limit.max(1);
@@ -38,27 +41,27 @@ impl ShedLayer {
     }
 }
 
-impl<S> Layer<S> for ShedLayer {
-    type Service = Shed<S>;
+impl<S> Layer<S> for RequestLimits {
+    type Service = Limited<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Shed {
+        Limited {
             inner,
             bound: self.clone(),
         }
     }
 }
 
-/// The service [`ShedLayer`] makes.
+/// The service [`RequestLimits`] makes.
 #[derive(Clone)]
-pub struct Shed<S> {
+pub struct Limited<S> {
     inner: S,
-    bound: ShedLayer,
+    bound: RequestLimits,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-impl<S, B> Service<http::Request<B>> for Shed<S>
+impl<S, B> Service<http::Request<B>> for Limited<S>
 where
     S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
     S::Future: Send + 'static,
@@ -84,8 +87,11 @@ where
         let guard = InFlight::new(self.bound.metrics.requests_in_flight.clone(), permit);
         let answer = self.inner.call(request);
         Box::pin(async move {
-            let result = answer.await;
+            let mut result = answer.await;
             drop(guard);
+            if let Ok(response) = &mut result {
+                too_large_is_resource_exhausted(response.headers_mut());
+            }
             result
         })
     }
@@ -110,5 +116,46 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.gauge.dec();
+    }
+}
+
+/// Rewrites tonic's OUT_OF_RANGE for an oversized message to RESOURCE_EXHAUSTED. Our handlers
+/// never answer OUT_OF_RANGE, and the message text is tonic's own, so nothing else is touched.
+fn too_large_is_resource_exhausted(headers: &mut http::HeaderMap) {
+    let out_of_range = headers.get("grpc-status").is_some_and(|v| v == "11");
+    let too_large = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|m| {
+            m.contains("message%20length%20too%20large") || m.contains("message length too large")
+        });
+    if out_of_range && too_large {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_message_size_refusal_is_rewritten() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("grpc-status", http::HeaderValue::from_static("11"));
+        headers.insert(
+            "grpc-message",
+            http::HeaderValue::from_static("Error,%20decoded%20message%20length%20too%20large"),
+        );
+        too_large_is_resource_exhausted(&mut headers);
+        assert_eq!(headers["grpc-status"], "8");
+
+        let mut other = http::HeaderMap::new();
+        other.insert("grpc-status", http::HeaderValue::from_static("11"));
+        other.insert(
+            "grpc-message",
+            http::HeaderValue::from_static("something%20else"),
+        );
+        too_large_is_resource_exhausted(&mut other);
+        assert_eq!(other["grpc-status"], "11");
     }
 }
