@@ -1,89 +1,56 @@
 //! The built binary as a user runs it: defaults with no set-up, a full session, logs free of
-//! tokens and secrets, and a graceful exit 0 on SIGTERM.
+//! tokens and secrets, and a graceful exit 0 on SIGTERM — also with RPCs in flight.
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use futures::StreamExt;
+use common::SidecarProcess;
 use token_sidecar::grpc::pb::{self, revoke_request::Target};
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+use tonic::transport::Channel;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+type Api = pb::token_service_client::TokenServiceClient<Channel>;
+
+async fn verdict(api: &Api, token: &str) -> pb::VerifyResponse {
+    api.clone()
+        .verify(pb::VerifyRequest {
+            token: token.to_string(),
+        })
+        .await
+        .expect("verify")
+        .into_inner()
+}
+
+fn with_bearer<T>(message: T, credential: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {credential}").parse().expect("ascii"),
+    );
+    request
 }
 
 #[tokio::test]
 async fn default_run_serves_a_session_logs_no_secrets_and_exits_0_on_sigterm() {
     let dir = tempfile::tempdir().expect("dir");
-    let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_token-sidecar"))
-        .current_dir(dir.path())
-        .env("TOKEN_SIDECAR_LISTEN", format!("127.0.0.1:{port}"))
-        .env("TOKEN_SIDECAR_METRICS_LISTEN", "127.0.0.1:0")
-        .env("RUST_LOG", "debug")
-        .env("TOKEN_SIDECAR_SHUTDOWN_GRACE", "2s")
-        .env_remove("DATABASE_URL")
-        .env_remove("TOKEN_SIDECAR_KEYS")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("binary starts");
-    let stderr = child.stderr.take().expect("stderr");
-    let (lines_tx, mut lines_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let reader = std::thread::spawn(move || {
-        let mut all = Vec::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line.clone());
-            all.push(line);
-        }
-        all
-    });
-    // Wait (bounded) for the listening line rather than sleeping.
-    let listening = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines_rx.recv().await {
-            if line.contains("token-sidecar listening") {
-                return true;
-            }
-        }
-        false
-    })
+    let mut sidecar = SidecarProcess::start(
+        dir.path(),
+        &[
+            ("RUST_LOG", "debug"),
+            ("TOKEN_SIDECAR_SHUTDOWN_GRACE", "2s"),
+        ],
+    )
     .await;
-    assert_eq!(
-        listening,
-        Ok(true),
-        "the sidecar never said it was listening"
-    );
-
-    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
-        .expect("uri")
-        .connect()
+    let channel = sidecar.connect().await;
+    // The health Watch stream stays open on purpose: shutdown must not wait for it forever.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let watch = health
+        .watch(tonic_health::pb::HealthCheckRequest::default())
         .await
-        .expect("connect");
-    let mut health = HealthClient::new(channel.clone());
-    let mut watch = health
-        .watch(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .expect("watch")
-        .into_inner();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(Ok(update)) = watch.next().await {
-            if update.status == ServingStatus::Serving as i32 {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("SERVING within 30s");
+        .expect("watch");
 
-    let mut api = pb::token_service_client::TokenServiceClient::new(channel);
+    let api = Api::new(channel);
     let issued = api
+        .clone()
         .issue(pb::IssueRequest {
             user_id: "alice".into(),
             ..Default::default()
@@ -91,60 +58,33 @@ async fn default_run_serves_a_session_logs_no_secrets_and_exits_0_on_sigterm() {
         .await
         .expect("issue")
         .into_inner();
-    let verdict = |api: &mut pb::token_service_client::TokenServiceClient<_>, token: String| {
-        let mut api = api.clone();
-        async move {
-            api.verify(pb::VerifyRequest { token })
-                .await
-                .expect("verify")
-                .into_inner()
-        }
-    };
-    assert!(verdict(&mut api, issued.token.clone()).await.valid);
-    api.revoke(pb::RevokeRequest {
-        target: Some(Target::Token(issued.token.clone())),
-    })
-    .await
-    .expect("revoke");
-    let after = verdict(&mut api, issued.token.clone()).await;
+    assert!(verdict(&api, &issued.token).await.valid);
+    api.clone()
+        .revoke(pb::RevokeRequest {
+            target: Some(Target::Token(issued.token.clone())),
+        })
+        .await
+        .expect("revoke");
+    let after = verdict(&api, &issued.token).await;
     assert_eq!(after.reason, pb::Reason::TokenRevoked as i32);
     assert!(dir.path().join("token-sidecar.db").exists());
     assert!(dir.path().join("token-sidecar.db.dev-key").exists());
 
     // SIGHUP reloads keys (none are configured here) and the sidecar keeps serving.
-    let status = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let hup = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(line) = lines_rx.recv().await {
-            if line.contains("SIGHUP") {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(hup, Ok(true), "SIGHUP was not handled");
-    assert!(
-        verdict(&mut api, issued.token.clone()).await.reason == pb::Reason::TokenRevoked as i32
+    sidecar.signal("-HUP");
+    sidecar
+        .wait_for_line("SIGHUP", Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        verdict(&api, &issued.token).await.reason,
+        pb::Reason::TokenRevoked as i32
     );
 
-    // The health Watch stream stays open on purpose: shutdown must not wait for it forever.
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .expect("join")
-        .expect("wait");
+    sidecar.signal("-TERM");
+    let (exit, log) = sidecar.wait().await;
     assert!(exit.success(), "exit status {exit:?}");
     drop(watch);
 
-    let log = reader.join().expect("log reader").join("\n");
     assert!(log.contains("embedded SQLite"), "says it runs on SQLite");
     assert!(
         log.contains("development HS256 key"),
@@ -163,4 +103,316 @@ async fn default_run_serves_a_session_logs_no_secrets_and_exits_0_on_sigterm() {
     let secret = std::fs::read(dir.path().join("token-sidecar.db.dev-key")).expect("key");
     let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
     assert!(!log.contains(&hex), "the key reached the log");
+}
+
+/// Every RPC the API offers, successes and failures, with secrets configured: the log (JSON and
+/// text, at debug level) holds none of the tokens, key material or the admin credential.
+#[tokio::test]
+async fn logs_over_a_full_scenario_hold_no_token_key_or_credential() {
+    let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
+    for format in ["json", "text"] {
+        let dir = tempfile::tempdir().expect("dir");
+        let hs_key = dir.path().join("hs.key");
+        let hs_secret = "an-hmac-secret-that-is-long-enough-0123456789";
+        std::fs::write(&hs_key, hs_secret).expect("write");
+        let credential = "the-admin-credential-0123456789abcdef";
+        let credential_file = dir.path().join("admin");
+        std::fs::write(&credential_file, credential).expect("write");
+        for file in [&hs_key, &credential_file] {
+            std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("chmod");
+        }
+        let database_url = common::fresh_postgres_database().await;
+        let key_list = format!(
+            "es=ES256:{keys}/p256.pem,rsa=RS256:{keys}/rsa.pem,hs=HS256:{}",
+            hs_key.display()
+        );
+        let mut sidecar = SidecarProcess::start(
+            dir.path(),
+            &[
+                ("RUST_LOG", "debug"),
+                ("TOKEN_SIDECAR_LOG_FORMAT", format),
+                ("DATABASE_URL", &database_url),
+                ("TOKEN_SIDECAR_KEYS", &key_list),
+                (
+                    "TOKEN_SIDECAR_ADMIN_TOKEN_FILE",
+                    &credential_file.display().to_string(),
+                ),
+            ],
+        )
+        .await;
+        let api = Api::new(sidecar.connect().await);
+        let mut tokens = Vec::new();
+        let issue = |user: &str| {
+            let mut api = api.clone();
+            let request = with_bearer(
+                pb::IssueRequest {
+                    user_id: user.into(),
+                    claims: Some(prost_types::Struct::default()),
+                    ttl: None,
+                },
+                credential,
+            );
+            async move { api.issue(request).await.map(|r| r.into_inner()) }
+        };
+        let first = issue("alice").await.expect("issue");
+        tokens.push(first.token.clone());
+        assert!(verdict(&api, &first.token).await.valid);
+        let refreshed = api
+            .clone()
+            .refresh(pb::RefreshRequest {
+                token: first.token.clone(),
+            })
+            .await
+            .expect("refresh")
+            .into_inner();
+        tokens.push(refreshed.token.clone());
+        // A forged signature, a tampered payload, garbage: answers, and still nothing logged.
+        let (head, _) = first.token.rsplit_once('.').expect("jws");
+        let forged = format!("{head}.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+        tokens.push(forged.clone());
+        assert!(!verdict(&api, &forged).await.valid);
+        let wrong = api
+            .clone()
+            .issue(with_bearer(
+                pb::IssueRequest {
+                    user_id: "mallory".into(),
+                    ..Default::default()
+                },
+                "a-wrong-credential-guess-0000000000",
+            ))
+            .await
+            .expect_err("wrong credential");
+        assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
+        api.clone()
+            .revoke(pb::RevokeRequest {
+                target: Some(Target::Token(refreshed.token.clone())),
+            })
+            .await
+            .expect("revoke token");
+        assert!(
+            api.clone()
+                .refresh(pb::RefreshRequest {
+                    token: first.token.clone(),
+                })
+                .await
+                .is_err()
+        );
+        let second = issue("bob").await.expect("issue");
+        tokens.push(second.token.clone());
+        api.clone()
+            .revoke(with_bearer(
+                pb::RevokeRequest {
+                    target: Some(Target::Jti(second.jti.clone())),
+                },
+                credential,
+            ))
+            .await
+            .expect("revoke jti");
+        api.clone()
+            .revoke(with_bearer(
+                pb::RevokeRequest {
+                    target: Some(Target::User(pb::UserRevocation {
+                        user_id: "bob".into(),
+                        until: Some(prost_types::Timestamp {
+                            seconds: 4_102_444_800,
+                            nanos: 0,
+                        }),
+                    })),
+                },
+                credential,
+            ))
+            .await
+            .expect("ban");
+        assert!(issue("bob").await.is_err(), "banned");
+        api.clone()
+            .get_user_status(with_bearer(
+                pb::GetUserStatusRequest {
+                    user_id: "bob".into(),
+                },
+                credential,
+            ))
+            .await
+            .expect("status");
+        api.clone()
+            .lift_ban(with_bearer(
+                pb::LiftBanRequest {
+                    user_id: "bob".into(),
+                },
+                credential,
+            ))
+            .await
+            .expect("lift");
+        api.clone()
+            .get_jwks(pb::GetJwksRequest {})
+            .await
+            .expect("jwks");
+
+        sidecar.signal("-TERM");
+        let (exit, log) = sidecar.wait().await;
+        assert!(exit.success(), "exit status {exit:?}");
+        assert!(log.lines().count() > 10, "the scenario was logged:\n{log}");
+        for token in &tokens {
+            for (i, part) in token.split('.').enumerate() {
+                assert!(
+                    !log.contains(part),
+                    "{format} log holds part {i} of a token:\n{log}"
+                );
+            }
+        }
+        for secret in [hs_secret, credential, "a-wrong-credential-guess"] {
+            assert!(!log.contains(secret), "{format} log holds a secret");
+        }
+        for pem in ["p256.pem", "rsa.pem"] {
+            let text = std::fs::read_to_string(format!("{keys}/{pem}")).expect("pem");
+            for line in text.lines().filter(|l| !l.starts_with("-----")) {
+                assert!(!log.contains(line), "{format} log holds {pem} material");
+            }
+        }
+        assert!(
+            !log.contains("PRIVATE KEY"),
+            "{format} log mentions a PEM body"
+        );
+    }
+}
+
+/// SIGTERM while Revokes are blocked inside the database: the sidecar stops accepting, lets the
+/// in-flight RPCs finish (they answer OK once they commit), then exits 0.
+#[tokio::test]
+async fn sigterm_under_load_finishes_in_flight_rpcs_and_exits_0() {
+    let dir = tempfile::tempdir().expect("dir");
+    let key = dir.path().join("main.key");
+    std::fs::write(&key, common::TEST_SECRET).expect("write");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let database_url = common::fresh_postgres_database().await;
+    let key_spec = format!("main=HS256:{}", key.display());
+    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let metrics_listen = metrics_addr.to_string();
+    let sidecar = SidecarProcess::start(
+        dir.path(),
+        &[
+            ("DATABASE_URL", &database_url),
+            ("TOKEN_SIDECAR_KEYS", &key_spec),
+            ("TOKEN_SIDECAR_METRICS_LISTEN", &metrics_listen),
+            ("TOKEN_SIDECAR_SHUTDOWN_GRACE", "30s"),
+        ],
+    )
+    .await;
+    let api = Api::new(sidecar.connect().await);
+    let mut issued = Vec::new();
+    for i in 0..40 {
+        let token = api
+            .clone()
+            .issue(pb::IssueRequest {
+                user_id: format!("user-{i}"),
+                ..Default::default()
+            })
+            .await
+            .expect("issue")
+            .into_inner();
+        issued.push(token);
+    }
+
+    // Hold the denylist so that every Revoke stays in flight inside the sidecar.
+    let mut blocker = {
+        use sqlx::Connection;
+        sqlx::PgConnection::connect(&database_url)
+            .await
+            .expect("connect")
+    };
+    sqlx::query("BEGIN")
+        .execute(&mut blocker)
+        .await
+        .expect("begin");
+    sqlx::query("LOCK TABLE denylist IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut blocker)
+        .await
+        .expect("lock");
+    let revokes: Vec<_> = issued
+        .iter()
+        .map(|t| {
+            let mut api = api.clone();
+            let jti = t.jti.clone();
+            tokio::spawn(async move {
+                api.revoke(pb::RevokeRequest {
+                    target: Some(Target::Jti(jti)),
+                })
+                .await
+            })
+        })
+        .collect();
+    // Every Revoke is in flight inside the sidecar (waiting on the lock or for a connection).
+    common::eventually(
+        Duration::from_secs(20),
+        "40 revokes in flight",
+        || async move {
+            let (_, body) = common::http_get(metrics_addr, "/metrics").await;
+            common::metric_value(&body, "token_sidecar_requests_in_flight") == Some(40.0)
+        },
+    )
+    .await;
+    let verifies: Vec<_> = issued
+        .iter()
+        .map(|t| {
+            let api = api.clone();
+            let token = t.token.clone();
+            tokio::spawn(async move {
+                let mut answered = 0;
+                for _ in 0..50 {
+                    match api
+                        .clone()
+                        .verify(pb::VerifyRequest {
+                            token: token.clone(),
+                        })
+                        .await
+                    {
+                        Ok(_) => answered += 1,
+                        Err(_) => break,
+                    }
+                }
+                answered
+            })
+        })
+        .collect();
+    sidecar.signal("-TERM");
+    // Stopping waits for the in-flight Revokes: the process is still alive while they block.
+    let mut sidecar = sidecar;
+    sidecar
+        .wait_for_line("shutting down", Duration::from_secs(10))
+        .await;
+    assert!(
+        std::path::Path::new(&format!("/proc/{}", sidecar.pid)).exists(),
+        "exited with RPCs in flight"
+    );
+    sqlx::query("COMMIT")
+        .execute(&mut blocker)
+        .await
+        .expect("release");
+
+    let mut acknowledged = 0;
+    for revoke in revokes {
+        let answer = revoke.await.expect("join");
+        assert!(answer.is_ok(), "an in-flight Revoke failed: {answer:?}");
+        acknowledged += 1;
+    }
+    for verify in verifies {
+        verify.await.expect("join");
+    }
+    let (exit, _) = sidecar.wait().await;
+    assert!(exit.success(), "exit status {exit:?}");
+    let stored: i64 = {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&database_url)
+            .await
+            .expect("connect");
+        sqlx::query_scalar("SELECT count(*) FROM denylist WHERE kind = 'jti'")
+            .fetch_one(&mut c)
+            .await
+            .expect("count")
+    };
+    assert_eq!(acknowledged, 40);
+    assert_eq!(stored, 40, "every acknowledged revocation is committed");
 }

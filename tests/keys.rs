@@ -155,30 +155,17 @@ async fn bad_keys_are_refused_at_start_with_the_reason() {
 
 #[tokio::test]
 async fn jwks_is_served_over_http_with_cache_control() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = Settings::new(Backend::Sqlite)
         .arg("--key", &key_arg("rsa", "RS256", "rsa.pem"))
         .arg("--key", &key_arg("ed", "EdDSA", "ed25519.pub.pem"))
         .spawn()
         .await;
-    let mut stream = tokio::net::TcpStream::connect(app.metrics_addr)
-        .await
-        .expect("connect");
-    stream
-        .write_all(b"GET /.well-known/jwks.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("request");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .expect("response");
-    let (head, body) = response.split_once("\r\n\r\n").expect("http response");
+    let (head, body) = common::http_get(app.metrics_addr, "/.well-known/jwks.json").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let head = head.to_ascii_lowercase();
     assert!(head.contains("cache-control: public, max-age="), "{head}");
     assert!(head.contains("content-type: application/json"), "{head}");
-    let served: serde_json::Value = serde_json::from_str(body).expect("json");
+    let served: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(served, app.jwks().await);
     assert_eq!(served["keys"].as_array().map(Vec::len), Some(2));
 }

@@ -252,21 +252,12 @@ async fn steady_state_verify_makes_no_store_queries() {
 
 #[tokio::test]
 async fn metrics_are_served_over_http() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = TestApp::spawn(Backend::Sqlite).await;
     let t = app.issue("alice").await;
     app.verify(&t.token).await;
     app.verify("garbage").await;
-    let mut stream = tokio::net::TcpStream::connect(app.metrics_addr)
-        .await
-        .expect("connect");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("request");
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.expect("response");
-    assert!(body.starts_with("HTTP/1.1 200"), "{body:.200}");
+    let (head, body) = common::http_get(app.metrics_addr, "/metrics").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     for needle in [
         "token_sidecar_rpc_requests_total{method=\"Verify\",result=\"ok\",reason=\"\"} 1",
         "token_sidecar_rpc_requests_total{method=\"Verify\",result=\"invalid\",reason=\"MALFORMED\"} 1",

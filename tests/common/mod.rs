@@ -489,6 +489,29 @@ where
     waited.unwrap_or_else(|_| panic!("{what}: not within {deadline:?}"))
 }
 
+/// A plain HTTP/1.1 GET (the metrics port); returns the status line + headers and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the metrics port");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    (head.to_string(), body.to_string())
+}
+
+/// The value of an unlabelled metric in Prometheus text.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// A TCP proxy in front of PostgreSQL that a test can cut (every connection dropped, new ones
 /// refused) and restore, to simulate a store outage without touching the shared server.
 pub struct StoreProxy {
@@ -538,5 +561,238 @@ impl StoreProxy {
 
     pub fn restore(&self) {
         let _ = self.cut.send(false);
+    }
+}
+
+/// A PostgreSQL cluster of the test's own (initdb in a temp dir, its own port), so that a test
+/// can restart or crash the database under load without disturbing the shared server.
+pub struct PrivatePostgres {
+    pub url: String,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+fn as_postgres_user(program: &str, args: &[&str]) -> std::process::Output {
+    let path = format!("{PG_BIN}/{program}");
+    let mut command = if is_root() {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--", &path]);
+        c
+    } else {
+        std::process::Command::new(&path)
+    };
+    command
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {path} (PostgreSQL 15 server binaries needed): {e}"))
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+impl PrivatePostgres {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        if is_root() {
+            let status = std::process::Command::new("chown")
+                .args(["postgres:", &dir.path().display().to_string()])
+                .status()
+                .expect("chown");
+            assert!(status.success(), "chown the cluster directory to postgres");
+        }
+        let data_s = data.display().to_string();
+        let out = as_postgres_user(
+            "initdb",
+            &["-D", &data_s, "-A", "trust", "-U", "postgres", "--no-sync"],
+        );
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let pg = Self {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            dir,
+            port,
+        };
+        pg.pg_ctl(&["start"]);
+        pg
+    }
+
+    fn pg_ctl(&self, action: &[&str]) {
+        let data = self.dir.path().join("data").display().to_string();
+        let log = self.dir.path().join("log").display().to_string();
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=on",
+            self.port,
+            self.dir.path().display()
+        );
+        let mut args = vec!["-D", &data, "-l", &log, "-o", &options, "-w", "-t", "60"];
+        args.extend_from_slice(action);
+        let out = as_postgres_user("pg_ctl", &args);
+        assert!(
+            out.status.success(),
+            "pg_ctl {action:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Kills the server the way a crash does (no checkpoint), then starts it again; committed
+    /// transactions must survive.
+    pub fn crash_and_restart(&self) {
+        self.pg_ctl(&["-m", "immediate", "stop"]);
+        self.pg_ctl(&["start"]);
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data").display().to_string();
+        let _ = as_postgres_user("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]);
+    }
+}
+
+/// The built binary running as a child process, its stderr collected line by line.
+pub struct SidecarProcess {
+    child: Option<std::process::Child>,
+    pub pid: u32,
+    pub port: u16,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    reader: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl SidecarProcess {
+    /// Starts the binary with `env` (plus a free API port) in `dir`, and waits (bounded) until
+    /// it says it listens.
+    pub async fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> Self {
+        use std::io::BufRead;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_token-sidecar"));
+        command
+            .current_dir(dir)
+            .env("TOKEN_SIDECAR_LISTEN", format!("127.0.0.1:{port}"))
+            .env("TOKEN_SIDECAR_METRICS_LISTEN", "127.0.0.1:0")
+            .env_remove("DATABASE_URL")
+            .env_remove("TOKEN_SIDECAR_KEYS")
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("binary starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let reader = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line.clone());
+                all.push(line);
+            }
+            all
+        });
+        let mut process = Self {
+            pid: child.id(),
+            child: Some(child),
+            port,
+            lines,
+            reader: Some(reader),
+        };
+        process
+            .wait_for_line("token-sidecar listening", Duration::from_secs(30))
+            .await;
+        process
+    }
+
+    /// Waits (bounded) for a log line containing `text`.
+    pub async fn wait_for_line(&mut self, text: &str, deadline: Duration) {
+        let found = tokio::time::timeout(deadline, async {
+            while let Some(line) = self.lines.recv().await {
+                if line.contains(text) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(found, Ok(true), "the sidecar never logged {text:?}");
+    }
+
+    /// A channel to the API, once health says SERVING.
+    pub async fn connect(&self) -> Channel {
+        let channel = Channel::from_shared(format!("http://127.0.0.1:{}", self.port))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        let mut health = HealthClient::new(channel.clone());
+        let mut watch = health
+            .watch(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(Ok(update)) = watch.next().await {
+                if update.status == ServingStatus::Serving as i32 {
+                    return;
+                }
+            }
+        })
+        .await
+        .expect("SERVING within 30s");
+        channel
+    }
+
+    /// Sends a signal (`-TERM`, `-HUP`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([signal, &self.pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; returns its status and every line it logged.
+    pub async fn wait(mut self) -> (std::process::ExitStatus, String) {
+        let mut child = self.child.take().expect("running");
+        let exit = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .expect("join")
+            .expect("wait");
+        let log = self
+            .reader
+            .take()
+            .expect("reader")
+            .join()
+            .expect("log reader")
+            .join("\n");
+        (exit, log)
+    }
+}
+
+impl Drop for SidecarProcess {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
