@@ -1,0 +1,196 @@
+//! Faults: the database crashes and comes back while two sidecars take Revoke and Verify load.
+//! Every Revoke that answered OK must be in the database afterwards and refused by every
+//! instance, and both instances must recover without a restart.
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{Backend, PrivatePostgres, Settings, TestApp};
+use token_sidecar::grpc::pb::{self, Reason, revoke_request::Target};
+use tonic_health::pb::health_check_response::ServingStatus;
+
+/// A revocation that was acknowledged, and the token it must kill.
+struct Acknowledged {
+    token: String,
+    kind: &'static str,
+    id: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_crash_under_load_loses_no_acknowledged_revocation() {
+    let pg = Arc::new(
+        tokio::task::spawn_blocking(PrivatePostgres::start)
+            .await
+            .expect("join"),
+    );
+    let a = Settings::new(Backend::Postgres)
+        .database_url(&pg.url)
+        .arg("--health-interval", "1s")
+        .spawn()
+        .await;
+    let b = Settings::new(Backend::Postgres)
+        .sharing(&a)
+        .arg("--health-interval", "1s")
+        .spawn()
+        .await;
+    let apps = Arc::new([a, b]);
+
+    let mut issued = Vec::new();
+    for user in 0..20 {
+        for _ in 0..30 {
+            issued.push(apps[0].issue(&format!("user-{user}")).await);
+        }
+    }
+    let issued = Arc::new(issued);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let verified = Arc::new(AtomicUsize::new(0));
+    let verify_errors = Arc::new(AtomicUsize::new(0));
+    let verifiers: Vec<_> = (0..4)
+        .map(|v| {
+            let (apps, issued, stop) = (apps.clone(), issued.clone(), stop.clone());
+            let (verified, verify_errors) = (verified.clone(), verify_errors.clone());
+            tokio::spawn(async move {
+                let mut i = v;
+                while !stop.load(Ordering::Relaxed) {
+                    let token = &issued[i % issued.len()].token;
+                    let mut client = apps[i % 2].client.clone();
+                    match client
+                        .verify(pb::VerifyRequest {
+                            token: token.clone(),
+                        })
+                        .await
+                    {
+                        Ok(_) => verified.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => verify_errors.fetch_add(1, Ordering::Relaxed),
+                    };
+                    i += 7;
+                }
+            })
+        })
+        .collect();
+
+    // Eight revokers, each through both instances, by jti and by token (its session).
+    let progress = Arc::new(AtomicUsize::new(0));
+    let revokers: Vec<_> = (0..8)
+        .map(|r| {
+            let (apps, issued, progress) = (apps.clone(), issued.clone(), progress.clone());
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                let mut failed = 0usize;
+                for (i, t) in issued.iter().enumerate().skip(r).step_by(8) {
+                    let (target, kind, id) = if i % 2 == 0 {
+                        (Target::Jti(t.jti.clone()), "jti", t.jti.clone())
+                    } else {
+                        (Target::Token(t.token.clone()), "sid", t.session_id.clone())
+                    };
+                    match apps[i % 2].revoke(target).await {
+                        Ok(_) => acknowledged.push(Acknowledged {
+                            token: t.token.clone(),
+                            kind,
+                            id,
+                        }),
+                        Err(status) => {
+                            assert_eq!(
+                                status.code(),
+                                tonic::Code::Unavailable,
+                                "a failed Revoke says UNAVAILABLE: {status:?}"
+                            );
+                            failed += 1;
+                        }
+                    }
+                    progress.fetch_add(1, Ordering::Relaxed);
+                    // Spread the revocations over the outage instead of racing through them.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                (acknowledged, failed)
+            })
+        })
+        .collect();
+
+    common::eventually(Duration::from_secs(60), "a third revoked", || {
+        let progress = progress.clone();
+        async move { progress.load(Ordering::Relaxed) >= issued_len_third() }
+    })
+    .await;
+    let crashed_at = std::time::Instant::now();
+    let pg_restart = pg.clone();
+    tokio::task::spawn_blocking(move || pg_restart.crash_and_restart())
+        .await
+        .expect("join");
+    let outage = crashed_at.elapsed();
+
+    let mut acknowledged = Vec::new();
+    let mut failed = 0;
+    for revoker in revokers {
+        let (acks, fails) = revoker.await.expect("join");
+        acknowledged.extend(acks);
+        failed += fails;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for verifier in verifiers {
+        verifier.await.expect("join");
+    }
+
+    // Both instances recover by themselves: SERVING, and a new Revoke is acknowledged.
+    for app in apps.iter() {
+        app.wait_for_health(ServingStatus::Serving).await;
+        let fresh = common::eventually(Duration::from_secs(30), "revoke after recovery", || {
+            let app = app;
+            async move {
+                let t = app.issue("after-crash").await;
+                app.revoke(Target::Jti(t.jti)).await.is_ok()
+            }
+        });
+        fresh.await;
+    }
+
+    let mut conn = {
+        use sqlx::Connection;
+        sqlx::PgConnection::connect(&pg.url).await.expect("connect")
+    };
+    let mut missing = 0;
+    for ack in &acknowledged {
+        let found: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM denylist WHERE kind = $1 AND id = $2)",
+        )
+        .bind(ack.kind)
+        .bind(&ack.id)
+        .fetch_one(&mut conn)
+        .await
+        .expect("query");
+        if !found {
+            missing += 1;
+        }
+    }
+    for app in apps.iter() {
+        for ack in &acknowledged {
+            common::eventually(Duration::from_secs(30), "revoked everywhere", || async {
+                app.verdict(&ack.token).await == Reason::TokenRevoked
+            })
+            .await;
+        }
+    }
+    println!(
+        "postgres crash after {} of {} revokes (stop+start {outage:?}): {} acknowledged, {} found \
+         in the database, {missing} missing; {failed} answered UNAVAILABLE; {} verifies answered, \
+         {} errors",
+        issued_len_third(),
+        issued.len(),
+        acknowledged.len(),
+        acknowledged.len() - missing,
+        verified.load(Ordering::Relaxed),
+        verify_errors.load(Ordering::Relaxed),
+    );
+    assert_eq!(missing, 0, "an acknowledged revocation was lost");
+    assert!(
+        acknowledged.len() > issued_len_third(),
+        "revocations were acknowledged before and after the crash"
+    );
+}
+
+fn issued_len_third() -> usize {
+    600 / 3
+}
