@@ -105,25 +105,27 @@ fn numeric_date_to_millis(seconds: f64) -> Option<UnixMillis> {
     (ms.is_finite() && (0.0..=(i64::MAX / 2) as f64).contains(&ms)).then_some(ms as i64)
 }
 
-/// Reads the claims out of a payload whose signature has already been checked.
+/// Reads the claims out of a payload (JSON bytes) whose signature has already been checked.
 ///
-/// `issuer` must match `iss`; `audience`, when configured, must be named by `aud`.
+/// The payload must be one JSON object without duplicate member names; `issuer` must match
+/// `iss`; `audience`, when configured, must be named by `aud`.
 pub(super) fn parse_payload(
-    mut map: Map<String, Value>,
+    json: &[u8],
     issuer: &str,
     audience: Option<&str>,
 ) -> Result<Claims, Reason> {
-    let iss = take_string(&mut map, "iss")?;
-    let user_id = take_string(&mut map, "sub")?;
-    let jti = take_string(&mut map, "jti")?;
-    let session_id = take_string(&mut map, "sid")?;
-    let issued_at = take_int(&mut map, "iat")?;
-    let expires_at = take_int(&mut map, "exp")?;
-    let not_before = match map.remove("nbf") {
+    let slots: ClaimSlots = serde_json::from_slice(json).map_err(|_| Reason::Malformed)?;
+    let iss = required_string(slots.iss)?;
+    let user_id = required_string(slots.sub)?;
+    let jti = required_string(slots.jti)?;
+    let session_id = required_string(slots.sid)?;
+    let issued_at = as_numeric_date(&slots.iat.ok_or(Reason::MissingClaim)?)?;
+    let expires_at = as_numeric_date(&slots.exp.ok_or(Reason::MissingClaim)?)?;
+    let not_before = match slots.nbf {
         None => None,
         Some(value) => Some(as_numeric_date(&value)?),
     };
-    let orig_iat_ms = match map.remove("orig_iat") {
+    let orig_iat_ms = match slots.orig_iat {
         None => return Err(Reason::MissingClaim),
         Some(Value::Number(n)) => n
             .as_f64()
@@ -131,13 +133,12 @@ pub(super) fn parse_payload(
             .ok_or(Reason::Malformed)?,
         Some(_) => return Err(Reason::Malformed),
     };
-    let aud = map.remove("aud");
 
     if iss != issuer {
         return Err(Reason::WrongIssuer);
     }
     if let Some(expected) = audience {
-        let named = match aud {
+        let named = match slots.aud {
             None => return Err(Reason::MissingClaim),
             Some(Value::String(one)) => one == expected,
             Some(Value::Array(many)) => many.iter().any(|a| a.as_str() == Some(expected)),
@@ -155,23 +156,104 @@ pub(super) fn parse_payload(
         expires_at,
         not_before,
         orig_iat_ms,
-        extra: map,
+        extra: slots.extra,
     })
 }
 
-fn take_string(map: &mut Map<String, Value>, name: &str) -> Result<String, Reason> {
-    match map.remove(name) {
+/// A payload object taken apart in one pass: the reserved claims in their own slots (no map
+/// insert and remove for each), the custom ones in `extra`. Duplicate member names are refused:
+/// RFC 7519 allows "last one wins", but two verifiers that pick differently would disagree
+/// about the same token.
+#[derive(Default)]
+struct ClaimSlots {
+    iss: Option<Value>,
+    sub: Option<Value>,
+    aud: Option<Value>,
+    jti: Option<Value>,
+    sid: Option<Value>,
+    iat: Option<Value>,
+    exp: Option<Value>,
+    nbf: Option<Value>,
+    orig_iat: Option<Value>,
+    extra: Map<String, Value>,
+}
+
+impl<'de> serde::Deserialize<'de> for ClaimSlots {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ClaimSlots;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object without duplicate members")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> Result<ClaimSlots, A::Error> {
+                let mut slots = ClaimSlots::default();
+                while let Some(MemberName(name)) = access.next_key::<MemberName<'de>>()? {
+                    let slot = match name.as_ref() {
+                        "iss" => &mut slots.iss,
+                        "sub" => &mut slots.sub,
+                        "aud" => &mut slots.aud,
+                        "jti" => &mut slots.jti,
+                        "sid" => &mut slots.sid,
+                        "iat" => &mut slots.iat,
+                        "exp" => &mut slots.exp,
+                        "nbf" => &mut slots.nbf,
+                        "orig_iat" => &mut slots.orig_iat,
+                        _ => {
+                            if slots.extra.contains_key(name.as_ref()) {
+                                return Err(serde::de::Error::custom("duplicate member"));
+                            }
+                            let value = access.next_value::<Value>()?;
+                            slots.extra.insert(name.into_owned(), value);
+                            continue;
+                        }
+                    };
+                    if slot.is_some() {
+                        return Err(serde::de::Error::custom("duplicate member"));
+                    }
+                    *slot = Some(access.next_value::<Value>()?);
+                }
+                Ok(slots)
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
+/// A member name, borrowed from the input when it has no escapes (the usual case).
+struct MemberName<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for MemberName<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = MemberName<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(MemberName(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(MemberName(std::borrow::Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(MemberName(std::borrow::Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
+fn required_string(value: Option<Value>) -> Result<String, Reason> {
+    match value {
         None => Err(Reason::MissingClaim),
         Some(Value::String(s)) if !s.is_empty() => Ok(s),
         Some(Value::String(_)) => Err(Reason::MissingClaim),
         Some(_) => Err(Reason::Malformed),
-    }
-}
-
-fn take_int(map: &mut Map<String, Value>, name: &str) -> Result<i64, Reason> {
-    match map.remove(name) {
-        None => Err(Reason::MissingClaim),
-        Some(value) => as_numeric_date(&value),
     }
 }
 
@@ -216,6 +298,39 @@ mod tests {
         let text =
             serde_json::to_string(&millis_to_numeric_date(1_764_405_892_123)).unwrap_or_default();
         assert_eq!(text, "1764405892.123");
+    }
+
+    fn parse_payload(
+        map: Map<String, Value>,
+        issuer: &str,
+        audience: Option<&str>,
+    ) -> Result<Claims, Reason> {
+        let json = serde_json::to_vec(&Value::Object(map)).expect("json");
+        super::parse_payload(&json, issuer, audience)
+    }
+
+    #[test]
+    fn duplicate_members_are_malformed_reserved_or_not() {
+        for json in [
+            r#"{"iss":"me","sub":"a","sub":"b","jti":"j","sid":"s","iat":1,"exp":2,"orig_iat":1}"#,
+            r#"{"iss":"me","sub":"a","jti":"j","sid":"s","iat":1,"exp":2,"orig_iat":1,"x":1,"x":2}"#,
+            r#"{"iss":"me","s\u0075b":"a","sub":"b","jti":"j","sid":"s","iat":1,"exp":2,"orig_iat":1}"#,
+        ] {
+            assert_eq!(
+                super::parse_payload(json.as_bytes(), "me", None),
+                Err(Reason::Malformed),
+                "{json}"
+            );
+        }
+        let escaped =
+            r#"{"iss":"me","s\u0075b":"a","jti":"j","sid":"s","iat":1,"exp":2,"orig_iat":1}"#;
+        assert!(super::parse_payload(escaped.as_bytes(), "me", None).is_ok());
+        for not_an_object in ["[]", "1", "\"x\"", "null", "{", ""] {
+            assert_eq!(
+                super::parse_payload(not_an_object.as_bytes(), "me", None),
+                Err(Reason::Malformed)
+            );
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! signature, then the claims (a JSON object without duplicate members; types, required claims,
 //! issuer, audience). Time-dependent checks (`exp`, `nbf`) belong to the revocation policy, which
 //! reads the injected clock.
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -13,7 +14,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::Header;
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::claims::{Claims, WireClaims, parse_payload};
 use super::keys::KeySet;
@@ -33,9 +34,11 @@ pub enum CodecError {
 /// The fields of a JOSE header that decide how a token is checked. Every other header field
 /// (`jwk`, `jku`, `x5u`, `x5c`, ...) is ignored: keys come only from our own key set.
 #[derive(Deserialize)]
-struct JoseHeader {
-    alg: Option<String>,
-    kid: Option<String>,
+struct JoseHeader<'a> {
+    #[serde(borrow)]
+    alg: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    kid: Option<Cow<'a, str>>,
     crit: Option<Value>,
 }
 
@@ -90,7 +93,11 @@ impl TokenCodec {
         else {
             return Err(Reason::Malformed);
         };
-        let header: JoseHeader = decode_json(header_b64)?;
+        let header_json = URL_SAFE_NO_PAD
+            .decode(header_b64)
+            .map_err(|_| Reason::Malformed)?;
+        let header: JoseHeader =
+            serde_json::from_slice(&header_json).map_err(|_| Reason::Malformed)?;
         if header.crit.is_some() {
             // We implement no JWS extensions, so a critical one can never be understood.
             return Err(Reason::Malformed);
@@ -99,7 +106,7 @@ impl TokenCodec {
         let keys = self.keys.load();
         let key = header
             .kid
-            .and_then(|kid| keys.verifiers.get(&kid))
+            .and_then(|kid| keys.verifiers.get(kid.as_ref()))
             .ok_or(Reason::BadSignature)?;
         if alg != key.alg_name {
             return Err(Reason::BadSignature);
@@ -114,61 +121,43 @@ impl TokenCodec {
             .map_err(|_| Reason::Malformed)?;
         let signed_len = header_b64.len() + 1 + payload_b64.len();
         let message = &token.as_bytes()[..signed_len];
-        match jsonwebtoken::crypto::verify(signature_b64, message, &key.decoding, key.alg) {
+        let verified = match &key.hmac {
+            Some(hmac) => verify_hmac(hmac, message, signature_b64),
+            None => jsonwebtoken::crypto::verify(signature_b64, message, &key.decoding, key.alg)
+                .map_err(|_| ()),
+        };
+        match verified {
             Ok(true) => {}
             Ok(false) => return Err(Reason::BadSignature),
-            Err(_) => return Err(Reason::Malformed),
+            Err(()) => return Err(Reason::Malformed),
         }
-        let UniqueObject(payload) =
-            serde_json::from_slice(&payload).map_err(|_| Reason::Malformed)?;
-        parse_payload(payload, &self.issuer, self.audience.as_deref())
+        parse_payload(&payload, &self.issuer, self.audience.as_deref())
     }
 }
 
-fn decode_json<T: serde::de::DeserializeOwned>(segment: &str) -> Result<T, Reason> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(segment)
-        .map_err(|_| Reason::Malformed)?;
-    serde_json::from_slice(&bytes).map_err(|_| Reason::Malformed)
-}
-
-/// A JSON object that refuses duplicate member names. RFC 7519 allows "last one wins", but two
-/// verifiers that pick differently would disagree about the same token, so we refuse instead.
-struct UniqueObject(Map<String, Value>);
-
-impl<'de> serde::Deserialize<'de> for UniqueObject {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = UniqueObject;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object without duplicate members")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut access: A,
-            ) -> Result<UniqueObject, A::Error> {
-                let mut map = Map::new();
-                while let Some((key, value)) = access.next_entry::<String, Value>()? {
-                    if map.contains_key(&key) {
-                        return Err(serde::de::Error::custom(format!(
-                            "duplicate member {key:?}"
-                        )));
-                    }
-                    map.insert(key, value);
-                }
-                Ok(UniqueObject(map))
-            }
-        }
-        deserializer.deserialize_map(Visitor)
-    }
+/// HMAC check with the prepared key, in constant time; `Err` when the signature is not base64url,
+/// exactly as `jsonwebtoken::crypto::verify` answers for the other algorithms.
+fn verify_hmac(
+    key: &aws_lc_rs::hmac::Key,
+    message: &[u8],
+    signature_b64: &str,
+) -> Result<bool, ()> {
+    let signature = URL_SAFE_NO_PAD.decode(signature_b64).map_err(|_| ())?;
+    Ok(aws_lc_rs::hmac::verify(key, message, &signature).is_ok())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::token::KeySpec;
-    use serde_json::json;
+    use serde_json::{Map, json};
+
+    fn decode_json<T: serde::de::DeserializeOwned>(segment: &str) -> Result<T, Reason> {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(segment)
+            .map_err(|_| Reason::Malformed)?;
+        serde_json::from_slice(&bytes).map_err(|_| Reason::Malformed)
+    }
 
     fn key_file(secret: &[u8]) -> std::path::PathBuf {
         let path = std::env::temp_dir().join(format!("ts-codec-{}", super::super::new_random_id()));

@@ -134,6 +134,8 @@ pub(super) struct VerificationKey {
     pub(super) alg: Algorithm,
     pub(super) alg_name: &'static str,
     pub(super) decoding: DecodingKey,
+    /// For HS* keys, the HMAC key prepared once (jsonwebtoken would rebuild it on every check).
+    pub(super) hmac: Option<aws_lc_rs::hmac::Key>,
 }
 
 /// The key new tokens are signed with.
@@ -180,6 +182,14 @@ fn algorithm(alg: &str) -> Option<(Algorithm, &'static str)> {
     })
 }
 
+fn hmac_algorithm(alg: Algorithm) -> aws_lc_rs::hmac::Algorithm {
+    match alg {
+        Algorithm::HS384 => aws_lc_rs::hmac::HMAC_SHA384,
+        Algorithm::HS512 => aws_lc_rs::hmac::HMAC_SHA512,
+        _ => aws_lc_rs::hmac::HMAC_SHA256,
+    }
+}
+
 /// One key, parsed: how it verifies, whether it can sign, and its public JWK (not for HMAC).
 struct ParsedKey {
     verification: VerificationKey,
@@ -213,6 +223,7 @@ fn parse_key(spec: &KeySpec, material: &[u8]) -> Result<ParsedKey, KeyError> {
                 alg,
                 alg_name,
                 decoding: DecodingKey::from_secret(material).map_err(lib)?,
+                hmac: Some(aws_lc_rs::hmac::Key::new(hmac_algorithm(alg), material)),
             },
             encoding: Some(EncodingKey::from_secret(material).map_err(lib)?),
             jwk: None,
@@ -290,6 +301,7 @@ fn parse_key(spec: &KeySpec, material: &[u8]) -> Result<ParsedKey, KeyError> {
             alg,
             alg_name,
             decoding,
+            hmac: None,
         },
         encoding,
         jwk: Some(jwk),
