@@ -35,7 +35,10 @@ def cpu_model():
 verify, health = load("verify.json"), load("health.json")
 vh, hh = load("verify_half.json"), load("health_half.json")
 naive, queries = load("naive.json"), load("queries.json")
-users100k, deny1m, load1m = load("users100k.json"), load("denylist1m.json"), load("load1m.json")
+users100k, users1m = load("users100000.json"), load("users1000000.json")
+rss100k, rss1m = load("users100000-rss.json"), load("users1000000-rss.json")
+rows0, rows10k, rows1m, load1m = load("rows0.json"), load("rows10k.json"), load("rows1m.json"), load("load1m.json")
+cg = load("callgrind.json")
 prop = open(os.path.join(out, "propagation.txt")).read()
 notify = re.search(r"notify.*median=([\d.]+)ms p99=([\d.]+)ms", prop)
 poll = re.search(r"poll-only, (\d+)ms: .*median=([\d.]+)ms p99=([\d.]+)ms", prop)
@@ -58,6 +61,9 @@ row("in-process full verify ÷ bare `jsonwebtoken::decode` (HS256, warm)",
 r4 = verify["throughput"] / naive["throughput"]
 row("Verify throughput, caches ÷ no caches (cutoff TTL 0, filter off)",
     f"{verify['throughput']:.0f} ÷ {naive['throughput']:.0f} = **{r4:.1f}**", "≥ 10", r4 >= 10)
+r5 = cg["health"] / cg["verify"]
+row(f"server instructions per Health ÷ per Verify (callgrind, {cg['requests']} of each, 1 conn, 8 in flight)",
+    f"{cg['health']:.0f} ÷ {cg['verify']:.0f} = **{r5:.2f}**", "(the deterministic twin of the first row)", r5 >= 0.8)
 qpv = queries["queries"] / max(queries["verifies"], 1)
 row("store queries per Verify at steady state",
     f"{queries['queries']} in {queries['verifies']} = **{qpv:.4f}**", "0", queries["queries"] == 0)
@@ -112,13 +118,22 @@ measurement in `tests/sync.rs`, then writes this file with `scripts/bench-report
 | Verify at half of max | {lat(vh)} |
 | Health at the same offered load | {lat(hh)} |
 | Verify, caches off | {lat(naive)} |
-| Verify, 100,000 distinct users (10 % revoked) | {lat(users100k)} |
-| Verify, 1,000,000 denylist rows | {lat(deny1m)} |
 
-Cost growth: Verify throughput with 10,000 users {verify['throughput']:.0f}/s, with 100,000 users
-{users100k['throughput']:.0f}/s; with ~1,000 denylist rows {verify['throughput']:.0f}/s, with
-1,000,000 rows {deny1m['throughput']:.0f}/s. The denylist filter for 1,000,000 ids at 1 % false
-positives takes {filt.group(1) if filt else '?'} MiB.
+## Cost growth (same connections and concurrency; each run's Health is the first table's)
+
+| Verify with | throughput | p99 | ÷ the 10,000-user run | sidecar RSS |
+|---|---|---|---|---|
+| 10,000 users, 100,000 tokens (the mix above) | {verify['throughput']:.0f}/s | {verify['latency_us']['p99']} µs | 1.00 | |
+| 100,000 users and tokens (cutoff cache 2M, warmed) | {users100k['throughput']:.0f}/s | {users100k['latency_us']['p99']} µs | {users100k['throughput'] / verify['throughput']:.2f} | {rss100k['rss_kb'] / 1024:.0f} MB |
+| 1,000,000 users and tokens (cutoff cache 2M, warmed) | {users1m['throughput']:.0f}/s | {users1m['latency_us']['p99']} µs | {users1m['throughput'] / verify['throughput']:.2f} | {rss1m['rss_kb'] / 1024:.0f} MB |
+
+| Verify (10,000 users, 100,000 live tokens) with | throughput | p99 | ÷ 0 rows |
+|---|---|---|---|
+| 0 denylist rows | {rows0['throughput']:.0f}/s | {rows0['latency_us']['p99']} µs | 1.00 |
+| 10,000 denylist rows | {rows10k['throughput']:.0f}/s | {rows10k['latency_us']['p99']} µs | {rows10k['throughput'] / rows0['throughput']:.2f} |
+| 1,000,000 denylist rows | {rows1m['throughput']:.0f}/s | {rows1m['latency_us']['p99']} µs | {rows1m['throughput'] / rows0['throughput']:.2f} |
+
+The denylist filter for 1,000,000 ids at 1 % false positives takes {filt.group(1) if filt else '?'} MiB.
 
 ## Reading
 

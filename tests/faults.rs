@@ -194,3 +194,54 @@ async fn postgres_crash_under_load_loses_no_acknowledged_revocation() {
 fn issued_len_third() -> usize {
     600 / 3
 }
+
+/// A caller's deadline bounds a Revoke stuck behind a locked table: the answer comes by the
+/// deadline and is not OK (nothing acknowledged); once the table is free a retry succeeds.
+#[tokio::test]
+async fn a_revoke_stuck_in_the_store_answers_by_the_callers_deadline() {
+    let app = TestApp::spawn(Backend::Postgres).await;
+    let t = app.issue("alice").await;
+    let mut blocker = {
+        use sqlx::Connection;
+        sqlx::PgConnection::connect(&app.database_url)
+            .await
+            .expect("connect")
+    };
+    sqlx::query("BEGIN")
+        .execute(&mut blocker)
+        .await
+        .expect("begin");
+    sqlx::query("LOCK TABLE denylist IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut blocker)
+        .await
+        .expect("lock");
+
+    let mut request = tonic::Request::new(pb::RevokeRequest {
+        target: Some(Target::Jti(t.jti.clone())),
+    });
+    request.set_timeout(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let answer = app.client.clone().revoke(request).await;
+    let waited = started.elapsed();
+    let status = answer.expect_err("no commit, no OK");
+    assert!(
+        matches!(
+            status.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
+        "{status:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(3),
+        "answered after {waited:?}, not by the 300 ms deadline"
+    );
+
+    sqlx::query("ROLLBACK")
+        .execute(&mut blocker)
+        .await
+        .expect("release");
+    app.revoke(Target::Jti(t.jti.clone()))
+        .await
+        .expect("a retry once the store is free");
+    assert_eq!(app.verdict(&t.token).await, Reason::TokenRevoked);
+}
