@@ -86,6 +86,8 @@ def lat(r):
     l = r["latency_us"]
     return f"{r['throughput']:.0f}/s, p50 {l['p50']} µs, p99 {l['p99']} µs, p99.9 {l['p999']} µs, errors {r['errors']}"
 
+sha_ni = "sha_ni" in open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else False
+sha_note = "; this CPU has SHA-NI, which the timed runs use, so there the HMAC's share is smaller" if sha_ni else ""
 nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
 print(f"""# Benchmarks
 
@@ -141,26 +143,42 @@ The denylist filter for 1,000,000 ids at 1 % false positives takes {filt.group(1
   lookups (moka cutoff cache, bloom filter); no store query. What remains is gRPC/HTTP2 framing
   and the HS256 HMAC, so Verify throughput sits close to the health check's, and both are bounded
   by the 2 cores that the load generator shares with the sidecar.
-* **Verify vs Health throughput** is where this machine shows the cost of the bigger messages
-  (a ~330-byte token in, the claims with three Timestamps and a Struct out) and of the handler
-  work, with client, server and PostgreSQL on the same 2 cores. The server sets TCP_NODELAY: in
-  an earlier run without it Verify reached 0.76 of Health's throughput, but every closed-loop run
-  had a ~43 ms p99.9 (Nagle against delayed ACKs) and issuing 100,000 tokens took 35 s instead of
-  5 s. With it, p99.9 is under 10 ms and Verify answers more often in its own TCP write, which
-  costs throughput under saturation. A profile (`perf record -e cpu-clock`) puts the verify logic
-  itself (HMAC, base64, JSON) at a few percent of the server's CPU; the rest is the kernel's
-  loopback TCP, h2 framing and allocation. This is the open item of the benchmarks.
-  Run-to-run spread is large on this shared machine: the same Verify run gave 37k–52k/s and
-  Health 55k–67k/s within minutes (for instance 51.7k vs 65.2k = 0.79 on a sidecar that had not
-  just issued the token mix); swapping glibc malloc for mimalloc changed nothing measurable.
+* **Verify vs Health throughput** is the open item. Two views of it from this run: the timed
+  one ({r1:.2f}, client and server sharing the 2 cores) and the instruction count of the server
+  alone under callgrind ({r5:.2f}: {cg['verify'] - cg['health']:.0f} instructions more per Verify than
+  per health check, on top of {cg['health']:.0f} that any RPC costs here). A callgrind profile
+  (`callgrind_annotate --inclusive=yes`) of that difference: the HMAC-SHA256 over the ~330-byte
+  token is about 15,000 instructions (valgrind runs aws-lc's AVX code{sha_note}), base64 and JSON of header and payload about
+  11,000, the rest the caches, the response's claims (three Timestamps, a Struct) and their
+  encoding. Already taken out: a fresh HMAC key per check (jsonwebtoken builds one each time; we
+  keep one per configured key) and a map insert and remove per claim (the payload is now taken
+  apart in one pass), together about 12 % of a Verify's server instructions (113,400 before). What remains is mostly
+  the signature itself: with HS256 on this transport a Verify cannot cost less than one RPC plus
+  one HMAC, which bounds the server-side ratio near 0.8 before any other work. The server sets
+  TCP_NODELAY (without it every closed-loop run had a ~43 ms p99.9 from Nagle against delayed
+  ACKs). Run-to-run spread on this shared machine is ±10–20 %, which is why each figure is the
+  best of two alternated runs and why the callgrind count is given beside it.
 * **In-process.** The full path adds the header parse, the claims checks, the moka `get` and two
-  filter probes to the bare decode.
-* **Caches off** is one cutoff query and two denylist queries per check against PostgreSQL, on the
-  same 2 cores. The ratio is what the caches buy, and here it is bounded by the transport: even the
-  health check, which does nothing, runs only {health['throughput'] / naive['throughput']:.1f}× faster
-  than the naive Verify, so no cached Verify can reach 10× on this machine.
-* **100,000 users** exceed the default `--cutoff-cache-capacity` (100,000) once the revoked-all
-  users are added, so some lookups miss; size the cache above the number of active users.
+  filter probes to the decode, and still costs less than a bare `jsonwebtoken::decode` for HS256:
+  it keeps one prepared HMAC key per configured key and takes the payload apart in one pass,
+  where `jsonwebtoken::decode` rebuilds the key and goes through a serde_json `Value` per check.
+  For the public-key algorithms the signature dominates and the two are within noise.
+* **Caches off** is the same server with the cutoff cache (TTL 0) and the denylist filter off: one
+  query per lookup, i.e. a cutoff query and two denylist queries per check, against PostgreSQL on
+  the same 2 cores. The ratio is what the caches buy; it is the Verify ÷ Health ratio above times
+  how much faster a health check is than the naive Verify ({health['throughput'] / naive['throughput']:.1f}× in this
+  run), so on this machine it reaches 10 only together with the first row.
+* **Users**: with the cutoff cache sized above the number of users and warmed, 1,000,000 users
+  verify at {users1m['throughput'] / verify['throughput']:.2f}× the 10,000-user rate: a moka lookup
+  does not get dearer with size; memory does grow, by about
+  {(rss1m['rss_kb'] - rss100k['rss_kb']) * 1024 / 900000:.0f} bytes per cached user (RSS from 100,000 to
+  1,000,000 users). Past its capacity the cache evicts and
+  Verify pays one store query per miss, so size `--cutoff-cache-capacity` (default 100,000) above
+  the active users, and the memory limit with it.
+* **Denylist rows** cost nothing per check while the filter says "not revoked": 10,000 and
+  1,000,000 rows of other tokens' ids leave Verify at {rows10k['throughput'] / rows0['throughput']:.2f}× and
+  {rows1m['throughput'] / rows0['throughput']:.2f}× the 0-row rate (1 % of lookups are false positives
+  confirmed once against the store, then remembered).
 * **1,000,000 denied jtis** load in one streamed query into the filter ({filt.group(1) if filt else '?'}
   MiB); start-up time is dominated by reading the rows from PostgreSQL.
 * **Propagation**: NOTIFY is delivered at commit and followed by one "changes after N" query;
