@@ -127,7 +127,7 @@ async fn logs_over_a_full_scenario_hold_no_token_key_or_credential() {
             "es=ES256:{keys}/p256.pem,rsa=RS256:{keys}/rsa.pem,hs=HS256:{}",
             hs_key.display()
         );
-        let mut sidecar = SidecarProcess::start(
+        let sidecar = SidecarProcess::start(
             dir.path(),
             &[
                 ("RUST_LOG", "debug"),

@@ -137,14 +137,15 @@ async fn postgres_crash_under_load_loses_no_acknowledged_revocation() {
     // Both instances recover by themselves: SERVING, and a new Revoke is acknowledged.
     for app in apps.iter() {
         app.wait_for_health(ServingStatus::Serving).await;
-        let fresh = common::eventually(Duration::from_secs(30), "revoke after recovery", || {
-            let app = app;
-            async move {
+        common::eventually(
+            Duration::from_secs(30),
+            "revoke after recovery",
+            || async move {
                 let t = app.issue("after-crash").await;
                 app.revoke(Target::Jti(t.jti)).await.is_ok()
-            }
-        });
-        fresh.await;
+            },
+        )
+        .await;
     }
 
     let mut conn = {
