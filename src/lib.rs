@@ -1,9 +1,10 @@
 //! token-sidecar: a gRPC service that issues, verifies, refreshes and revokes JWTs.
 //!
-//! Read top-down: [`config`] and [`server`] assemble the process; [`grpc`] translates requests
-//! for the [`authority`], which applies the [`policy`] to tokens from the [`token`] codec and
-//! revocation state from [`revocations`] (the [`cache`]s in front of the [`store`], kept in step
-//! by [`sync`]), reading time from the [`clock`]. [`metrics`] are served over HTTP.
+//! Read top-down: [`config`] and [`server`] assemble the process (with the request [`limits`]);
+//! [`grpc`] translates requests for the [`authority`], which applies the [`policy`] to tokens
+//! from the [`token`] codec and revocation state from [`revocations`] (the [`cache`]s in front
+//! of the [`store`], kept in step by [`sync`]), reading time from the [`clock`]. [`metrics`] are
+//! served over HTTP.
 #![warn(missing_docs)]
 
 pub mod authority;
