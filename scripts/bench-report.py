@@ -94,15 +94,16 @@ soak = ""
 if os.path.exists(soak_path):
     k = json.load(open(soak_path))
     soak = f"""
-## Soak (`scripts/soak {k['seconds']}`, run separately; its own date is the file's)
+## Soak (`scripts/soak {k['seconds']}`, a separate run)
 
 Verify at half of the measured maximum ({k['verify_rate']:.0f}/s achieved) with Issue and Revoke at
 50/s each for {k['seconds']} s: {k['requests']['verify']} verifies, {k['requests']['issue']} issues,
 {k['requests']['revoke']} revocations, errors {k['errors']['verify'] + k['errors']['issue'] + k['errors']['revoke']}.
 Verify p99 {k['verify_p99_us']} µs. RSS {k['rss_mb_before']} MB before, {k['rss_mb_after']} MB after;
-every minute: {', '.join(str(x) for x in k['rss_samples_mb'])} MB. What grows: each revocation is
-remembered as a confirmed denial for 10 minutes (at most 100,000 of them), so at 50 revocations a
-second that memory stops growing after 10 minutes.
+every minute: {', '.join(str(x) for x in k['rss_samples_mb'])} MB. What grows during the first ten
+minutes: each revocation is remembered as a confirmed denial for 10 minutes (at most 100,000), so
+at 50 revocations a second that memory levels off once the first ones expire, as the samples from
+minute 11 on show.
 """
 nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
 print(f"""# Benchmarks

@@ -460,7 +460,11 @@ pub fn to_status(err: AuthorityError) -> Status {
             Status::with_error_details(
                 Code::PermissionDenied,
                 format!("the user is banned until {until} (REASON_USER_BANNED)"),
-                ErrorDetails::with_error_info(Reason::UserBanned.code(), ERROR_DOMAIN, metadata),
+                ErrorDetails::with_error_info(
+                    proto_reason(Reason::UserBanned).as_str_name(),
+                    ERROR_DOMAIN,
+                    metadata,
+                ),
             )
         }
         AuthorityError::NotReady => unavailable("the store is not ready yet; retry shortly"),
@@ -500,7 +504,7 @@ fn token_status(code: Code, reason: Reason) -> Status {
     Status::with_error_details(
         code,
         format!("{reason} ({name})"),
-        ErrorDetails::with_error_info(reason.code(), ERROR_DOMAIN, reason_metadata(reason)),
+        ErrorDetails::with_error_info(name, ERROR_DOMAIN, reason_metadata(reason)),
     )
 }
 
@@ -662,7 +666,7 @@ mod tests {
         assert_eq!(status.code(), Code::Unauthenticated);
         let details = status.get_error_details();
         let info = details.error_info().expect("error info");
-        assert_eq!(info.reason, "TOKEN_REVOKED");
+        assert_eq!(info.reason, "REASON_TOKEN_REVOKED");
         assert_eq!(info.domain, ERROR_DOMAIN);
         assert_eq!(info.metadata["reason"], "REASON_TOKEN_REVOKED");
         let banned = to_status(AuthorityError::Banned { until_ms: 0 });

@@ -316,13 +316,13 @@ async fn revoke_of_a_bad_token_is_invalid_argument_with_its_reason(backend: Back
         .revoke(Target::Token("garbage".into()))
         .await
         .expect_err("garbage");
-    assert_status(&e, Code::InvalidArgument, "MALFORMED");
+    assert_status(&e, Code::InvalidArgument, "REASON_MALFORMED");
     let foreign = craft(&good_header(), &good_payload(), &[7u8; 32]);
     let e = app
         .revoke(Target::Token(foreign))
         .await
         .expect_err("foreign");
-    assert_status(&e, Code::InvalidArgument, "BAD_SIGNATURE");
+    assert_status(&e, Code::InvalidArgument, "REASON_BAD_SIGNATURE");
     assert_eq!(app.count_rows("denylist").await, 0);
 }
 

@@ -145,7 +145,7 @@ async fn refresh_chain_never_outlives_the_refresh_window(backend: Backend) {
     assert_eq!(last_exp, T0_MS + 60 * MIN);
     app.clock.advance_ms(4 * MIN);
     let refused = app.refresh(&token).await.expect_err("chain ends");
-    assert_status(&refused, Code::Unauthenticated, "EXPIRED");
+    assert_status(&refused, Code::Unauthenticated, "REASON_EXPIRED");
 }
 
 async fn refresh_is_refused_after_the_window_even_within_leeway(backend: Backend) {
@@ -167,7 +167,7 @@ async fn refresh_is_refused_after_the_window_even_within_leeway(backend: Backend
     assert!(app.verify(&token).await.valid);
     // ...while the refresh window gets no leeway.
     let refused = app.refresh(&token).await.expect_err("window over");
-    assert_status(&refused, Code::Unauthenticated, "REFRESH_EXPIRED");
+    assert_status(&refused, Code::Unauthenticated, "REASON_REFRESH_EXPIRED");
 }
 
 async fn revoking_a_token_revokes_its_session_and_refreshed_copies(backend: Backend) {
@@ -189,7 +189,7 @@ async fn revoking_a_token_revokes_its_session_and_refreshed_copies(backend: Back
         assert_eq!(app.verdict(t).await, Reason::TokenRevoked);
     }
     let refused = app.refresh(&c.token).await.expect_err("revoked session");
-    assert_status(&refused, Code::Unauthenticated, "TOKEN_REVOKED");
+    assert_status(&refused, Code::Unauthenticated, "REASON_TOKEN_REVOKED");
     assert!(
         app.verify(&other.token).await.valid,
         "other sessions live on"
@@ -249,12 +249,12 @@ async fn refresh_is_refused_with_the_reason(backend: Backend) {
         .await
         .expect("revoke");
     let status = app.refresh(&revoked.token).await.expect_err("revoked");
-    assert_status(&status, Code::Unauthenticated, "TOKEN_REVOKED");
+    assert_status(&status, Code::Unauthenticated, "REASON_TOKEN_REVOKED");
 
     let expiring = app.issue("ivy").await;
     app.clock.advance_ms(5 * MIN);
     let status = app.refresh(&expiring.token).await.expect_err("expired");
-    assert_status(&status, Code::Unauthenticated, "EXPIRED");
+    assert_status(&status, Code::Unauthenticated, "REASON_EXPIRED");
 
     let user_revoked = app.issue("jack").await;
     app.revoke_user("jack", None).await;
@@ -262,15 +262,15 @@ async fn refresh_is_refused_with_the_reason(backend: Backend) {
         .refresh(&user_revoked.token)
         .await
         .expect_err("user revoked");
-    assert_status(&status, Code::Unauthenticated, "USER_REVOKED");
+    assert_status(&status, Code::Unauthenticated, "REASON_USER_REVOKED");
 
     let banned = app.issue("kate").await;
     app.revoke_user("kate", Some(app.clock_ms() + DAY)).await;
     let status = app.refresh(&banned.token).await.expect_err("banned");
-    assert_status(&status, Code::Unauthenticated, "USER_BANNED");
+    assert_status(&status, Code::Unauthenticated, "REASON_USER_BANNED");
 
     let status = app.refresh("not-a-token").await.expect_err("garbage");
-    assert_status(&status, Code::Unauthenticated, "MALFORMED");
+    assert_status(&status, Code::Unauthenticated, "REASON_MALFORMED");
 }
 
 trait ClockMs {
@@ -339,7 +339,7 @@ async fn a_ban_refuses_issue_and_lifting_it_keeps_old_tokens_revoked(backend: Ba
         })
         .await
         .expect_err("banned");
-    assert_status(&refused, Code::PermissionDenied, "USER_BANNED");
+    assert_status(&refused, Code::PermissionDenied, "REASON_USER_BANNED");
     let status = app.user_status("noah").await;
     assert!(status.banned);
     assert_eq!(ms(&status.banned_until), T0_MS + 60 * MIN);
@@ -455,7 +455,7 @@ async fn worked_example_from_spec_section_2(backend: Backend) {
         })
         .await
         .expect_err("banned");
-    assert_status(&refused, Code::PermissionDenied, "USER_BANNED");
+    assert_status(&refused, Code::PermissionDenied, "REASON_USER_BANNED");
 
     // t=5: the ban is over, the old 1000 stay rejected as revoked.
     app.clock.set_ms(T0_MS + 5 * SEC);

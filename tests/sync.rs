@@ -81,7 +81,7 @@ async fn revocations_reach_the_other_instance(a: &TestApp, b: &TestApp) {
         })
         .await
         .expect_err("banned on b too");
-    assert_status(&refused, Code::PermissionDenied, "USER_BANNED");
+    assert_status(&refused, Code::PermissionDenied, "REASON_USER_BANNED");
     assert!(a.lift_ban("carol").await);
     rejected_with(b, &t.token, Reason::UserRevoked, "ban lifted").await;
     let fresh = b.issue("carol").await;
