@@ -317,20 +317,7 @@ async fn sigterm_under_load_finishes_in_flight_rpcs_and_exits_0() {
     }
 
     // Hold the denylist so that every Revoke stays in flight inside the sidecar.
-    let mut blocker = {
-        use sqlx::Connection;
-        sqlx::PgConnection::connect(&database_url)
-            .await
-            .expect("connect")
-    };
-    sqlx::query("BEGIN")
-        .execute(&mut blocker)
-        .await
-        .expect("begin");
-    sqlx::query("LOCK TABLE denylist IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut blocker)
-        .await
-        .expect("lock");
+    let mut blocker = common::lock_denylist(&database_url).await;
     let revokes: Vec<_> = issued
         .iter()
         .map(|t| {

@@ -202,20 +202,7 @@ fn issued_len_third() -> usize {
 async fn a_revoke_stuck_in_the_store_answers_by_the_callers_deadline() {
     let app = TestApp::spawn(Backend::Postgres).await;
     let t = app.issue("alice").await;
-    let mut blocker = {
-        use sqlx::Connection;
-        sqlx::PgConnection::connect(&app.database_url)
-            .await
-            .expect("connect")
-    };
-    sqlx::query("BEGIN")
-        .execute(&mut blocker)
-        .await
-        .expect("begin");
-    sqlx::query("LOCK TABLE denylist IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut blocker)
-        .await
-        .expect("lock");
+    let mut blocker = common::lock_denylist(&app.database_url).await;
 
     let mut request = tonic::Request::new(pb::RevokeRequest {
         target: Some(Target::Jti(t.jti.clone())),

@@ -506,6 +506,24 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
     (head.to_string(), body.to_string())
 }
 
+/// A connection holding `denylist` locked in an open transaction, so that every store write to
+/// it waits (in flight) until the test sends COMMIT or ROLLBACK on this connection.
+pub async fn lock_denylist(database_url: &str) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    let mut blocker = sqlx::PgConnection::connect(database_url)
+        .await
+        .expect("connect");
+    sqlx::query("BEGIN")
+        .execute(&mut blocker)
+        .await
+        .expect("begin");
+    sqlx::query("LOCK TABLE denylist IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut blocker)
+        .await
+        .expect("lock");
+    blocker
+}
+
 /// The value of an unlabelled metric in Prometheus text.
 pub fn metric_value(text: &str, name: &str) -> Option<f64> {
     text.lines()
