@@ -122,14 +122,17 @@ impl Drop for InFlight {
 /// Rewrites tonic's OUT_OF_RANGE for an oversized message to RESOURCE_EXHAUSTED. Our handlers
 /// never answer OUT_OF_RANGE, and the message text is tonic's own, so nothing else is touched.
 fn too_large_is_resource_exhausted(headers: &mut http::HeaderMap) {
-    let out_of_range = headers.get("grpc-status").is_some_and(|v| v == "11");
+    // A successful answer carries no grpc-status in its headers: one lookup and done.
+    if headers.get("grpc-status").is_none_or(|v| v != "11") {
+        return;
+    }
     let too_large = headers
         .get("grpc-message")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|m| {
             m.contains("message%20length%20too%20large") || m.contains("message length too large")
         });
-    if out_of_range && too_large {
+    if too_large {
         headers.insert("grpc-status", http::HeaderValue::from_static("8"));
     }
 }
@@ -138,24 +141,22 @@ fn too_large_is_resource_exhausted(headers: &mut http::HeaderMap) {
 mod tests {
     use super::*;
 
+    fn rewritten(status: &'static str, message: &'static str) -> String {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("grpc-status", http::HeaderValue::from_static(status));
+        headers.insert("grpc-message", http::HeaderValue::from_static(message));
+        too_large_is_resource_exhausted(&mut headers);
+        headers["grpc-status"]
+            .to_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     #[test]
     fn only_the_message_size_refusal_is_rewritten() {
-        let mut headers = http::HeaderMap::new();
-        headers.insert("grpc-status", http::HeaderValue::from_static("11"));
-        headers.insert(
-            "grpc-message",
-            http::HeaderValue::from_static("Error,%20decoded%20message%20length%20too%20large"),
-        );
-        too_large_is_resource_exhausted(&mut headers);
-        assert_eq!(headers["grpc-status"], "8");
-
-        let mut other = http::HeaderMap::new();
-        other.insert("grpc-status", http::HeaderValue::from_static("11"));
-        other.insert(
-            "grpc-message",
-            http::HeaderValue::from_static("something%20else"),
-        );
-        too_large_is_resource_exhausted(&mut other);
-        assert_eq!(other["grpc-status"], "11");
+        let too_large = "Error,%20decoded%20message%20length%20too%20large";
+        assert_eq!(rewritten("11", too_large), "8");
+        assert_eq!(rewritten("11", "something%20else"), "11");
+        assert_eq!(rewritten("3", too_large), "3");
     }
 }

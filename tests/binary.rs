@@ -287,9 +287,7 @@ async fn sigterm_under_load_finishes_in_flight_rpcs_and_exits_0() {
         .expect("chmod");
     let database_url = common::fresh_postgres_database().await;
     let key_spec = format!("main=HS256:{}", key.display());
-    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port");
+    let metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], common::free_port()));
     let metrics_listen = metrics_addr.to_string();
     let sidecar = SidecarProcess::start(
         dir.path(),

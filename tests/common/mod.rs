@@ -582,6 +582,14 @@ impl StoreProxy {
     }
 }
 
+/// A port nothing listens on right now (the OS picks it; the caller binds it soon after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 /// A PostgreSQL cluster of the test's own (initdb in a temp dir, its own port), so that a test
 /// can restart or crash the database under load without disturbing the shared server.
 pub struct PrivatePostgres {
@@ -635,10 +643,7 @@ impl PrivatePostgres {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
+        let port = free_port();
         let pg = Self {
             url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
             dir,
@@ -696,10 +701,7 @@ impl SidecarProcess {
     /// it says it listens.
     pub async fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> Self {
         use std::io::BufRead;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
+        let port = free_port();
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_token-sidecar"));
         command
             .current_dir(dir)
