@@ -9,12 +9,10 @@ use crate::policy::{RevocationPolicy, TokenTimes};
 use crate::reason::Reason;
 use crate::revocations::Revocations;
 use crate::store::{DenyEntry, DenyKind, StoreError};
-use crate::token::{Claims, CodecError, RESERVED_CLAIMS, TokenCodec, new_random_id};
+use crate::token::{Claims, CodecError, RESERVED_CLAIMS, TokenCodec, is_minted_id, new_random_id};
 
 /// Longest accepted user id, in bytes.
 pub const MAX_USER_ID_BYTES: usize = 256;
-/// Longest accepted `jti` or session id in a Revoke, in bytes.
-pub const MAX_ID_BYTES: usize = 256;
 /// Largest accepted custom claims, as compact JSON, so that tokens stay well under the size cap.
 pub const MAX_CUSTOM_CLAIMS_BYTES: usize = 4 * 1024;
 /// Shortest token lifetime a caller may ask for.
@@ -227,9 +225,14 @@ impl TokenAuthority {
         self.policy
             .check_refresh(&claims, now)
             .map_err(AuthorityError::Rejected)?;
+        // The session keeps the lifetime it was issued with (rule 4), capped by the config.
+        let session_ttl_ms = claims
+            .expires_at
+            .saturating_sub(claims.issued_at)
+            .saturating_mul(1000);
         let times = self
             .policy
-            .token_times(claims.orig_iat_ms, now, None)
+            .token_times(claims.orig_iat_ms, now, Some(session_ttl_ms))
             .map_err(AuthorityError::Rejected)?;
         self.mint(claims.user_id, claims.session_id, claims.extra, times)
     }
@@ -326,11 +329,11 @@ impl TokenAuthority {
         field: &'static str,
         id: String,
     ) -> Result<RevokeOutcome, AuthorityError> {
-        if id.is_empty() || id.len() > MAX_ID_BYTES {
+        if !is_minted_id(&id) {
             return Err(invalid(
                 field,
                 "INVALID_ID",
-                format!("must be 1 to {MAX_ID_BYTES} bytes"),
+                "is not an id this service mints (22 base64url characters, 128 bits)",
             ));
         }
         let store = self.store_ready()?;
@@ -390,8 +393,26 @@ fn invalid(
     }
 }
 
+/// Unicode format characters (general category Cf): invisible, so an id made of them, or
+/// padded with them, looks like another id in every log and console.
+fn is_format_char(c: char) -> bool {
+    matches!(c,
+        '\u{AD}' | '\u{600}'..='\u{605}' | '\u{61C}' | '\u{6DD}' | '\u{70F}'
+        | '\u{890}'..='\u{891}' | '\u{8E2}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}'
+        | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}' | '\u{110BD}' | '\u{110CD}'
+        | '\u{13430}'..='\u{1343F}' | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}'
+        | '\u{E0001}' | '\u{E0020}'..='\u{E007F}')
+}
+
+fn is_invisible(c: char) -> bool {
+    c.is_whitespace() || is_format_char(c)
+}
+
+/// User ids are compared byte for byte (callers normalise); what is refused here is what no
+/// caller means: empty, oversized, control characters, and invisible characters at either end.
 fn check_user_id(user_id: &str) -> Result<(), AuthorityError> {
-    if user_id.trim().is_empty() {
+    if user_id.is_empty() {
         return Err(invalid("user_id", "INVALID_USER_ID", "must not be empty"));
     }
     if user_id.len() > MAX_USER_ID_BYTES {
@@ -406,6 +427,14 @@ fn check_user_id(user_id: &str) -> Result<(), AuthorityError> {
             "user_id",
             "INVALID_USER_ID",
             "must not contain control characters",
+        ));
+    }
+    let ends = [user_id.chars().next(), user_id.chars().next_back()];
+    if ends.into_iter().flatten().any(is_invisible) {
+        return Err(invalid(
+            "user_id",
+            "INVALID_USER_ID",
+            "must not start or end with whitespace or invisible (format) characters",
         ));
     }
     Ok(())
@@ -443,7 +472,24 @@ mod tests {
     fn user_ids_are_bounded_and_printable() {
         assert!(check_user_id("alice").is_ok());
         assert!(check_user_id(&"a".repeat(MAX_USER_ID_BYTES)).is_ok());
-        for bad in ["", "   ", "a\nb", &"a".repeat(MAX_USER_ID_BYTES + 1)] {
+        assert!(
+            check_user_id("jos\u{e9} d\u{200d}x").is_ok(),
+            "inner joiners are text"
+        );
+        for bad in [
+            "",
+            "   ",
+            "a\nb",
+            &"a".repeat(MAX_USER_ID_BYTES + 1),
+            "\u{200B}",
+            "\u{202E}\u{FEFF}",
+            "\u{200B}alice",
+            "alice\u{FEFF}",
+            "\u{202E}alice",
+            " alice",
+            "alice\t",
+            "alice\u{3000}",
+        ] {
             assert!(check_user_id(bad).is_err(), "{bad:.20}");
         }
     }

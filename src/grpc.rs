@@ -53,6 +53,15 @@ impl AdminCredential {
     }
 }
 
+/// The credential of an `Authorization: Bearer <credential>` value. The scheme is
+/// case-insensitive (RFC 7235 §2.1) and may be followed by spaces or tabs.
+pub fn bearer_credential(value: &str) -> Option<&str> {
+    let blank = |c: char| c == ' ' || c == '\t';
+    let (scheme, rest) = value.trim_matches(blank).split_once(blank)?;
+    let credential = rest.trim_matches(blank);
+    (scheme.eq_ignore_ascii_case("bearer") && !credential.is_empty()).then_some(credential)
+}
+
 impl std::fmt::Debug for AdminCredential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("AdminCredential(..)")
@@ -83,7 +92,12 @@ impl TokenGrpc {
     }
 
     /// Checks the caller's credential for a privileged RPC.
-    fn authorize<T>(&self, request: &Request<T>, method: &'static str) -> Result<(), Status> {
+    fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        method: &'static str,
+        started: Instant,
+    ) -> Result<(), Status> {
         let Some(admin) = &self.admin else {
             return Ok(());
         };
@@ -91,20 +105,16 @@ impl TokenGrpc {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            });
+            .and_then(bearer_credential);
         let (reason, message) = match presented {
-            Some(credential) if admin.matches(credential.trim().as_bytes()) => return Ok(()),
+            Some(credential) if admin.matches(credential.as_bytes()) => return Ok(()),
             Some(_) => ("INVALID_CREDENTIAL", "the bearer credential is not valid"),
             None => (
                 "MISSING_CREDENTIAL",
                 "this RPC needs `authorization: Bearer <credential>`",
             ),
         };
-        self.metrics
-            .rpc(method, Instant::now(), "unauthenticated", reason);
+        self.metrics.rpc(method, started, "unauthenticated", reason);
         tracing::warn!(method, reason, "privileged RPC refused");
         Err(Status::with_error_details(
             Code::Unauthenticated,
@@ -125,11 +135,12 @@ impl TokenGrpc {
     ) {
         self.metrics.rpc(method, started, result, reason);
         let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let Subject { user_id, jti } = subject;
+        // A refused request may carry megabytes in these fields: log a short prefix only.
+        let (user_id, jti) = (loggable(subject.user_id), loggable(subject.jti));
         if method == "Verify" {
-            tracing::debug!(method, result, reason, latency_us, user_id, jti, "rpc");
+            tracing::debug!(method, result, reason, latency_us, user_id = %user_id, jti = %jti, "rpc");
         } else {
-            tracing::info!(method, result, reason, latency_us, user_id, jti, "rpc");
+            tracing::info!(method, result, reason, latency_us, user_id = %user_id, jti = %jti, "rpc");
         }
     }
 
@@ -162,7 +173,7 @@ impl TokenService for TokenGrpc {
         request: Request<pb::IssueRequest>,
     ) -> Result<Response<pb::IssueResponse>, Status> {
         let started = Instant::now();
-        self.authorize(&request, "Issue")?;
+        self.authorize(&request, "Issue", started)?;
         let req = request.into_inner();
         let user_id = req.user_id.clone();
         let result = async {
@@ -254,7 +265,7 @@ impl TokenService for TokenGrpc {
         let started = Instant::now();
         // Revoking a token one holds is open (like Verify); every other target is privileged.
         if !matches!(request.get_ref().target, Some(Target::Token(_))) {
-            self.authorize(&request, "Revoke")?;
+            self.authorize(&request, "Revoke", started)?;
         }
         let target = request.into_inner().target;
         let (user_id, jti) = match &target {
@@ -303,7 +314,7 @@ impl TokenService for TokenGrpc {
         request: Request<pb::LiftBanRequest>,
     ) -> Result<Response<pb::LiftBanResponse>, Status> {
         let started = Instant::now();
-        self.authorize(&request, "LiftBan")?;
+        self.authorize(&request, "LiftBan", started)?;
         let user_id = request.into_inner().user_id;
         let result = self
             .authority
@@ -322,7 +333,7 @@ impl TokenService for TokenGrpc {
         request: Request<pb::GetUserStatusRequest>,
     ) -> Result<Response<pb::GetUserStatusResponse>, Status> {
         let started = Instant::now();
-        self.authorize(&request, "GetUserStatus")?;
+        self.authorize(&request, "GetUserStatus", started)?;
         let user_id = request.into_inner().user_id;
         let result =
             self.authority
@@ -350,6 +361,21 @@ impl TokenService for TokenGrpc {
         });
         self.finish("GetJwks", started, result, Subject::default())
     }
+}
+
+/// Longest prefix of a caller's value written to a log line, in bytes.
+const LOGGED_VALUE_BYTES: usize = 64;
+
+/// `value`, or its first [`LOGGED_VALUE_BYTES`] bytes (cut at a character boundary) and `…`.
+fn loggable(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.len() <= LOGGED_VALUE_BYTES {
+        return value.into();
+    }
+    let mut end = LOGGED_VALUE_BYTES;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &value[..end]).into()
 }
 
 /// Who an RPC was about, for the request log.
@@ -630,6 +656,33 @@ mod tests {
             assert!(seen.insert(p));
             assert_eq!(p.as_str_name(), format!("REASON_{}", reason.code()));
         }
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_blanks_are_spaces_or_tabs() {
+        for (value, expected) in [
+            ("Bearer abc", Some("abc")),
+            ("bearer abc", Some("abc")),
+            ("BEARER abc", Some("abc")),
+            ("Bearer\tabc", Some("abc")),
+            ("Bearer  \t abc \t", Some("abc")),
+            ("Basic abc", None),
+            ("Bearer", None),
+            ("Bearer   ", None),
+            ("Bearerabc", None),
+            ("", None),
+        ] {
+            assert_eq!(bearer_credential(value), expected, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn logged_values_are_cut_short_at_a_character_boundary() {
+        assert_eq!(loggable("alice"), "alice");
+        let long = "é".repeat(1_000_000);
+        let cut = loggable(&long);
+        assert!(cut.len() <= LOGGED_VALUE_BYTES + "…".len());
+        assert!(cut.ends_with('…'));
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod policy;
 pub mod reason;
 pub mod revocations;
+pub mod secret_file;
 pub mod server;
 pub mod store;
 pub mod sync;

@@ -4,7 +4,8 @@
 //!   queueing without bound. Health checks are never shed, so that an overloaded sidecar is not
 //!   also reported dead;
 //! - a request over the message-size limit is answered RESOURCE_EXHAUSTED, the code gRPC assigns
-//!   to "message too large" (tonic's decoder says OUT_OF_RANGE).
+//!   to "message too large" (tonic's decoder says OUT_OF_RANGE), and one that cannot be decoded
+//!   INVALID_ARGUMENT (tonic says INTERNAL).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -90,7 +91,7 @@ where
             let mut result = answer.await;
             drop(guard);
             if let Ok(response) = &mut result {
-                too_large_is_resource_exhausted(response.headers_mut());
+                recode_tonic_refusals(response.headers_mut());
             }
             result
         })
@@ -119,21 +120,33 @@ impl Drop for InFlight {
     }
 }
 
-/// Rewrites tonic's OUT_OF_RANGE for an oversized message to RESOURCE_EXHAUSTED. Our handlers
-/// never answer OUT_OF_RANGE, and the message text is tonic's own, so nothing else is touched.
-fn too_large_is_resource_exhausted(headers: &mut http::HeaderMap) {
+/// Gives tonic's own refusals of a request the codes gRPC assigns to them: an oversized message
+/// is RESOURCE_EXHAUSTED (tonic says OUT_OF_RANGE), and a message prost cannot decode (e.g.
+/// `claims` nested deeper than its recursion limit) is the caller's INVALID_ARGUMENT (tonic says
+/// INTERNAL). Our handlers never answer OUT_OF_RANGE, and their INTERNAL answers carry other
+/// messages, so nothing else is touched.
+fn recode_tonic_refusals(headers: &mut http::HeaderMap) {
     // A successful answer carries no grpc-status in its headers: one lookup and done.
-    if headers.get("grpc-status").is_none_or(|v| v != "11") {
-        return;
-    }
-    let too_large = headers
+    let (from, to) = match headers.get("grpc-status").map(http::HeaderValue::as_bytes) {
+        Some(b"11") => (
+            ["message%20length%20too%20large", "message length too large"],
+            "8",
+        ),
+        Some(b"13") => (
+            [
+                "failed%20to%20decode%20Protobuf",
+                "failed to decode Protobuf",
+            ],
+            "3",
+        ),
+        _ => return,
+    };
+    let matches = headers
         .get("grpc-message")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|m| {
-            m.contains("message%20length%20too%20large") || m.contains("message length too large")
-        });
-    if too_large {
-        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+        .is_some_and(|m| from.iter().any(|f| m.contains(f)));
+    if matches {
+        headers.insert("grpc-status", http::HeaderValue::from_static(to));
     }
 }
 
@@ -145,7 +158,7 @@ mod tests {
         let mut headers = http::HeaderMap::new();
         headers.insert("grpc-status", http::HeaderValue::from_static(status));
         headers.insert("grpc-message", http::HeaderValue::from_static(message));
-        too_large_is_resource_exhausted(&mut headers);
+        recode_tonic_refusals(&mut headers);
         headers["grpc-status"]
             .to_str()
             .unwrap_or_default()
@@ -158,5 +171,8 @@ mod tests {
         assert_eq!(rewritten("11", too_large), "8");
         assert_eq!(rewritten("11", "something%20else"), "11");
         assert_eq!(rewritten("3", too_large), "3");
+        let undecodable = "failed%20to%20decode%20Protobuf%20message:%20recursion%20limit";
+        assert_eq!(rewritten("13", undecodable), "3");
+        assert_eq!(rewritten("13", "could%20not%20sign%20the%20token"), "13");
     }
 }

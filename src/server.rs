@@ -20,9 +20,12 @@ use crate::limits::RequestLimits;
 use crate::metrics::{self, Metrics};
 use crate::policy::RevocationPolicy;
 use crate::revocations::{CacheSettings, Revocations};
+use crate::secret_file::{self, warn_if_readable_by_others};
 use crate::store::{self, StoreError};
 use crate::sync;
-use crate::token::{KeyError, KeySet, KeySpec, TokenCodec, read_key_files};
+use crate::token::{
+    KeyError, KeySet, KeySpec, TokenCodec, read_key_files, warn_about_exposed_keys,
+};
 
 /// The fully qualified name under which health reports TokenService.
 pub const SERVICE_NAME: &str = "tokensidecar.v1.TokenService";
@@ -172,6 +175,7 @@ impl KeyReloader {
         if *loaded == material {
             return Ok(false);
         }
+        warn_about_exposed_keys(&files);
         let keys = KeySet::from_material(files, self.signing_kid.as_deref())?;
         tracing::info!(kids = ?keys.kids(), signing_kid = keys.signing_kid(), "key set reloaded");
         self.authority.replace_keys(keys);
@@ -202,17 +206,10 @@ async fn watch_keys(keys: Arc<KeyReloader>, interval: Duration) {
 
 /// Builds the key set for `config`, generating the development key in SQLite mode.
 pub fn load_keys(config: &Config) -> Result<KeySet, StartupError> {
-    for spec in &config.keys {
-        // Public keys are public; private keys and HMAC secrets are not.
-        let public = std::fs::read_to_string(&spec.path)
-            .map(|pem| pem.contains("PUBLIC KEY-----"))
-            .unwrap_or(false);
-        if !public {
-            warn_if_readable_by_others(&spec.path);
-        }
-    }
     if !config.keys.is_empty() {
-        return Ok(KeySet::load(&config.keys, config.signing_kid.as_deref())?);
+        let files = read_key_files(&config.keys)?;
+        warn_about_exposed_keys(&files);
+        return Ok(KeySet::from_material(files, config.signing_kid.as_deref())?);
     }
     if !config.is_sqlite() {
         return Err(StartupError::NoKeyForPostgres);
@@ -301,7 +298,7 @@ pub fn load_admin(config: &Config) -> Result<Option<Arc<AdminCredential>>, Start
         path: path.display().to_string(),
         problem,
     };
-    let raw = std::fs::read(path).map_err(|e| problem(e.to_string()))?;
+    let raw = secret_file::read(path).map_err(|e| problem(e.to_string()))?;
     warn_if_readable_by_others(path);
     AdminCredential::new(&raw)
         .map(|c| Some(Arc::new(c)))
@@ -314,7 +311,7 @@ pub fn tls_config(config: &Config) -> Result<Option<ServerTlsConfig>, StartupErr
         return Ok(None);
     };
     let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| StartupError::Tls(format!("{}: {e}", path.display())))
+        secret_file::read(path).map_err(|e| StartupError::Tls(format!("{}: {e}", path.display())))
     };
     warn_if_readable_by_others(key);
     let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
@@ -322,22 +319,6 @@ pub fn tls_config(config: &Config) -> Result<Option<ServerTlsConfig>, StartupErr
         tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
     }
     Ok(Some(tls))
-}
-
-/// Secrets should be readable by their owner (and group) only; say so if not.
-pub fn warn_if_readable_by_others(path: &std::path::Path) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if let Ok(meta) = std::fs::metadata(path)
-            && meta.permissions().mode() & 0o004 != 0
-        {
-            tracing::warn!(
-                path = %path.display(),
-                "secret file is readable by every user on this host; chmod o-r it"
-            );
-        }
-    }
 }
 
 /// The policy `config` asks for.
@@ -616,7 +597,16 @@ async fn purge_loop(
 ) {
     let mut ticker = tokio::time::interval(interval);
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = revocations.filter_overfull() => {
+                match revocations.maintain_filter().await {
+                    Ok(_) => tracing::debug!("denylist filter outgrew its size: rebuilt"),
+                    Err(e) => tracing::warn!(error = %e, "filter rebuild failed; will retry"),
+                }
+                continue;
+            }
+        }
         if !revocations.is_loaded() {
             continue;
         }

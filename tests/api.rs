@@ -254,6 +254,58 @@ async fn invalid_arguments_are_refused_with_error_info(backend: Backend) {
         .await
         .expect_err("long sid");
     assert_status(&e, Code::InvalidArgument, "INVALID_ID");
+    // Ids we could never have minted (ours: 22 base64url characters, 128 bits).
+    for id in [
+        "null",
+        "some-jti",
+        "AAAAAAAAAAAAAAAAAAAAAB",
+        "AAAAAAAAAAAAAAAAAAAAA=",
+    ] {
+        let e = app.revoke(Target::Jti(id.into())).await.expect_err(id);
+        assert_status(&e, Code::InvalidArgument, "INVALID_ID");
+        let e = app
+            .revoke(Target::SessionId(id.into()))
+            .await
+            .expect_err(id);
+        assert_status(&e, Code::InvalidArgument, "INVALID_ID");
+    }
+    // Invisible user ids, or ids padded with invisible characters.
+    for user_id in [
+        "\u{200B}",
+        "\u{202E}",
+        "\u{FEFF}alice",
+        "alice\u{200B}",
+        " alice",
+        "alice\t",
+    ] {
+        let e = issue(user_id.into(), json!({}), None)
+            .await
+            .expect_err(user_id);
+        assert_status(&e, Code::InvalidArgument, "INVALID_USER_ID");
+    }
+    // Claims nested beyond what protobuf decodes are the caller's mistake, not ours.
+    let mut deep = prost_types::Value {
+        kind: Some(prost_types::value::Kind::StringValue("leaf".into())),
+    };
+    for _ in 0..60 {
+        let mut inner = prost_types::Struct::default();
+        inner.fields.insert("n".into(), deep);
+        deep = prost_types::Value {
+            kind: Some(prost_types::value::Kind::StructValue(inner)),
+        };
+    }
+    let mut claims = prost_types::Struct::default();
+    claims.fields.insert("deep".into(), deep);
+    let e = app
+        .issue_with(pb::IssueRequest {
+            user_id: "alice".into(),
+            claims: Some(claims),
+            ttl: None,
+        })
+        .await
+        .expect_err("nested too deep");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("decode"), "{e:?}");
     let e = app
         .revoke(Target::User(pb::UserRevocation::default()))
         .await

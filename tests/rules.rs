@@ -21,6 +21,7 @@ on_every_backend!(
     orig_iat_keeps_millisecond_precision,
     refresh_keeps_session_orig_iat_and_custom_claims,
     refresh_chain_never_outlives_the_refresh_window,
+    refresh_keeps_the_lifetime_the_session_was_issued_with,
     refresh_is_refused_after_the_window_even_within_leeway,
     revoking_a_token_revokes_its_session_and_refreshed_copies,
     revoking_by_jti_kills_only_that_token,
@@ -115,6 +116,28 @@ async fn refresh_keeps_session_orig_iat_and_custom_claims(backend: Backend) {
     assert_eq!(c.extra.as_ref(), Some(&claims));
     // The old token is still valid until it expires: refresh does not revoke it.
     assert!(app.verify(&first.token).await.valid);
+}
+
+async fn refresh_keeps_the_lifetime_the_session_was_issued_with(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let issued = app
+        .issue_with(pb::IssueRequest {
+            user_id: "alice".into(),
+            ttl: Some(prost_types::Duration {
+                seconds: 2,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("issue");
+    let lifetime = |t: &pb::RefreshResponse| ms(&t.expires_at) - ms(&t.issued_at);
+    app.clock.advance_ms(1_500);
+    let first = app.refresh(&issued.token).await.expect("refresh");
+    assert_eq!(lifetime(&first), 2 * SEC, "not the configured 5m");
+    app.clock.advance_ms(1_000);
+    let second = app.refresh(&first.token).await.expect("refresh again");
+    assert_eq!(lifetime(&second), 2 * SEC, "the chain keeps it");
 }
 
 async fn refresh_chain_never_outlives_the_refresh_window(backend: Backend) {

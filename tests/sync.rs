@@ -104,6 +104,98 @@ async fn revocations_reach_a_poll_only_instance() {
     revocations_reach_the_other_instance(&a, &b).await;
 }
 
+/// The black-box finding of issue 11: a filter rebuild on B (its filter outgrew its size) must
+/// not skip a revoke-all and a ban that A committed and B has not applied yet.
+#[tokio::test]
+async fn a_filter_rebuild_does_not_skip_a_revoke_all_or_a_ban() {
+    let (a, b) = pair(&[
+        ("--sync-mode", "poll"),
+        // Only the explicit sync_now calls below sync B (the first tick runs at start).
+        ("--sync-poll-interval", "1h"),
+        ("--max-staleness", "2h"),
+        // No purge tick either: the rebuild must come from the filter outgrowing its size.
+        ("--purge-interval", "1h"),
+        ("--denylist-expected-items", "1000"),
+    ])
+    .await;
+    let victim = a.issue("victim").await;
+    let suspect = a.issue("suspect").await;
+    assert!(b.verify(&victim.token).await.valid, "b caches: no cutoff");
+    assert!(b.verify(&suspect.token).await.valid, "b caches: no cutoff");
+    for _ in 0..999 {
+        a.revoke(Target::Jti(token_sidecar::token::new_random_id()))
+            .await
+            .expect("revoke");
+    }
+    b.sync_now().await;
+    assert_eq!(b.metrics.filter_items.get(), 999);
+    let rebuilds = b.metrics.filter_rebuilds.get();
+
+    a.revoke_user("victim", None).await;
+    let now = {
+        use token_sidecar::clock::Clock;
+        a.clock.now_ms()
+    };
+    a.revoke_user("suspect", Some(now + 60 * MIN)).await;
+    assert_eq!(a.verdict(&victim.token).await, Reason::UserRevoked);
+    for _ in 0..2 {
+        b.revoke(Target::Jti(token_sidecar::token::new_random_id()))
+            .await
+            .expect("revoke");
+    }
+    eventually(PROPAGATION, "b rebuilds its overfull filter", || async {
+        b.metrics.filter_rebuilds.get() > rebuilds
+    })
+    .await;
+
+    b.sync_now().await;
+    assert_eq!(b.verdict(&victim.token).await, Reason::UserRevoked);
+    assert!(b.user_status("victim").await.cutoff.is_some());
+    assert_eq!(b.verdict(&suspect.token).await, Reason::UserBanned);
+    let refused = b
+        .issue_with(pb::IssueRequest {
+            user_id: "suspect".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("banned on b too");
+    assert_status(&refused, Code::PermissionDenied, "REASON_USER_BANNED");
+}
+
+/// An overfull filter answers "maybe" to nearly everything; rebuilt at once, fresh tokens
+/// verify without store queries again.
+#[tokio::test]
+async fn an_overfull_filter_is_rebuilt_at_once() {
+    let app = Settings::new(Backend::Postgres)
+        .arg("--purge-interval", "1h")
+        .arg("--denylist-expected-items", "1000")
+        .spawn()
+        .await;
+    for _ in 0..3_000 {
+        app.revoke(Target::Jti(token_sidecar::token::new_random_id()))
+            .await
+            .expect("revoke");
+    }
+    eventually(PROPAGATION, "the filter is resized", || async {
+        app.metrics.filter_bits.get() > 3_000 * 8
+    })
+    .await;
+    let tokens: Vec<_> = futures::future::join_all((0..200).map(|i| {
+        let app = &app;
+        async move { app.issue(&format!("fresh-{i}")).await.token }
+    }))
+    .await;
+    let before = app.metrics.store_queries_of("denied");
+    for token in &tokens {
+        assert!(app.verify(token).await.valid);
+    }
+    let queries = app.metrics.store_queries_of("denied") - before;
+    assert!(
+        queries < 40,
+        "{queries} denylist queries for 200 fresh tokens (2 ids each)"
+    );
+}
+
 #[tokio::test]
 async fn a_cut_listener_reconnects_and_catches_up() {
     let (a, b) = pair(&[("--sync-poll-interval", "1h")]).await;

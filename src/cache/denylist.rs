@@ -227,10 +227,6 @@ impl DenylistFilter {
     /// more than it was sized for (so its false-positive rate has drifted up).
     pub fn wants_rebuild(&self, now: UnixMillis) -> bool {
         let items = self.items.load(Ordering::Relaxed);
-        let capacity = match self.current.read() {
-            Ok(g) => g.capacity,
-            Err(poisoned) => poisoned.into_inner().capacity,
-        } as u64;
         let moot: u64 = match self.writes.lock() {
             Ok(w) => w
                 .moot_buckets
@@ -239,7 +235,16 @@ impl DenylistFilter {
                 .sum(),
             Err(_) => 0,
         };
-        items > capacity || (moot > 0 && moot * 4 >= items)
+        self.is_overfull() || (moot > 0 && moot * 4 >= items)
+    }
+
+    /// Whether the filter holds more entries than it was sized for.
+    pub fn is_overfull(&self) -> bool {
+        let capacity = match self.current.read() {
+            Ok(g) => g.capacity,
+            Err(poisoned) => poisoned.into_inner().capacity,
+        } as u64;
+        self.items.load(Ordering::Relaxed) > capacity
     }
 
     /// Entries in the filter (moot ones included until the next rebuild).

@@ -5,6 +5,8 @@
 //! sidecars starting at once are safe). Every write returns only after it has committed, and
 //! every change carries a number from one increasing sequence so that caches can apply
 //! "changes after N" in order.
+#[cfg(test)]
+pub(crate) mod memory;
 mod postgres;
 mod sqlite;
 

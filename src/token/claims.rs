@@ -60,6 +60,15 @@ pub fn new_random_id() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// Whether `id` has the shape of an id [`new_random_id`] mints: 22 base64url characters that
+/// encode exactly 128 bits. Anything else names no token or session of ours.
+pub fn is_minted_id(id: &str) -> bool {
+    id.len() == 22
+        && URL_SAFE_NO_PAD
+            .decode(id)
+            .is_ok_and(|bytes| bytes.len() == 16 && URL_SAFE_NO_PAD.encode(&bytes) == id)
+}
+
 /// The JSON shape written into a token's payload.
 #[derive(Serialize)]
 pub(super) struct WireClaims<'a> {
@@ -275,6 +284,26 @@ mod tests {
         match value {
             Value::Object(map) => map,
             _ => Map::new(),
+        }
+    }
+
+    #[test]
+    fn only_ids_of_the_minted_shape_are_ours() {
+        for _ in 0..100 {
+            assert!(is_minted_id(&new_random_id()));
+        }
+        assert!(is_minted_id("AAAAAAAAAAAAAAAAAAAAAA"));
+        // Bits beyond the 128th set: it decodes, but it is not an encoding we produce.
+        assert!(!is_minted_id("AAAAAAAAAAAAAAAAAAAAAB"));
+        for bad in [
+            "",
+            "null",
+            "short",
+            &"A".repeat(23),
+            &"A".repeat(300),
+            "AAAAAAAAAAAAAAAAAAAA+A",
+        ] {
+            assert!(!is_minted_id(bad), "{bad:.30}");
         }
     }
 

@@ -413,7 +413,7 @@ pub fn read_key_files(specs: &[KeySpec]) -> Result<Vec<(KeySpec, Vec<u8>)>, KeyE
     specs
         .iter()
         .map(|spec| {
-            std::fs::read(&spec.path)
+            crate::secret_file::read(&spec.path)
                 .map(|material| (spec.clone(), material))
                 .map_err(|source| KeyError::Io {
                     kid: spec.kid.clone(),
@@ -422,6 +422,18 @@ pub fn read_key_files(specs: &[KeySpec]) -> Result<Vec<(KeySpec, Vec<u8>)>, KeyE
                 })
         })
         .collect()
+}
+
+/// Warns about every private key or secret among `files` that all users can read. Called on
+/// every load, so a key rotated in with loose permissions is reported too.
+pub fn warn_about_exposed_keys(files: &[(KeySpec, Vec<u8>)]) {
+    for (spec, material) in files {
+        // Public keys are public; private keys and HMAC secrets are not.
+        let public = std::str::from_utf8(material).is_ok_and(|pem| pem.contains("PUBLIC KEY-----"));
+        if !public {
+            crate::secret_file::warn_if_readable_by_others(&spec.path);
+        }
+    }
 }
 
 fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -258,6 +258,14 @@ impl TestApp {
     }
 
     /// Re-reads the key files now (what SIGHUP does).
+    /// Applies the store's committed changes now (what a poll tick does).
+    pub async fn sync_now(&self) {
+        if let Some(running) = &self.running {
+            let synced = running.authority.revocations().catch_up().await;
+            synced.expect("catch up with the store");
+        }
+    }
+
     pub fn reload_keys(&self) -> Result<bool, token_sidecar::token::KeyError> {
         match &self.running {
             Some(running) => running.reload_keys(),
