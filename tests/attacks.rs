@@ -366,6 +366,20 @@ fn catalogue(valid: &str) -> Vec<(&'static str, String, Reason)> {
             Reason::NotYetValid,
         ),
         (
+            // Signed with the real key by a signer whose clock runs 10^6 s ahead (rule 8): it
+            // would outlive a revoke-all made now.
+            "iat from the future",
+            hs(
+                main_header(),
+                &with(
+                    with(payload(), "iat", json!(t0 + 1_000_000)),
+                    "exp",
+                    json!(t0 + 1_000_300),
+                ),
+            ),
+            Reason::NotYetValid,
+        ),
+        (
             "expired",
             hs(main_header(), &with(payload(), "exp", json!(t0 - 1))),
             Reason::Expired,

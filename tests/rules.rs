@@ -33,6 +33,7 @@ on_every_backend!(
     a_ban_ends_by_itself_and_old_tokens_stay_revoked,
     revoking_what_is_dead_already_stores_nothing,
     leeway_applies_to_exp_but_not_to_the_cutoff,
+    a_token_issued_in_the_future_is_not_yet_valid,
     worked_example_from_spec_section_2,
 );
 
@@ -116,6 +117,30 @@ async fn refresh_keeps_session_orig_iat_and_custom_claims(backend: Backend) {
     assert_eq!(c.extra.as_ref(), Some(&claims));
     // The old token is still valid until it expires: refresh does not revoke it.
     assert!(app.verify(&first.token).await.valid);
+}
+
+/// Rule 8: another instance whose clock runs ahead mints a token; it is refused until its `iat`
+/// is within the leeway of this instance's clock.
+async fn a_token_issued_in_the_future_is_not_yet_valid(backend: Backend) {
+    let ahead = Settings::new(backend)
+        .clock(token_sidecar::clock::ManualClock::new(T0_MS + 10 * SEC))
+        .arg("--leeway", "2s")
+        .spawn()
+        .await;
+    let app = Settings::new(backend)
+        .sharing(&ahead)
+        .arg("--leeway", "2s")
+        .spawn()
+        .await;
+    let token = ahead.issue("alice").await.token;
+    assert!(ahead.verify(&token).await.valid);
+    assert_eq!(app.verdict(&token).await, Reason::NotYetValid);
+    let refused = app.refresh(&token).await.expect_err("not yet valid");
+    assert_status(&refused, Code::Unauthenticated, "REASON_NOT_YET_VALID");
+    app.clock.advance_ms(8 * SEC - 1);
+    assert_eq!(app.verdict(&token).await, Reason::NotYetValid);
+    app.clock.advance_ms(1);
+    assert!(app.verify(&token).await.valid, "within the leeway");
 }
 
 async fn refresh_keeps_the_lifetime_the_session_was_issued_with(backend: Backend) {
