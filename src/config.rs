@@ -94,8 +94,9 @@ pub struct Config {
     #[arg(long, env = "TOKEN_SIDECAR_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
-    /// Accept listening beyond loopback with neither TLS nor caller authentication (anyone who
-    /// reaches the port could then issue and revoke tokens).
+    /// Accept listening beyond loopback without caller authentication: neither the admin
+    /// credential nor client certificates (anyone who reaches the port could then issue and
+    /// revoke tokens; server-side TLS alone does not prevent that).
     #[arg(long, env = "TOKEN_SIDECAR_ALLOW_INSECURE_REMOTE")]
     pub allow_insecure_remote: bool,
 
@@ -107,6 +108,15 @@ pub struct Config {
         default_value_t = 1024
     )]
     pub max_concurrent_requests: usize,
+
+    /// Most connections open at once on each listener; a new one beyond is closed at once.
+    #[arg(long, env = "TOKEN_SIDECAR_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// A connection that has not sent its first request (the HTTP/2 preface, or an HTTP/1
+    /// request head) within this is closed.
+    #[arg(long, env = "TOKEN_SIDECAR_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    pub handshake_timeout: Duration,
 
     /// The `iss` written into and required of every token.
     #[arg(long, env = "TOKEN_SIDECAR_ISSUER", default_value = "token-sidecar")]

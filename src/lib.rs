@@ -11,6 +11,7 @@ pub mod authority;
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod grpc;
 pub mod limits;
 pub mod metrics;

@@ -45,6 +45,22 @@ pub struct QueryLabels {
     pub kind: &'static str,
 }
 
+/// Labels of a listener's connections.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// `api`, `health` or `metrics`.
+    pub listener: &'static str,
+}
+
+/// Labels of a refused connection.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// `api`, `health` or `metrics`.
+    pub listener: &'static str,
+    /// `limit` (over --max-connections), `handshake_timeout` or `bad_handshake`.
+    pub why: &'static str,
+}
+
 /// Every metric of one sidecar instance.
 pub struct Metrics {
     registry: Registry,
@@ -76,6 +92,8 @@ pub struct Metrics {
     pub requests_in_flight: Gauge,
     /// The configured bound on API requests in flight.
     pub max_requests_in_flight: Gauge,
+    connections_open: Family<ListenerLabels, Gauge>,
+    connections_refused: Family<RefusedLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -113,6 +131,8 @@ impl Metrics {
             shed_requests: Counter::default(),
             requests_in_flight: Gauge::default(),
             max_requests_in_flight: Gauge::default(),
+            connections_open: Family::default(),
+            connections_refused: Family::default(),
         };
         registry.register(
             "rpc_requests",
@@ -190,7 +210,39 @@ impl Metrics {
             "The configured bound on API requests in flight (--max-concurrent-requests)",
             m.max_requests_in_flight.clone(),
         );
+        registry.register(
+            "connections_open",
+            "Connections open, by listener (after their handshake)",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed unserved: over --max-connections, or no first request within \
+             --handshake-timeout",
+            m.connections_refused.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// The gauge of one listener's open connections.
+    pub fn connections_open(&self, listener: &'static str) -> Gauge {
+        self.connections_open
+            .get_or_create(&ListenerLabels { listener })
+            .clone()
+    }
+
+    /// Counts one connection closed unserved.
+    pub fn connection_refused(&self, listener: &'static str, why: &'static str) {
+        self.connections_refused
+            .get_or_create(&RefusedLabels { listener, why })
+            .inc();
+    }
+
+    /// Connections closed unserved so far, for one listener and reason.
+    pub fn connections_refused_of(&self, listener: &'static str, why: &'static str) -> u64 {
+        self.connections_refused
+            .get_or_create(&RefusedLabels { listener, why })
+            .get()
     }
 
     /// Counts one RPC and its latency.
@@ -260,7 +312,7 @@ pub type JwksSource = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// Serves `/metrics` and `/.well-known/jwks.json` until `shutdown` resolves.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listener: crate::connections::GuardedListener,
     metrics: Arc<Metrics>,
     jwks: JwksSource,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,

@@ -42,7 +42,12 @@ impl RevocationPolicy {
     /// Rules 6 and 8: `exp` and `nbf` with leeway, and no `iat` from the future beyond it (only a
     /// signer with a wrong clock mints one, and it would outlive a revoke-all made now).
     pub fn check_lifetime(&self, claims: &Claims, now: UnixMillis) -> Result<(), Reason> {
-        if now >= claims.expires_at.saturating_mul(1000).saturating_add(self.leeway_ms) {
+        if now
+            >= claims
+                .expires_at
+                .saturating_mul(1000)
+                .saturating_add(self.leeway_ms)
+        {
             return Err(Reason::Expired);
         }
         let not_before = claims.not_before.unwrap_or(i64::MIN).max(claims.issued_at);
@@ -305,7 +310,10 @@ mod tests {
         let mut c = claims(0, 1_000);
         c.issued_at = 100;
         assert_eq!(p.check_lifetime(&c, 100 * SEC), Ok(()));
-        assert_eq!(p.check_lifetime(&c, 100 * SEC - 1), Err(Reason::NotYetValid));
+        assert_eq!(
+            p.check_lifetime(&c, 100 * SEC - 1),
+            Err(Reason::NotYetValid)
+        );
         p.leeway_ms = 5 * SEC;
         assert_eq!(p.check_lifetime(&c, 95 * SEC), Ok(()));
         assert_eq!(p.check_lifetime(&c, 95 * SEC - 1), Err(Reason::NotYetValid));

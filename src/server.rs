@@ -7,7 +7,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -15,6 +14,7 @@ use tonic_health::server::HealthReporter;
 use crate::authority::TokenAuthority;
 use crate::clock::Clock;
 use crate::config::{Config, Toggle};
+use crate::connections::{ConnectionGuard, Handshake};
 use crate::grpc::{AdminCredential, TokenGrpc, pb};
 use crate::limits::RequestLimits;
 use crate::metrics::{self, Metrics};
@@ -64,11 +64,12 @@ pub enum StartupError {
     /// The TLS files are unusable.
     #[error("TLS: {0}")]
     Tls(String),
-    /// The API would be reachable from other hosts with nothing protecting it.
+    /// The API would be reachable from other hosts with no caller authentication.
     #[error(
-        "--listen {0} is reachable from other hosts, but neither TLS (--tls-cert/--tls-key) nor \
-         caller authentication (--admin-token-file) is configured, so anyone who reaches it could \
-         issue and revoke tokens: configure one, listen on loopback, or pass \
+        "--listen {0} is reachable from other hosts, but callers are not authenticated (TLS alone \
+         encrypts; it does not say who is calling), so anyone who reaches it could issue and \
+         revoke tokens: require the admin credential (--admin-token-file) or client certificates \
+         (--tls-client-ca with --tls-cert/--tls-key), listen on loopback, or pass \
          --allow-insecure-remote to accept the risk"
     )]
     InsecureRemote(SocketAddr),
@@ -271,17 +272,20 @@ pub async fn check_config(config: &Config) -> Result<Vec<String>, StartupError> 
     Ok(report)
 }
 
-/// Refuses an unprotected API beyond loopback unless the operator said it is intended. The
-/// health-only and metrics listeners are exempt: they serve nothing that changes state.
+/// Refuses an API beyond loopback whose privileged RPCs anyone could call, unless the operator
+/// said it is intended. Callers are authenticated by the admin credential or by mutual TLS;
+/// server-side TLS alone only encrypts. The health-only and metrics listeners are exempt: they
+/// serve nothing that changes state.
 pub fn check_exposure(config: &Config) -> Result<(), StartupError> {
-    let protected = config.tls_cert.is_some() || config.admin_token_file.is_some();
+    let mutual_tls = config.tls_cert.is_some() && config.tls_client_ca.is_some();
+    let protected = mutual_tls || config.admin_token_file.is_some();
     if config.listen.ip().is_loopback() || protected {
         return Ok(());
     }
     if config.allow_insecure_remote {
         tracing::warn!(
             listen = %config.listen,
-            "the API is reachable from other hosts with neither TLS nor caller authentication \
+            "the API is reachable from other hosts and callers are not authenticated \
              (--allow-insecure-remote)"
         );
         return Ok(());
@@ -394,6 +398,18 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
         .map_err(|e| StartupError::Reflection(e.to_string()))?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let guard = |listener, handshake| ConnectionGuard {
+        listener,
+        max_connections: config.max_connections,
+        handshake_timeout: config.handshake_timeout,
+        handshake,
+        metrics: metrics.clone(),
+    };
+    let api_handshake = if config.tls_cert.is_some() {
+        Handshake::Tls
+    } else {
+        Handshake::Http2
+    };
     let listener = bind(config.listen).await?;
     let addr = local_addr(&listener, config.listen)?;
     let mut api = Server::builder();
@@ -424,7 +440,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            guard("api", api_handshake).incoming(listener),
             stopped(shutdown_rx.clone()),
         );
     let mut tasks = vec![tokio::spawn(api)];
@@ -436,7 +452,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
         let probes = Server::builder()
             .add_service(health_service)
             .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                guard("health", Handshake::Http2).incoming(listener),
                 stopped(shutdown_rx.clone()),
             );
         tasks.push(tokio::spawn(probes));
@@ -444,6 +460,12 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
     let metrics_listener = bind(config.metrics_listen).await?;
     let metrics_addr = local_addr(&metrics_listener, config.metrics_listen)?;
     let jwks_authority = authority.clone();
+    let metrics_listener = guard("metrics", Handshake::Http1)
+        .axum_listener(metrics_listener)
+        .map_err(|source| StartupError::Bind {
+            addr: metrics_addr,
+            source,
+        })?;
     let metrics_server = metrics::serve(
         metrics_listener,
         metrics.clone(),

@@ -3,6 +3,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use common::{
@@ -530,7 +531,37 @@ async fn an_unprotected_api_beyond_loopback_is_refused_unless_allowed() {
     assert!(matches!(err, StartupError::InsecureRemote(_)), "{err}");
     assert!(err.to_string().contains("--allow-insecure-remote"), "{err}");
 
-    // Each of these makes it start: the explicit opt-in, or caller authentication.
+    // TLS alone encrypts; it does not authenticate callers.
+    let tls = |name: &str| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/keys/tls")
+            .join(name)
+            .display()
+            .to_string()
+    };
+    let err = Settings::new(Backend::Sqlite)
+        .arg("--listen", "0.0.0.0:0")
+        .arg("--tls-cert", &tls("server.pem"))
+        .arg("--tls-key", &tls("server.key"))
+        .no_wait()
+        .try_spawn()
+        .await
+        .err()
+        .expect("server-side TLS alone is refused");
+    assert!(matches!(err, StartupError::InsecureRemote(_)), "{err}");
+    assert!(err.to_string().contains("--tls-client-ca"), "{err}");
+
+    // Each of these makes it start: the explicit opt-in, or caller authentication (the admin
+    // credential, or client certificates).
+    let mutual = Settings::new(Backend::Sqlite)
+        .arg("--listen", "0.0.0.0:0")
+        .arg("--tls-cert", &tls("server.pem"))
+        .arg("--tls-key", &tls("server.key"))
+        .arg("--tls-client-ca", &tls("ca.pem"))
+        .no_wait()
+        .try_spawn()
+        .await;
+    assert!(mutual.is_ok(), "mutual TLS authenticates callers");
     let allowed = Settings::new(Backend::Sqlite)
         .arg("--listen", "0.0.0.0:0")
         .flag("--allow-insecure-remote")
@@ -652,26 +683,20 @@ async fn many_sidecars_migrate_one_postgres_database_at_once() {
         .revoke(Target::Token(issued.token.clone()))
         .await
         .expect("revoke");
-    common::eventually(
-        std::time::Duration::from_secs(10),
-        "revocation reaches #2",
-        || async { apps[2].verdict(&issued.token).await == Reason::TokenRevoked },
-    )
+    common::eventually(Duration::from_secs(10), "revocation reaches #2", || async {
+        apps[2].verdict(&issued.token).await == Reason::TokenRevoked
+    })
     .await;
     apps[3].revoke_user("bob", Some(T0_MS + MIN)).await;
-    common::eventually(
-        std::time::Duration::from_secs(10),
-        "ban reaches #0",
-        || async {
-            apps[0]
-                .issue_with(pb::IssueRequest {
-                    user_id: "bob".into(),
-                    ..Default::default()
-                })
-                .await
-                .is_err_and(|e| e.code() == Code::PermissionDenied)
-        },
-    )
+    common::eventually(Duration::from_secs(10), "ban reaches #0", || async {
+        apps[0]
+            .issue_with(pb::IssueRequest {
+                user_id: "bob".into(),
+                ..Default::default()
+            })
+            .await
+            .is_err_and(|e| e.code() == Code::PermissionDenied)
+    })
     .await;
 }
 
@@ -705,4 +730,81 @@ async fn an_unreachable_store_is_not_serving_and_answers_unavailable() {
     assert_status(&e, Code::Unavailable, "STORE_UNAVAILABLE");
     let e = app.revoke(Target::Token(token)).await.expect_err("no ack");
     assert_status(&e, Code::Unavailable, "STORE_UNAVAILABLE");
+}
+
+/// Clients that connect and never speak are closed after `--handshake-timeout`; beyond
+/// `--max-connections` new connections are closed at once; health keeps answering throughout.
+#[tokio::test]
+async fn silent_connections_are_bounded_and_closed_while_health_answers() {
+    use tokio::io::AsyncReadExt;
+    let app = Settings::new(Backend::Sqlite)
+        .arg("--handshake-timeout", "1s")
+        .arg("--max-connections", "100")
+        .spawn()
+        .await;
+    let mut silent = Vec::new();
+    for _ in 0..2_000 {
+        if let Ok(stream) = tokio::net::TcpStream::connect(app.addr).await {
+            silent.push(stream);
+        }
+    }
+    let check = || async {
+        let mut health = app.health.clone();
+        health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(|r| r.into_inner().status)
+    };
+    assert_eq!(check().await.ok(), Some(ServingStatus::Serving as i32));
+    common::eventually(
+        Duration::from_secs(10),
+        "over the bound: closed",
+        || async { app.metrics.connections_refused_of("api", "limit") >= 1_800 },
+    )
+    .await;
+    common::eventually(Duration::from_secs(10), "silent ones timed out", || async {
+        app.metrics
+            .connections_refused_of("api", "handshake_timeout")
+            >= 99
+    })
+    .await;
+    assert_eq!(check().await.ok(), Some(ServingStatus::Serving as i32));
+    // Every silent connection has been closed by the server.
+    for stream in silent.iter_mut().take(50) {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed: {read:?}");
+    }
+    drop(silent);
+    // A new client is served again.
+    let fresh = tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("a new connection is served");
+    let mut client = pb::token_service_client::TokenServiceClient::new(fresh);
+    assert!(
+        client
+            .verify(pb::VerifyRequest { token: "x".into() })
+            .await
+            .is_ok()
+    );
+
+    // The metrics port closes a connection that holds a partial request head.
+    let mut partial = tokio::net::TcpStream::connect(app.metrics_addr)
+        .await
+        .expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut partial, b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), partial.read(&mut byte)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed: {read:?}");
+    assert_eq!(
+        app.metrics
+            .connections_refused_of("metrics", "handshake_timeout"),
+        1
+    );
 }

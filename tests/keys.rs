@@ -213,12 +213,16 @@ async fn key_files_are_watched_without_a_signal() {
 
 #[tokio::test]
 async fn no_rpc_fails_while_keys_reload_under_load() {
+    // The signing key stays; the verify-only key `extra` alternates between two HS256 secrets
+    // that both load, so every reload swaps the whole set.
     let dir = tempfile::tempdir().expect("dir");
-    let verify_only = dir.path().join("extra.pub.pem");
-    std::fs::copy(fixture("p256.pub.pem"), &verify_only).expect("copy");
+    let extra = dir.path().join("extra.key");
+    let secrets = [[1u8; 32], [2u8; 32]];
+    std::fs::write(&extra, secrets[0]).expect("write");
     let app = Settings::new(Backend::Sqlite)
         .arg("--key", &key_arg("main", "EdDSA", "ed25519.pem"))
-        .arg("--key", &format!("extra=ES256:{}", verify_only.display()))
+        .arg("--key", &format!("extra=HS256:{}", extra.display()))
+        .arg("--signing-kid", "main")
         .spawn()
         .await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -252,13 +256,26 @@ async fn no_rpc_fails_while_keys_reload_under_load() {
             })
         })
         .collect();
-    let alternate = [fixture("p384.pub.pem"), fixture("p256.pub.pem")];
-    for i in 0..20 {
-        // Rotating the verify-only key between two public keys swaps the whole set each time.
-        let source = &alternate[i % 2];
-        let alg_ok = std::fs::read(source).expect("read");
-        std::fs::write(&verify_only, alg_ok).expect("write");
-        let _ = app.reload_keys();
+    let header = serde_json::json!({"alg": "HS256", "typ": "JWT", "kid": "extra"});
+    let signed_by = |secret: &[u8]| common::craft(&header, &common::good_payload(), secret);
+    assert!(app.verify(&signed_by(&secrets[0])).await.valid);
+    for i in 1..=20 {
+        let (loaded, other) = (&secrets[i % 2], &secrets[(i + 1) % 2]);
+        std::fs::write(&extra, loaded).expect("write");
+        assert_eq!(
+            app.reload_keys().ok(),
+            Some(true),
+            "reload {i} swaps the set"
+        );
+        assert!(
+            app.verify(&signed_by(loaded)).await.valid,
+            "reload {i}: a token of the loaded set verifies"
+        );
+        assert_eq!(
+            app.verdict(&signed_by(other)).await,
+            Reason::BadSignature,
+            "reload {i}: the replaced secret no longer verifies"
+        );
         tokio::task::yield_now().await;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

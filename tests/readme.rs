@@ -142,7 +142,9 @@ fn session_steps(readme: &str) -> Vec<Step> {
 
 fn assert_output_matches(expected: &str, actual: &str, command: &str) {
     let differs = |at: String| -> ! {
-        panic!("`{command}` answered\n{actual}\nbut the README shows\n{expected}\n(differs at {at})")
+        panic!(
+            "`{command}` answered\n{actual}\nbut the README shows\n{expected}\n(differs at {at})"
+        )
     };
     if expected.trim_start().starts_with('{') {
         let want: Value = serde_json::from_str(expected).unwrap_or_else(|e| {
@@ -226,9 +228,13 @@ fn json_matches(want: &Value, got: &Value, at: &str) -> Result<(), String> {
 fn json_outputs_match_only_with_the_same_members() {
     let want = serde_json::json!({"valid": true, "claims": {"jti": "..."}});
     let ok = |got: Value| json_matches(&want, &got, "").is_ok();
-    assert!(ok(serde_json::json!({"valid": true, "claims": {"jti": "x"}})));
+    assert!(ok(
+        serde_json::json!({"valid": true, "claims": {"jti": "x"}})
+    ));
     assert!(!ok(serde_json::json!({"valid": true})));
-    assert!(!ok(serde_json::json!({"valid": false, "claims": {"jti": "x"}})));
+    assert!(!ok(
+        serde_json::json!({"valid": false, "claims": {"jti": "x"}})
+    ));
     assert!(!ok(
         serde_json::json!({"valid": true, "reason": "X", "claims": {"jti": "x"}})
     ));

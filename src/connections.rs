@@ -1,0 +1,293 @@
+//! Connection guards for every listener: a bound on open connections (a new one over the bound is
+//! closed at once) and a handshake deadline (a connection that has not sent its first request —
+//! the HTTP/2 preface, a TLS ClientHello, or a complete HTTP/1 request head — within
+//! `--handshake-timeout` is closed), so that clients that connect and never speak cannot hold
+//! memory and file descriptors without bound. Both are counted per listener in metrics.
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::metrics::Metrics;
+
+/// The HTTP/2 connection preface every gRPC client sends first (RFC 9113 §3.4).
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Largest HTTP/1 request head waited for; a longer one is refused as well.
+const MAX_HTTP1_HEAD: usize = 16 * 1024;
+/// How often a connection that has sent part of its first request is looked at again.
+const PEEK_INTERVAL: Duration = Duration::from_millis(5);
+
+/// What a new connection must send before it is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// The HTTP/2 preface (plaintext gRPC).
+    Http2,
+    /// A TLS record header (the ClientHello's start); the TLS handshake follows.
+    Tls,
+    /// A complete HTTP/1 request head.
+    Http1,
+}
+
+impl Handshake {
+    /// Whether `bytes` (what the client sent so far) completes the handshake; an error when they
+    /// can never complete it.
+    fn complete(self, bytes: &[u8]) -> io::Result<bool> {
+        let refused = |why: &str| Err(io::Error::new(io::ErrorKind::InvalidData, why.to_owned()));
+        match self {
+            Handshake::Http2 => {
+                let n = bytes.len().min(HTTP2_PREFACE.len());
+                if bytes[..n] != HTTP2_PREFACE[..n] {
+                    return refused("not an HTTP/2 connection preface");
+                }
+                Ok(n == HTTP2_PREFACE.len())
+            }
+            Handshake::Tls => Ok(bytes.len() >= 5),
+            Handshake::Http1 => {
+                if bytes.windows(4).any(|w| w == b"\r\n\r\n") {
+                    Ok(true)
+                } else if bytes.len() >= MAX_HTTP1_HEAD {
+                    refused("request head too large")
+                } else {
+                    Ok(false)
+                }
+            }
+        }
+    }
+
+    fn peek_size(self) -> usize {
+        match self {
+            Handshake::Http2 => HTTP2_PREFACE.len(),
+            Handshake::Tls => 5,
+            Handshake::Http1 => MAX_HTTP1_HEAD,
+        }
+    }
+}
+
+/// The bounds of one listener.
+#[derive(Clone)]
+pub struct ConnectionGuard {
+    /// A short name for metrics and logs: `api`, `health`, `http`, `metrics`.
+    pub listener: &'static str,
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// Deadline for the first request.
+    pub handshake_timeout: Duration,
+    /// What the first request looks like.
+    pub handshake: Handshake,
+    /// Where the counts go.
+    pub metrics: Arc<Metrics>,
+}
+
+/// An accepted connection that completed its handshake; holds its place in the bound.
+pub struct GuardedStream {
+    inner: TcpStream,
+    open: Gauge,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for GuardedStream {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+impl AsyncRead for GuardedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for GuardedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+impl tonic::transport::server::Connected for GuardedStream {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+impl ConnectionGuard {
+    /// Accepts connections on `listener` in the background and yields those that complete their
+    /// handshake in time, while fewer than the bound are open. Stops when the stream is dropped.
+    pub fn incoming(self, listener: TcpListener) -> ReceiverStream<io::Result<GuardedStream>> {
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(self.accept_loop(listener, tx));
+        ReceiverStream::new(rx)
+    }
+
+    /// The same, as an axum listener.
+    pub fn axum_listener(self, listener: TcpListener) -> io::Result<GuardedListener> {
+        let addr = listener.local_addr()?;
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(self.accept_loop(listener, tx));
+        Ok(GuardedListener { rx, addr })
+    }
+
+    async fn accept_loop(self, listener: TcpListener, tx: mpsc::Sender<io::Result<GuardedStream>>) {
+        let permits = Arc::new(Semaphore::new(self.max_connections.max(1)));
+        let open = self.metrics.connections_open(self.listener);
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = tx.closed() => return,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(listener = self.listener, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                self.metrics.connection_refused(self.listener, "limit");
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let (guard, tx, open) = (self.clone(), tx.clone(), open.clone());
+            tokio::spawn(async move {
+                let handshake = tokio::time::timeout(
+                    guard.handshake_timeout,
+                    first_request(&stream, guard.handshake),
+                )
+                .await;
+                match handshake {
+                    Ok(Ok(())) => {
+                        open.inc();
+                        let guarded = GuardedStream {
+                            inner: stream,
+                            open,
+                            _permit: permit,
+                        };
+                        let _ = tx.send(Ok(guarded)).await;
+                    }
+                    Ok(Err(_)) => guard
+                        .metrics
+                        .connection_refused(guard.listener, "bad_handshake"),
+                    Err(_) => guard
+                        .metrics
+                        .connection_refused(guard.listener, "handshake_timeout"),
+                }
+            });
+        }
+    }
+}
+
+/// Waits until the client has sent its first request (looked at, not consumed).
+async fn first_request(stream: &TcpStream, handshake: Handshake) -> io::Result<()> {
+    let mut buf = vec![0u8; handshake.peek_size()];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if handshake.complete(&buf[..n])? {
+            return Ok(());
+        }
+        tokio::time::sleep(PEEK_INTERVAL).await;
+    }
+}
+
+/// A guarded listener for `axum::serve`.
+pub struct GuardedListener {
+    rx: mpsc::Receiver<io::Result<GuardedStream>>,
+    addr: SocketAddr,
+}
+
+impl axum::serve::Listener for GuardedListener {
+    type Io = GuardedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.rx.recv().await {
+                Some(Ok(stream)) => {
+                    let addr = stream.inner.peer_addr().unwrap_or(self.addr);
+                    return (stream, addr);
+                }
+                Some(Err(_)) => continue,
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshakes_complete_only_on_what_the_protocol_sends_first() {
+        assert!(!Handshake::Http2.complete(b"PRI * HTTP").unwrap_or(true));
+        assert!(Handshake::Http2.complete(HTTP2_PREFACE).unwrap_or(false));
+        assert!(Handshake::Http2.complete(b"GET / HTTP/1.1\r\n").is_err());
+        assert!(
+            !Handshake::Http1
+                .complete(b"GET / HTTP/1.1\r\nHost: x\r\n")
+                .unwrap_or(true)
+        );
+        assert!(
+            Handshake::Http1
+                .complete(b"GET / HTTP/1.1\r\n\r\n")
+                .unwrap_or(false)
+        );
+        assert!(
+            Handshake::Http1
+                .complete(&vec![b'a'; MAX_HTTP1_HEAD])
+                .is_err()
+        );
+        assert!(!Handshake::Tls.complete(&[22, 3, 1]).unwrap_or(true));
+        assert!(
+            Handshake::Tls
+                .complete(&[22, 3, 1, 0, 200])
+                .unwrap_or(false)
+        );
+    }
+}
