@@ -151,6 +151,15 @@ pub struct Config {
     )]
     pub cutoff_cache_capacity: u64,
 
+    /// Most tokens whose decode (signature and claims) is remembered, by SHA-256 digest, until
+    /// their `exp`; 0 turns the verified-token cache off. Every rule still runs on every call.
+    #[arg(
+        long,
+        env = "TOKEN_SIDECAR_VERIFIED_CACHE_CAPACITY",
+        default_value_t = 50_000
+    )]
+    pub verified_cache_capacity: u64,
+
     /// The bloom-style negative cache of the denylist; off makes every check ask the store.
     #[arg(long, env = "TOKEN_SIDECAR_DENYLIST_FILTER", value_enum, default_value_t = Toggle::On)]
     pub denylist_filter: Toggle,

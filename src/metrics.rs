@@ -94,6 +94,18 @@ pub struct Metrics {
     pub max_requests_in_flight: Gauge,
     connections_open: Family<ListenerLabels, Gauge>,
     connections_refused: Family<RefusedLabels, Counter>,
+    verified_cache_entries: Gauge,
+    hot: HotHandles,
+}
+
+/// The handles of the labels every Verify touches, resolved once: a `Family` lookup takes a
+/// lock and hashes the labels on every call.
+#[derive(Clone, Default)]
+struct HotHandles {
+    verify_ok: Counter,
+    verify_seconds: Option<Histogram>,
+    cutoff_hit: Counter,
+    denylist_negative: Counter,
 }
 
 impl Default for Metrics {
@@ -133,6 +145,8 @@ impl Metrics {
             max_requests_in_flight: Gauge::default(),
             connections_open: Family::default(),
             connections_refused: Family::default(),
+            verified_cache_entries: Gauge::default(),
+            hot: HotHandles::default(),
         };
         registry.register(
             "rpc_requests",
@@ -221,7 +235,59 @@ impl Metrics {
              --handshake-timeout",
             m.connections_refused.clone(),
         );
-        Self { registry, ..m }
+        registry.register(
+            "verified_cache_entries",
+            "Tokens whose decode is remembered (approximate)",
+            m.verified_cache_entries.clone(),
+        );
+        let hot = HotHandles {
+            verify_ok: m
+                .rpc_requests
+                .get_or_create(&RpcLabels {
+                    method: "Verify",
+                    result: "ok",
+                    reason: "",
+                })
+                .clone(),
+            verify_seconds: Some(
+                m.rpc_seconds
+                    .get_or_create(&MethodLabels { method: "Verify" })
+                    .clone(),
+            ),
+            cutoff_hit: m
+                .cache_lookups
+                .get_or_create(&CacheLabels {
+                    cache: "cutoff",
+                    result: "hit",
+                })
+                .clone(),
+            denylist_negative: m
+                .cache_lookups
+                .get_or_create(&CacheLabels {
+                    cache: "denylist",
+                    result: "negative",
+                })
+                .clone(),
+        };
+        Self { registry, hot, ..m }
+    }
+
+    /// The verified-token cache's counters, resolved once: `cache_lookups{cache="verified"}`
+    /// hits and misses, and its entry count.
+    pub fn verified_cache(&self) -> crate::cache::VerifiedCacheMetrics {
+        let lookups = |result| {
+            self.cache_lookups
+                .get_or_create(&CacheLabels {
+                    cache: "verified",
+                    result,
+                })
+                .clone()
+        };
+        crate::cache::VerifiedCacheMetrics {
+            hits: lookups("hit"),
+            misses: lookups("miss"),
+            entries: self.verified_cache_entries.clone(),
+        }
     }
 
     /// The gauge of one listener's open connections.
@@ -253,6 +319,23 @@ impl Metrics {
         result: &'static str,
         reason: &'static str,
     ) {
+        let seconds = started.elapsed().as_secs_f64();
+        if let ("Verify", Some(histogram)) = (method, &self.hot.verify_seconds) {
+            if result == "ok" {
+                self.hot.verify_ok.inc();
+            } else {
+                self.count_rpc(method, result, reason);
+            }
+            histogram.observe(seconds);
+            return;
+        }
+        self.count_rpc(method, result, reason);
+        self.rpc_seconds
+            .get_or_create(&MethodLabels { method })
+            .observe(seconds);
+    }
+
+    fn count_rpc(&self, method: &'static str, result: &'static str, reason: &'static str) {
         self.rpc_requests
             .get_or_create(&RpcLabels {
                 method,
@@ -260,16 +343,18 @@ impl Metrics {
                 reason,
             })
             .inc();
-        self.rpc_seconds
-            .get_or_create(&MethodLabels { method })
-            .observe(started.elapsed().as_secs_f64());
     }
 
     /// Counts one cache lookup.
     pub fn cache(&self, cache: &'static str, result: &'static str) {
-        self.cache_lookups
-            .get_or_create(&CacheLabels { cache, result })
-            .inc();
+        match (cache, result) {
+            ("cutoff", "hit") => self.hot.cutoff_hit.inc(),
+            ("denylist", "negative") => self.hot.denylist_negative.inc(),
+            _ => self
+                .cache_lookups
+                .get_or_create(&CacheLabels { cache, result })
+                .inc(),
+        };
     }
 
     /// Counts one store query.

@@ -12,6 +12,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::authority::TokenAuthority;
+use crate::cache::VerifiedCache;
 use crate::clock::Clock;
 use crate::config::{Config, Toggle};
 use crate::connections::{ConnectionGuard, Handshake};
@@ -371,7 +372,14 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
         metrics.clone(),
         cache_settings(&config),
     ));
-    let codec = TokenCodec::new(keys, config.issuer.clone(), config.audience.clone());
+    let mut codec = TokenCodec::new(keys, config.issuer.clone(), config.audience.clone());
+    if config.verified_cache_capacity > 0 {
+        codec = codec.with_verified_cache(VerifiedCache::new(
+            config.verified_cache_capacity,
+            clock.clone(),
+            metrics.verified_cache(),
+        ));
+    }
     let authority = Arc::new(TokenAuthority::new(
         codec,
         policy(&config),

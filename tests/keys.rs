@@ -193,6 +193,32 @@ async fn a_changed_key_file_is_reloaded_and_a_bad_one_keeps_the_old_keys() {
     assert!(app.verify(&after).await.valid);
 }
 
+/// The verified-token cache is emptied with every key set: a token remembered under a key that
+/// was rotated away (its file now holds another key) is refused on the next call.
+#[tokio::test]
+async fn a_cached_token_whose_key_was_rotated_away_is_refused() {
+    use jwt_simple::prelude::ES256KeyPair;
+    let dir = tempfile::tempdir().expect("dir");
+    let es256 = dir.path().join("es256.pem");
+    std::fs::copy(fixture("p256.pem"), &es256).expect("copy");
+    let app = Settings::new(Backend::Sqlite)
+        .arg("--key", &format!("es=ES256:{}", es256.display()))
+        .spawn()
+        .await;
+    let token = app.issue("alice").await.token;
+    let hits = app.metrics.verified_cache().hits;
+    assert!(app.verify(&token).await.valid);
+    let before = hits.get();
+    assert!(app.verify(&token).await.valid);
+    assert_eq!(hits.get(), before + 1, "the second Verify is a hit");
+    let rotated = ES256KeyPair::generate().to_pem().expect("pem");
+    std::fs::write(&es256, rotated).expect("write");
+    assert_eq!(app.reload_keys().ok(), Some(true));
+    assert_eq!(app.verdict(&token).await, Reason::BadSignature);
+    let fresh = app.issue("alice").await.token;
+    assert!(app.verify(&fresh).await.valid);
+}
+
 #[tokio::test]
 async fn key_files_are_watched_without_a_signal() {
     let dir = tempfile::tempdir().expect("dir");
@@ -204,6 +230,7 @@ async fn key_files_are_watched_without_a_signal() {
         .spawn()
         .await;
     let before = app.issue("alice").await.token;
+    assert!(app.verify(&before).await.valid, "decoded once: cached");
     std::fs::write(&path, [3u8; 32]).expect("write");
     common::eventually(Duration::from_secs(10), "watcher reloads", || async {
         app.verdict(&before).await == Reason::BadSignature

@@ -34,6 +34,7 @@ on_every_backend!(
     revoking_what_is_dead_already_stores_nothing,
     leeway_applies_to_exp_but_not_to_the_cutoff,
     a_token_issued_in_the_future_is_not_yet_valid,
+    a_cached_decode_never_skips_a_rule,
     worked_example_from_spec_section_2,
 );
 
@@ -117,6 +118,57 @@ async fn refresh_keeps_session_orig_iat_and_custom_claims(backend: Backend) {
     assert_eq!(c.extra.as_ref(), Some(&claims));
     // The old token is still valid until it expires: refresh does not revoke it.
     assert!(app.verify(&first.token).await.valid);
+}
+
+/// SPEC §8: a token answered from the verified-token cache still meets every rule on every call.
+async fn a_cached_decode_never_skips_a_rule(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let hits = app.metrics.verified_cache().hits;
+    let cached = |user: &'static str| {
+        let app = &app;
+        async move {
+            let issued = app.issue(user).await;
+            assert!(app.verify(&issued.token).await.valid);
+            assert!(app.verify(&issued.token).await.valid);
+            issued
+        }
+    };
+    let by_jti = cached("alice").await;
+    let by_session = cached("alice").await;
+    let by_cutoff = cached("bob").await;
+    let by_ban = cached("carol").await;
+    let by_expiry = cached("dave").await;
+    let neighbour = cached("erin").await;
+    assert!(
+        hits.get() >= 6,
+        "every second Verify was a hit: {}",
+        hits.get()
+    );
+
+    app.revoke(Target::Jti(by_jti.jti.clone()))
+        .await
+        .expect("revoke");
+    assert_eq!(app.verdict(&by_jti.token).await, Reason::TokenRevoked);
+    app.revoke(Target::SessionId(by_session.session_id.clone()))
+        .await
+        .expect("revoke");
+    assert_eq!(app.verdict(&by_session.token).await, Reason::TokenRevoked);
+    app.revoke_user("bob", None).await;
+    assert_eq!(app.verdict(&by_cutoff.token).await, Reason::UserRevoked);
+    app.revoke_user("carol", Some(T0_MS + 60 * MIN)).await;
+    assert_eq!(app.verdict(&by_ban.token).await, Reason::UserBanned);
+
+    // One byte apart from a cached token: decoded afresh, and refused.
+    let mut bytes = neighbour.token.clone().into_bytes();
+    let last = bytes.len() - 1;
+    bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(bytes).expect("ascii");
+    assert_ne!(app.verdict(&tampered).await, Reason::Unspecified);
+    assert!(app.verify(&neighbour.token).await.valid);
+
+    app.clock.advance_ms(5 * MIN);
+    assert_eq!(app.verdict(&by_expiry.token).await, Reason::Expired);
+    assert_eq!(app.verdict(&neighbour.token).await, Reason::Expired);
 }
 
 /// Rule 8: another instance whose clock runs ahead mints a token; it is refused until its `iat`

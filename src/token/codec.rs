@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use super::claims::{Claims, WireClaims, parse_payload};
 use super::keys::KeySet;
+use crate::cache::{VerifiedCache, digest};
 use crate::reason::Reason;
 
 /// Tokens longer than this are refused before any decoding.
@@ -42,39 +43,77 @@ struct JoseHeader<'a> {
     crit: Option<Value>,
 }
 
+/// A key set and the decodes made with it: swapped together, so that a decode checked with a
+/// key that is gone can never be remembered for the new set.
+struct Generation {
+    keys: Arc<KeySet>,
+    verified: Option<VerifiedCache>,
+}
+
 /// Signs and decodes tokens with one key set (swapped atomically on reload), issuer and
-/// audience.
-#[derive(Debug)]
+/// audience; remembers successful decodes when given a [`VerifiedCache`].
 pub struct TokenCodec {
-    keys: ArcSwap<KeySet>,
+    current: ArcSwap<Generation>,
     issuer: String,
     audience: Option<String>,
+}
+
+impl std::fmt::Debug for TokenCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCodec")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TokenCodec {
     /// A codec for `keys`; tokens carry `issuer` and, if given, `audience`.
     pub fn new(keys: KeySet, issuer: String, audience: Option<String>) -> Self {
         Self {
-            keys: ArcSwap::from_pointee(keys),
+            current: ArcSwap::from_pointee(Generation {
+                keys: Arc::new(keys),
+                verified: None,
+            }),
             issuer,
             audience,
         }
     }
 
-    /// The key set in use.
-    pub fn keys(&self) -> Arc<KeySet> {
-        self.keys.load_full()
+    /// Remembers successful decodes in `cache` (SPEC §8).
+    pub fn with_verified_cache(self, cache: VerifiedCache) -> Self {
+        let keys = self.keys();
+        self.current.store(Arc::new(Generation {
+            keys,
+            verified: Some(cache),
+        }));
+        self
     }
 
-    /// Replaces the key set; requests already running finish with the old one.
+    /// The key set in use.
+    pub fn keys(&self) -> Arc<KeySet> {
+        self.current.load().keys.clone()
+    }
+
+    /// Replaces the key set, with an empty verified-token cache; requests already running
+    /// finish with the old set.
     pub fn replace_keys(&self, keys: KeySet) {
-        self.keys.store(Arc::new(keys));
+        let verified = self
+            .current
+            .load()
+            .verified
+            .as_ref()
+            .map(VerifiedCache::emptied);
+        self.current.store(Arc::new(Generation {
+            keys: Arc::new(keys),
+            verified,
+        }));
     }
 
     /// Signs `claims` with the signing key.
     pub fn encode(&self, claims: &Claims) -> Result<String, CodecError> {
-        let keys = self.keys.load();
-        let signer = &keys.signer;
+        let current = self.current.load();
+        let signer = &current.keys.signer;
         let mut header = Header::new(signer.alg);
         header.kid = Some(signer.kid.clone());
         let wire = WireClaims::new(claims, &self.issuer, self.audience.as_deref());
@@ -82,11 +121,26 @@ impl TokenCodec {
             .map_err(|e| CodecError::Signing(e.to_string()))
     }
 
-    /// Decodes a token and validates everything that does not depend on time.
+    /// Decodes a token and validates everything that does not depend on time; a token decoded
+    /// before with the same key set is answered from the verified-token cache.
     pub fn decode(&self, token: &str) -> Result<Claims, Reason> {
         if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
             return Err(Reason::Malformed);
         }
+        let current = self.current.load();
+        let Some(verified) = &current.verified else {
+            return self.decode_with(&current.keys, token);
+        };
+        let digest = digest(token);
+        if let Some(claims) = verified.get(&digest) {
+            return Ok(Claims::clone(&claims));
+        }
+        let claims = self.decode_with(&current.keys, token)?;
+        verified.insert(digest, Arc::new(claims.clone()));
+        Ok(claims)
+    }
+
+    fn decode_with(&self, keys: &KeySet, token: &str) -> Result<Claims, Reason> {
         let mut parts = token.split('.');
         let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -103,7 +157,6 @@ impl TokenCodec {
             return Err(Reason::Malformed);
         }
         let alg = header.alg.ok_or(Reason::Malformed)?;
-        let keys = self.keys.load();
         let key = header
             .kid
             .and_then(|kid| keys.verifiers.get(kid.as_ref()))
