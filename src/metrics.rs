@@ -240,34 +240,29 @@ impl Metrics {
             "Tokens whose decode is remembered (approximate)",
             m.verified_cache_entries.clone(),
         );
+        // One statement each: a Family's guard lives to the end of its statement, and a second
+        // get_or_create on the same Family within it would wait for that guard forever.
+        let verify_ok = m.rpc_requests.get_or_create_owned(&RpcLabels {
+            method: "Verify",
+            result: "ok",
+            reason: "",
+        });
+        let verify_seconds = m
+            .rpc_seconds
+            .get_or_create_owned(&MethodLabels { method: "Verify" });
+        let cutoff_hit = m.cache_lookups.get_or_create_owned(&CacheLabels {
+            cache: "cutoff",
+            result: "hit",
+        });
+        let denylist_negative = m.cache_lookups.get_or_create_owned(&CacheLabels {
+            cache: "denylist",
+            result: "negative",
+        });
         let hot = HotHandles {
-            verify_ok: m
-                .rpc_requests
-                .get_or_create(&RpcLabels {
-                    method: "Verify",
-                    result: "ok",
-                    reason: "",
-                })
-                .clone(),
-            verify_seconds: Some(
-                m.rpc_seconds
-                    .get_or_create(&MethodLabels { method: "Verify" })
-                    .clone(),
-            ),
-            cutoff_hit: m
-                .cache_lookups
-                .get_or_create(&CacheLabels {
-                    cache: "cutoff",
-                    result: "hit",
-                })
-                .clone(),
-            denylist_negative: m
-                .cache_lookups
-                .get_or_create(&CacheLabels {
-                    cache: "denylist",
-                    result: "negative",
-                })
-                .clone(),
+            verify_ok,
+            verify_seconds: Some(verify_seconds),
+            cutoff_hit,
+            denylist_negative,
         };
         Self { registry, hot, ..m }
     }
@@ -276,12 +271,10 @@ impl Metrics {
     /// hits and misses, and its entry count.
     pub fn verified_cache(&self) -> crate::cache::VerifiedCacheMetrics {
         let lookups = |result| {
-            self.cache_lookups
-                .get_or_create(&CacheLabels {
-                    cache: "verified",
-                    result,
-                })
-                .clone()
+            self.cache_lookups.get_or_create_owned(&CacheLabels {
+                cache: "verified",
+                result,
+            })
         };
         crate::cache::VerifiedCacheMetrics {
             hits: lookups("hit"),
