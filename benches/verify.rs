@@ -107,6 +107,7 @@ async fn authority(case: &Case, dir: &Path) -> Arc<TokenAuthority> {
         token_ttl_ms: 3_600_000,
         refresh_window_ms: 7 * 86_400_000,
         leeway_ms: 0,
+        refresh_reuse_interval_ms: None,
     };
     let codec = TokenCodec::new(keys, "token-sidecar".into(), None);
     Arc::new(TokenAuthority::new(codec, policy, revocations, clock))

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::clock::{Clock, UnixMillis};
-use crate::policy::{RevocationPolicy, TokenTimes};
+use crate::policy::{RevocationPolicy, Superseded, TokenTimes};
 use crate::reason::Reason;
 use crate::revocations::Revocations;
-use crate::store::{DenyEntry, DenyKind, StoreError};
+use crate::store::{DenyEntry, DenyKind, Rotation, RotationOutcome, SessionHead, StoreError};
 use crate::token::{Claims, CodecError, RESERVED_CLAIMS, TokenCodec, is_minted_id, new_random_id};
 
 /// Longest accepted user id, in bytes.
@@ -191,7 +191,13 @@ impl TokenAuthority {
             .policy
             .token_times(orig_iat_ms, now, request.ttl_ms)
             .map_err(|_| invalid("ttl", "INVALID_TTL", "the token would expire at once"))?;
-        self.mint(request.user_id, new_random_id(), request.claims, times)
+        self.mint(
+            request.user_id,
+            new_random_id(),
+            request.claims,
+            new_random_id(),
+            times,
+        )
     }
 
     /// Checks a token completely. The outer error means "cannot answer safely"; the inner one
@@ -234,7 +240,64 @@ impl TokenAuthority {
             .policy
             .token_times(claims.orig_iat_ms, now, Some(session_ttl_ms))
             .map_err(AuthorityError::Rejected)?;
-        self.mint(claims.user_id, claims.session_id, claims.extra, times)
+        let jti = new_random_id();
+        if self.policy.refresh_reuse_interval_ms.is_none() {
+            return self.mint(claims.user_id, claims.session_id, claims.extra, jti, times);
+        }
+        // SPEC §11: only the session's newest token rotates it forward.
+        let store = self.store_ready()?;
+        let rotation = Rotation {
+            session_id: &claims.session_id,
+            user_id: &claims.user_id,
+            presented_jti: &claims.jti,
+            new: SessionHead {
+                jti: jti.clone(),
+                minted_ms: now,
+                issued_at: times.issued_at,
+                expires_at: times.expires_at,
+            },
+            moot_after_ms: self.policy.session_row_moot_at(claims.orig_iat_ms),
+        };
+        let newest = match store.rotate_session(&rotation).await? {
+            RotationOutcome::Rotated => {
+                return self.mint(claims.user_id, claims.session_id, claims.extra, jti, times);
+            }
+            RotationOutcome::Superseded(newest) => newest,
+        };
+        match self.policy.superseded(newest.minted_ms, now) {
+            Superseded::Retry => {
+                // The same identity as the answer the client lost (or another tab got).
+                let times = TokenTimes {
+                    issued_at: newest.issued_at,
+                    expires_at: newest.expires_at,
+                    ..times
+                };
+                self.mint(
+                    claims.user_id,
+                    claims.session_id,
+                    claims.extra,
+                    newest.jti,
+                    times,
+                )
+            }
+            Superseded::Reused => {
+                let entry = DenyEntry {
+                    kind: DenyKind::Session,
+                    moot_after_ms: rotation.moot_after_ms,
+                    id: claims.session_id.clone(),
+                    user_id: Some(claims.user_id.clone()),
+                };
+                store.deny(&entry).await?;
+                store.metrics().refresh_reuse_detected.inc();
+                tracing::warn!(
+                    session_id = %claims.session_id,
+                    user_id = %claims.user_id,
+                    "refresh token reuse: an older token of the session was refreshed again; \
+                     the session is revoked"
+                );
+                Err(AuthorityError::Rejected(Reason::RefreshReused))
+            }
+        }
     }
 
     fn mint(
@@ -242,11 +305,12 @@ impl TokenAuthority {
         user_id: String,
         session_id: String,
         extra: Map<String, Value>,
+        jti: String,
         times: TokenTimes,
     ) -> Result<IssuedToken, AuthorityError> {
         let claims = Claims {
             user_id,
-            jti: new_random_id(),
+            jti,
             session_id,
             issued_at: times.issued_at,
             expires_at: times.expires_at,

@@ -138,6 +138,16 @@ pub struct Config {
     #[arg(long, env = "TOKEN_SIDECAR_LEEWAY", default_value = "0s", value_parser = parse_duration)]
     pub leeway: Duration,
 
+    /// Refresh reuse detection (SPEC §11): refreshing a token older than its session's newest,
+    /// after --refresh-reuse-interval, revokes the session (REASON_REFRESH_REUSED).
+    #[arg(long, env = "TOKEN_SIDECAR_REFRESH_REUSE_DETECTION", value_enum, default_value_t = Toggle::On)]
+    pub refresh_reuse_detection: Toggle,
+
+    /// How long after a session's newest token was minted a Refresh of an older one is a retry
+    /// (answered with the same new token) rather than reuse.
+    #[arg(long, env = "TOKEN_SIDECAR_REFRESH_REUSE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub refresh_reuse_interval: Duration,
+
     /// How long a user's cutoff stays cached; 0 disables the cutoff cache (every check asks
     /// the store). Entries are kept current by the change feed; the TTL is a safety net.
     #[arg(long, env = "TOKEN_SIDECAR_CUTOFF_CACHE_TTL", default_value = "5m", value_parser = parse_duration)]

@@ -464,6 +464,7 @@ pub fn proto_reason(reason: Reason) -> pb::Reason {
         Reason::UserBanned => pb::Reason::UserBanned,
         Reason::TokenRevoked => pb::Reason::TokenRevoked,
         Reason::RefreshExpired => pb::Reason::RefreshExpired,
+        Reason::RefreshReused => pb::Reason::RefreshReused,
     }
 }
 

@@ -92,6 +92,8 @@ pub struct Metrics {
     pub requests_in_flight: Gauge,
     /// The configured bound on API requests in flight.
     pub max_requests_in_flight: Gauge,
+    /// Refreshes of a superseded token after the reuse interval (sessions revoked, SPEC §11).
+    pub refresh_reuse_detected: Counter,
     connections_open: Family<ListenerLabels, Gauge>,
     connections_refused: Family<RefusedLabels, Counter>,
     verified_cache_entries: Gauge,
@@ -143,6 +145,7 @@ impl Metrics {
             shed_requests: Counter::default(),
             requests_in_flight: Gauge::default(),
             max_requests_in_flight: Gauge::default(),
+            refresh_reuse_detected: Counter::default(),
             connections_open: Family::default(),
             connections_refused: Family::default(),
             verified_cache_entries: Gauge::default(),
@@ -234,6 +237,12 @@ impl Metrics {
             "Connections closed unserved: over --max-connections, or no first request within \
              --handshake-timeout",
             m.connections_refused.clone(),
+        );
+        registry.register(
+            "refresh_reuse_detected",
+            "Refreshes of an older token of a session after the reuse interval: the session was \
+             revoked",
+            m.refresh_reuse_detected.clone(),
         );
         registry.register(
             "verified_cache_entries",

@@ -36,6 +36,18 @@ pub struct RevocationPolicy {
     pub refresh_window_ms: i64,
     /// Tolerance for clock skew, on `exp` and `nbf` only.
     pub leeway_ms: i64,
+    /// SPEC §11: how long after a session's newest token was minted a Refresh of an older one
+    /// is still a retry; `None` turns reuse detection off.
+    pub refresh_reuse_interval_ms: Option<i64>,
+}
+
+/// What to do with a Refresh of a token that is not its session's newest (SPEC §11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Superseded {
+    /// Within the reuse interval: a retry (or another tab); answer with the newest token.
+    Retry,
+    /// Later: two parties hold the session; revoke it.
+    Reused,
 }
 
 impl RevocationPolicy {
@@ -147,6 +159,17 @@ impl RevocationPolicy {
         orig_iat_ms + self.refresh_window_ms + self.leeway_ms
     }
 
+    /// Rule §11: a Refresh of a token older than its session's newest (minted at `newest_minted`)
+    /// is a retry within the reuse interval, reuse after it.
+    pub fn superseded(&self, newest_minted: UnixMillis, now: UnixMillis) -> Superseded {
+        let interval = self.refresh_reuse_interval_ms.unwrap_or(i64::MAX);
+        if now.saturating_sub(newest_minted) <= interval {
+            Superseded::Retry
+        } else {
+            Superseded::Reused
+        }
+    }
+
     /// A bound for a token or session known only by its id: anything alive now started no
     /// later than now (plus the one millisecond rule 3 may add), so it is dead after this.
     pub fn unknown_row_moot_at(&self, now: UnixMillis) -> UnixMillis {
@@ -173,6 +196,7 @@ mod tests {
             token_ttl_ms: 5 * MIN,
             refresh_window_ms: 7 * DAY,
             leeway_ms: 0,
+            refresh_reuse_interval_ms: Some(10 * SEC),
         }
     }
 
@@ -302,6 +326,14 @@ mod tests {
             p.check_refresh(&window, 7 * DAY),
             Err(Reason::RefreshExpired)
         );
+    }
+
+    #[test]
+    fn rule11_an_older_token_is_a_retry_within_the_interval_and_reuse_after() {
+        let p = policy();
+        assert_eq!(p.superseded(100 * SEC, 100 * SEC), Superseded::Retry);
+        assert_eq!(p.superseded(100 * SEC, 110 * SEC), Superseded::Retry);
+        assert_eq!(p.superseded(100 * SEC, 110 * SEC + 1), Superseded::Reused);
     }
 
     #[test]

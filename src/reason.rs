@@ -36,11 +36,14 @@ pub enum Reason {
     /// The session is older than the refresh window.
     #[error("the session can no longer be refreshed")]
     RefreshExpired,
+    /// A token older than its session's newest was refreshed again: the session was revoked.
+    #[error("the token was refreshed before: its session was revoked")]
+    RefreshReused,
 }
 
 impl Reason {
     /// Every reason, in the proto's order.
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::Malformed,
         Reason::BadSignature,
         Reason::Expired,
@@ -52,6 +55,7 @@ impl Reason {
         Reason::UserBanned,
         Reason::TokenRevoked,
         Reason::RefreshExpired,
+        Reason::RefreshReused,
     ];
 
     /// The machine-readable name (AIP-193 `ErrorInfo.reason`), e.g. `USER_BANNED`.
@@ -68,6 +72,7 @@ impl Reason {
             Reason::UserBanned => "USER_BANNED",
             Reason::TokenRevoked => "TOKEN_REVOKED",
             Reason::RefreshExpired => "REFRESH_EXPIRED",
+            Reason::RefreshReused => "REFRESH_REUSED",
         }
     }
 }

@@ -17,7 +17,8 @@ use crate::clock::{Clock, UnixMillis};
 use crate::metrics::Metrics;
 use crate::policy::DenyStatus;
 use crate::store::{
-    Change, ChangeSeq, CutoffUpdate, DenyEntry, DenyKind, Purged, RevocationStore, StoreError,
+    Change, ChangeSeq, CutoffUpdate, DenyEntry, DenyKind, Purged, RevocationStore, Rotation,
+    RotationOutcome, StoreError,
 };
 
 /// What to do when the caches are stale and the store cannot be reached.
@@ -156,6 +157,15 @@ impl Revocations {
             .now_ms()
             .saturating_sub(self.last_sync_ms.load(Ordering::Acquire));
         self.metrics.sync_lag_ms.set(lag.max(0));
+    }
+
+    /// Rotates a session forward in the store (SPEC §11); no cache is involved.
+    pub async fn rotate_session(
+        &self,
+        rotation: &Rotation<'_>,
+    ) -> Result<RotationOutcome, StoreError> {
+        let outcome = self.store.rotate_session(rotation).await;
+        self.query("rotate_session", outcome).await
     }
 
     async fn query<T>(

@@ -333,6 +333,8 @@ pub fn policy(config: &Config) -> RevocationPolicy {
         token_ttl_ms: ms(config.token_ttl),
         refresh_window_ms: ms(config.refresh_window),
         leeway_ms: ms(config.leeway),
+        refresh_reuse_interval_ms: (config.refresh_reuse_detection == Toggle::On)
+            .then(|| ms(config.refresh_reuse_interval)),
     }
 }
 

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use super::{
     Change, ChangeSeq, CutoffRecord, CutoffUpdate, DenyEntry, DenyKind, DenySink, Purged,
-    RevocationStore, StoreError,
+    RevocationStore, Rotation, RotationOutcome, SessionHead, StoreError,
 };
 use crate::clock::UnixMillis;
 
@@ -28,6 +28,7 @@ struct State {
     seq: ChangeSeq,
     cutoffs: HashMap<String, (UnixMillis, ChangeSeq)>,
     denylist: HashMap<(DenyKind, String), (UnixMillis, ChangeSeq)>,
+    heads: HashMap<String, SessionHead>,
     during_next_snapshot: Vec<ForeignWrite>,
 }
 
@@ -238,6 +239,21 @@ impl RevocationStore for MemoryStore {
             state.commit(&write);
         }
         Ok(snapshot)
+    }
+
+    async fn rotate_session(&self, rotation: &Rotation<'_>) -> Result<RotationOutcome, StoreError> {
+        let mut state = self.state();
+        match state.heads.get(rotation.session_id) {
+            Some(head) if head.jti != rotation.presented_jti => {
+                Ok(RotationOutcome::Superseded(head.clone()))
+            }
+            _ => {
+                state
+                    .heads
+                    .insert(rotation.session_id.to_owned(), rotation.new.clone());
+                Ok(RotationOutcome::Rotated)
+            }
+        }
     }
 
     async fn purge(

@@ -116,6 +116,44 @@ impl Change {
     }
 }
 
+/// A Refresh that rotates its session forward (SPEC §11): `new_jti` becomes the session's newest
+/// token if the presented token (`presented_jti`) is the newest, or the session has none yet.
+#[derive(Debug, Clone)]
+pub struct Rotation<'a> {
+    /// The session.
+    pub session_id: &'a str,
+    /// Its user.
+    pub user_id: &'a str,
+    /// The token presented to Refresh.
+    pub presented_jti: &'a str,
+    /// The token about to be minted.
+    pub new: SessionHead,
+    /// When the session can no longer be refreshed (the row may be purged after).
+    pub moot_after_ms: UnixMillis,
+}
+
+/// A session's newest token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionHead {
+    /// Its `jti`.
+    pub jti: String,
+    /// When it was minted, in milliseconds.
+    pub minted_ms: UnixMillis,
+    /// Its `iat`, in seconds.
+    pub issued_at: i64,
+    /// Its `exp`, in seconds.
+    pub expires_at: i64,
+}
+
+/// What a rotation found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RotationOutcome {
+    /// The new token is now the session's newest.
+    Rotated,
+    /// The presented token is not the newest: this one is.
+    Superseded(SessionHead),
+}
+
 /// How many rows a purge removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Purged {
@@ -140,6 +178,9 @@ pub enum StoreError {
     /// The instance's view is too old and the store cannot refresh it.
     #[error("the caches are stale and the store cannot be reached")]
     Stale,
+    /// A row changed under a conditional write twice in a row; the caller may retry.
+    #[error("a concurrent change got in the way; retry")]
+    Conflict,
 }
 
 /// A callback that receives every live denylist row while the filter is (re)built.
@@ -183,7 +224,12 @@ pub trait RevocationStore: Send + Sync + 'static {
         now: UnixMillis,
         sink: &mut DenySink<'_>,
     ) -> Result<ChangeSeq, StoreError>;
-    /// Deletes denylist rows moot before `now` and cutoffs older than `cutoffs_before`.
+    /// Makes `rotation.new` the session's newest token if the presented token is the newest
+    /// (or the session has none yet), atomically: of two concurrent rotations from one token,
+    /// one wins and the other learns the winner.
+    async fn rotate_session(&self, rotation: &Rotation<'_>) -> Result<RotationOutcome, StoreError>;
+    /// Deletes denylist rows moot before `now` and cutoffs older than `cutoffs_before` (and
+    /// session heads moot before `now`).
     async fn purge(
         &self,
         now: UnixMillis,
@@ -232,3 +278,66 @@ const CHANGES_AFTER_SQL: &str = "
     ) AS changes
     ORDER BY seq
     LIMIT $2";
+
+/// The conditional rotation, in the SQL both backends speak: insert the session's first head,
+/// or replace the head only while it is still the presented token. Returns a row when it wrote.
+const ROTATE_SQL: &str = "
+    INSERT INTO session_heads (session_id, user_id, newest_jti, minted_unix_ms, issued_at,
+                               expires_at, moot_after_unix_ms)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
+    ON CONFLICT (session_id) DO UPDATE
+        SET newest_jti = excluded.newest_jti, minted_unix_ms = excluded.minted_unix_ms,
+            issued_at = excluded.issued_at, expires_at = excluded.expires_at
+        WHERE session_heads.newest_jti = $8
+    RETURNING session_id";
+
+/// The session's newest token.
+const SESSION_HEAD_SQL: &str = "
+    SELECT newest_jti, minted_unix_ms, issued_at, expires_at FROM session_heads
+        WHERE session_id = $1";
+
+/// Runs [`ROTATE_SQL`], then reads the head it lost to; once more if that head vanished meanwhile.
+async fn rotate_with<'c, DB, E>(
+    executor: E,
+    rotation: &Rotation<'_>,
+) -> Result<RotationOutcome, StoreError>
+where
+    DB: sqlx::Database,
+    E: sqlx::Executor<'c, Database = DB> + Copy,
+    <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+    String: for<'r> sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    (String,): for<'r> sqlx::FromRow<'r, DB::Row>,
+    (String, i64, i64, i64): for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    for _ in 0..2 {
+        let wrote: Option<(String,)> = sqlx::query_as(ROTATE_SQL)
+            .bind(rotation.session_id)
+            .bind(rotation.user_id)
+            .bind(rotation.new.jti.as_str())
+            .bind(rotation.new.minted_ms)
+            .bind(rotation.new.issued_at)
+            .bind(rotation.new.expires_at)
+            .bind(rotation.moot_after_ms)
+            .bind(rotation.presented_jti)
+            .fetch_optional(executor)
+            .await?;
+        if wrote.is_some() {
+            return Ok(RotationOutcome::Rotated);
+        }
+        let head: Option<(String, i64, i64, i64)> = sqlx::query_as(SESSION_HEAD_SQL)
+            .bind(rotation.session_id)
+            .fetch_optional(executor)
+            .await?;
+        if let Some((jti, minted_ms, issued_at, expires_at)) = head {
+            return Ok(RotationOutcome::Superseded(SessionHead {
+                jti,
+                minted_ms,
+                issued_at,
+                expires_at,
+            }));
+        }
+    }
+    Err(StoreError::Conflict)
+}

@@ -11,7 +11,8 @@ use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 
 use super::{
     CHANGES_AFTER_SQL, Change, ChangeSeq, CutoffRecord, CutoffUpdate, DenyEntry, DenyKind,
-    DenySink, Purged, RevocationStore, StoreError, change_from_row,
+    DenySink, Purged, RevocationStore, Rotation, RotationOutcome, StoreError, change_from_row,
+    rotate_with,
 };
 use crate::clock::UnixMillis;
 
@@ -237,11 +238,19 @@ impl RevocationStore for SqliteStore {
         Ok(watermark)
     }
 
+    async fn rotate_session(&self, rotation: &Rotation<'_>) -> Result<RotationOutcome, StoreError> {
+        rotate_with(&self.pool, rotation).await
+    }
+
     async fn purge(
         &self,
         now: UnixMillis,
         cutoffs_before: UnixMillis,
     ) -> Result<Purged, StoreError> {
+        sqlx::query("DELETE FROM session_heads WHERE moot_after_unix_ms < ?1")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
         let denylist = sqlx::query("DELETE FROM denylist WHERE moot_after_unix_ms < ?1")
             .bind(now)
             .execute(&self.pool)

@@ -266,6 +266,19 @@ impl TestApp {
         }
     }
 
+    /// Runs the background purge now (what a purge tick does).
+    pub async fn purge_now(&self) {
+        use token_sidecar::clock::Clock;
+        if let Some(running) = &self.running {
+            let before = running
+                .authority
+                .policy()
+                .cutoff_purgeable_before(self.clock.now_ms());
+            let purged = running.authority.revocations().purge(before).await;
+            purged.expect("purge");
+        }
+    }
+
     pub fn reload_keys(&self) -> Result<bool, token_sidecar::token::KeyError> {
         match &self.running {
             Some(running) => running.reload_keys(),
