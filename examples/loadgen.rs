@@ -140,6 +140,9 @@ async fn main() -> anyhow::Result<()> {
             let mut next =
                 Instant::now() + interval.map_or(Duration::ZERO, |i| i.mul_f64(w as f64 / 64.0));
             let mut i = w;
+            // Refresh follows a chain: each refresh presents the newest token, as clients must
+            // (SPEC §11), starting from a token of the mix.
+            let mut chain: Option<String> = None;
             while !stop.load(Ordering::Relaxed) {
                 let scheduled = match interval {
                     Some(step) => {
@@ -150,7 +153,7 @@ async fn main() -> anyhow::Result<()> {
                     }
                     None => Instant::now(),
                 };
-                let ok = call(rpc, &mut client, &mut health, &tokens, i).await;
+                let ok = call(rpc, &mut client, &mut health, &tokens, i, &mut chain).await;
                 i = i.wrapping_add(7919);
                 if measuring.load(Ordering::Relaxed) {
                     let micros = scheduled.elapsed().as_micros().max(1) as u64;
@@ -349,6 +352,7 @@ async fn call(
     health: &mut HealthClient<Channel>,
     tokens: &[String],
     i: usize,
+    chain: &mut Option<String>,
 ) -> bool {
     let token = || {
         tokens
@@ -375,13 +379,21 @@ async fn call(
             .await
             .is_ok(),
         // Refused refreshes (revoked tokens) are answers, not failures.
-        Rpc::Refresh => match client.refresh(pb::RefreshRequest { token: token() }).await {
-            Ok(_) => true,
-            Err(s) => s.code() == tonic::Code::Unauthenticated,
-        },
+        Rpc::Refresh => {
+            let token = chain.take().unwrap_or_else(token);
+            match client.refresh(pb::RefreshRequest { token }).await {
+                Ok(answer) => {
+                    *chain = Some(answer.into_inner().token);
+                    true
+                }
+                Err(s) => s.code() == tonic::Code::Unauthenticated,
+            }
+        }
         Rpc::Revoke => client
             .revoke(pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Jti(format!("load-jti-{i}"))),
+                target: Some(pb::revoke_request::Target::Jti(
+                    token_sidecar::token::new_random_id(),
+                )),
             })
             .await
             .is_ok(),
