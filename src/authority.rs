@@ -434,6 +434,16 @@ impl TokenAuthority {
         })
     }
 
+    /// The `iss` of our tokens.
+    pub fn issuer(&self) -> &str {
+        self.codec.issuer()
+    }
+
+    /// The `aud` of our tokens, if configured.
+    pub fn audience(&self) -> Option<&str> {
+        self.codec.audience()
+    }
+
     /// The public keys as an RFC 7517 key set.
     pub fn jwks_json(&self) -> String {
         self.codec.keys().jwks_json().to_owned()

@@ -55,6 +55,17 @@ pub struct Config {
     #[arg(long, env = "TOKEN_SIDECAR_HEALTH_LISTEN", value_parser = parse_listen)]
     pub health_listen: Option<SocketAddr>,
 
+    /// The HTTP listener for proxies and OAuth clients: forward-auth at `/auth` (nginx
+    /// auth_request, Traefik ForwardAuth, Envoy HTTP ext_authz), RFC 7662 introspection and RFC
+    /// 7009 revocation. Off unless set.
+    #[arg(long, env = "TOKEN_SIDECAR_HTTP_LISTEN", value_parser = parse_listen)]
+    pub http_listen: Option<SocketAddr>,
+
+    /// Forward a custom claim to the upstream as a header on allow (ext_authz and forward-auth),
+    /// e.g. `role=x-user-role`; repeatable. Absent claims remove the header.
+    #[arg(long = "forward-claim", env = "TOKEN_SIDECAR_FORWARD_CLAIMS", value_delimiter = ',', value_parser = crate::api::forward_auth::parse_forwarded_claim)]
+    pub forward_claims: Vec<crate::api::forward_auth::ForwardedClaim>,
+
     /// PostgreSQL URL (postgres://...) or sqlite:PATH. Default: an embedded SQLite file,
     /// ./token-sidecar.db (single instance only).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]

@@ -8,6 +8,7 @@ use serde_json::{Map, Number, Value};
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::api::bearer_credential;
 use crate::authority::{AuthorityError, IssueRequest, IssuedToken, RevokeTarget, TokenAuthority};
 use crate::clock::UnixMillis;
 use crate::metrics::Metrics;
@@ -43,23 +44,9 @@ impl AdminCredential {
     }
 
     /// Compares in time independent of where the first difference is.
-    fn matches(&self, presented: &[u8]) -> bool {
-        presented.len() == self.0.len()
-            && presented
-                .iter()
-                .zip(&self.0)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        aws_lc_rs::constant_time::verify_slices_are_equal(presented, &self.0).is_ok()
     }
-}
-
-/// The credential of an `Authorization: Bearer <credential>` value. The scheme is
-/// case-insensitive (RFC 7235 §2.1) and may be followed by spaces or tabs.
-pub fn bearer_credential(value: &str) -> Option<&str> {
-    let blank = |c: char| c == ' ' || c == '\t';
-    let (scheme, rest) = value.trim_matches(blank).split_once(blank)?;
-    let credential = rest.trim_matches(blank);
-    (scheme.eq_ignore_ascii_case("bearer") && !credential.is_empty()).then_some(credential)
 }
 
 impl std::fmt::Debug for AdminCredential {
@@ -656,24 +643,6 @@ mod tests {
             assert_ne!(p, pb::Reason::Unspecified);
             assert!(seen.insert(p));
             assert_eq!(p.as_str_name(), format!("REASON_{}", reason.code()));
-        }
-    }
-
-    #[test]
-    fn bearer_scheme_is_case_insensitive_and_blanks_are_spaces_or_tabs() {
-        for (value, expected) in [
-            ("Bearer abc", Some("abc")),
-            ("bearer abc", Some("abc")),
-            ("BEARER abc", Some("abc")),
-            ("Bearer\tabc", Some("abc")),
-            ("Bearer  \t abc \t", Some("abc")),
-            ("Basic abc", None),
-            ("Bearer", None),
-            ("Bearer   ", None),
-            ("Bearerabc", None),
-            ("", None),
-        ] {
-            assert_eq!(bearer_credential(value), expected, "{value:?}");
         }
     }
 

@@ -7,6 +7,7 @@
 //! served over HTTP.
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod authority;
 pub mod cache;
 pub mod clock;

@@ -11,6 +11,9 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::api::ext_authz::ExtAuthz;
+use crate::api::forward_auth::ForwardAuth;
+use crate::api::http::HttpApi;
 use crate::authority::TokenAuthority;
 use crate::cache::VerifiedCache;
 use crate::clock::Clock;
@@ -93,6 +96,8 @@ pub struct RunningSidecar {
     pub addr: SocketAddr,
     /// The bound health-only address, if configured.
     pub health_addr: Option<SocketAddr>,
+    /// The bound HTTP (forward-auth, introspection) address, if configured.
+    pub http_addr: Option<SocketAddr>,
     /// The bound metrics address.
     pub metrics_addr: SocketAddr,
     /// The authority (for in-process callers such as benchmarks).
@@ -432,6 +437,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
             "the API speaks TLS"
         );
     }
+    let decide = ForwardAuth::new(authority.clone(), config.forward_claims.clone());
     let api = api
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .layer(RequestLimits::new(
@@ -445,9 +451,14 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
             pb::token_service_server::TokenServiceServer::new(TokenGrpc::new(
                 authority.clone(),
                 metrics.clone(),
-                admin,
+                admin.clone(),
             ))
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            ExtAuthz::new(decide.clone(), metrics.clone())
+                .into_service()
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(
             guard("api", api_handshake).incoming(listener),
@@ -466,6 +477,26 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
                 stopped(shutdown_rx.clone()),
             );
         tasks.push(tokio::spawn(probes));
+    }
+    let mut http_addr = None;
+    if let Some(http_listen) = config.http_listen {
+        let listener = bind(http_listen).await?;
+        let addr = local_addr(&listener, http_listen)?;
+        http_addr = Some(addr);
+        let listener = guard("http", Handshake::Http1)
+            .axum_listener(listener)
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        let routes = HttpApi::new(decide, admin, metrics.clone()).router();
+        let stop = stopped(shutdown_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, routes)
+                .with_graceful_shutdown(stop)
+                .await
+            {
+                tracing::error!(error = %e, "HTTP listener failed");
+            }
+            Ok(())
+        }));
     }
     let metrics_listener = bind(config.metrics_listen).await?;
     let metrics_addr = local_addr(&metrics_listener, config.metrics_listen)?;
@@ -486,6 +517,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
     tracing::info!(
         %addr,
         health = ?health_addr,
+        http = ?http_addr,
         metrics = %metrics::describe(metrics_addr),
         store = store.kind(),
         "token-sidecar listening"
@@ -528,6 +560,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
     Ok(RunningSidecar {
         addr,
         health_addr,
+        http_addr,
         metrics_addr,
         authority,
         metrics,
@@ -543,6 +576,7 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(crate::api::ext_authz::pb::FILE_DESCRIPTOR_SET)
         // The messages we put in status details, so `grpcurl -format-error` decodes them.
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }

@@ -122,7 +122,11 @@ async fn refresh_keeps_session_orig_iat_and_custom_claims(backend: Backend) {
 
 /// SPEC §8: a token answered from the verified-token cache still meets every rule on every call.
 async fn a_cached_decode_never_skips_a_rule(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    let p256 = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/p256.pem");
+    let app = Settings::new(backend)
+        .arg("--key", &format!("es=ES256:{p256}"))
+        .spawn()
+        .await;
     let hits = app.metrics.verified_cache().hits;
     let cached = |user: &'static str| {
         let app = &app;
@@ -169,6 +173,15 @@ async fn a_cached_decode_never_skips_a_rule(backend: Backend) {
     app.clock.advance_ms(5 * MIN);
     assert_eq!(app.verdict(&by_expiry.token).await, Reason::Expired);
     assert_eq!(app.verdict(&neighbour.token).await, Reason::Expired);
+
+    // With HMAC secrets only, the check is as cheap as the cache: it is not asked.
+    let hmac = TestApp::spawn(backend).await;
+    let token = hmac.issue("alice").await.token;
+    for _ in 0..3 {
+        assert!(hmac.verify(&token).await.valid);
+    }
+    let lookups = hmac.metrics.verified_cache();
+    assert_eq!((lookups.hits.get(), lookups.misses.get()), (0, 0));
 }
 
 /// Rule 8: another instance whose clock runs ahead mints a token; it is refused until its `iat`

@@ -365,30 +365,9 @@ async fn metrics_are_served_over_http() {
     assert!(!body.contains(&t.token), "no token in metrics");
 }
 
-fn upstream() -> std::net::SocketAddr {
-    let url = common::postgres_admin_url();
-    let host_port = url
-        .split('@')
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or("127.0.0.1:5432");
-    host_port
-        .parse()
-        .unwrap_or_else(|_| ([127, 0, 0, 1], 5432).into())
-}
-
 async fn behind_proxy(outage: &str) -> (TestApp, StoreProxy) {
-    let proxy = StoreProxy::start(upstream()).await;
-    let url = proxy.url_for(&common::fresh_postgres_database().await);
-    let app = Settings::new(Backend::Postgres)
-        .database_url(&url)
-        .arg("--max-staleness", "2s")
-        .arg("--health-interval", "1s")
-        .arg("--sync-poll-interval", "200ms")
-        .arg("--on-store-outage", outage)
-        .spawn()
-        .await;
-    (app, proxy)
+    common::behind_store_proxy(Settings::new(Backend::Postgres).arg("--on-store-outage", outage))
+        .await
 }
 
 #[tokio::test]

@@ -54,6 +54,7 @@ struct Generation {
 /// audience; remembers successful decodes when given a [`VerifiedCache`].
 pub struct TokenCodec {
     current: ArcSwap<Generation>,
+    verified_template: Option<VerifiedCache>,
     issuer: String,
     audience: Option<String>,
 }
@@ -75,19 +76,39 @@ impl TokenCodec {
                 keys: Arc::new(keys),
                 verified: None,
             }),
+            verified_template: None,
             issuer,
             audience,
         }
     }
 
-    /// Remembers successful decodes in `cache` (SPEC §8).
-    pub fn with_verified_cache(self, cache: VerifiedCache) -> Self {
+    /// Remembers successful decodes in `cache` (SPEC §8), for key sets with a public-key
+    /// algorithm: with HMAC secrets only, the check itself costs what a digest and a cache
+    /// probe do, and on a working set larger than the cache the probe and insert make Verify
+    /// slower (measured: see BENCHMARKS.md).
+    pub fn with_verified_cache(mut self, cache: VerifiedCache) -> Self {
         let keys = self.keys();
-        self.current.store(Arc::new(Generation {
-            keys,
-            verified: Some(cache),
-        }));
+        self.verified_template = Some(cache);
+        self.current.store(Arc::new(self.generation(keys)));
         self
+    }
+
+    fn generation(&self, keys: Arc<KeySet>) -> Generation {
+        let verified = match &self.verified_template {
+            Some(template) if !keys.only_hmac() => Some(template.emptied()),
+            _ => None,
+        };
+        Generation { keys, verified }
+    }
+
+    /// The `iss` tokens carry.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The `aud` tokens carry, if configured.
+    pub fn audience(&self) -> Option<&str> {
+        self.audience.as_deref()
     }
 
     /// The key set in use.
@@ -98,16 +119,8 @@ impl TokenCodec {
     /// Replaces the key set, with an empty verified-token cache; requests already running
     /// finish with the old set.
     pub fn replace_keys(&self, keys: KeySet) {
-        let verified = self
-            .current
-            .load()
-            .verified
-            .as_ref()
-            .map(VerifiedCache::emptied);
-        self.current.store(Arc::new(Generation {
-            keys: Arc::new(keys),
-            verified,
-        }));
+        self.current
+            .store(Arc::new(self.generation(Arc::new(keys))));
     }
 
     /// Signs `claims` with the signing key.

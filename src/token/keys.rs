@@ -152,6 +152,14 @@ pub struct KeySet {
     jwks: String,
 }
 
+impl KeySet {
+    /// Whether every key is an HMAC secret: then a signature check costs about what a cache
+    /// lookup does (a digest and a probe), and the verified-token cache is not worth asking.
+    pub fn only_hmac(&self) -> bool {
+        self.verifiers.values().all(|k| k.hmac.is_some())
+    }
+}
+
 impl fmt::Debug for KeySet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut kids: Vec<&String> = self.verifiers.keys().collect();

@@ -74,6 +74,7 @@ pub struct TestApp {
     pub clock: ManualClock,
     pub addr: SocketAddr,
     pub health_addr: Option<SocketAddr>,
+    pub http_addr: Option<SocketAddr>,
     pub metrics_addr: SocketAddr,
     pub metrics: Arc<token_sidecar::metrics::Metrics>,
     pub backend: Backend,
@@ -194,6 +195,7 @@ impl Settings {
         let running = server::start(config, Arc::new(clock.clone())).await?;
         let addr = running.addr;
         let health_addr = running.health_addr;
+        let http_addr = running.http_addr;
         let metrics_addr = running.metrics_addr;
         let metrics = running.metrics.clone();
         let channel = match self.tls {
@@ -216,6 +218,7 @@ impl Settings {
             clock,
             addr,
             health_addr,
+            http_addr,
             metrics_addr,
             metrics,
             backend: self.backend,
@@ -512,19 +515,102 @@ where
 
 /// A plain HTTP/1.1 GET (the metrics port); returns the status line + headers and the body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    let response = http_request(addr, "GET", path, &[], None)
+        .await
+        .expect("an HTTP response");
+    (response.head, response.body)
+}
+
+/// An HTTP/1.1 answer as it came over the wire.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The first value of a header (names compared case-insensitively).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// One HTTP/1.1 request over a fresh connection (`Connection: close`), read to the end; `Err`
+/// when nothing answers (e.g. a proxy not listening yet).
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<(&str, &str)>,
+) -> std::io::Result<HttpResponse> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr)
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    match body {
+        Some((content_type, body)) => request.push_str(&format!(
+            "Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )),
+        None => request.push_str("\r\n"),
+    }
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
         .await
-        .expect("connect to the metrics port");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("request");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .expect("response");
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    (head.to_string(), body.to_string())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 10s"))??;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "not HTTP"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no status"))?;
+    Ok(HttpResponse {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    })
+}
+
+/// The address of the local PostgreSQL the tests use.
+pub fn postgres_addr() -> SocketAddr {
+    let url = postgres_admin_url();
+    let host_port = url
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or("127.0.0.1:5432");
+    host_port
+        .parse()
+        .unwrap_or_else(|_| ([127, 0, 0, 1], 5432).into())
+}
+
+/// A sidecar on a fresh PostgreSQL database reached through a [`StoreProxy`] that the test can
+/// cut, with a 2 s staleness bound.
+pub async fn behind_store_proxy(settings: Settings) -> (TestApp, StoreProxy) {
+    let proxy = StoreProxy::start(postgres_addr()).await;
+    let url = proxy.url_for(&fresh_postgres_database().await);
+    let app = settings
+        .database_url(&url)
+        .arg("--max-staleness", "2s")
+        .arg("--health-interval", "1s")
+        .arg("--sync-poll-interval", "200ms")
+        .spawn()
+        .await;
+    (app, proxy)
 }
 
 /// A connection holding `denylist` locked in an open transaction, so that every store write to

@@ -1,0 +1,206 @@
+//! `envoy.service.auth.v3.Authorization/Check` for Envoy and Istio external authorization (gRPC
+//! mode), served on the API listener and listed by reflection. The token is read from the
+//! request's `authorization: Bearer <token>` header; see [`crate::api::forward_auth`] for the
+//! decision. A denial is an OK RPC carrying a denied response (status UNAUTHENTICATED, HTTP 401,
+//! `WWW-Authenticate`) — an RPC error is not a denial to Envoy; only "cannot answer safely" is an
+//! RPC error (UNAVAILABLE), so the proxy's `failure_mode_allow` decides.
+use std::time::Instant;
+
+use tonic::{Request, Response, Status};
+
+use crate::api::forward_auth::{Decision, ForwardAuth};
+use crate::metrics::Metrics;
+
+/// The generated code of Envoy's external-authorization API and the packages it imports.
+pub mod pb {
+    #![allow(missing_docs, clippy::all, clippy::pedantic, rustdoc::all)]
+    pub mod envoy {
+        pub mod config {
+            pub mod core {
+                pub mod v3 {
+                    tonic::include_proto!("envoy.config.core.v3");
+                }
+            }
+        }
+        pub mod r#type {
+            pub mod v3 {
+                tonic::include_proto!("envoy.r#type.v3");
+            }
+        }
+        pub mod service {
+            pub mod auth {
+                pub mod v3 {
+                    tonic::include_proto!("envoy.service.auth.v3");
+                }
+            }
+        }
+    }
+    pub mod google {
+        pub mod rpc {
+            tonic::include_proto!("google.rpc");
+        }
+    }
+    pub mod udpa {
+        pub mod annotations {
+            tonic::include_proto!("udpa.annotations");
+        }
+    }
+    pub mod validate {
+        tonic::include_proto!("validate");
+    }
+    pub mod xds {
+        pub mod annotations {
+            pub mod v3 {
+                tonic::include_proto!("xds.annotations.v3");
+            }
+        }
+        pub mod core {
+            pub mod v3 {
+                tonic::include_proto!("xds.core.v3");
+            }
+        }
+    }
+
+    /// The encoded descriptor set of the API and its imports, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/ext_authz_descriptor.bin"));
+
+    pub use envoy::service::auth::v3::authorization_server::{Authorization, AuthorizationServer};
+    pub use envoy::service::auth::v3::{
+        CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response,
+    };
+}
+
+use pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, header_value_option};
+use pb::envoy::r#type::v3::{HttpStatus, StatusCode};
+
+/// The gRPC code Envoy reads from `CheckResponse.status`.
+const OK: i32 = 0;
+const UNAUTHENTICATED: i32 = 16;
+
+/// `envoy.service.auth.v3.Authorization`.
+#[derive(Clone)]
+pub struct ExtAuthz {
+    decide: ForwardAuth,
+    metrics: std::sync::Arc<Metrics>,
+}
+
+impl ExtAuthz {
+    /// Answers Envoy with `decide`'s decisions, counted in `metrics`.
+    pub fn new(decide: ForwardAuth, metrics: std::sync::Arc<Metrics>) -> Self {
+        Self { decide, metrics }
+    }
+
+    /// The service, ready for a tonic router.
+    pub fn into_service(self) -> pb::AuthorizationServer<Self> {
+        pb::AuthorizationServer::new(self)
+    }
+}
+
+/// A header Envoy sets upstream, replacing whatever the client sent under that name (Envoy
+/// appends by default, which would let a client's own `x-user-id` through).
+fn overwrite(key: String, value: String) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key,
+            value,
+            ..Default::default()
+        }),
+        append_action: header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    }
+}
+
+fn authorization_header(request: &pb::CheckRequest) -> Option<&str> {
+    let http = request
+        .attributes
+        .as_ref()?
+        .request
+        .as_ref()?
+        .http
+        .as_ref()?;
+    if let Some(value) = http.headers.get("authorization") {
+        return Some(value);
+    }
+    // With `encode_raw_headers`, Envoy sends the header map instead.
+    http.header_map.as_ref()?.headers.iter().find_map(|h| {
+        h.key.eq_ignore_ascii_case("authorization").then(|| {
+            if h.value.is_empty() {
+                std::str::from_utf8(&h.raw_value).unwrap_or_default()
+            } else {
+                h.value.as_str()
+            }
+        })
+    })
+}
+
+#[tonic::async_trait]
+impl pb::Authorization for ExtAuthz {
+    async fn check(
+        &self,
+        request: Request<pb::CheckRequest>,
+    ) -> Result<Response<pb::CheckResponse>, Status> {
+        let started = Instant::now();
+        let request = request.into_inner();
+        let decision = self.decide.decide(authorization_header(&request)).await;
+        let response = match decision {
+            Decision::Allow {
+                set,
+                remove,
+                user_id,
+            } => {
+                self.metrics.rpc("Check", started, "ok", "");
+                tracing::debug!(method = "Check", result = "ok", user_id = %user_id, "ext_authz");
+                pb::CheckResponse {
+                    status: Some(pb::google::rpc::Status {
+                        code: OK,
+                        ..Default::default()
+                    }),
+                    http_response: Some(pb::check_response::HttpResponse::OkResponse(
+                        pb::OkHttpResponse {
+                            headers: set.into_iter().map(|(k, v)| overwrite(k, v)).collect(),
+                            headers_to_remove: remove,
+                            ..Default::default()
+                        },
+                    )),
+                    ..Default::default()
+                }
+            }
+            Decision::Deny { challenge, reason } => {
+                let code = reason.map_or("MISSING_TOKEN", |r| r.code());
+                self.metrics.rpc("Check", started, "denied", code);
+                tracing::debug!(
+                    method = "Check",
+                    result = "denied",
+                    reason = code,
+                    "ext_authz"
+                );
+                pb::CheckResponse {
+                    status: Some(pb::google::rpc::Status {
+                        code: UNAUTHENTICATED,
+                        message: code.to_owned(),
+                        ..Default::default()
+                    }),
+                    http_response: Some(pb::check_response::HttpResponse::DeniedResponse(
+                        pb::DeniedHttpResponse {
+                            status: Some(HttpStatus {
+                                code: StatusCode::Unauthorized as i32,
+                            }),
+                            headers: vec![overwrite("www-authenticate".into(), challenge)],
+                            body: String::new(),
+                        },
+                    )),
+                    ..Default::default()
+                }
+            }
+            Decision::Unavailable => {
+                self.metrics
+                    .rpc("Check", started, "unavailable", "STORE_UNAVAILABLE");
+                return Err(Status::unavailable(
+                    "the sidecar cannot answer safely: the store is unreachable",
+                ));
+            }
+        };
+        Ok(Response::new(response))
+    }
+}

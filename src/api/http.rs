@@ -1,0 +1,272 @@
+//! The HTTP listener (`--http-listen`, off by default), for proxies and OAuth clients:
+//! - `/auth` and `/auth/...`, any method: forward-auth for nginx `auth_request`, ingress-nginx
+//!   `auth-url`, Traefik `ForwardAuth` and Envoy's HTTP ext_authz mode — 200 with the identity
+//!   headers, 401 with `WWW-Authenticate`, or 503 (never 202, which Envoy would take as a
+//!   denial);
+//! - `POST /oauth2/introspect` (RFC 7662): the caller presents the admin credential when one is
+//!   configured; an active token answers its claims, anything else exactly `{"active":false}`;
+//! - `POST /oauth2/revoke` (RFC 7009): revokes the token's session like `Revoke{token}`; 200
+//!   for an invalid or unknown token too; 503 with `Retry-After` when nothing was committed.
+//!
+//! A malformed request (no form body, another content type, a body over 16 KiB, a token over
+//! 8 KiB, a repeated parameter) gets a 400 with an RFC 6749-style `{"error": ...}`.
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, post};
+use serde_json::{Map, Value, json};
+
+use crate::api::bearer_credential;
+use crate::api::forward_auth::{Decision, ForwardAuth};
+use crate::authority::{AuthorityError, RevokeTarget};
+use crate::grpc::AdminCredential;
+use crate::metrics::Metrics;
+use crate::token::MAX_TOKEN_BYTES;
+
+/// Largest form body read.
+const MAX_FORM_BYTES: usize = 16 * 1024;
+
+/// What the HTTP routes need.
+#[derive(Clone)]
+pub struct HttpApi {
+    decide: ForwardAuth,
+    admin: Option<Arc<AdminCredential>>,
+    metrics: Arc<Metrics>,
+}
+
+impl HttpApi {
+    /// Routes answered by `decide`'s authority; introspection requires `admin` when set.
+    pub fn new(
+        decide: ForwardAuth,
+        admin: Option<Arc<AdminCredential>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            decide,
+            admin,
+            metrics,
+        }
+    }
+
+    /// The routes.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/auth", any(forward_auth))
+            .route("/auth/{*rest}", any(forward_auth))
+            .route("/oauth2/introspect", post(introspect))
+            .route("/oauth2/revoke", post(revoke))
+            .with_state(self)
+    }
+}
+
+fn authorization(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+}
+
+async fn forward_auth(State(api): State<HttpApi>, headers: HeaderMap) -> Response {
+    let started = Instant::now();
+    match api.decide.decide(authorization(&headers)).await {
+        Decision::Allow { set, user_id, .. } => {
+            api.metrics.rpc("http_auth", started, "ok", "");
+            tracing::debug!(method = "http_auth", result = "ok", user_id = %user_id, "forward-auth");
+            let mut response = StatusCode::OK.into_response();
+            for (name, value) in set {
+                if let (Ok(name), Ok(value)) = (
+                    header::HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(&value),
+                ) {
+                    response.headers_mut().insert(name, value);
+                }
+            }
+            response
+        }
+        Decision::Deny { challenge, reason } => {
+            let code = reason.map_or("MISSING_TOKEN", |r| r.code());
+            api.metrics.rpc("http_auth", started, "denied", code);
+            tracing::debug!(
+                method = "http_auth",
+                result = "denied",
+                reason = code,
+                "forward-auth"
+            );
+            let mut response = (StatusCode::UNAUTHORIZED, "").into_response();
+            if let Ok(value) = HeaderValue::from_str(&challenge) {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, value);
+            }
+            response
+        }
+        Decision::Unavailable => {
+            api.metrics
+                .rpc("http_auth", started, "unavailable", "STORE_UNAVAILABLE");
+            unavailable()
+        }
+    }
+}
+
+async fn introspect(State(api): State<HttpApi>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let record = |result, reason| api.metrics.rpc("introspect", started, result, reason);
+    if let Some(admin) = &api.admin {
+        let presented = authorization(&headers).and_then(bearer_credential);
+        if !presented.is_some_and(|c| admin.matches(c.as_bytes())) {
+            record("unauthenticated", "INVALID_CREDENTIAL");
+            let mut response = oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", None);
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+    }
+    let token = match form_token(&headers, body).await {
+        Ok(token) => token,
+        Err(response) => {
+            record("invalid_argument", "INVALID_REQUEST");
+            return response;
+        }
+    };
+    let authority = api.decide.authority();
+    match authority.verify(&token).await {
+        Err(_) => {
+            record("unavailable", "STORE_UNAVAILABLE");
+            unavailable()
+        }
+        Ok(Err(reason)) => {
+            record("inactive", reason.code());
+            json_response(StatusCode::OK, json!({"active": false}))
+        }
+        Ok(Ok(claims)) => {
+            record("ok", "");
+            let mut answer = Map::new();
+            answer.insert("active".into(), Value::Bool(true));
+            // Custom claims first, so that no registered name can be shadowed by one.
+            answer.extend(claims.extra);
+            answer.insert("sub".into(), Value::from(claims.user_id));
+            answer.insert("jti".into(), Value::from(claims.jti));
+            answer.insert("sid".into(), Value::from(claims.session_id));
+            answer.insert("iss".into(), Value::from(authority.issuer()));
+            if let Some(aud) = authority.audience() {
+                answer.insert("aud".into(), Value::from(aud));
+            }
+            answer.insert("iat".into(), Value::from(claims.issued_at));
+            answer.insert("exp".into(), Value::from(claims.expires_at));
+            if let Some(nbf) = claims.not_before {
+                answer.insert("nbf".into(), Value::from(nbf));
+            }
+            answer.insert("token_type".into(), Value::from("Bearer"));
+            json_response(StatusCode::OK, Value::Object(answer))
+        }
+    }
+}
+
+async fn revoke(State(api): State<HttpApi>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let record = |result, reason| api.metrics.rpc("http_revoke", started, result, reason);
+    let token = match form_token(&headers, body).await {
+        Ok(token) => token,
+        Err(response) => {
+            record("invalid_argument", "INVALID_REQUEST");
+            return response;
+        }
+    };
+    match api
+        .decide
+        .authority()
+        .revoke(RevokeTarget::Token(token))
+        .await
+    {
+        Ok(_) => {
+            record("ok", "");
+            StatusCode::OK.into_response()
+        }
+        // RFC 7009 §2.2: an invalid token is no error; there is nothing to revoke.
+        Err(AuthorityError::InvalidToken(reason)) => {
+            record("ok", reason.code());
+            StatusCode::OK.into_response()
+        }
+        Err(AuthorityError::Store(_) | AuthorityError::NotReady) => {
+            record("unavailable", "STORE_UNAVAILABLE");
+            unavailable()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "RFC 7009 revocation failed");
+            record("internal", "INTERNAL");
+            oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None)
+        }
+    }
+}
+
+/// The `token` parameter of a form body, or the 400 to answer.
+async fn form_token(headers: &HeaderMap, body: Body) -> Result<String, Response> {
+    let invalid = |why: &str| oauth_error(StatusCode::BAD_REQUEST, "invalid_request", Some(why));
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if !form {
+        return Err(invalid(
+            "the body must be application/x-www-form-urlencoded",
+        ));
+    }
+    let bytes: Bytes = axum::body::to_bytes(body, MAX_FORM_BYTES)
+        .await
+        .map_err(|_| invalid("the body is too large"))?;
+    let mut token = None;
+    for (name, value) in form_urlencoded::parse(&bytes) {
+        if name == "token" {
+            if token.is_some() {
+                return Err(invalid("the token parameter is repeated"));
+            }
+            token = Some(value.into_owned());
+        }
+    }
+    match token {
+        None => Err(invalid("the token parameter is missing")),
+        Some(t) if t.len() > MAX_TOKEN_BYTES => Err(invalid("the token is too long")),
+        Some(t) => Ok(t),
+    }
+}
+
+fn json_response(status: StatusCode, body: Value) -> Response {
+    let mut response = (status, body.to_string()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn oauth_error(status: StatusCode, error: &str, description: Option<&str>) -> Response {
+    let mut body = json!({ "error": error });
+    if let Some(d) = description {
+        body["error_description"] = Value::from(d);
+    }
+    json_response(status, body)
+}
+
+/// 503 with `Retry-After`: the store did not answer.
+fn unavailable() -> Response {
+    let mut response = oauth_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        Some("the store is unreachable; nothing was decided or changed"),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}

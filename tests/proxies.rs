@@ -1,0 +1,292 @@
+//! SPEC §9 with the real proxies, on loopback: Envoy with gRPC ext_authz (what Istio
+//! configures), Envoy with HTTP ext_authz, nginx `auth_request` and Traefik `ForwardAuth`, each in
+//! front of a small upstream that echoes the headers it received. For each: a valid token reaches
+//! the upstream with the identity headers and a client-sent `x-user-id: mallory` does not; no
+//! token, a forged, an expired and a revoked token get 401 with `WWW-Authenticate`; with the
+//! sidecar's store down beyond the staleness bound the proxy fails closed. The configurations
+//! are `tests/proxies/*`, the same the README shows. `scripts/test` installs the proxies.
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use common::{Backend, HttpResponse, MIN, SEC, Settings, StoreProxy, TestApp, http_request};
+use token_sidecar::grpc::pb::revoke_request::Target;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proxy {
+    EnvoyGrpc,
+    EnvoyHttp,
+    Nginx,
+    Traefik,
+}
+
+type Seen = Arc<Mutex<Vec<BTreeMap<String, Vec<String>>>>>;
+
+/// The app behind the proxy: answers 200 and remembers every request's headers.
+async fn upstream() -> (SocketAddr, Seen) {
+    let seen: Seen = Arc::default();
+    let record = seen.clone();
+    let app = axum::Router::new().fallback(move |headers: HeaderMap| {
+        let record = record.clone();
+        async move {
+            let mut all: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for (k, v) in &headers {
+                all.entry(k.as_str().to_owned())
+                    .or_default()
+                    .push(v.to_str().unwrap_or_default().to_owned());
+            }
+            if let Ok(mut seen) = record.lock() {
+                seen.push(all);
+            }
+            "hello from the app"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, seen)
+}
+
+/// A proxy process, killed on drop.
+struct Running {
+    child: std::process::Child,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config(name: &str, ports: &[(&str, u16)], dir: &std::path::Path) -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/proxies")
+        .join(name);
+    let mut text = std::fs::read_to_string(&path).expect("proxy config");
+    for (name, port) in ports {
+        text = text.replace(name, &port.to_string());
+    }
+    text = text.replace("DIR", &dir.display().to_string());
+    let out = dir.join(name);
+    std::fs::write(&out, text).expect("write config");
+    out
+}
+
+fn start(proxy: Proxy, app: u16, sidecar: u16) -> Running {
+    let dir = tempfile::tempdir().expect("dir");
+    let listen = common::free_port();
+    let ports = [("LISTEN", listen), ("APP", app), ("SIDECAR", sidecar)];
+    let mut command = match proxy {
+        Proxy::EnvoyGrpc | Proxy::EnvoyHttp => {
+            let name = if proxy == Proxy::EnvoyGrpc {
+                "envoy-grpc.yaml"
+            } else {
+                "envoy-http.yaml"
+            };
+            let mut c = std::process::Command::new("envoy");
+            c.arg("-c")
+                .arg(config(name, &ports, dir.path()))
+                .args(["--disable-hot-restart", "--concurrency", "1", "-l", "error"])
+                .args(["--base-id", &listen.to_string()]);
+            c
+        }
+        Proxy::Nginx => {
+            let mut c = std::process::Command::new("nginx");
+            c.arg("-p")
+                .arg(dir.path())
+                .arg("-e")
+                .arg(dir.path().join("error.log"))
+                .arg("-c")
+                .arg(config("nginx.conf", &ports, dir.path()));
+            c
+        }
+        Proxy::Traefik => {
+            let mut c = std::process::Command::new("traefik");
+            c.arg(format!("--entryPoints.web.address=127.0.0.1:{listen}"))
+                .arg(format!(
+                    "--providers.file.filename={}",
+                    config("traefik.yaml", &ports, dir.path()).display()
+                ))
+                .args([
+                    "--log.level=ERROR",
+                    "--global.checkNewVersion=false",
+                    "--global.sendAnonymousUsage=false",
+                ]);
+            c
+        }
+    };
+    let child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("{proxy:?} does not start ({e}); scripts/test installs envoy, nginx, traefik")
+        });
+    Running {
+        child,
+        addr: ([127, 0, 0, 1], listen).into(),
+        dir,
+    }
+}
+
+async fn get(proxy: &Running, headers: &[(&str, &str)]) -> HttpResponse {
+    http_request(proxy.addr, "GET", "/hello", headers, None)
+        .await
+        .expect("the proxy answers")
+}
+
+/// Waits until the proxy routes: it answers (401, as no token is sent) instead of refusing.
+async fn wait_ready(proxy: &Running, which: Proxy) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http_request(proxy.addr, "GET", "/hello", &[], None).await
+            && r.status == 401
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{which:?} did not start routing in 30s (log dir {})",
+            proxy.dir.path().display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+async fn scenario(which: Proxy) {
+    let (app, store): (TestApp, StoreProxy) = common::behind_store_proxy(
+        Settings::new(Backend::Postgres).arg("--http-listen", "127.0.0.1:0"),
+    )
+    .await;
+    let (app_addr, seen) = upstream().await;
+    let sidecar_port = match which {
+        Proxy::EnvoyGrpc => app.addr.port(),
+        _ => app.http_addr.expect("--http-listen").port(),
+    };
+    let proxy = start(which, app_addr.port(), sidecar_port);
+    wait_ready(&proxy, which).await;
+    let reached = || seen.lock().map(|s| s.len()).unwrap_or_default();
+
+    // A valid token reaches the app with the identity headers, and only the sidecar's.
+    let t = app.issue("alice").await;
+    let auth = bearer(&t.token);
+    let r = get(
+        &proxy,
+        &[
+            ("authorization", &auth),
+            ("x-user-id", "mallory"),
+            ("x-session-id", "forged"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{which:?}: {r:?}");
+    assert_eq!(r.body, "hello from the app");
+    let headers = seen.lock().expect("seen").last().cloned().expect("reached");
+    let one = |name: &str| headers.get(name).cloned().unwrap_or_default();
+    assert_eq!(
+        one("x-user-id"),
+        vec!["alice".to_string()],
+        "{which:?}: {headers:?}"
+    );
+    assert_eq!(one("x-session-id"), vec![t.session_id.clone()], "{which:?}");
+    assert_eq!(one("x-token-jti"), vec![t.jti.clone()], "{which:?}");
+    let exp = t.expires_at.as_ref().map(|e| e.seconds.to_string());
+    assert_eq!(one("x-token-exp").first().cloned(), exp, "{which:?}");
+
+    // Refusals never reach the app.
+    let before = reached();
+    let r = get(&proxy, &[]).await;
+    assert_eq!(r.status, 401, "{which:?}: no token: {r:?}");
+    assert_eq!(
+        r.header("www-authenticate").as_deref(),
+        Some("Bearer"),
+        "{which:?}"
+    );
+
+    let forged = common::craft(&common::good_header(), &common::good_payload(), &[7u8; 32]);
+    let r = get(&proxy, &[("authorization", &bearer(&forged))]).await;
+    assert_eq!(r.status, 401, "{which:?}: forged: {r:?}");
+    let challenge = r.header("www-authenticate").unwrap_or_default();
+    assert!(
+        challenge.contains("error=\"invalid_token\"") && challenge.contains("REASON_BAD_SIGNATURE"),
+        "{which:?}: {challenge}"
+    );
+
+    let revoked = app.issue("bob").await;
+    app.revoke(Target::Jti(revoked.jti.clone()))
+        .await
+        .expect("revoke");
+    let r = get(&proxy, &[("authorization", &bearer(&revoked.token))]).await;
+    assert_eq!(r.status, 401, "{which:?}: revoked: {r:?}");
+    assert!(
+        r.header("www-authenticate")
+            .unwrap_or_default()
+            .contains("REASON_TOKEN_REVOKED"),
+        "{which:?}"
+    );
+
+    let soon = app.issue("carol").await;
+    app.clock.advance_ms(5 * MIN);
+    let r = get(&proxy, &[("authorization", &bearer(&soon.token))]).await;
+    assert_eq!(r.status, 401, "{which:?}: expired: {r:?}");
+    assert!(
+        r.header("www-authenticate")
+            .unwrap_or_default()
+            .contains("REASON_EXPIRED"),
+        "{which:?}"
+    );
+    assert_eq!(reached(), before, "{which:?}: no refusal reached the app");
+
+    // The store down beyond the staleness bound: the sidecar cannot answer, the proxy fails
+    // closed.
+    let fresh = app.issue("dave").await;
+    assert_eq!(
+        get(&proxy, &[("authorization", &bearer(&fresh.token))])
+            .await
+            .status,
+        200
+    );
+    store.cut();
+    app.clock.advance_ms(3 * SEC);
+    let before = reached();
+    let r = get(&proxy, &[("authorization", &bearer(&fresh.token))]).await;
+    assert!(
+        r.status >= 400 && r.status != 401,
+        "{which:?}: fails closed, not as a bad token: {r:?}"
+    );
+    assert_eq!(reached(), before, "{which:?}: nothing reached the app");
+    store.restore();
+}
+
+#[tokio::test]
+async fn envoy_grpc_ext_authz() {
+    scenario(Proxy::EnvoyGrpc).await;
+}
+
+#[tokio::test]
+async fn envoy_http_ext_authz() {
+    scenario(Proxy::EnvoyHttp).await;
+}
+
+#[tokio::test]
+async fn nginx_auth_request() {
+    scenario(Proxy::Nginx).await;
+}
+
+#[tokio::test]
+async fn traefik_forward_auth() {
+    scenario(Proxy::Traefik).await;
+}
