@@ -17,6 +17,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 
+use token_sidecar::api::ext_authz::pb as ext_authz;
 use token_sidecar::grpc::pb;
 use token_sidecar::grpc::pb::token_service_client::TokenServiceClient;
 
@@ -27,6 +28,8 @@ enum Rpc {
     Issue,
     Refresh,
     Revoke,
+    /// Envoy ext_authz `Authorization/Check` with the token as a bearer header.
+    Check,
 }
 
 #[derive(Debug, Parser)]
@@ -81,6 +84,8 @@ struct Args {
 }
 
 type Client = TokenServiceClient<Channel>;
+type AuthzClient =
+    ext_authz::envoy::service::auth::v3::authorization_client::AuthorizationClient<Channel>;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -92,7 +97,10 @@ async fn main() -> anyhow::Result<()> {
     let ready_in = wait_serving(channels[0].clone()).await?;
     eprintln!("sidecar SERVING (waited {:.2}s)", ready_in.as_secs_f64());
 
-    let tokens = if matches!(args.rpc, Rpc::Verify | Rpc::Refresh | Rpc::Revoke) {
+    let tokens = if matches!(
+        args.rpc,
+        Rpc::Verify | Rpc::Refresh | Rpc::Revoke | Rpc::Check
+    ) {
         let saved = args
             .tokens_file
             .as_ref()
@@ -136,7 +144,8 @@ async fn main() -> anyhow::Result<()> {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
                 .unwrap_or_else(|e| panic!("histogram: {e}"));
             let mut client = Client::new(channel.clone());
-            let mut health = HealthClient::new(channel);
+            let mut health = HealthClient::new(channel.clone());
+            let mut authz = AuthzClient::new(channel);
             let mut next =
                 Instant::now() + interval.map_or(Duration::ZERO, |i| i.mul_f64(w as f64 / 64.0));
             let mut i = w;
@@ -153,7 +162,8 @@ async fn main() -> anyhow::Result<()> {
                     }
                     None => Instant::now(),
                 };
-                let ok = call(rpc, &mut client, &mut health, &tokens, i, &mut chain).await;
+                let clients = (&mut client, &mut health, &mut authz);
+                let ok = call(rpc, clients, &tokens, i, &mut chain).await;
                 i = i.wrapping_add(7919);
                 if measuring.load(Ordering::Relaxed) {
                     let micros = scheduled.elapsed().as_micros().max(1) as u64;
@@ -348,8 +358,7 @@ async fn setup(args: &Args, client: Client) -> anyhow::Result<Vec<String>> {
 /// One request; false if it failed (a Verify of a revoked token is not a failure).
 async fn call(
     rpc: Rpc,
-    client: &mut Client,
-    health: &mut HealthClient<Channel>,
+    (client, health, authz): (&mut Client, &mut HealthClient<Channel>, &mut AuthzClient),
     tokens: &[String],
     i: usize,
     chain: &mut Option<String>,
@@ -388,6 +397,26 @@ async fn call(
                 }
                 Err(s) => s.code() == tonic::Code::Unauthenticated,
             }
+        }
+        // A denial is an answer, not a failure; only an RPC error is.
+        Rpc::Check => {
+            use ext_authz::envoy::service::auth::v3::{AttributeContext, attribute_context};
+            let headers = [("authorization".to_string(), format!("Bearer {}", token()))];
+            let request = ext_authz::CheckRequest {
+                attributes: Some(AttributeContext {
+                    request: Some(attribute_context::Request {
+                        http: Some(attribute_context::HttpRequest {
+                            method: "GET".into(),
+                            path: "/".into(),
+                            headers: headers.into_iter().collect(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            };
+            authz.check(request).await.is_ok()
         }
         Rpc::Revoke => client
             .revoke(pb::RevokeRequest {

@@ -79,9 +79,11 @@ if notify and poll:
         float(notify.group(2)) <= 50 and float(poll.group(3)) <= interval + 50)
 
 # Per algorithm over the wire: warm tokens (verified-token cache answers) and cache off.
-wire = []
+wire, checks = [], []
 for alg in ["HS256", "ES256", "RS256", "EdDSA"]:
     h, w, m = load(f"alg-{alg}-health.json"), load(f"alg-{alg}-warm.json"), load(f"alg-{alg}-miss.json")
+    c = load(f"alg-{alg}-check.json")
+    checks.append(f"| {alg} | {w['throughput']:.0f}/s | {c['throughput']:.0f}/s | **{c['throughput'] / w['throughput']:.2f}** | {w['latency_us']['p99']} µs | {c['latency_us']['p99']} µs |")
     rw, rm = w["throughput"] / h["throughput"], m["throughput"] / h["throughput"]
     target = 0.80 if alg == "HS256" else 0.75
     row(f"Verify ÷ Health, {alg}, warm tokens (verified-token cache)",
@@ -153,6 +155,15 @@ there, so this column is the other end of the range.
 | alg | Health | Verify, warm | ÷ Health | Verify, cache off | ÷ Health | p99 warm | p99 cache off |
 |---|---|---|---|---|---|---|---|
 {chr(10).join(wire)}
+
+## Envoy ext_authz `Check` ÷ `Verify` (same server, same tokens, run after each other)
+
+`Check` is what Envoy/Istio send for every request: the token in an `authorization` header of an
+`AttributeContext`, answered with the identity headers (or a denial).
+
+| alg | Verify | Check | Check ÷ Verify | p99 Verify | p99 Check |
+|---|---|---|---|---|---|
+{chr(10).join(checks)}
 
 ## In-process verify per algorithm (criterion, warm caches)
 
