@@ -18,8 +18,8 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 
 use token_sidecar::api::ext_authz::pb as ext_authz;
-use token_sidecar::grpc::pb;
-use token_sidecar::grpc::pb::token_service_client::TokenServiceClient;
+use token_sidecar::api::pb;
+use token_sidecar::api::pb::token_service_client::TokenServiceClient;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Rpc {

@@ -137,7 +137,7 @@ share the 2 cores, so absolute throughput is bounded by that, not by the sidecar
 
 Regenerate everything: `scripts/bench` (starts the release build on PostgreSQL, drives it with
 `cargo run --release --example loadgen`, runs `cargo bench --bench verify` and the propagation
-measurement in `tests/sync.rs`, then writes this file with `scripts/bench-report.py`).
+measurement in `tests/suite/sync.rs`, then writes this file with `scripts/bench-report.py`).
 
 ## Figures
 

@@ -3,6 +3,9 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::policy::RevocationPolicy;
+use crate::revocations::CacheSettings;
+
 use clap::{Parser, ValueEnum};
 
 use crate::revocations::OutageMode;
@@ -44,76 +47,109 @@ pub enum Command {
 #[command(max_term_width = 100)]
 pub struct Config {
     /// Address of the gRPC API (TokenService, health, reflection).
-    #[arg(long, env = "TOKEN_SIDECAR_LISTEN", default_value = "127.0.0.1:50051", value_parser = parse_listen)]
+    #[arg(help_heading = "API, TLS and proxies", long, env = "TOKEN_SIDECAR_LISTEN", default_value = "127.0.0.1:50051", value_parser = parse_listen)]
     pub listen: SocketAddr,
 
     /// Address of the Prometheus metrics endpoint.
-    #[arg(long, env = "TOKEN_SIDECAR_METRICS_LISTEN", default_value = "127.0.0.1:9464", value_parser = parse_listen)]
+    #[arg(help_heading = "API, TLS and proxies", long, env = "TOKEN_SIDECAR_METRICS_LISTEN", default_value = "127.0.0.1:9464", value_parser = parse_listen)]
     pub metrics_listen: SocketAddr,
 
     /// Extra address serving only grpc.health.v1 (for kubelet probes on the Pod IP). Off if unset.
-    #[arg(long, env = "TOKEN_SIDECAR_HEALTH_LISTEN", value_parser = parse_listen)]
+    #[arg(help_heading = "API, TLS and proxies", long, env = "TOKEN_SIDECAR_HEALTH_LISTEN", value_parser = parse_listen)]
     pub health_listen: Option<SocketAddr>,
 
     /// The HTTP listener for proxies and OAuth clients: forward-auth at `/auth` (nginx
     /// auth_request, Traefik ForwardAuth, Envoy HTTP ext_authz), RFC 7662 introspection and RFC
     /// 7009 revocation. Off unless set.
-    #[arg(long, env = "TOKEN_SIDECAR_HTTP_LISTEN", value_parser = parse_listen)]
+    #[arg(help_heading = "API, TLS and proxies", long, env = "TOKEN_SIDECAR_HTTP_LISTEN", value_parser = parse_listen)]
     pub http_listen: Option<SocketAddr>,
 
     /// Forward a custom claim to the upstream as a header on allow (ext_authz and forward-auth),
     /// e.g. `role=x-user-role`; repeatable. Absent claims remove the header.
-    #[arg(long = "forward-claim", env = "TOKEN_SIDECAR_FORWARD_CLAIMS", value_delimiter = ',', value_parser = crate::api::forward_auth::parse_forwarded_claim)]
+    #[arg(help_heading = "API, TLS and proxies", long = "forward-claim", env = "TOKEN_SIDECAR_FORWARD_CLAIMS", value_delimiter = ',', value_parser = crate::api::forward_auth::parse_forwarded_claim)]
     pub forward_claims: Vec<crate::api::forward_auth::ForwardedClaim>,
 
     /// PostgreSQL URL (postgres://...) or sqlite:PATH. Default: an embedded SQLite file,
     /// ./token-sidecar.db (single instance only).
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        help_heading = "Store and sync",
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
 
     /// A key as KID=ALG:PATH (repeatable). HS* keys: PATH holds the secret's bytes (at least 32).
     /// Without any key, SQLite mode generates one beside the database; PostgreSQL mode refuses
     /// to start.
-    #[arg(long = "key", env = "TOKEN_SIDECAR_KEYS", value_delimiter = ',', value_parser = parse_key)]
+    #[arg(help_heading = "Tokens and keys", long = "key", env = "TOKEN_SIDECAR_KEYS", value_delimiter = ',', value_parser = parse_key)]
     pub keys: Vec<KeySpec>,
 
     /// The key id that signs new tokens. Default: the first key.
-    #[arg(long, env = "TOKEN_SIDECAR_SIGNING_KID")]
+    #[arg(
+        help_heading = "Tokens and keys",
+        long,
+        env = "TOKEN_SIDECAR_SIGNING_KID"
+    )]
     pub signing_kid: Option<String>,
 
     /// How often key files are checked for changes (mounted Secrets change in place); SIGHUP
     /// reloads at once.
-    #[arg(long, env = "TOKEN_SIDECAR_KEY_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_positive_duration)]
+    #[arg(help_heading = "Tokens and keys", long, env = "TOKEN_SIDECAR_KEY_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_positive_duration)]
     pub key_reload_interval: Duration,
 
     /// A file holding the bearer credential that privileged RPCs (Issue, Revoke by jti, session
     /// or user, LiftBan, GetUserStatus) must present as `authorization: Bearer <credential>`.
     /// Verify, Refresh and Revoke of one's own token stay open. Off if unset.
-    #[arg(long, env = "TOKEN_SIDECAR_ADMIN_TOKEN_FILE")]
+    #[arg(
+        help_heading = "API, TLS and proxies",
+        long,
+        env = "TOKEN_SIDECAR_ADMIN_TOKEN_FILE"
+    )]
     pub admin_token_file: Option<PathBuf>,
 
     /// PEM certificate chain of the gRPC API; with --tls-key, the API speaks TLS only.
-    #[arg(long, env = "TOKEN_SIDECAR_TLS_CERT", requires = "tls_key")]
+    #[arg(
+        help_heading = "API, TLS and proxies",
+        long,
+        env = "TOKEN_SIDECAR_TLS_CERT",
+        requires = "tls_key"
+    )]
     pub tls_cert: Option<PathBuf>,
 
     /// PEM private key of --tls-cert.
-    #[arg(long, env = "TOKEN_SIDECAR_TLS_KEY", requires = "tls_cert")]
+    #[arg(
+        help_heading = "API, TLS and proxies",
+        long,
+        env = "TOKEN_SIDECAR_TLS_KEY",
+        requires = "tls_cert"
+    )]
     pub tls_key: Option<PathBuf>,
 
     /// PEM CA certificates; when set, callers must present a client certificate they signed
     /// (mutual TLS).
-    #[arg(long, env = "TOKEN_SIDECAR_TLS_CLIENT_CA", requires = "tls_cert")]
+    #[arg(
+        help_heading = "API, TLS and proxies",
+        long,
+        env = "TOKEN_SIDECAR_TLS_CLIENT_CA",
+        requires = "tls_cert"
+    )]
     pub tls_client_ca: Option<PathBuf>,
 
     /// Accept listening beyond loopback without caller authentication: neither the admin
     /// credential nor client certificates (anyone who reaches the port could then issue and
     /// revoke tokens; server-side TLS alone does not prevent that).
-    #[arg(long, env = "TOKEN_SIDECAR_ALLOW_INSECURE_REMOTE")]
+    #[arg(
+        help_heading = "API, TLS and proxies",
+        long,
+        env = "TOKEN_SIDECAR_ALLOW_INSECURE_REMOTE"
+    )]
     pub allow_insecure_remote: bool,
 
     /// Most API requests served at once, over all connections; beyond it requests are shed
     /// with RESOURCE_EXHAUSTED instead of queueing without bound (health checks never are).
     #[arg(
+        help_heading = "Limits",
         long,
         env = "TOKEN_SIDECAR_MAX_CONCURRENT_REQUESTS",
         default_value_t = 1024
@@ -121,51 +157,62 @@ pub struct Config {
     pub max_concurrent_requests: usize,
 
     /// Most connections open at once on each listener; a new one beyond is closed at once.
-    #[arg(long, env = "TOKEN_SIDECAR_MAX_CONNECTIONS", default_value_t = 4096)]
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "TOKEN_SIDECAR_MAX_CONNECTIONS",
+        default_value_t = 4096
+    )]
     pub max_connections: usize,
 
     /// A connection that has not sent its first request (the HTTP/2 preface, or an HTTP/1
     /// request head) within this is closed.
-    #[arg(long, env = "TOKEN_SIDECAR_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    #[arg(help_heading = "Limits", long, env = "TOKEN_SIDECAR_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub handshake_timeout: Duration,
 
     /// The `iss` written into and required of every token.
-    #[arg(long, env = "TOKEN_SIDECAR_ISSUER", default_value = "token-sidecar")]
+    #[arg(
+        help_heading = "Tokens and keys",
+        long,
+        env = "TOKEN_SIDECAR_ISSUER",
+        default_value = "token-sidecar"
+    )]
     pub issuer: String,
 
     /// The `aud` written into and required of every token. None if unset.
-    #[arg(long, env = "TOKEN_SIDECAR_AUDIENCE")]
+    #[arg(help_heading = "Tokens and keys", long, env = "TOKEN_SIDECAR_AUDIENCE")]
     pub audience: Option<String>,
 
     /// Default and maximum token lifetime (e.g. 30s, 5m, 1h).
-    #[arg(long, env = "TOKEN_SIDECAR_TOKEN_TTL", default_value = "5m", value_parser = parse_positive_duration)]
+    #[arg(help_heading = "Tokens and keys", long, env = "TOKEN_SIDECAR_TOKEN_TTL", default_value = "5m", value_parser = parse_positive_duration)]
     pub token_ttl: Duration,
 
     /// How long after a session's first token it may still be refreshed.
-    #[arg(long, env = "TOKEN_SIDECAR_REFRESH_WINDOW", default_value = "7d", value_parser = parse_positive_duration)]
+    #[arg(help_heading = "Tokens and keys", long, env = "TOKEN_SIDECAR_REFRESH_WINDOW", default_value = "7d", value_parser = parse_positive_duration)]
     pub refresh_window: Duration,
 
     /// Clock-skew tolerance applied to `exp` and `nbf` only.
-    #[arg(long, env = "TOKEN_SIDECAR_LEEWAY", default_value = "0s", value_parser = parse_duration)]
+    #[arg(help_heading = "Tokens and keys", long, env = "TOKEN_SIDECAR_LEEWAY", default_value = "0s", value_parser = parse_duration)]
     pub leeway: Duration,
 
     /// Refresh reuse detection (SPEC §11): refreshing a token older than its session's newest,
     /// after --refresh-reuse-interval, revokes the session (REASON_REFRESH_REUSED).
-    #[arg(long, env = "TOKEN_SIDECAR_REFRESH_REUSE_DETECTION", value_enum, default_value_t = Toggle::On)]
+    #[arg(help_heading = "Tokens and keys", long, env = "TOKEN_SIDECAR_REFRESH_REUSE_DETECTION", value_enum, default_value_t = Toggle::On)]
     pub refresh_reuse_detection: Toggle,
 
     /// How long after a session's newest token was minted a Refresh of an older one is a retry
     /// (answered with the same new token) rather than reuse.
-    #[arg(long, env = "TOKEN_SIDECAR_REFRESH_REUSE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    #[arg(help_heading = "Tokens and keys", long, env = "TOKEN_SIDECAR_REFRESH_REUSE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub refresh_reuse_interval: Duration,
 
     /// How long a user's cutoff stays cached; 0 disables the cutoff cache (every check asks
     /// the store). Entries are kept current by the change feed; the TTL is a safety net.
-    #[arg(long, env = "TOKEN_SIDECAR_CUTOFF_CACHE_TTL", default_value = "5m", value_parser = parse_duration)]
+    #[arg(help_heading = "Caches", long, env = "TOKEN_SIDECAR_CUTOFF_CACHE_TTL", default_value = "5m", value_parser = parse_duration)]
     pub cutoff_cache_ttl: Duration,
 
     /// Most users whose cutoff is cached.
     #[arg(
+        help_heading = "Caches",
         long,
         env = "TOKEN_SIDECAR_CUTOFF_CACHE_CAPACITY",
         default_value_t = 100_000
@@ -175,6 +222,7 @@ pub struct Config {
     /// Most tokens whose decode (signature and claims) is remembered, by SHA-256 digest, until
     /// their `exp`; 0 turns the verified-token cache off. Every rule still runs on every call.
     #[arg(
+        help_heading = "Caches",
         long,
         env = "TOKEN_SIDECAR_VERIFIED_CACHE_CAPACITY",
         default_value_t = 50_000
@@ -182,11 +230,12 @@ pub struct Config {
     pub verified_cache_capacity: u64,
 
     /// The bloom-style negative cache of the denylist; off makes every check ask the store.
-    #[arg(long, env = "TOKEN_SIDECAR_DENYLIST_FILTER", value_enum, default_value_t = Toggle::On)]
+    #[arg(help_heading = "Caches", long, env = "TOKEN_SIDECAR_DENYLIST_FILTER", value_enum, default_value_t = Toggle::On)]
     pub denylist_filter: Toggle,
 
     /// Expected number of live denylist rows (sizes the filter; it grows when exceeded).
     #[arg(
+        help_heading = "Caches",
         long,
         env = "TOKEN_SIDECAR_DENYLIST_EXPECTED_ITEMS",
         default_value_t = 1_000_000
@@ -194,42 +243,42 @@ pub struct Config {
     pub denylist_expected_items: usize,
 
     /// Target false-positive rate of the denylist filter.
-    #[arg(long, env = "TOKEN_SIDECAR_DENYLIST_FP_RATE", default_value_t = 0.01, value_parser = parse_rate)]
+    #[arg(help_heading = "Caches", long, env = "TOKEN_SIDECAR_DENYLIST_FP_RATE", default_value_t = 0.01, value_parser = parse_rate)]
     pub denylist_fp_rate: f64,
 
     /// How changes made by other instances arrive: LISTEN/NOTIFY plus polling, or polling only
     /// (behind transaction-pooling PgBouncer).
-    #[arg(long, env = "TOKEN_SIDECAR_SYNC_MODE", value_enum, default_value_t = SyncMode::Notify)]
+    #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_SYNC_MODE", value_enum, default_value_t = SyncMode::Notify)]
     pub sync_mode: SyncMode,
 
     /// How often the change feed is polled (the safety net; the only mechanism in poll mode).
-    #[arg(long, env = "TOKEN_SIDECAR_SYNC_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_SYNC_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub sync_poll_interval: Duration,
 
     /// After this long without a successful sync the caches are not trusted.
-    #[arg(long, env = "TOKEN_SIDECAR_MAX_STALENESS", default_value = "10s", value_parser = parse_positive_duration)]
+    #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_MAX_STALENESS", default_value = "10s", value_parser = parse_positive_duration)]
     pub max_staleness: Duration,
 
     /// When the caches are stale and the store is unreachable: fail closed (Verify answers
     /// UNAVAILABLE) or serve stale answers from the caches.
-    #[arg(long, env = "TOKEN_SIDECAR_ON_STORE_OUTAGE", value_enum, default_value_t = OutageMode::FailClosed)]
+    #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_ON_STORE_OUTAGE", value_enum, default_value_t = OutageMode::FailClosed)]
     pub on_store_outage: OutageMode,
 
     /// How often expired denylist rows and stale cutoffs are purged.
-    #[arg(long, env = "TOKEN_SIDECAR_PURGE_INTERVAL", default_value = "10m", value_parser = parse_positive_duration)]
+    #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_PURGE_INTERVAL", default_value = "10m", value_parser = parse_positive_duration)]
     pub purge_interval: Duration,
 
     /// How often the store is pinged to keep the health status true.
-    #[arg(long, env = "TOKEN_SIDECAR_HEALTH_INTERVAL", default_value = "5s", value_parser = parse_positive_duration)]
+    #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_HEALTH_INTERVAL", default_value = "5s", value_parser = parse_positive_duration)]
     pub health_interval: Duration,
 
     /// On SIGTERM, how long in-flight RPCs (and open streams such as health Watch) may run
     /// before they are cut.
-    #[arg(long, env = "TOKEN_SIDECAR_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    #[arg(help_heading = "Limits", long, env = "TOKEN_SIDECAR_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
     /// Log format.
-    #[arg(long, env = "TOKEN_SIDECAR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(help_heading = "Telemetry", long, env = "TOKEN_SIDECAR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
 
@@ -345,6 +394,35 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?} is too short: at least 1s"));
     }
     Ok(d)
+}
+
+/// The rules' parameters the flags ask for.
+impl From<&Config> for RevocationPolicy {
+    fn from(config: &Config) -> Self {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);
+        RevocationPolicy {
+            token_ttl_ms: ms(config.token_ttl),
+            refresh_window_ms: ms(config.refresh_window),
+            leeway_ms: ms(config.leeway),
+            refresh_reuse_interval_ms: (config.refresh_reuse_detection == Toggle::On)
+                .then(|| ms(config.refresh_reuse_interval)),
+        }
+    }
+}
+
+/// The caches' sizes and trust the flags ask for.
+impl From<&Config> for CacheSettings {
+    fn from(config: &Config) -> Self {
+        CacheSettings {
+            cutoff_ttl: config.cutoff_cache_ttl,
+            cutoff_capacity: config.cutoff_cache_capacity,
+            denylist_filter: config.denylist_filter == Toggle::On,
+            filter_expected_items: config.denylist_expected_items,
+            filter_fp_rate: config.denylist_fp_rate,
+            max_staleness: config.max_staleness,
+            on_outage: config.on_store_outage,
+        }
+    }
 }
 
 #[cfg(test)]

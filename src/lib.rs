@@ -1,10 +1,18 @@
 //! token-sidecar: a gRPC service that issues, verifies, refreshes and revokes JWTs.
 //!
-//! Read top-down: [`config`] and [`server`] assemble the process (with the request [`limits`]);
-//! [`grpc`] translates requests for the [`authority`], which applies the [`policy`] to tokens
-//! from the [`token`] codec and revocation state from [`revocations`] (the [`cache`]s in front
-//! of the [`store`], kept in step by [`sync`]), reading time from the [`clock`]. [`metrics`] are
-//! served over HTTP.
+//! Read top-down:
+//! - the process: [`config`] (flags, and the settings they build) and [`server`] (assembly and
+//!   lifecycle), with [`preflight`] checks, [`health`], [`key_reload`], [`purge`], the
+//!   [`connections`] guard, the request [`limits`] and the [`shutdown`] signal;
+//! - the surfaces, one file each in [`api`]: TokenService over gRPC, Envoy ext_authz, HTTP
+//!   forward-auth and OAuth introspection/revocation;
+//! - the use cases in [`authority`], applying the pure rules of [`policy`] to tokens from the
+//!   [`token`] codec and to revocation state from [`revocations`] — the [`cache`]s in front of
+//!   the [`store`], kept in step by [`sync`] — reading time from the [`clock`];
+//! - around them: [`metrics`], [`telemetry`], [`secret_file`], [`reason`].
+//!
+//! Arrows point down: `api` knows the authority, the authority knows neither gRPC nor SQL.
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod api;
@@ -13,14 +21,18 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod connections;
-pub mod grpc;
+pub mod health;
+pub mod key_reload;
 pub mod limits;
 pub mod metrics;
 pub mod policy;
+pub mod preflight;
+pub mod purge;
 pub mod reason;
 pub mod revocations;
 pub mod secret_file;
 pub mod server;
+pub mod shutdown;
 pub mod store;
 pub mod sync;
 pub mod telemetry;

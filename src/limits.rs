@@ -16,7 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
 
-use crate::grpc;
+use crate::api::errors;
 use crate::metrics::Metrics;
 
 const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
@@ -82,7 +82,7 @@ where
         }
         let Ok(permit) = self.bound.permits.clone().try_acquire_owned() else {
             self.bound.metrics.shed_requests.inc();
-            let response = grpc::overloaded(self.bound.limit).into_http();
+            let response = errors::overloaded(self.bound.limit).into_http();
             return Box::pin(std::future::ready(Ok(response)));
         };
         let guard = InFlight::new(self.bound.metrics.requests_in_flight.clone(), permit);

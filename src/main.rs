@@ -25,19 +25,13 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// The error and its causes on one line, skipping a cause its parent already quoted.
+/// The error and its causes on one line. Library errors keep a cause either in their message or
+/// in the chain, never both, so nothing is repeated.
 fn one_line(e: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            if !line.is_empty() {
-                line.push_str(": ");
-            }
-            line.push_str(&text);
-        }
-    }
-    line
+    e.chain()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 async fn run() -> anyhow::Result<()> {

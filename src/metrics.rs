@@ -1,7 +1,7 @@
-//! Prometheus metrics, served on `--metrics-listen` at `/metrics`.
+//! Prometheus metrics: every counter, gauge and histogram of one instance, registered once in
+//! [`Metrics::new`], and the `/metrics` route that renders them (served on `--metrics-listen`).
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -69,7 +69,6 @@ pub struct Metrics {
     cache_lookups: Family<CacheLabels, Counter>,
     store_queries: Family<QueryLabels, Counter>,
     store_errors: Counter,
-    store_queries_total: AtomicU64,
     /// Milliseconds since the last successful sync with the store.
     pub sync_lag_ms: Gauge,
     /// The last change number applied.
@@ -133,7 +132,6 @@ impl Metrics {
             cache_lookups,
             store_queries,
             store_errors: Counter::default(),
-            store_queries_total: AtomicU64::new(0),
             sync_lag_ms: Gauge::default(),
             sync_watermark: Gauge::default(),
             sync_changes: Counter::default(),
@@ -364,7 +362,6 @@ impl Metrics {
         self.store_queries
             .get_or_create(&QueryLabels { kind })
             .inc();
-        self.store_queries_total.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one failed store query.
@@ -379,11 +376,6 @@ impl Metrics {
             .get()
     }
 
-    /// Store queries made so far, of every kind.
-    pub fn store_queries_total(&self) -> u64 {
-        self.store_queries_total.load(Ordering::Relaxed)
-    }
-
     /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -394,53 +386,25 @@ impl Metrics {
     }
 }
 
-/// Produces the current JWKS document.
-pub type JwksSource = Arc<dyn Fn() -> String + Send + Sync>;
-
-/// Serves `/metrics` and `/.well-known/jwks.json` until `shutdown` resolves.
-pub async fn serve(
-    listener: crate::connections::GuardedListener,
-    metrics: Arc<Metrics>,
-    jwks: JwksSource,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+/// The `/metrics` route.
+pub fn routes(metrics: Arc<Metrics>) -> axum::Router {
     use axum::http::header;
     use axum::routing::get;
-    let app = axum::Router::new()
-        .route(
-            "/.well-known/jwks.json",
-            get(move || {
-                let jwks = jwks.clone();
-                async move {
-                    (
-                        [
-                            (header::CONTENT_TYPE, "application/json"),
-                            // Short enough that a rotation reaches verifiers within a minute.
-                            (header::CACHE_CONTROL, "public, max-age=60"),
-                        ],
-                        jwks(),
-                    )
-                }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(move || {
-                let metrics = metrics.clone();
-                async move {
-                    (
-                        [(
-                            header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        metrics.render(),
-                    )
-                }
-            }),
-        );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics.render(),
+                )
+            }
+        }),
+    )
 }
 
 /// The address `/metrics` is served on, for logs.

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::api::bearer_credential;
+use crate::api::convert::proto_reason;
 use crate::authority::TokenAuthority;
-use crate::grpc::proto_reason;
 use crate::reason::Reason;
 use crate::token::Claims;
 

@@ -8,6 +8,8 @@
 //! - `POST /oauth2/revoke` (RFC 7009): revokes the token's session like `Revoke{token}`; 200
 //!   for an invalid or unknown token too; 503 with `Retry-After` when nothing was committed.
 //!
+//! On the metrics port it also serves the JWKS ([`jwks_routes`]).
+//!
 //! A malformed request (no form body, another content type, a body over 16 KiB, a token over
 //! 8 KiB, a repeated parameter) gets a 400 with an RFC 6749-style `{"error": ...}`.
 use std::sync::Arc;
@@ -22,9 +24,9 @@ use axum::routing::{any, post};
 use serde_json::{Map, Value, json};
 
 use crate::api::bearer_credential;
+use crate::api::caller::AdminCredential;
 use crate::api::forward_auth::{Decision, ForwardAuth};
-use crate::authority::{AuthorityError, RevokeTarget};
-use crate::grpc::AdminCredential;
+use crate::authority::{AuthorityError, RevokeTarget, TokenAuthority};
 use crate::metrics::Metrics;
 use crate::token::MAX_TOKEN_BYTES;
 
@@ -62,6 +64,27 @@ impl HttpApi {
             .route("/oauth2/revoke", post(revoke))
             .with_state(self)
     }
+}
+
+/// `/.well-known/jwks.json`: the public keys (RFC 7517), served beside `/metrics` on the
+/// metrics port, for verifiers that check tokens themselves.
+pub fn jwks_routes(authority: Arc<TokenAuthority>) -> Router {
+    Router::new().route(
+        "/.well-known/jwks.json",
+        axum::routing::get(move || {
+            let authority = authority.clone();
+            async move {
+                (
+                    [
+                        (header::CONTENT_TYPE, "application/json"),
+                        // Short enough that a rotation reaches verifiers within a minute.
+                        (header::CACHE_CONTROL, "public, max-age=60"),
+                    ],
+                    authority.jwks_json(),
+                )
+            }
+        }),
+    )
 }
 
 fn authorization(headers: &HeaderMap) -> Option<&str> {

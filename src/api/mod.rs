@@ -1,5 +1,6 @@
 //! The surfaces the sidecar is asked through, one file each:
-//! - `tokensidecar.v1.TokenService` — [`crate::grpc`];
+//! - `tokensidecar.v1.TokenService` — [`token_service`], with [`convert`] (proto ↔ domain),
+//!   [`errors`] (the one error table) and [`caller`] (the admin credential);
 //! - Envoy/Istio external authorization, `envoy.service.auth.v3.Authorization/Check` on the API
 //!   listener — [`ext_authz`];
 //! - HTTP on `--http-listen`: forward-auth for nginx `auth_request`, ingress-nginx, Traefik
@@ -12,9 +13,23 @@
 //! (`crate::authority`) or [`forward_auth`].
 //!
 //! [`TokenAuthority`]: crate::authority::TokenAuthority
+pub mod caller;
+pub mod convert;
+pub mod errors;
 pub mod ext_authz;
 pub mod forward_auth;
 pub mod http;
+pub mod token_service;
+
+/// The generated protobuf and gRPC code for `tokensidecar.v1`.
+pub mod pb {
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("tokensidecar.v1");
+
+    /// The encoded descriptor set of our proto and its imports, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/token_sidecar_descriptor.bin"));
+}
 
 /// The credential of an `Authorization: Bearer <credential>` value. The scheme is
 /// case-insensitive (RFC 7235 §2.1) and may be followed by spaces or tabs.

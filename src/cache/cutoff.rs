@@ -85,11 +85,6 @@ impl CutoffCache {
             })
             .await;
     }
-
-    /// How many users are cached (approximate).
-    pub fn entry_count(&self) -> u64 {
-        self.cache.entry_count()
-    }
 }
 
 #[cfg(test)]

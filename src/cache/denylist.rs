@@ -7,8 +7,10 @@
 //! before it is swapped in, so no denial is ever missing from the filter in use.
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+
+use parking_lot::{Mutex, RwLock};
 use std::time::Duration;
 
 use fastbloom::AtomicBloomFilter;
@@ -100,28 +102,19 @@ impl DenylistFilter {
     }
 
     fn bloom(&self) -> Arc<AtomicBloomFilter> {
-        match self.current.read() {
-            Ok(g) => g.bloom.clone(),
-            Err(poisoned) => poisoned.into_inner().bloom.clone(),
-        }
+        self.current.read().bloom.clone()
     }
 
     /// False means certainly not denied; true means "maybe".
     pub fn might_contain(&self, kind: DenyKind, id: &str) -> bool {
-        let current = match self.current.read() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let current = self.current.read();
         current.bloom.contains(&key(kind, id))
     }
 
     /// Records a denial (from this instance or from the change feed).
     pub async fn insert(&self, kind: DenyKind, id: &str, moot_after_ms: UnixMillis) {
         {
-            let mut writes = match self.writes.lock() {
-                Ok(w) => w,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            let mut writes = self.writes.lock();
             self.bloom().insert(&key(kind, id));
             if writes.rebuilding {
                 writes.pending.push((kind, id.to_owned(), moot_after_ms));
@@ -175,10 +168,7 @@ impl DenylistFilter {
 
     /// Starts a rebuild: from now on inserts are also kept for replay.
     pub fn begin_rebuild(&self) -> FilterBuild {
-        let mut writes = match self.writes.lock() {
-            Ok(w) => w,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut writes = self.writes.lock();
         writes.rebuilding = true;
         writes.pending.clear();
         let live = self.items.load(Ordering::Relaxed) as usize;
@@ -193,20 +183,14 @@ impl DenylistFilter {
 
     /// Swaps in a filled filter after replaying the inserts made meanwhile.
     pub fn finish_rebuild(&self, mut build: FilterBuild) {
-        let mut writes = match self.writes.lock() {
-            Ok(w) => w,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut writes = self.writes.lock();
         for (kind, id, moot_after_ms) in std::mem::take(&mut writes.pending) {
             build.insert(kind, &id, moot_after_ms);
         }
         writes.rebuilding = false;
         writes.moot_buckets = std::mem::take(&mut build.moot_buckets);
         self.items.store(build.items, Ordering::Relaxed);
-        let mut current = match self.current.write() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut current = self.current.write();
         *current = Generation {
             bloom: Arc::new(build.bloom),
             capacity: build.capacity,
@@ -215,10 +199,7 @@ impl DenylistFilter {
 
     /// Abandons a rebuild (the store failed); the current filter stays complete.
     pub fn abort_rebuild(&self) {
-        let mut writes = match self.writes.lock() {
-            Ok(w) => w,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut writes = self.writes.lock();
         writes.rebuilding = false;
         writes.pending.clear();
     }
@@ -227,23 +208,19 @@ impl DenylistFilter {
     /// more than it was sized for (so its false-positive rate has drifted up).
     pub fn wants_rebuild(&self, now: UnixMillis) -> bool {
         let items = self.items.load(Ordering::Relaxed);
-        let moot: u64 = match self.writes.lock() {
-            Ok(w) => w
-                .moot_buckets
-                .range(..now.div_euclid(MOOT_BUCKET_MS))
-                .map(|(_, n)| n)
-                .sum(),
-            Err(_) => 0,
-        };
+        let moot: u64 = self
+            .writes
+            .lock()
+            .moot_buckets
+            .range(..now.div_euclid(MOOT_BUCKET_MS))
+            .map(|(_, n)| n)
+            .sum();
         self.is_overfull() || (moot > 0 && moot * 4 >= items)
     }
 
     /// Whether the filter holds more entries than it was sized for.
     pub fn is_overfull(&self) -> bool {
-        let capacity = match self.current.read() {
-            Ok(g) => g.capacity,
-            Err(poisoned) => poisoned.into_inner().capacity,
-        } as u64;
+        let capacity = self.current.read().capacity as u64;
         self.items.load(Ordering::Relaxed) > capacity
     }
 

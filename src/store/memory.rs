@@ -1,8 +1,8 @@
 //! An in-memory store with the semantics of the SQL ones (one change sequence, "changes after
 //! N" returning rows' current state, snapshots), for model tests of the caches and their sync.
 //! It can commit queued writes while a snapshot is being read, as another instance would.
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use async_trait::async_trait;
 
@@ -95,11 +95,8 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        match self.state.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+    fn state(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
     }
 
     /// Commits a write now.

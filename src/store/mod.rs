@@ -8,6 +8,7 @@
 #[cfg(test)]
 pub(crate) mod memory;
 mod postgres;
+mod sql;
 mod sqlite;
 
 use std::sync::Arc;
@@ -166,12 +167,13 @@ pub struct Purged {
 /// Why the store could not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database did not answer, or refused the statement.
+    /// The database did not answer, or refused the statement. (The cause is part of the
+    /// message, not chained as a source, so that it is printed once.)
     #[error("the store is unavailable: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     /// The schema could not be brought up to date.
     #[error("database migration failed: {0}")]
-    Migration(#[from] sqlx::migrate::MigrateError),
+    Migration(sqlx::migrate::MigrateError),
     /// The database URL names no supported store.
     #[error("unsupported database URL scheme (use postgres://... or sqlite:...)")]
     UnsupportedUrl,
@@ -181,6 +183,18 @@ pub enum StoreError {
     /// A row changed under a conditional write twice in a row; the caller may retry.
     #[error("a concurrent change got in the way; retry")]
     Conflict,
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Database(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migration(e)
+    }
 }
 
 /// A callback that receives every live denylist row while the filter is (re)built.
@@ -246,98 +260,4 @@ pub async fn open(url: &str) -> Result<Arc<dyn RevocationStore>, StoreError> {
     } else {
         Err(StoreError::UnsupportedUrl)
     }
-}
-
-/// Turns a `(kind, id, value, seq)` change-feed row into a [`Change`].
-fn change_from_row((kind, id, value, seq): (String, String, i64, i64)) -> Change {
-    if kind == "cutoff" {
-        Change::Cutoff {
-            seq,
-            user_id: id,
-            cutoff_ms: value,
-        }
-    } else {
-        Change::Denied {
-            seq,
-            kind: DenyKind::from_column(&kind),
-            id,
-            moot_after_ms: value,
-        }
-    }
-}
-
-/// The change feed: both tables' rows changed after a number, as `(kind, id, value, seq)`.
-/// `kind` is `cutoff` for a cutoff row, else the denylist kind.
-const CHANGES_AFTER_SQL: &str = "
-    SELECT kind, id, value, seq FROM (
-        SELECT 'cutoff' AS kind, user_id AS id, cutoff_unix_ms AS value, change_seq AS seq
-            FROM user_cutoffs WHERE change_seq > $1
-        UNION ALL
-        SELECT kind, id, moot_after_unix_ms AS value, change_seq AS seq
-            FROM denylist WHERE change_seq > $1
-    ) AS changes
-    ORDER BY seq
-    LIMIT $2";
-
-/// The conditional rotation, in the SQL both backends speak: insert the session's first head,
-/// or replace the head only while it is still the presented token. Returns a row when it wrote.
-const ROTATE_SQL: &str = "
-    INSERT INTO session_heads (session_id, user_id, newest_jti, minted_unix_ms, issued_at,
-                               expires_at, moot_after_unix_ms)
-        VALUES ($1, $2, $3, $4, $5, $6, $7)
-    ON CONFLICT (session_id) DO UPDATE
-        SET newest_jti = excluded.newest_jti, minted_unix_ms = excluded.minted_unix_ms,
-            issued_at = excluded.issued_at, expires_at = excluded.expires_at
-        WHERE session_heads.newest_jti = $8
-    RETURNING session_id";
-
-/// The session's newest token.
-const SESSION_HEAD_SQL: &str = "
-    SELECT newest_jti, minted_unix_ms, issued_at, expires_at FROM session_heads
-        WHERE session_id = $1";
-
-/// Runs [`ROTATE_SQL`], then reads the head it lost to; once more if that head vanished meanwhile.
-async fn rotate_with<'c, DB, E>(
-    executor: E,
-    rotation: &Rotation<'_>,
-) -> Result<RotationOutcome, StoreError>
-where
-    DB: sqlx::Database,
-    E: sqlx::Executor<'c, Database = DB> + Copy,
-    <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
-    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
-    String: for<'r> sqlx::Decode<'r, DB> + sqlx::Type<DB>,
-    (String,): for<'r> sqlx::FromRow<'r, DB::Row>,
-    (String, i64, i64, i64): for<'r> sqlx::FromRow<'r, DB::Row>,
-{
-    for _ in 0..2 {
-        let wrote: Option<(String,)> = sqlx::query_as(ROTATE_SQL)
-            .bind(rotation.session_id)
-            .bind(rotation.user_id)
-            .bind(rotation.new.jti.as_str())
-            .bind(rotation.new.minted_ms)
-            .bind(rotation.new.issued_at)
-            .bind(rotation.new.expires_at)
-            .bind(rotation.moot_after_ms)
-            .bind(rotation.presented_jti)
-            .fetch_optional(executor)
-            .await?;
-        if wrote.is_some() {
-            return Ok(RotationOutcome::Rotated);
-        }
-        let head: Option<(String, i64, i64, i64)> = sqlx::query_as(SESSION_HEAD_SQL)
-            .bind(rotation.session_id)
-            .fetch_optional(executor)
-            .await?;
-        if let Some((jti, minted_ms, issued_at, expires_at)) = head {
-            return Ok(RotationOutcome::Superseded(SessionHead {
-                jti,
-                minted_ms,
-                issued_at,
-                expires_at,
-            }));
-        }
-    }
-    Err(StoreError::Conflict)
 }

@@ -3,16 +3,12 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::TryStreamExt;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool, Transaction};
 
 use super::{
-    CHANGES_AFTER_SQL, Change, ChangeSeq, CutoffRecord, CutoffUpdate, DenyEntry, DenyKind,
-    DenySink, Purged, RevocationStore, Rotation, RotationOutcome, StoreError, change_from_row,
-    rotate_with,
+    Change, ChangeSeq, CutoffRecord, CutoffUpdate, DenyEntry, DenyKind, DenySink, Purged,
+    RevocationStore, Rotation, RotationOutcome, StoreError, sql,
 };
 use crate::clock::UnixMillis;
 
@@ -83,27 +79,11 @@ impl RevocationStore for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        sql::ping(&self.pool).await
     }
 
     async fn cutoff(&self, user_id: &str) -> Result<CutoffRecord, StoreError> {
-        let row: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT cutoff_unix_ms, change_seq FROM user_cutoffs WHERE user_id = ?1",
-        )
-        .bind(user_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(match row {
-            Some((cutoff, seq)) => CutoffRecord {
-                cutoff_ms: Some(cutoff),
-                seq,
-            },
-            None => CutoffRecord {
-                cutoff_ms: None,
-                seq: 0,
-            },
-        })
+        sql::cutoff(&self.pool, user_id).await
     }
 
     async fn raise_cutoff(
@@ -172,13 +152,7 @@ impl RevocationStore for SqliteStore {
     }
 
     async fn is_denied(&self, kind: DenyKind, id: &str) -> Result<bool, StoreError> {
-        let row: Option<(i32,)> =
-            sqlx::query_as("SELECT 1 FROM denylist WHERE kind = ?1 AND id = ?2")
-                .bind(kind.as_str())
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(row.is_some())
+        sql::is_denied(&self.pool, kind, id).await
     }
 
     async fn deny(&self, entry: &DenyEntry) -> Result<Option<ChangeSeq>, StoreError> {
@@ -201,12 +175,7 @@ impl RevocationStore for SqliteStore {
     }
 
     async fn changes_after(&self, after: ChangeSeq, limit: i64) -> Result<Vec<Change>, StoreError> {
-        let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(CHANGES_AFTER_SQL)
-            .bind(after)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.into_iter().map(change_from_row).collect())
+        sql::changes_after(&self.pool, after, limit).await
     }
 
     async fn load_denylist(
@@ -220,26 +189,13 @@ impl RevocationStore for SqliteStore {
             sqlx::query_as("SELECT value FROM revocation_change_seq WHERE id = 1")
                 .fetch_one(&mut *tx)
                 .await?;
-        {
-            let mut rows = sqlx::query(
-                "SELECT kind, id, moot_after_unix_ms FROM denylist WHERE moot_after_unix_ms >= ?1",
-            )
-            .bind(now)
-            .fetch(&mut *tx);
-            while let Some(row) = rows.try_next().await? {
-                let row: SqliteRow = row;
-                let kind: &str = row.try_get(0)?;
-                let id: &str = row.try_get(1)?;
-                let moot: i64 = row.try_get(2)?;
-                sink(DenyKind::from_column(kind), id, moot);
-            }
-        }
+        sql::feed_denylist(&mut *tx, now, sink).await?;
         tx.commit().await?;
         Ok(watermark)
     }
 
     async fn rotate_session(&self, rotation: &Rotation<'_>) -> Result<RotationOutcome, StoreError> {
-        rotate_with(&self.pool, rotation).await
+        sql::rotate_with(&self.pool, rotation).await
     }
 
     async fn purge(
@@ -247,20 +203,6 @@ impl RevocationStore for SqliteStore {
         now: UnixMillis,
         cutoffs_before: UnixMillis,
     ) -> Result<Purged, StoreError> {
-        sqlx::query("DELETE FROM session_heads WHERE moot_after_unix_ms < ?1")
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
-        let denylist = sqlx::query("DELETE FROM denylist WHERE moot_after_unix_ms < ?1")
-            .bind(now)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        let cutoffs = sqlx::query("DELETE FROM user_cutoffs WHERE cutoff_unix_ms < ?1")
-            .bind(cutoffs_before)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        Ok(Purged { denylist, cutoffs })
+        sql::purge(&self.pool, now, cutoffs_before).await
     }
 }

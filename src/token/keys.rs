@@ -48,14 +48,14 @@ pub enum KeyError {
         len: usize,
     },
     /// A key file that could not be read or written.
-    #[error("key {kid:?}: cannot use {path}: {source}")]
+    #[error("key {kid:?}: cannot use {path}: {error}")]
     Io {
         /// The key's id.
         kid: String,
         /// The file.
         path: String,
         /// What went wrong.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// An RSA key shorter than 2048 bits.
     #[error(
@@ -374,10 +374,10 @@ impl KeySet {
     /// Returns the key set and whether the file was created just now.
     pub fn load_or_create_dev_key(path: &Path) -> Result<(Self, bool), KeyError> {
         const KID: &str = "dev";
-        let io = |source| KeyError::Io {
+        let io = |error| KeyError::Io {
             kid: KID.into(),
             path: path.display().to_string(),
-            source,
+            error,
         };
         let created = match std::fs::read(path) {
             Ok(_) => false,
@@ -423,10 +423,10 @@ pub fn read_key_files(specs: &[KeySpec]) -> Result<Vec<(KeySpec, Vec<u8>)>, KeyE
         .map(|spec| {
             crate::secret_file::read(&spec.path)
                 .map(|material| (spec.clone(), material))
-                .map_err(|source| KeyError::Io {
+                .map_err(|error| KeyError::Io {
                     kid: spec.kid.clone(),
                     path: spec.path.display().to_string(),
-                    source,
+                    error,
                 })
         })
         .collect()

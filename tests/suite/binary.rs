@@ -1,11 +1,9 @@
 //! The built binary as a user runs it: defaults with no set-up, a full session, logs free of
 //! tokens and secrets, and a graceful exit 0 on SIGTERM — also with RPCs in flight.
-mod common;
-
 use std::time::Duration;
 
-use common::SidecarProcess;
-use token_sidecar::grpc::pb::{self, revoke_request::Target};
+use crate::common::SidecarProcess;
+use token_sidecar::api::pb::{self, revoke_request::Target};
 use tonic::transport::Channel;
 
 type Api = pb::token_service_client::TokenServiceClient<Channel>;
@@ -122,7 +120,7 @@ async fn logs_over_a_full_scenario_hold_no_token_key_or_credential() {
             std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
                 .expect("chmod");
         }
-        let database_url = common::fresh_postgres_database().await;
+        let database_url = crate::common::fresh_postgres_database().await;
         let key_list = format!(
             "es=ES256:{keys}/p256.pem,rsa=RS256:{keys}/rsa.pem,hs=HS256:{}",
             hs_key.display()
@@ -282,12 +280,12 @@ async fn logs_over_a_full_scenario_hold_no_token_key_or_credential() {
 async fn sigterm_under_load_finishes_in_flight_rpcs_and_exits_0() {
     let dir = tempfile::tempdir().expect("dir");
     let key = dir.path().join("main.key");
-    std::fs::write(&key, common::TEST_SECRET).expect("write");
+    std::fs::write(&key, crate::common::TEST_SECRET).expect("write");
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .expect("chmod");
-    let database_url = common::fresh_postgres_database().await;
+    let database_url = crate::common::fresh_postgres_database().await;
     let key_spec = format!("main=HS256:{}", key.display());
-    let metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], crate::common::free_port()));
     let metrics_listen = metrics_addr.to_string();
     let sidecar = SidecarProcess::start(
         dir.path(),
@@ -315,7 +313,7 @@ async fn sigterm_under_load_finishes_in_flight_rpcs_and_exits_0() {
     }
 
     // Hold the denylist so that every Revoke stays in flight inside the sidecar.
-    let mut blocker = common::lock_denylist(&database_url).await;
+    let mut blocker = crate::common::lock_denylist(&database_url).await;
     let revokes: Vec<_> = issued
         .iter()
         .map(|t| {
@@ -330,12 +328,12 @@ async fn sigterm_under_load_finishes_in_flight_rpcs_and_exits_0() {
         })
         .collect();
     // Every Revoke is in flight inside the sidecar (waiting on the lock or for a connection).
-    common::eventually(
+    crate::common::eventually(
         Duration::from_secs(20),
         "40 revokes in flight",
         || async move {
-            let (_, body) = common::http_get(metrics_addr, "/metrics").await;
-            common::metric_value(&body, "token_sidecar_requests_in_flight") == Some(40.0)
+            let (_, body) = crate::common::http_get(metrics_addr, "/metrics").await;
+            crate::common::metric_value(&body, "token_sidecar_requests_in_flight") == Some(40.0)
         },
     )
     .await;

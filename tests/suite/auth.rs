@@ -1,8 +1,6 @@
 //! Caller authentication for privileged RPCs (`--admin-token-file`) and load shedding.
-mod common;
-
-use common::{Backend, Settings, TestApp, assert_status};
-use token_sidecar::grpc::pb::{self, revoke_request::Target};
+use crate::common::{Backend, Settings, TestApp, assert_status};
+use token_sidecar::api::pb::{self, revoke_request::Target};
 use tonic::Code;
 
 const CREDENTIAL: &str = "s3cret-admin-credential-0123456789";

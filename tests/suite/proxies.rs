@@ -5,16 +5,14 @@
 //! token, a forged, an expired and a revoked token get 401 with `WWW-Authenticate`; with the
 //! sidecar's store down beyond the staleness bound the proxy fails closed. The configurations
 //! are `tests/proxies/*`, the same the README shows. `scripts/test` installs the proxies.
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::{Backend, HttpResponse, MIN, SEC, Settings, StoreProxy, TestApp, http_request};
 use axum::http::HeaderMap;
-use common::{Backend, HttpResponse, MIN, SEC, Settings, StoreProxy, TestApp, http_request};
-use token_sidecar::grpc::pb::revoke_request::Target;
+use token_sidecar::api::pb::revoke_request::Target;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Proxy {
@@ -83,7 +81,7 @@ fn config(name: &str, ports: &[(&str, u16)], dir: &std::path::Path) -> std::path
 
 fn start(proxy: Proxy, app: u16, sidecar: u16) -> Running {
     let dir = tempfile::tempdir().expect("dir");
-    let listen = common::free_port();
+    let listen = crate::common::free_port();
     let ports = [("LISTEN", listen), ("APP", app), ("SIDECAR", sidecar)];
     let mut command = match proxy {
         Proxy::EnvoyGrpc | Proxy::EnvoyHttp => {
@@ -167,7 +165,7 @@ fn bearer(token: &str) -> String {
 }
 
 async fn scenario(which: Proxy) {
-    let (app, store): (TestApp, StoreProxy) = common::behind_store_proxy(
+    let (app, store): (TestApp, StoreProxy) = crate::common::behind_store_proxy(
         Settings::new(Backend::Postgres).arg("--http-listen", "127.0.0.1:0"),
     )
     .await;
@@ -216,7 +214,11 @@ async fn scenario(which: Proxy) {
         "{which:?}"
     );
 
-    let forged = common::craft(&common::good_header(), &common::good_payload(), &[7u8; 32]);
+    let forged = crate::common::craft(
+        &crate::common::good_header(),
+        &crate::common::good_payload(),
+        &[7u8; 32],
+    );
     let r = get(&proxy, &[("authorization", &bearer(&forged))]).await;
     assert_eq!(r.status, 401, "{which:?}: forged: {r:?}");
     let challenge = r.header("www-authenticate").unwrap_or_default();

@@ -1,13 +1,13 @@
 //! Several instances on one PostgreSQL: propagation through NOTIFY and through the poll,
 //! catch-up after a cut listener and at start, the hot path served from memory, and bounded
 //! staleness during a store outage.
-mod common;
-
 use std::time::Duration;
 
-use common::{Backend, MIN, SEC, Settings, StoreProxy, T0_MS, TestApp, assert_status, eventually};
+use crate::common::{
+    Backend, MIN, SEC, Settings, StoreProxy, T0_MS, TestApp, assert_status, eventually,
+};
+use token_sidecar::api::pb::{self, Reason, revoke_request::Target};
 use token_sidecar::clock::ManualClock;
-use token_sidecar::grpc::pb::{self, Reason, revoke_request::Target};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -348,7 +348,7 @@ async fn metrics_are_served_over_http() {
     let t = app.issue("alice").await;
     app.verify(&t.token).await;
     app.verify("garbage").await;
-    let (head, body) = common::http_get(app.metrics_addr, "/metrics").await;
+    let (head, body) = crate::common::http_get(app.metrics_addr, "/metrics").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     for needle in [
         "token_sidecar_rpc_requests_total{method=\"Verify\",result=\"ok\",reason=\"\"} 1",
@@ -366,8 +366,10 @@ async fn metrics_are_served_over_http() {
 }
 
 async fn behind_proxy(outage: &str) -> (TestApp, StoreProxy) {
-    common::behind_store_proxy(Settings::new(Backend::Postgres).arg("--on-store-outage", outage))
-        .await
+    crate::common::behind_store_proxy(
+        Settings::new(Backend::Postgres).arg("--on-store-outage", outage),
+    )
+    .await
 }
 
 #[tokio::test]

@@ -1,10 +1,8 @@
 //! SPEC §4 rules and the §2 worked example, end to end through gRPC, on PostgreSQL and on
 //! SQLite, with the manual clock moved instead of sleeping.
-mod common;
-
-use common::{Backend, DAY, MIN, SEC, Settings, T0_MS, TestApp, assert_status};
+use crate::common::{Backend, DAY, MIN, SEC, Settings, T0_MS, TestApp, assert_status};
 use futures::{StreamExt, stream};
-use token_sidecar::grpc::pb::{self, Reason, revoke_request::Target};
+use token_sidecar::api::pb::{self, Reason, revoke_request::Target};
 use tonic::Code;
 
 fn ms(t: &Option<prost_types::Timestamp>) -> i64 {

@@ -1,14 +1,12 @@
 //! Faults: the database crashes and comes back while two sidecars take Revoke and Verify load.
 //! Every Revoke that answered OK must be in the database afterwards and refused by every
 //! instance, and both instances must recover without a restart.
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Backend, PrivatePostgres, Settings, TestApp};
-use token_sidecar::grpc::pb::{self, Reason, revoke_request::Target};
+use crate::common::{Backend, PrivatePostgres, Settings, TestApp};
+use token_sidecar::api::pb::{self, Reason, revoke_request::Target};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 /// Where the test is with the database: revokers wait for their phase.
@@ -130,7 +128,7 @@ async fn postgres_crash_under_load_loses_no_acknowledged_revocation() {
         })
         .collect();
 
-    common::eventually(Duration::from_secs(60), "a third revoked", || {
+    crate::common::eventually(Duration::from_secs(60), "a third revoked", || {
         let progress = progress.clone();
         async move { progress.load(Ordering::Relaxed) >= issued_len_third() }
     })
@@ -161,7 +159,7 @@ async fn postgres_crash_under_load_loses_no_acknowledged_revocation() {
     // Both instances recover by themselves: SERVING, and a new Revoke is acknowledged.
     for app in apps.iter() {
         app.wait_for_health(ServingStatus::Serving).await;
-        common::eventually(
+        crate::common::eventually(
             Duration::from_secs(30),
             "revoke after recovery",
             || async move {
@@ -192,7 +190,7 @@ async fn postgres_crash_under_load_loses_no_acknowledged_revocation() {
     }
     for app in apps.iter() {
         for ack in &acknowledged {
-            common::eventually(Duration::from_secs(30), "revoked everywhere", || async {
+            crate::common::eventually(Duration::from_secs(30), "revoked everywhere", || async {
                 app.verdict(&ack.token).await == Reason::TokenRevoked
             })
             .await;
@@ -230,7 +228,7 @@ fn issued_len_third() -> usize {
 async fn a_revoke_stuck_in_the_store_answers_by_the_callers_deadline() {
     let app = TestApp::spawn(Backend::Postgres).await;
     let t = app.issue("alice").await;
-    let mut blocker = common::lock_denylist(&app.database_url).await;
+    let mut blocker = crate::common::lock_denylist(&app.database_url).await;
 
     let mut request = tonic::Request::new(pb::RevokeRequest {
         target: Some(Target::Jti(t.jti.clone())),

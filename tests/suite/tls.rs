@@ -1,10 +1,8 @@
 //! TLS and mutual TLS on the gRPC API (rustls with aws-lc-rs).
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::{Backend, Settings};
-use token_sidecar::grpc::pb;
+use crate::common::{Backend, Settings};
+use token_sidecar::api::pb;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 fn tls(name: &str) -> PathBuf {

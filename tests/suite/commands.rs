@@ -1,7 +1,5 @@
 //! Operator subcommands of the built binary: `check-config` fails with a clear reason for each
 //! bad setting, `migrate` applies the schema and exits.
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -27,7 +25,7 @@ async fn check_config_names_what_is_wrong() {
     let dir = tempfile::tempdir().expect("dir");
     let good_key = key_file(dir.path(), 32);
     let short_key = key_file(dir.path(), 8);
-    let pg = common::fresh_postgres_database().await;
+    let pg = crate::common::fresh_postgres_database().await;
     let sqlite = format!("sqlite:{}", dir.path().join("c.db").display());
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
@@ -129,7 +127,7 @@ async fn check_config_names_what_is_wrong() {
 #[tokio::test]
 async fn migrate_applies_the_schema_and_exits() {
     let dir = tempfile::tempdir().expect("dir");
-    let pg = common::fresh_postgres_database().await;
+    let pg = crate::common::fresh_postgres_database().await;
     let out = sidecar(&["migrate", "--database-url", &pg], dir.path());
     assert!(
         out.status.success(),

@@ -2,10 +2,8 @@
 //! the rotation chain, a replay after the interval revoking the whole session, a retry within it
 //! answered with the same new token, concurrent Refreshes of one token giving one branch (on one
 //! instance and on two), detection off, and the session's row purged with the session.
-mod common;
-
-use common::{Backend, DAY, SEC, Settings, TestApp, assert_status};
-use token_sidecar::grpc::pb::Reason;
+use crate::common::{Backend, DAY, SEC, Settings, TestApp, assert_status};
+use token_sidecar::api::pb::Reason;
 use tonic::Code;
 
 on_every_backend!(

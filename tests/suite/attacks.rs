@@ -1,16 +1,14 @@
 //! The attack catalogue: hostile tokens, each with the reason Verify must give (never an error
 //! status, never a panic), and property tests that random bytes and mutations of a valid token
 //! never verify.
-mod common;
-
 use std::path::Path;
 
+use crate::common::{Backend, Settings, T0_MS, TEST_SECRET, craft};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use common::{Backend, Settings, T0_MS, TEST_SECRET, craft};
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use token_sidecar::grpc::pb::Reason;
+use token_sidecar::api::pb::Reason;
 
 fn fixture(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -23,7 +21,7 @@ fn b64(v: &Value) -> String {
 }
 
 fn payload() -> Value {
-    let mut p = common::good_payload();
+    let mut p = crate::common::good_payload();
     p["aud"] = json!("api");
     p
 }
@@ -445,7 +443,7 @@ static CODEC: std::sync::LazyLock<(token_sidecar::token::TokenCodec, String)> =
         };
         let keys = KeySet::from_material(vec![(spec, TEST_SECRET.to_vec())], None).expect("keys");
         let codec = TokenCodec::new(keys, "token-sidecar".into(), None);
-        (codec, hs(main_header(), &common::good_payload()))
+        (codec, hs(main_header(), &crate::common::good_payload()))
     });
 
 fn codec() -> (&'static token_sidecar::token::TokenCodec, &'static str) {

@@ -1,16 +1,14 @@
 //! Keys as deployments use them: every algorithm, rotation by kid, verify-only public keys,
 //! weak keys refused, the JWKS (gRPC and HTTP), hot reload, and interoperability with an
 //! independent JWT implementation (jwt-simple) that knows only our published JWKS.
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::common::{Backend, Settings, TestApp};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::{Backend, Settings, TestApp};
+use token_sidecar::api::pb::Reason;
 use token_sidecar::clock::{ManualClock, SystemClock};
-use token_sidecar::grpc::pb::Reason;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -84,7 +82,7 @@ async fn every_algorithm_round_trips_and_publishes_only_public_keys() {
 
 #[tokio::test]
 async fn rotation_keeps_old_tokens_valid_until_their_key_is_retired() {
-    let clock = ManualClock::new(common::T0_MS);
+    let clock = ManualClock::new(crate::common::T0_MS);
     let old = Settings::new(Backend::Sqlite)
         .clock(clock.clone())
         .arg("--key", &key_arg("2025", "ES256", "p256.pem"))
@@ -160,7 +158,7 @@ async fn jwks_is_served_over_http_with_cache_control() {
         .arg("--key", &key_arg("ed", "EdDSA", "ed25519.pub.pem"))
         .spawn()
         .await;
-    let (head, body) = common::http_get(app.metrics_addr, "/.well-known/jwks.json").await;
+    let (head, body) = crate::common::http_get(app.metrics_addr, "/.well-known/jwks.json").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let head = head.to_ascii_lowercase();
     assert!(head.contains("cache-control: public, max-age="), "{head}");
@@ -232,7 +230,7 @@ async fn key_files_are_watched_without_a_signal() {
     let before = app.issue("alice").await.token;
     assert!(app.verify(&before).await.valid, "decoded once: cached");
     std::fs::write(&path, [3u8; 32]).expect("write");
-    common::eventually(Duration::from_secs(10), "watcher reloads", || async {
+    crate::common::eventually(Duration::from_secs(10), "watcher reloads", || async {
         app.verdict(&before).await == Reason::BadSignature
     })
     .await;
@@ -262,7 +260,7 @@ async fn no_rpc_fails_while_keys_reload_under_load() {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let mut c = client.clone();
                     let issued = c
-                        .issue(token_sidecar::grpc::pb::IssueRequest {
+                        .issue(token_sidecar::api::pb::IssueRequest {
                             user_id: format!("w{w}"),
                             ..Default::default()
                         })
@@ -270,7 +268,7 @@ async fn no_rpc_fails_while_keys_reload_under_load() {
                         .expect("issue never fails during reload")
                         .into_inner();
                     let v = c
-                        .verify(token_sidecar::grpc::pb::VerifyRequest {
+                        .verify(token_sidecar::api::pb::VerifyRequest {
                             token: issued.token,
                         })
                         .await
@@ -284,7 +282,8 @@ async fn no_rpc_fails_while_keys_reload_under_load() {
         })
         .collect();
     let header = serde_json::json!({"alg": "HS256", "typ": "JWT", "kid": "extra"});
-    let signed_by = |secret: &[u8]| common::craft(&header, &common::good_payload(), secret);
+    let signed_by =
+        |secret: &[u8]| crate::common::craft(&header, &crate::common::good_payload(), secret);
     assert!(app.verify(&signed_by(&secrets[0])).await.valid);
     for i in 1..=20 {
         let (loaded, other) = (&secrets[i % 2], &secrets[(i + 1) % 2]);

@@ -2,14 +2,12 @@
 //! answer in detail (header semantics, denials as denials), the HTTP forward-auth contract, RFC
 //! 7662 introspection and RFC 7009 revocation with the cases from the RFCs' text, and bad
 //! requests answered 400 in RFC 6749 style.
-mod common;
-
 use std::collections::HashMap;
 
-use common::{Backend, MIN, Settings, TestApp, http_request};
+use crate::common::{Backend, MIN, Settings, TestApp, http_request};
 use token_sidecar::api::ext_authz::pb;
-use token_sidecar::grpc::pb::revoke_request::Target;
-use token_sidecar::grpc::pb::{IssueRequest, Reason};
+use token_sidecar::api::pb::revoke_request::Target;
+use token_sidecar::api::pb::{IssueRequest, Reason};
 
 const ADMIN: &str = "an-admin-credential-long-enough";
 
@@ -38,7 +36,7 @@ async fn issue(app: &TestApp, user: &str, claims: serde_json::Value) -> (String,
     };
     let mut request = tonic::Request::new(IssueRequest {
         user_id: user.into(),
-        claims: Some(token_sidecar::grpc::json_to_struct(map)),
+        claims: Some(token_sidecar::api::convert::json_to_struct(map)),
         ttl: None,
     });
     request.metadata_mut().insert(
@@ -238,7 +236,7 @@ async fn introspection_follows_rfc_7662() {
     }
     // Every inactive token answers exactly {"active":false}.
     let (revoked, revoked_jti) = issue(&app, "bob", serde_json::json!({})).await;
-    let mut request = tonic::Request::new(token_sidecar::grpc::pb::RevokeRequest {
+    let mut request = tonic::Request::new(token_sidecar::api::pb::RevokeRequest {
         target: Some(Target::Jti(revoked_jti)),
     });
     request
@@ -318,7 +316,7 @@ async fn revocation_follows_rfc_7009_and_bad_requests_get_400() {
 
 #[tokio::test]
 async fn revocation_answers_503_with_retry_after_when_nothing_was_committed() {
-    let (app, store) = common::behind_store_proxy(
+    let (app, store) = crate::common::behind_store_proxy(
         Settings::new(Backend::Postgres).arg("--http-listen", "127.0.0.1:0"),
     )
     .await;

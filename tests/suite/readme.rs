@@ -13,11 +13,9 @@
 //!   member may be missing or extra), or plain lines compared with blanks folded (a line ending
 //!   in `...` matches by prefix; grpcurl's `N)  {json}` detail lines are compared as JSON);
 //! - `# ` lines after a blank line are descriptions and are not checked.
-mod common;
-
 use std::process::Command;
 
-use common::{Backend, TestApp};
+use crate::common::{Backend, TestApp};
 use serde_json::Value;
 
 const README_ADDRESS: &str = "localhost:50051";

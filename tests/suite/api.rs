@@ -1,20 +1,18 @@
 //! The API contract as a stranger sees it: bad input, error statuses with ErrorInfo, limits,
 //! health, reflection, start-up rules.
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
-use common::{
+use crate::common::{
     Backend, MIN, SEC, Settings, T0_MS, TEST_SECRET, TestApp, assert_status, craft, good_header,
     good_payload,
 };
+use clap::Parser;
 use futures::StreamExt;
 use serde_json::json;
+use token_sidecar::api::pb::{self, Reason, revoke_request::Target};
 use token_sidecar::clock::ManualClock;
 use token_sidecar::config::Config;
-use token_sidecar::grpc::pb::{self, Reason, revoke_request::Target};
 use token_sidecar::server::{self, StartupError};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -204,7 +202,7 @@ async fn invalid_arguments_are_refused_with_error_info(backend: Backend) {
         };
         app.issue_with(pb::IssueRequest {
             user_id,
-            claims: Some(token_sidecar::grpc::json_to_struct(map)),
+            claims: Some(token_sidecar::api::convert::json_to_struct(map)),
             ttl: ttl_s.map(|seconds| prost_types::Duration { seconds, nanos: 0 }),
         })
     };
@@ -502,7 +500,7 @@ async fn health_listen_serves_only_health(backend: Backend) {
 
 #[tokio::test]
 async fn postgres_without_a_key_refuses_to_start() {
-    let url = common::fresh_postgres_database().await;
+    let url = crate::common::fresh_postgres_database().await;
     let config = Config::try_parse_from([
         "token-sidecar",
         "--listen",
@@ -667,7 +665,7 @@ async fn sqlite_without_a_key_keeps_a_private_dev_key_across_restarts() {
 
 #[tokio::test]
 async fn many_sidecars_migrate_one_postgres_database_at_once() {
-    let url = common::fresh_postgres_database().await;
+    let url = crate::common::fresh_postgres_database().await;
     let clock = ManualClock::new(T0_MS);
     let apps = futures::future::join_all((0..4).map(|_| {
         Settings::new(Backend::Postgres)
@@ -683,12 +681,12 @@ async fn many_sidecars_migrate_one_postgres_database_at_once() {
         .revoke(Target::Token(issued.token.clone()))
         .await
         .expect("revoke");
-    common::eventually(Duration::from_secs(10), "revocation reaches #2", || async {
+    crate::common::eventually(Duration::from_secs(10), "revocation reaches #2", || async {
         apps[2].verdict(&issued.token).await == Reason::TokenRevoked
     })
     .await;
     apps[3].revoke_user("bob", Some(T0_MS + MIN)).await;
-    common::eventually(Duration::from_secs(10), "ban reaches #0", || async {
+    crate::common::eventually(Duration::from_secs(10), "ban reaches #0", || async {
         apps[0]
             .issue_with(pb::IssueRequest {
                 user_id: "bob".into(),
@@ -758,13 +756,13 @@ async fn silent_connections_are_bounded_and_closed_while_health_answers() {
             .map(|r| r.into_inner().status)
     };
     assert_eq!(check().await.ok(), Some(ServingStatus::Serving as i32));
-    common::eventually(
+    crate::common::eventually(
         Duration::from_secs(10),
         "over the bound: closed",
         || async { app.metrics.connections_refused_of("api", "limit") >= 1_800 },
     )
     .await;
-    common::eventually(Duration::from_secs(10), "silent ones timed out", || async {
+    crate::common::eventually(Duration::from_secs(10), "silent ones timed out", || async {
         app.metrics
             .connections_refused_of("api", "handshake_timeout")
             >= 99

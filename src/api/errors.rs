@@ -1,0 +1,173 @@
+//! The one error mapping of the gRPC surfaces: [`classify`] is the table from a domain error to
+//! its gRPC code, metric result label and reason; [`to_status`] builds the `Status` with an
+//! AIP-193 `google.rpc.ErrorInfo` (domain [`ERROR_DOMAIN`]) and, for argument errors, a
+//! `BadRequest`.
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::api::convert::proto_reason;
+use crate::authority::AuthorityError;
+use crate::reason::Reason;
+
+/// The `domain` of every `google.rpc.ErrorInfo` we send.
+pub const ERROR_DOMAIN: &str = "token-sidecar";
+
+/// How an error is reported: its gRPC code, its metric `result` label and its reason (the
+/// `ErrorInfo.reason` and the metric `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Classified {
+    /// The gRPC status code.
+    pub code: Code,
+    /// The metric `result` label.
+    pub result: &'static str,
+    /// The machine-readable reason.
+    pub reason: &'static str,
+}
+
+/// The one table from domain errors to code, result label and reason.
+pub fn classify(err: &AuthorityError) -> Classified {
+    let (code, result, reason) = match err {
+        AuthorityError::InvalidArgument { reason, .. } => {
+            (Code::InvalidArgument, "invalid_argument", *reason)
+        }
+        AuthorityError::Rejected(r) => (Code::Unauthenticated, "unauthenticated", r.code()),
+        AuthorityError::InvalidToken(r) => (Code::InvalidArgument, "invalid_argument", r.code()),
+        AuthorityError::Banned { .. } => (
+            Code::PermissionDenied,
+            "permission_denied",
+            Reason::UserBanned.code(),
+        ),
+        AuthorityError::NotReady | AuthorityError::Store(_) => {
+            (Code::Unavailable, "unavailable", "STORE_UNAVAILABLE")
+        }
+        AuthorityError::Codec(_) => (Code::Internal, "internal", "SIGNING_FAILED"),
+    };
+    Classified {
+        code,
+        result,
+        reason,
+    }
+}
+
+/// The status of a domain error: [`classify`]'s code, an AIP-193 `ErrorInfo` with the reason,
+/// and a message for people.
+pub fn to_status(err: AuthorityError) -> Status {
+    let code = classify(&err).code;
+    match err {
+        AuthorityError::InvalidArgument {
+            field,
+            reason,
+            message,
+        } => invalid_argument(field, reason, &message),
+        AuthorityError::Rejected(reason) | AuthorityError::InvalidToken(reason) => {
+            token_status(code, reason)
+        }
+        AuthorityError::Banned { until_ms } => {
+            let until = chrono::DateTime::from_timestamp_millis(until_ms)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                .unwrap_or_default();
+            let mut metadata = reason_metadata(Reason::UserBanned);
+            metadata.insert("banned_until".into(), until.clone());
+            Status::with_error_details(
+                code,
+                format!("the user is banned until {until} (REASON_USER_BANNED)"),
+                ErrorDetails::with_error_info(
+                    proto_reason(Reason::UserBanned).as_str_name(),
+                    ERROR_DOMAIN,
+                    metadata,
+                ),
+            )
+        }
+        AuthorityError::NotReady => unavailable("the store is not ready yet; retry shortly"),
+        AuthorityError::Store(e) => {
+            tracing::warn!(error = %e, "store error");
+            unavailable("the store did not answer; nothing was changed or acknowledged")
+        }
+        AuthorityError::Codec(e) => {
+            tracing::error!(error = %e, "could not sign a token");
+            Status::with_error_details(
+                code,
+                "could not sign the token",
+                ErrorDetails::with_error_info("SIGNING_FAILED", ERROR_DOMAIN, HashMap::new()),
+            )
+        }
+    }
+}
+
+/// The answer to a request shed because too many are in flight: retry later, with backoff.
+pub fn overloaded(limit: usize) -> Status {
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        format!("more than {limit} requests in flight; retry with backoff"),
+        ErrorDetails::with_error_info("OVERLOADED", ERROR_DOMAIN, HashMap::new()),
+    )
+}
+
+fn reason_metadata(reason: Reason) -> HashMap<String, String> {
+    HashMap::from([(
+        "reason".to_owned(),
+        proto_reason(reason).as_str_name().to_owned(),
+    )])
+}
+
+fn token_status(code: Code, reason: Reason) -> Status {
+    let name = proto_reason(reason).as_str_name();
+    Status::with_error_details(
+        code,
+        format!("{reason} ({name})"),
+        ErrorDetails::with_error_info(name, ERROR_DOMAIN, reason_metadata(reason)),
+    )
+}
+
+/// An INVALID_ARGUMENT with its reason and a `BadRequest` field violation.
+pub fn invalid_argument(field: &str, reason: &str, message: &str) -> Status {
+    let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new());
+    details.add_bad_request_violation(field, message);
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("{field}: {message}"),
+        details,
+    )
+}
+
+fn unavailable(message: &str) -> Status {
+    Status::with_error_details(
+        Code::Unavailable,
+        message,
+        ErrorDetails::with_error_info("STORE_UNAVAILABLE", ERROR_DOMAIN, HashMap::new()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_carry_error_info_with_the_reason() {
+        let status = to_status(AuthorityError::Rejected(Reason::TokenRevoked));
+        assert_eq!(status.code(), Code::Unauthenticated);
+        let details = status.get_error_details();
+        let info = details.error_info().expect("error info");
+        assert_eq!(info.reason, "REASON_TOKEN_REVOKED");
+        assert_eq!(info.domain, ERROR_DOMAIN);
+        assert_eq!(info.metadata["reason"], "REASON_TOKEN_REVOKED");
+        let banned = to_status(AuthorityError::Banned { until_ms: 0 });
+        assert_eq!(banned.code(), Code::PermissionDenied);
+        assert!(banned.message().contains("USER_BANNED"));
+    }
+
+    #[test]
+    fn the_table_and_the_status_agree_on_the_code() {
+        for err in [
+            AuthorityError::Rejected(Reason::Expired),
+            AuthorityError::InvalidToken(Reason::Malformed),
+            AuthorityError::Banned { until_ms: 1 },
+            AuthorityError::NotReady,
+        ] {
+            let code = classify(&err).code;
+            assert_eq!(to_status(err).code(), code);
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! `tokensidecar.v1.TokenService`: each RPC translates its request for the [`TokenAuthority`],
+//! answers through [`crate::api::convert`] and [`crate::api::errors`], and leaves one request log
+//! line and its metrics.
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::api::bearer_credential;
+use crate::api::caller::AdminCredential;
+use crate::api::convert::{
+    duration_ms, grant, proto_reason, struct_to_json, timestamp, timestamp_ms, token_claims,
+};
+use crate::api::errors::{ERROR_DOMAIN, classify, to_status};
+use crate::api::pb::{self, token_service_server::TokenService};
+use crate::authority::{AuthorityError, IssueRequest, RevokeTarget, TokenAuthority};
+use crate::metrics::Metrics;
+
+/// `tokensidecar.v1.TokenService`, delegating to a [`TokenAuthority`].
+#[derive(Clone)]
+pub struct TokenGrpc {
+    authority: Arc<TokenAuthority>,
+    metrics: Arc<Metrics>,
+    admin: Option<Arc<AdminCredential>>,
+}
+
+impl TokenGrpc {
+    /// Serves `authority` over gRPC, counting RPCs in `metrics`; privileged RPCs require
+    /// `admin` when it is set.
+    pub fn new(
+        authority: Arc<TokenAuthority>,
+        metrics: Arc<Metrics>,
+        admin: Option<Arc<AdminCredential>>,
+    ) -> Self {
+        Self {
+            authority,
+            metrics,
+            admin,
+        }
+    }
+
+    /// Checks the caller's credential for a privileged RPC.
+    fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        method: &'static str,
+        started: Instant,
+    ) -> Result<(), Status> {
+        let Some(admin) = &self.admin else {
+            return Ok(());
+        };
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer_credential);
+        let (reason, message) = match presented {
+            Some(credential) if admin.matches(credential.as_bytes()) => return Ok(()),
+            Some(_) => ("INVALID_CREDENTIAL", "the bearer credential is not valid"),
+            None => (
+                "MISSING_CREDENTIAL",
+                "this RPC needs `authorization: Bearer <credential>`",
+            ),
+        };
+        self.metrics.rpc(method, started, "unauthenticated", reason);
+        tracing::warn!(method, reason, "privileged RPC refused");
+        Err(Status::with_error_details(
+            Code::Unauthenticated,
+            message,
+            ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new()),
+        ))
+    }
+
+    /// Counts the RPC and writes its request log line: method, result, reason, latency, user
+    /// and jti — never the token. Verify logs at debug (it is the hot path), the rest at info.
+    fn record(
+        &self,
+        method: &'static str,
+        started: Instant,
+        result: &'static str,
+        reason: &'static str,
+        subject: Subject<'_>,
+    ) {
+        self.metrics.rpc(method, started, result, reason);
+        let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        // A refused request may carry megabytes in these fields: log a short prefix only.
+        let (user_id, jti) = (loggable(subject.user_id), loggable(subject.jti));
+        if method == "Verify" {
+            tracing::debug!(method, result, reason, latency_us, user_id = %user_id, jti = %jti, "rpc");
+        } else {
+            tracing::info!(method, result, reason, latency_us, user_id = %user_id, jti = %jti, "rpc");
+        }
+    }
+
+    /// Records the RPC and maps its error to a `Status`.
+    fn finish<T>(
+        &self,
+        method: &'static str,
+        started: Instant,
+        result: Result<T, AuthorityError>,
+        subject: Subject<'_>,
+    ) -> Result<Response<T>, Status> {
+        match result {
+            Ok(value) => {
+                self.record(method, started, "ok", "", subject);
+                Ok(Response::new(value))
+            }
+            Err(e) => {
+                let class = classify(&e);
+                self.record(method, started, class.result, class.reason, subject);
+                Err(to_status(e))
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl TokenService for TokenGrpc {
+    async fn issue(
+        &self,
+        request: Request<pb::IssueRequest>,
+    ) -> Result<Response<pb::IssueResponse>, Status> {
+        let started = Instant::now();
+        self.authorize(&request, "Issue", started)?;
+        let req = request.into_inner();
+        let user_id = req.user_id.clone();
+        let result = async {
+            let ttl_ms = req.ttl.map(|d| duration_ms(&d, "ttl")).transpose()?;
+            let issued = self
+                .authority
+                .issue(IssueRequest {
+                    user_id: req.user_id,
+                    claims: req.claims.map(struct_to_json).unwrap_or_default(),
+                    ttl_ms,
+                })
+                .await?;
+            Ok(pb::IssueResponse::from(grant(issued)))
+        }
+        .await;
+        let jti = result.as_ref().map(|r| r.jti.clone()).unwrap_or_default();
+        let subject = Subject {
+            user_id: &user_id,
+            jti: &jti,
+        };
+        self.finish("Issue", started, result, subject)
+    }
+
+    async fn verify(
+        &self,
+        request: Request<pb::VerifyRequest>,
+    ) -> Result<Response<pb::VerifyResponse>, Status> {
+        let started = Instant::now();
+        let token = request.into_inner().token;
+        let verdict = match self.authority.verify(&token).await {
+            Ok(verdict) => verdict,
+            Err(e) => return self.finish("Verify", started, Err(e), Subject::default()),
+        };
+        let response = match verdict {
+            Ok(claims) => {
+                let subject = Subject {
+                    user_id: &claims.user_id,
+                    jti: &claims.jti,
+                };
+                self.record("Verify", started, "ok", "", subject);
+                pb::VerifyResponse {
+                    valid: true,
+                    reason: pb::Reason::Unspecified as i32,
+                    claims: Some(token_claims(claims)),
+                }
+            }
+            Err(reason) => {
+                self.record(
+                    "Verify",
+                    started,
+                    "invalid",
+                    reason.code(),
+                    Subject::default(),
+                );
+                pb::VerifyResponse {
+                    valid: false,
+                    reason: proto_reason(reason) as i32,
+                    claims: None,
+                }
+            }
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn refresh(
+        &self,
+        request: Request<pb::RefreshRequest>,
+    ) -> Result<Response<pb::RefreshResponse>, Status> {
+        let started = Instant::now();
+        let token = request.into_inner().token;
+        let result = self
+            .authority
+            .refresh(&token)
+            .await
+            .map(|issued| pb::RefreshResponse::from(grant(issued)));
+        let jti = result.as_ref().map(|r| r.jti.clone()).unwrap_or_default();
+        let subject = Subject {
+            user_id: "",
+            jti: &jti,
+        };
+        self.finish("Refresh", started, result, subject)
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<pb::RevokeRequest>,
+    ) -> Result<Response<pb::RevokeResponse>, Status> {
+        use pb::revoke_request::Target;
+        let started = Instant::now();
+        // Revoking a token one holds is open (like Verify); every other target is privileged.
+        if !matches!(request.get_ref().target, Some(Target::Token(_))) {
+            self.authorize(&request, "Revoke", started)?;
+        }
+        let target = request.into_inner().target;
+        let (user_id, jti) = match &target {
+            Some(Target::User(u)) => (u.user_id.clone(), String::new()),
+            Some(Target::Jti(j)) => (String::new(), j.clone()),
+            _ => Default::default(),
+        };
+        let result = async {
+            let target = match target {
+                Some(Target::Token(token)) => RevokeTarget::Token(token),
+                Some(Target::Jti(jti)) => RevokeTarget::Jti(jti),
+                Some(Target::SessionId(sid)) => RevokeTarget::Session(sid),
+                Some(Target::User(user)) => RevokeTarget::User {
+                    user_id: user.user_id,
+                    until_ms: user
+                        .until
+                        .map(|t| timestamp_ms(&t, "user.until"))
+                        .transpose()?,
+                },
+                None => {
+                    return Err(AuthorityError::InvalidArgument {
+                        field: "target",
+                        reason: "MISSING_TARGET",
+                        message: "set one of token, jti, session_id or user".into(),
+                    });
+                }
+            };
+            let outcome = self.authority.revoke(target).await?;
+            Ok(pb::RevokeResponse {
+                stored: outcome.stored,
+                revoked_until: outcome.revoked_until_ms.map(timestamp),
+                banned: outcome.banned,
+                session_id: outcome.session_id.unwrap_or_default(),
+            })
+        }
+        .await;
+        let subject = Subject {
+            user_id: &user_id,
+            jti: &jti,
+        };
+        self.finish("Revoke", started, result, subject)
+    }
+
+    async fn lift_ban(
+        &self,
+        request: Request<pb::LiftBanRequest>,
+    ) -> Result<Response<pb::LiftBanResponse>, Status> {
+        let started = Instant::now();
+        self.authorize(&request, "LiftBan", started)?;
+        let user_id = request.into_inner().user_id;
+        let result = self
+            .authority
+            .lift_ban(&user_id)
+            .await
+            .map(|lifted| pb::LiftBanResponse { lifted });
+        let subject = Subject {
+            user_id: &user_id,
+            jti: "",
+        };
+        self.finish("LiftBan", started, result, subject)
+    }
+
+    async fn get_user_status(
+        &self,
+        request: Request<pb::GetUserStatusRequest>,
+    ) -> Result<Response<pb::GetUserStatusResponse>, Status> {
+        let started = Instant::now();
+        self.authorize(&request, "GetUserStatus", started)?;
+        let user_id = request.into_inner().user_id;
+        let result =
+            self.authority
+                .user_status(&user_id)
+                .await
+                .map(|status| pb::GetUserStatusResponse {
+                    cutoff: status.cutoff_ms.map(timestamp),
+                    banned: status.banned,
+                    banned_until: status.cutoff_ms.filter(|_| status.banned).map(timestamp),
+                });
+        let subject = Subject {
+            user_id: &user_id,
+            jti: "",
+        };
+        self.finish("GetUserStatus", started, result, subject)
+    }
+
+    async fn get_jwks(
+        &self,
+        _request: Request<pb::GetJwksRequest>,
+    ) -> Result<Response<pb::GetJwksResponse>, Status> {
+        let started = Instant::now();
+        let result = Ok(pb::GetJwksResponse {
+            jwks_json: self.authority.jwks_json(),
+        });
+        self.finish("GetJwks", started, result, Subject::default())
+    }
+}
+
+/// Longest prefix of a caller's value written to a log line, in bytes.
+const LOGGED_VALUE_BYTES: usize = 64;
+
+/// `value`, or its first [`LOGGED_VALUE_BYTES`] bytes (cut at a character boundary) and `…`.
+fn loggable(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.len() <= LOGGED_VALUE_BYTES {
+        return value.into();
+    }
+    let mut end = LOGGED_VALUE_BYTES;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &value[..end]).into()
+}
+
+/// Who an RPC was about, for the request log.
+#[derive(Clone, Copy, Default)]
+struct Subject<'a> {
+    user_id: &'a str,
+    jti: &'a str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_values_are_cut_short_at_a_character_boundary() {
+        assert_eq!(loggable("alice"), "alice");
+        let long = "é".repeat(1_000_000);
+        let cut = loggable(&long);
+        assert!(cut.len() <= LOGGED_VALUE_BYTES + "…".len());
+        assert!(cut.ends_with('…'));
+    }
+}

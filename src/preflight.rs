@@ -1,0 +1,133 @@
+//! What is checked and loaded before anything listens, shared by `start`, `migrate` and
+//! `check-config`: the keys (and the development key in SQLite mode), the admin credential, the
+//! TLS material, and whether the API would be exposed without caller authentication.
+use std::sync::Arc;
+
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+use crate::api::caller::AdminCredential;
+use crate::config::Config;
+use crate::secret_file::{self, warn_if_readable_by_others};
+use crate::server::StartupError;
+use crate::store;
+use crate::token::{KeyError, KeySet, read_key_files, warn_about_exposed_keys};
+
+/// Builds the key set for `config`, generating the development key in SQLite mode.
+pub fn load_keys(config: &Config) -> Result<KeySet, StartupError> {
+    if !config.keys.is_empty() {
+        let files = read_key_files(&config.keys)?;
+        warn_about_exposed_keys(&files);
+        return Ok(KeySet::from_material(files, config.signing_kid.as_deref())?);
+    }
+    if !config.is_sqlite() {
+        return Err(StartupError::NoKeyForPostgres);
+    }
+    let path = config.dev_key_path().ok_or(KeyError::Empty)?;
+    let (keys, created) = KeySet::load_or_create_dev_key(&path)?;
+    tracing::warn!(
+        path = %path.display(),
+        created,
+        "no --key configured: using a development HS256 key kept beside the SQLite database; \
+         configure real keys for anything but local use"
+    );
+    Ok(keys)
+}
+
+/// Applies the migrations of the configured store and returns its kind.
+pub async fn migrate(config: &Config) -> Result<&'static str, StartupError> {
+    let store = store::open(&config.database_url()).await?;
+    store.migrate().await?;
+    Ok(store.kind())
+}
+
+/// Checks what a start would need, without starting: keys load, the store answers. Returns what
+/// was checked, one line each. Creates nothing (a missing development key is only reported).
+pub async fn check_config(config: &Config) -> Result<Vec<String>, StartupError> {
+    let mut report = Vec::new();
+    check_exposure(config)?;
+    report.push(format!("listen: {}", config.listen));
+    if config.keys.is_empty() {
+        if !config.is_sqlite() {
+            return Err(StartupError::NoKeyForPostgres);
+        }
+        let path = config.dev_key_path().ok_or(KeyError::Empty)?;
+        report.push(format!(
+            "keys: none configured; SQLite mode uses the development key {}",
+            path.display()
+        ));
+    } else {
+        let keys = KeySet::load(&config.keys, config.signing_kid.as_deref())?;
+        report.push(format!(
+            "keys: {} (signing: {})",
+            keys.kids().join(", "),
+            keys.signing_kid()
+        ));
+    }
+    if tls_config(config)?.is_some() {
+        report.push("tls: certificate and key readable".into());
+    }
+    if load_admin(config)?.is_some() {
+        report.push("admin credential: loaded; privileged RPCs require it".into());
+    }
+    let store = store::open(&config.database_url()).await?;
+    store.ping().await?;
+    report.push(format!("store: {} reachable", store.kind()));
+    report.push(format!(
+        "token ttl {:?}, refresh window {:?}, leeway {:?}, issuer {:?}, audience {:?}",
+        config.token_ttl, config.refresh_window, config.leeway, config.issuer, config.audience
+    ));
+    Ok(report)
+}
+
+/// Refuses an API beyond loopback whose privileged RPCs anyone could call, unless the operator
+/// said it is intended. Callers are authenticated by the admin credential or by mutual TLS;
+/// server-side TLS alone only encrypts. The health-only and metrics listeners are exempt: they
+/// serve nothing that changes state.
+pub fn check_exposure(config: &Config) -> Result<(), StartupError> {
+    let mutual_tls = config.tls_cert.is_some() && config.tls_client_ca.is_some();
+    let protected = mutual_tls || config.admin_token_file.is_some();
+    if config.listen.ip().is_loopback() || protected {
+        return Ok(());
+    }
+    if config.allow_insecure_remote {
+        tracing::warn!(
+            listen = %config.listen,
+            "the API is reachable from other hosts and callers are not authenticated \
+             (--allow-insecure-remote)"
+        );
+        return Ok(());
+    }
+    Err(StartupError::InsecureRemote(config.listen))
+}
+
+/// Reads the admin credential, if one is configured.
+pub fn load_admin(config: &Config) -> Result<Option<Arc<AdminCredential>>, StartupError> {
+    let Some(path) = &config.admin_token_file else {
+        return Ok(None);
+    };
+    let problem = |problem: String| StartupError::AdminToken {
+        path: path.display().to_string(),
+        problem,
+    };
+    let raw = secret_file::read(path).map_err(|e| problem(e.to_string()))?;
+    warn_if_readable_by_others(path);
+    AdminCredential::new(&raw)
+        .map(|c| Some(Arc::new(c)))
+        .ok_or_else(|| problem(format!("shorter than {} bytes", AdminCredential::MIN_LEN)))
+}
+
+/// The API's TLS configuration, if --tls-cert and --tls-key are set.
+pub fn tls_config(config: &Config) -> Result<Option<ServerTlsConfig>, StartupError> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::Path| {
+        secret_file::read(path).map_err(|e| StartupError::Tls(format!("{}: {e}", path.display())))
+    };
+    warn_if_readable_by_others(key);
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &config.tls_client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(Some(tls))
+}

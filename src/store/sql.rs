@@ -1,0 +1,260 @@
+//! What PostgreSQL and SQLite say alike: the read queries, the change feed, the session-head
+//! rotation and the purge, with their row mapping, written once over sqlx's generic `Database`
+//! (both accept `$N` placeholders). Only the writes that number changes differ per backend
+//! (PostgreSQL: a sequence under an advisory lock, announced with NOTIFY; SQLite: a counter row
+//! in the write transaction).
+use sqlx::{Database, Encode, FromRow, IntoArguments, Pool, Type};
+
+use super::{
+    Change, ChangeSeq, CutoffRecord, DenyKind, DenySink, Purged, Rotation, RotationOutcome,
+    SessionHead, StoreError,
+};
+use crate::clock::UnixMillis;
+
+/// How many rows a statement changed; each backend has it, under no common trait.
+pub(super) trait RowsAffected {
+    fn rows(&self) -> u64;
+}
+
+impl RowsAffected for sqlx::postgres::PgQueryResult {
+    fn rows(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+impl RowsAffected for sqlx::sqlite::SqliteQueryResult {
+    fn rows(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+/// Answers when the database is reachable.
+pub(super) async fn ping<DB>(pool: &Pool<DB>) -> Result<(), StoreError>
+where
+    DB: Database,
+    DB::Arguments: IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    sqlx::query("SELECT 1").execute(pool).await?;
+    Ok(())
+}
+
+/// The user's cutoff, with the change that set it.
+pub(super) async fn cutoff<DB>(pool: &Pool<DB>, user_id: &str) -> Result<CutoffRecord, StoreError>
+where
+    DB: Database,
+    DB::Arguments: IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    (i64, i64): for<'r> FromRow<'r, DB::Row>,
+{
+    let row: Option<(i64, i64)> =
+        sqlx::query_as("SELECT cutoff_unix_ms, change_seq FROM user_cutoffs WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(match row {
+        Some((cutoff, seq)) => CutoffRecord {
+            cutoff_ms: Some(cutoff),
+            seq,
+        },
+        None => CutoffRecord {
+            cutoff_ms: None,
+            seq: 0,
+        },
+    })
+}
+
+/// Whether one token or session is denied.
+pub(super) async fn is_denied<DB>(
+    pool: &Pool<DB>,
+    kind: DenyKind,
+    id: &str,
+) -> Result<bool, StoreError>
+where
+    DB: Database,
+    DB::Arguments: IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    (i64,): for<'r> FromRow<'r, DB::Row>,
+{
+    let row: Option<(i64,)> =
+        sqlx::query_as("SELECT CAST(1 AS BIGINT) FROM denylist WHERE kind = $1 AND id = $2")
+            .bind(kind.as_str())
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.is_some())
+}
+
+/// Committed changes numbered after `after`, in order, at most `limit`.
+pub(super) async fn changes_after<DB>(
+    pool: &Pool<DB>,
+    after: ChangeSeq,
+    limit: i64,
+) -> Result<Vec<Change>, StoreError>
+where
+    DB: Database,
+    DB::Arguments: IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    i64: for<'q> Encode<'q, DB> + Type<DB>,
+    (String, String, i64, i64): for<'r> FromRow<'r, DB::Row>,
+{
+    let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(CHANGES_AFTER_SQL)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().map(change_from_row).collect())
+}
+
+/// Feeds every denylist row live at `now` to `sink`, inside the caller's snapshot.
+pub(super) async fn feed_denylist<'c, DB, E>(
+    executor: E,
+    now: UnixMillis,
+    sink: &mut DenySink<'_>,
+) -> Result<(), StoreError>
+where
+    DB: Database,
+    DB::Arguments: IntoArguments<DB>,
+    E: sqlx::Executor<'c, Database = DB> + 'c,
+    i64: for<'q> Encode<'q, DB> + Type<DB>,
+    (String, String, i64): for<'r> FromRow<'r, DB::Row>,
+{
+    use futures::TryStreamExt;
+    let mut rows = sqlx::query_as::<_, (String, String, i64)>(
+        "SELECT kind, id, moot_after_unix_ms FROM denylist WHERE moot_after_unix_ms >= $1",
+    )
+    .bind(now)
+    .fetch(executor);
+    while let Some((kind, id, moot)) = rows.try_next().await? {
+        sink(DenyKind::from_column(&kind), &id, moot);
+    }
+    Ok(())
+}
+
+/// Deletes what can no longer refuse anything: denylist rows and session heads moot before
+/// `now`, cutoffs older than `cutoffs_before`.
+pub(super) async fn purge<DB>(
+    pool: &Pool<DB>,
+    now: UnixMillis,
+    cutoffs_before: UnixMillis,
+) -> Result<Purged, StoreError>
+where
+    DB: Database,
+    DB::Arguments: IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    DB::QueryResult: RowsAffected,
+    i64: for<'q> Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query("DELETE FROM session_heads WHERE moot_after_unix_ms < $1")
+        .bind(now)
+        .execute(pool)
+        .await?;
+    let denylist = sqlx::query("DELETE FROM denylist WHERE moot_after_unix_ms < $1")
+        .bind(now)
+        .execute(pool)
+        .await?;
+    let cutoffs = sqlx::query("DELETE FROM user_cutoffs WHERE cutoff_unix_ms < $1")
+        .bind(cutoffs_before)
+        .execute(pool)
+        .await?;
+    Ok(Purged {
+        denylist: denylist.rows(),
+        cutoffs: cutoffs.rows(),
+    })
+}
+
+/// Turns a `(kind, id, value, seq)` change-feed row into a [`Change`].
+pub(super) fn change_from_row((kind, id, value, seq): (String, String, i64, i64)) -> Change {
+    if kind == "cutoff" {
+        Change::Cutoff {
+            seq,
+            user_id: id,
+            cutoff_ms: value,
+        }
+    } else {
+        Change::Denied {
+            seq,
+            kind: DenyKind::from_column(&kind),
+            id,
+            moot_after_ms: value,
+        }
+    }
+}
+
+/// The change feed: both tables' rows changed after a number, as `(kind, id, value, seq)`.
+/// `kind` is `cutoff` for a cutoff row, else the denylist kind.
+pub(super) const CHANGES_AFTER_SQL: &str = "
+    SELECT kind, id, value, seq FROM (
+        SELECT 'cutoff' AS kind, user_id AS id, cutoff_unix_ms AS value, change_seq AS seq
+            FROM user_cutoffs WHERE change_seq > $1
+        UNION ALL
+        SELECT kind, id, moot_after_unix_ms AS value, change_seq AS seq
+            FROM denylist WHERE change_seq > $1
+    ) AS changes
+    ORDER BY seq
+    LIMIT $2";
+
+/// The conditional rotation, in the SQL both backends speak: insert the session's first head,
+/// or replace the head only while it is still the presented token. Returns a row when it wrote.
+const ROTATE_SQL: &str = "
+    INSERT INTO session_heads (session_id, user_id, newest_jti, minted_unix_ms, issued_at,
+                               expires_at, moot_after_unix_ms)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
+    ON CONFLICT (session_id) DO UPDATE
+        SET newest_jti = excluded.newest_jti, minted_unix_ms = excluded.minted_unix_ms,
+            issued_at = excluded.issued_at, expires_at = excluded.expires_at
+        WHERE session_heads.newest_jti = $8
+    RETURNING session_id";
+
+/// The session's newest token.
+const SESSION_HEAD_SQL: &str = "
+    SELECT newest_jti, minted_unix_ms, issued_at, expires_at FROM session_heads
+        WHERE session_id = $1";
+
+/// Runs [`ROTATE_SQL`], then reads the head it lost to; once more if that head vanished meanwhile.
+pub(super) async fn rotate_with<'c, DB, E>(
+    executor: E,
+    rotation: &Rotation<'_>,
+) -> Result<RotationOutcome, StoreError>
+where
+    DB: sqlx::Database,
+    E: sqlx::Executor<'c, Database = DB> + Copy,
+    <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+    String: for<'r> sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    (String,): for<'r> sqlx::FromRow<'r, DB::Row>,
+    (String, i64, i64, i64): for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    for _ in 0..2 {
+        let wrote: Option<(String,)> = sqlx::query_as(ROTATE_SQL)
+            .bind(rotation.session_id)
+            .bind(rotation.user_id)
+            .bind(rotation.new.jti.as_str())
+            .bind(rotation.new.minted_ms)
+            .bind(rotation.new.issued_at)
+            .bind(rotation.new.expires_at)
+            .bind(rotation.moot_after_ms)
+            .bind(rotation.presented_jti)
+            .fetch_optional(executor)
+            .await?;
+        if wrote.is_some() {
+            return Ok(RotationOutcome::Rotated);
+        }
+        let head: Option<(String, i64, i64, i64)> = sqlx::query_as(SESSION_HEAD_SQL)
+            .bind(rotation.session_id)
+            .fetch_optional(executor)
+            .await?;
+        if let Some((jti, minted_ms, issued_at, expires_at)) = head {
+            return Ok(RotationOutcome::Superseded(SessionHead {
+                jti,
+                minted_ms,
+                issued_at,
+                expires_at,
+            }));
+        }
+    }
+    Err(StoreError::Conflict)
+}

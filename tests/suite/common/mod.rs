@@ -1,0 +1,34 @@
+//! Shared helpers, one room each: [`app`] (a sidecar in process), [`postgres`], [`process`] (the
+//! binary as a child, HTTP, waiting), [`tokens`] (hand-made tokens, status checks).
+pub mod app;
+pub mod postgres;
+pub mod process;
+pub mod tokens;
+
+pub use app::*;
+pub use postgres::*;
+pub use process::*;
+pub use tokens::*;
+
+/// Generates one `#[tokio::test]` per backend for each scenario function.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Postgres).await
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Sqlite).await
+                }
+            )*
+        }
+    };
+}

@@ -1,0 +1,22 @@
+//! The end-to-end suite, as one test binary (one link instead of fourteen on two cores), one
+//! module per area. Every test talks to a real PostgreSQL or SQLite, a real server on an
+//! ephemeral port and real clients and proxies; time-dependent rules move the injected clock.
+//! Fixtures live beside it: `tests/keys` (keys and TLS material), `tests/proxies` (proxy
+//! configurations, the ones the README shows).
+#[macro_use]
+mod common;
+
+mod api;
+mod attacks;
+mod auth;
+mod binary;
+mod commands;
+mod faults;
+mod http_api;
+mod keys;
+mod proxies;
+mod readme;
+mod reuse;
+mod rules;
+mod sync;
+mod tls;
