@@ -44,6 +44,12 @@ ensure_tools() {
       export PATH
     fi
   done
+  # A Python service generates its client from proto/ (tests/suite/client.rs).
+  if ! python3 -c "import grpc_tools, grpc_status" 2>/dev/null; then
+    echo "installing grpcio-tools and grpcio-status (pip)"
+    python3 -m pip install --quiet grpcio-tools grpcio-status >/dev/null 2>&1 ||
+      python3 -m pip install --quiet --break-system-packages grpcio-tools grpcio-status
+  fi
   for tool in jq nginx; do
     command -v "$tool" >/dev/null && continue
     echo "installing $tool (apt-get install $tool)"

@@ -9,7 +9,8 @@
 //! - the use cases in [`authority`], applying the pure rules of [`policy`] to tokens from the
 //!   [`token`] codec and to revocation state from [`revocations`] — the [`cache`]s in front of
 //!   the [`store`], kept in step by [`sync`] — reading time from the [`clock`];
-//! - around them: [`metrics`], [`telemetry`], [`secret_file`], [`reason`].
+//! - around them: [`metrics`], [`telemetry`], [`secret_file`], [`reason`];
+//! - for sibling services (feature `client`): `client`, a Verify layer for tonic and axum.
 //!
 //! Arrows point down: `api` knows the authority, the authority knows neither gRPC nor SQL.
 #![forbid(unsafe_code)]
@@ -18,6 +19,8 @@
 pub mod api;
 pub mod authority;
 pub mod cache;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod connections;

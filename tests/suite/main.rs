@@ -10,6 +10,8 @@ mod api;
 mod attacks;
 mod auth;
 mod binary;
+#[cfg(feature = "client")]
+mod client;
 mod commands;
 mod faults;
 mod http_api;

@@ -1,0 +1,26 @@
+//! A tonic service protected by token-sidecar with one `.layer(...)` line (here the standard
+//! health service stands in for your own): every call needs `authorization: Bearer <token>`
+//! metadata, and handlers find the verified claims in `request.extensions()` as `TokenClaims`.
+//!
+//!   cargo run --features client --example protected_tonic -- 127.0.0.1:8001 http://127.0.0.1:50051
+//!   grpcurl -plaintext -H "authorization: Bearer $TOKEN" 127.0.0.1:8001 grpc.health.v1.Health/Check
+use token_sidecar::client::{SidecarClient, VerifyLayer};
+use tonic::transport::Server;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let listen = args.next().unwrap_or_else(|| "127.0.0.1:8001".into());
+    let sidecar = args
+        .next()
+        .unwrap_or_else(|| "http://127.0.0.1:50051".into());
+    let client = SidecarClient::connect_lazy(&sidecar)?;
+    let (_reporter, health) = tonic_health::server::health_reporter();
+
+    Server::builder()
+        .layer(VerifyLayer::new(client))
+        .add_service(health)
+        .serve(listen.parse()?)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! Sibling services protected by one layer (feature `client`): an axum service and a tonic
+//! service wrapped in `VerifyLayer`, as in `examples/protected_*.rs`, against a real sidecar —
+//! no token, a valid one (claims reach the handler), a revocation that reaches the service at
+//! once, the sidecar gone (fail closed) — and a Python service using stubs generated from
+//! `proto/` with grpcio-tools, reading the `Reason` and the `ErrorInfo`.
+use std::net::SocketAddr;
+
+use axum::routing::get;
+use axum::{Extension, Router};
+use token_sidecar::api::pb::TokenClaims;
+use token_sidecar::api::pb::revoke_request::Target;
+use token_sidecar::client::{SidecarClient, VerifyLayer};
+
+use crate::common::{Backend, TestApp, http_request};
+
+async fn whoami(Extension(claims): Extension<TokenClaims>) -> String {
+    format!("hello {}", claims.user_id)
+}
+
+async fn serve_axum(sidecar: SocketAddr) -> SocketAddr {
+    let client = SidecarClient::connect_lazy(&format!("http://{sidecar}")).expect("uri");
+    let app = Router::new()
+        .route("/whoami", get(whoami))
+        .layer(VerifyLayer::new(client));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+#[tokio::test]
+async fn an_axum_service_is_protected_by_one_layer() {
+    let sidecar = TestApp::spawn(Backend::Sqlite).await;
+    let app = serve_axum(sidecar.addr).await;
+    let r = http_request(app, "GET", "/whoami", &[], None)
+        .await
+        .expect("answer");
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate").as_deref(), Some("Bearer"));
+
+    let t = sidecar.issue("alice").await;
+    let auth = format!("Bearer {}", t.token);
+    let r = http_request(app, "GET", "/whoami", &[("Authorization", &auth)], None)
+        .await
+        .expect("answer");
+    assert_eq!((r.status, r.body.as_str()), (200, "hello alice"));
+
+    // A revocation reaches the service at once.
+    sidecar
+        .revoke(Target::Token(t.token.clone()))
+        .await
+        .expect("revoke");
+    let r = http_request(app, "GET", "/whoami", &[("Authorization", &auth)], None)
+        .await
+        .expect("answer");
+    assert_eq!(r.status, 401);
+    assert!(
+        r.header("www-authenticate")
+            .unwrap_or_default()
+            .contains("REASON_TOKEN_REVOKED")
+    );
+
+    // The sidecar gone: fail closed.
+    let fresh = sidecar.issue("bob").await;
+    sidecar.shutdown().await;
+    let auth = format!("Bearer {}", fresh.token);
+    let r = http_request(app, "GET", "/whoami", &[("Authorization", &auth)], None)
+        .await
+        .expect("answer");
+    assert_eq!(r.status, 503);
+}
+
+#[tokio::test]
+async fn a_tonic_service_is_protected_by_one_layer() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let sidecar = TestApp::spawn(Backend::Sqlite).await;
+    let client = SidecarClient::connect_lazy(&format!("http://{}", sidecar.addr)).expect("uri");
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(VerifyLayer::new(client))
+            .add_service(health)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let call = |token: Option<String>| {
+        let mut client = HealthClient::new(channel.clone());
+        async move {
+            let mut request = tonic::Request::new(HealthCheckRequest::default());
+            if let Some(t) = token {
+                request.metadata_mut().insert(
+                    "authorization",
+                    format!("Bearer {t}").parse().expect("header"),
+                );
+            }
+            client.check(request).await
+        }
+    };
+    let refused = call(None).await.expect_err("no token");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let t = sidecar.issue("alice").await;
+    assert!(call(Some(t.token.clone())).await.is_ok());
+    sidecar
+        .revoke(Target::Jti(t.jti.clone()))
+        .await
+        .expect("revoke");
+    let refused = call(Some(t.token)).await.expect_err("revoked");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert_eq!(refused.message(), "REASON_TOKEN_REVOKED");
+}
+
+#[tokio::test]
+async fn a_python_service_uses_stubs_generated_from_the_proto() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let stubs = tempfile::tempdir().expect("dir");
+    let generated = std::process::Command::new("python3")
+        .args(["-m", "grpc_tools.protoc", "-I", &format!("{root}/proto")])
+        .arg(format!("--python_out={}", stubs.path().display()))
+        .arg(format!("--grpc_python_out={}", stubs.path().display()))
+        .arg(format!("{root}/proto/tokensidecar/v1/token_sidecar.proto"))
+        .output()
+        .expect("python3 runs (scripts/test installs grpcio-tools)");
+    assert!(
+        generated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    let sidecar = TestApp::spawn(Backend::Sqlite).await;
+    let t = sidecar.issue("alice").await;
+    sidecar
+        .revoke_user("mallory", Some(crate::common::T0_MS + 3_600_000))
+        .await;
+    let addr = sidecar.addr.to_string();
+    let script = format!("{root}/tests/python/verify_client.py");
+    let run = |token: String| {
+        let (script, addr, path) = (script.clone(), addr.clone(), stubs.path().to_path_buf());
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("python3")
+                .arg(&script)
+                .args([&addr, &token, "mallory"])
+                .env("PYTHONPATH", &path)
+                .output()
+        })
+    };
+    let out = run(t.token.clone()).await.expect("join").expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(answer["valid"], true);
+    assert_eq!(answer["user_id"], "alice");
+    assert_eq!(answer["issue"]["code"], "PERMISSION_DENIED");
+    assert_eq!(answer["issue"]["reason"], "REASON_USER_BANNED");
+    assert_eq!(answer["issue"]["domain"], "token-sidecar");
+
+    let out = run("not.a.token".into())
+        .await
+        .expect("join")
+        .expect("python");
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(answer["valid"], false);
+    assert_eq!(answer["reason"], "REASON_MALFORMED");
+}
