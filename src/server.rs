@@ -174,7 +174,11 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
         metrics: &metrics,
         shutdown: &shutdown_rx,
     };
-    let decide = ForwardAuth::new(authority.clone(), config.forward_claims.clone());
+    let decide = ForwardAuth::new(
+        authority.clone(),
+        config.forward_claims.clone(),
+        metrics.clone(),
+    );
     let mut tasks = Vec::new();
     let addr = listeners
         .api(
@@ -346,7 +350,7 @@ impl Listeners<'_> {
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
             )
             .add_service(
-                ExtAuthz::new(decide.clone(), self.metrics.clone())
+                ExtAuthz::new(decide.clone())
                     .into_service()
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
             )

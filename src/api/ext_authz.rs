@@ -4,12 +4,9 @@
 //! decision. A denial is an OK RPC carrying a denied response (status UNAUTHENTICATED, HTTP 401,
 //! `WWW-Authenticate`) — an RPC error is not a denial to Envoy; only "cannot answer safely" is an
 //! RPC error (UNAVAILABLE), so the proxy's `failure_mode_allow` decides.
-use std::time::Instant;
-
 use tonic::{Request, Response, Status};
 
 use crate::api::forward_auth::{Decision, ForwardAuth};
-use crate::metrics::Metrics;
 
 /// The generated code of Envoy's external-authorization API and the packages it imports.
 pub mod pb {
@@ -82,13 +79,12 @@ const UNAUTHENTICATED: i32 = 16;
 #[derive(Clone)]
 pub struct ExtAuthz {
     decide: ForwardAuth,
-    metrics: std::sync::Arc<Metrics>,
 }
 
 impl ExtAuthz {
-    /// Answers Envoy with `decide`'s decisions, counted in `metrics`.
-    pub fn new(decide: ForwardAuth, metrics: std::sync::Arc<Metrics>) -> Self {
-        Self { decide, metrics }
+    /// Answers Envoy with `decide`'s decisions.
+    pub fn new(decide: ForwardAuth) -> Self {
+        Self { decide }
     }
 
     /// The service, ready for a tonic router.
@@ -140,62 +136,44 @@ impl pb::Authorization for ExtAuthz {
         &self,
         request: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
-        let started = Instant::now();
         let request = request.into_inner();
-        let decision = self.decide.decide(authorization_header(&request)).await;
+        let decision = self
+            .decide
+            .decide(authorization_header(&request), "Check")
+            .await;
         let response = match decision {
-            Decision::Allow {
-                set,
-                remove,
-                user_id,
-            } => {
-                self.metrics.rpc("Check", started, "ok", "");
-                tracing::debug!(method = "Check", result = "ok", user_id = %user_id, "ext_authz");
-                pb::CheckResponse {
-                    status: Some(pb::google::rpc::Status {
-                        code: OK,
-                        ..Default::default()
-                    }),
-                    http_response: Some(pb::check_response::HttpResponse::OkResponse(
-                        pb::OkHttpResponse {
-                            headers: set.into_iter().map(|(k, v)| overwrite(k, v)).collect(),
-                            headers_to_remove: remove,
-                            ..Default::default()
-                        },
-                    )),
+            Decision::Allow { set, remove, .. } => pb::CheckResponse {
+                status: Some(pb::google::rpc::Status {
+                    code: OK,
                     ..Default::default()
-                }
-            }
-            Decision::Deny { challenge, reason } => {
-                let code = reason.map_or("MISSING_TOKEN", |r| r.code());
-                self.metrics.rpc("Check", started, "denied", code);
-                tracing::debug!(
-                    method = "Check",
-                    result = "denied",
-                    reason = code,
-                    "ext_authz"
-                );
-                pb::CheckResponse {
-                    status: Some(pb::google::rpc::Status {
-                        code: UNAUTHENTICATED,
-                        message: code.to_owned(),
+                }),
+                http_response: Some(pb::check_response::HttpResponse::OkResponse(
+                    pb::OkHttpResponse {
+                        headers: set.into_iter().map(|(k, v)| overwrite(k, v)).collect(),
+                        headers_to_remove: remove,
                         ..Default::default()
-                    }),
-                    http_response: Some(pb::check_response::HttpResponse::DeniedResponse(
-                        pb::DeniedHttpResponse {
-                            status: Some(HttpStatus {
-                                code: StatusCode::Unauthorized as i32,
-                            }),
-                            headers: vec![overwrite("www-authenticate".into(), challenge)],
-                            body: String::new(),
-                        },
-                    )),
+                    },
+                )),
+                ..Default::default()
+            },
+            Decision::Deny { challenge, reason } => pb::CheckResponse {
+                status: Some(pb::google::rpc::Status {
+                    code: UNAUTHENTICATED,
+                    message: reason.map_or("MISSING_TOKEN", |r| r.code()).to_owned(),
                     ..Default::default()
-                }
-            }
+                }),
+                http_response: Some(pb::check_response::HttpResponse::DeniedResponse(
+                    pb::DeniedHttpResponse {
+                        status: Some(HttpStatus {
+                            code: StatusCode::Unauthorized as i32,
+                        }),
+                        headers: vec![overwrite("www-authenticate".into(), challenge)],
+                        body: String::new(),
+                    },
+                )),
+                ..Default::default()
+            },
             Decision::Unavailable => {
-                self.metrics
-                    .rpc("Check", started, "unavailable", "STORE_UNAVAILABLE");
                 return Err(Status::unavailable(
                     "the sidecar cannot answer safely: the store is unreachable",
                 ));

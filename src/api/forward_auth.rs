@@ -8,12 +8,15 @@
 //! - **unavailable** when the sidecar cannot answer safely (store down beyond the staleness
 //!   bound): the proxy's own fail-open/fail-closed setting decides.
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde_json::Value;
 
 use crate::api::bearer_credential;
 use crate::api::convert::proto_reason;
+use crate::api::token_service::loggable;
 use crate::authority::TokenAuthority;
+use crate::metrics::Metrics;
 use crate::reason::Reason;
 use crate::token::Claims;
 
@@ -73,19 +76,26 @@ pub enum Decision {
     Unavailable,
 }
 
-/// Decides for the proxies, with the configured forwarded claims.
+/// Decides for the proxies, with the configured forwarded claims; counts and logs every
+/// decision by the surface that asked.
 #[derive(Clone)]
 pub struct ForwardAuth {
     authority: Arc<TokenAuthority>,
     forwarded: Arc<[ForwardedClaim]>,
+    metrics: Arc<Metrics>,
 }
 
 impl ForwardAuth {
-    /// Decisions by `authority`, forwarding `forwarded` claims on allow.
-    pub fn new(authority: Arc<TokenAuthority>, forwarded: Vec<ForwardedClaim>) -> Self {
+    /// Decisions by `authority`, forwarding `forwarded` claims on allow, counted in `metrics`.
+    pub fn new(
+        authority: Arc<TokenAuthority>,
+        forwarded: Vec<ForwardedClaim>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             authority,
             forwarded: forwarded.into(),
+            metrics,
         }
     }
 
@@ -94,8 +104,28 @@ impl ForwardAuth {
         &self.authority
     }
 
-    /// Decides for a request carrying this `Authorization` value (if any).
-    pub async fn decide(&self, authorization: Option<&str>) -> Decision {
+    /// Decides for a request carrying this `Authorization` value (if any), asked through
+    /// `surface` (the metric's `method` label, e.g. `Check` or `http_auth`).
+    pub async fn decide(&self, authorization: Option<&str>, surface: &'static str) -> Decision {
+        let started = Instant::now();
+        let decision = self.decision(authorization).await;
+        let (result, reason) = match &decision {
+            Decision::Allow { .. } => ("ok", ""),
+            Decision::Deny { reason, .. } => {
+                ("denied", reason.map_or("MISSING_TOKEN", Reason::code))
+            }
+            Decision::Unavailable => ("unavailable", "STORE_UNAVAILABLE"),
+        };
+        self.metrics.rpc(surface, started, result, reason);
+        let user_id = match &decision {
+            Decision::Allow { user_id, .. } => loggable(user_id),
+            _ => "".into(),
+        };
+        tracing::debug!(method = surface, result, reason, user_id = %user_id, "forward-auth");
+        decision
+    }
+
+    async fn decision(&self, authorization: Option<&str>) -> Decision {
         let Some(token) = authorization.and_then(bearer_credential) else {
             return Decision::Deny {
                 challenge: "Bearer".to_owned(),

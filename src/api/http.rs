@@ -3,8 +3,9 @@
 //!   `auth-url`, Traefik `ForwardAuth` and Envoy's HTTP ext_authz mode — 200 with the identity
 //!   headers, 401 with `WWW-Authenticate`, or 503 (never 202, which Envoy would take as a
 //!   denial);
-//! - `POST /oauth2/introspect` (RFC 7662): the caller presents the admin credential when one is
-//!   configured; an active token answers its claims, anything else exactly `{"active":false}`;
+//! - `POST /oauth2/introspect` (RFC 7662): the caller presents the admin credential
+//!   (`--admin-token-file`; without one configured the endpoint answers 401 to everyone); an
+//!   active token answers its claims, anything else exactly `{"active":false}`;
 //! - `POST /oauth2/revoke` (RFC 7009): revokes the token's session like `Revoke{token}`; 200
 //!   for an invalid or unknown token too; 503 with `Retry-After` when nothing was committed.
 //!
@@ -94,11 +95,12 @@ fn authorization(headers: &HeaderMap) -> Option<&str> {
 }
 
 async fn forward_auth(State(api): State<HttpApi>, headers: HeaderMap) -> Response {
-    let started = Instant::now();
-    match api.decide.decide(authorization(&headers)).await {
-        Decision::Allow { set, user_id, .. } => {
-            api.metrics.rpc("http_auth", started, "ok", "");
-            tracing::debug!(method = "http_auth", result = "ok", user_id = %user_id, "forward-auth");
+    match api
+        .decide
+        .decide(authorization(&headers), "http_auth")
+        .await
+    {
+        Decision::Allow { set, .. } => {
             let mut response = StatusCode::OK.into_response();
             for (name, value) in set {
                 if let (Ok(name), Ok(value)) = (
@@ -110,15 +112,7 @@ async fn forward_auth(State(api): State<HttpApi>, headers: HeaderMap) -> Respons
             }
             response
         }
-        Decision::Deny { challenge, reason } => {
-            let code = reason.map_or("MISSING_TOKEN", |r| r.code());
-            api.metrics.rpc("http_auth", started, "denied", code);
-            tracing::debug!(
-                method = "http_auth",
-                result = "denied",
-                reason = code,
-                "forward-auth"
-            );
+        Decision::Deny { challenge, .. } => {
             let mut response = (StatusCode::UNAUTHORIZED, "").into_response();
             if let Ok(value) = HeaderValue::from_str(&challenge) {
                 response
@@ -127,27 +121,36 @@ async fn forward_auth(State(api): State<HttpApi>, headers: HeaderMap) -> Respons
             }
             response
         }
-        Decision::Unavailable => {
-            api.metrics
-                .rpc("http_auth", started, "unavailable", "STORE_UNAVAILABLE");
-            unavailable()
-        }
+        Decision::Unavailable => unavailable(),
     }
 }
 
 async fn introspect(State(api): State<HttpApi>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
     let record = |result, reason| api.metrics.rpc("introspect", started, result, reason);
-    if let Some(admin) = &api.admin {
-        let presented = authorization(&headers).and_then(bearer_credential);
-        if !presented.is_some_and(|c| admin.matches(c.as_bytes())) {
-            record("unauthenticated", "INVALID_CREDENTIAL");
-            let mut response = oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", None);
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return response;
-        }
+    // RFC 7662 §2.1: only an authorized caller may introspect. Without a configured admin
+    // credential nobody is, so the endpoint answers 401 to everyone.
+    let presented = authorization(&headers).and_then(bearer_credential);
+    let authorized = match (&api.admin, presented) {
+        (Some(admin), Some(credential)) => admin.matches(credential.as_bytes()),
+        _ => false,
+    };
+    if !authorized {
+        record("unauthenticated", "INVALID_CREDENTIAL");
+        let description = if api.admin.is_some() {
+            "present the admin credential as a bearer token"
+        } else {
+            "introspection needs --admin-token-file on the sidecar"
+        };
+        let mut response = oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            Some(description),
+        );
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
     }
     let token = match form_token(&headers, body).await {
         Ok(token) => token,

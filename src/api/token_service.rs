@@ -317,7 +317,7 @@ impl TokenService for TokenGrpc {
 const LOGGED_VALUE_BYTES: usize = 64;
 
 /// `value`, or its first [`LOGGED_VALUE_BYTES`] bytes (cut at a character boundary) and `…`.
-fn loggable(value: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn loggable(value: &str) -> std::borrow::Cow<'_, str> {
     if value.len() <= LOGGED_VALUE_BYTES {
         return value.into();
     }

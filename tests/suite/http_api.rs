@@ -257,6 +257,31 @@ async fn introspection_follows_rfc_7662() {
 }
 
 #[tokio::test]
+async fn without_an_admin_credential_nobody_may_introspect() {
+    let app = Settings::new(Backend::Sqlite)
+        .arg("--http-listen", "127.0.0.1:0")
+        .spawn()
+        .await;
+    let token = app.issue("alice").await.token;
+    let body = form(&token);
+    for headers in [
+        vec![],
+        vec![("Authorization", "Bearer anything-at-all-here")],
+    ] {
+        let r = http_request(
+            app.http_addr.expect("http"),
+            "POST",
+            "/oauth2/introspect",
+            &headers,
+            Some((FORM, &body)),
+        )
+        .await
+        .expect("answer");
+        assert_eq!(r.status, 401, "{r:?}");
+    }
+}
+
+#[tokio::test]
 async fn revocation_follows_rfc_7009_and_bad_requests_get_400() {
     let app = app_with(&[]).await;
     let http = app.http_addr.expect("http");
