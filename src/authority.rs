@@ -250,6 +250,7 @@ impl TokenAuthority {
             session_id: &claims.session_id,
             user_id: &claims.user_id,
             presented_jti: &claims.jti,
+            presented_minted_ms: claims.issued_at.saturating_mul(1000),
             new: SessionHead {
                 jti: jti.clone(),
                 minted_ms: now,
@@ -258,13 +259,16 @@ impl TokenAuthority {
             },
             moot_after_ms: self.policy.session_row_moot_at(claims.orig_iat_ms),
         };
-        let newest = match store.rotate_session(&rotation).await? {
+        let superseded = match store.rotate_session(&rotation).await? {
             RotationOutcome::Rotated => {
                 return self.mint(claims.user_id, claims.session_id, claims.extra, jti, times);
             }
-            RotationOutcome::Superseded(newest) => newest,
+            RotationOutcome::Superseded(superseded) => superseded,
         };
-        match self.policy.superseded(newest.minted_ms, now) {
+        // Judged by the age of the presented token's own successor, not of the newest.
+        let successor_minted_ms = superseded.successor_minted_ms(&claims.jti);
+        let newest = superseded.newest;
+        match self.policy.superseded(successor_minted_ms, now) {
             Superseded::Retry => {
                 // The same identity as the answer the client lost (or another tab got).
                 let times = TokenTimes {

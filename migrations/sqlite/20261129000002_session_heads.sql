@@ -8,6 +8,10 @@ CREATE TABLE session_heads (
     minted_unix_ms     INTEGER NOT NULL,
     issued_at          INTEGER NOT NULL,
     expires_at         INTEGER NOT NULL,
+    -- The token the newest was refreshed from, and when that one was minted: a Refresh of an
+    -- older token is judged by the age of its own successor (SPEC §11).
+    parent_jti            TEXT NOT NULL,
+    parent_minted_unix_ms INTEGER NOT NULL,
     moot_after_unix_ms INTEGER NOT NULL
 );
 CREATE INDEX session_heads_moot_idx ON session_heads (moot_after_unix_ms);

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use super::{
     Change, ChangeSeq, CutoffRecord, CutoffUpdate, DenyEntry, DenyKind, DenySink, Purged,
-    RevocationStore, Rotation, RotationOutcome, SessionHead, StoreError,
+    RevocationStore, Rotation, RotationOutcome, StoreError, Superseded,
 };
 use crate::clock::UnixMillis;
 
@@ -28,7 +28,7 @@ struct State {
     seq: ChangeSeq,
     cutoffs: HashMap<String, (UnixMillis, ChangeSeq)>,
     denylist: HashMap<(DenyKind, String), (UnixMillis, ChangeSeq)>,
-    heads: HashMap<String, SessionHead>,
+    heads: HashMap<String, Superseded>,
     during_next_snapshot: Vec<ForeignWrite>,
 }
 
@@ -240,17 +240,23 @@ impl RevocationStore for MemoryStore {
 
     async fn rotate_session(&self, rotation: &Rotation<'_>) -> Result<RotationOutcome, StoreError> {
         let mut state = self.state();
-        match state.heads.get(rotation.session_id) {
-            Some(head) if head.jti != rotation.presented_jti => {
-                Ok(RotationOutcome::Superseded(head.clone()))
+        let (parent_jti, parent_minted_ms) = match state.heads.get(rotation.session_id) {
+            Some(head) if head.newest.jti != rotation.presented_jti => {
+                return Ok(RotationOutcome::Superseded(head.clone()));
             }
-            _ => {
-                state
-                    .heads
-                    .insert(rotation.session_id.to_owned(), rotation.new.clone());
-                Ok(RotationOutcome::Rotated)
-            }
-        }
+            Some(head) => (head.newest.jti.clone(), head.newest.minted_ms),
+            None => (
+                rotation.presented_jti.to_owned(),
+                rotation.presented_minted_ms,
+            ),
+        };
+        let head = Superseded {
+            newest: rotation.new.clone(),
+            parent_jti,
+            parent_minted_ms,
+        };
+        state.heads.insert(rotation.session_id.to_owned(), head);
+        Ok(RotationOutcome::Rotated)
     }
 
     async fn purge(

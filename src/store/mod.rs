@@ -127,6 +127,8 @@ pub struct Rotation<'a> {
     pub user_id: &'a str,
     /// The token presented to Refresh.
     pub presented_jti: &'a str,
+    /// When the presented token was minted (its `iat`), in milliseconds.
+    pub presented_minted_ms: UnixMillis,
     /// The token about to be minted.
     pub new: SessionHead,
     /// When the session can no longer be refreshed (the row may be purged after).
@@ -151,8 +153,31 @@ pub struct SessionHead {
 pub enum RotationOutcome {
     /// The new token is now the session's newest.
     Rotated,
-    /// The presented token is not the newest: this one is.
-    Superseded(SessionHead),
+    /// The presented token is not the newest.
+    Superseded(Superseded),
+}
+
+/// The session as a rotation that lost found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Superseded {
+    /// The session's newest token.
+    pub newest: SessionHead,
+    /// The token the newest was refreshed from.
+    pub parent_jti: String,
+    /// When that token was minted, in milliseconds.
+    pub parent_minted_ms: UnixMillis,
+}
+
+impl Superseded {
+    /// When the successor of `presented` was minted: the newest's minting if `presented` is its
+    /// parent, else the parent's (an older token's successor is at least that old).
+    pub fn successor_minted_ms(&self, presented: &str) -> UnixMillis {
+        if presented == self.parent_jti {
+            self.newest.minted_ms
+        } else {
+            self.parent_minted_ms
+        }
+    }
 }
 
 /// How many rows a purge removed.

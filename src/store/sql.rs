@@ -7,7 +7,7 @@ use sqlx::{Database, Encode, FromRow, IntoArguments, Pool, Type};
 
 use super::{
     Change, ChangeSeq, CutoffRecord, DenyKind, DenySink, Purged, Rotation, RotationOutcome,
-    SessionHead, StoreError,
+    SessionHead, StoreError, Superseded,
 };
 use crate::clock::UnixMillis;
 
@@ -200,18 +200,20 @@ pub(super) const CHANGES_AFTER_SQL: &str = "
 /// or replace the head only while it is still the presented token. Returns a row when it wrote.
 const ROTATE_SQL: &str = "
     INSERT INTO session_heads (session_id, user_id, newest_jti, minted_unix_ms, issued_at,
-                               expires_at, moot_after_unix_ms)
-        VALUES ($1, $2, $3, $4, $5, $6, $7)
+                               expires_at, moot_after_unix_ms, parent_jti, parent_minted_unix_ms)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
     ON CONFLICT (session_id) DO UPDATE
-        SET newest_jti = excluded.newest_jti, minted_unix_ms = excluded.minted_unix_ms,
+        SET parent_jti = session_heads.newest_jti,
+            parent_minted_unix_ms = session_heads.minted_unix_ms,
+            newest_jti = excluded.newest_jti, minted_unix_ms = excluded.minted_unix_ms,
             issued_at = excluded.issued_at, expires_at = excluded.expires_at
         WHERE session_heads.newest_jti = $8
     RETURNING session_id";
 
 /// The session's newest token.
 const SESSION_HEAD_SQL: &str = "
-    SELECT newest_jti, minted_unix_ms, issued_at, expires_at FROM session_heads
-        WHERE session_id = $1";
+    SELECT newest_jti, minted_unix_ms, issued_at, expires_at, parent_jti, parent_minted_unix_ms
+        FROM session_heads WHERE session_id = $1";
 
 /// Runs [`ROTATE_SQL`], then reads the head it lost to; once more if that head vanished meanwhile.
 pub(super) async fn rotate_with<'c, DB, E>(
@@ -226,7 +228,7 @@ where
     i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
     String: for<'r> sqlx::Decode<'r, DB> + sqlx::Type<DB>,
     (String,): for<'r> sqlx::FromRow<'r, DB::Row>,
-    (String, i64, i64, i64): for<'r> sqlx::FromRow<'r, DB::Row>,
+    (String, i64, i64, i64, String, i64): for<'r> sqlx::FromRow<'r, DB::Row>,
 {
     for _ in 0..2 {
         let wrote: Option<(String,)> = sqlx::query_as(ROTATE_SQL)
@@ -238,21 +240,26 @@ where
             .bind(rotation.new.expires_at)
             .bind(rotation.moot_after_ms)
             .bind(rotation.presented_jti)
+            .bind(rotation.presented_minted_ms)
             .fetch_optional(executor)
             .await?;
         if wrote.is_some() {
             return Ok(RotationOutcome::Rotated);
         }
-        let head: Option<(String, i64, i64, i64)> = sqlx::query_as(SESSION_HEAD_SQL)
+        let head: Option<(String, i64, i64, i64, String, i64)> = sqlx::query_as(SESSION_HEAD_SQL)
             .bind(rotation.session_id)
             .fetch_optional(executor)
             .await?;
-        if let Some((jti, minted_ms, issued_at, expires_at)) = head {
-            return Ok(RotationOutcome::Superseded(SessionHead {
-                jti,
-                minted_ms,
-                issued_at,
-                expires_at,
+        if let Some((jti, minted_ms, issued_at, expires_at, parent_jti, parent_minted_ms)) = head {
+            return Ok(RotationOutcome::Superseded(Superseded {
+                newest: SessionHead {
+                    jti,
+                    minted_ms,
+                    issued_at,
+                    expires_at,
+                },
+                parent_jti,
+                parent_minted_ms,
             }));
         }
     }

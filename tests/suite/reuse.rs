@@ -10,6 +10,7 @@ on_every_backend!(
     a_rotation_chain_moves_forward,
     a_replay_after_the_interval_revokes_the_session,
     a_retry_within_the_interval_gets_the_same_new_token,
+    an_old_token_replayed_just_after_a_refresh_is_still_reuse,
     concurrent_refreshes_of_one_token_give_one_branch,
     detection_off_lets_an_old_token_refresh,
     the_session_row_is_purged_with_the_session,
@@ -81,6 +82,25 @@ async fn a_retry_within_the_interval_gets_the_same_new_token(backend: Backend) {
     // The newest token keeps rotating the session forward.
     let next = app.refresh(&answer.token).await.expect("newest refreshes");
     assert_ne!(next.jti, answer.jti);
+}
+
+/// An old token is judged by its own successor's age: replaying it right after the client's
+/// latest refresh does not pass for a retry.
+async fn an_old_token_replayed_just_after_a_refresh_is_still_reuse(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let stolen = app.issue("alice").await;
+    app.clock.advance_ms(SEC);
+    let second = app.refresh(&stolen.token).await.expect("refresh");
+    app.clock.advance_ms(30 * SEC);
+    let third = app.refresh(&second.token).await.expect("refresh");
+    app.clock.advance_ms(SEC);
+    // `second`, the parent of the newest, within the interval: a retry.
+    let retry = app.refresh(&second.token).await.expect("retry");
+    assert_eq!(retry.jti, third.jti);
+    // `stolen`, older: its successor (`second`) is 31 s old, so this is reuse.
+    let refused = app.refresh(&stolen.token).await.expect_err("reuse");
+    assert_status(&refused, Code::Unauthenticated, "REASON_REFRESH_REUSED");
+    assert_eq!(app.verdict(&third.token).await, Reason::TokenRevoked);
 }
 
 async fn concurrent_refreshes_of_one_token_give_one_branch(backend: Backend) {
