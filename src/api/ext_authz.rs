@@ -6,6 +6,7 @@
 //! RPC error (UNAVAILABLE), so the proxy's `failure_mode_allow` decides.
 use tonic::{Request, Response, Status};
 
+use crate::api::convert::proto_reason;
 use crate::api::forward_auth::{Decision, ForwardAuth};
 
 /// The generated code of Envoy's external-authorization API and the packages it imports.
@@ -159,7 +160,9 @@ impl pb::Authorization for ExtAuthz {
             Decision::Deny { challenge, reason } => pb::CheckResponse {
                 status: Some(pb::google::rpc::Status {
                     code: UNAUTHENTICATED,
-                    message: reason.map_or("MISSING_TOKEN", |r| r.code()).to_owned(),
+                    message: reason
+                        .map_or("missing bearer token", |r| proto_reason(r).as_str_name())
+                        .to_owned(),
                     ..Default::default()
                 }),
                 http_response: Some(pb::check_response::HttpResponse::DeniedResponse(
