@@ -16,13 +16,22 @@ use crate::store::StoreError;
 /// The fully qualified name under which health reports TokenService.
 pub const SERVICE_NAME: &str = "tokensidecar.v1.TokenService";
 
-/// A reporter that starts NOT_SERVING, and the health service it feeds.
+/// The health name that reflects the process alone, never the store: SERVING from start to
+/// shutdown. Kubelet's liveness probe asks for it, so that a database outage makes pods unready
+/// (TokenService NOT_SERVING) without restarting them.
+pub const LIVENESS_NAME: &str = "liveness";
+
+/// A reporter that starts NOT_SERVING (and [`LIVENESS_NAME`] SERVING), and the health service it
+/// feeds.
 pub async fn reporter() -> (
     HealthReporter,
     tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
 ) {
     let (reporter, service) = tonic_health::server::health_reporter();
     set_status(&reporter, ServingStatus::NotServing).await;
+    reporter
+        .set_service_status(LIVENESS_NAME, ServingStatus::Serving)
+        .await;
     (reporter, service)
 }
 
@@ -69,6 +78,9 @@ pub async fn keep(
             _ = tokio::time::sleep(interval) => {}
             () = stopped(shutdown.clone()) => {
                 set_status(&reporter, ServingStatus::NotServing).await;
+                reporter
+                    .set_service_status(LIVENESS_NAME, ServingStatus::NotServing)
+                    .await;
                 return;
             }
         }

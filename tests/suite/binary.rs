@@ -399,3 +399,68 @@ async fn sigterm_under_load_finishes_in_flight_rpcs_and_exits_0() {
     assert_eq!(acknowledged, 40);
     assert_eq!(stored, 40, "every acknowledged revocation is committed");
 }
+
+/// A database that is unreachable for longer than a minute at start: the binary stays up, its
+/// liveness name SERVING and TokenService NOT_SERVING, and becomes SERVING by itself once the
+/// database is reachable — no restart needed (what a pod's startup budget relies on).
+#[tokio::test]
+async fn a_database_unreachable_for_over_a_minute_at_start_is_waited_for() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let store = crate::common::StoreProxy::start(crate::common::postgres_addr()).await;
+    store.cut();
+    let url = store.url_for(&crate::common::fresh_postgres_database().await);
+    let dir = tempfile::tempdir().expect("dir");
+    let key = dir.path().join("main.key");
+    std::fs::write(&key, crate::common::TEST_SECRET).expect("key");
+    let keys = format!("main=HS256:{}", key.display());
+    let process = SidecarProcess::start(
+        dir.path(),
+        &[
+            ("DATABASE_URL", url.as_str()),
+            ("TOKEN_SIDECAR_KEYS", keys.as_str()),
+            ("TOKEN_SIDECAR_HEALTH_INTERVAL", "1s"),
+        ],
+    )
+    .await;
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{}", process.port))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let status = |service: &'static str| {
+        let mut health = HealthClient::new(channel.clone());
+        async move {
+            health
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .map(|r| r.into_inner().status)
+                .ok()
+        }
+    };
+    // Waiting on another process (the database), with a deadline: not a rule under test.
+    tokio::time::sleep(Duration::from_secs(65)).await;
+    assert_eq!(
+        status("liveness").await,
+        Some(ServingStatus::Serving as i32)
+    );
+    assert_eq!(
+        status("tokensidecar.v1.TokenService").await,
+        Some(ServingStatus::NotServing as i32)
+    );
+    store.restore();
+    crate::common::eventually(Duration::from_secs(30), "SERVING by itself", || async {
+        status("tokensidecar.v1.TokenService").await == Some(ServingStatus::Serving as i32)
+    })
+    .await;
+    assert_eq!(
+        status("liveness").await,
+        Some(ServingStatus::Serving as i32)
+    );
+    process.signal("-TERM");
+    let (exit, _) = process.wait().await;
+    assert!(exit.success());
+}
