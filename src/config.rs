@@ -93,8 +93,8 @@ pub struct Config {
     )]
     pub signing_kid: Option<String>,
 
-    /// How often key files are checked for changes (mounted Secrets change in place); SIGHUP
-    /// reloads at once.
+    /// How often the key files, the TLS certificate and key, and the admin credential are
+    /// checked for changes (mounted Secrets change in place); SIGHUP reloads at once.
     #[arg(help_heading = "Tokens and keys", long, env = "TOKEN_SIDECAR_KEY_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_positive_duration)]
     pub key_reload_interval: Duration,
 

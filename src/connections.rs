@@ -14,7 +14,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected as _;
 
 use crate::metrics::Metrics;
 
@@ -84,6 +86,8 @@ pub struct ConnectionGuard {
     pub handshake: Handshake,
     /// Where the counts go.
     pub metrics: Arc<Metrics>,
+    /// TLS to terminate after the first bytes (its handshake within the same deadline).
+    pub tls: Option<TlsAcceptor>,
 }
 
 /// An accepted connection that completed its handshake; holds its place in the bound.
@@ -147,10 +151,94 @@ impl tonic::transport::server::Connected for GuardedStream {
     }
 }
 
+/// A served connection: plaintext, or TLS terminated here (so that the certificate can be
+/// reloaded, see [`crate::tls`]).
+pub enum Connection {
+    /// Plaintext.
+    Plain(GuardedStream),
+    /// TLS over the guarded stream.
+    Tls(Box<tokio_rustls::server::TlsStream<GuardedStream>>),
+}
+
+macro_rules! each {
+    ($self:ident, $io:ident => $e:expr) => {
+        match $self.get_mut() {
+            Connection::Plain($io) => {
+                let $io = Pin::new($io);
+                $e
+            }
+            Connection::Tls($io) => {
+                let $io = Pin::new($io.as_mut());
+                $e
+            }
+        }
+    };
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        each!(self, io => io.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        each!(self, io => io.poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self, io => io.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self, io => io.poll_shutdown(cx))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        each!(self, io => io.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Connection::Plain(io) => io.is_write_vectored(),
+            Connection::Tls(io) => io.is_write_vectored(),
+        }
+    }
+}
+
+impl tonic::transport::server::Connected for Connection {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        match self {
+            Connection::Plain(io) => io.inner.connect_info(),
+            Connection::Tls(io) => io.get_ref().0.inner.connect_info(),
+        }
+    }
+}
+
 impl ConnectionGuard {
+    /// Terminates TLS with `acceptor` after the first bytes.
+    pub fn with_tls(mut self, acceptor: TlsAcceptor) -> Self {
+        self.tls = Some(acceptor);
+        self
+    }
+
     /// Accepts connections on `listener` in the background and yields those that complete their
     /// handshake in time, while fewer than the bound are open. Stops when the stream is dropped.
-    pub fn incoming(self, listener: TcpListener) -> ReceiverStream<io::Result<GuardedStream>> {
+    pub fn incoming(self, listener: TcpListener) -> ReceiverStream<io::Result<Connection>> {
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(self.accept_loop(listener, tx));
         ReceiverStream::new(rx)
@@ -164,7 +252,7 @@ impl ConnectionGuard {
         Ok(GuardedListener { rx, addr })
     }
 
-    async fn accept_loop(self, listener: TcpListener, tx: mpsc::Sender<io::Result<GuardedStream>>) {
+    async fn accept_loop(self, listener: TcpListener, tx: mpsc::Sender<io::Result<Connection>>) {
         let permits = Arc::new(Semaphore::new(self.max_connections.max(1)));
         let open = self.metrics.connections_open(self.listener);
         loop {
@@ -189,20 +277,26 @@ impl ConnectionGuard {
             let _ = stream.set_nodelay(true);
             let (guard, tx, open) = (self.clone(), tx.clone(), open.clone());
             tokio::spawn(async move {
-                let handshake = tokio::time::timeout(
-                    guard.handshake_timeout,
-                    first_request(&stream, guard.handshake),
-                )
+                let served = tokio::time::timeout(guard.handshake_timeout, async {
+                    first_request(&stream, guard.handshake).await?;
+                    open.inc();
+                    let guarded = GuardedStream {
+                        inner: stream,
+                        open,
+                        _permit: permit,
+                    };
+                    match &guard.tls {
+                        Some(acceptor) => acceptor
+                            .accept(guarded)
+                            .await
+                            .map(|tls| Connection::Tls(Box::new(tls))),
+                        None => Ok(Connection::Plain(guarded)),
+                    }
+                })
                 .await;
-                match handshake {
-                    Ok(Ok(())) => {
-                        open.inc();
-                        let guarded = GuardedStream {
-                            inner: stream,
-                            open,
-                            _permit: permit,
-                        };
-                        let _ = tx.send(Ok(guarded)).await;
+                match served {
+                    Ok(Ok(connection)) => {
+                        let _ = tx.send(Ok(connection)).await;
                     }
                     Ok(Err(_)) => guard
                         .metrics
@@ -233,20 +327,20 @@ async fn first_request(stream: &TcpStream, handshake: Handshake) -> io::Result<(
 
 /// A guarded listener for `axum::serve`.
 pub struct GuardedListener {
-    rx: mpsc::Receiver<io::Result<GuardedStream>>,
+    rx: mpsc::Receiver<io::Result<Connection>>,
     addr: SocketAddr,
 }
 
 impl axum::serve::Listener for GuardedListener {
-    type Io = GuardedStream;
+    type Io = Connection;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
             match self.rx.recv().await {
-                Some(Ok(stream)) => {
-                    let addr = stream.inner.peer_addr().unwrap_or(self.addr);
-                    return (stream, addr);
+                Some(Ok(connection)) => {
+                    let addr = connection.connect_info().remote_addr().unwrap_or(self.addr);
+                    return (connection, addr);
                 }
                 Some(Err(_)) => continue,
                 None => std::future::pending::<()>().await,

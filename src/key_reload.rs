@@ -1,24 +1,37 @@
-//! Hot reload of the key files: on SIGHUP ([`KeyReloader::reload`]) and every
-//! `--key-reload-interval` ([`watch`]). A changed file is swapped in atomically with a fresh
-//! verified-token cache; a file that cannot be used keeps the old set and says why once.
+//! Hot reload of the secret files — the signing and verification keys, the API's TLS
+//! certificate, the admin credential — on SIGHUP ([`KeyReloader::reload_all`]) and every
+//! `--key-reload-interval` ([`watch`]). A changed file is swapped in atomically (keys with a fresh
+//! verified-token cache); a file that cannot be used keeps the old one and says why once.
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::api::caller::AdminCredential;
 use crate::authority::TokenAuthority;
 use crate::config::Config;
+use crate::secret_file;
+use crate::tls::ReloadableTls;
 use crate::token::{KeyError, KeySet, KeySpec, read_key_files, warn_about_exposed_keys};
 
-/// Reloads configured key files when their content changes.
+/// Reloads configured secret files when their content changes.
 pub struct KeyReloader {
     specs: Vec<KeySpec>,
     signing_kid: Option<String>,
     authority: Arc<TokenAuthority>,
     loaded: parking_lot::Mutex<Vec<Vec<u8>>>,
+    tls: Option<Arc<ReloadableTls>>,
+    admin: Option<(PathBuf, Arc<AdminCredential>)>,
 }
 
 impl KeyReloader {
-    /// Watches the files `config` names, for `authority`.
-    pub fn new(config: &Config, authority: Arc<TokenAuthority>) -> Self {
+    /// Watches the files `config` names, for `authority`, the TLS in use and the admin
+    /// credential in use.
+    pub fn new(
+        config: &Config,
+        authority: Arc<TokenAuthority>,
+        tls: Option<Arc<ReloadableTls>>,
+        admin: Option<Arc<AdminCredential>>,
+    ) -> Self {
         let loaded = read_key_files(&config.keys)
             .map(|files| files.into_iter().map(|(_, m)| m).collect())
             .unwrap_or_default();
@@ -27,7 +40,35 @@ impl KeyReloader {
             signing_kid: config.signing_kid.clone(),
             authority,
             loaded: parking_lot::Mutex::new(loaded),
+            tls,
+            admin: config.admin_token_file.clone().zip(admin),
         }
+    }
+
+    /// Reloads every secret file; the problems, one line each (an empty list: all fine).
+    pub fn reload_all(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Err(e) = self.reload() {
+            problems.push(format!("keys: {e}"));
+        }
+        if let Some(tls) = &self.tls
+            && let Err(e) = tls.reload()
+        {
+            problems.push(format!("TLS: {e}"));
+        }
+        if let Some((path, admin)) = &self.admin {
+            match secret_file::read(path).map(|raw| admin.replace(&raw)) {
+                Ok(Some(true)) => tracing::info!("admin credential reloaded"),
+                Ok(Some(false)) => {}
+                Ok(None) => problems.push(format!(
+                    "admin credential {}: shorter than {} bytes",
+                    path.display(),
+                    AdminCredential::MIN_LEN
+                )),
+                Err(e) => problems.push(format!("admin credential {}: {e}", path.display())),
+            }
+        }
+        problems
     }
 
     /// Re-reads the key files and swaps in the new key set if they changed. A bad file keeps
@@ -51,23 +92,20 @@ impl KeyReloader {
     }
 }
 
-/// Re-reads the key files every `interval`.
+/// Re-reads the secret files every `interval`.
 pub async fn watch(keys: Arc<KeyReloader>, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_error = None;
+    let mut last_problems = Vec::new();
     loop {
         ticker.tick().await;
-        match keys.reload() {
-            Ok(_) => last_error = None,
-            Err(e) => {
-                // Say it once per distinct problem, not every tick.
-                let text = e.to_string();
-                if last_error.as_ref() != Some(&text) {
-                    tracing::warn!(error = %text, "key files changed but cannot be used; keeping the current keys");
-                    last_error = Some(text);
-                }
+        let problems = keys.reload_all();
+        // Say it once per distinct problem, not every tick.
+        if problems != last_problems {
+            for problem in &problems {
+                tracing::warn!(error = %problem, "a secret file changed but cannot be used; keeping the current one");
             }
+            last_problems = problems;
         }
     }
 }

@@ -39,4 +39,5 @@ pub mod shutdown;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
+pub mod tls;
 pub mod token;

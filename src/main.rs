@@ -68,7 +68,8 @@ async fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits for SIGTERM or SIGINT; SIGHUP reloads the key files meanwhile.
+/// Waits for SIGTERM or SIGINT; SIGHUP reloads the secret files (keys, TLS, admin credential)
+/// meanwhile.
 async fn wait_for_shutdown(running: &server::RunningSidecar) -> anyhow::Result<()> {
     #[cfg(unix)]
     {
@@ -79,11 +80,15 @@ async fn wait_for_shutdown(running: &server::RunningSidecar) -> anyhow::Result<(
             tokio::select! {
                 _ = term.recv() => return Ok(()),
                 r = tokio::signal::ctrl_c() => return r.context("waiting for SIGINT"),
-                _ = hup.recv() => match running.reload_keys() {
-                    Ok(true) => {}
-                    Ok(false) => tracing::info!("SIGHUP: key files unchanged"),
-                    Err(e) => tracing::warn!(error = %e, "SIGHUP: keeping the current keys"),
-                },
+                _ = hup.recv() => {
+                    let problems = running.reload_secrets();
+                    if problems.is_empty() {
+                        tracing::info!("SIGHUP: secret files re-read");
+                    }
+                    for problem in problems {
+                        tracing::warn!(error = %problem, "SIGHUP: keeping the current one");
+                    }
+                }
             }
         }
     }

@@ -3,13 +3,12 @@
 //! TLS material, and whether the API would be exposed without caller authentication.
 use std::sync::Arc;
 
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-
 use crate::api::caller::AdminCredential;
 use crate::config::Config;
 use crate::secret_file::{self, warn_if_readable_by_others};
 use crate::server::StartupError;
 use crate::store;
+use crate::tls::ReloadableTls;
 use crate::token::{KeyError, KeySet, read_key_files, warn_about_exposed_keys};
 
 /// Builds the key set for `config`, generating the development key in SQLite mode.
@@ -63,7 +62,7 @@ pub async fn check_config(config: &Config) -> Result<Vec<String>, StartupError> 
             keys.signing_kid()
         ));
     }
-    if tls_config(config)?.is_some() {
+    if tls(config)?.is_some() {
         report.push("tls: certificate and key readable".into());
     }
     if load_admin(config)?.is_some() {
@@ -116,18 +115,12 @@ pub fn load_admin(config: &Config) -> Result<Option<Arc<AdminCredential>>, Start
         .ok_or_else(|| problem(format!("shorter than {} bytes", AdminCredential::MIN_LEN)))
 }
 
-/// The API's TLS configuration, if --tls-cert and --tls-key are set.
-pub fn tls_config(config: &Config) -> Result<Option<ServerTlsConfig>, StartupError> {
+/// The API's TLS, if --tls-cert and --tls-key are set.
+pub fn tls(config: &Config) -> Result<Option<ReloadableTls>, StartupError> {
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
         return Ok(None);
     };
-    let read = |path: &std::path::Path| {
-        secret_file::read(path).map_err(|e| StartupError::Tls(format!("{}: {e}", path.display())))
-    };
-    warn_if_readable_by_others(key);
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
-    if let Some(ca) = &config.tls_client_ca {
-        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
-    }
-    Ok(Some(tls))
+    ReloadableTls::load(cert.clone(), key.clone(), config.tls_client_ca.clone())
+        .map(Some)
+        .map_err(|e| StartupError::Tls(e.to_string()))
 }

@@ -30,6 +30,7 @@ use crate::metrics::{self, Metrics};
 use crate::revocations::Revocations;
 use crate::shutdown::stopped;
 use crate::store::{self, RevocationStore, StoreError};
+use crate::tls::ReloadableTls;
 use crate::token::{KeyError, KeySet, TokenCodec};
 use crate::{health, preflight, purge, sync};
 
@@ -120,6 +121,12 @@ impl RunningSidecar {
         self.keys.reload()
     }
 
+    /// Re-reads every secret file (keys, TLS certificate, admin credential), as SIGHUP does;
+    /// the problems, one line each (empty: all fine, changed or not).
+    pub fn reload_secrets(&self) -> Vec<String> {
+        self.keys.reload_all()
+    }
+
     /// Stops accepting connections and lets in-flight RPCs finish, for at most the shutdown
     /// grace period; whatever still runs then (e.g. a health Watch stream) is cut.
     pub async fn shutdown(self) -> Result<(), tonic::transport::Error> {
@@ -158,6 +165,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
     preflight::check_exposure(&config)?;
     let keys = preflight::load_keys(&config)?;
     let admin = preflight::load_admin(&config)?;
+    let tls = preflight::tls(&config)?.map(Arc::new);
     let metrics = Arc::new(Metrics::new());
     let store = open_store(&config).await?;
     let revocations = Arc::new(Revocations::new(
@@ -185,12 +193,13 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
             &authority,
             &decide,
             admin.clone(),
+            tls.as_deref(),
             health_service.clone(),
             &mut tasks,
         )
         .await?;
     let health_addr = listeners.health_only(health_service, &mut tasks).await?;
-    let http_addr = listeners.http(&decide, admin, &mut tasks).await?;
+    let http_addr = listeners.http(&decide, admin.clone(), &mut tasks).await?;
     let (metrics_addr, metrics_task) = listeners.metrics(&authority).await?;
     tracing::info!(
         %addr,
@@ -201,7 +210,8 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
         "token-sidecar listening"
     );
 
-    let key_reloader = Arc::new(KeyReloader::new(&config, authority.clone()));
+    let watch_secrets = !config.keys.is_empty() || tls.is_some() || admin.is_some();
+    let key_reloader = Arc::new(KeyReloader::new(&config, authority.clone(), tls, admin));
     let mut background = vec![
         metrics_task,
         tokio::spawn(health::keep(
@@ -217,7 +227,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
             config.purge_interval,
         )),
     ];
-    if !config.keys.is_empty() {
+    if watch_secrets {
         background.push(tokio::spawn(key_reload::watch(
             key_reloader.clone(),
             config.key_reload_interval,
@@ -295,6 +305,7 @@ impl Listeners<'_> {
             handshake_timeout: self.config.handshake_timeout,
             handshake,
             metrics: self.metrics.clone(),
+            tls: None,
         }
     }
 
@@ -304,6 +315,7 @@ impl Listeners<'_> {
         authority: &Arc<TokenAuthority>,
         decide: &ForwardAuth,
         admin: Option<Arc<AdminCredential>>,
+        tls: Option<&ReloadableTls>,
         health_service: H,
         tasks: &mut Vec<ServerTask>,
     ) -> Result<SocketAddr, StartupError>
@@ -313,13 +325,9 @@ impl Listeners<'_> {
     {
         let config = self.config;
         let (listener, addr) = bind(config.listen).await?;
-        let mut api = Server::builder();
-        let mut handshake = Handshake::Http2;
-        if let Some(tls) = preflight::tls_config(config)? {
-            api = api
-                .tls_config(tls)
-                .map_err(|e| StartupError::Tls(e.to_string()))?;
-            handshake = Handshake::Tls;
+        let mut guard = self.guard("api", Handshake::Http2);
+        if let Some(tls) = tls {
+            guard = self.guard("api", Handshake::Tls).with_tls(tls.acceptor());
             tracing::info!(
                 mutual = config.tls_client_ca.is_some(),
                 "the API speaks TLS"
@@ -336,7 +344,7 @@ impl Listeners<'_> {
             .build_v1alpha()
             .map_err(|e| StartupError::Reflection(e.to_string()))?;
         let token_service = TokenGrpc::new(authority.clone(), self.metrics.clone(), admin);
-        let serve = api
+        let serve = Server::builder()
             .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
             .layer(RequestLimits::new(
                 config.max_concurrent_requests,
@@ -354,10 +362,7 @@ impl Listeners<'_> {
                     .into_service()
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
             )
-            .serve_with_incoming_shutdown(
-                self.guard("api", handshake).incoming(listener),
-                stopped(self.shutdown.clone()),
-            );
+            .serve_with_incoming_shutdown(guard.incoming(listener), stopped(self.shutdown.clone()));
         tasks.push(tokio::spawn(serve));
         Ok(addr)
     }

@@ -200,3 +200,41 @@ async fn excess_load_is_shed_with_resource_exhausted_and_counted() {
     assert_eq!(app.metrics.shed_requests.get(), shed.len() as u64);
     assert_eq!(app.metrics.requests_in_flight.get(), 0);
 }
+
+/// The admin credential is re-read like the keys: a rotated credential replaces the old one at
+/// once; an unusable file keeps the current one.
+#[tokio::test]
+async fn a_rotated_admin_credential_replaces_the_old_one() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("admin");
+    std::fs::write(&path, format!("{CREDENTIAL}\n")).expect("write");
+    let app = Settings::new(Backend::Sqlite)
+        .arg("--admin-token-file", &path.display().to_string())
+        .spawn()
+        .await;
+    let mut c = app.client.clone();
+    let issue = || pb::IssueRequest {
+        user_id: "alice".into(),
+        ..Default::default()
+    };
+    assert!(c.issue(authed(issue(), Some(CREDENTIAL))).await.is_ok());
+    let rotated = "a-rotated-admin-credential-9876543210";
+    std::fs::write(&path, rotated).expect("write");
+    assert!(app.reload_secrets().is_empty());
+    let e = c
+        .issue(authed(issue(), Some(CREDENTIAL)))
+        .await
+        .expect_err("the old credential is gone");
+    assert_status(&e, Code::Unauthenticated, "INVALID_CREDENTIAL");
+    assert!(c.issue(authed(issue(), Some(rotated))).await.is_ok());
+    std::fs::write(&path, "short").expect("write");
+    assert_eq!(
+        app.reload_secrets().len(),
+        1,
+        "an unusable credential is reported"
+    );
+    assert!(
+        c.issue(authed(issue(), Some(rotated))).await.is_ok(),
+        "and the current one kept"
+    );
+}

@@ -107,3 +107,40 @@ async fn unreadable_tls_files_are_refused_at_start() {
         .expect("refused");
     assert!(err.to_string().contains("/no/such/cert.pem"), "{err}");
 }
+
+/// A renewed certificate (cert-manager rewrites the mounted Secret) is served to new connections
+/// after a reload (SIGHUP or the periodic one); a key that does not match keeps the old pair.
+#[tokio::test]
+async fn a_renewed_certificate_is_served_after_a_reload() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let put = |c: &str, k: &str| {
+        std::fs::write(&cert, read(c)).expect("cert");
+        std::fs::write(&key, read(k)).expect("key");
+    };
+    put("server.pem", "server.key");
+    let app = Settings::new(Backend::Sqlite)
+        .arg("--tls-cert", &cert.display().to_string())
+        .arg("--tls-key", &key.display().to_string())
+        .tls(client(None))
+        .spawn()
+        .await;
+    let port = app.addr.port();
+    assert_eq!(try_verify(port, Some(client(None))).await, Ok(true));
+
+    // A key that does not belong to the certificate: refused, the old pair keeps serving.
+    put("server.pem", "client.key");
+    let problems = app.reload_secrets();
+    assert!(problems.iter().any(|p| p.contains("TLS")), "{problems:?}");
+    assert_eq!(try_verify(port, Some(client(None))).await, Ok(true));
+
+    // Another valid pair (a certificate not issued for "localhost"): new connections get it,
+    // which this client refuses — proof that the new certificate is the one served.
+    put("client.pem", "client.key");
+    assert!(app.reload_secrets().is_empty());
+    assert!(try_verify(port, Some(client(None))).await.is_err());
+
+    put("server.pem", "server.key");
+    assert!(app.reload_secrets().is_empty());
+    assert_eq!(try_verify(port, Some(client(None))).await, Ok(true));
+}

@@ -247,6 +247,14 @@ impl TestApp {
         }
     }
 
+    /// Re-reads every secret file now (what SIGHUP does); the problems, one line each.
+    pub fn reload_secrets(&self) -> Vec<String> {
+        match &self.running {
+            Some(running) => running.reload_secrets(),
+            None => Vec::new(),
+        }
+    }
+
     pub fn reload_keys(&self) -> Result<bool, token_sidecar::token::KeyError> {
         match &self.running {
             Some(running) => running.reload_keys(),
