@@ -183,6 +183,19 @@ async fn forward_auth_answers_any_method_under_auth() {
     assert_eq!(r.status, 404);
 }
 
+/// `POST /oauth2/revoke` with `token` as the form body.
+async fn post_revoke(http: std::net::SocketAddr, token: &str) -> crate::common::HttpResponse {
+    http_request(
+        http,
+        "POST",
+        "/oauth2/revoke",
+        &[],
+        Some((FORM, &form(token))),
+    )
+    .await
+    .expect("answer")
+}
+
 fn form(token: &str) -> String {
     format!("token={token}&token_type_hint=access_token")
 }
@@ -286,28 +299,12 @@ async fn revocation_follows_rfc_7009_and_bad_requests_get_400() {
     let app = app_with(&[]).await;
     let http = app.http_addr.expect("http");
     let (token, _) = issue(&app, "alice", serde_json::json!({})).await;
-    let r = http_request(
-        http,
-        "POST",
-        "/oauth2/revoke",
-        &[],
-        Some((FORM, &form(&token))),
-    )
-    .await
-    .expect("answer");
+    let r = post_revoke(http, &token).await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(app.verdict(&token).await, Reason::TokenRevoked);
     // An invalid or unknown token is no error (RFC 7009 §2.2).
     for unknown in ["not.a.token", "x"] {
-        let r = http_request(
-            http,
-            "POST",
-            "/oauth2/revoke",
-            &[],
-            Some((FORM, &form(unknown))),
-        )
-        .await
-        .expect("answer");
+        let r = post_revoke(http, unknown).await;
         assert_eq!(r.status, 200);
     }
     let huge = "a".repeat(20 * 1024);
@@ -348,15 +345,7 @@ async fn revocation_answers_503_with_retry_after_when_nothing_was_committed() {
     let http = app.http_addr.expect("http");
     let token = app.issue("alice").await.token;
     store.cut();
-    let r = http_request(
-        http,
-        "POST",
-        "/oauth2/revoke",
-        &[],
-        Some((FORM, &form(&token))),
-    )
-    .await
-    .expect("answer");
+    let r = post_revoke(http, &token).await;
     assert_eq!(r.status, 503, "{r:?}");
     assert!(r.header("retry-after").is_some());
     store.restore();
