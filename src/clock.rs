@@ -11,6 +11,12 @@ pub trait Clock: Send + Sync + 'static {
     fn now_ms(&self) -> UnixMillis;
 }
 
+/// The wall clock, read directly: for measurements across processes (how long a change took to
+/// reach an instance), never for rules, which read the injected [`Clock`].
+pub fn wall_ms() -> UnixMillis {
+    chrono::Utc::now().timestamp_millis()
+}
+
 /// The wall clock.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;

@@ -9,7 +9,8 @@ use crate::revocations::CacheSettings;
 use clap::{Parser, ValueEnum};
 
 use crate::revocations::OutageMode;
-use crate::sync::SyncMode;
+use crate::store::PoolSettings;
+use crate::sync::{SyncMode, SyncSettings};
 use crate::token::KeySpec;
 
 /// The embedded database used when no `--database-url` is given.
@@ -246,14 +247,43 @@ pub struct Config {
     #[arg(help_heading = "Caches", long, env = "TOKEN_SIDECAR_DENYLIST_FP_RATE", default_value_t = 0.01, value_parser = parse_rate)]
     pub denylist_fp_rate: f64,
 
-    /// How changes made by other instances arrive: LISTEN/NOTIFY plus polling, or polling only
-    /// (behind transaction-pooling PgBouncer).
+    /// At most this many PostgreSQL connections in the store's pool, under load (the change
+    /// listener holds one more in notify mode; an idle sidecar holds only that one).
+    #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_DATABASE_MAX_CONNECTIONS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub database_max_connections: u32,
+
+    /// Pooled PostgreSQL connections idle this long are closed.
+    #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_DATABASE_IDLE_TIMEOUT", default_value = "10s", value_parser = parse_interval)]
+    pub database_idle_timeout: Duration,
+
+    /// How changes made by other instances arrive: PostgreSQL LISTEN/NOTIFY, NATS
+    /// (--nats-url), or polling only (behind transaction-pooling PgBouncer).
     #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_SYNC_MODE", value_enum, default_value_t = SyncMode::Notify)]
     pub sync_mode: SyncMode,
 
-    /// How often the change feed is polled (the safety net; the only mechanism in poll mode).
-    #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_SYNC_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    /// How often the change feed is polled when no announcement channel is up (always in poll
+    /// mode; in notify and nats modes while LISTEN or NATS is down).
+    #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_SYNC_POLL_INTERVAL", default_value = "1s", value_parser = parse_interval)]
     pub sync_poll_interval: Duration,
+
+    /// How often the change feed is still polled while announcements arrive (the safety net;
+    /// kept under half of --max-staleness).
+    #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_SYNC_SAFETY_POLL_INTERVAL", default_value = "5s", value_parser = parse_interval)]
+    pub sync_safety_poll_interval: Duration,
+
+    /// The NATS server for --sync-mode nats, e.g. nats://nats.nats.svc:4222.
+    #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_NATS_URL")]
+    pub nats_url: Option<String>,
+
+    /// The NATS subject changes are announced on (every sidecar sharing the database uses the
+    /// same one).
+    #[arg(
+        help_heading = "Store and sync",
+        long,
+        env = "TOKEN_SIDECAR_NATS_SUBJECT",
+        default_value = "token-sidecar.changes"
+    )]
+    pub nats_subject: String,
 
     /// After this long without a successful sync the caches are not trusted.
     #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_MAX_STALENESS", default_value = "10s", value_parser = parse_positive_duration)]
@@ -388,6 +418,14 @@ fn parse_rate(s: &str) -> Result<f64, String> {
     }
 }
 
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(10) {
+        return Err(format!("{s:?} is too short: at least 10ms"));
+    }
+    Ok(d)
+}
+
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d < Duration::from_secs(1) {
@@ -406,6 +444,34 @@ impl From<&Config> for RevocationPolicy {
             leeway_ms: ms(config.leeway),
             refresh_reuse_interval_ms: (config.refresh_reuse_detection == Toggle::On)
                 .then(|| ms(config.refresh_reuse_interval)),
+        }
+    }
+}
+
+/// How the flags ask this instance to keep in step with the others.
+impl From<&Config> for SyncSettings {
+    fn from(config: &Config) -> Self {
+        SyncSettings {
+            mode: config.sync_mode,
+            poll_interval: config.sync_poll_interval,
+            // A safety net slower than half the staleness bound would let the caches go stale
+            // while nothing is wrong.
+            safety_poll_interval: config
+                .sync_safety_poll_interval
+                .min(config.max_staleness / 2)
+                .max(Duration::from_millis(10)),
+            nats_url: config.nats_url.clone(),
+            nats_subject: config.nats_subject.clone(),
+        }
+    }
+}
+
+/// The PostgreSQL pool the flags ask for.
+impl From<&Config> for PoolSettings {
+    fn from(config: &Config) -> Self {
+        PoolSettings {
+            max_connections: config.database_max_connections,
+            idle_timeout: config.database_idle_timeout,
         }
     }
 }

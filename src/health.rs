@@ -38,6 +38,11 @@ pub async fn reporter() -> (
 /// Migrates the store and loads the caches, then keeps health in step with whether this
 /// instance can answer: NOT_SERVING until loaded, and while the caches are stale and the store
 /// is unreachable (unless serving stale answers was chosen).
+///
+/// Until loaded it retries with a growing delay (at most `interval`), logging each distinct
+/// reason once — a database that is full says so ("too many clients"), and the instance becomes
+/// SERVING as soon as it gets a connection. Once loaded, the store is pinged only while the
+/// caches are stale: an instance in step needs no connection of its own for health (SPEC §10).
 pub async fn keep(
     revocations: Arc<Revocations>,
     reporter: HealthReporter,
@@ -46,21 +51,25 @@ pub async fn keep(
 ) {
     let store = revocations.store().clone();
     let mut serving = None;
+    let mut not_ready = NotReady::default();
     loop {
         let answering = if revocations.is_loaded() {
-            let reachable = store.ping().await.is_ok();
-            if !reachable {
-                tracing::warn!("store unreachable");
+            revocations.can_answer(revocations.now_ms()) || {
+                let reachable = store.ping().await.is_ok();
+                if !reachable {
+                    tracing::warn!("store unreachable and the caches are stale");
+                }
+                reachable
             }
-            reachable || revocations.can_answer(revocations.now_ms())
         } else {
             match prepare(&revocations).await {
                 Ok(()) => {
                     tracing::info!(store = store.kind(), "store migrated and caches loaded");
+                    not_ready = NotReady::default();
                     true
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "store not ready: health is NOT_SERVING");
+                    not_ready.record(&revocations, e).await;
                     false
                 }
             }
@@ -74,8 +83,13 @@ pub async fn keep(
             set_status(&reporter, status).await;
             serving = Some(answering);
         }
+        let pause = if revocations.is_loaded() {
+            interval
+        } else {
+            not_ready.next_delay(interval)
+        };
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(pause) => {}
             () = stopped(shutdown.clone()) => {
                 set_status(&reporter, ServingStatus::NotServing).await;
                 reporter
@@ -84,6 +98,49 @@ pub async fn keep(
                 return;
             }
         }
+    }
+}
+
+/// Why the store is not ready yet, and how long to wait before trying again.
+#[derive(Default)]
+struct NotReady {
+    attempts: u32,
+    last_reason: Option<String>,
+}
+
+impl NotReady {
+    async fn record(&mut self, revocations: &Revocations, error: StoreError) {
+        self.attempts += 1;
+        // The pool reports a database that refuses connections only as "timed out": ask it
+        // once directly for its reason.
+        let reason = match revocations.store().why_unreachable().await {
+            Some(refusal) => refusal,
+            None => error.to_string(),
+        };
+        let kind = if reason.contains("too many") || reason.contains("53300") {
+            "too_many_connections"
+        } else if matches!(error, StoreError::Database(_)) {
+            "unreachable"
+        } else {
+            "error"
+        };
+        revocations.metrics().store_not_ready(kind);
+        if self.last_reason.as_deref() != Some(reason.as_str()) {
+            tracing::warn!(
+                error = %reason,
+                "store not ready: health is NOT_SERVING; retrying until it is"
+            );
+            self.last_reason = Some(reason);
+        } else {
+            tracing::debug!(attempts = self.attempts, "store still not ready");
+        }
+    }
+
+    /// 100 ms doubling up to `max`, with jitter so that a fleet started together does not
+    /// retry in step.
+    fn next_delay(&self, max: Duration) -> Duration {
+        let base = Duration::from_millis(100u64 << self.attempts.min(8)).min(max);
+        base.mul_f64(rand::random_range(0.5..1.0))
     }
 }
 

@@ -61,6 +61,13 @@ pub struct RefusedLabels {
     pub why: &'static str,
 }
 
+/// Labels of a store that is not ready.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// `too_many_connections`, `unreachable` or `error`.
+    pub reason: &'static str,
+}
+
 /// Every metric of one sidecar instance.
 pub struct Metrics {
     registry: Registry,
@@ -75,6 +82,11 @@ pub struct Metrics {
     pub sync_watermark: Gauge,
     /// Changes applied from the change feed.
     pub sync_changes: Counter,
+    /// Seconds from a change's commit (writer's wall clock) to its application here.
+    pub sync_propagation: Histogram,
+    /// 1 while announcements arrive on a live channel (LISTEN or NATS).
+    pub sync_channel_up: Gauge,
+    store_not_ready: Family<ReasonLabels, Counter>,
     /// Entries in the denylist filter.
     pub filter_items: Gauge,
     /// Bits in the denylist filter.
@@ -135,6 +147,9 @@ impl Metrics {
             sync_lag_ms: Gauge::default(),
             sync_watermark: Gauge::default(),
             sync_changes: Counter::default(),
+            sync_propagation: Histogram::new(exponential_buckets(0.000_5, 2.0, 18)),
+            sync_channel_up: Gauge::default(),
+            store_not_ready: Family::default(),
             filter_items: Gauge::default(),
             filter_bits: Gauge::default(),
             filter_expected_items: Gauge::default(),
@@ -184,6 +199,21 @@ impl Metrics {
             "sync_changes",
             "Changes applied from the change feed",
             m.sync_changes.clone(),
+        );
+        registry.register(
+            "sync_propagation_seconds",
+            "Time from a change's commit (the writer's wall clock) to its application here",
+            m.sync_propagation.clone(),
+        );
+        registry.register(
+            "sync_channel_up",
+            "1 while the change announcements (LISTEN or NATS) arrive, 0 while only polling",
+            m.sync_channel_up.clone(),
+        );
+        registry.register(
+            "store_not_ready",
+            "Times the store could not be prepared at start, by reason",
+            m.store_not_ready.clone(),
         );
         registry.register(
             "denylist_filter_items",
@@ -361,6 +391,13 @@ impl Metrics {
     pub fn store_query(&self, kind: &'static str) {
         self.store_queries
             .get_or_create(&QueryLabels { kind })
+            .inc();
+    }
+
+    /// Counts one failed attempt to prepare the store at start, by reason.
+    pub fn store_not_ready(&self, reason: &'static str) {
+        self.store_not_ready
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 

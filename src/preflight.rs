@@ -32,9 +32,17 @@ pub fn load_keys(config: &Config) -> Result<KeySet, StartupError> {
     Ok(keys)
 }
 
+/// Refuses a sync mode that lacks what it needs.
+pub fn check_sync(config: &Config) -> Result<(), StartupError> {
+    if config.sync_mode == crate::sync::SyncMode::Nats && config.nats_url.is_none() {
+        return Err(StartupError::NoNatsUrl);
+    }
+    Ok(())
+}
+
 /// Applies the migrations of the configured store and returns its kind.
 pub async fn migrate(config: &Config) -> Result<&'static str, StartupError> {
-    let store = store::open(&config.database_url()).await?;
+    let store = store::open_with(&config.database_url(), config.into()).await?;
     store.migrate().await?;
     Ok(store.kind())
 }
@@ -44,6 +52,7 @@ pub async fn migrate(config: &Config) -> Result<&'static str, StartupError> {
 pub async fn check_config(config: &Config) -> Result<Vec<String>, StartupError> {
     let mut report = Vec::new();
     check_exposure(config)?;
+    check_sync(config)?;
     report.push(format!("listen: {}", config.listen));
     if config.keys.is_empty() {
         if !config.is_sqlite() {
@@ -68,7 +77,7 @@ pub async fn check_config(config: &Config) -> Result<Vec<String>, StartupError> 
     if load_admin(config)?.is_some() {
         report.push("admin credential: loaded; privileged RPCs require it".into());
     }
-    let store = store::open(&config.database_url()).await?;
+    let store = store::open_with(&config.database_url(), config.into()).await?;
     store.ping().await?;
     report.push(format!("store: {} reachable", store.kind()));
     report.push(format!(

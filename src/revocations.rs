@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use async_trait::async_trait;
+use tokio::sync::{Notify, broadcast};
 
 use crate::cache::{CutoffCache, DenylistFilter};
-use crate::clock::{Clock, UnixMillis};
+use crate::clock::{Clock, UnixMillis, wall_ms};
 use crate::metrics::Metrics;
 use crate::policy::DenyStatus;
 use crate::store::{
@@ -52,6 +53,31 @@ pub struct CacheSettings {
 /// Rows fetched per page of the change feed.
 const CHANGES_PAGE: i64 = 10_000;
 
+/// Where "changes after N" is read: the store's pool, or a connection the sync task already
+/// holds (PostgreSQL's change listener), so that an idle instance needs no second connection.
+#[async_trait]
+pub trait ChangeFeed: Send {
+    /// Committed changes numbered after `after`, in order, at most `limit`.
+    async fn changes_after(
+        &mut self,
+        after: ChangeSeq,
+        limit: i64,
+    ) -> Result<Vec<Change>, StoreError>;
+}
+
+struct StoreFeed<'a>(&'a dyn RevocationStore);
+
+#[async_trait]
+impl ChangeFeed for StoreFeed<'_> {
+    async fn changes_after(
+        &mut self,
+        after: ChangeSeq,
+        limit: i64,
+    ) -> Result<Vec<Change>, StoreError> {
+        self.0.changes_after(after, limit).await
+    }
+}
+
 /// The revocation state: store plus caches.
 pub struct Revocations {
     store: Arc<dyn RevocationStore>,
@@ -64,6 +90,7 @@ pub struct Revocations {
     last_sync_ms: AtomicI64,
     loaded: AtomicBool,
     rebuild_wanted: Notify,
+    written: broadcast::Sender<Change>,
 }
 
 impl Revocations {
@@ -100,6 +127,7 @@ impl Revocations {
             last_sync_ms: AtomicI64::new(i64::MIN / 2),
             loaded: AtomicBool::new(false),
             rebuild_wanted: Notify::new(),
+            written: broadcast::channel(4096).0,
         }
     }
 
@@ -142,6 +170,24 @@ impl Revocations {
     pub fn can_answer(&self, now: UnixMillis) -> bool {
         self.is_loaded()
             && (!self.is_stale(now) || self.settings.on_outage == OutageMode::ServeStale)
+    }
+
+    /// Every change this instance writes, once committed (for a sync mode that announces
+    /// changes itself, such as NATS). A receiver that lags loses the oldest; the others then see
+    /// a gap and catch up from the store.
+    pub fn written(&self) -> broadcast::Receiver<Change> {
+        self.written.subscribe()
+    }
+
+    fn announce(&self, change: Change) {
+        // No receiver (no announcing sync mode) is not an error.
+        let _ = self.written.send(change);
+    }
+
+    /// Records that this instance is in step with the store now: the sync task saw the next
+    /// change announced in order on a live channel.
+    pub fn in_step(&self) {
+        self.mark_synced();
     }
 
     fn mark_synced(&self) {
@@ -271,10 +317,16 @@ impl Revocations {
 
     /// Applies every committed change after the watermark; marks the instance in sync.
     pub async fn catch_up(&self) -> Result<usize, StoreError> {
+        self.catch_up_from(&mut StoreFeed(self.store.as_ref()))
+            .await
+    }
+
+    /// [`Revocations::catch_up`], reading the changes from `feed`.
+    pub async fn catch_up_from(&self, feed: &mut dyn ChangeFeed) -> Result<usize, StoreError> {
         let mut applied = 0;
         loop {
             let after = self.watermark();
-            let page = self.store.changes_after(after, CHANGES_PAGE).await;
+            let page = feed.changes_after(after, CHANGES_PAGE).await;
             let page = self.query("changes", page).await?;
             let full = page.len() as i64 == CHANGES_PAGE;
             for change in &page {
@@ -289,13 +341,15 @@ impl Revocations {
         Ok(applied)
     }
 
-    /// Applies one committed change to the caches.
+    /// Applies one committed change to the caches; the first time a change moves the watermark,
+    /// its commit-to-applied time is observed.
     pub async fn apply(&self, change: &Change) {
         match change {
             Change::Cutoff {
                 seq,
                 user_id,
                 cutoff_ms,
+                ..
             } => {
                 if let Some(cache) = &self.cutoffs {
                     cache.apply(user_id, *cutoff_ms, *seq).await;
@@ -314,9 +368,15 @@ impl Revocations {
             }
         }
         let seq = change.seq();
-        self.watermark.fetch_max(seq, Ordering::AcqRel);
+        let before = self.watermark.fetch_max(seq, Ordering::AcqRel);
         self.metrics.sync_watermark.set(self.watermark());
         self.metrics.sync_changes.inc();
+        if before < seq && change.committed_ms() > 0 {
+            let took_ms = wall_ms().saturating_sub(change.committed_ms()).max(0);
+            self.metrics
+                .sync_propagation
+                .observe(took_ms as f64 / 1000.0);
+        }
     }
 
     /// The user's cutoff.
@@ -400,6 +460,14 @@ impl Revocations {
         if let Some(cache) = &self.cutoffs {
             cache.apply(user_id, update.cutoff_ms, update.seq).await;
         }
+        if update.changed {
+            self.announce(Change::Cutoff {
+                seq: update.seq,
+                committed_ms: wall_ms(),
+                user_id: user_id.to_owned(),
+                cutoff_ms: update.cutoff_ms,
+            });
+        }
         Ok(update)
     }
 
@@ -411,6 +479,12 @@ impl Revocations {
                 if let Some(cache) = &self.cutoffs {
                     cache.apply(user_id, now, seq).await;
                 }
+                self.announce(Change::Cutoff {
+                    seq,
+                    committed_ms: wall_ms(),
+                    user_id: user_id.to_owned(),
+                    cutoff_ms: now,
+                });
                 Ok(true)
             }
             None => Ok(false),
@@ -427,6 +501,15 @@ impl Revocations {
                 .insert(entry.kind, &entry.id, entry.moot_after_ms)
                 .await;
             self.filter_inserted(filter);
+        }
+        if let Some(seq) = stored {
+            self.announce(Change::Denied {
+                seq,
+                committed_ms: wall_ms(),
+                kind: entry.kind,
+                id: entry.id.clone(),
+                moot_after_ms: entry.moot_after_ms,
+            });
         }
         Ok(stored.is_some())
     }

@@ -71,6 +71,11 @@ pub enum StartupError {
     /// The TLS files are unusable.
     #[error("TLS: {0}")]
     Tls(String),
+    /// NATS mode with no server to talk to.
+    #[error(
+        "--sync-mode nats needs --nats-url (or TOKEN_SIDECAR_NATS_URL), e.g. nats://127.0.0.1:4222"
+    )]
+    NoNatsUrl,
     /// The API would be reachable from other hosts with no caller authentication.
     #[error(
         "--listen {0} is reachable from other hosts, but callers are not authenticated (TLS alone \
@@ -163,6 +168,7 @@ type ServerTask = JoinHandle<Result<(), tonic::transport::Error>>;
 /// Health reports NOT_SERVING until the store has been migrated and answered.
 pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidecar, StartupError> {
     preflight::check_exposure(&config)?;
+    preflight::check_sync(&config)?;
     let keys = preflight::load_keys(&config)?;
     let admin = preflight::load_admin(&config)?;
     let tls = preflight::tls(&config)?.map(Arc::new);
@@ -237,8 +243,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
         background.push(tokio::spawn(sync::run(
             revocations,
             config.database_url(),
-            config.sync_mode,
-            config.sync_poll_interval,
+            (&config).into(),
             shutdown_rx.clone(),
         )));
     }
@@ -268,7 +273,7 @@ async fn open_store(config: &Config) -> Result<Arc<dyn RevocationStore>, Startup
              use PostgreSQL to share revocations between sidecars)"
         );
     }
-    Ok(store::open(&url).await?)
+    Ok(store::open_with(&url, config.into()).await?)
 }
 
 /// The use cases over the codec (with the verified-token cache unless it is off).

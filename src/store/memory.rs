@@ -200,6 +200,7 @@ impl RevocationStore for MemoryStore {
             .iter()
             .filter(|(_, (_, seq))| *seq > after)
             .map(|(user, &(cutoff_ms, seq))| Change::Cutoff {
+                committed_ms: 0,
                 seq,
                 user_id: user.clone(),
                 cutoff_ms,
@@ -209,6 +210,7 @@ impl RevocationStore for MemoryStore {
             .iter()
             .filter(|(_, (_, seq))| *seq > after)
             .map(|((kind, id), &(moot_after_ms, seq))| Change::Denied {
+                committed_ms: 0,
                 seq,
                 kind: *kind,
                 id: id.clone(),

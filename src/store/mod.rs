@@ -5,6 +5,7 @@
 //! sidecars starting at once are safe). Every write returns only after it has committed, and
 //! every change carries a number from one increasing sequence so that caches can apply
 //! "changes after N" in order.
+pub mod announcement;
 #[cfg(test)]
 pub(crate) mod memory;
 mod postgres;
@@ -15,7 +16,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use postgres::{CHANGE_CHANNEL, PostgresStore};
+pub use postgres::{CHANGE_CHANNEL, PoolSettings, PostgresStore};
 pub use sqlite::SqliteStore;
 
 use crate::clock::UnixMillis;
@@ -83,13 +84,17 @@ pub struct CutoffUpdate {
     pub changed: bool,
 }
 
-/// One committed change, as the change feed reports it (the row's current state).
+/// One committed change, as the change feed reports it (the row's current state) and as the
+/// writer announces it (see [`announcement`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     /// A user's cutoff is now `cutoff_ms`.
     Cutoff {
         /// Its number.
         seq: ChangeSeq,
+        /// When it was written, by the writer's wall clock (0 if unknown): for the propagation
+        /// metric only.
+        committed_ms: UnixMillis,
         /// The user.
         user_id: String,
         /// The cutoff now in force.
@@ -99,6 +104,8 @@ pub enum Change {
     Denied {
         /// Its number.
         seq: ChangeSeq,
+        /// When it was written, by the writer's wall clock (0 if unknown).
+        committed_ms: UnixMillis,
         /// Token or session.
         kind: DenyKind,
         /// The `jti` or `sid`.
@@ -113,6 +120,15 @@ impl Change {
     pub fn seq(&self) -> ChangeSeq {
         match self {
             Change::Cutoff { seq, .. } | Change::Denied { seq, .. } => *seq,
+        }
+    }
+
+    /// When the change was written, by the writer's wall clock (0 if unknown).
+    pub fn committed_ms(&self) -> UnixMillis {
+        match self {
+            Change::Cutoff { committed_ms, .. } | Change::Denied { committed_ms, .. } => {
+                *committed_ms
+            }
         }
     }
 }
@@ -236,6 +252,11 @@ pub trait RevocationStore: Send + Sync + 'static {
     async fn migrate(&self) -> Result<(), StoreError>;
     /// Answers when the database is reachable.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Why the database refuses a new connection (e.g. PostgreSQL's "sorry, too many clients
+    /// already"), or None if it accepts one: for the log when the store is not ready.
+    async fn why_unreachable(&self) -> Option<String> {
+        None
+    }
     /// The user's cutoff, if any, with the change that set it.
     async fn cutoff(&self, user_id: &str) -> Result<CutoffRecord, StoreError>;
     /// Atomically sets `C := max(C, at_least)` (SPEC §4 rule 2).
@@ -276,10 +297,18 @@ pub trait RevocationStore: Send + Sync + 'static {
     ) -> Result<Purged, StoreError>;
 }
 
-/// Opens the store a database URL names, without running migrations.
+/// Opens the store a database URL names, without running migrations, with the default pool.
 pub async fn open(url: &str) -> Result<Arc<dyn RevocationStore>, StoreError> {
+    open_with(url, PoolSettings::default()).await
+}
+
+/// Opens the store a database URL names, without running migrations; `pool` bounds PostgreSQL's.
+pub async fn open_with(
+    url: &str,
+    pool: PoolSettings,
+) -> Result<Arc<dyn RevocationStore>, StoreError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PostgresStore::connect_lazy(url)?))
+        Ok(Arc::new(PostgresStore::connect_lazy(url, pool)?))
     } else if url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::open(url).await?))
     } else {

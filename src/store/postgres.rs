@@ -1,41 +1,75 @@
 //! The PostgreSQL store: the source of truth shared by every sidecar.
+use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 
 use super::{
     Change, ChangeSeq, CutoffRecord, CutoffUpdate, DenyEntry, DenyKind, DenySink, Purged,
-    RevocationStore, Rotation, RotationOutcome, StoreError, sql,
+    RevocationStore, Rotation, RotationOutcome, StoreError, announcement, sql,
 };
-use crate::clock::UnixMillis;
+use crate::clock::{UnixMillis, wall_ms};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
-/// The LISTEN/NOTIFY channel on which every committed change is announced (payload: its number).
+/// The LISTEN/NOTIFY channel on which every committed change is announced (payload: the change,
+/// see [`announcement`]).
 pub const CHANGE_CHANNEL: &str = "token_sidecar_changes";
 
 /// The advisory lock every writer holds from taking a change number until it commits, so that
 /// numbers become visible in increasing order ("ts-chg" in ASCII).
 const CHANGE_LOCK: i64 = 0x7473_2d63_6867;
 
+/// How many connections the store's pool may hold, and for how long an idle one is kept
+/// (SPEC §10: an idle sidecar holds at most one connection, its change listener's).
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    /// At most this many connections under load.
+    pub max_connections: u32,
+    /// Pooled connections idle this long are closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 4,
+            idle_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 /// Cutoffs and denylist in PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    options: PgConnectOptions,
 }
 
 impl PostgresStore {
     /// A pool that connects on first use, so the sidecar can start (NOT_SERVING) before the
     /// database is up. A short acquire timeout turns an outage into a prompt UNAVAILABLE.
-    pub fn connect_lazy(url: &str) -> Result<Self, StoreError> {
+    pub fn connect_lazy(url: &str, settings: PoolSettings) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)?;
         let pool = PgPoolOptions::new()
-            .max_connections(8)
+            .max_connections(settings.max_connections.max(1))
             .min_connections(0)
+            .idle_timeout(Some(settings.idle_timeout))
             .acquire_timeout(Duration::from_secs(2))
-            .connect_lazy(url)?;
-        Ok(Self { pool })
+            .connect_lazy_with(options.clone());
+        Ok(Self { pool, options })
+    }
+
+    /// Committed changes after `after`, read on the change listener's own connection (so that an
+    /// idle sidecar's safety-net poll needs no second connection).
+    pub async fn changes_on(
+        listener: &mut PgListener,
+        after: ChangeSeq,
+        limit: i64,
+    ) -> Result<Vec<Change>, StoreError> {
+        sql::changes_after(listener, after, limit).await
     }
 
     /// A transaction that holds the change lock.
@@ -48,24 +82,36 @@ impl PostgresStore {
         Ok(tx)
     }
 
-    /// Ends a write: a change is announced (delivered to listeners at commit) and committed;
-    /// no change rolls back.
+    /// Ends a write. A change takes its number (the writer wrote it with the sequence's next
+    /// value, read under the change lock, and moves the sequence only now that the write is
+    /// certain — so a write that changes nothing leaves no gap in the numbers, and a gap seen by a
+    /// listener really means a missed announcement), is announced with its content (delivered to
+    /// listeners at commit) and committed. No change rolls back.
     async fn finish(
         mut tx: Transaction<'static, Postgres>,
-        change: Option<ChangeSeq>,
-    ) -> Result<Option<ChangeSeq>, StoreError> {
-        let Some(seq) = change else {
+        change: Option<Change>,
+    ) -> Result<Option<Change>, StoreError> {
+        let Some(change) = change else {
             tx.rollback().await?;
             return Ok(None);
         };
-        sqlx::query("SELECT pg_notify($1, $2)")
+        sqlx::query("SELECT setval('revocation_change_seq', $1), pg_notify($2, $3)")
+            .bind(change.seq())
             .bind(CHANGE_CHANNEL)
-            .bind(seq.to_string())
+            .bind(announcement::encode(&change))
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(Some(seq))
+        Ok(Some(change))
     }
+}
+
+/// The number the next change takes, read (not taken) under the change lock.
+macro_rules! next_seq {
+    () => {
+        "SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END AS seq
+             FROM revocation_change_seq"
+    };
 }
 
 #[async_trait]
@@ -88,6 +134,18 @@ impl RevocationStore for PostgresStore {
         sql::ping(&self.pool).await
     }
 
+    async fn why_unreachable(&self) -> Option<String> {
+        // The pool retries a database that is full until its acquire timeout and then reports
+        // only "pool timed out"; one connection of our own hears PostgreSQL's reason.
+        match PgConnection::connect_with(&self.options).await {
+            Ok(conn) => {
+                let _ = conn.close().await;
+                None
+            }
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
     async fn cutoff(&self, user_id: &str) -> Result<CutoffRecord, StoreError> {
         sql::cutoff(&self.pool, user_id).await
     }
@@ -98,14 +156,20 @@ impl RevocationStore for PostgresStore {
         at_least: UnixMillis,
     ) -> Result<CutoffUpdate, StoreError> {
         let mut tx = self.writer().await?;
+        let committed_ms = wall_ms();
         // The upsert and its "never lower it" guard are one statement, so concurrent
-        // revocations of one user cannot undo each other.
-        let (cutoff_ms, seq, changed): (i64, i64, bool) = sqlx::query_as(
-            "WITH up AS (
-                 INSERT INTO user_cutoffs (user_id, cutoff_unix_ms) VALUES ($1, $2)
+        // revocations of one user cannot undo each other (nor a purge race it).
+        let (cutoff_ms, seq, changed): (i64, i64, bool) = sqlx::query_as(concat!(
+            "WITH next AS (",
+            next_seq!(),
+            "),
+             up AS (
+                 INSERT INTO user_cutoffs (user_id, cutoff_unix_ms, change_seq, changed_unix_ms)
+                     VALUES ($1, $2, (SELECT seq FROM next), $3)
                  ON CONFLICT (user_id) DO UPDATE
                      SET cutoff_unix_ms = EXCLUDED.cutoff_unix_ms,
-                         change_seq = nextval('revocation_change_seq'),
+                         change_seq = EXCLUDED.change_seq,
+                         changed_unix_ms = EXCLUDED.changed_unix_ms,
                          updated_at = now()
                      WHERE user_cutoffs.cutoff_unix_ms < EXCLUDED.cutoff_unix_ms
                  RETURNING cutoff_unix_ms, change_seq
@@ -113,13 +177,20 @@ impl RevocationStore for PostgresStore {
              SELECT cutoff_unix_ms, change_seq, true FROM up
              UNION ALL
              SELECT cutoff_unix_ms, change_seq, false FROM user_cutoffs
-                 WHERE user_id = $1 AND NOT EXISTS (SELECT 1 FROM up)",
-        )
+                 WHERE user_id = $1 AND NOT EXISTS (SELECT 1 FROM up)"
+        ))
         .bind(user_id)
         .bind(at_least)
+        .bind(committed_ms)
         .fetch_one(&mut *tx)
         .await?;
-        Self::finish(tx, changed.then_some(seq)).await?;
+        let change = changed.then(|| Change::Cutoff {
+            seq,
+            committed_ms,
+            user_id: user_id.to_owned(),
+            cutoff_ms,
+        });
+        Self::finish(tx, change).await?;
         Ok(CutoffUpdate {
             cutoff_ms,
             seq,
@@ -133,18 +204,28 @@ impl RevocationStore for PostgresStore {
         now: UnixMillis,
     ) -> Result<Option<ChangeSeq>, StoreError> {
         let mut tx = self.writer().await?;
-        let seq: Option<(i64,)> = sqlx::query_as(
+        let committed_ms = wall_ms();
+        let seq: Option<(i64,)> = sqlx::query_as(concat!(
             "UPDATE user_cutoffs
-                 SET cutoff_unix_ms = $2, change_seq = nextval('revocation_change_seq'),
-                     updated_at = now()
+                 SET cutoff_unix_ms = $2, change_seq = (",
+            next_seq!(),
+            "),
+                     changed_unix_ms = $3, updated_at = now()
                  WHERE user_id = $1 AND cutoff_unix_ms > $2
-                 RETURNING change_seq",
-        )
+                 RETURNING change_seq"
+        ))
         .bind(user_id)
         .bind(now)
+        .bind(committed_ms)
         .fetch_optional(&mut *tx)
         .await?;
-        Self::finish(tx, seq.map(|(seq,)| seq)).await
+        let change = seq.map(|(seq,)| Change::Cutoff {
+            seq,
+            committed_ms,
+            user_id: user_id.to_owned(),
+            cutoff_ms: now,
+        });
+        Ok(Self::finish(tx, change).await?.map(|c| c.seq()))
     }
 
     async fn is_denied(&self, kind: DenyKind, id: &str) -> Result<bool, StoreError> {
@@ -153,18 +234,31 @@ impl RevocationStore for PostgresStore {
 
     async fn deny(&self, entry: &DenyEntry) -> Result<Option<ChangeSeq>, StoreError> {
         let mut tx = self.writer().await?;
-        let seq: Option<(i64,)> = sqlx::query_as(
-            "INSERT INTO denylist (kind, id, user_id, moot_after_unix_ms) VALUES ($1, $2, $3, $4)
+        let committed_ms = wall_ms();
+        let seq: Option<(i64,)> = sqlx::query_as(concat!(
+            "INSERT INTO denylist (kind, id, user_id, moot_after_unix_ms, change_seq,
+                                   changed_unix_ms)
+                 VALUES ($1, $2, $3, $4, (",
+            next_seq!(),
+            "), $5)
                  ON CONFLICT (kind, id) DO NOTHING
-                 RETURNING change_seq",
-        )
+                 RETURNING change_seq"
+        ))
         .bind(entry.kind.as_str())
         .bind(&entry.id)
         .bind(entry.user_id.as_deref())
         .bind(entry.moot_after_ms)
+        .bind(committed_ms)
         .fetch_optional(&mut *tx)
         .await?;
-        Self::finish(tx, seq.map(|(seq,)| seq)).await
+        let change = seq.map(|(seq,)| Change::Denied {
+            seq,
+            committed_ms,
+            kind: entry.kind,
+            id: entry.id.clone(),
+            moot_after_ms: entry.moot_after_ms,
+        });
+        Ok(Self::finish(tx, change).await?.map(|c| c.seq()))
     }
 
     async fn changes_after(&self, after: ChangeSeq, limit: i64) -> Result<Vec<Change>, StoreError> {

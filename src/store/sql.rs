@@ -88,22 +88,22 @@ where
 }
 
 /// Committed changes numbered after `after`, in order, at most `limit`.
-pub(super) async fn changes_after<DB>(
-    pool: &Pool<DB>,
+pub(super) async fn changes_after<'c, DB, E>(
+    executor: E,
     after: ChangeSeq,
     limit: i64,
 ) -> Result<Vec<Change>, StoreError>
 where
     DB: Database,
     DB::Arguments: IntoArguments<DB>,
-    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    E: sqlx::Executor<'c, Database = DB>,
     i64: for<'q> Encode<'q, DB> + Type<DB>,
-    (String, String, i64, i64): for<'r> FromRow<'r, DB::Row>,
+    (String, String, i64, i64, i64): for<'r> FromRow<'r, DB::Row>,
 {
-    let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(CHANGES_AFTER_SQL)
+    let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(CHANGES_AFTER_SQL)
         .bind(after)
         .bind(limit)
-        .fetch_all(pool)
+        .fetch_all(executor)
         .await?;
     Ok(rows.into_iter().map(change_from_row).collect())
 }
@@ -165,17 +165,21 @@ where
     })
 }
 
-/// Turns a `(kind, id, value, seq)` change-feed row into a [`Change`].
-pub(super) fn change_from_row((kind, id, value, seq): (String, String, i64, i64)) -> Change {
+/// Turns a `(kind, id, value, seq, committed)` change-feed row into a [`Change`].
+pub(super) fn change_from_row(
+    (kind, id, value, seq, committed_ms): (String, String, i64, i64, i64),
+) -> Change {
     if kind == "cutoff" {
         Change::Cutoff {
             seq,
+            committed_ms,
             user_id: id,
             cutoff_ms: value,
         }
     } else {
         Change::Denied {
             seq,
+            committed_ms,
             kind: DenyKind::from_column(&kind),
             id,
             moot_after_ms: value,
@@ -183,14 +187,17 @@ pub(super) fn change_from_row((kind, id, value, seq): (String, String, i64, i64)
     }
 }
 
-/// The change feed: both tables' rows changed after a number, as `(kind, id, value, seq)`.
-/// `kind` is `cutoff` for a cutoff row, else the denylist kind.
+/// The change feed: both tables' rows changed after a number, as
+/// `(kind, id, value, seq, committed)`. `kind` is `cutoff` for a cutoff row, else the denylist
+/// kind.
 pub(super) const CHANGES_AFTER_SQL: &str = "
-    SELECT kind, id, value, seq FROM (
-        SELECT 'cutoff' AS kind, user_id AS id, cutoff_unix_ms AS value, change_seq AS seq
+    SELECT kind, id, value, seq, committed FROM (
+        SELECT 'cutoff' AS kind, user_id AS id, cutoff_unix_ms AS value, change_seq AS seq,
+               changed_unix_ms AS committed
             FROM user_cutoffs WHERE change_seq > $1
         UNION ALL
-        SELECT kind, id, moot_after_unix_ms AS value, change_seq AS seq
+        SELECT kind, id, moot_after_unix_ms AS value, change_seq AS seq,
+               changed_unix_ms AS committed
             FROM denylist WHERE change_seq > $1
     ) AS changes
     ORDER BY seq

@@ -10,7 +10,7 @@ use super::{
     Change, ChangeSeq, CutoffRecord, CutoffUpdate, DenyEntry, DenyKind, DenySink, Purged,
     RevocationStore, Rotation, RotationOutcome, StoreError, sql,
 };
-use crate::clock::UnixMillis;
+use crate::clock::{UnixMillis, wall_ms};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -93,16 +93,19 @@ impl RevocationStore for SqliteStore {
     ) -> Result<CutoffUpdate, StoreError> {
         let (mut tx, seq) = self.writer().await?;
         let raised = sqlx::query(
-            "INSERT INTO user_cutoffs (user_id, cutoff_unix_ms, change_seq) VALUES (?1, ?2, ?3)
+            "INSERT INTO user_cutoffs (user_id, cutoff_unix_ms, change_seq, changed_unix_ms)
+                 VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (user_id) DO UPDATE
                      SET cutoff_unix_ms = excluded.cutoff_unix_ms,
                          change_seq = excluded.change_seq,
+                         changed_unix_ms = excluded.changed_unix_ms,
                          updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
                      WHERE user_cutoffs.cutoff_unix_ms < excluded.cutoff_unix_ms",
         )
         .bind(user_id)
         .bind(at_least)
         .bind(seq)
+        .bind(wall_ms())
         .execute(&mut *tx)
         .await?
         .rows_affected()
@@ -137,13 +140,14 @@ impl RevocationStore for SqliteStore {
         let (mut tx, seq) = self.writer().await?;
         let lifted = sqlx::query(
             "UPDATE user_cutoffs
-                 SET cutoff_unix_ms = ?2, change_seq = ?3,
+                 SET cutoff_unix_ms = ?2, change_seq = ?3, changed_unix_ms = ?4,
                      updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
                  WHERE user_id = ?1 AND cutoff_unix_ms > ?2",
         )
         .bind(user_id)
         .bind(now)
         .bind(seq)
+        .bind(wall_ms())
         .execute(&mut *tx)
         .await?
         .rows_affected()
@@ -158,8 +162,9 @@ impl RevocationStore for SqliteStore {
     async fn deny(&self, entry: &DenyEntry) -> Result<Option<ChangeSeq>, StoreError> {
         let (mut tx, seq) = self.writer().await?;
         let inserted = sqlx::query(
-            "INSERT INTO denylist (kind, id, user_id, moot_after_unix_ms, change_seq)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
+            "INSERT INTO denylist (kind, id, user_id, moot_after_unix_ms, change_seq,
+                                   changed_unix_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (kind, id) DO NOTHING",
         )
         .bind(entry.kind.as_str())
@@ -167,6 +172,7 @@ impl RevocationStore for SqliteStore {
         .bind(entry.user_id.as_deref())
         .bind(entry.moot_after_ms)
         .bind(seq)
+        .bind(wall_ms())
         .execute(&mut *tx)
         .await?
         .rows_affected()

@@ -1,0 +1,304 @@
+//! Keeping instances that share one PostgreSQL in step (SPEC §6, §10).
+//!
+//! Every committed change carries a number from one gapless sequence and is announced with its
+//! content: by PostgreSQL NOTIFY in the writer's transaction (`notify` mode), or by the writer on
+//! NATS after its commit (`nats` mode). An instance applies announced changes directly, in
+//! number order ([`sequencer`]), so a change costs the database nothing per instance; it reads
+//! "changes after the last number I applied" from the store only
+//! - when a number is missing (a lost announcement),
+//! - after the channel (re)connects (announcements sent meanwhile are lost),
+//! - on its safety-net poll: every `--sync-safety-poll-interval` while the channel is up (in
+//!   notify mode on the LISTEN connection itself, so an idle instance holds one connection), every
+//!   `--sync-poll-interval` while it is down, and always in `poll` mode (for PgBouncer-style
+//!   poolers that do not carry LISTEN).
+//!
+//! PostgreSQL stays the source of truth: a channel only carries news.
+mod nats;
+mod notify;
+pub mod sequencer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::revocations::{ChangeFeed, Revocations};
+use crate::store::announcement;
+use sequencer::{Offer, Sequencer};
+
+pub use notify::LISTENER_APPLICATION_NAME;
+
+/// How an instance learns of other instances' changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyncMode {
+    /// PostgreSQL LISTEN/NOTIFY, plus the slow safety-net poll.
+    Notify,
+    /// The periodic poll only (works behind transaction-pooling PgBouncer).
+    Poll,
+    /// NATS (`--nats-url`), plus the slow safety-net poll: for fleets beyond what one database
+    /// should hold connections for.
+    Nats,
+}
+
+/// How an instance keeps in step.
+#[derive(Debug, Clone)]
+pub struct SyncSettings {
+    /// The channel, if any.
+    pub mode: SyncMode,
+    /// The poll interval while no channel is up (always, in poll mode).
+    pub poll_interval: Duration,
+    /// The safety-net poll interval while the channel is up.
+    pub safety_poll_interval: Duration,
+    /// The NATS server, in nats mode.
+    pub nats_url: Option<String>,
+    /// The NATS subject changes are announced on.
+    pub nats_subject: String,
+}
+
+/// How soon to retry opening a channel that is down.
+const RETRY: Duration = Duration::from_millis(250);
+
+/// How long a catch-up on the channel's own connection may take before the connection is
+/// deemed dead (a silently dropped TCP connection would otherwise hang the poll).
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a channel reports.
+#[derive(Debug)]
+enum Event {
+    /// A change was announced (the payload, see [`announcement`]).
+    Announced(String),
+    /// The channel is up again: announcements sent meanwhile may be lost.
+    Up,
+    /// The channel went down, for this reason.
+    Down(String),
+}
+
+/// A channel on which committed changes are announced.
+#[async_trait]
+trait Channel: Send {
+    /// Whether it exists (connected or reconnecting on its own).
+    fn is_open(&self) -> bool;
+    /// Whether announcements arrive now.
+    fn is_up(&self) -> bool;
+    /// Tries to open it.
+    async fn open(&mut self);
+    /// The next event. Cancel-safe: it is raced against timers.
+    async fn next(&mut self) -> Event;
+    /// Where to catch up while it is up: its own connection, or None for the store's pool.
+    fn feed(&mut self) -> Option<&mut dyn ChangeFeed>;
+    /// Gives up its connection (after it failed to answer); [`Channel::open`] starts again.
+    fn close(&mut self);
+}
+
+/// Runs until `shutdown` turns true.
+pub async fn run(
+    revocations: Arc<Revocations>,
+    database_url: String,
+    settings: SyncSettings,
+    shutdown: watch::Receiver<bool>,
+) {
+    let channel: Option<Box<dyn Channel>> = match settings.mode {
+        SyncMode::Poll => None,
+        SyncMode::Notify => Some(Box::new(notify::Listener::new(database_url))),
+        SyncMode::Nats => Some(Box::new(nats::Nats::new(
+            settings.nats_url.clone().unwrap_or_default(),
+            settings.nats_subject.clone(),
+            revocations.clone(),
+        ))),
+    };
+    // In order on one connection, NOTIFY never delivers a number early: a gap is a loss. NATS
+    // messages from different writers can overtake each other by a little.
+    let gap_wait = match settings.mode {
+        SyncMode::Nats => Duration::from_millis(50),
+        _ => Duration::ZERO,
+    };
+    Driver {
+        revocations,
+        settings,
+        channel,
+        sequencer: Sequencer::default(),
+        gap_wait,
+        gap_deadline: None,
+        up: false,
+    }
+    .run(shutdown)
+    .await;
+}
+
+struct Driver {
+    revocations: Arc<Revocations>,
+    settings: SyncSettings,
+    channel: Option<Box<dyn Channel>>,
+    sequencer: Sequencer,
+    gap_wait: Duration,
+    gap_deadline: Option<Instant>,
+    up: bool,
+}
+
+impl Driver {
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut last_poll = Instant::now();
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            if !self.revocations.is_loaded() {
+                // The health task loads the caches; nothing to keep in step before that.
+                tokio::select! {
+                    () = tokio::time::sleep(RETRY) => {}
+                    _ = shutdown.changed() => return,
+                }
+                continue;
+            }
+            if let Some(channel) = self.channel.as_mut()
+                && !channel.is_open()
+            {
+                channel.open().await;
+            }
+            let up = self.channel.as_ref().is_some_and(|c| c.is_up());
+            if up != self.up {
+                self.set_up(up);
+                if up {
+                    // Announcements sent while we were not listening are lost.
+                    self.catch_up("connected").await;
+                    last_poll = Instant::now();
+                }
+            }
+            let interval = if self.up {
+                self.settings.safety_poll_interval
+            } else {
+                self.settings.poll_interval
+            };
+            let open = self.channel.as_ref().is_some_and(|c| c.is_open());
+            let has_channel = self.channel.is_some();
+            let channel = &mut self.channel;
+            let event = async {
+                match channel.as_mut() {
+                    Some(c) if c.is_open() => c.next().await,
+                    _ => std::future::pending().await,
+                }
+            };
+            let gap_deadline = self.gap_deadline;
+            let gap = async {
+                match gap_deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                event = event => self.handle(event).await,
+                () = tokio::time::sleep_until(last_poll + interval) => {
+                    self.catch_up("poll").await;
+                    self.revocations.observe_lag();
+                    last_poll = Instant::now();
+                }
+                () = gap => self.catch_up("gap").await,
+                () = tokio::time::sleep(RETRY), if has_channel && !open => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    fn set_up(&mut self, up: bool) {
+        self.up = up;
+        self.revocations
+            .metrics()
+            .sync_channel_up
+            .set(i64::from(up));
+    }
+
+    async fn handle(&mut self, event: Event) {
+        match event {
+            Event::Announced(payload) => match announcement::decode(&payload) {
+                Some(change) => self.announced(change).await,
+                // Another version's announcement: something changed, read it from the store.
+                None => self.catch_up("unknown announcement").await,
+            },
+            Event::Up => {
+                self.set_up(true);
+                self.catch_up("reconnected").await;
+            }
+            Event::Down(reason) => {
+                tracing::warn!(
+                    reason,
+                    "change announcements stopped; polling until they resume"
+                );
+                self.set_up(false);
+                self.catch_up("channel down").await;
+            }
+        }
+    }
+
+    async fn announced(&mut self, change: crate::store::Change) {
+        match self.sequencer.offer(self.revocations.watermark(), change) {
+            Offer::Apply(changes) => {
+                for change in &changes {
+                    self.revocations.apply(change).await;
+                }
+                if !self.sequencer.has_gap() {
+                    self.gap_deadline = None;
+                    if self.up {
+                        self.revocations.in_step();
+                    }
+                }
+            }
+            Offer::Gap => {
+                if self.gap_deadline.is_none() {
+                    self.gap_deadline = Some(Instant::now() + self.gap_wait);
+                }
+            }
+            Offer::Overflow => self.catch_up("overflow").await,
+        }
+    }
+
+    /// Reads every change after the watermark from the store (on the channel's connection while
+    /// it is up), then applies the announcements that continue it.
+    async fn catch_up(&mut self, why: &'static str) {
+        let on_channel = self
+            .channel
+            .as_mut()
+            .filter(|c| c.is_up())
+            .and_then(|c| c.feed());
+        let on_channel = match on_channel {
+            Some(feed) => Some(
+                match tokio::time::timeout(CATCH_UP_TIMEOUT, self.revocations.catch_up_from(feed))
+                    .await
+                {
+                    Ok(Ok(applied)) => Ok(applied),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("the change listener did not answer".to_owned()),
+                },
+            ),
+            None => None,
+        };
+        let result = match on_channel {
+            Some(Ok(applied)) => Ok(applied),
+            failed => {
+                if let Some(Err(error)) = failed {
+                    // The channel's connection is broken: give it up and ask the pool.
+                    tracing::warn!(error, "the change listener's connection failed; reopening");
+                    if let Some(channel) = self.channel.as_mut() {
+                        channel.close();
+                    }
+                }
+                self.revocations.catch_up().await.map_err(|e| e.to_string())
+            }
+        };
+        match result {
+            Ok(0) => {}
+            Ok(applied) => tracing::debug!(applied, why, "applied changes from the store"),
+            Err(error) => tracing::warn!(error, why, "could not sync with the store"),
+        }
+        let watermark = self.revocations.watermark();
+        for change in self.sequencer.caught_up(watermark) {
+            self.revocations.apply(&change).await;
+        }
+        if !self.sequencer.has_gap() {
+            self.gap_deadline = None;
+        } else if self.gap_deadline.is_none_or(|at| at <= Instant::now()) {
+            self.gap_deadline = Some(Instant::now() + self.gap_wait.max(RETRY));
+        }
+    }
+}
