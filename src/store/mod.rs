@@ -250,6 +250,11 @@ pub trait RevocationStore: Send + Sync + 'static {
     fn is_shared(&self) -> bool;
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<(), StoreError>;
+    /// An id of this database, the same for every instance that shares it (empty for a store
+    /// no other instance shares).
+    async fn identity(&self) -> Result<String, StoreError> {
+        Ok(String::new())
+    }
     /// Answers when the database is reachable.
     async fn ping(&self) -> Result<(), StoreError>;
     /// Why the database refuses a new connection (e.g. PostgreSQL's "sorry, too many clients

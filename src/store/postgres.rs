@@ -3,6 +3,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use sqlx::pool::{MaybePoolConnection, PoolConnection};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 
@@ -17,6 +18,11 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres")
 /// The LISTEN/NOTIFY channel on which every committed change is announced (payload: the change,
 /// see [`announcement`]).
 pub const CHANGE_CHANNEL: &str = "token_sidecar_changes";
+
+/// How long a query waits for a connection: an outage becomes a prompt UNAVAILABLE.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+/// One attempt within it (see [`PostgresStore::conn`]).
+const ACQUIRE_ATTEMPT: Duration = Duration::from_millis(200);
 
 /// The advisory lock every writer holds from taking a change number until it commits, so that
 /// numbers become visible in increasing order ("ts-chg" in ASCII).
@@ -46,6 +52,8 @@ impl Default for PoolSettings {
 pub struct PostgresStore {
     pool: PgPool,
     options: PgConnectOptions,
+    /// Whether statements stay prepared on the server (not behind a transaction pooler).
+    prepared: bool,
 }
 
 impl PostgresStore {
@@ -57,9 +65,17 @@ impl PostgresStore {
             .max_connections(settings.max_connections.max(1))
             .min_connections(0)
             .idle_timeout(Some(settings.idle_timeout))
-            .acquire_timeout(Duration::from_secs(2))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(options.clone());
-        Ok(Self { pool, options })
+        // `statement-cache-capacity=0` is how a URL says "behind a transaction pooler": sqlx
+        // still names its statements then, which collide on a shared server connection, so
+        // every statement is sent unnamed instead.
+        let prepared = !url.contains("statement-cache-capacity=0");
+        Ok(Self {
+            pool,
+            options,
+            prepared,
+        })
     }
 
     /// Committed changes after `after`, read on the change listener's own connection (so that an
@@ -69,13 +85,35 @@ impl PostgresStore {
         after: ChangeSeq,
         limit: i64,
     ) -> Result<Vec<Change>, StoreError> {
-        sql::changes_after(listener, after, limit).await
+        sql::changes_after(listener, true, after, limit).await
+    }
+
+    /// A pooled connection. Tried in short attempts: a connection dropped a moment ago goes back
+    /// to the pool from a spawned task, so an attempt right after finds none idle and opens
+    /// another — and on a database that is full, sqlx would keep trying that until its acquire
+    /// timeout while our own connection sits idle. The next short attempt takes the idle one.
+    async fn conn(&self) -> Result<PoolConnection<Postgres>, StoreError> {
+        let deadline = tokio::time::Instant::now() + ACQUIRE_TIMEOUT;
+        loop {
+            match tokio::time::timeout(ACQUIRE_ATTEMPT, self.pool.acquire()).await {
+                Ok(Ok(conn)) => return Ok(conn),
+                Ok(Err(sqlx::Error::PoolTimedOut)) | Err(_)
+                    if tokio::time::Instant::now() < deadline => {}
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => return Err(sqlx::Error::PoolTimedOut.into()),
+            }
+        }
     }
 
     /// A transaction that holds the change lock.
     async fn writer(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = Transaction::begin(
+            MaybePoolConnection::PoolConnection(self.conn().await?),
+            None,
+        )
+        .await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .persistent(self.prepared)
             .bind(CHANGE_LOCK)
             .execute(&mut *tx)
             .await?;
@@ -88,6 +126,7 @@ impl PostgresStore {
     /// listener really means a missed announcement), is announced with its content (delivered to
     /// listeners at commit) and committed. No change rolls back.
     async fn finish(
+        &self,
         mut tx: Transaction<'static, Postgres>,
         change: Option<Change>,
     ) -> Result<Option<Change>, StoreError> {
@@ -96,6 +135,7 @@ impl PostgresStore {
             return Ok(None);
         };
         sqlx::query("SELECT setval('revocation_change_seq', $1), pg_notify($2, $3)")
+            .persistent(self.prepared)
             .bind(change.seq())
             .bind(CHANGE_CHANNEL)
             .bind(announcement::encode(&change))
@@ -125,13 +165,37 @@ impl RevocationStore for PostgresStore {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
+        // Usually every migration is in already (the migrate Job ran them): then no lock is
+        // taken, so a fleet starting at once does not queue on it, and a transaction-pooling
+        // PgBouncer (which cannot carry sqlx's session lock) is never asked to.
+        let applied: Result<Vec<(i64,)>, sqlx::Error> =
+            sqlx::query_as("SELECT version FROM _sqlx_migrations WHERE success")
+                .persistent(self.prepared)
+                .fetch_all(&mut *self.conn().await?)
+                .await;
+        if let Ok(applied) = applied
+            && MIGRATOR
+                .iter()
+                .all(|m| applied.iter().any(|(v,)| *v == m.version))
+        {
+            return Ok(());
+        }
         // sqlx holds a PostgreSQL advisory lock while migrating: concurrent starts serialise.
-        MIGRATOR.run(&self.pool).await?;
+        let mut conn = self.conn().await?;
+        MIGRATOR.run_direct(None, &mut *conn, false).await?;
         Ok(())
     }
 
+    async fn identity(&self) -> Result<String, StoreError> {
+        let (id,): (String,) = sqlx::query_as("SELECT id FROM store_identity LIMIT 1")
+            .persistent(self.prepared)
+            .fetch_one(&mut *self.conn().await?)
+            .await?;
+        Ok(id)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
-        sql::ping(&self.pool).await
+        sql::ping::<Postgres>(&mut *self.conn().await?, self.prepared).await
     }
 
     async fn why_unreachable(&self) -> Option<String> {
@@ -147,7 +211,7 @@ impl RevocationStore for PostgresStore {
     }
 
     async fn cutoff(&self, user_id: &str) -> Result<CutoffRecord, StoreError> {
-        sql::cutoff(&self.pool, user_id).await
+        sql::cutoff::<Postgres>(&mut *self.conn().await?, self.prepared, user_id).await
     }
 
     async fn raise_cutoff(
@@ -179,6 +243,7 @@ impl RevocationStore for PostgresStore {
              SELECT cutoff_unix_ms, change_seq, false FROM user_cutoffs
                  WHERE user_id = $1 AND NOT EXISTS (SELECT 1 FROM up)"
         ))
+        .persistent(self.prepared)
         .bind(user_id)
         .bind(at_least)
         .bind(committed_ms)
@@ -190,7 +255,7 @@ impl RevocationStore for PostgresStore {
             user_id: user_id.to_owned(),
             cutoff_ms,
         });
-        Self::finish(tx, change).await?;
+        self.finish(tx, change).await?;
         Ok(CutoffUpdate {
             cutoff_ms,
             seq,
@@ -214,6 +279,7 @@ impl RevocationStore for PostgresStore {
                  WHERE user_id = $1 AND cutoff_unix_ms > $2
                  RETURNING change_seq"
         ))
+        .persistent(self.prepared)
         .bind(user_id)
         .bind(now)
         .bind(committed_ms)
@@ -225,11 +291,11 @@ impl RevocationStore for PostgresStore {
             user_id: user_id.to_owned(),
             cutoff_ms: now,
         });
-        Ok(Self::finish(tx, change).await?.map(|c| c.seq()))
+        Ok(self.finish(tx, change).await?.map(|c| c.seq()))
     }
 
     async fn is_denied(&self, kind: DenyKind, id: &str) -> Result<bool, StoreError> {
-        sql::is_denied(&self.pool, kind, id).await
+        sql::is_denied::<Postgres>(&mut *self.conn().await?, self.prepared, kind, id).await
     }
 
     async fn deny(&self, entry: &DenyEntry) -> Result<Option<ChangeSeq>, StoreError> {
@@ -244,6 +310,7 @@ impl RevocationStore for PostgresStore {
                  ON CONFLICT (kind, id) DO NOTHING
                  RETURNING change_seq"
         ))
+        .persistent(self.prepared)
         .bind(entry.kind.as_str())
         .bind(&entry.id)
         .bind(entry.user_id.as_deref())
@@ -258,11 +325,11 @@ impl RevocationStore for PostgresStore {
             id: entry.id.clone(),
             moot_after_ms: entry.moot_after_ms,
         });
-        Ok(Self::finish(tx, change).await?.map(|c| c.seq()))
+        Ok(self.finish(tx, change).await?.map(|c| c.seq()))
     }
 
     async fn changes_after(&self, after: ChangeSeq, limit: i64) -> Result<Vec<Change>, StoreError> {
-        sql::changes_after(&self.pool, after, limit).await
+        sql::changes_after(&mut *self.conn().await?, self.prepared, after, limit).await
     }
 
     async fn load_denylist(
@@ -270,8 +337,13 @@ impl RevocationStore for PostgresStore {
         now: UnixMillis,
         sink: &mut DenySink<'_>,
     ) -> Result<ChangeSeq, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = Transaction::begin(
+            MaybePoolConnection::PoolConnection(self.conn().await?),
+            None,
+        )
+        .await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .persistent(self.prepared)
             .execute(&mut *tx)
             .await?;
         let (watermark,): (i64,) = sqlx::query_as(
@@ -279,15 +351,16 @@ impl RevocationStore for PostgresStore {
                  (SELECT COALESCE(MAX(change_seq), 0) FROM user_cutoffs),
                  (SELECT COALESCE(MAX(change_seq), 0) FROM denylist))",
         )
+        .persistent(self.prepared)
         .fetch_one(&mut *tx)
         .await?;
-        sql::feed_denylist(&mut *tx, now, sink).await?;
+        sql::feed_denylist(&mut *tx, self.prepared, now, sink).await?;
         tx.commit().await?;
         Ok(watermark)
     }
 
     async fn rotate_session(&self, rotation: &Rotation<'_>) -> Result<RotationOutcome, StoreError> {
-        sql::rotate_with(&self.pool, rotation).await
+        sql::rotate_with::<Postgres>(&mut *self.conn().await?, self.prepared, rotation).await
     }
 
     async fn purge(
@@ -295,6 +368,6 @@ impl RevocationStore for PostgresStore {
         now: UnixMillis,
         cutoffs_before: UnixMillis,
     ) -> Result<Purged, StoreError> {
-        sql::purge(&self.pool, now, cutoffs_before).await
+        sql::purge::<Postgres>(&mut *self.conn().await?, self.prepared, now, cutoffs_before).await
     }
 }

@@ -3,7 +3,12 @@
 //! (both accept `$N` placeholders). Only the writes that number changes differ per backend
 //! (PostgreSQL: a sequence under an advisory lock, announced with NOTIFY; SQLite: a counter row
 //! in the write transaction).
-use sqlx::{Database, Encode, FromRow, IntoArguments, Pool, Type};
+//!
+//! `prepared` says whether statements may be kept prepared on the server: not behind a
+//! transaction-pooling PgBouncer, where the next transaction may run on another server
+//! connection (there every statement is sent unnamed).
+use sqlx::database::HasStatementCache;
+use sqlx::{Database, Encode, FromRow, IntoArguments, Type};
 
 use super::{
     Change, ChangeSeq, CutoffRecord, DenyKind, DenySink, Purged, Rotation, RotationOutcome,
@@ -29,20 +34,27 @@ impl RowsAffected for sqlx::sqlite::SqliteQueryResult {
 }
 
 /// Answers when the database is reachable.
-pub(super) async fn ping<DB>(pool: &Pool<DB>) -> Result<(), StoreError>
+pub(super) async fn ping<DB>(conn: &mut DB::Connection, prepared: bool) -> Result<(), StoreError>
 where
-    DB: Database,
+    DB: Database + HasStatementCache,
     DB::Arguments: IntoArguments<DB>,
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
 {
-    sqlx::query("SELECT 1").execute(pool).await?;
+    sqlx::query("SELECT 1")
+        .persistent(prepared)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
 /// The user's cutoff, with the change that set it.
-pub(super) async fn cutoff<DB>(pool: &Pool<DB>, user_id: &str) -> Result<CutoffRecord, StoreError>
+pub(super) async fn cutoff<DB>(
+    conn: &mut DB::Connection,
+    prepared: bool,
+    user_id: &str,
+) -> Result<CutoffRecord, StoreError>
 where
-    DB: Database,
+    DB: Database + HasStatementCache,
     DB::Arguments: IntoArguments<DB>,
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
@@ -50,8 +62,9 @@ where
 {
     let row: Option<(i64, i64)> =
         sqlx::query_as("SELECT cutoff_unix_ms, change_seq FROM user_cutoffs WHERE user_id = $1")
+            .persistent(prepared)
             .bind(user_id)
-            .fetch_optional(pool)
+            .fetch_optional(&mut *conn)
             .await?;
     Ok(match row {
         Some((cutoff, seq)) => CutoffRecord {
@@ -67,12 +80,13 @@ where
 
 /// Whether one token or session is denied.
 pub(super) async fn is_denied<DB>(
-    pool: &Pool<DB>,
+    conn: &mut DB::Connection,
+    prepared: bool,
     kind: DenyKind,
     id: &str,
 ) -> Result<bool, StoreError>
 where
-    DB: Database,
+    DB: Database + HasStatementCache,
     DB::Arguments: IntoArguments<DB>,
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
@@ -80,9 +94,10 @@ where
 {
     let row: Option<(i64,)> =
         sqlx::query_as("SELECT CAST(1 AS BIGINT) FROM denylist WHERE kind = $1 AND id = $2")
+            .persistent(prepared)
             .bind(kind.as_str())
             .bind(id)
-            .fetch_optional(pool)
+            .fetch_optional(&mut *conn)
             .await?;
     Ok(row.is_some())
 }
@@ -90,17 +105,19 @@ where
 /// Committed changes numbered after `after`, in order, at most `limit`.
 pub(super) async fn changes_after<'c, DB, E>(
     executor: E,
+    prepared: bool,
     after: ChangeSeq,
     limit: i64,
 ) -> Result<Vec<Change>, StoreError>
 where
-    DB: Database,
+    DB: Database + HasStatementCache,
     DB::Arguments: IntoArguments<DB>,
     E: sqlx::Executor<'c, Database = DB>,
     i64: for<'q> Encode<'q, DB> + Type<DB>,
     (String, String, i64, i64, i64): for<'r> FromRow<'r, DB::Row>,
 {
     let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(CHANGES_AFTER_SQL)
+        .persistent(prepared)
         .bind(after)
         .bind(limit)
         .fetch_all(executor)
@@ -111,11 +128,12 @@ where
 /// Feeds every denylist row live at `now` to `sink`, inside the caller's snapshot.
 pub(super) async fn feed_denylist<'c, DB, E>(
     executor: E,
+    prepared: bool,
     now: UnixMillis,
     sink: &mut DenySink<'_>,
 ) -> Result<(), StoreError>
 where
-    DB: Database,
+    DB: Database + HasStatementCache,
     DB::Arguments: IntoArguments<DB>,
     E: sqlx::Executor<'c, Database = DB> + 'c,
     i64: for<'q> Encode<'q, DB> + Type<DB>,
@@ -125,6 +143,7 @@ where
     let mut rows = sqlx::query_as::<_, (String, String, i64)>(
         "SELECT kind, id, moot_after_unix_ms FROM denylist WHERE moot_after_unix_ms >= $1",
     )
+    .persistent(prepared)
     .bind(now)
     .fetch(executor);
     while let Some((kind, id, moot)) = rows.try_next().await? {
@@ -136,28 +155,32 @@ where
 /// Deletes what can no longer refuse anything: denylist rows and session heads moot before
 /// `now`, cutoffs older than `cutoffs_before`.
 pub(super) async fn purge<DB>(
-    pool: &Pool<DB>,
+    conn: &mut DB::Connection,
+    prepared: bool,
     now: UnixMillis,
     cutoffs_before: UnixMillis,
 ) -> Result<Purged, StoreError>
 where
-    DB: Database,
+    DB: Database + HasStatementCache,
     DB::Arguments: IntoArguments<DB>,
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
     DB::QueryResult: RowsAffected,
     i64: for<'q> Encode<'q, DB> + Type<DB>,
 {
     sqlx::query("DELETE FROM session_heads WHERE moot_after_unix_ms < $1")
+        .persistent(prepared)
         .bind(now)
-        .execute(pool)
+        .execute(&mut *conn)
         .await?;
     let denylist = sqlx::query("DELETE FROM denylist WHERE moot_after_unix_ms < $1")
+        .persistent(prepared)
         .bind(now)
-        .execute(pool)
+        .execute(&mut *conn)
         .await?;
     let cutoffs = sqlx::query("DELETE FROM user_cutoffs WHERE cutoff_unix_ms < $1")
+        .persistent(prepared)
         .bind(cutoffs_before)
-        .execute(pool)
+        .execute(&mut *conn)
         .await?;
     Ok(Purged {
         denylist: denylist.rows(),
@@ -223,13 +246,14 @@ const SESSION_HEAD_SQL: &str = "
         FROM session_heads WHERE session_id = $1";
 
 /// Runs [`ROTATE_SQL`], then reads the head it lost to; once more if that head vanished meanwhile.
-pub(super) async fn rotate_with<'c, DB, E>(
-    executor: E,
+pub(super) async fn rotate_with<DB>(
+    conn: &mut DB::Connection,
+    prepared: bool,
     rotation: &Rotation<'_>,
 ) -> Result<RotationOutcome, StoreError>
 where
-    DB: sqlx::Database,
-    E: sqlx::Executor<'c, Database = DB> + Copy,
+    DB: sqlx::Database + HasStatementCache,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
     <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
     for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
@@ -239,6 +263,7 @@ where
 {
     for _ in 0..2 {
         let wrote: Option<(String,)> = sqlx::query_as(ROTATE_SQL)
+            .persistent(prepared)
             .bind(rotation.session_id)
             .bind(rotation.user_id)
             .bind(rotation.new.jti.as_str())
@@ -248,14 +273,15 @@ where
             .bind(rotation.moot_after_ms)
             .bind(rotation.presented_jti)
             .bind(rotation.presented_minted_ms)
-            .fetch_optional(executor)
+            .fetch_optional(&mut *conn)
             .await?;
         if wrote.is_some() {
             return Ok(RotationOutcome::Rotated);
         }
         let head: Option<(String, i64, i64, i64, String, i64)> = sqlx::query_as(SESSION_HEAD_SQL)
+            .persistent(prepared)
             .bind(rotation.session_id)
-            .fetch_optional(executor)
+            .fetch_optional(&mut *conn)
             .await?;
         if let Some((jti, minted_ms, issued_at, expires_at, parent_jti, parent_minted_ms)) = head {
             return Ok(RotationOutcome::Superseded(Superseded {

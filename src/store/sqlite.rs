@@ -79,11 +79,11 @@ impl RevocationStore for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sql::ping(&self.pool).await
+        sql::ping::<Sqlite>(&mut *self.pool.acquire().await?, true).await
     }
 
     async fn cutoff(&self, user_id: &str) -> Result<CutoffRecord, StoreError> {
-        sql::cutoff(&self.pool, user_id).await
+        sql::cutoff::<Sqlite>(&mut *self.pool.acquire().await?, true, user_id).await
     }
 
     async fn raise_cutoff(
@@ -156,7 +156,7 @@ impl RevocationStore for SqliteStore {
     }
 
     async fn is_denied(&self, kind: DenyKind, id: &str) -> Result<bool, StoreError> {
-        sql::is_denied(&self.pool, kind, id).await
+        sql::is_denied::<Sqlite>(&mut *self.pool.acquire().await?, true, kind, id).await
     }
 
     async fn deny(&self, entry: &DenyEntry) -> Result<Option<ChangeSeq>, StoreError> {
@@ -181,7 +181,7 @@ impl RevocationStore for SqliteStore {
     }
 
     async fn changes_after(&self, after: ChangeSeq, limit: i64) -> Result<Vec<Change>, StoreError> {
-        sql::changes_after(&self.pool, after, limit).await
+        sql::changes_after(&self.pool, true, after, limit).await
     }
 
     async fn load_denylist(
@@ -195,13 +195,13 @@ impl RevocationStore for SqliteStore {
             sqlx::query_as("SELECT value FROM revocation_change_seq WHERE id = 1")
                 .fetch_one(&mut *tx)
                 .await?;
-        sql::feed_denylist(&mut *tx, now, sink).await?;
+        sql::feed_denylist(&mut *tx, true, now, sink).await?;
         tx.commit().await?;
         Ok(watermark)
     }
 
     async fn rotate_session(&self, rotation: &Rotation<'_>) -> Result<RotationOutcome, StoreError> {
-        sql::rotate_with(&self.pool, rotation).await
+        sql::rotate_with::<Sqlite>(&mut *self.pool.acquire().await?, true, rotation).await
     }
 
     async fn purge(
@@ -209,6 +209,6 @@ impl RevocationStore for SqliteStore {
         now: UnixMillis,
         cutoffs_before: UnixMillis,
     ) -> Result<Purged, StoreError> {
-        sql::purge(&self.pool, now, cutoffs_before).await
+        sql::purge::<Sqlite>(&mut *self.pool.acquire().await?, true, now, cutoffs_before).await
     }
 }

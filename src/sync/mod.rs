@@ -159,12 +159,12 @@ impl Driver {
             }
             let up = self.channel.as_ref().is_some_and(|c| c.is_up());
             if up != self.up {
-                self.set_up(up);
                 if up {
                     // Announcements sent while we were not listening are lost.
                     self.catch_up("connected").await;
                     last_poll = Instant::now();
                 }
+                self.set_up(up);
             }
             let interval = if self.up {
                 self.settings.safety_poll_interval
@@ -217,8 +217,8 @@ impl Driver {
                 None => self.catch_up("unknown announcement").await,
             },
             Event::Up => {
-                self.set_up(true);
                 self.catch_up("reconnected").await;
+                self.set_up(true);
             }
             Event::Down(reason) => {
                 tracing::warn!(

@@ -47,6 +47,14 @@ impl Nats {
     }
 
     async fn connect(&self) -> Result<Connection, String> {
+        // One subject per database: fleets on different databases may share a NATS server.
+        let id = self
+            .revocations
+            .store()
+            .identity()
+            .await
+            .map_err(|e| e.to_string())?;
+        let subject = format!("{}.{id}", self.subject);
         let (state, connected) = watch::channel(false);
         let client = async_nats::ConnectOptions::new()
             .name("token-sidecar")
@@ -75,14 +83,10 @@ impl Nats {
             .await
             .map_err(|e| e.to_string())?;
         let subscriber = client
-            .subscribe(self.subject.clone())
+            .subscribe(subject.clone())
             .await
             .map_err(|e| e.to_string())?;
-        let publisher = tokio::spawn(publish(
-            client.clone(),
-            self.subject.clone(),
-            self.revocations.written(),
-        ));
+        let publisher = tokio::spawn(publish(client.clone(), subject, self.revocations.written()));
         Ok(Connection {
             _client: client,
             subscriber,

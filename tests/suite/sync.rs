@@ -14,7 +14,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 const PROPAGATION: Duration = Duration::from_secs(10);
 
 /// Two instances on one fresh database, sharing a clock.
-async fn pair(b_args: &[(&str, &str)]) -> (TestApp, TestApp) {
+pub async fn pair(b_args: &[(&str, &str)]) -> (TestApp, TestApp) {
     let clock = ManualClock::new(T0_MS);
     let a = Settings::new(Backend::Postgres)
         .clock(clock.clone())
@@ -27,7 +27,7 @@ async fn pair(b_args: &[(&str, &str)]) -> (TestApp, TestApp) {
     (a, b.spawn().await)
 }
 
-async fn rejected_with(app: &TestApp, token: &str, reason: Reason, what: &str) -> Duration {
+pub async fn rejected_with(app: &TestApp, token: &str, reason: Reason, what: &str) -> Duration {
     eventually(PROPAGATION, what, || async {
         app.verdict(token).await == reason
     })
@@ -35,7 +35,7 @@ async fn rejected_with(app: &TestApp, token: &str, reason: Reason, what: &str) -
 }
 
 /// Every kind of revocation made on `a` reaches `b`; each is visible on `a` at once.
-async fn revocations_reach_the_other_instance(a: &TestApp, b: &TestApp) {
+pub async fn revocations_reach_the_other_instance(a: &TestApp, b: &TestApp) {
     // Session revocation.
     let t = a.issue("alice").await;
     assert!(b.verify(&t.token).await.valid, "b has seen alice, cached");

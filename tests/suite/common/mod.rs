@@ -1,11 +1,13 @@
-//! Shared helpers, one room each: [`app`] (a sidecar in process), [`postgres`], [`process`] (the
+//! Shared helpers, one room each: [`app`] (a sidecar in process), [`nats`], [`postgres`], [`process`] (the
 //! binary as a child, HTTP, waiting), [`tokens`] (hand-made tokens, status checks).
 pub mod app;
+pub mod nats;
 pub mod postgres;
 pub mod process;
 pub mod tokens;
 
 pub use app::*;
+pub use nats::*;
 pub use postgres::*;
 pub use process::*;
 pub use tokens::*;

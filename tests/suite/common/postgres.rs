@@ -145,18 +145,24 @@ pub struct PrivatePostgres {
     pub url: String,
     dir: tempfile::TempDir,
     port: u16,
+    settings: String,
 }
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 fn as_postgres_user(program: &str, args: &[&str]) -> std::process::Output {
-    let path = format!("{PG_BIN}/{program}");
+    as_postgres_user_at(&format!("{PG_BIN}/{program}"), args)
+}
+
+/// Runs a server program as the `postgres` user when we are root (PostgreSQL and PgBouncer
+/// refuse to run as root).
+pub fn as_postgres_user_at(path: &str, args: &[&str]) -> std::process::Output {
     let mut command = if is_root() {
         let mut c = std::process::Command::new("runuser");
-        c.args(["-u", "postgres", "--", &path]);
+        c.args(["-u", "postgres", "--", path]);
         c
     } else {
-        std::process::Command::new(&path)
+        std::process::Command::new(path)
     };
     command
         .args(args)
@@ -164,7 +170,7 @@ fn as_postgres_user(program: &str, args: &[&str]) -> std::process::Output {
         .unwrap_or_else(|e| panic!("cannot run {path} (PostgreSQL 15 server binaries needed): {e}"))
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     std::process::Command::new("id")
         .arg("-u")
         .output()
@@ -173,6 +179,11 @@ fn is_root() -> bool {
 
 impl PrivatePostgres {
     pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// A cluster started with these extra server options (`-c name=value ...`).
+    pub fn start_with(settings: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("data");
         if is_root() {
@@ -197,6 +208,7 @@ impl PrivatePostgres {
             url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
             dir,
             port,
+            settings: settings.to_owned(),
         };
         pg.pg_ctl(&["start"]);
         pg
@@ -206,9 +218,10 @@ impl PrivatePostgres {
         let data = self.dir.path().join("data").display().to_string();
         let log = self.dir.path().join("log").display().to_string();
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=on",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=on {}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.settings
         );
         let mut args = vec!["-D", &data, "-l", &log, "-o", &options, "-w", "-t", "60"];
         args.extend_from_slice(action);
@@ -233,5 +246,107 @@ impl Drop for PrivatePostgres {
     fn drop(&mut self) {
         let data = self.dir.path().join("data").display().to_string();
         let _ = as_postgres_user("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]);
+    }
+}
+
+/// The database name in a PostgreSQL URL.
+pub fn database_name(url: &str) -> String {
+    let path = url.rsplit('/').next().unwrap_or_default();
+    path.split('?').next().unwrap_or_default().to_owned()
+}
+
+/// How many connections the server holds for `database`, in all and with this
+/// `application_name`.
+pub async fn connections_to(database: &str, application_name: &str) -> (i64, i64) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&postgres_admin_url())
+        .await
+        .expect("admin connection");
+    sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE application_name = $2)
+             FROM pg_stat_activity WHERE datname = $1",
+    )
+    .bind(database)
+    .bind(application_name)
+    .fetch_one(&mut conn)
+    .await
+    .expect("pg_stat_activity")
+}
+
+/// A PgBouncer of the test's own in transaction pooling, in front of the shared PostgreSQL,
+/// with at most `pool_size` server connections per database.
+pub struct PgBouncer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+const PGBOUNCER: &str = "/usr/sbin/pgbouncer";
+
+impl PgBouncer {
+    pub async fn start(pool_size: u32) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let upstream = postgres_addr();
+        let d = dir.path().display();
+        std::fs::write(dir.path().join("users.txt"), "\"postgres\" \"\"\n").expect("userlist");
+        std::fs::write(
+            dir.path().join("pgbouncer.ini"),
+            format!(
+                "[databases]\n* = host={} port={}\n\
+                 [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
+                 unix_socket_dir =\nauth_type = trust\nauth_file = {d}/users.txt\n\
+                 pool_mode = transaction\ndefault_pool_size = {pool_size}\n\
+                 max_client_conn = 2000\nlogfile = {d}/pgbouncer.log\npidfile = {d}/pgbouncer.pid\n\
+                 ignore_startup_parameters = extra_float_digits,options\n",
+                upstream.ip(),
+                upstream.port()
+            ),
+        )
+        .expect("pgbouncer.ini");
+        if is_root() {
+            let status = std::process::Command::new("chown")
+                .args(["-R", "postgres:", &d.to_string()])
+                .status()
+                .expect("chown");
+            assert!(
+                status.success(),
+                "chown the PgBouncer directory to postgres"
+            );
+        }
+        let ini = format!("{d}/pgbouncer.ini");
+        let out = as_postgres_user_at(PGBOUNCER, &["-d", &ini]);
+        assert!(
+            out.status.success(),
+            "pgbouncer (Debian's pgbouncer package) did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for _ in 0..500 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Self { port, dir };
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("pgbouncer did not listen on {port}");
+    }
+
+    /// `url` (a database of the shared server) reached through this PgBouncer, with sqlx's
+    /// statement cache off (transaction pooling cannot keep prepared statements).
+    pub fn url_for(&self, url: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{}?statement-cache-capacity=0",
+            self.port,
+            database_name(url)
+        )
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.dir.path().join("pgbouncer.pid")) {
+            let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+        }
     }
 }

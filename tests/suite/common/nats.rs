@@ -1,0 +1,66 @@
+//! NATS for the tests: the machine's server (127.0.0.1:4222, which `scripts/test` starts when it
+//! is down), or a private `nats-server` a test may stop and restart.
+use std::time::Duration;
+
+use super::process::free_port;
+
+/// The NATS server the tests share.
+pub fn shared_nats_url() -> String {
+    std::env::var("TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+const NATS_SERVER: &str = "/usr/sbin/nats-server";
+
+/// A `nats-server` of the test's own, on its own port.
+pub struct PrivateNats {
+    pub url: String,
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateNats {
+    pub async fn start() -> Self {
+        let port = free_port();
+        let mut nats = Self {
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            child: None,
+        };
+        nats.restart().await;
+        nats
+    }
+
+    /// Stops the server at once (as a crash would).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server (again) on the same port and waits until it accepts connections.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let child = std::process::Command::new(NATS_SERVER)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {NATS_SERVER} (Debian's nats-server): {e}"));
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.port);
+        for _ in 0..500 {
+            if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("nats-server did not listen on {addr}");
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
