@@ -105,6 +105,18 @@ impl PostgresStore {
         }
     }
 
+    /// A connection for one operation. Behind a transaction pooler it is a transaction: sqlx
+    /// sends an unnamed statement's parse and its execution in two round trips, and only inside
+    /// a transaction does the pooler keep them on one server connection.
+    async fn session(&self) -> Result<Session, StoreError> {
+        let conn = self.conn().await?;
+        if self.prepared {
+            return Ok(Session::Pooled(conn));
+        }
+        let tx = Transaction::begin(MaybePoolConnection::PoolConnection(conn), None).await?;
+        Ok(Session::Transaction(tx))
+    }
+
     /// A transaction that holds the change lock.
     async fn writer(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
         let mut tx = Transaction::begin(
@@ -146,6 +158,41 @@ impl PostgresStore {
     }
 }
 
+/// One operation's connection (see [`PostgresStore::session`]); [`Session::done`] ends it.
+enum Session {
+    Pooled(PoolConnection<Postgres>),
+    Transaction(Transaction<'static, Postgres>),
+}
+
+impl Session {
+    /// Commits the transaction, if there is one, so that the pooler frees its server connection.
+    async fn done(self) -> Result<(), StoreError> {
+        if let Session::Transaction(tx) = self {
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for Session {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        match self {
+            Session::Pooled(conn) => conn,
+            Session::Transaction(tx) => tx,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Session {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        match self {
+            Session::Pooled(conn) => conn,
+            Session::Transaction(tx) => tx,
+        }
+    }
+}
+
 /// The number the next change takes, read (not taken) under the change lock.
 macro_rules! next_seq {
     () => {
@@ -168,11 +215,18 @@ impl RevocationStore for PostgresStore {
         // Usually every migration is in already (the migrate Job ran them): then no lock is
         // taken, so a fleet starting at once does not queue on it, and a transaction-pooling
         // PgBouncer (which cannot carry sqlx's session lock) is never asked to.
+        let mut session = self.session().await?;
         let applied: Result<Vec<(i64,)>, sqlx::Error> =
             sqlx::query_as("SELECT version FROM _sqlx_migrations WHERE success")
                 .persistent(self.prepared)
-                .fetch_all(&mut *self.conn().await?)
+                .fetch_all(&mut *session)
                 .await;
+        // A missing table fails the transaction, which then rolls back as it ends.
+        if applied.is_ok() {
+            session.done().await?;
+        } else {
+            drop(session);
+        }
         if let Ok(applied) = applied
             && MIGRATOR
                 .iter()
@@ -187,15 +241,20 @@ impl RevocationStore for PostgresStore {
     }
 
     async fn identity(&self) -> Result<String, StoreError> {
+        let mut session = self.session().await?;
         let (id,): (String,) = sqlx::query_as("SELECT id FROM store_identity LIMIT 1")
             .persistent(self.prepared)
-            .fetch_one(&mut *self.conn().await?)
+            .fetch_one(&mut *session)
             .await?;
+        session.done().await?;
         Ok(id)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sql::ping::<Postgres>(&mut *self.conn().await?, self.prepared).await
+        let mut session = self.session().await?;
+        let answer = sql::ping::<Postgres>(&mut *session, self.prepared).await?;
+        session.done().await?;
+        Ok(answer)
     }
 
     async fn why_unreachable(&self) -> Option<String> {
@@ -211,7 +270,10 @@ impl RevocationStore for PostgresStore {
     }
 
     async fn cutoff(&self, user_id: &str) -> Result<CutoffRecord, StoreError> {
-        sql::cutoff::<Postgres>(&mut *self.conn().await?, self.prepared, user_id).await
+        let mut session = self.session().await?;
+        let answer = sql::cutoff::<Postgres>(&mut *session, self.prepared, user_id).await?;
+        session.done().await?;
+        Ok(answer)
     }
 
     async fn raise_cutoff(
@@ -295,7 +357,10 @@ impl RevocationStore for PostgresStore {
     }
 
     async fn is_denied(&self, kind: DenyKind, id: &str) -> Result<bool, StoreError> {
-        sql::is_denied::<Postgres>(&mut *self.conn().await?, self.prepared, kind, id).await
+        let mut session = self.session().await?;
+        let answer = sql::is_denied::<Postgres>(&mut *session, self.prepared, kind, id).await?;
+        session.done().await?;
+        Ok(answer)
     }
 
     async fn deny(&self, entry: &DenyEntry) -> Result<Option<ChangeSeq>, StoreError> {
@@ -329,7 +394,10 @@ impl RevocationStore for PostgresStore {
     }
 
     async fn changes_after(&self, after: ChangeSeq, limit: i64) -> Result<Vec<Change>, StoreError> {
-        sql::changes_after(&mut *self.conn().await?, self.prepared, after, limit).await
+        let mut session = self.session().await?;
+        let answer = sql::changes_after(&mut *session, self.prepared, after, limit).await?;
+        session.done().await?;
+        Ok(answer)
     }
 
     async fn load_denylist(
@@ -360,7 +428,10 @@ impl RevocationStore for PostgresStore {
     }
 
     async fn rotate_session(&self, rotation: &Rotation<'_>) -> Result<RotationOutcome, StoreError> {
-        sql::rotate_with::<Postgres>(&mut *self.conn().await?, self.prepared, rotation).await
+        let mut session = self.session().await?;
+        let answer = sql::rotate_with::<Postgres>(&mut *session, self.prepared, rotation).await?;
+        session.done().await?;
+        Ok(answer)
     }
 
     async fn purge(
@@ -368,6 +439,10 @@ impl RevocationStore for PostgresStore {
         now: UnixMillis,
         cutoffs_before: UnixMillis,
     ) -> Result<Purged, StoreError> {
-        sql::purge::<Postgres>(&mut *self.conn().await?, self.prepared, now, cutoffs_before).await
+        let mut session = self.session().await?;
+        let answer =
+            sql::purge::<Postgres>(&mut *session, self.prepared, now, cutoffs_before).await?;
+        session.done().await?;
+        Ok(answer)
     }
 }
