@@ -18,8 +18,8 @@ use crate::clock::{Clock, UnixMillis, wall_ms};
 use crate::metrics::Metrics;
 use crate::policy::DenyStatus;
 use crate::store::{
-    Change, ChangeSeq, CutoffUpdate, DenyEntry, DenyKind, Purged, RevocationStore, Rotation,
-    RotationOutcome, StoreError,
+    Change, ChangeFeed, ChangeSeq, CutoffUpdate, DenyEntry, DenyKind, Purged, RevocationStore,
+    Rotation, RotationOutcome, StoreError,
 };
 
 /// What to do when the caches are stale and the store cannot be reached.
@@ -52,18 +52,6 @@ pub struct CacheSettings {
 
 /// Rows fetched per page of the change feed.
 const CHANGES_PAGE: i64 = 10_000;
-
-/// Where "changes after N" is read: the store's pool, or a connection the sync task already
-/// holds (PostgreSQL's change listener), so that an idle instance needs no second connection.
-#[async_trait]
-pub trait ChangeFeed: Send {
-    /// Committed changes numbered after `after`, in order, at most `limit`.
-    async fn changes_after(
-        &mut self,
-        after: ChangeSeq,
-        limit: i64,
-    ) -> Result<Vec<Change>, StoreError>;
-}
 
 struct StoreFeed<'a>(&'a dyn RevocationStore);
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use postgres::{CHANGE_CHANNEL, PoolSettings, PostgresStore};
+pub use postgres::{CHANGE_CHANNEL, FEED_APPLICATION_NAME, PoolSettings, PostgresStore};
 pub use sqlite::SqliteStore;
 
 use crate::clock::UnixMillis;
@@ -238,6 +238,19 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
     }
 }
 
+/// Where "changes after N" is read: the store's pool, or a connection the sync task holds of its
+/// own (PostgreSQL's change listener, or [`RevocationStore::open_feed`]), so that an idle
+/// instance polls on one connection rather than keeping pooled ones alive.
+#[async_trait]
+pub trait ChangeFeed: Send {
+    /// Committed changes numbered after `after`, in order, at most `limit`.
+    async fn changes_after(
+        &mut self,
+        after: ChangeSeq,
+        limit: i64,
+    ) -> Result<Vec<Change>, StoreError>;
+}
+
 /// A callback that receives every live denylist row while the filter is (re)built.
 pub type DenySink<'a> = dyn FnMut(DenyKind, &str, UnixMillis) + Send + 'a;
 
@@ -282,6 +295,11 @@ pub trait RevocationStore: Send + Sync + 'static {
     async fn deny(&self, entry: &DenyEntry) -> Result<Option<ChangeSeq>, StoreError>;
     /// Committed changes numbered after `after`, in order, at most `limit`.
     async fn changes_after(&self, after: ChangeSeq, limit: i64) -> Result<Vec<Change>, StoreError>;
+    /// A connection of its own for the sync task's polls, outside the pool; None where the pool
+    /// will do (a store no other instance shares).
+    async fn open_feed(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
+        Ok(None)
+    }
     /// Feeds every denylist row still live at `now` to `sink`, from one consistent snapshot;
     /// returns the last change number that snapshot contains.
     async fn load_denylist(

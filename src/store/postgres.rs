@@ -8,8 +8,8 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 
 use super::{
-    Change, ChangeSeq, CutoffRecord, CutoffUpdate, DenyEntry, DenyKind, DenySink, Purged,
-    RevocationStore, Rotation, RotationOutcome, StoreError, announcement, sql,
+    Change, ChangeFeed, ChangeSeq, CutoffRecord, CutoffUpdate, DenyEntry, DenyKind, DenySink,
+    Purged, RevocationStore, Rotation, RotationOutcome, StoreError, announcement, sql,
 };
 use crate::clock::{UnixMillis, wall_ms};
 
@@ -155,6 +155,33 @@ impl PostgresStore {
             .await?;
         tx.commit().await?;
         Ok(Some(change))
+    }
+}
+
+/// The `application_name` of the sync task's own polling connection (in poll and nats modes).
+pub const FEED_APPLICATION_NAME: &str = "token-sidecar-feed";
+
+/// The sync task's polling connection.
+struct Feed {
+    conn: PgConnection,
+    prepared: bool,
+}
+
+#[async_trait]
+impl ChangeFeed for Feed {
+    async fn changes_after(
+        &mut self,
+        after: ChangeSeq,
+        limit: i64,
+    ) -> Result<Vec<Change>, StoreError> {
+        if self.prepared {
+            return sql::changes_after(&mut self.conn, true, after, limit).await;
+        }
+        // Behind a transaction pooler: parse and execute on one server connection.
+        let mut tx = self.conn.begin().await?;
+        let changes = sql::changes_after(&mut *tx, false, after, limit).await?;
+        tx.commit().await?;
+        Ok(changes)
     }
 }
 
@@ -391,6 +418,17 @@ impl RevocationStore for PostgresStore {
             moot_after_ms: entry.moot_after_ms,
         });
         Ok(self.finish(tx, change).await?.map(|c| c.seq()))
+    }
+
+    async fn open_feed(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
+        let conn = PgConnection::connect_with(
+            &self.options.clone().application_name(FEED_APPLICATION_NAME),
+        )
+        .await?;
+        Ok(Some(Box::new(Feed {
+            conn,
+            prepared: self.prepared,
+        })))
     }
 
     async fn changes_after(&self, after: ChangeSeq, limit: i64) -> Result<Vec<Change>, StoreError> {

@@ -24,7 +24,8 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::revocations::{ChangeFeed, Revocations};
+use crate::revocations::Revocations;
+use crate::store::ChangeFeed;
 use crate::store::announcement;
 use sequencer::{Offer, Sequencer};
 
@@ -59,6 +60,9 @@ pub struct SyncSettings {
 
 /// How soon to retry opening a channel that is down.
 const RETRY: Duration = Duration::from_millis(250);
+
+/// How soon to try again to open a polling connection the database refused.
+const FEED_RETRY: Duration = Duration::from_secs(10);
 
 /// How long a catch-up on the channel's own connection may take before the connection is
 /// deemed dead (a silently dropped TCP connection would otherwise hang the poll).
@@ -122,6 +126,9 @@ pub async fn run(
         gap_wait,
         gap_deadline: None,
         up: false,
+        own_feed: None,
+        feed_error: None,
+        feed_retry_at: None,
     }
     .run(shutdown)
     .await;
@@ -135,6 +142,10 @@ struct Driver {
     gap_wait: Duration,
     gap_deadline: Option<Instant>,
     up: bool,
+    /// The task's own polling connection, while no channel connection carries the polls.
+    own_feed: Option<Box<dyn ChangeFeed>>,
+    feed_error: Option<String>,
+    feed_retry_at: Option<Instant>,
 }
 
 impl Driver {
@@ -253,38 +264,80 @@ impl Driver {
         }
     }
 
-    /// Reads every change after the watermark from the store (on the channel's connection while
-    /// it is up), then applies the announcements that continue it.
-    async fn catch_up(&mut self, why: &'static str) {
-        let on_channel = self
+    /// Catches up on a connection the task holds: the channel's while it is up (the LISTEN
+    /// connection), else one of its own (so that polls do not keep pooled connections alive).
+    /// None when there is none to use: the caller asks the pool.
+    async fn read_feed(&mut self) -> Option<Result<usize, String>> {
+        let channel_feed = self
             .channel
             .as_mut()
             .filter(|c| c.is_up())
             .and_then(|c| c.feed());
-        let on_channel = match on_channel {
-            Some(feed) => Some(
-                match tokio::time::timeout(CATCH_UP_TIMEOUT, self.revocations.catch_up_from(feed))
-                    .await
-                {
-                    Ok(Ok(applied)) => Ok(applied),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("the change listener did not answer".to_owned()),
-                },
-            ),
-            None => None,
-        };
-        let result = match on_channel {
-            Some(Ok(applied)) => Ok(applied),
-            failed => {
-                if let Some(Err(error)) = failed {
-                    // The channel's connection is broken: give it up and ask the pool.
-                    tracing::warn!(error, "the change listener's connection failed; reopening");
-                    if let Some(channel) = self.channel.as_mut() {
-                        channel.close();
+        let on_channel = channel_feed.is_some();
+        let feed = match channel_feed {
+            Some(feed) => {
+                // Polls ride on the channel's connection: no second one.
+                self.own_feed = None;
+                feed
+            }
+            None => {
+                let retry_due = self.feed_retry_at.is_none_or(|at| at <= Instant::now());
+                if self.own_feed.is_none() && retry_due {
+                    match self.revocations.store().open_feed().await {
+                        Ok(feed) => {
+                            self.feed_error = None;
+                            self.feed_retry_at = None;
+                            self.own_feed = feed;
+                        }
+                        Err(e) => {
+                            // A full database is not asked again at every poll.
+                            self.feed_retry_at = Some(Instant::now() + FEED_RETRY);
+                            let error = e.to_string();
+                            if self.feed_error.as_deref() != Some(error.as_str()) {
+                                tracing::warn!(
+                                    error,
+                                    "cannot open a polling connection; using the pool"
+                                );
+                                self.feed_error = Some(error);
+                            }
+                        }
                     }
                 }
-                self.revocations.catch_up().await.map_err(|e| e.to_string())
+                self.own_feed.as_deref_mut()?
             }
+        };
+        let result = match tokio::time::timeout(
+            CATCH_UP_TIMEOUT,
+            self.revocations.catch_up_from(feed),
+        )
+        .await
+        {
+            Ok(Ok(applied)) => return Some(Ok(applied)),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer".to_owned(),
+        };
+        // The connection is broken: give it up (it is reopened) and ask the pool this time.
+        tracing::warn!(
+            error = result,
+            on_channel,
+            "a sync connection failed; reopening it"
+        );
+        if on_channel {
+            if let Some(channel) = self.channel.as_mut() {
+                channel.close();
+            }
+        } else {
+            self.own_feed = None;
+        }
+        None
+    }
+
+    /// Reads every change after the watermark from the store (on the channel's connection while
+    /// it is up), then applies the announcements that continue it.
+    async fn catch_up(&mut self, why: &'static str) {
+        let result = match self.read_feed().await {
+            Some(result) => result,
+            None => self.revocations.catch_up().await.map_err(|e| e.to_string()),
         };
         match result {
             Ok(0) => {}

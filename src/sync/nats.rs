@@ -9,7 +9,8 @@ use futures::StreamExt;
 use tokio::sync::{broadcast, watch};
 
 use super::{Channel, Event};
-use crate::revocations::{ChangeFeed, Revocations};
+use crate::revocations::Revocations;
+use crate::store::ChangeFeed;
 use crate::store::announcement;
 
 /// Subscribes to (and publishes on) one subject of one NATS server.

@@ -7,8 +7,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 
 use super::{Channel, Event};
-use crate::revocations::ChangeFeed;
-use crate::store::{CHANGE_CHANNEL, Change, ChangeSeq, PostgresStore, StoreError};
+use crate::store::{CHANGE_CHANNEL, Change, ChangeFeed, ChangeSeq, PostgresStore, StoreError};
 
 /// The `application_name` of the listening connection (operators see it in pg_stat_activity).
 pub const LISTENER_APPLICATION_NAME: &str = "token-sidecar-listener";
