@@ -247,13 +247,13 @@ pub struct Config {
     #[arg(help_heading = "Caches", long, env = "TOKEN_SIDECAR_DENYLIST_FP_RATE", default_value_t = 0.01, value_parser = parse_rate)]
     pub denylist_fp_rate: f64,
 
-    /// At most this many PostgreSQL connections in the store's pool, under load (the change
-    /// listener holds one more in notify mode; an idle sidecar holds only that one).
-    #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_DATABASE_MAX_CONNECTIONS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    /// At most this many PostgreSQL connections under load: the sync task's one (LISTEN in
+    /// notify mode, its polls in nats and poll modes) and the pool's, which close when idle.
+    #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_DATABASE_MAX_CONNECTIONS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=1000))]
     pub database_max_connections: u32,
 
     /// Pooled PostgreSQL connections idle this long are closed.
-    #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_DATABASE_IDLE_TIMEOUT", default_value = "10s", value_parser = parse_interval)]
+    #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_DATABASE_IDLE_TIMEOUT", default_value = "5s", value_parser = parse_interval)]
     pub database_idle_timeout: Duration,
 
     /// How changes made by other instances arrive: PostgreSQL LISTEN/NOTIFY, NATS

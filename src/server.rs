@@ -242,7 +242,6 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
     if store.is_shared() {
         background.push(tokio::spawn(sync::run(
             revocations,
-            config.database_url(),
             (&config).into(),
             shutdown_rx.clone(),
         )));

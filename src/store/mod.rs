@@ -270,6 +270,11 @@ pub trait RevocationStore: Send + Sync + 'static {
     }
     /// Answers when the database is reachable.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// How the change listener connects to PostgreSQL (outside the pool, one connection of the
+    /// `--database-max-connections` budget); None for other stores.
+    fn sync_connect_options(&self) -> Option<sqlx::postgres::PgConnectOptions> {
+        None
+    }
     /// Why the database refuses a new connection (e.g. PostgreSQL's "sorry, too many clients
     /// already"), or None if it accepts one: for the log when the store is not ready.
     async fn why_unreachable(&self) -> Option<String> {

@@ -42,7 +42,7 @@ impl Default for PoolSettings {
     fn default() -> Self {
         Self {
             max_connections: 4,
-            idle_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -61,8 +61,9 @@ impl PostgresStore {
     /// database is up. A short acquire timeout turns an outage into a prompt UNAVAILABLE.
     pub fn connect_lazy(url: &str, settings: PoolSettings) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)?;
+        // One connection of the budget is the sync task's own (LISTEN, or its polls).
         let pool = PgPoolOptions::new()
-            .max_connections(settings.max_connections.max(1))
+            .max_connections(settings.max_connections.saturating_sub(1).max(1))
             .min_connections(0)
             .idle_timeout(Some(settings.idle_timeout))
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -115,6 +116,11 @@ impl PostgresStore {
         }
         let tx = Transaction::begin(MaybePoolConnection::PoolConnection(conn), None).await?;
         Ok(Session::Transaction(tx))
+    }
+
+    /// How the sync task's own connection connects (named for pg_stat_activity).
+    fn sync_options(&self) -> PgConnectOptions {
+        self.options.clone().application_name(FEED_APPLICATION_NAME)
     }
 
     /// A transaction that holds the change lock.
@@ -284,6 +290,10 @@ impl RevocationStore for PostgresStore {
         Ok(answer)
     }
 
+    fn sync_connect_options(&self) -> Option<PgConnectOptions> {
+        Some(self.options.clone())
+    }
+
     async fn why_unreachable(&self) -> Option<String> {
         // The pool retries a database that is full until its acquire timeout and then reports
         // only "pool timed out"; one connection of our own hears PostgreSQL's reason.
@@ -421,10 +431,9 @@ impl RevocationStore for PostgresStore {
     }
 
     async fn open_feed(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
-        let conn = PgConnection::connect_with(
-            &self.options.clone().application_name(FEED_APPLICATION_NAME),
-        )
-        .await?;
+        // Its own connection, not the pool's: the pool's close when idle and stay free for
+        // queries (on a database with one free slot, queries keep it and this waits).
+        let conn = PgConnection::connect_with(&self.sync_options()).await?;
         Ok(Some(Box::new(Feed {
             conn,
             prepared: self.prepared,

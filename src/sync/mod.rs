@@ -99,13 +99,15 @@ trait Channel: Send {
 /// Runs until `shutdown` turns true.
 pub async fn run(
     revocations: Arc<Revocations>,
-    database_url: String,
     settings: SyncSettings,
     shutdown: watch::Receiver<bool>,
 ) {
     let channel: Option<Box<dyn Channel>> = match settings.mode {
         SyncMode::Poll => None,
-        SyncMode::Notify => Some(Box::new(notify::Listener::new(database_url))),
+        SyncMode::Notify => revocations
+            .store()
+            .sync_connect_options()
+            .map(|options| Box::new(notify::Listener::new(options)) as Box<dyn Channel>),
         SyncMode::Nats => Some(Box::new(nats::Nats::new(
             settings.nats_url.clone().unwrap_or_default(),
             settings.nats_subject.clone(),

@@ -1,6 +1,5 @@
 //! The PostgreSQL channel: one LISTEN connection per instance, which also carries the
 //! instance's safety-net polls (so an idle sidecar holds exactly one connection).
-use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,31 +11,33 @@ use crate::store::{CHANGE_CHANNEL, Change, ChangeFeed, ChangeSeq, PostgresStore,
 /// The `application_name` of the listening connection (operators see it in pg_stat_activity).
 pub const LISTENER_APPLICATION_NAME: &str = "token-sidecar-listener";
 
-/// LISTEN on [`CHANGE_CHANNEL`].
+/// LISTEN on [`CHANGE_CHANNEL`], on a connection of its own.
 pub(super) struct Listener {
-    database_url: String,
+    options: PgConnectOptions,
     listener: Option<PgListener>,
     /// The last reason opening failed, so that a database that stays full is logged once.
     last_error: Option<String>,
 }
 
 impl Listener {
-    pub(super) fn new(database_url: String) -> Self {
+    pub(super) fn new(options: PgConnectOptions) -> Self {
         Self {
-            database_url,
+            options,
             listener: None,
             last_error: None,
         }
     }
 
     async fn listen(&self) -> Result<PgListener, String> {
-        let options = PgConnectOptions::from_str(&self.database_url)
-            .map_err(|e| e.to_string())?
-            .application_name(LISTENER_APPLICATION_NAME);
+        // PgListener takes its connection from a pool: one of its own, of one connection.
         let pool = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(2))
-            .connect_lazy_with(options);
+            .connect_lazy_with(
+                self.options
+                    .clone()
+                    .application_name(LISTENER_APPLICATION_NAME),
+            );
         let mut listener = PgListener::connect_with(&pool)
             .await
             .map_err(|e| e.to_string())?;
