@@ -23,14 +23,21 @@ def ms(v):
 rows = []
 for r in sorted(results, key=lambda r: (r["sidecars"], list(MODES).index(r["mode"]))):
     n = r["sidecars"]
-    rows.append(
-        f"| {n} | {MODES.get(r['mode'], r['mode'])} | {r['serving']}/{n} in {r['ready_seconds']} s "
-        f"| {r['idle_connections_later'] / max(r['serving'], 1):.2f} ({r['idle_connections_later']}) "
-        f"| {r['idle_queries_per_second_per_sidecar']:.3f} "
-        f"| {r['queries_per_revocation']:.1f} ({r.get('queries_per_revocation_net', 0):.1f}) "
-        f"| {ms(r['propagation_p50_ms'])} / {ms(r['propagation_p99_ms'])} "
-        f"| {r['rss_mb']:.1f} |"
-    )
+    if r.get("revoked", r["revocations"]):
+        queries = f"{r['queries_per_revocation']:.1f} ({r.get('queries_per_revocation_net', 0):.1f})"
+    else:
+        queries = "none acknowledged: no connection left for the write"
+    cells = [
+        str(n),
+        MODES.get(r["mode"], r["mode"]),
+        f"{r['serving']}/{n} in {r['ready_seconds']} s",
+        f"{r['idle_connections_later'] / max(r['serving'], 1):.2f} ({r['idle_connections_later']})",
+        f"{r['idle_queries_per_second_per_sidecar']:.3f}",
+        queries,
+        f"{ms(r['propagation_p50_ms'])} / {ms(r['propagation_p99_ms'])}",
+        f"{r['rss_mb']:.1f}",
+    ]
+    rows.append("| " + " | ".join(cells) + " |")
 section = f"""{START}
 ## Many sidecars on one PostgreSQL (`scripts/scale`, SPEC §10)
 

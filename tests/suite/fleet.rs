@@ -11,6 +11,7 @@ use crate::common::{
 use crate::sync::{rejected_with, revocations_reach_the_other_instance};
 use token_sidecar::api::pb::{Reason, revoke_request::Target};
 use token_sidecar::clock::ManualClock;
+use token_sidecar::store::FEED_APPLICATION_NAME;
 use token_sidecar::sync::LISTENER_APPLICATION_NAME;
 
 const CONVERGE: Duration = Duration::from_secs(15);
@@ -56,66 +57,64 @@ async fn fleet(count: usize, args: &[(&str, &str)]) -> Vec<TestApp> {
     apps
 }
 
-#[tokio::test]
-async fn an_idle_sidecar_holds_one_connection_and_polls_on_it() {
-    let app = Settings::new(Backend::Postgres)
+/// An idle sidecar in a sync mode holds one connection, named `sync_connection`, and its
+/// polls run on it.
+async fn an_idle_sidecar_holds_one_connection(mode: &[(&str, &str)], sync_connection: &str) {
+    let mut settings = Settings::new(Backend::Postgres)
         .arg("--database-idle-timeout", "200ms")
         .arg("--sync-safety-poll-interval", "300ms")
-        .spawn()
-        .await;
+        .arg("--sync-poll-interval", "300ms");
+    for (flag, value) in mode {
+        settings = settings.arg(flag, value);
+    }
+    let app = settings.spawn().await;
     // Use the pool: a revocation, and a Verify of a user whose cutoff is not cached.
     let t = app.issue("idle").await;
-    app.revoke(Target::Jti(t.jti.clone()))
-        .await
-        .expect("revoke");
+    app.revoke(Target::Jti(t.jti.clone())).await.expect("revoke");
     let other = app.issue("someone-else").await;
     assert!(app.verify(&other.token).await.valid);
     let db = database_name(&app.database_url);
     eventually(CONVERGE, "pooled connections closed when idle", || async {
-        connections_to(&db, LISTENER_APPLICATION_NAME).await == (1, 1)
+        connections_to(&db, sync_connection).await == (1, 1)
     })
     .await;
-    // Idle: the safety-net polls run on the LISTEN connection; nothing opens another.
+    // Idle: the polls run on that connection; nothing opens another.
     let before = changes_queries(&app);
     for _ in 0..15 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(
-            connections_to(&db, LISTENER_APPLICATION_NAME).await,
+            connections_to(&db, sync_connection).await,
             (1, 1),
-            "an idle sidecar holds only its LISTEN connection"
+            "an idle sidecar holds only its {sync_connection} connection"
         );
     }
     let polls = changes_queries(&app) - before;
     assert!(
         (2..=8).contains(&polls),
-        "the safety net polled {polls} times in 1.5 s at a 300 ms interval"
+        "polled {polls} times in 1.5 s at a 300 ms interval"
     );
     assert!(app.verify(&other.token).await.valid, "still serving");
     assert_eq!(app.verdict(&t.token).await, Reason::TokenRevoked);
 }
 
 #[tokio::test]
-async fn an_idle_poll_mode_sidecar_holds_at_most_one_connection() {
-    let app = Settings::new(Backend::Postgres)
-        .arg("--sync-mode", "poll")
-        .arg("--sync-poll-interval", "100ms")
-        .arg("--database-idle-timeout", "200ms")
-        .spawn()
-        .await;
-    let t = app.issue("idle").await;
-    app.revoke(Target::Jti(t.jti.clone()))
-        .await
-        .expect("revoke");
-    let db = database_name(&app.database_url);
-    eventually(CONVERGE, "one connection", || async {
-        connections_to(&db, LISTENER_APPLICATION_NAME).await.0 <= 1
-    })
+async fn an_idle_notify_sidecar_holds_its_listen_connection_only() {
+    an_idle_sidecar_holds_one_connection(&[], LISTENER_APPLICATION_NAME).await;
+}
+
+#[tokio::test]
+async fn an_idle_poll_sidecar_holds_its_polling_connection_only() {
+    an_idle_sidecar_holds_one_connection(&[("--sync-mode", "poll")], FEED_APPLICATION_NAME).await;
+}
+
+#[tokio::test]
+async fn an_idle_nats_sidecar_holds_its_polling_connection_only() {
+    let nats = shared_nats_url();
+    an_idle_sidecar_holds_one_connection(
+        &[("--sync-mode", "nats"), ("--nats-url", nats.as_str())],
+        FEED_APPLICATION_NAME,
+    )
     .await;
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let (all, _) = connections_to(&db, LISTENER_APPLICATION_NAME).await;
-        assert!(all <= 1, "{all} connections for an idle poll-mode sidecar");
-    }
 }
 
 #[tokio::test]
