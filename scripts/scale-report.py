@@ -46,12 +46,13 @@ sidecars connecting as an ordinary role, so 97 slots), on the same 2 cores as ev
 Idle figures are read after the pooled connections' idle timeout; then {results[0]['revocations']}
 revocations are made on one instance, one every 200 ms, and the run waits until every instance has
 applied every one. "Queries per revocation" is every store query of the whole fleet during that
-phase divided by the revocations (the write itself included), and in brackets what is left
-after subtracting the fleet's idle poll rate over the same window; propagation is commit (the writer's
+phase divided by the revocations (the write itself included), and in brackets the same without
+the periodic polls (`sync_catch_ups_total{why="poll"}`), which the fleet makes whether or not
+anything changes; propagation is commit (the writer's
 wall clock) to applied, over every instance, read from their `sync_propagation_seconds`
 histograms (bucket-interpolated). PgBouncer: transaction pooling, `default_pool_size` 10.
 
-| sidecars | mode | SERVING | PostgreSQL connections per idle sidecar (total) | queries/s per idle sidecar | queries per revocation, fleet (beyond the idle polls) | propagation p50 / p99 ms | RSS MB per sidecar |
+| sidecars | mode | SERVING | PostgreSQL connections per idle sidecar (total) | queries/s per idle sidecar | queries per revocation, fleet (without the periodic polls) | propagation p50 / p99 ms | RSS MB per sidecar |
 |---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 

@@ -68,6 +68,14 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// Labels of a catch-up from the store.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WhyLabels {
+    /// `poll` (the periodic poll), `gap` (a missing number), `connected`, `reconnected`,
+    /// `channel_down`, `unknown_announcement` or `overflow`.
+    pub why: &'static str,
+}
+
 /// Every metric of one sidecar instance.
 pub struct Metrics {
     registry: Registry,
@@ -87,6 +95,7 @@ pub struct Metrics {
     /// 1 while announcements arrive on a live channel (LISTEN or NATS).
     pub sync_channel_up: Gauge,
     store_not_ready: Family<ReasonLabels, Counter>,
+    sync_catch_ups: Family<WhyLabels, Counter>,
     /// Entries in the denylist filter.
     pub filter_items: Gauge,
     /// Bits in the denylist filter.
@@ -150,6 +159,7 @@ impl Metrics {
             sync_propagation: Histogram::new(exponential_buckets(0.000_5, 2.0, 18)),
             sync_channel_up: Gauge::default(),
             store_not_ready: Family::default(),
+            sync_catch_ups: Family::default(),
             filter_items: Gauge::default(),
             filter_bits: Gauge::default(),
             filter_expected_items: Gauge::default(),
@@ -209,6 +219,11 @@ impl Metrics {
             "sync_channel_up",
             "1 while the change announcements (LISTEN or NATS) arrive, 0 while only polling",
             m.sync_channel_up.clone(),
+        );
+        registry.register(
+            "sync_catch_ups",
+            "Reads of the change feed from the store, by why (poll, gap, connected, ...)",
+            m.sync_catch_ups.clone(),
         );
         registry.register(
             "store_not_ready",
@@ -392,6 +407,11 @@ impl Metrics {
         self.store_queries
             .get_or_create(&QueryLabels { kind })
             .inc();
+    }
+
+    /// Counts one catch-up from the store, by why.
+    pub fn sync_catch_up(&self, why: &'static str) {
+        self.sync_catch_ups.get_or_create(&WhyLabels { why }).inc();
     }
 
     /// Counts one failed attempt to prepare the store at start, by reason.

@@ -227,7 +227,7 @@ impl Driver {
             Event::Announced(payload) => match announcement::decode(&payload) {
                 Some(change) => self.announced(change).await,
                 // Another version's announcement: something changed, read it from the store.
-                None => self.catch_up("unknown announcement").await,
+                None => self.catch_up("unknown_announcement").await,
             },
             Event::Up => {
                 self.catch_up("reconnected").await;
@@ -239,7 +239,7 @@ impl Driver {
                     "change announcements stopped; polling until they resume"
                 );
                 self.set_up(false);
-                self.catch_up("channel down").await;
+                self.catch_up("channel_down").await;
             }
         }
     }
@@ -337,6 +337,7 @@ impl Driver {
     /// Reads every change after the watermark from the store (on the channel's connection while
     /// it is up), then applies the announcements that continue it.
     async fn catch_up(&mut self, why: &'static str) {
+        self.revocations.metrics().sync_catch_up(why);
         let result = match self.read_feed().await {
             Some(result) => result,
             None => self.revocations.catch_up().await.map_err(|e| e.to_string()),

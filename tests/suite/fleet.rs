@@ -70,7 +70,9 @@ async fn an_idle_sidecar_holds_one_connection(mode: &[(&str, &str)], sync_connec
     let app = settings.spawn().await;
     // Use the pool: a revocation, and a Verify of a user whose cutoff is not cached.
     let t = app.issue("idle").await;
-    app.revoke(Target::Jti(t.jti.clone())).await.expect("revoke");
+    app.revoke(Target::Jti(t.jti.clone()))
+        .await
+        .expect("revoke");
     let other = app.issue("someone-else").await;
     assert!(app.verify(&other.token).await.valid);
     let db = database_name(&app.database_url);
