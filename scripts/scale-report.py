@@ -47,7 +47,7 @@ Idle figures are read after the pooled connections' idle timeout; then {results[
 revocations are made on one instance, one every 200 ms, and the run waits until every instance has
 applied every one. "Queries per revocation" is every store query of the whole fleet during that
 phase divided by the revocations (the write itself included), and in brackets the same without
-the periodic polls (`sync_catch_ups_total{why="poll"}`), which the fleet makes whether or not
+the periodic polls (`sync_catch_ups_total{{why="poll"}}`), which the fleet makes whether or not
 anything changes; propagation is commit (the writer's
 wall clock) to applied, over every instance, read from their `sync_propagation_seconds`
 histograms (bucket-interpolated). PgBouncer: transaction pooling, `default_pool_size` 10.

@@ -117,7 +117,9 @@ impl NotReady {
             Some(refusal) => refusal,
             None => error.to_string(),
         };
-        let kind = if reason.contains("too many") || reason.contains("53300") {
+        // SQLSTATE 53300, in either of PostgreSQL's wordings (the second when only the slots
+        // reserved for superusers are left).
+        let kind = if reason.contains("too many clients") || reason.contains("connection slots") {
             "too_many_connections"
         } else if matches!(error, StoreError::Database(_)) {
             "unreachable"

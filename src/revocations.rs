@@ -231,8 +231,12 @@ impl Revocations {
         self.metrics.sync_watermark.set(self.watermark());
         self.loaded.store(true, Ordering::Release);
         self.mark_synced();
-        // Anything committed between the snapshot and now.
-        self.catch_up().await?;
+        // Anything committed between the snapshot and now. The snapshot is loaded either way:
+        // if this read fails (a full database), the sync task's next poll brings it, within the
+        // staleness bound like any missed poll.
+        if let Err(e) = self.catch_up().await {
+            tracing::warn!(error = %e, "loaded; the changes since the snapshot come with the next poll");
+        }
         Ok(())
     }
 

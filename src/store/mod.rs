@@ -300,6 +300,11 @@ pub trait RevocationStore: Send + Sync + 'static {
     async fn deny(&self, entry: &DenyEntry) -> Result<Option<ChangeSeq>, StoreError>;
     /// Committed changes numbered after `after`, in order, at most `limit`.
     async fn changes_after(&self, after: ChangeSeq, limit: i64) -> Result<Vec<Change>, StoreError>;
+    /// Closes idle pooled connections beyond `keep` now, rather than at their idle timeout: the
+    /// sync task calls it once it holds its own connection (so that a fleet starting together
+    /// frees the database's slots at once), and after each poll it makes through the pool (so
+    /// that the pool's first-in-first-out reuse does not keep several connections alive).
+    async fn release_idle(&self, _keep: usize) {}
     /// A connection of its own for the sync task's polls, outside the pool; None where the pool
     /// will do (a store no other instance shares).
     async fn open_feed(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {

@@ -430,6 +430,15 @@ impl RevocationStore for PostgresStore {
         Ok(self.finish(tx, change).await?.map(|c| c.seq()))
     }
 
+    async fn release_idle(&self, keep: usize) {
+        while self.pool.num_idle() > keep {
+            let Some(conn) = self.pool.try_acquire() else {
+                return;
+            };
+            let _ = conn.close().await;
+        }
+    }
+
     async fn open_feed(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
         // Its own connection, not the pool's: the pool's close when idle and stay free for
         // queries (on a database with one free slot, queries keep it and this waits).

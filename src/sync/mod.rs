@@ -176,6 +176,8 @@ impl Driver {
                     // Announcements sent while we were not listening are lost.
                     self.catch_up("connected").await;
                     last_poll = Instant::now();
+                    // The channel's connection carries the polls: the pool's are not needed.
+                    self.revocations.store().release_idle(0).await;
                 }
                 self.set_up(up);
             }
@@ -290,6 +292,8 @@ impl Driver {
                             self.feed_error = None;
                             self.feed_retry_at = None;
                             self.own_feed = feed;
+                            // The pool's connections are not needed while idle.
+                            self.revocations.store().release_idle(0).await;
                         }
                         Err(e) => {
                             // A full database is not asked again at every poll.
@@ -340,7 +344,11 @@ impl Driver {
         self.revocations.metrics().sync_catch_up(why);
         let result = match self.read_feed().await {
             Some(result) => result,
-            None => self.revocations.catch_up().await.map_err(|e| e.to_string()),
+            None => {
+                let result = self.revocations.catch_up().await.map_err(|e| e.to_string());
+                self.revocations.store().release_idle(1).await;
+                result
+            }
         };
         match result {
             Ok(0) => {}
