@@ -345,9 +345,10 @@ impl Driver {
         let result = match self.read_feed().await {
             Some(result) => result,
             None => {
-                let result = self.revocations.catch_up().await.map_err(|e| e.to_string());
+                // Before the poll, when the last one's connection is surely back in the pool:
+                // keep one, so that first-in-first-out reuse cannot keep several alive.
                 self.revocations.store().release_idle(1).await;
-                result
+                self.revocations.catch_up().await.map_err(|e| e.to_string())
             }
         };
         match result {
