@@ -61,6 +61,11 @@ connection per idle sidecar; ≤ 5 queries per revocation whatever N; propagatio
 notify and nats modes at N = 100. Before this work (issue 14's measurements): 3.0 connections per
 idle sidecar, 20.6 queries per revocation at N = 20, and the 34th notify-mode sidecar found
 PostgreSQL full.
+
+100 sidecars connecting directly (notify, nats) are more than the 97 slots: 97 get their one
+connection and serve Verify from memory, the rest stay NOT_SERVING, and a write finds no
+connection left (notify) or waits for one. That is the capacity limit the table in
+deploy/README.md plans around; through PgBouncer the same 100 use 10 server connections.
 {END}"""
 
 try:
