@@ -249,7 +249,8 @@ pub struct Config {
 
     /// At most this many PostgreSQL connections under load: the sync task's one (LISTEN in
     /// notify mode, its polls in nats and poll modes) and the pool's, which close when idle.
-    #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_DATABASE_MAX_CONNECTIONS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=1000))]
+    /// With 1 there is no room for LISTEN: the one connection is the pool's, and it is polled.
+    #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_DATABASE_MAX_CONNECTIONS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_max_connections: u32,
 
     /// Pooled PostgreSQL connections idle this long are closed.

@@ -54,6 +54,8 @@ pub struct PostgresStore {
     options: PgConnectOptions,
     /// Whether statements stay prepared on the server (not behind a transaction pooler).
     prepared: bool,
+    /// Whether the budget leaves the sync task a connection of its own.
+    own_sync_connection: bool,
 }
 
 impl PostgresStore {
@@ -61,7 +63,9 @@ impl PostgresStore {
     /// database is up. A short acquire timeout turns an outage into a prompt UNAVAILABLE.
     pub fn connect_lazy(url: &str, settings: PoolSettings) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)?;
-        // One connection of the budget is the sync task's own (LISTEN, or its polls).
+        // One connection of the budget is the sync task's own (LISTEN, or its polls), unless the
+        // budget is one: then there is none, and the sync task polls through the pool.
+        let own_sync_connection = settings.max_connections > 1;
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections.saturating_sub(1).max(1))
             .min_connections(0)
@@ -76,6 +80,7 @@ impl PostgresStore {
             pool,
             options,
             prepared,
+            own_sync_connection,
         })
     }
 
@@ -291,7 +296,7 @@ impl RevocationStore for PostgresStore {
     }
 
     fn sync_connect_options(&self) -> Option<PgConnectOptions> {
-        Some(self.options.clone())
+        self.own_sync_connection.then(|| self.options.clone())
     }
 
     async fn why_unreachable(&self) -> Option<String> {
@@ -440,6 +445,9 @@ impl RevocationStore for PostgresStore {
     }
 
     async fn open_feed(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
+        if !self.own_sync_connection {
+            return Ok(None);
+        }
         // Its own connection, not the pool's: the pool's close when idle and stay free for
         // queries (on a database with one free slot, queries keep it and this waits).
         let conn = PgConnection::connect_with(&self.sync_options()).await?;

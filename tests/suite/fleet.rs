@@ -120,9 +120,19 @@ async fn an_idle_nats_sidecar_holds_its_polling_connection_only() {
 }
 
 #[tokio::test]
-async fn under_load_the_pool_stays_within_its_bound() {
+async fn under_load_the_connections_stay_within_their_bound() {
+    under_load_at_most(2).await;
+}
+
+#[tokio::test]
+async fn a_budget_of_one_connection_polls_through_it() {
+    // No room for a LISTEN connection of its own: the sync task polls through the pool.
+    under_load_at_most(1).await;
+}
+
+async fn under_load_at_most(budget: i64) {
     let app = Settings::new(Backend::Postgres)
-        .arg("--database-max-connections", "2")
+        .arg("--database-max-connections", &budget.to_string())
         // No cutoff cache: every Verify asks the store.
         .arg("--cutoff-cache-ttl", "0s")
         .spawn()
@@ -163,8 +173,8 @@ async fn under_load_the_pool_stays_within_its_bound() {
         task.await.expect("load task");
     }
     assert!(
-        most <= 2,
-        "{most} connections: at most --database-max-connections 2, the listener's included"
+        most <= budget,
+        "{most} connections: at most --database-max-connections {budget}, the listener's included"
     );
     assert!(app.metrics.store_queries_of("cutoff") >= 32 * 40);
 }
