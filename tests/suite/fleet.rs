@@ -309,14 +309,27 @@ async fn nats_stopped_and_restarted_under_revoke_load_loses_nothing() {
     let load = async {
         tokio::join!(revoke_on(&apps[0], first), revoke_on(&apps[1], second));
     };
+    let denied =
+        || apps[0].metrics.store_queries_of("deny") + apps[1].metrics.store_queries_of("deny");
     let outage = async {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // NATS dies after some revocations, stays dead while more are acknowledged, comes back
+        // while the writers are still at it.
+        eventually(CONVERGE, "revocations under way", || async {
+            denied() >= 30
+        })
+        .await;
         nats.kill();
         eventually(CONVERGE, "instances notice NATS is gone", || async {
             apps.iter().all(|app| !channel_up(app))
         })
         .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let at_outage = denied();
+        eventually(
+            CONVERGE,
+            "revocations acknowledged while NATS is down",
+            || async { denied() >= at_outage + 30 },
+        )
+        .await;
         nats.restart().await;
     };
     tokio::join!(load, outage);
