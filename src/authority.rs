@@ -5,14 +5,14 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::clock::{Clock, UnixMillis};
-use crate::policy::{RevocationPolicy, Superseded, TokenTimes};
+use crate::policy::{RevocationPolicy, Superseded, TokenTimes, user_id_problem};
 use crate::reason::Reason;
 use crate::revocations::Revocations;
 use crate::store::{DenyEntry, DenyKind, Rotation, RotationOutcome, SessionHead, StoreError};
 use crate::token::{Claims, CodecError, RESERVED_CLAIMS, TokenCodec, is_minted_id, new_random_id};
 
 /// Longest accepted user id, in bytes.
-pub const MAX_USER_ID_BYTES: usize = 256;
+pub use crate::policy::MAX_USER_ID_BYTES;
 /// Largest accepted custom claims, as compact JSON, so that tokens stay well under the size cap.
 pub const MAX_CUSTOM_CLAIMS_BYTES: usize = 4 * 1024;
 /// Shortest token lifetime a caller may ask for.
@@ -471,51 +471,12 @@ fn invalid(
     }
 }
 
-/// Unicode format characters (general category Cf): invisible, so an id made of them, or
-/// padded with them, looks like another id in every log and console.
-fn is_format_char(c: char) -> bool {
-    matches!(c,
-        '\u{AD}' | '\u{600}'..='\u{605}' | '\u{61C}' | '\u{6DD}' | '\u{70F}'
-        | '\u{890}'..='\u{891}' | '\u{8E2}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
-        | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}'
-        | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}' | '\u{110BD}' | '\u{110CD}'
-        | '\u{13430}'..='\u{1343F}' | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}'
-        | '\u{E0001}' | '\u{E0020}'..='\u{E007F}')
-}
-
-fn is_invisible(c: char) -> bool {
-    c.is_whitespace() || is_format_char(c)
-}
-
-/// User ids are compared byte for byte (callers normalise); what is refused here is what no
-/// caller means: empty, oversized, control characters, and invisible characters at either end.
+/// User ids are compared byte for byte (callers normalise); see [`user_id_problem`].
 fn check_user_id(user_id: &str) -> Result<(), AuthorityError> {
-    if user_id.is_empty() {
-        return Err(invalid("user_id", "INVALID_USER_ID", "must not be empty"));
+    match user_id_problem(user_id) {
+        Some(problem) => Err(invalid("user_id", "INVALID_USER_ID", problem)),
+        None => Ok(()),
     }
-    if user_id.len() > MAX_USER_ID_BYTES {
-        return Err(invalid(
-            "user_id",
-            "INVALID_USER_ID",
-            format!("must be at most {MAX_USER_ID_BYTES} bytes"),
-        ));
-    }
-    if user_id.chars().any(char::is_control) {
-        return Err(invalid(
-            "user_id",
-            "INVALID_USER_ID",
-            "must not contain control characters",
-        ));
-    }
-    let ends = [user_id.chars().next(), user_id.chars().next_back()];
-    if ends.into_iter().flatten().any(is_invisible) {
-        return Err(invalid(
-            "user_id",
-            "INVALID_USER_ID",
-            "must not start or end with whitespace or invisible (format) characters",
-        ));
-    }
-    Ok(())
 }
 
 fn check_custom_claims(claims: &Map<String, Value>) -> Result<(), AuthorityError> {

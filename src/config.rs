@@ -286,6 +286,66 @@ pub struct Config {
     )]
     pub nats_subject: String,
 
+    /// A NATS credentials file (user JWT and nkey seed, as `nsc` writes it).
+    #[arg(
+        help_heading = "Store and sync",
+        long,
+        env = "TOKEN_SIDECAR_NATS_CREDS_FILE"
+    )]
+    pub nats_creds_file: Option<PathBuf>,
+
+    /// A file holding a NATS nkey seed (SU...).
+    #[arg(
+        help_heading = "Store and sync",
+        long,
+        env = "TOKEN_SIDECAR_NATS_NKEY_FILE"
+    )]
+    pub nats_nkey_file: Option<PathBuf>,
+
+    /// A file holding a NATS token (a token in --nats-url works too, and is never logged).
+    #[arg(
+        help_heading = "Store and sync",
+        long,
+        env = "TOKEN_SIDECAR_NATS_TOKEN_FILE"
+    )]
+    pub nats_token_file: Option<PathBuf>,
+
+    /// The CA that signs the NATS server's certificate, in PEM: TLS is then required.
+    #[arg(
+        help_heading = "Store and sync",
+        long,
+        env = "TOKEN_SIDECAR_NATS_TLS_CA"
+    )]
+    pub nats_tls_ca: Option<PathBuf>,
+
+    /// A client certificate for NATS (PEM), with --nats-tls-key.
+    #[arg(
+        help_heading = "Store and sync",
+        long,
+        env = "TOKEN_SIDECAR_NATS_TLS_CERT",
+        requires = "nats_tls_key"
+    )]
+    pub nats_tls_cert: Option<PathBuf>,
+
+    /// The client certificate's private key for NATS (PEM), with --nats-tls-cert.
+    #[arg(
+        help_heading = "Store and sync",
+        long,
+        env = "TOKEN_SIDECAR_NATS_TLS_KEY",
+        requires = "nats_tls_cert"
+    )]
+    pub nats_tls_key: Option<PathBuf>,
+
+    /// The fleet's secret for authenticating change announcements (NOTIFY payloads and NATS
+    /// messages), at least 32 bytes; by default the one the migrations generated in the table
+    /// sync_key (readable by the sidecars' role only). Every instance of a fleet uses the same.
+    #[arg(
+        help_heading = "Store and sync",
+        long,
+        env = "TOKEN_SIDECAR_SYNC_KEY_FILE"
+    )]
+    pub sync_key_file: Option<PathBuf>,
+
     /// After this long without a successful sync the caches are not trusted.
     #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_MAX_STALENESS", default_value = "10s", value_parser = parse_positive_duration)]
     pub max_staleness: Duration,
@@ -463,6 +523,16 @@ impl From<&Config> for SyncSettings {
                 .max(Duration::from_millis(10)),
             nats_url: config.nats_url.clone(),
             nats_subject: config.nats_subject.clone(),
+            nats_auth: crate::sync::NatsAuth {
+                creds_file: config.nats_creds_file.clone(),
+                nkey_file: config.nats_nkey_file.clone(),
+                token_file: config.nats_token_file.clone(),
+                tls_ca: config.nats_tls_ca.clone(),
+                tls_client: config
+                    .nats_tls_cert
+                    .clone()
+                    .zip(config.nats_tls_key.clone()),
+            },
         }
     }
 }
@@ -473,6 +543,7 @@ impl From<&Config> for PoolSettings {
         PoolSettings {
             max_connections: config.database_max_connections,
             idle_timeout: config.database_idle_timeout,
+            sync_key_file: config.sync_key_file.clone(),
         }
     }
 }

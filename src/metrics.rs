@@ -96,6 +96,9 @@ pub struct Metrics {
     pub sync_channel_up: Gauge,
     store_not_ready: Family<ReasonLabels, Counter>,
     sync_catch_ups: Family<WhyLabels, Counter>,
+    sync_announcements_rejected: Family<WhyLabels, Counter>,
+    /// Times the store was found on another history than the one applied (then reloaded).
+    pub sync_forks: Counter,
     /// Entries in the denylist filter.
     pub filter_items: Gauge,
     /// Bits in the denylist filter.
@@ -160,6 +163,8 @@ impl Metrics {
             sync_channel_up: Gauge::default(),
             store_not_ready: Family::default(),
             sync_catch_ups: Family::default(),
+            sync_announcements_rejected: Family::default(),
+            sync_forks: Counter::default(),
             filter_items: Gauge::default(),
             filter_bits: Gauge::default(),
             filter_expected_items: Gauge::default(),
@@ -224,6 +229,18 @@ impl Metrics {
             "sync_catch_ups",
             "Reads of the change feed from the store, by why (poll, gap, connected, ...)",
             m.sync_catch_ups.clone(),
+        );
+        registry.register(
+            "sync_announcements_rejected",
+            "Announcements dropped without a query, by why (unauthenticated, foreign, malformed, \
+             oversized, invalid_id, other_history)",
+            m.sync_announcements_rejected.clone(),
+        );
+        registry.register(
+            "sync_forks",
+            "Times the store's history was not the one applied here (lossy failover, restore): \
+             the caches were reloaded",
+            m.sync_forks.clone(),
         );
         registry.register(
             "store_not_ready",
@@ -412,6 +429,20 @@ impl Metrics {
     /// Counts one catch-up from the store, by why.
     pub fn sync_catch_up(&self, why: &'static str) {
         self.sync_catch_ups.get_or_create(&WhyLabels { why }).inc();
+    }
+
+    /// Counts one announcement dropped, by why.
+    pub fn sync_announcement_rejected(&self, why: &'static str) {
+        self.sync_announcements_rejected
+            .get_or_create(&WhyLabels { why })
+            .inc();
+    }
+
+    /// Announcements dropped so far for `why` (tests and the rate-limited log).
+    pub fn sync_announcements_rejected(&self, why: &'static str) -> u64 {
+        self.sync_announcements_rejected
+            .get_or_create(&WhyLabels { why })
+            .get()
     }
 
     /// Counts one failed attempt to prepare the store at start, by reason.

@@ -5,6 +5,47 @@ use crate::clock::UnixMillis;
 use crate::reason::Reason;
 use crate::token::Claims;
 
+/// The longest user id accepted, in bytes.
+pub const MAX_USER_ID_BYTES: usize = 256;
+
+/// Unicode format characters (general category Cf): invisible, so an id made of them, or
+/// padded with them, looks like another id in every log and console.
+fn is_format_char(c: char) -> bool {
+    matches!(c,
+        '\u{AD}' | '\u{600}'..='\u{605}' | '\u{61C}' | '\u{6DD}' | '\u{70F}'
+        | '\u{890}'..='\u{891}' | '\u{8E2}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}'
+        | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}' | '\u{110BD}' | '\u{110CD}'
+        | '\u{13430}'..='\u{1343F}' | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}'
+        | '\u{E0001}' | '\u{E0020}'..='\u{E007F}')
+}
+
+fn is_invisible(c: char) -> bool {
+    c.is_whitespace() || is_format_char(c)
+}
+
+/// What is wrong with a user id, if anything: what no caller means — empty, oversized, control
+/// characters, invisible characters at either end. The API and the change feed's announcements
+/// refuse the same ids.
+pub fn user_id_problem(user_id: &str) -> Option<String> {
+    if user_id.is_empty() {
+        return Some("must not be empty".into());
+    }
+    if user_id.len() > MAX_USER_ID_BYTES {
+        return Some(format!("must be at most {MAX_USER_ID_BYTES} bytes"));
+    }
+    if user_id.chars().any(char::is_control) {
+        return Some("must not contain control characters".into());
+    }
+    let ends = [user_id.chars().next(), user_id.chars().next_back()];
+    if ends.into_iter().flatten().any(is_invisible) {
+        return Some(
+            "must not start or end with whitespace or invisible (format) characters".into(),
+        );
+    }
+    None
+}
+
 /// Whether a token's `jti` or session is on the denylist.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DenyStatus {

@@ -70,6 +70,11 @@ impl CutoffCache {
         })
     }
 
+    /// Forgets every entry (the store's history changed under the numbers they carry).
+    pub fn clear(&self) {
+        self.cache.invalidate_all();
+    }
+
     /// Records a committed change unless a newer one is cached already.
     pub async fn apply(&self, user_id: &str, cutoff_ms: UnixMillis, seq: ChangeSeq) {
         self.cache
@@ -94,7 +99,11 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn record(cutoff_ms: Option<i64>, seq: i64) -> CutoffRecord {
-        CutoffRecord { cutoff_ms, seq }
+        CutoffRecord {
+            cutoff_ms,
+            seq,
+            link: None,
+        }
     }
 
     #[tokio::test]

@@ -166,6 +166,12 @@ impl DenylistFilter {
         self.confirmed.get(&(kind, id.to_owned())).await
     }
 
+    /// Forgets the confirmed answers (the store's history changed); the filter itself is
+    /// replaced by the next rebuild.
+    pub fn clear_confirmed(&self) {
+        self.confirmed.invalidate_all();
+    }
+
     /// Starts a rebuild: from now on inserts are also kept for replay.
     pub fn begin_rebuild(&self) -> FilterBuild {
         let mut writes = self.writes.lock();

@@ -1,13 +1,15 @@
 //! An in-memory store with the semantics of the SQL ones (one change sequence, "changes after
 //! N" returning rows' current state, snapshots), for model tests of the caches and their sync.
-//! It can commit queued writes while a snapshot is being read, as another instance would.
+//! It can commit queued writes while a snapshot is being read, as another instance would, and
+//! fail over to a replica that missed the last changes (a forked history, with its own chain).
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 
+use super::announcement::{Announcement, GENESIS, Link, LinkTag};
 use super::{
-    Change, ChangeSeq, CutoffRecord, CutoffUpdate, DenyEntry, DenyKind, DenySink, Purged,
+    Change, ChangeSeq, CutoffRecord, CutoffUpdate, DenyEntry, DenyKind, DenySink, History, Purged,
     RevocationStore, Rotation, RotationOutcome, StoreError, Superseded,
 };
 use crate::clock::UnixMillis;
@@ -23,9 +25,13 @@ pub enum ForeignWrite {
     Deny(DenyEntry),
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct State {
     seq: ChangeSeq,
+    /// The history chain: each change's link (random here: only equality matters).
+    links: BTreeMap<ChangeSeq, LinkTag>,
+    /// Every change as it was announced, in order.
+    announced: Vec<Announcement>,
     cutoffs: HashMap<String, (UnixMillis, ChangeSeq)>,
     denylist: HashMap<(DenyKind, String), (UnixMillis, ChangeSeq)>,
     heads: HashMap<String, Superseded>,
@@ -33,6 +39,25 @@ struct State {
 }
 
 impl State {
+    /// Takes the next change number, with a link of its own.
+    fn next(&mut self) -> ChangeSeq {
+        self.seq += 1;
+        self.links.insert(self.seq, rand::random());
+        self.seq
+    }
+
+    /// Records how `change` (numbered by [`State::next`]) was announced.
+    fn announce(&mut self, change: Change) {
+        let seq = change.seq();
+        let prev = self
+            .links
+            .range(..seq)
+            .next_back()
+            .map_or(GENESIS, |(_, tag)| *tag);
+        let link = self.links.get(&seq).copied().unwrap_or(GENESIS);
+        self.announced.push(Announcement { change, prev, link });
+    }
+
     fn raise_cutoff(&mut self, user_id: &str, at_least: UnixMillis) -> CutoffUpdate {
         match self.cutoffs.get(user_id) {
             Some(&(cutoff_ms, seq)) if cutoff_ms >= at_least => CutoffUpdate {
@@ -41,12 +66,17 @@ impl State {
                 changed: false,
             },
             _ => {
-                self.seq += 1;
-                self.cutoffs
-                    .insert(user_id.to_owned(), (at_least, self.seq));
+                let seq = self.next();
+                self.cutoffs.insert(user_id.to_owned(), (at_least, seq));
+                self.announce(Change::Cutoff {
+                    seq,
+                    committed_ms: 0,
+                    user_id: user_id.to_owned(),
+                    cutoff_ms: at_least,
+                });
                 CutoffUpdate {
                     cutoff_ms: at_least,
-                    seq: self.seq,
+                    seq,
                     changed: true,
                 }
             }
@@ -54,13 +84,18 @@ impl State {
     }
 
     fn lift_ban(&mut self, user_id: &str, now: UnixMillis) -> Option<ChangeSeq> {
-        let row = self.cutoffs.get_mut(user_id)?;
-        if row.0 <= now {
+        if self.cutoffs.get(user_id)?.0 <= now {
             return None;
         }
-        self.seq += 1;
-        *row = (now, self.seq);
-        Some(self.seq)
+        let seq = self.next();
+        self.cutoffs.insert(user_id.to_owned(), (now, seq));
+        self.announce(Change::Cutoff {
+            seq,
+            committed_ms: 0,
+            user_id: user_id.to_owned(),
+            cutoff_ms: now,
+        });
+        Some(seq)
     }
 
     fn deny(&mut self, entry: &DenyEntry) -> Option<ChangeSeq> {
@@ -68,9 +103,16 @@ impl State {
         if self.denylist.contains_key(&key) {
             return None;
         }
-        self.seq += 1;
-        self.denylist.insert(key, (entry.moot_after_ms, self.seq));
-        Some(self.seq)
+        let seq = self.next();
+        self.denylist.insert(key, (entry.moot_after_ms, seq));
+        self.announce(Change::Denied {
+            seq,
+            committed_ms: 0,
+            kind: entry.kind,
+            id: entry.id.clone(),
+            moot_after_ms: entry.moot_after_ms,
+        });
+        Some(seq)
     }
 
     fn commit(&mut self, write: &ForeignWrite) {
@@ -92,6 +134,10 @@ impl State {
 #[derive(Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
+    /// An asynchronous replica: a copy of the state as it was when last refreshed.
+    replica: Mutex<Option<State>>,
+    /// The newest change written through the trait (an instance's own write).
+    written: Mutex<Option<Link>>,
 }
 
 impl MemoryStore {
@@ -107,6 +153,35 @@ impl MemoryStore {
     /// Commits `write` while the next snapshot is read: after the snapshot, before it returns.
     pub fn commit_during_next_snapshot(&self, write: ForeignWrite) {
         self.state().during_next_snapshot.push(write);
+    }
+
+    fn wrote(&self, seq: ChangeSeq) {
+        let tag = self.state().links.get(&seq).copied().unwrap_or(GENESIS);
+        *self.written.lock() = Some(Link { seq, tag });
+    }
+
+    /// The replica catches up with the primary (it will miss what is committed after this).
+    pub fn replicate(&self) {
+        let state = self.state().clone();
+        *self.replica.lock() = Some(state);
+    }
+
+    /// A lossy failover: the replica, which missed every change since [`Self::replicate`], is
+    /// promoted (without a replica, the database is re-created empty).
+    pub fn fail_over(&self) {
+        let mut promoted = self.replica.lock().take().unwrap_or_default();
+        let mut state = self.state();
+        // What was announced stays announced: a channel may deliver it late.
+        promoted.announced = std::mem::take(&mut state.announced);
+        *state = promoted;
+    }
+
+    /// Every announcement made so far, on any history (a failover keeps the old ones: a
+    /// channel may still deliver them).
+    pub fn announcement(&self, k: usize) -> Option<Announcement> {
+        let state = self.state();
+        let log = &state.announced;
+        (!log.is_empty()).then(|| log[k % log.len()].clone())
     }
 
     /// Commits what still waits for a snapshot.
@@ -157,14 +232,17 @@ impl RevocationStore for MemoryStore {
     }
 
     async fn cutoff(&self, user_id: &str) -> Result<CutoffRecord, StoreError> {
-        Ok(match self.state().cutoffs.get(user_id) {
+        let state = self.state();
+        Ok(match state.cutoffs.get(user_id) {
             Some(&(cutoff, seq)) => CutoffRecord {
                 cutoff_ms: Some(cutoff),
                 seq,
+                link: state.links.get(&seq).copied(),
             },
             None => CutoffRecord {
                 cutoff_ms: None,
                 seq: 0,
+                link: None,
             },
         })
     }
@@ -174,7 +252,11 @@ impl RevocationStore for MemoryStore {
         user_id: &str,
         at_least: UnixMillis,
     ) -> Result<CutoffUpdate, StoreError> {
-        Ok(self.state().raise_cutoff(user_id, at_least))
+        let update = self.state().raise_cutoff(user_id, at_least);
+        if update.changed {
+            self.wrote(update.seq);
+        }
+        Ok(update)
     }
 
     async fn lift_ban(
@@ -182,7 +264,9 @@ impl RevocationStore for MemoryStore {
         user_id: &str,
         now: UnixMillis,
     ) -> Result<Option<ChangeSeq>, StoreError> {
-        Ok(self.state().lift_ban(user_id, now))
+        let lifted = self.state().lift_ban(user_id, now);
+        lifted.inspect(|&seq| self.wrote(seq));
+        Ok(lifted)
     }
 
     async fn is_denied(&self, kind: DenyKind, id: &str) -> Result<bool, StoreError> {
@@ -190,7 +274,38 @@ impl RevocationStore for MemoryStore {
     }
 
     async fn deny(&self, entry: &DenyEntry) -> Result<Option<ChangeSeq>, StoreError> {
-        Ok(self.state().deny(entry))
+        let denied = self.state().deny(entry);
+        denied.inspect(|&seq| self.wrote(seq));
+        Ok(denied)
+    }
+
+    fn last_written(&self) -> Option<Link> {
+        *self.written.lock()
+    }
+
+    async fn history(
+        &self,
+        at: ChangeSeq,
+        own: &[ChangeSeq],
+    ) -> Result<Option<History>, StoreError> {
+        let state = self.state();
+        Ok(Some(History {
+            head: state.seq,
+            newest: state
+                .links
+                .last_key_value()
+                .map(|(&seq, &tag)| Link { seq, tag }),
+            at: state.links.get(&at).copied(),
+            own_at: own
+                .iter()
+                .filter_map(|seq| {
+                    Some(Link {
+                        seq: *seq,
+                        tag: *state.links.get(seq)?,
+                    })
+                })
+                .collect(),
+        }))
     }
 
     async fn changes_after(&self, after: ChangeSeq, limit: i64) -> Result<Vec<Change>, StoreError> {

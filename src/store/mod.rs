@@ -20,6 +20,7 @@ pub use postgres::{CHANGE_CHANNEL, FEED_APPLICATION_NAME, PoolSettings, Postgres
 pub use sqlite::SqliteStore;
 
 use crate::clock::UnixMillis;
+use announcement::{FleetKey, Link, LinkTag};
 
 /// Position in the change sequence. 0 means "before any change".
 pub type ChangeSeq = i64;
@@ -71,6 +72,8 @@ pub struct CutoffRecord {
     pub cutoff_ms: Option<UnixMillis>,
     /// The change that set it (0 if none).
     pub seq: ChangeSeq,
+    /// That change's link in the history chain, where the store keeps one.
+    pub link: Option<LinkTag>,
 }
 
 /// The outcome of raising a cutoff.
@@ -224,6 +227,14 @@ pub enum StoreError {
     /// A row changed under a conditional write twice in a row; the caller may retry.
     #[error("a concurrent change got in the way; retry")]
     Conflict,
+    /// The store's history is not the one this instance applied; it forgot what it applied and
+    /// must load again.
+    #[error("the store's history forked from the one applied here; reloading")]
+    Forked,
+    /// The fleet's announcement secret cannot be had (`--sync-key-file` unreadable or short, or
+    /// the table the migrations fill is unreadable to this role).
+    #[error("the sync key is unusable: {0}")]
+    SyncKey(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -249,6 +260,40 @@ pub trait ChangeFeed: Send {
         after: ChangeSeq,
         limit: i64,
     ) -> Result<Vec<Change>, StoreError>;
+    /// Where the history stands, and its links at `at` and `own`; None for a store that keeps
+    /// no chain.
+    async fn history(
+        &mut self,
+        at: ChangeSeq,
+        own: &[ChangeSeq],
+    ) -> Result<Option<History>, StoreError>;
+}
+
+/// Where the store's history stands (SPEC §10, "histories can fork"), read before a catch-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct History {
+    /// The newest committed change's number.
+    pub head: ChangeSeq,
+    /// The newest link of the history chain.
+    pub newest: Option<Link>,
+    /// The chain's link at the anchor asked about, if the store has one there.
+    pub at: Option<LinkTag>,
+    /// The chain's links at this instance's own writes asked about, where the store has one.
+    pub own_at: Vec<Link>,
+}
+
+impl History {
+    /// Whether an instance that applied changes up to `watermark`, the last of them known by
+    /// `anchor`, and wrote `own` itself, is on this history: the store has every change it
+    /// applied or wrote, with the same links where it knows them. A history restarted below the
+    /// watermark (a lossy failover), or with another change at the anchor or at the instance's
+    /// own write (one that has passed them since), is not ours.
+    pub fn continues(&self, watermark: ChangeSeq, anchor: Option<Link>, own: &[Link]) -> bool {
+        let newest_own = own.iter().map(|o| o.seq).max().unwrap_or(0);
+        self.head >= watermark.max(newest_own)
+            && anchor.is_none_or(|anchor| self.at == Some(anchor.tag))
+            && own.iter().all(|o| self.own_at.contains(o))
+    }
 }
 
 /// A callback that receives every live denylist row while the filter is (re)built.
@@ -263,10 +308,32 @@ pub trait RevocationStore: Send + Sync + 'static {
     fn is_shared(&self) -> bool;
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<(), StoreError>;
-    /// An id of this database, the same for every instance that shares it (empty for a store
-    /// no other instance shares).
-    async fn identity(&self) -> Result<String, StoreError> {
-        Ok(String::new())
+    /// What seals and opens this database's announcements (None for a store no other instance
+    /// shares). Read once, and again after [`RevocationStore::forget_fleet`].
+    async fn fleet(&self) -> Result<Option<Arc<FleetKey>>, StoreError> {
+        Ok(None)
+    }
+    /// Forgets the fleet key, so that the next use reads it again (after a forked history: the
+    /// address may now lead to another database).
+    fn forget_fleet(&self) {}
+    /// Every announcement this instance's writes made, sealed, once committed (for a sync mode
+    /// that carries them itself, such as NATS). A receiver that lags loses the oldest; the
+    /// others then see a gap and catch up from the store.
+    fn announcements(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        None
+    }
+    /// Where the history stands, and its links at `at` and `own`; None for a store that keeps
+    /// no chain.
+    async fn history(
+        &self,
+        _at: ChangeSeq,
+        _own: &[ChangeSeq],
+    ) -> Result<Option<History>, StoreError> {
+        Ok(None)
+    }
+    /// The newest change this process wrote through the store, with its link.
+    fn last_written(&self) -> Option<Link> {
+        None
     }
     /// Answers when the database is reachable.
     async fn ping(&self) -> Result<(), StoreError>;

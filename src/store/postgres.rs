@@ -1,15 +1,21 @@
 //! The PostgreSQL store: the source of truth shared by every sidecar.
+use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
 
 use async_trait::async_trait;
 use sqlx::pool::{MaybePoolConnection, PoolConnection};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
+use tokio::sync::broadcast;
 
+use super::announcement::{self, Announcement, FleetKey, GENESIS, Link, MIN_SECRET_BYTES};
 use super::{
     Change, ChangeFeed, ChangeSeq, CutoffRecord, CutoffUpdate, DenyEntry, DenyKind, DenySink,
-    Purged, RevocationStore, Rotation, RotationOutcome, StoreError, announcement, sql,
+    History, Purged, RevocationStore, Rotation, RotationOutcome, StoreError, sql,
 };
 use crate::clock::{UnixMillis, wall_ms};
 
@@ -29,13 +35,16 @@ const ACQUIRE_ATTEMPT: Duration = Duration::from_millis(200);
 const CHANGE_LOCK: i64 = 0x7473_2d63_6867;
 
 /// How many connections the store's pool may hold, and for how long an idle one is kept
-/// (SPEC §10: an idle sidecar holds at most one connection, its change listener's).
-#[derive(Debug, Clone, Copy)]
+/// (SPEC §10: an idle sidecar holds at most one connection, its change listener's); and where
+/// the fleet's announcement secret comes from.
+#[derive(Debug, Clone)]
 pub struct PoolSettings {
     /// At most this many connections under load.
     pub max_connections: u32,
     /// Pooled connections idle this long are closed.
     pub idle_timeout: Duration,
+    /// `--sync-key-file`: the fleet's secret, instead of the one the migrations generated.
+    pub sync_key_file: Option<PathBuf>,
 }
 
 impl Default for PoolSettings {
@@ -43,6 +52,7 @@ impl Default for PoolSettings {
         Self {
             max_connections: 4,
             idle_timeout: Duration::from_secs(5),
+            sync_key_file: None,
         }
     }
 }
@@ -56,6 +66,13 @@ pub struct PostgresStore {
     prepared: bool,
     /// Whether the budget leaves the sync task a connection of its own.
     own_sync_connection: bool,
+    /// The fleet's key, read at first use.
+    fleet: Arc<ArcSwapOption<FleetKey>>,
+    sync_key_file: Option<PathBuf>,
+    /// Every announcement committed through this store (for NATS).
+    announced: broadcast::Sender<String>,
+    /// The newest change committed through this store.
+    written: Arc<parking_lot::Mutex<Option<Link>>>,
 }
 
 impl PostgresStore {
@@ -81,6 +98,10 @@ impl PostgresStore {
             options,
             prepared,
             own_sync_connection,
+            fleet: Arc::new(ArcSwapOption::empty()),
+            sync_key_file: settings.sync_key_file,
+            announced: broadcast::channel(4096).0,
+            written: Arc::new(parking_lot::Mutex::new(None)),
         })
     }
 
@@ -92,6 +113,15 @@ impl PostgresStore {
         limit: i64,
     ) -> Result<Vec<Change>, StoreError> {
         sql::changes_after(listener, true, after, limit).await
+    }
+
+    /// Where the history stands, read on the change listener's own connection.
+    pub async fn history_on_listener(
+        listener: &mut PgListener,
+        at: ChangeSeq,
+        own: &[ChangeSeq],
+    ) -> Result<History, StoreError> {
+        history_on(listener, true, at, own).await
     }
 
     /// A pooled connection. Tried in short attempts: a connection dropped a moment ago goes back
@@ -143,11 +173,59 @@ impl PostgresStore {
         Ok(tx)
     }
 
+    /// The fleet's key, read on `conn` at first use: the secret (`--sync-key-file`, else the
+    /// one the migrations generated) and the database's identity.
+    ///
+    /// The identity is one a copy cannot keep: the id the migrations generated (a dump carries
+    /// it along), the cluster's system identifier (another cluster has another) and the
+    /// database's oid (a `CREATE DATABASE … TEMPLATE` copy has another). A promoted streaming
+    /// replica has all three, so it keeps its fleet. A physical backup restored as a second
+    /// cluster has them too: its history forks from ours with its first change, which the
+    /// history chain shows.
+    async fn fleet_on(&self, conn: &mut PgConnection) -> Result<Arc<FleetKey>, StoreError> {
+        if let Some(fleet) = self.fleet.load_full() {
+            return Ok(fleet);
+        }
+        let (identity,): (String,) = sqlx::query_as(
+            "SELECT (SELECT id FROM store_identity LIMIT 1)
+                 || ':' || (SELECT system_identifier FROM pg_control_system())::text
+                 || ':' || (SELECT oid FROM pg_database WHERE datname = current_database())::text",
+        )
+        .persistent(self.prepared)
+        .fetch_one(&mut *conn)
+        .await?;
+        let secret = match &self.sync_key_file {
+            Some(path) => read_sync_key(path)?,
+            None => {
+                let (secret,): (Vec<u8>,) = sqlx::query_as("SELECT secret FROM sync_key LIMIT 1")
+                    .persistent(self.prepared)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(|e| {
+                        StoreError::SyncKey(format!(
+                            "cannot read the table sync_key ({e}); grant this role SELECT on it, \
+                             or give --sync-key-file"
+                        ))
+                    })?;
+                secret
+            }
+        };
+        let fleet = Arc::new(FleetKey::new(&identity, &secret));
+        self.fleet.store(Some(fleet.clone()));
+        Ok(fleet)
+    }
+
     /// Ends a write. A change takes its number (the writer wrote it with the sequence's next
     /// value, read under the change lock, and moves the sequence only now that the write is
     /// certain — so a write that changes nothing leaves no gap in the numbers, and a gap seen by a
-    /// listener really means a missed announcement), is announced with its content (delivered to
-    /// listeners at commit) and committed. No change rolls back.
+    /// listener really means a missed announcement), takes the next link of the history chain,
+    /// is announced with its content, sealed for the fleet (delivered to listeners at commit),
+    /// and committed. No change rolls back.
+    ///
+    /// The chain: each change's link is a digest of the previous link and a random nonce. An
+    /// instance remembers the link of the last change it applied; a store whose link at that
+    /// number differs (or that has no change there) has another history — a lossy failover,
+    /// a restore, a re-created database — even when its numbers have passed the instance's.
     async fn finish(
         &self,
         mut tx: Transaction<'static, Postgres>,
@@ -157,16 +235,124 @@ impl PostgresStore {
             tx.rollback().await?;
             return Ok(None);
         };
+        let fleet = self.fleet_on(&mut tx).await?;
+        let nonce: [u8; 16] = rand::random();
+        let (prev, link): (Vec<u8>, Vec<u8>) = sqlx::query_as(
+            "INSERT INTO change_chain (seq, prev, tag)
+                 SELECT $1, p.tag, substr(sha256(p.tag || $2), 1, 16)
+                     FROM (SELECT COALESCE(
+                         (SELECT tag FROM change_chain ORDER BY seq DESC LIMIT 1), $3) AS tag) p
+                 RETURNING prev, tag",
+        )
+        .persistent(self.prepared)
+        .bind(change.seq())
+        .bind(&nonce[..])
+        .bind(&GENESIS[..])
+        .fetch_one(&mut *tx)
+        .await?;
+        let announced = Announcement {
+            change: change.clone(),
+            prev: announcement::link_tag(&prev).unwrap_or(GENESIS),
+            link: announcement::link_tag(&link).unwrap_or(GENESIS),
+        };
+        let sealed = fleet.seal(&announced);
         sqlx::query("SELECT setval('revocation_change_seq', $1), pg_notify($2, $3)")
             .persistent(self.prepared)
             .bind(change.seq())
             .bind(CHANGE_CHANNEL)
-            .bind(announcement::encode(&change))
+            .bind(&sealed)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        {
+            let mut written = self.written.lock();
+            if written.is_none_or(|w| w.seq < announced.change.seq()) {
+                *written = Some(announced.link());
+            }
+        }
+        // No receiver (no sync mode that carries announcements itself) is not an error.
+        let _ = self.announced.send(sealed);
         Ok(Some(change))
     }
+}
+
+/// The sync key in `path`: at least [`MIN_SECRET_BYTES`] bytes, a trailing newline ignored.
+fn read_sync_key(path: &std::path::Path) -> Result<Vec<u8>, StoreError> {
+    let mut secret = crate::secret_file::read(path)
+        .map_err(|e| StoreError::SyncKey(format!("{}: {e}", path.display())))?;
+    while secret.last().is_some_and(|b| b.is_ascii_whitespace()) {
+        secret.pop();
+    }
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(StoreError::SyncKey(format!(
+            "{}: shorter than {MIN_SECRET_BYTES} bytes",
+            path.display()
+        )));
+    }
+    Ok(secret)
+}
+
+/// Where the history stands (see [`PostgresStore::finish`]), in one statement (one snapshot):
+/// the newest change's number — over the chain and both tables, as writers of the version
+/// before the chain numbered changes without links — the newest link, and the links at `at` and
+/// `own`.
+async fn history_on<'c, E>(
+    executor: E,
+    prepared: bool,
+    at: ChangeSeq,
+    own: &[ChangeSeq],
+) -> Result<History, StoreError>
+where
+    E: sqlx::Executor<'c, Database = Postgres>,
+{
+    type Row = (
+        i64,
+        Option<i64>,
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+        Vec<i64>,
+        Vec<Vec<u8>>,
+    );
+    let (head, newest_seq, newest_tag, at_tag, own_seqs, own_tags): Row = sqlx::query_as(
+        "SELECT GREATEST(COALESCE(n.seq, 0),
+                        (SELECT COALESCE(MAX(change_seq), 0) FROM user_cutoffs),
+                        (SELECT COALESCE(MAX(change_seq), 0) FROM denylist)),
+                    n.seq, n.tag, (SELECT tag FROM change_chain WHERE seq = $1),
+                    (SELECT COALESCE(array_agg(seq ORDER BY seq), '{}') FROM change_chain
+                         WHERE seq = ANY($2)),
+                    (SELECT COALESCE(array_agg(tag ORDER BY seq), '{}') FROM change_chain
+                         WHERE seq = ANY($2))
+                 FROM (SELECT 1) AS one
+                 LEFT JOIN (SELECT seq, tag FROM change_chain ORDER BY seq DESC LIMIT 1) AS n
+                     ON true",
+    )
+    .persistent(prepared)
+    .bind(at)
+    .bind(own)
+    .fetch_one(executor)
+    .await?;
+    let newest = match (
+        newest_seq,
+        newest_tag.as_deref().and_then(announcement::link_tag),
+    ) {
+        (Some(seq), Some(tag)) => Some(Link { seq, tag }),
+        _ => None,
+    };
+    Ok(History {
+        head,
+        newest,
+        at: at_tag.as_deref().and_then(announcement::link_tag),
+        own_at: own_seqs
+            .into_iter()
+            .zip(own_tags)
+            .filter_map(|(seq, tag)| {
+                Some(Link {
+                    seq,
+                    tag: announcement::link_tag(&tag)?,
+                })
+            })
+            .collect(),
+    })
 }
 
 /// The `application_name` of the sync task's own polling connection (in poll and nats modes).
@@ -193,6 +379,20 @@ impl ChangeFeed for Feed {
         let changes = sql::changes_after(&mut *tx, false, after, limit).await?;
         tx.commit().await?;
         Ok(changes)
+    }
+
+    async fn history(
+        &mut self,
+        at: ChangeSeq,
+        own: &[ChangeSeq],
+    ) -> Result<Option<History>, StoreError> {
+        if self.prepared {
+            return history_on(&mut self.conn, true, at, own).await.map(Some);
+        }
+        let mut tx = self.conn.begin().await?;
+        let history = history_on(&mut *tx, false, at, own).await?;
+        tx.commit().await?;
+        Ok(Some(history))
     }
 }
 
@@ -278,14 +478,37 @@ impl RevocationStore for PostgresStore {
         Ok(())
     }
 
-    async fn identity(&self) -> Result<String, StoreError> {
+    async fn fleet(&self) -> Result<Option<Arc<FleetKey>>, StoreError> {
+        if let Some(fleet) = self.fleet.load_full() {
+            return Ok(Some(fleet));
+        }
         let mut session = self.session().await?;
-        let (id,): (String,) = sqlx::query_as("SELECT id FROM store_identity LIMIT 1")
-            .persistent(self.prepared)
-            .fetch_one(&mut *session)
-            .await?;
+        let fleet = self.fleet_on(&mut session).await?;
         session.done().await?;
-        Ok(id)
+        Ok(Some(fleet))
+    }
+
+    fn forget_fleet(&self) {
+        self.fleet.store(None);
+    }
+
+    fn announcements(&self) -> Option<broadcast::Receiver<String>> {
+        Some(self.announced.subscribe())
+    }
+
+    async fn history(
+        &self,
+        at: ChangeSeq,
+        own: &[ChangeSeq],
+    ) -> Result<Option<History>, StoreError> {
+        let mut session = self.session().await?;
+        let history = history_on(&mut *session, self.prepared, at, own).await?;
+        session.done().await?;
+        Ok(Some(history))
+    }
+
+    fn last_written(&self) -> Option<Link> {
+        *self.written.lock()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -313,9 +536,30 @@ impl RevocationStore for PostgresStore {
 
     async fn cutoff(&self, user_id: &str) -> Result<CutoffRecord, StoreError> {
         let mut session = self.session().await?;
-        let answer = sql::cutoff::<Postgres>(&mut *session, self.prepared, user_id).await?;
+        // With the link of the change that set it: a read ahead of the instance's watermark is
+        // checked against the history like the instance's own writes.
+        let row: Option<(i64, i64, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT c.cutoff_unix_ms, c.change_seq, l.tag
+                 FROM user_cutoffs c LEFT JOIN change_chain l ON l.seq = c.change_seq
+                 WHERE c.user_id = $1",
+        )
+        .persistent(self.prepared)
+        .bind(user_id)
+        .fetch_optional(&mut *session)
+        .await?;
         session.done().await?;
-        Ok(answer)
+        Ok(match row {
+            Some((cutoff, seq, tag)) => CutoffRecord {
+                cutoff_ms: Some(cutoff),
+                seq,
+                link: tag.as_deref().and_then(announcement::link_tag),
+            },
+            None => CutoffRecord {
+                cutoff_ms: None,
+                seq: 0,
+                link: None,
+            },
+        })
     }
 
     async fn raise_cutoff(
@@ -506,6 +750,16 @@ impl RevocationStore for PostgresStore {
         let mut session = self.session().await?;
         let answer =
             sql::purge::<Postgres>(&mut *session, self.prepared, now, cutoffs_before).await?;
+        // The chain's links are kept a day (an instance whose anchor is gone reloads), and the
+        // newest always.
+        sqlx::query(
+            "DELETE FROM change_chain
+                 WHERE seq < (SELECT MAX(seq) FROM change_chain)
+                   AND committed_at < now() - interval '1 day'",
+        )
+        .persistent(self.prepared)
+        .execute(&mut *session)
+        .await?;
         session.done().await?;
         Ok(answer)
     }

@@ -70,10 +70,12 @@ where
         Some((cutoff, seq)) => CutoffRecord {
             cutoff_ms: Some(cutoff),
             seq,
+            link: None,
         },
         None => CutoffRecord {
             cutoff_ms: None,
             seq: 0,
+            link: None,
         },
     })
 }

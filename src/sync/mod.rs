@@ -12,7 +12,13 @@
 //!   `--sync-poll-interval` while it is down, and always in `poll` mode (for PgBouncer-style
 //!   poolers that do not carry LISTEN).
 //!
-//! PostgreSQL stays the source of truth: a channel only carries news.
+//! PostgreSQL stays the source of truth: a channel only carries news, and it is untrusted. An
+//! announcement is opened with the fleet's key ([`announcement::FleetKey`]) before anything is
+//! looked at; one that is oversized, malformed, foreign, unauthenticated, carries an id the API
+//! would refuse, or continues another history is dropped without a query, counted and logged at
+//! most once a minute per reason. Only a successful store read, or an authenticated
+//! announcement that moved the watermark, counts as being in step. At every contact the store's
+//! history is compared with the one applied here; a fork (lossy failover, restore) reloads.
 mod nats;
 mod notify;
 pub mod sequencer;
@@ -25,10 +31,11 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::revocations::Revocations;
-use crate::store::ChangeFeed;
-use crate::store::announcement;
+use crate::store::announcement::{self, Announcement, Rejected};
+use crate::store::{Change, ChangeFeed, StoreError};
 use sequencer::{Offer, Sequencer};
 
+pub use nats::{NatsAuth, redacted};
 pub use notify::LISTENER_APPLICATION_NAME;
 
 /// How an instance learns of other instances' changes.
@@ -56,6 +63,8 @@ pub struct SyncSettings {
     pub nats_url: Option<String>,
     /// The NATS subject changes are announced on.
     pub nats_subject: String,
+    /// How to authenticate to NATS.
+    pub nats_auth: NatsAuth,
 }
 
 /// How soon to retry opening a channel that is down.
@@ -64,6 +73,13 @@ const RETRY: Duration = Duration::from_millis(250);
 /// How soon to try again to open a polling connection the database refused.
 const FEED_RETRY: Duration = Duration::from_secs(10);
 
+/// The soonest a catch-up asked for by announcements (a gap, an overflow, another history)
+/// follows the previous one: however many arrive, they cost the store one query per interval.
+const ANNOUNCED_CATCH_UP_SPACING: Duration = Duration::from_millis(250);
+
+/// How often each reason for dropping announcements is logged at most.
+const REJECTION_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
 /// How long a catch-up on the channel's own connection may take before the connection is
 /// deemed dead (a silently dropped TCP connection would otherwise hang the poll).
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -71,8 +87,8 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
 /// What a channel reports.
 #[derive(Debug)]
 enum Event {
-    /// A change was announced (the payload, see [`announcement`]).
-    Announced(String),
+    /// A change was announced (the payload, unread: see [`announcement`]).
+    Announced(Vec<u8>),
     /// The channel is up again: announcements sent meanwhile may be lost.
     Up,
     /// The channel went down, for this reason.
@@ -111,6 +127,7 @@ pub async fn run(
         SyncMode::Nats => Some(Box::new(nats::Nats::new(
             settings.nats_url.clone().unwrap_or_default(),
             settings.nats_subject.clone(),
+            settings.nats_auth.clone(),
             revocations.clone(),
         ))),
     };
@@ -131,9 +148,50 @@ pub async fn run(
         own_feed: None,
         feed_error: None,
         feed_retry_at: None,
+        last_catch_up: Instant::now(),
+        rejections: Rejections::default(),
     }
     .run(shutdown)
     .await;
+}
+
+/// Opens an announcement: the fleet's, authentic, well formed, with ids the API accepts.
+async fn open(revocations: &Revocations, payload: &[u8]) -> Result<Announcement, Rejected> {
+    if payload.len() > announcement::MAX_ANNOUNCEMENT_BYTES {
+        return Err(Rejected::Oversized);
+    }
+    // The key is read when the caches load; before that nothing is applied anyway.
+    let Ok(Some(fleet)) = revocations.store().fleet().await else {
+        return Err(Rejected::Unauthenticated);
+    };
+    let announcement = fleet.open(payload)?;
+    let id_ok = match &announcement.change {
+        Change::Cutoff { user_id, .. } => crate::policy::user_id_problem(user_id).is_none(),
+        // Every jti and sid is minted by us: 128 random bits, base64url.
+        Change::Denied { id, .. } => crate::token::is_minted_id(id),
+    };
+    if !id_ok {
+        return Err(Rejected::InvalidId);
+    }
+    Ok(announcement)
+}
+
+/// Why a catch-up did not complete.
+enum CatchUpError {
+    /// The store is on another history: reload.
+    Forked,
+    /// The store did not answer.
+    Other(String),
+}
+use CatchUpError::{Forked, Other};
+
+impl From<StoreError> for CatchUpError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Forked => Forked,
+            e => Other(e.to_string()),
+        }
+    }
 }
 
 struct Driver {
@@ -148,6 +206,34 @@ struct Driver {
     own_feed: Option<Box<dyn ChangeFeed>>,
     feed_error: Option<String>,
     feed_retry_at: Option<Instant>,
+    last_catch_up: Instant,
+    rejections: Rejections,
+}
+
+/// Counts dropped announcements and logs each reason at most once a minute.
+#[derive(Default)]
+struct Rejections {
+    logged: std::collections::HashMap<&'static str, (Instant, u64)>,
+}
+
+impl Rejections {
+    fn record(&mut self, revocations: &Revocations, why: Rejected) {
+        let why = why.as_str();
+        revocations.metrics().sync_announcement_rejected(why);
+        let now = Instant::now();
+        let (last, since) = self.logged.entry(why).or_insert((now, 0));
+        *since += 1;
+        if *since == 1 || now.duration_since(*last) >= REJECTION_LOG_INTERVAL {
+            tracing::warn!(
+                why,
+                dropped = *since,
+                "change announcements dropped without a query (the channel is untrusted: a \
+                 forger, another fleet, or another history); logged at most once a minute"
+            );
+            *last = now;
+            *since = 0;
+        }
+    }
 }
 
 impl Driver {
@@ -224,12 +310,20 @@ impl Driver {
             .set(i64::from(up));
     }
 
+    /// Asks for a catch-up on behalf of announcements: at the gap deadline, never sooner than
+    /// [`ANNOUNCED_CATCH_UP_SPACING`] after the last one, so that they coalesce.
+    fn catch_up_soon(&mut self, wait: Duration) {
+        let at = (Instant::now() + wait).max(self.last_catch_up + ANNOUNCED_CATCH_UP_SPACING);
+        if self.gap_deadline.is_none_or(|due| due > at) {
+            self.gap_deadline = Some(at);
+        }
+    }
+
     async fn handle(&mut self, event: Event) {
         match event {
-            Event::Announced(payload) => match announcement::decode(&payload) {
-                Some(change) => self.announced(change).await,
-                // Another version's announcement: something changed, read it from the store.
-                None => self.catch_up("unknown_announcement").await,
+            Event::Announced(payload) => match open(&self.revocations, &payload).await {
+                Ok(announcement) => self.announced(announcement).await,
+                Err(why) => self.rejections.record(&self.revocations, why),
             },
             Event::Up => {
                 self.catch_up("reconnected").await;
@@ -246,32 +340,43 @@ impl Driver {
         }
     }
 
-    async fn announced(&mut self, change: crate::store::Change) {
-        match self.sequencer.offer(self.revocations.watermark(), change) {
-            Offer::Apply(changes) => {
-                for change in &changes {
-                    self.revocations.apply(change).await;
-                }
+    async fn announced(&mut self, announcement: Announcement) {
+        match self
+            .sequencer
+            .offer(self.revocations.watermark(), announcement)
+        {
+            Offer::Apply(ready) => {
+                self.apply_in_order(ready).await;
                 if !self.sequencer.has_gap() {
                     self.gap_deadline = None;
-                    if self.up {
-                        self.revocations.in_step();
-                    }
                 }
             }
-            Offer::Gap => {
-                if self.gap_deadline.is_none() {
-                    self.gap_deadline = Some(Instant::now() + self.gap_wait);
-                }
+            Offer::Gap => self.catch_up_soon(self.gap_wait),
+            Offer::Overflow => self.catch_up_soon(Duration::ZERO),
+        }
+    }
+
+    /// Applies announcements that continue the watermark, in order, until one is on another
+    /// history: that one and the rest are dropped, and the store is asked.
+    async fn apply_in_order(&mut self, ready: Vec<Announcement>) {
+        for announcement in ready {
+            if let Err(why) = self
+                .revocations
+                .apply_announced(&announcement, self.up)
+                .await
+            {
+                self.rejections.record(&self.revocations, why);
+                self.sequencer.clear();
+                self.catch_up_soon(Duration::ZERO);
+                return;
             }
-            Offer::Overflow => self.catch_up("overflow").await,
         }
     }
 
     /// Catches up on a connection the task holds: the channel's while it is up (the LISTEN
     /// connection), else one of its own (so that polls do not keep pooled connections alive).
     /// None when there is none to use: the caller asks the pool.
-    async fn read_feed(&mut self) -> Option<Result<usize, String>> {
+    async fn read_feed(&mut self) -> Option<Result<usize, CatchUpError>> {
         let channel_feed = self
             .channel
             .as_mut()
@@ -319,6 +424,7 @@ impl Driver {
         .await
         {
             Ok(Ok(applied)) => return Some(Ok(applied)),
+            Ok(Err(StoreError::Forked)) => return Some(Err(Forked)),
             Ok(Err(e)) => e.to_string(),
             Err(_) => "no answer".to_owned(),
         };
@@ -342,28 +448,51 @@ impl Driver {
     /// it is up), then applies the announcements that continue it.
     async fn catch_up(&mut self, why: &'static str) {
         self.revocations.metrics().sync_catch_up(why);
+        self.last_catch_up = Instant::now();
+        self.gap_deadline = None;
         let result = match self.read_feed().await {
             Some(result) => result,
             None => {
                 // Before the poll, when the last one's connection is surely back in the pool:
                 // keep one, so that first-in-first-out reuse cannot keep several alive.
                 self.revocations.store().release_idle(1).await;
-                self.revocations.catch_up().await.map_err(|e| e.to_string())
+                self.revocations
+                    .catch_up()
+                    .await
+                    .map_err(CatchUpError::from)
             }
         };
         match result {
             Ok(0) => {}
             Ok(applied) => tracing::debug!(applied, why, "applied changes from the store"),
-            Err(error) => tracing::warn!(error, why, "could not sync with the store"),
+            Err(Forked) => return self.reload().await,
+            Err(Other(error)) => tracing::warn!(error, why, "could not sync with the store"),
         }
         let watermark = self.revocations.watermark();
-        for change in self.sequencer.caught_up(watermark) {
-            self.revocations.apply(&change).await;
+        let ready = self.sequencer.caught_up(watermark);
+        self.apply_in_order(ready).await;
+        if self.sequencer.has_gap() {
+            self.catch_up_soon(self.gap_wait.max(RETRY));
         }
-        if !self.sequencer.has_gap() {
-            self.gap_deadline = None;
-        } else if self.gap_deadline.is_none_or(|at| at <= Instant::now()) {
-            self.gap_deadline = Some(Instant::now() + self.gap_wait.max(RETRY));
+    }
+
+    /// After a forked history: forgets the announcements held, hears the channel anew (in nats
+    /// mode the subject names the database, which may be another now) and loads everything from
+    /// the store, as at start (health says NOT_SERVING until it is loaded).
+    async fn reload(&mut self) {
+        self.sequencer.clear();
+        self.gap_deadline = None;
+        if matches!(self.settings.mode, SyncMode::Nats)
+            && let Some(channel) = self.channel.as_mut()
+        {
+            channel.close();
+        }
+        match self.revocations.load().await {
+            Ok(()) => tracing::info!(
+                watermark = self.revocations.watermark(),
+                "reloaded from the store's history"
+            ),
+            Err(e) => tracing::warn!(error = %e, "reload failed; health retries it"),
         }
     }
 }

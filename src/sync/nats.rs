@@ -1,6 +1,13 @@
 //! The NATS channel: this instance publishes each change it commits, and subscribes to every
 //! instance's. NATS only carries news — a message lost while NATS is down shows up as a gap in
 //! the numbers or on the next poll, and is read from PostgreSQL.
+//!
+//! The server may be shared or open: what is published is sealed for the fleet (see
+//! [`crate::store::announcement`]), and the subject ends with the fleet's name, so fleets on
+//! other databases (copies of ours included) never hear each other. The connection is made as
+//! production runs NATS: a credentials file, an nkey seed or a token, TLS with a CA and an
+//! optional client certificate; no credential is ever logged, the URL's included.
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,12 +18,88 @@ use tokio::sync::{broadcast, watch};
 use super::{Channel, Event};
 use crate::revocations::Revocations;
 use crate::store::ChangeFeed;
-use crate::store::announcement;
+use crate::store::announcement::MAX_ANNOUNCEMENT_BYTES;
+
+/// Announcements buffered per subscription before the client drops messages (then a gap shows
+/// and the store is asked): bounds what a flood of large messages can hold in memory.
+const SUBSCRIPTION_CAPACITY: usize = 1024;
+
+/// How the sidecar authenticates to NATS and checks its server.
+#[derive(Debug, Clone, Default)]
+pub struct NatsAuth {
+    /// `--nats-creds-file`: a user JWT and its nkey seed (a `.creds` file).
+    pub creds_file: Option<PathBuf>,
+    /// `--nats-nkey-file`: an nkey seed.
+    pub nkey_file: Option<PathBuf>,
+    /// `--nats-token-file`: a token.
+    pub token_file: Option<PathBuf>,
+    /// `--nats-tls-ca`: the CA that signs the server's certificate (TLS required then).
+    pub tls_ca: Option<PathBuf>,
+    /// `--nats-tls-cert` and `--nats-tls-key`: a client certificate.
+    pub tls_client: Option<(PathBuf, PathBuf)>,
+}
+
+impl NatsAuth {
+    /// The client options these settings ask for.
+    async fn options(&self) -> Result<async_nats::ConnectOptions, String> {
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some(path) = &self.creds_file {
+            options = options
+                .credentials_file(path)
+                .await
+                .map_err(|e| format!("--nats-creds-file {}: {e}", path.display()))?;
+        }
+        if let Some(path) = &self.nkey_file {
+            options = options.nkey(read_secret(path, "--nats-nkey-file")?);
+        }
+        if let Some(path) = &self.token_file {
+            options = options.token(read_secret(path, "--nats-token-file")?);
+        }
+        if let Some(ca) = &self.tls_ca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let Some((cert, key)) = &self.tls_client {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        Ok(options)
+    }
+}
+
+/// A secret file's text, trimmed (its content never appears in an error).
+fn read_secret(path: &std::path::Path, flag: &str) -> Result<String, String> {
+    let bytes =
+        crate::secret_file::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+    String::from_utf8(bytes)
+        .map(|text| text.trim().to_owned())
+        .map_err(|_| format!("{flag} {}: not UTF-8 text", path.display()))
+}
+
+/// `url` with any user, password or token replaced by `***`, for logs.
+pub fn redacted(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    let shown = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => authority.to_owned(),
+    };
+    let scheme = if scheme.is_empty() {
+        String::new()
+    } else {
+        format!("{scheme}://")
+    };
+    let path = if path.is_empty() {
+        String::new()
+    } else {
+        format!("/{path}")
+    };
+    format!("{scheme}{shown}{path}")
+}
 
 /// Subscribes to (and publishes on) one subject of one NATS server.
 pub(super) struct Nats {
     url: String,
     subject: String,
+    auth: NatsAuth,
     revocations: Arc<Revocations>,
     connection: Option<Connection>,
     last_error: Option<String>,
@@ -37,10 +120,16 @@ impl Drop for Connection {
 }
 
 impl Nats {
-    pub(super) fn new(url: String, subject: String, revocations: Arc<Revocations>) -> Self {
+    pub(super) fn new(
+        url: String,
+        subject: String,
+        auth: NatsAuth,
+        revocations: Arc<Revocations>,
+    ) -> Self {
         Self {
             url,
             subject,
+            auth,
             revocations,
             connection: None,
             last_error: None,
@@ -49,16 +138,23 @@ impl Nats {
 
     async fn connect(&self) -> Result<Connection, String> {
         // One subject per database: fleets on different databases may share a NATS server.
-        let id = self
-            .revocations
-            .store()
-            .identity()
+        let store = self.revocations.store();
+        let fleet = store
+            .fleet()
             .await
-            .map_err(|e| e.to_string())?;
-        let subject = format!("{}.{id}", self.subject);
+            .map_err(|e| e.to_string())?
+            .ok_or("this store has no fleet")?;
+        let announcements = store
+            .announcements()
+            .ok_or("this store announces nothing")?;
+        let subject = format!("{}.{}", self.subject, fleet.fleet());
         let (state, connected) = watch::channel(false);
-        let client = async_nats::ConnectOptions::new()
+        let client = self
+            .auth
+            .options()
+            .await?
             .name("token-sidecar")
+            .subscription_capacity(SUBSCRIPTION_CAPACITY)
             // Connect in the background and reconnect for ever: the poll covers the outage.
             .retry_on_initial_connect()
             .max_reconnects(None)
@@ -82,12 +178,13 @@ impl Nats {
             })
             .connect(self.url.as_str())
             .await
+            // The client's errors name the server, never the URL's credentials.
             .map_err(|e| e.to_string())?;
         let subscriber = client
             .subscribe(subject.clone())
             .await
             .map_err(|e| e.to_string())?;
-        let publisher = tokio::spawn(publish(client.clone(), subject, self.revocations.written()));
+        let publisher = tokio::spawn(publish(client.clone(), subject, announcements));
         Ok(Connection {
             _client: client,
             subscriber,
@@ -97,16 +194,15 @@ impl Nats {
     }
 }
 
-/// Publishes every change this instance commits.
+/// Publishes every change this instance commits, sealed as the store announced it.
 async fn publish(
     client: async_nats::Client,
     subject: String,
-    mut written: broadcast::Receiver<crate::store::Change>,
+    mut written: broadcast::Receiver<String>,
 ) {
     loop {
         match written.recv().await {
-            Ok(change) => {
-                let payload = announcement::encode(&change);
+            Ok(payload) => {
                 if let Err(e) = client.publish(subject.clone(), payload.into()).await {
                     // The others see the gap, or catch up on their next poll.
                     tracing::warn!(error = %e, "could not publish a change on NATS");
@@ -143,7 +239,11 @@ impl Channel for Nats {
             }
             Err(error) => {
                 if self.last_error.as_deref() != Some(error.as_str()) {
-                    tracing::warn!(error, url = %self.url, "cannot use NATS; polling meanwhile");
+                    tracing::warn!(
+                        error,
+                        url = redacted(&self.url),
+                        "cannot use NATS; polling meanwhile"
+                    );
                     self.last_error = Some(error);
                 }
             }
@@ -158,9 +258,11 @@ impl Channel for Nats {
         loop {
             tokio::select! {
                 message = connection.subscriber.next() => return match message {
-                    Some(message) => {
-                        Event::Announced(String::from_utf8_lossy(&message.payload).into_owned())
+                    // A flood of large messages is refused before it is copied.
+                    Some(message) if message.payload.len() > MAX_ANNOUNCEMENT_BYTES => {
+                        Event::Announced(message.payload.slice(..MAX_ANNOUNCEMENT_BYTES + 1).to_vec())
                     }
+                    Some(message) => Event::Announced(message.payload.to_vec()),
                     None => {
                         self.connection = None;
                         Event::Down("the NATS subscription ended".to_owned())
@@ -188,5 +290,26 @@ impl Channel for Nats {
 
     fn close(&mut self) {
         self.connection = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn credentials_never_reach_a_log() {
+        for (url, shown) in [
+            ("nats://s3cr3t@nats:4222", "nats://***@nats:4222"),
+            (
+                "tls://user:pa@ss@nats.example:4222/x",
+                "tls://***@nats.example:4222/x",
+            ),
+            ("nats://127.0.0.1:4222", "nats://127.0.0.1:4222"),
+            ("nats:4222", "nats:4222"),
+        ] {
+            assert_eq!(redacted(url), shown);
+            assert!(!redacted(url).contains("s3cr3t") && !redacted(url).contains(":pa"));
+        }
     }
 }

@@ -6,7 +6,9 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 
 use super::{Channel, Event};
-use crate::store::{CHANGE_CHANNEL, Change, ChangeFeed, ChangeSeq, PostgresStore, StoreError};
+use crate::store::{
+    CHANGE_CHANNEL, Change, ChangeFeed, ChangeSeq, History, PostgresStore, StoreError,
+};
 
 /// The `application_name` of the listening connection (operators see it in pg_stat_activity).
 pub const LISTENER_APPLICATION_NAME: &str = "token-sidecar-listener";
@@ -81,7 +83,7 @@ impl Channel for Listener {
             return std::future::pending().await;
         };
         match listener.try_recv().await {
-            Ok(Some(notification)) => Event::Announced(notification.payload().to_owned()),
+            Ok(Some(notification)) => Event::Announced(notification.payload().as_bytes().to_vec()),
             Ok(None) => {
                 self.listener = None;
                 Event::Down("the LISTEN connection was lost".to_owned())
@@ -112,5 +114,15 @@ impl ChangeFeed for PgListener {
         limit: i64,
     ) -> Result<Vec<Change>, StoreError> {
         PostgresStore::changes_on(self, after, limit).await
+    }
+
+    async fn history(
+        &mut self,
+        at: ChangeSeq,
+        own: &[ChangeSeq],
+    ) -> Result<Option<History>, StoreError> {
+        PostgresStore::history_on_listener(self, at, own)
+            .await
+            .map(Some)
     }
 }
