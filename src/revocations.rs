@@ -616,11 +616,17 @@ impl Revocations {
     ) -> Result<CutoffUpdate, StoreError> {
         let update = self.store.raise_cutoff(user_id, at_least).await;
         let update = self.query("raise_cutoff", update).await?;
-        if update.changed {
-            self.wrote();
-        }
         if let Some(cache) = &self.cutoffs {
-            cache.apply(user_id, update.cutoff_ms, update.seq).await;
+            if update.changed {
+                self.wrote();
+                cache.apply(user_id, update.cutoff_ms, update.seq).await;
+            } else {
+                // The cutoff in force was set earlier, by a change this instance may not have
+                // applied: the next read asks the store (and learns that change's link).
+                cache.invalidate(user_id).await;
+            }
+        } else if update.changed {
+            self.wrote();
         }
         Ok(update)
     }
@@ -922,6 +928,10 @@ mod model {
         let cutoffs = store.cutoffs();
         let denylist = store.denylist();
         for (n, instance) in instances.iter().enumerate() {
+            // A catch-up releases the announcements that waited for it; one of them may be a
+            // change the store lost in a failover (its NOTIFY went out at commit on the old
+            // primary): the next contact finds it missing and reloads.
+            sync(instance, &mut sequencers[n]).await?;
             sync(instance, &mut sequencers[n]).await?;
             for u in 0..USERS {
                 let got = instance.cutoff(&user(u)).await.ok().flatten();

@@ -70,6 +70,11 @@ impl CutoffCache {
         })
     }
 
+    /// Forgets one user's entry: the next read asks the store.
+    pub async fn invalidate(&self, user_id: &str) {
+        self.cache.invalidate(user_id).await;
+    }
+
     /// Forgets every entry (the store's history changed under the numbers they carry).
     pub fn clear(&self) {
         self.cache.invalidate_all();
