@@ -221,9 +221,10 @@ impl Rejections {
         let why = why.as_str();
         revocations.metrics().sync_announcement_rejected(why);
         let now = Instant::now();
+        let first = !self.logged.contains_key(why);
         let (last, since) = self.logged.entry(why).or_insert((now, 0));
         *since += 1;
-        if *since == 1 || now.duration_since(*last) >= REJECTION_LOG_INTERVAL {
+        if first || now.duration_since(*last) >= REJECTION_LOG_INTERVAL {
             tracing::warn!(
                 why,
                 dropped = *since,

@@ -14,6 +14,7 @@ mod binary;
 mod client;
 mod commands;
 mod faults;
+mod feed_trust;
 mod fleet;
 mod http_api;
 mod keys;

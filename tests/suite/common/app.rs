@@ -307,6 +307,26 @@ impl TestApp {
             .into_inner()
     }
 
+    /// The reason Verify gives, or the status code when it does not answer (UNAVAILABLE while
+    /// the instance cannot answer safely).
+    pub async fn try_verdict(&self, token: &str) -> Result<pb::Reason, tonic::Code> {
+        let answer = self
+            .client
+            .clone()
+            .verify(pb::VerifyRequest {
+                token: token.into(),
+            })
+            .await
+            .map_err(|status| status.code())?
+            .into_inner();
+        Ok(pb::Reason::try_from(answer.reason).expect("known reason"))
+    }
+
+    /// The status code Verify fails with, or None when it answers.
+    pub async fn verify_status(&self, token: &str) -> Option<tonic::Code> {
+        self.try_verdict(token).await.err()
+    }
+
     /// The reason Verify gives (`Unspecified` when valid).
     pub async fn verdict(&self, token: &str) -> pb::Reason {
         let r = self.verify(token).await;

@@ -1,0 +1,413 @@
+//! The change feed trusts no one (SPEC §10): forged NOTIFYs from a role that can only connect,
+//! forged, oversized and replayed NATS messages, a copy of the database sharing a NATS server,
+//! and a store whose history forked under the instances (the last changes lost, their numbers
+//! taken again).
+use std::time::Duration;
+
+use futures::StreamExt;
+use sqlx::Connection;
+
+use crate::common::{
+    Backend, MIN, PrivateNats, SEC, Settings, StoreProxy, T0_MS, TestApp, eventually,
+    fresh_postgres_database, postgres_addr, postgres_admin_url,
+};
+use crate::sync::rejected_with;
+use token_sidecar::api::pb::{Reason, revoke_request::Target};
+use token_sidecar::clock::ManualClock;
+
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// No poll runs during the test: whatever moves, moves by announcement.
+const ANNOUNCEMENTS_ONLY: [(&str, &str); 3] = [
+    ("--max-staleness", "1h"),
+    ("--sync-safety-poll-interval", "1h"),
+    ("--sync-poll-interval", "1h"),
+];
+
+fn rejected(app: &TestApp, why: &'static str) -> u64 {
+    app.metrics.sync_announcements_rejected(why)
+}
+
+fn watermark(app: &TestApp) -> i64 {
+    app.metrics.sync_watermark.get()
+}
+
+async fn instances(
+    url: &str,
+    clock: &ManualClock,
+    count: usize,
+    args: &[(&str, &str)],
+) -> Vec<TestApp> {
+    let mut apps = Vec::new();
+    for _ in 0..count {
+        let mut settings = Settings::new(Backend::Postgres)
+            .database_url(url)
+            .clock(clock.clone());
+        for (flag, value) in args {
+            settings = settings.arg(flag, value);
+        }
+        apps.push(settings.spawn().await);
+    }
+    apps
+}
+
+/// `url` with another user.
+fn as_user(url: &str, user: &str) -> String {
+    url.replacen("postgres://postgres@", &format!("postgres://{user}@"), 1)
+}
+
+#[tokio::test]
+async fn a_role_that_can_only_connect_cannot_move_an_instance_by_notify() {
+    let url = fresh_postgres_database().await;
+    let clock = ManualClock::new(T0_MS);
+    let apps = instances(&url, &clock, 2, &ANNOUNCEMENTS_ONLY).await;
+    let (a, b) = (&apps[0], &apps[1]);
+    // bob is banned for an hour; b has heard it.
+    let bob = a.issue("bob").await;
+    a.revoke_user("bob", Some(T0_MS + 60 * MIN)).await;
+    rejected_with(b, &bob.token, Reason::UserBanned, "the ban reaches b").await;
+    eventually(SETTLE, "b applied the ban's announcement", || async {
+        watermark(b) >= 1
+    })
+    .await;
+    let before = watermark(b);
+    let queries = b.metrics.store_queries_of("changes");
+
+    // A role with LOGIN only: it cannot read a table, but it can NOTIFY on any channel.
+    let role = format!("ts_spray_{}", rand_suffix());
+    let mut admin = sqlx::PgConnection::connect(&postgres_admin_url())
+        .await
+        .expect("admin");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE ROLE {role} LOGIN")))
+        .execute(&mut admin)
+        .await
+        .expect("create role");
+    let mut spray = sqlx::PgConnection::connect(&as_user(&url, &role))
+        .await
+        .expect("as the role");
+    assert!(
+        sqlx::query("SELECT * FROM sync_key")
+            .execute(&mut spray)
+            .await
+            .is_err(),
+        "the fleet's secret is not readable by any role that can connect"
+    );
+    // The old format, and the new one with a made-up fleet and MAC: a cutoff at 0 for bob
+    // (lifting his ban), at every number ahead.
+    for n in 1..=1000 {
+        for payload in [
+            format!("1 {n} 0 cutoff 0 bob"),
+            format!(
+                "2 0123456789abcdef AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA {n} 0 \
+                 {z} {z} cutoff 0 bob",
+                z = "0".repeat(32)
+            ),
+        ] {
+            sqlx::query("SELECT pg_notify('token_sidecar_changes', $1)")
+                .bind(payload)
+                .execute(&mut spray)
+                .await
+                .expect("notify");
+        }
+    }
+    eventually(SETTLE, "2000 forgeries dropped", || async {
+        rejected(b, "malformed") + rejected(b, "foreign") >= 2000
+    })
+    .await;
+    assert_eq!(watermark(b), before, "no forged number moved the watermark");
+    assert_eq!(
+        b.metrics.store_queries_of("changes"),
+        queries,
+        "forgeries are dropped without a query"
+    );
+    assert_eq!(
+        b.verdict(&bob.token).await,
+        Reason::UserBanned,
+        "bob is still banned on b"
+    );
+    let issued = b
+        .client
+        .clone()
+        .issue(token_sidecar::api::pb::IssueRequest {
+            user_id: "bob".into(),
+            ..Default::default()
+        })
+        .await;
+    assert!(issued.is_err(), "Issue(bob) is still refused on b");
+
+    // Genuine announcements still work: a session revoked on a reaches b.
+    let carol = a.issue("carol").await;
+    assert!(b.verify(&carol.token).await.valid);
+    a.revoke(Target::Token(carol.token.clone()))
+        .await
+        .expect("revoke");
+    rejected_with(
+        b,
+        &carol.token,
+        Reason::TokenRevoked,
+        "a genuine revocation",
+    )
+    .await;
+    drop(spray);
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {role}")))
+        .execute(&mut admin)
+        .await;
+}
+
+fn rand_suffix() -> String {
+    token_sidecar::token::new_random_id()
+        .to_ascii_lowercase()
+        .replace(['-', '_'], "x")
+}
+
+#[tokio::test]
+async fn forged_oversized_and_replayed_nats_messages_move_nothing() {
+    let nats = PrivateNats::start().await;
+    let proxy = StoreProxy::start(postgres_addr()).await;
+    let url = fresh_postgres_database().await;
+    let clock = ManualClock::new(T0_MS);
+    let nats_args = [
+        ("--sync-mode", "nats"),
+        ("--nats-url", nats.url.as_str()),
+        ("--sync-safety-poll-interval", "1h"),
+        ("--sync-poll-interval", "1h"),
+        ("--max-staleness", "2s"),
+        ("--health-interval", "1s"),
+    ];
+    let a = instances(&url, &clock, 1, &nats_args).await.remove(0);
+    // b reaches PostgreSQL through a proxy the test can cut.
+    let mut b = Settings::new(Backend::Postgres)
+        .database_url(&proxy.url_for(&url))
+        .clock(clock.clone());
+    for (flag, value) in nats_args {
+        b = b.arg(flag, value);
+    }
+    let b = b.spawn().await;
+    eventually(SETTLE, "both on NATS", || async {
+        a.metrics.sync_channel_up.get() == 1 && b.metrics.sync_channel_up.get() == 1
+    })
+    .await;
+
+    // A client of the open server hears a genuine announcement.
+    let listener = async_nats::connect(nats.url.as_str()).await.expect("nats");
+    let mut heard = listener
+        .subscribe("token-sidecar.changes.>")
+        .await
+        .expect("subscribe");
+    let t = a.issue("dave").await;
+    assert!(b.verify(&t.token).await.valid);
+    a.revoke(Target::Token(t.token.clone()))
+        .await
+        .expect("revoke");
+    let genuine = tokio::time::timeout(SETTLE, heard.next())
+        .await
+        .expect("an announcement")
+        .expect("a message");
+    let subject = genuine.subject.to_string();
+    rejected_with(
+        &b,
+        &t.token,
+        Reason::TokenRevoked,
+        "the revocation over NATS",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&genuine.payload).into_owned();
+    assert!(text.starts_with("2 "), "sealed announcements: {text}");
+    let before = watermark(&b);
+
+    // Forged: the genuine message altered (a ban of dave, a far-ahead number), garbage, and
+    // 1 MiB messages.
+    let publisher = async_nats::connect(nats.url.as_str()).await.expect("nats");
+    let fields: Vec<&str> = text.splitn(10, ' ').collect();
+    let altered = |seq: i64| {
+        let mut f = fields.clone();
+        let seq = seq.to_string();
+        f[3] = &seq;
+        f.join(" ")
+    };
+    for payload in [
+        altered(before + 1),
+        altered(before + 1_000_000),
+        "1 9 0 cutoff 0 dave".into(),
+    ] {
+        publisher
+            .publish(subject.clone(), payload.into())
+            .await
+            .expect("publish");
+    }
+    for _ in 0..20 {
+        publisher
+            .publish(subject.clone(), vec![b'x'; 1 << 20].into())
+            .await
+            .expect("publish");
+    }
+    publisher.flush().await.expect("flush");
+    eventually(SETTLE, "forgeries counted", || async {
+        rejected(&b, "unauthenticated") >= 2 && rejected(&b, "oversized") >= 20
+    })
+    .await;
+    assert_eq!(watermark(&b), before, "nothing forged moved the watermark");
+
+    // Cut b from PostgreSQL; replaying the genuine message must not count as being in step.
+    proxy.cut();
+    clock.advance_ms(3 * SEC);
+    for _ in 0..10 {
+        publisher
+            .publish(subject.clone(), genuine.payload.clone())
+            .await
+            .expect("replay");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    publisher.flush().await.expect("flush");
+    let other = a.issue("erin").await;
+    eventually(
+        SETTLE,
+        "b stale and failing closed despite the replays",
+        || async { b.verify_status(&other.token).await == Some(tonic::Code::Unavailable) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_copy_of_the_database_is_another_fleet_on_a_shared_nats_server() {
+    let nats = PrivateNats::start().await;
+    let url = fresh_postgres_database().await;
+    let clock = ManualClock::new(T0_MS);
+    let nats_args = [("--sync-mode", "nats"), ("--nats-url", nats.url.as_str())];
+    // Migrate it, then copy it as a staging restore would (no connection may be open).
+    instances(&url, &clock, 1, &nats_args)
+        .await
+        .remove(0)
+        .shutdown()
+        .await;
+    let copy = format!("{url}_copy");
+    let name = crate::common::database_name(&url);
+    let mut admin = sqlx::PgConnection::connect(&postgres_admin_url())
+        .await
+        .expect("admin");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("terminate");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE {name}_copy TEMPLATE {name}"
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("copy");
+
+    let production = instances(&url, &clock, 2, &nats_args).await;
+    let staging = instances(&copy, &clock, 1, &nats_args).await;
+    let t = production[0].issue("frank").await;
+    assert!(production[1].verify(&t.token).await.valid);
+    // A revoke-all on staging.
+    staging[0].revoke_user("frank", None).await;
+    // Production's own revocation still reaches its other instance.
+    let g = production[0].issue("grace").await;
+    assert!(production[1].verify(&g.token).await.valid);
+    production[0]
+        .revoke(Target::Token(g.token.clone()))
+        .await
+        .expect("revoke");
+    rejected_with(
+        &production[1],
+        &g.token,
+        Reason::TokenRevoked,
+        "production's revocation",
+    )
+    .await;
+    for app in &production {
+        assert!(
+            app.verify(&t.token).await.valid,
+            "staging's revoke-all never reaches production"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_lost_its_last_changes_and_reuses_their_numbers_is_reloaded() {
+    let url = fresh_postgres_database().await;
+    let clock = ManualClock::new(T0_MS);
+    let args = [
+        ("--sync-safety-poll-interval", "300ms"),
+        ("--max-staleness", "1h"),
+    ];
+    let apps = instances(&url, &clock, 2, &args).await;
+    let (a, b) = (&apps[0], &apps[1]);
+    let kept = a.issue("heidi").await;
+    a.revoke(Target::Token(kept.token.clone()))
+        .await
+        .expect("revoke");
+    rejected_with(b, &kept.token, Reason::TokenRevoked, "the kept revocation").await;
+    let mut admin = sqlx::PgConnection::connect(&url).await.expect("admin");
+    let (mark,): (i64,) = sqlx::query_as("SELECT last_value FROM revocation_change_seq")
+        .fetch_one(&mut admin)
+        .await
+        .expect("sequence");
+    // Three revocations a replica never received.
+    let mut lost = Vec::new();
+    for i in 0..3 {
+        lost.push(a.issue(&format!("ivan{i}")).await);
+    }
+    for t in &lost {
+        a.revoke(Target::Token(t.token.clone()))
+            .await
+            .expect("revoke");
+        rejected_with(
+            b,
+            &t.token,
+            Reason::TokenRevoked,
+            "seen before the failover",
+        )
+        .await;
+    }
+    // The lossy failover, as the promoted replica sees the data: the last three changes gone,
+    // the sequence where the replica left it.
+    let mut tx = admin.begin().await.expect("begin");
+    for statement in [
+        "DELETE FROM denylist WHERE change_seq > $1",
+        "DELETE FROM user_cutoffs WHERE change_seq > $1",
+        "DELETE FROM change_chain WHERE seq > $1",
+        "SELECT setval('revocation_change_seq', $1)",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .bind(mark)
+            .execute(&mut *tx)
+            .await
+            .expect("rewind");
+    }
+    tx.commit().await.expect("commit");
+    // After the failover: new revocations take the lost numbers (and one more).
+    let mut after = Vec::new();
+    for i in 0..4 {
+        after.push(a.issue(&format!("judy{i}")).await);
+    }
+    for t in &after {
+        assert!(b.verify(&t.token).await.valid);
+        a.revoke(Target::Token(t.token.clone()))
+            .await
+            .expect("revoke");
+    }
+    for t in &after {
+        eventually(
+            SETTLE,
+            "a revocation under a reused number reaches b",
+            || async { b.try_verdict(&t.token).await == Ok(Reason::TokenRevoked) },
+        )
+        .await;
+    }
+    assert!(b.metrics.sync_forks.get() >= 1, "the fork was noticed");
+    // Every instance agrees with one started now on every token.
+    let fresh = instances(&url, &clock, 1, &[]).await.remove(0);
+    for t in lost.iter().chain(&after).chain([&kept]) {
+        let truth = fresh.verdict(&t.token).await;
+        for app in [a, b] {
+            eventually(SETTLE, "agrees with a fresh instance", || async {
+                app.try_verdict(&t.token).await == Ok(truth)
+            })
+            .await;
+        }
+    }
+}
