@@ -440,7 +440,10 @@ impl Revocations {
     /// First it checks that the store's history is the one applied here; if not, the instance
     /// forgets what it applied and answers [`StoreError::Forked`]: the caller reloads.
     pub async fn catch_up_from(&self, feed: &mut dyn ChangeFeed) -> Result<usize, StoreError> {
+        // What this instance knows is read before the store is asked: a write that commits
+        // while the question is in flight is not in the store's answer.
         let watermark = self.watermark();
+        let seen = self.seen.load(Ordering::Acquire);
         let anchor = *self.anchor.lock();
         let own: Vec<Link> = self.own.lock().values().copied().collect();
         let own_seqs: Vec<ChangeSeq> = own.iter().map(|o| o.seq).collect();
@@ -448,11 +451,7 @@ impl Revocations {
             .history(feed, anchor.map_or(0, |a| a.seq), &own_seqs)
             .await?;
         if let Some(history) = &history
-            && !history.continues(
-                watermark.max(self.seen.load(Ordering::Acquire)),
-                anchor,
-                &own,
-            )
+            && !history.continues(watermark.max(seen), anchor, &own)
         {
             tracing::error!(
                 applied_up_to = watermark,

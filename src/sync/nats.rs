@@ -40,9 +40,21 @@ pub struct NatsAuth {
 }
 
 impl NatsAuth {
-    /// The client options these settings ask for.
-    async fn options(&self) -> Result<async_nats::ConnectOptions, String> {
+    /// The client options these settings ask for, with the credentials `url` carries.
+    async fn options(
+        &self,
+        url_credentials: Option<&str>,
+    ) -> Result<async_nats::ConnectOptions, String> {
         let mut options = async_nats::ConnectOptions::new();
+        match url_credentials.map(|c| c.split_once(':')) {
+            Some(Some((user, password))) => {
+                options = options.user_and_password(user.to_owned(), password.to_owned());
+            }
+            Some(None) => {
+                options = options.token(url_credentials.unwrap_or_default().to_owned());
+            }
+            None => {}
+        }
         if let Some(path) = &self.creds_file {
             options = options
                 .credentials_file(path)
@@ -74,25 +86,38 @@ fn read_secret(path: &std::path::Path, flag: &str) -> Result<String, String> {
         .map_err(|_| format!("{flag} {}: not UTF-8 text", path.display()))
 }
 
-/// `url` with any user, password or token replaced by `***`, for logs.
-pub fn redacted(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+/// `url` without its user part, and that part: `user:password` or a token. The client is given
+/// them as options (it does not take them from a `tls://` URL), and the URL it keeps for its
+/// errors holds none.
+fn split_credentials(url: &str) -> (String, Option<String>) {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
     let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-    let shown = match authority.rsplit_once('@') {
-        Some((_, host)) => format!("***@{host}"),
-        None => authority.to_owned(),
-    };
-    let scheme = if scheme.is_empty() {
-        String::new()
-    } else {
-        format!("{scheme}://")
-    };
     let path = if path.is_empty() {
         String::new()
     } else {
         format!("/{path}")
     };
-    format!("{scheme}{shown}{path}")
+    match authority.rsplit_once('@') {
+        Some((credentials, host)) => (
+            format!("{scheme}{host}{path}"),
+            Some(credentials.to_owned()),
+        ),
+        None => (url.to_owned(), None),
+    }
+}
+
+/// `url` with any user, password or token replaced by `***`, for logs.
+pub fn redacted(url: &str) -> String {
+    match split_credentials(url) {
+        (bare, Some(_)) => match bare.split_once("://") {
+            Some((scheme, rest)) => format!("{scheme}://***@{rest}"),
+            None => format!("***@{bare}"),
+        },
+        (bare, None) => bare,
+    }
 }
 
 /// Subscribes to (and publishes on) one subject of one NATS server.
@@ -149,9 +174,10 @@ impl Nats {
             .ok_or("this store announces nothing")?;
         let subject = format!("{}.{}", self.subject, fleet.fleet());
         let (state, connected) = watch::channel(false);
+        let (url, credentials) = split_credentials(&self.url);
         let client = self
             .auth
-            .options()
+            .options(credentials.as_deref())
             .await?
             .name("token-sidecar")
             .subscription_capacity(SUBSCRIPTION_CAPACITY)
@@ -176,7 +202,7 @@ impl Nats {
                     }
                 }
             })
-            .connect(self.url.as_str())
+            .connect(url.as_str())
             .await
             // The client's errors name the server, never the URL's credentials.
             .map_err(|e| e.to_string())?;
@@ -295,7 +321,7 @@ impl Channel for Nats {
 
 #[cfg(test)]
 mod tests {
-    use super::redacted;
+    use super::{redacted, split_credentials};
 
     #[test]
     fn credentials_never_reach_a_log() {
@@ -311,5 +337,21 @@ mod tests {
             assert_eq!(redacted(url), shown);
             assert!(!redacted(url).contains("s3cr3t") && !redacted(url).contains(":pa"));
         }
+    }
+
+    #[test]
+    fn credentials_are_taken_out_of_the_url() {
+        assert_eq!(
+            split_credentials("tls://u:p@w@h:4222/x"),
+            ("tls://h:4222/x".to_owned(), Some("u:p@w".to_owned()))
+        );
+        assert_eq!(
+            split_credentials("nats://tok@h:4222"),
+            ("nats://h:4222".to_owned(), Some("tok".to_owned()))
+        );
+        assert_eq!(
+            split_credentials("nats://h:4222"),
+            ("nats://h:4222".to_owned(), None)
+        );
     }
 }

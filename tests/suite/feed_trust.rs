@@ -363,6 +363,13 @@ async fn a_store_that_lost_its_last_changes_and_reuses_their_numbers_is_reloaded
         )
         .await;
     }
+    // Tokens to revoke after the failover, seen (and cached) by b before it.
+    let mut after = Vec::new();
+    for i in 0..4 {
+        let t = a.issue(&format!("judy{i}")).await;
+        assert!(b.verify(&t.token).await.valid);
+        after.push(t);
+    }
     // The lossy failover, as the promoted replica sees the data: the last three changes gone,
     // the sequence where the replica left it.
     let mut tx = admin.begin().await.expect("begin");
@@ -379,16 +386,14 @@ async fn a_store_that_lost_its_last_changes_and_reuses_their_numbers_is_reloaded
             .expect("rewind");
     }
     tx.commit().await.expect("commit");
-    // After the failover: new revocations take the lost numbers (and one more).
-    let mut after = Vec::new();
-    for i in 0..4 {
-        after.push(a.issue(&format!("judy{i}")).await);
-    }
+    // After the failover: new revocations take the lost numbers (and one more). The writer
+    // itself may be reloading (NOT_SERVING) once it notices: Revoke is idempotent, retried as a
+    // client would.
     for t in &after {
-        assert!(b.verify(&t.token).await.valid);
-        a.revoke(Target::Token(t.token.clone()))
-            .await
-            .expect("revoke");
+        eventually(SETTLE, "the revocation is acknowledged", || async {
+            a.revoke(Target::Token(t.token.clone())).await.is_ok()
+        })
+        .await;
     }
     for t in &after {
         eventually(
@@ -410,4 +415,81 @@ async fn a_store_that_lost_its_last_changes_and_reuses_their_numbers_is_reloaded
             .await;
         }
     }
+}
+
+#[tokio::test]
+async fn nats_as_production_runs_it_accounts_tls_and_no_credential_in_a_log() {
+    let nats = PrivateNats::start_with_accounts_and_tls().await;
+    let ca = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys/tls/ca.pem");
+    let ca = ca.display().to_string();
+    let with_password = nats
+        .url
+        .replacen("tls://", "tls://token-sidecar:fleet-secret@", 1);
+    let url = fresh_postgres_database().await;
+    let clock = ManualClock::new(T0_MS);
+    let args = [
+        ("--sync-mode", "nats"),
+        ("--nats-url", with_password.as_str()),
+        ("--nats-tls-ca", ca.as_str()),
+        ("--sync-safety-poll-interval", "1h"),
+        ("--sync-poll-interval", "1h"),
+        ("--max-staleness", "1h"),
+    ];
+    let apps = instances(&url, &clock, 2, &args).await;
+    let (a, b) = (&apps[0], &apps[1]);
+    eventually(SETTLE, "both on NATS over TLS", || async {
+        a.metrics.sync_channel_up.get() == 1 && b.metrics.sync_channel_up.get() == 1
+    })
+    .await;
+    let queries = b.metrics.store_queries_of("changes");
+    let t = a.issue("kim").await;
+    assert!(b.verify(&t.token).await.valid);
+    a.revoke(Target::Token(t.token.clone()))
+        .await
+        .expect("revoke");
+    rejected_with(
+        b,
+        &t.token,
+        Reason::TokenRevoked,
+        "the revocation over TLS NATS",
+    )
+    .await;
+    assert_eq!(
+        b.metrics.store_queries_of("changes"),
+        queries,
+        "it came in its announcement"
+    );
+    // Another account on the same server hears nothing of the fleet's.
+    let other = async_nats::ConnectOptions::new()
+        .user_and_password("other".into(), "other".into())
+        .add_root_certificates(ca.clone().into())
+        .require_tls(true)
+        .connect(nats.url.as_str())
+        .await
+        .expect("the other account connects");
+    let mut heard = other
+        .subscribe("token-sidecar.changes.>")
+        .await
+        .expect("subscribe");
+    other.flush().await.expect("flush");
+    let u = a.issue("kim").await;
+    a.revoke(Target::Token(u.token.clone()))
+        .await
+        .expect("revoke");
+    rejected_with(b, &u.token, Reason::TokenRevoked, "the second revocation").await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), heard.next())
+            .await
+            .is_err(),
+        "another account never hears the fleet's announcements"
+    );
+    // A wrong password is refused by the server, and the log names the URL without it.
+    let wrong = nats
+        .url
+        .replacen("tls://", "tls://token-sidecar:wrong-pw@", 1);
+    let shown = token_sidecar::sync::redacted(&wrong);
+    assert!(
+        !shown.contains("wrong-pw") && shown.contains("127.0.0.1"),
+        "{shown}"
+    );
 }

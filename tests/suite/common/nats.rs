@@ -16,6 +16,8 @@ pub struct PrivateNats {
     pub url: String,
     port: u16,
     child: Option<std::process::Child>,
+    config: Option<std::path::PathBuf>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl PrivateNats {
@@ -25,6 +27,40 @@ impl PrivateNats {
             url: format!("nats://127.0.0.1:{port}"),
             port,
             child: None,
+            config: None,
+            _dir: None,
+        };
+        nats.restart().await;
+        nats
+    }
+
+    /// A server run as production runs one: TLS (the test CA's server certificate) and the
+    /// fleet's account, whose user `token-sidecar` (password `fleet-secret`) may use the change
+    /// subject only. `url` carries no credential.
+    pub async fn start_with_accounts_and_tls() -> Self {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let keys = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys/tls");
+        let config = dir.path().join("nats.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: 127.0.0.1:{port}\n\
+                 tls {{ cert_file: \"{k}/server.pem\", key_file: \"{k}/server.key\" }}\n\
+                 accounts {{ TOKEN_SIDECAR {{ users = [ {{ user: token-sidecar, password: fleet-secret,\n\
+                   permissions: {{ publish: {{ allow: [\"token-sidecar.changes.>\"] }},\n\
+                                   subscribe: {{ allow: [\"token-sidecar.changes.>\"] }} }} }} ] }}\n\
+                   OTHER {{ users = [ {{ user: other, password: other }} ] }} }}\n",
+                k = keys.display()
+            ),
+        )
+        .expect("nats.conf");
+        let mut nats = Self {
+            url: format!("tls://127.0.0.1:{port}"),
+            port,
+            child: None,
+            config: Some(config),
+            _dir: Some(dir),
         };
         nats.restart().await;
         nats
@@ -41,8 +77,12 @@ impl PrivateNats {
     /// Starts the server (again) on the same port and waits until it accepts connections.
     pub async fn restart(&mut self) {
         self.kill();
-        let child = std::process::Command::new(NATS_SERVER)
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+        let mut command = std::process::Command::new(NATS_SERVER);
+        match &self.config {
+            Some(config) => command.arg("-c").arg(config),
+            None => command.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]),
+        };
+        let child = command
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
