@@ -8,8 +8,8 @@ use futures::StreamExt;
 use sqlx::Connection;
 
 use crate::common::{
-    Backend, MIN, PrivateNats, SEC, Settings, StoreProxy, T0_MS, TestApp, eventually,
-    fresh_postgres_database, postgres_addr, postgres_admin_url,
+    Backend, MIN, PrivateNats, PrivatePostgres, SEC, Settings, StoreProxy, T0_MS, TestApp,
+    eventually, fresh_postgres_database, postgres_addr, postgres_admin_url,
 };
 use crate::sync::rejected_with;
 use token_sidecar::api::pb::{Reason, revoke_request::Target};
@@ -492,4 +492,100 @@ async fn nats_as_production_runs_it_accounts_tls_and_no_credential_in_a_log() {
         !shown.contains("wrong-pw") && shown.contains("127.0.0.1"),
         "{shown}"
     );
+}
+
+/// The lossy failover for real: a primary and an asynchronous streaming replica of our own, the
+/// replica stopped while three revocations commit on the primary, the primary killed, the
+/// replica promoted, and the address (a TCP proxy) following the new primary.
+#[tokio::test]
+async fn a_lossy_failover_to_a_streaming_replica_is_detected_and_reloaded() {
+    let primary = PrivatePostgres::start();
+    let replica = PrivatePostgres::replica_of(&primary);
+    let proxy = StoreProxy::start(primary.addr()).await;
+    let url = format!("postgres://postgres@{}/postgres", proxy.addr);
+    let clock = ManualClock::new(T0_MS);
+    let args = [
+        ("--sync-safety-poll-interval", "300ms"),
+        ("--sync-poll-interval", "200ms"),
+        ("--max-staleness", "1h"),
+        ("--health-interval", "1s"),
+    ];
+    let apps = instances(&url, &clock, 2, &args).await;
+    let (a, b) = (&apps[0], &apps[1]);
+    let kept = a.issue("kept").await;
+    a.revoke(Target::Token(kept.token.clone()))
+        .await
+        .expect("revoke");
+    rejected_with(
+        b,
+        &kept.token,
+        Reason::TokenRevoked,
+        "a revocation both have",
+    )
+    .await;
+    // Let the replica receive it, then stop it: it misses what follows.
+    let on_replica = sqlx::PgPool::connect(&replica.url).await.expect("replica");
+    eventually(SETTLE, "the replica has the first revocation", || async {
+        let n: Result<(i64,), _> = sqlx::query_as("SELECT count(*) FROM denylist")
+            .fetch_one(&on_replica)
+            .await;
+        matches!(n, Ok((1,)))
+    })
+    .await;
+    on_replica.close().await;
+    replica.stop();
+    let mut lost = Vec::new();
+    let mut after = Vec::new();
+    for i in 0..3 {
+        lost.push(a.issue(&format!("lost{i}")).await);
+    }
+    for i in 0..4 {
+        let t = a.issue(&format!("after{i}")).await;
+        assert!(b.verify(&t.token).await.valid);
+        after.push(t);
+    }
+    for t in &lost {
+        a.revoke(Target::Token(t.token.clone()))
+            .await
+            .expect("revoke");
+        rejected_with(
+            b,
+            &t.token,
+            Reason::TokenRevoked,
+            "seen before the failover",
+        )
+        .await;
+    }
+    // The failover.
+    primary.kill();
+    replica.start_again();
+    replica.promote();
+    proxy.follow(replica.addr()).await;
+    for t in &after {
+        eventually(
+            Duration::from_secs(30),
+            "a revocation on the new primary",
+            || async { a.revoke(Target::Token(t.token.clone())).await.is_ok() },
+        )
+        .await;
+    }
+    for t in &after {
+        eventually(
+            SETTLE,
+            "b refuses what was revoked after the failover",
+            || async { b.try_verdict(&t.token).await == Ok(Reason::TokenRevoked) },
+        )
+        .await;
+    }
+    assert!(b.metrics.sync_forks.get() >= 1, "b noticed the fork");
+    let fresh = instances(&url, &clock, 1, &args).await.remove(0);
+    for t in lost.iter().chain(&after).chain([&kept]) {
+        let truth = fresh.verdict(&t.token).await;
+        for app in [a, b] {
+            eventually(SETTLE, "agrees with a fresh instance", || async {
+                app.try_verdict(&t.token).await == Ok(truth)
+            })
+            .await;
+        }
+    }
 }

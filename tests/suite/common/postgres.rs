@@ -92,6 +92,7 @@ pub async fn lock_denylist(database_url: &str) -> sqlx::PgConnection {
 pub struct StoreProxy {
     pub addr: SocketAddr,
     cut: tokio::sync::watch::Sender<bool>,
+    upstream: std::sync::Arc<parking_lot::Mutex<SocketAddr>>,
 }
 
 impl StoreProxy {
@@ -101,6 +102,8 @@ impl StoreProxy {
             .expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        let target = std::sync::Arc::new(parking_lot::Mutex::new(upstream));
+        let upstream = target.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
@@ -111,6 +114,7 @@ impl StoreProxy {
                     continue;
                 }
                 let mut cut_rx = cut_rx.clone();
+                let upstream = *upstream.lock();
                 tokio::spawn(async move {
                     let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
                         return;
@@ -122,7 +126,21 @@ impl StoreProxy {
                 });
             }
         });
-        Self { addr, cut }
+        Self {
+            addr,
+            cut,
+            upstream: target,
+        }
+    }
+
+    /// Follows a new primary, as a failover's virtual IP or Service does: every connection to
+    /// the old one is dropped, new ones go to `upstream`.
+    pub async fn follow(&self, upstream: SocketAddr) {
+        self.cut();
+        // Let every connection task see the cut before new ones are let through.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        *self.upstream.lock() = upstream;
+        self.restore();
     }
 
     /// The database URL `url` rewritten to go through this proxy.
@@ -232,6 +250,75 @@ impl PrivatePostgres {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// An asynchronous streaming replica of `primary` (`pg_basebackup -R`), started.
+    pub fn replica_of(primary: &PrivatePostgres) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        if is_root() {
+            let status = std::process::Command::new("chown")
+                .args(["postgres:", &dir.path().display().to_string()])
+                .status()
+                .expect("chown");
+            assert!(status.success(), "chown the replica directory to postgres");
+        }
+        let data = dir.path().join("data").display().to_string();
+        let out = as_postgres_user(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+                &data,
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_basebackup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let replica = Self {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            dir,
+            port,
+            settings: primary.settings.clone(),
+        };
+        replica.pg_ctl(&["start"]);
+        replica
+    }
+
+    /// Where the server listens.
+    pub fn addr(&self) -> SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    /// Stops the server cleanly (a replica then stops receiving WAL).
+    pub fn stop(&self) {
+        self.pg_ctl(&["-m", "fast", "stop"]);
+    }
+
+    /// Starts a stopped server.
+    pub fn start_again(&self) {
+        self.pg_ctl(&["start"]);
+    }
+
+    /// Kills the server as a crash would, and leaves it down.
+    pub fn kill(&self) {
+        self.pg_ctl(&["-m", "immediate", "stop"]);
+    }
+
+    /// Promotes a replica to primary.
+    pub fn promote(&self) {
+        self.pg_ctl(&["promote"]);
     }
 
     /// Kills the server the way a crash does (no checkpoint), then starts it again; committed
