@@ -1,5 +1,6 @@
 //! The in-process verify path (decode + policy + caches, warm) against a bare
-//! `jsonwebtoken::decode` of the same token, per algorithm.
+//! `jsonwebtoken::decode` of the same token, per algorithm; and what one change announcement
+//! costs an instance: sealing it (the writer) and opening it (every receiver), MAC included.
 //!
 //!   cargo bench --bench verify
 use std::path::Path;
@@ -161,11 +162,38 @@ fn verify(c: &mut Criterion) {
     }
 }
 
+/// One announcement sealed and opened (HMAC-SHA256 over ~150 bytes), against the parse alone.
+fn announcement(c: &mut Criterion) {
+    use token_sidecar::store::Change;
+    use token_sidecar::store::announcement::{Announcement, FleetKey};
+    let fleet = FleetKey::new("2b7e151628aed2a6:7713792612630993017:16384", &[7; 32]);
+    let sent = Announcement {
+        change: Change::Cutoff {
+            seq: 123_456,
+            committed_ms: 1_767_225_600_000,
+            user_id: "user-0042@example.com".into(),
+            cutoff_ms: 1_767_225_600_000,
+        },
+        prev: [1; 16],
+        link: [2; 16],
+    };
+    let payload = fleet.seal(&sent);
+    assert_eq!(fleet.open(payload.as_bytes()), Ok(sent.clone()));
+    let mut forged = payload.clone().into_bytes();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    let mut group = c.benchmark_group("announcement");
+    group.bench_function("seal", |b| b.iter(|| fleet.seal(&sent)));
+    group.bench_function("open", |b| b.iter(|| fleet.open(payload.as_bytes())));
+    group.bench_function("reject_forged", |b| b.iter(|| fleet.open(&forged)));
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = verify
+    targets = verify, announcement
 }
 criterion_main!(benches);

@@ -345,7 +345,17 @@ impl Revocations {
             .history(&mut StoreFeed(self.store.as_ref()), 0, &[])
             .await?;
         let snapshot = match &self.denylist {
-            Some(filter) => self.rebuild_filter(filter).await?,
+            Some(filter) => {
+                let snapshot = self.rebuild_filter(filter).await?;
+                if filter.is_overfull() {
+                    // More live rows than `--denylist-expected-items`: sized by what it now
+                    // knows at once, not at the next purge tick (an overfull filter answers
+                    // "maybe" to nearly everything, and every Verify would ask the store).
+                    self.rebuild_filter(filter).await?.max(snapshot)
+                } else {
+                    snapshot
+                }
+            }
             None => self.snapshot_watermark().await?,
         };
         *self.anchor.lock() = history.and_then(|h| h.newest);

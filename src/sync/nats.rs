@@ -22,7 +22,7 @@ use crate::store::announcement::MAX_ANNOUNCEMENT_BYTES;
 
 /// Announcements buffered per subscription before the client drops messages (then a gap shows
 /// and the store is asked): bounds what a flood of large messages can hold in memory.
-const SUBSCRIPTION_CAPACITY: usize = 1024;
+const SUBSCRIPTION_CAPACITY: usize = 256;
 
 /// How the sidecar authenticates to NATS and checks its server.
 #[derive(Debug, Clone, Default)]

@@ -419,7 +419,8 @@ async fn a_store_that_lost_its_last_changes_and_reuses_their_numbers_is_reloaded
 
 #[tokio::test]
 async fn nats_as_production_runs_it_accounts_tls_and_no_credential_in_a_log() {
-    let nats = PrivateNats::start_with_accounts_and_tls().await;
+    let nkey = nkeys::KeyPair::new_user();
+    let nats = PrivateNats::start_with_accounts_and_tls(&nkey.public_key()).await;
     let ca = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys/tls/ca.pem");
     let ca = ca.display().to_string();
     let with_password = nats
@@ -483,6 +484,30 @@ async fn nats_as_production_runs_it_accounts_tls_and_no_credential_in_a_log() {
             .is_err(),
         "another account never hears the fleet's announcements"
     );
+    // An instance authenticating with an nkey seed file instead hears the fleet too.
+    let seed_file = a.dir.path().join("nats.nk");
+    std::fs::write(&seed_file, format!("{}\n", nkey.seed().expect("seed"))).expect("seed file");
+    let seed_path = seed_file.display().to_string();
+    let by_nkey = instances(
+        &url,
+        &clock,
+        1,
+        &[
+            ("--sync-mode", "nats"),
+            ("--nats-url", nats.url.as_str()),
+            ("--nats-nkey-file", seed_path.as_str()),
+            ("--nats-tls-ca", ca.as_str()),
+            ("--sync-safety-poll-interval", "1h"),
+            ("--sync-poll-interval", "1h"),
+            ("--max-staleness", "1h"),
+        ],
+    )
+    .await
+    .remove(0);
+    eventually(SETTLE, "the nkey instance on NATS", || async {
+        by_nkey.metrics.sync_channel_up.get() == 1
+    })
+    .await;
     // A wrong password is refused by the server, and the log names the URL without it.
     let wrong = nats
         .url
@@ -588,4 +613,75 @@ async fn a_lossy_failover_to_a_streaming_replica_is_detected_and_reloaded() {
             .await;
         }
     }
+}
+
+/// A genuine-looking announcement (sealed with the fleet's real key, as a compromised writer or
+/// a bug could send) of a number the store never had: one catch-up to look for it, one more to
+/// drop it, and no poll storm.
+#[tokio::test]
+async fn a_far_ahead_number_costs_two_catch_ups_not_a_poll_storm() {
+    use token_sidecar::store::Change;
+    use token_sidecar::store::announcement::{Announcement, FleetKey};
+    let url = fresh_postgres_database().await;
+    let clock = ManualClock::new(T0_MS);
+    let apps = instances(&url, &clock, 1, &ANNOUNCEMENTS_ONLY).await;
+    let b = &apps[0];
+    let mut admin = sqlx::PgConnection::connect(&url).await.expect("admin");
+    let (secret, identity): (Vec<u8>, String) = sqlx::query_as(
+        "SELECT (SELECT secret FROM sync_key),
+                (SELECT id FROM store_identity)
+                  || ':' || (SELECT system_identifier FROM pg_control_system())::text
+                  || ':' || (SELECT oid FROM pg_database WHERE datname = current_database())::text",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .expect("the fleet's key, as the sidecars' role reads it");
+    let fleet = FleetKey::new(&identity, &secret);
+    let payload = fleet.seal(&Announcement {
+        change: Change::Cutoff {
+            seq: 1_000_000,
+            committed_ms: 0,
+            user_id: "mallory".into(),
+            cutoff_ms: T0_MS + 60 * MIN,
+        },
+        prev: [0; 16],
+        link: [0; 16],
+    });
+    let catch_ups = || {
+        token_sidecar::metrics::Metrics::render(&b.metrics)
+            .lines()
+            .filter(|l| l.starts_with("token_sidecar_sync_catch_ups_total{why=\"gap\"}"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    eventually(SETTLE, "listening", || async {
+        b.metrics.sync_channel_up.get() == 1
+    })
+    .await;
+    let before = catch_ups();
+    sqlx::query("SELECT pg_notify('token_sidecar_changes', $1)")
+        .bind(&payload)
+        .execute(&mut admin)
+        .await
+        .expect("notify");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let spent = catch_ups() - before;
+    assert!(
+        (1.0..=2.0).contains(&spent),
+        "{spent} catch-ups for one far-ahead number in 2 s (rejected: {:?})",
+        [
+            "foreign",
+            "unauthenticated",
+            "malformed",
+            "invalid_id",
+            "other_history"
+        ]
+        .map(|why| rejected(b, why))
+    );
+    assert_eq!(watermark(b), 0, "nothing the store lacks is applied");
+    let t = b.issue("mallory").await;
+    assert!(
+        b.verify(&t.token).await.valid,
+        "the unknown change moved no cache"
+    );
 }

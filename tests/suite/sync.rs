@@ -496,3 +496,52 @@ async fn measure_propagation_and_filter_memory() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_denylist_larger_than_expected_at_start_is_sized_right_after_the_load() {
+    let first = Settings::new(Backend::Postgres).spawn().await;
+    let url = first.database_url.clone();
+    let dir = first.dir.clone();
+    first.shutdown().await;
+    // 20,000 live rows, twenty times what the next instance is told to expect.
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .expect("admin");
+    sqlx::query(
+        "INSERT INTO denylist (kind, id, moot_after_unix_ms, change_seq)
+             SELECT 'jti', 'row-' || n, $1, n FROM generate_series(1, 20000) AS n",
+    )
+    .bind(T0_MS + 3_600_000)
+    .execute(&mut admin)
+    .await
+    .expect("rows");
+    sqlx::query("SELECT setval('revocation_change_seq', 20000)")
+        .execute(&mut admin)
+        .await
+        .expect("sequence");
+    let mut settings = Settings::new(Backend::Postgres)
+        .database_url(&url)
+        .arg("--denylist-expected-items", "1000")
+        .arg("--purge-interval", "1h");
+    settings.dir = Some(dir);
+    let app = settings.spawn().await;
+    assert!(
+        app.metrics.filter_bits.get() > 20_000 * 8,
+        "sized for what it loaded at once: {} bits",
+        app.metrics.filter_bits.get()
+    );
+    let tokens: Vec<_> = futures::future::join_all((0..100).map(|i| {
+        let app = &app;
+        async move { app.issue(&format!("fresh-{i}")).await.token }
+    }))
+    .await;
+    let before = app.metrics.store_queries_of("denied");
+    for token in &tokens {
+        assert!(app.verify(token).await.valid);
+    }
+    let queries = app.metrics.store_queries_of("denied") - before;
+    assert!(
+        queries < 20,
+        "{queries} denylist queries for 100 fresh tokens"
+    );
+}

@@ -36,8 +36,9 @@ impl PrivateNats {
 
     /// A server run as production runs one: TLS (the test CA's server certificate) and the
     /// fleet's account, whose user `token-sidecar` (password `fleet-secret`) may use the change
-    /// subject only. `url` carries no credential.
-    pub async fn start_with_accounts_and_tls() -> Self {
+    /// subject only, and a user known by the nkey `nkey_user` (a public key). `url` carries no
+    /// credential.
+    pub async fn start_with_accounts_and_tls(nkey_user: &str) -> Self {
         let port = free_port();
         let dir = tempfile::tempdir().expect("temp dir");
         let keys = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys/tls");
@@ -49,7 +50,8 @@ impl PrivateNats {
                  tls {{ cert_file: \"{k}/server.pem\", key_file: \"{k}/server.key\" }}\n\
                  accounts {{ TOKEN_SIDECAR {{ users = [ {{ user: token-sidecar, password: fleet-secret,\n\
                    permissions: {{ publish: {{ allow: [\"token-sidecar.changes.>\"] }},\n\
-                                   subscribe: {{ allow: [\"token-sidecar.changes.>\"] }} }} }} ] }}\n\
+                                   subscribe: {{ allow: [\"token-sidecar.changes.>\"] }} }} }},\n\
+                   {{ nkey: {nkey_user} }} ] }}\n\
                    OTHER {{ users = [ {{ user: other, password: other }} ] }} }}\n",
                 k = keys.display()
             ),
