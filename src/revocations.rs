@@ -70,12 +70,18 @@ impl ChangeFeed for StoreFeed<'_> {
         self.0.changes_after(after, limit).await
     }
 
-    async fn history(
+    async fn history_and_changes(
         &mut self,
         at: ChangeSeq,
         own: &[ChangeSeq],
-    ) -> Result<Option<History>, StoreError> {
-        self.0.history(at, own).await
+        after: ChangeSeq,
+        limit: i64,
+    ) -> Result<(Option<History>, Vec<Change>), StoreError> {
+        if !self.0.is_shared() {
+            // No chain to check: the changes alone.
+            return Ok((None, self.0.changes_after(after, limit).await?));
+        }
+        self.0.history_and_changes(at, own, after, limit).await
     }
 }
 
@@ -302,16 +308,11 @@ impl Revocations {
     }
 
     /// Where the store's history stands (a query only on a store other instances share).
-    async fn history(
-        &self,
-        feed: &mut dyn ChangeFeed,
-        at: ChangeSeq,
-        own: &[ChangeSeq],
-    ) -> Result<Option<History>, StoreError> {
+    async fn history(&self) -> Result<Option<History>, StoreError> {
         if !self.store.is_shared() {
             return Ok(None);
         }
-        let history = feed.history(at, own).await;
+        let history = self.store.history(0, &[]).await;
         self.query("history", history).await
     }
 
@@ -341,9 +342,7 @@ impl Revocations {
         // serve as if in step.
         self.store.fleet().await?;
         // Read before the snapshot: every change up to its newest link is in the snapshot.
-        let history = self
-            .history(&mut StoreFeed(self.store.as_ref()), 0, &[])
-            .await?;
+        let history = self.history().await?;
         let snapshot = match &self.denylist {
             Some(filter) => {
                 let snapshot = self.rebuild_filter(filter).await?;
@@ -457,9 +456,15 @@ impl Revocations {
         let anchor = *self.anchor.lock();
         let own: Vec<Link> = self.own.lock().values().copied().collect();
         let own_seqs: Vec<ChangeSeq> = own.iter().map(|o| o.seq).collect();
-        let history = self
-            .history(feed, anchor.map_or(0, |a| a.seq), &own_seqs)
-            .await?;
+        let first = feed
+            .history_and_changes(
+                anchor.map_or(0, |a| a.seq),
+                &own_seqs,
+                watermark,
+                CHANGES_PAGE,
+            )
+            .await;
+        let (history, first) = self.query("changes", first).await?;
         if let Some(history) = &history
             && !history.continues(watermark.max(seen), anchor, &own)
         {
@@ -473,10 +478,15 @@ impl Revocations {
             return Err(StoreError::Forked);
         }
         let mut applied = 0;
+        let mut first = Some(first);
         loop {
-            let after = self.watermark();
-            let page = feed.changes_after(after, CHANGES_PAGE).await;
-            let page = self.query("changes", page).await?;
+            let page = match first.take() {
+                Some(page) => page,
+                None => {
+                    let page = feed.changes_after(self.watermark(), CHANGES_PAGE).await;
+                    self.query("changes", page).await?
+                }
+            };
             let full = page.len() as i64 == CHANGES_PAGE;
             for change in &page {
                 self.apply(change).await;

@@ -260,13 +260,16 @@ pub trait ChangeFeed: Send {
         after: ChangeSeq,
         limit: i64,
     ) -> Result<Vec<Change>, StoreError>;
-    /// Where the history stands, and its links at `at` and `own`; None for a store that keeps
-    /// no chain.
-    async fn history(
+    /// Where the history stands (its links at `at` and `own`; None for a store that keeps no
+    /// chain) and the first changes after `after`: in one statement where the store can, so
+    /// that a catch-up costs one round trip.
+    async fn history_and_changes(
         &mut self,
         at: ChangeSeq,
         own: &[ChangeSeq],
-    ) -> Result<Option<History>, StoreError>;
+        after: ChangeSeq,
+        limit: i64,
+    ) -> Result<(Option<History>, Vec<Change>), StoreError>;
 }
 
 /// Where the store's history stands (SPEC §10, "histories can fork"), read before a catch-up.
@@ -330,6 +333,17 @@ pub trait RevocationStore: Send + Sync + 'static {
         _own: &[ChangeSeq],
     ) -> Result<Option<History>, StoreError> {
         Ok(None)
+    }
+    /// [`ChangeFeed::history_and_changes`] through the store's pool.
+    async fn history_and_changes(
+        &self,
+        at: ChangeSeq,
+        own: &[ChangeSeq],
+        after: ChangeSeq,
+        limit: i64,
+    ) -> Result<(Option<History>, Vec<Change>), StoreError> {
+        let history = self.history(at, own).await?;
+        Ok((history, self.changes_after(after, limit).await?))
     }
     /// The newest change this process wrote through the store, with its link.
     fn last_written(&self) -> Option<Link> {

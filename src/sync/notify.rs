@@ -116,13 +116,15 @@ impl ChangeFeed for PgListener {
         PostgresStore::changes_on(self, after, limit).await
     }
 
-    async fn history(
+    async fn history_and_changes(
         &mut self,
         at: ChangeSeq,
         own: &[ChangeSeq],
-    ) -> Result<Option<History>, StoreError> {
-        PostgresStore::history_on_listener(self, at, own)
-            .await
-            .map(Some)
+        after: ChangeSeq,
+        limit: i64,
+    ) -> Result<(Option<History>, Vec<Change>), StoreError> {
+        let (history, changes) =
+            PostgresStore::history_and_changes_on_listener(self, at, own, after, limit).await?;
+        Ok((Some(history), changes))
     }
 }
