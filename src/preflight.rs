@@ -37,6 +37,11 @@ pub fn check_sync(config: &Config) -> Result<(), StartupError> {
     if config.sync_mode == crate::sync::SyncMode::Nats && config.nats_url.is_none() {
         return Err(StartupError::NoNatsUrl);
     }
+    // An unusable sync key would leave the instance NOT_SERVING for ever: say so at start.
+    if let Some(path) = &config.sync_key_file {
+        store::read_sync_key(path)?;
+        crate::secret_file::warn_if_readable_by_others(path);
+    }
     Ok(())
 }
 

@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use postgres::{CHANGE_CHANNEL, FEED_APPLICATION_NAME, PoolSettings, PostgresStore};
+pub use postgres::{
+    CHANGE_CHANNEL, FEED_APPLICATION_NAME, PoolSettings, PostgresStore, read_sync_key,
+};
 pub use sqlite::SqliteStore;
 
 use crate::clock::UnixMillis;

@@ -280,7 +280,7 @@ impl PostgresStore {
 }
 
 /// The sync key in `path`: at least [`MIN_SECRET_BYTES`] bytes, a trailing newline ignored.
-fn read_sync_key(path: &std::path::Path) -> Result<Vec<u8>, StoreError> {
+pub fn read_sync_key(path: &std::path::Path) -> Result<Vec<u8>, StoreError> {
     let mut secret = crate::secret_file::read(path)
         .map_err(|e| StoreError::SyncKey(format!("{}: {e}", path.display())))?;
     while secret.last().is_some_and(|b| b.is_ascii_whitespace()) {

@@ -685,3 +685,69 @@ async fn a_far_ahead_number_costs_two_catch_ups_not_a_poll_storm() {
         "the unknown change moved no cache"
     );
 }
+
+/// `--sync-key-file`: a fleet that manages its secret shares one file; one instance with
+/// another secret hears nothing of theirs; a short key refuses to start.
+#[tokio::test]
+async fn a_sync_key_file_replaces_the_generated_secret() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = dir.path().join("sync.key");
+    std::fs::write(&key, format!("{}\n", "k".repeat(48))).expect("key");
+    let other = dir.path().join("other.key");
+    std::fs::write(&other, "o".repeat(48)).expect("key");
+    let short = dir.path().join("short.key");
+    std::fs::write(&short, "too short").expect("key");
+    let (key, other, short) = (
+        key.display().to_string(),
+        other.display().to_string(),
+        short.display().to_string(),
+    );
+    let url = fresh_postgres_database().await;
+    let clock = ManualClock::new(T0_MS);
+    let mut args = ANNOUNCEMENTS_ONLY.to_vec();
+    args.push(("--sync-key-file", key.as_str()));
+    let apps = instances(&url, &clock, 2, &args).await;
+    let mut args = ANNOUNCEMENTS_ONLY.to_vec();
+    args.push(("--sync-key-file", other.as_str()));
+    let stranger = instances(&url, &clock, 1, &args).await.remove(0);
+    for app in apps.iter().chain([&stranger]) {
+        eventually(SETTLE, "listening", || async {
+            app.metrics.sync_channel_up.get() == 1
+        })
+        .await;
+    }
+    let t = apps[0].issue("lena").await;
+    assert!(apps[1].verify(&t.token).await.valid);
+    apps[0]
+        .revoke(Target::Token(t.token.clone()))
+        .await
+        .expect("revoke");
+    rejected_with(
+        &apps[1],
+        &t.token,
+        Reason::TokenRevoked,
+        "the same key file",
+    )
+    .await;
+    eventually(SETTLE, "the stranger drops it", || async {
+        rejected(&stranger, "unauthenticated") >= 1
+    })
+    .await;
+    assert_eq!(
+        watermark(&stranger),
+        0,
+        "nothing applied under another secret"
+    );
+    let refused = Settings::new(Backend::Postgres)
+        .database_url(&url)
+        .arg("--sync-key-file", &short)
+        .try_spawn()
+        .await;
+    let Err(error) = refused else {
+        panic!("a 9-byte sync key must refuse to start")
+    };
+    assert!(
+        error.to_string().contains("shorter than 32 bytes"),
+        "{error}"
+    );
+}
