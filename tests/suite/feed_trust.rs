@@ -405,10 +405,22 @@ async fn a_store_that_lost_its_last_changes_and_reuses_their_numbers_is_reloaded
     }
     assert!(b.metrics.sync_forks.get() >= 1, "the fork was noticed");
     // Every instance agrees with one started now on every token.
-    let fresh = instances(&url, &clock, 1, &[]).await.remove(0);
-    for t in lost.iter().chain(&after).chain([&kept]) {
+    let tokens: Vec<_> = lost.iter().chain(&after).chain([&kept]).collect();
+    agree_with_a_fresh_instance(&url, &clock, &[], &[a, b], &tokens).await;
+}
+
+/// Every one of `apps` comes to give, for every token, the verdict of an instance started now.
+async fn agree_with_a_fresh_instance(
+    url: &str,
+    clock: &ManualClock,
+    args: &[(&str, &str)],
+    apps: &[&TestApp],
+    tokens: &[&token_sidecar::api::pb::IssueResponse],
+) {
+    let fresh = instances(url, clock, 1, args).await.remove(0);
+    for t in tokens {
         let truth = fresh.verdict(&t.token).await;
-        for app in [a, b] {
+        for app in apps {
             eventually(SETTLE, "agrees with a fresh instance", || async {
                 app.try_verdict(&t.token).await == Ok(truth)
             })
@@ -603,16 +615,8 @@ async fn a_lossy_failover_to_a_streaming_replica_is_detected_and_reloaded() {
         .await;
     }
     assert!(b.metrics.sync_forks.get() >= 1, "b noticed the fork");
-    let fresh = instances(&url, &clock, 1, &args).await.remove(0);
-    for t in lost.iter().chain(&after).chain([&kept]) {
-        let truth = fresh.verdict(&t.token).await;
-        for app in [a, b] {
-            eventually(SETTLE, "agrees with a fresh instance", || async {
-                app.try_verdict(&t.token).await == Ok(truth)
-            })
-            .await;
-        }
-    }
+    let tokens: Vec<_> = lost.iter().chain(&after).chain([&kept]).collect();
+    agree_with_a_fresh_instance(&url, &clock, &args, &[a, b], &tokens).await;
 }
 
 /// A genuine-looking announcement (sealed with the fleet's real key, as a compromised writer or
