@@ -257,6 +257,13 @@ pub struct Config {
     #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_DATABASE_IDLE_TIMEOUT", default_value = "5s", value_parser = parse_interval)]
     pub database_idle_timeout: Duration,
 
+    /// The longest a write waits on the store for a lock or a statement (PostgreSQL's
+    /// lock_timeout and statement_timeout in the write's transaction): a lock held by anyone
+    /// else — a stuck sidecar, another role — fails the write with UNAVAILABLE (retry) rather
+    /// than stalling it and every write queued behind it.
+    #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_STORE_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
+    pub store_timeout: Duration,
+
     /// How changes made by other instances arrive: PostgreSQL LISTEN/NOTIFY, NATS
     /// (--nats-url), or polling only (behind transaction-pooling PgBouncer).
     #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_SYNC_MODE", value_enum, default_value_t = SyncMode::Notify)]
@@ -543,6 +550,7 @@ impl From<&Config> for PoolSettings {
         PoolSettings {
             max_connections: config.database_max_connections,
             idle_timeout: config.database_idle_timeout,
+            store_timeout: config.store_timeout,
             sync_key_file: config.sync_key_file.clone(),
         }
     }

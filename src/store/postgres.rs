@@ -43,6 +43,8 @@ pub struct PoolSettings {
     pub max_connections: u32,
     /// Pooled connections idle this long are closed.
     pub idle_timeout: Duration,
+    /// `--store-timeout`: the longest a write waits for a lock or a statement.
+    pub store_timeout: Duration,
     /// `--sync-key-file`: the fleet's secret, instead of the one the migrations generated.
     pub sync_key_file: Option<PathBuf>,
 }
@@ -52,6 +54,7 @@ impl Default for PoolSettings {
         Self {
             max_connections: 4,
             idle_timeout: Duration::from_secs(5),
+            store_timeout: Duration::from_secs(5),
             sync_key_file: None,
         }
     }
@@ -69,6 +72,8 @@ pub struct PostgresStore {
     /// The fleet's key, read at first use.
     fleet: Arc<ArcSwapOption<FleetKey>>,
     sync_key_file: Option<PathBuf>,
+    /// `--store-timeout` in milliseconds, as PostgreSQL's settings take it.
+    store_timeout_ms: String,
     /// Every announcement committed through this store (for NATS).
     announced: broadcast::Sender<String>,
     /// The newest change committed through this store.
@@ -100,6 +105,7 @@ impl PostgresStore {
             own_sync_connection,
             fleet: Arc::new(ArcSwapOption::empty()),
             sync_key_file: settings.sync_key_file,
+            store_timeout_ms: settings.store_timeout.as_millis().max(1).to_string(),
             announced: broadcast::channel(4096).0,
             written: Arc::new(parking_lot::Mutex::new(None)),
         })
@@ -161,12 +167,23 @@ impl PostgresStore {
         self.options.clone().application_name(FEED_APPLICATION_NAME)
     }
 
-    /// A transaction that holds the change lock.
+    /// A transaction that holds the change lock. Its waits are bounded by `--store-timeout`
+    /// (transaction-local settings, so they are safe behind a transaction pooler too): a lock
+    /// held by anyone else — a sidecar frozen mid-transaction, a role that took the advisory
+    /// lock — fails the write, which the caller answers UNAVAILABLE (Revoke is idempotent).
     async fn writer(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
         let mut tx = Transaction::begin(
             MaybePoolConnection::PoolConnection(self.conn().await?),
             None,
         )
+        .await?;
+        sqlx::query(
+            "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $1, true),
+                    set_config('idle_in_transaction_session_timeout', $1, true)",
+        )
+        .persistent(self.prepared)
+        .bind(&self.store_timeout_ms)
+        .execute(&mut *tx)
         .await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .persistent(self.prepared)

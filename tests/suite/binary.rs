@@ -294,6 +294,8 @@ async fn sigterm_under_load_finishes_in_flight_rpcs_and_exits_0() {
             ("TOKEN_SIDECAR_KEYS", &key_spec),
             ("TOKEN_SIDECAR_METRICS_LISTEN", &metrics_listen),
             ("TOKEN_SIDECAR_SHUTDOWN_GRACE", "30s"),
+            // The Revokes wait on the test's lock for as long as the test holds it.
+            ("TOKEN_SIDECAR_STORE_TIMEOUT", "60s"),
         ],
     )
     .await;

@@ -259,3 +259,58 @@ async fn a_revoke_stuck_in_the_store_answers_by_the_callers_deadline() {
         .expect("a retry once the store is free");
     assert_eq!(app.verdict(&t.token).await, Reason::TokenRevoked);
 }
+
+/// Anyone holding the writers' advisory lock — a role with no grants at all can take it, and a
+/// sidecar frozen mid-transaction holds it — fails writes within `--store-timeout`, not at the
+/// caller's deadline; reads and health stay truthful; the pool recovers once it is released.
+#[tokio::test]
+async fn a_held_writers_lock_fails_writes_within_the_store_timeout() {
+    use sqlx::Connection;
+    let app = crate::common::Settings::new(Backend::Postgres)
+        .arg("--store-timeout", "1s")
+        .spawn()
+        .await;
+    let tokens: Vec<_> = futures::future::join_all((0..6).map(|i| {
+        let app = &app;
+        async move { app.issue(&format!("held-{i}")).await }
+    }))
+    .await;
+    let mut holder = sqlx::PgConnection::connect(&app.database_url)
+        .await
+        .expect("connect");
+    // "ts-chg" in ASCII: the writers' advisory lock.
+    sqlx::query("SELECT pg_advisory_lock(128038031550567)")
+        .execute(&mut holder)
+        .await
+        .expect("take the writers' lock");
+    for t in &tokens[..5] {
+        let started = std::time::Instant::now();
+        // No client deadline: the bound is the sidecar's own.
+        let status = app
+            .revoke(Target::Jti(t.jti.clone()))
+            .await
+            .expect_err("no commit, no OK");
+        let waited = started.elapsed();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(
+            waited < Duration::from_secs(3),
+            "answered after {waited:?} with a 1 s store timeout"
+        );
+    }
+    // Reads never wait behind the writers' lock, and health says SERVING.
+    let fresh = app.issue("reader").await;
+    assert!(app.verify(&fresh.token).await.valid);
+    app.wait_for_health(tonic_health::pb::health_check_response::ServingStatus::Serving)
+        .await;
+    sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(&mut holder)
+        .await
+        .expect("release");
+    // Five failed writes leaked no connection: every one of the six revokes now commits.
+    for t in &tokens {
+        app.revoke(Target::Jti(t.jti.clone()))
+            .await
+            .expect("once the lock is free");
+        assert_eq!(app.verdict(&t.token).await, Reason::TokenRevoked);
+    }
+}
