@@ -345,30 +345,8 @@ async fn a_store_that_lost_its_last_changes_and_reuses_their_numbers_is_reloaded
         .fetch_one(&mut admin)
         .await
         .expect("sequence");
-    // Three revocations a replica never received.
-    let mut lost = Vec::new();
-    for i in 0..3 {
-        lost.push(a.issue(&format!("ivan{i}")).await);
-    }
-    for t in &lost {
-        a.revoke(Target::Token(t.token.clone()))
-            .await
-            .expect("revoke");
-        rejected_with(
-            b,
-            &t.token,
-            Reason::TokenRevoked,
-            "seen before the failover",
-        )
-        .await;
-    }
-    // Tokens to revoke after the failover, seen (and cached) by b before it.
-    let mut after = Vec::new();
-    for i in 0..4 {
-        let t = a.issue(&format!("judy{i}")).await;
-        assert!(b.verify(&t.token).await.valid);
-        after.push(t);
-    }
+    // Three revocations a replica never received; tokens to revoke after the failover.
+    let (lost, after) = before_the_fork(a, b).await;
     // The lossy failover, as the promoted replica sees the data: the last three changes gone,
     // the sequence where the replica left it.
     let mut tx = admin.begin().await.expect("begin");
@@ -390,6 +368,34 @@ async fn a_store_that_lost_its_last_changes_and_reuses_their_numbers_is_reloaded
     // Every instance agrees with one started now on every token.
     let tokens: Vec<_> = lost.iter().chain(&after).chain([&kept]).collect();
     agree_with_a_fresh_instance(&url, &clock, &[], &[a, b], &tokens).await;
+}
+
+/// Before a fork: three tokens revoked on `a` and seen revoked by `b` (the changes the fork
+/// will lose), and four tokens `b` has verified and cached, to be revoked after it.
+async fn before_the_fork(
+    a: &TestApp,
+    b: &TestApp,
+) -> (
+    Vec<token_sidecar::api::pb::IssueResponse>,
+    Vec<token_sidecar::api::pb::IssueResponse>,
+) {
+    let mut lost = Vec::new();
+    for i in 0..3 {
+        lost.push(a.issue(&format!("lost{i}")).await);
+    }
+    let mut after = Vec::new();
+    for i in 0..4 {
+        let t = a.issue(&format!("after{i}")).await;
+        assert!(b.verify(&t.token).await.valid);
+        after.push(t);
+    }
+    for t in &lost {
+        a.revoke(Target::Token(t.token.clone()))
+            .await
+            .expect("revoke");
+        rejected_with(b, &t.token, Reason::TokenRevoked, "seen before the fork").await;
+    }
+    (lost, after)
 }
 
 /// After a fork: `tokens` revoked on `a` (retried while `a` itself reloads, as a client would
@@ -579,28 +585,7 @@ async fn a_lossy_failover_to_a_streaming_replica_is_detected_and_reloaded() {
     .await;
     on_replica.close().await;
     replica.stop();
-    let mut lost = Vec::new();
-    let mut after = Vec::new();
-    for i in 0..3 {
-        lost.push(a.issue(&format!("lost{i}")).await);
-    }
-    for i in 0..4 {
-        let t = a.issue(&format!("after{i}")).await;
-        assert!(b.verify(&t.token).await.valid);
-        after.push(t);
-    }
-    for t in &lost {
-        a.revoke(Target::Token(t.token.clone()))
-            .await
-            .expect("revoke");
-        rejected_with(
-            b,
-            &t.token,
-            Reason::TokenRevoked,
-            "seen before the failover",
-        )
-        .await;
-    }
+    let (lost, after) = before_the_fork(a, b).await;
     // The failover.
     primary.kill();
     replica.start_again();
