@@ -109,6 +109,7 @@ async fn authority(case: &Case, dir: &Path) -> Arc<TokenAuthority> {
         refresh_window_ms: 7 * 86_400_000,
         leeway_ms: 0,
         refresh_reuse_interval_ms: None,
+        max_clock_skew_ms: 500,
     };
     let codec = TokenCodec::new(keys, "token-sidecar".into(), None);
     Arc::new(TokenAuthority::new(codec, policy, revocations, clock))

@@ -50,7 +50,7 @@ ensure_tools() {
     python3 -m pip install --quiet grpcio-tools grpcio-status >/dev/null 2>&1 ||
       python3 -m pip install --quiet --break-system-packages grpcio-tools grpcio-status
   fi
-  for tool in jq nginx pgbouncer nats-server; do
+  for tool in jq nginx pgbouncer nats-server faketime; do
     command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] && continue
     echo "installing $tool (apt-get install $tool)"
     apt_install "$tool"

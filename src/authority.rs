@@ -5,7 +5,8 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::clock::{Clock, UnixMillis};
-use crate::policy::{RevocationPolicy, Superseded, TokenTimes, user_id_problem};
+use crate::clock_upkeep;
+use crate::policy::{ClockCheck, RevocationPolicy, Superseded, TokenTimes, user_id_problem};
 use crate::reason::Reason;
 use crate::revocations::Revocations;
 use crate::store::{DenyEntry, DenyKind, Rotation, RotationOutcome, SessionHead, StoreError};
@@ -46,6 +47,21 @@ pub enum AuthorityError {
     /// The store is still starting up.
     #[error("the store is not ready yet")]
     NotReady,
+    /// This instance's clock is off the fleet's beyond `--max-clock-skew`: it may not mint
+    /// (SPEC §4 rule 9).
+    #[error(
+        "this instance's clock is {skew_ms} ms off the database's (at most {max_ms} ms \
+         tolerated): it issues no token until its clock is corrected"
+    )]
+    ClockSkew {
+        /// Own clock minus the fleet's.
+        skew_ms: i64,
+        /// The tolerance.
+        max_ms: i64,
+    },
+    /// The fleet's clock could not be read yet.
+    #[error("the database's clock has not been read yet")]
+    ClockUnread,
     /// The store did not answer; nothing was acknowledged.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -162,6 +178,27 @@ impl TokenAuthority {
         self.clock.now_ms()
     }
 
+    /// Rule 9: only an instance whose clock is within the tolerance of the fleet's mints. The
+    /// times it stamps are the fleet's anyway; refusing makes a broken clock visible at once.
+    async fn check_clock(&self) -> Result<(), AuthorityError> {
+        let mut check = self.policy.check_clock(self.clock.skew_ms());
+        if check == ClockCheck::Unread {
+            clock_upkeep::read(self.revocations.store().as_ref(), self.clock.as_ref()).await?;
+            check = self.policy.check_clock(self.clock.skew_ms());
+        }
+        match check {
+            ClockCheck::InStep => Ok(()),
+            ClockCheck::Unread => Err(AuthorityError::ClockUnread),
+            ClockCheck::Skewed { skew_ms } => {
+                self.revocations.metrics().clock_refusals.inc();
+                Err(AuthorityError::ClockSkew {
+                    skew_ms,
+                    max_ms: self.policy.max_clock_skew_ms,
+                })
+            }
+        }
+    }
+
     fn store_ready(&self) -> Result<&Revocations, AuthorityError> {
         if self.is_ready() {
             Ok(self.revocations.as_ref())
@@ -180,6 +217,7 @@ impl TokenAuthority {
             return Err(invalid("ttl", "INVALID_TTL", "ttl must be at least 1s"));
         }
         let store = self.store_ready()?;
+        self.check_clock().await?;
         let cutoff = store.cutoff(&request.user_id).await?;
         let now = self.clock.now_ms();
         let orig_iat_ms = RevocationPolicy::new_session_start(cutoff, now).map_err(|_| {
@@ -227,6 +265,7 @@ impl TokenAuthority {
             .verify(token)
             .await?
             .map_err(AuthorityError::Rejected)?;
+        self.check_clock().await?;
         let now = self.clock.now_ms();
         self.policy
             .check_refresh(&claims, now)

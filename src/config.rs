@@ -206,6 +206,11 @@ pub struct Config {
     #[arg(help_heading = "Tokens and keys", long, env = "TOKEN_SIDECAR_REFRESH_REUSE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub refresh_reuse_interval: Duration,
 
+    /// How far this process's clock may be off the database's (the fleet's one clock, SPEC §4
+    /// rule 9) before Issue and Refresh answer UNAVAILABLE; the purge keeps as much margin.
+    #[arg(help_heading = "Tokens and keys", long, env = "TOKEN_SIDECAR_MAX_CLOCK_SKEW", default_value = "500ms", value_parser = parse_duration)]
+    pub max_clock_skew: Duration,
+
     /// How long a user's cutoff stays cached; 0 disables the cutoff cache (every check asks
     /// the store). Entries are kept current by the change feed; the TTL is a safety net.
     #[arg(help_heading = "Caches", long, env = "TOKEN_SIDECAR_CUTOFF_CACHE_TTL", default_value = "5m", value_parser = parse_duration)]
@@ -512,6 +517,7 @@ impl From<&Config> for RevocationPolicy {
             leeway_ms: ms(config.leeway),
             refresh_reuse_interval_ms: (config.refresh_reuse_detection == Toggle::On)
                 .then(|| ms(config.refresh_reuse_interval)),
+            max_clock_skew_ms: ms(config.max_clock_skew),
         }
     }
 }

@@ -53,8 +53,19 @@ pub async fn keep(
     let mut serving = None;
     let mut not_ready = NotReady::default();
     loop {
-        let answering = if revocations.is_loaded() {
-            revocations.can_answer(revocations.now_ms()) || {
+        let intact = match store.check_identity() {
+            Ok(()) => true,
+            Err(e) => {
+                if serving != Some(false) {
+                    tracing::error!(error = %e, "the store's file is gone: NOT_SERVING");
+                }
+                false
+            }
+        };
+        let answering = if !intact {
+            false
+        } else if revocations.is_loaded() {
+            revocations.can_answer() || {
                 let reachable = store.ping().await.is_ok();
                 if !reachable {
                     tracing::warn!("store unreachable and the caches are stale");

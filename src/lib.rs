@@ -22,6 +22,7 @@ pub mod cache;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod clock;
+pub mod clock_upkeep;
 pub mod config;
 pub mod connections;
 pub mod health;

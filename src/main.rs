@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use token_sidecar::clock::SystemClock;
+use token_sidecar::clock::FleetClock;
 use token_sidecar::config::{Cli, Command};
 use token_sidecar::{server, telemetry};
 
@@ -58,7 +58,7 @@ async fn run() -> anyhow::Result<()> {
     }
     let config = cli.config;
     telemetry::init(config.log_format);
-    let running = server::start(config, Arc::new(SystemClock))
+    let running = server::start(config, Arc::new(FleetClock::new()))
         .await
         .context("token-sidecar could not start")?;
     wait_for_shutdown(&running).await?;

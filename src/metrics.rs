@@ -90,7 +90,7 @@ pub struct Metrics {
     pub sync_watermark: Gauge,
     /// Changes applied from the change feed.
     pub sync_changes: Counter,
-    /// Seconds from a change's commit (writer's wall clock) to its application here.
+    /// Seconds from a change's commit (stamped on the database's clock) to its application here.
     pub sync_propagation: Histogram,
     /// 1 while announcements arrive on a live channel (LISTEN or NATS).
     pub sync_channel_up: Gauge,
@@ -99,6 +99,13 @@ pub struct Metrics {
     sync_announcements_rejected: Family<WhyLabels, Counter>,
     /// Times the store was found on another history than the one applied (then reloaded).
     pub sync_forks: Counter,
+    /// This process's wall clock minus the fleet's (the database's), in milliseconds.
+    pub clock_skew_ms: Gauge,
+    /// 1 while the fleet's clock has been read and the skew is within --max-clock-skew.
+    pub clock_in_step: Gauge,
+    /// Issue and Refresh refused because this instance's clock is off the fleet's.
+    pub clock_refusals: Counter,
+    store_write_failures: Family<WhyLabels, Counter>,
     /// Entries in the denylist filter.
     pub filter_items: Gauge,
     /// Bits in the denylist filter.
@@ -165,6 +172,10 @@ impl Metrics {
             sync_catch_ups: Family::default(),
             sync_announcements_rejected: Family::default(),
             sync_forks: Counter::default(),
+            clock_skew_ms: Gauge::default(),
+            clock_in_step: Gauge::default(),
+            clock_refusals: Counter::default(),
+            store_write_failures: Family::default(),
             filter_items: Gauge::default(),
             filter_bits: Gauge::default(),
             filter_expected_items: Gauge::default(),
@@ -241,6 +252,30 @@ impl Metrics {
             "Times the store's history was not the one applied here (lossy failover, restore): \
              the caches were reloaded",
             m.sync_forks.clone(),
+        );
+        registry.register(
+            "clock_skew_ms",
+            "This process's wall clock minus the database's (the fleet's one clock), in ms",
+            m.clock_skew_ms.clone(),
+        );
+        registry.register(
+            "clock_in_step",
+            "1 while the database's clock has been read and this process's is within \
+             --max-clock-skew of it; 0 while Issue and Refresh are refused",
+            m.clock_in_step.clone(),
+        );
+        registry.register(
+            "clock_refusals",
+            "Issue and Refresh refused because this process's clock is off the database's",
+            m.clock_refusals.clone(),
+        );
+        registry.register(
+            "store_write_failures",
+            "Writes the store did not acknowledge, by why (timeout: a lock, statement or \
+             connection waited beyond --store-timeout; outcome_unknown: the commit's answer was \
+             lost and could not be re-checked; file_lost: the SQLite file was deleted or \
+             replaced; error)",
+            m.store_write_failures.clone(),
         );
         registry.register(
             "store_not_ready",
@@ -450,6 +485,20 @@ impl Metrics {
         self.store_not_ready
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    /// Counts one write the store did not acknowledge, by why.
+    pub fn store_write_failed(&self, why: &'static str) {
+        self.store_write_failures
+            .get_or_create(&WhyLabels { why })
+            .inc();
+    }
+
+    /// Writes not acknowledged so far for `why` (tests).
+    pub fn store_write_failures_of(&self, why: &'static str) -> u64 {
+        self.store_write_failures
+            .get_or_create(&WhyLabels { why })
+            .get()
     }
 
     /// Counts one failed store query.

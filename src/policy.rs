@@ -80,6 +80,33 @@ pub struct RevocationPolicy {
     /// SPEC §11: how long after a session's newest token was minted a Refresh of an older one
     /// is still a retry; `None` turns reuse detection off.
     pub refresh_reuse_interval_ms: Option<i64>,
+    /// Rule 9: how far an instance's own clock may be off the fleet's before it refuses to
+    /// mint; also the margin the purge keeps.
+    pub max_clock_skew_ms: i64,
+}
+
+/// Where the purge stops (all on the fleet's clock, less a margin of the tolerated skew).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PurgeHorizon {
+    /// Denylist rows and session heads moot before this may go.
+    pub moot_before: UnixMillis,
+    /// Cutoffs before this may go.
+    pub cutoffs_before: UnixMillis,
+}
+
+/// Rule 9: whether an instance whose clock is `skew_ms` off the fleet's (None: not read yet)
+/// may mint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClockCheck {
+    /// Within the tolerance.
+    InStep,
+    /// The fleet's clock has not been read yet.
+    Unread,
+    /// Off by more than the tolerance.
+    Skewed {
+        /// Own clock minus the fleet's.
+        skew_ms: i64,
+    },
 }
 
 /// What to do with a Refresh of a token that is not its session's newest (SPEC §11).
@@ -221,6 +248,28 @@ impl RevocationPolicy {
     pub fn cutoff_purgeable_before(&self, now: UnixMillis) -> UnixMillis {
         now - self.refresh_window_ms - self.leeway_ms - 1
     }
+
+    /// What the purge may delete at `now`: it keeps a margin of the tolerated clock skew, so
+    /// that no row goes while an instance within the tolerance could still accept what it
+    /// refuses.
+    pub fn purge_horizon(&self, now: UnixMillis) -> PurgeHorizon {
+        let now = now.saturating_sub(self.max_clock_skew_ms);
+        PurgeHorizon {
+            moot_before: now,
+            cutoffs_before: self.cutoff_purgeable_before(now),
+        }
+    }
+
+    /// Rule 9: may an instance whose clock is `skew_ms` off the fleet's mint?
+    pub fn check_clock(&self, skew_ms: Option<i64>) -> ClockCheck {
+        match skew_ms {
+            None => ClockCheck::Unread,
+            Some(skew_ms) if skew_ms.saturating_abs() > self.max_clock_skew_ms => {
+                ClockCheck::Skewed { skew_ms }
+            }
+            Some(_) => ClockCheck::InStep,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -238,6 +287,7 @@ mod tests {
             refresh_window_ms: 7 * DAY,
             leeway_ms: 0,
             refresh_reuse_interval_ms: Some(10 * SEC),
+            max_clock_skew_ms: 500,
         }
     }
 
@@ -418,5 +468,34 @@ mod tests {
             RevocationPolicy::check_denylist(DenyStatus::default()),
             Ok(())
         );
+    }
+
+    #[test]
+    fn rule9_an_instance_off_the_fleets_clock_beyond_the_tolerance_may_not_mint() {
+        let p = policy();
+        assert_eq!(p.check_clock(Some(0)), ClockCheck::InStep);
+        assert_eq!(p.check_clock(Some(500)), ClockCheck::InStep);
+        assert_eq!(p.check_clock(Some(-500)), ClockCheck::InStep);
+        assert_eq!(
+            p.check_clock(Some(501)),
+            ClockCheck::Skewed { skew_ms: 501 }
+        );
+        assert_eq!(
+            p.check_clock(Some(-6_000)),
+            ClockCheck::Skewed { skew_ms: -6_000 }
+        );
+        assert_eq!(p.check_clock(None), ClockCheck::Unread);
+    }
+
+    #[test]
+    fn rule9_the_purge_keeps_a_margin_of_the_tolerated_skew() {
+        let p = policy();
+        let now = 100 * DAY;
+        let horizon = p.purge_horizon(now);
+        assert_eq!(horizon.moot_before, now - 500);
+        assert_eq!(horizon.cutoffs_before, p.cutoff_purgeable_before(now - 500));
+        // A row moot just now is kept while an instance within the tolerance may still be
+        // before its moot time.
+        assert!(now - 400 >= horizon.moot_before);
     }
 }

@@ -31,8 +31,10 @@ pub async fn run(
         if !revocations.is_loaded() {
             continue;
         }
-        let before = policy.cutoff_purgeable_before(clock.now_ms());
-        match revocations.purge(before).await {
+        match revocations
+            .purge(policy.purge_horizon(clock.now_ms()))
+            .await
+        {
             Ok(purged) => tracing::debug!(
                 denylist = purged.denylist,
                 cutoffs = purged.cutoffs,

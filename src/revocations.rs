@@ -14,9 +14,10 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use crate::cache::{CutoffCache, DenylistFilter};
-use crate::clock::{Clock, UnixMillis, wall_ms};
+use crate::clock::{Clock, UnixMillis};
 use crate::metrics::Metrics;
 use crate::policy::DenyStatus;
+use crate::policy::PurgeHorizon;
 use crate::store::announcement::{Announcement, Link, Rejected};
 use crate::store::{
     Change, ChangeFeed, ChangeSeq, CutoffUpdate, DenyEntry, DenyKind, History, Purged,
@@ -102,7 +103,7 @@ pub struct Revocations {
     own: parking_lot::Mutex<std::collections::BTreeMap<ChangeSeq, Link>>,
     /// The newest change number this instance has seen in any form (applied, written, read).
     seen: AtomicI64,
-    last_sync_ms: AtomicI64,
+    last_sync_mono_ms: AtomicI64,
     loaded: AtomicBool,
     /// Loads run one at a time (health's and the sync task's after a forked history).
     loading: tokio::sync::Mutex<()>,
@@ -143,7 +144,7 @@ impl Revocations {
             anchor: parking_lot::Mutex::new(None),
             own: parking_lot::Mutex::new(std::collections::BTreeMap::new()),
             seen: AtomicI64::new(0),
-            last_sync_ms: AtomicI64::new(i64::MIN / 2),
+            last_sync_mono_ms: AtomicI64::new(i64::MIN / 2),
             loaded: AtomicBool::new(false),
             loading: tokio::sync::Mutex::new(()),
             rebuild_wanted: Notify::new(),
@@ -175,20 +176,26 @@ impl Revocations {
         self.watermark.load(Ordering::Acquire)
     }
 
-    /// Whether the caches may no longer be trusted at `now`: another instance may have
-    /// written since the last sync. A store no other instance writes is never stale.
-    pub fn is_stale(&self, now: UnixMillis) -> bool {
+    /// Whether the caches may no longer be trusted: another instance may have written since
+    /// the last sync. Measured on the monotonic clock (a step of the wall clock neither
+    /// shortens nor stretches it). A store no other instance writes is never stale.
+    pub fn is_stale(&self) -> bool {
         if !self.store.is_shared() {
             return false;
         }
         let max = i64::try_from(self.settings.max_staleness.as_millis()).unwrap_or(i64::MAX);
-        now.saturating_sub(self.last_sync_ms.load(Ordering::Acquire)) > max
+        self.sync_age_ms() > max
     }
 
-    /// Whether this instance can answer at `now` (for health).
-    pub fn can_answer(&self, now: UnixMillis) -> bool {
-        self.is_loaded()
-            && (!self.is_stale(now) || self.settings.on_outage == OutageMode::ServeStale)
+    fn sync_age_ms(&self) -> i64 {
+        self.clock
+            .monotonic_ms()
+            .saturating_sub(self.last_sync_mono_ms.load(Ordering::Acquire))
+    }
+
+    /// Whether this instance can answer (for health).
+    pub fn can_answer(&self) -> bool {
+        self.is_loaded() && (!self.is_stale() || self.settings.on_outage == OutageMode::ServeStale)
     }
 
     /// Applies an authenticated announcement that continues the watermark (the sequencer put
@@ -271,7 +278,8 @@ impl Revocations {
         *self.anchor.lock() = None;
         self.own.lock().clear();
         self.seen.store(0, Ordering::Release);
-        self.last_sync_ms.store(i64::MIN / 2, Ordering::Release);
+        self.last_sync_mono_ms
+            .store(i64::MIN / 2, Ordering::Release);
         if let Some(cache) = &self.cutoffs {
             cache.clear();
         }
@@ -284,18 +292,14 @@ impl Revocations {
     }
 
     fn mark_synced(&self) {
-        let now = self.clock.now_ms();
-        self.last_sync_ms.fetch_max(now, Ordering::AcqRel);
+        let now = self.clock.monotonic_ms();
+        self.last_sync_mono_ms.fetch_max(now, Ordering::AcqRel);
         self.metrics.sync_lag_ms.set(0);
     }
 
     /// Publishes the current sync lag (for the metrics endpoint).
     pub fn observe_lag(&self) {
-        let lag = self
-            .clock
-            .now_ms()
-            .saturating_sub(self.last_sync_ms.load(Ordering::Acquire));
-        self.metrics.sync_lag_ms.set(lag.max(0));
+        self.metrics.sync_lag_ms.set(self.sync_age_ms().max(0));
     }
 
     /// Rotates a session forward in the store (SPEC §11); no cache is involved.
@@ -326,6 +330,19 @@ impl Revocations {
             self.metrics.store_error();
         }
         result
+    }
+
+    /// [`Revocations::query`] for a write: one the store did not acknowledge is also counted by
+    /// why (the `TokenSidecarStoreWritesFailing` alert watches it).
+    async fn write<T>(
+        &self,
+        kind: &'static str,
+        result: Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if let Err(e) = &result {
+            self.metrics.store_write_failed(e.write_failure());
+        }
+        self.query(kind, result).await
     }
 
     /// Loads the denylist filter from the store and starts the change feed at its snapshot.
@@ -547,7 +564,12 @@ impl Revocations {
         self.metrics.sync_watermark.set(self.watermark());
         self.metrics.sync_changes.inc();
         if before < seq && change.committed_ms() > 0 {
-            let took_ms = wall_ms().saturating_sub(change.committed_ms()).max(0);
+            // Both on the fleet's clock: the writer's database stamped the commit.
+            let took_ms = self
+                .clock
+                .now_ms()
+                .saturating_sub(change.committed_ms())
+                .max(0);
             self.metrics
                 .sync_propagation
                 .observe(took_ms as f64 / 1000.0);
@@ -556,12 +578,11 @@ impl Revocations {
 
     /// The user's cutoff.
     pub async fn cutoff(&self, user_id: &str) -> Result<Option<UnixMillis>, StoreError> {
-        let now = self.clock.now_ms();
         let Some(cache) = &self.cutoffs else {
             let record = self.store.cutoff(user_id).await;
             return Ok(self.query("cutoff", record).await?.cutoff_ms);
         };
-        if self.is_stale(now) {
+        if self.is_stale() {
             let record = self.store.cutoff(user_id).await;
             return match self.query("cutoff", record).await {
                 Ok(record) => {
@@ -609,7 +630,7 @@ impl Revocations {
             return ask_store().await;
         };
         let maybe = filter.might_contain(kind, id);
-        if self.is_stale(self.clock.now_ms()) {
+        if self.is_stale() {
             return match ask_store().await {
                 Ok(denied) => Ok(denied),
                 Err(e) => match self.settings.on_outage {
@@ -634,7 +655,7 @@ impl Revocations {
         at_least: UnixMillis,
     ) -> Result<CutoffUpdate, StoreError> {
         let update = self.store.raise_cutoff(user_id, at_least).await;
-        let update = self.query("raise_cutoff", update).await?;
+        let update = self.write("raise_cutoff", update).await?;
         if let Some(cache) = &self.cutoffs {
             if update.changed {
                 self.wrote();
@@ -653,7 +674,7 @@ impl Revocations {
     /// Lifts a running ban (rule 2) and applies it here before returning.
     pub async fn lift_ban(&self, user_id: &str, now: UnixMillis) -> Result<bool, StoreError> {
         let lifted = self.store.lift_ban(user_id, now).await;
-        match self.query("lift_ban", lifted).await? {
+        match self.write("lift_ban", lifted).await? {
             Some(seq) => {
                 self.wrote();
                 if let Some(cache) = &self.cutoffs {
@@ -668,7 +689,7 @@ impl Revocations {
     /// Denylists a token or session and applies it here before returning.
     pub async fn deny(&self, entry: &DenyEntry) -> Result<bool, StoreError> {
         let stored = self.store.deny(entry).await;
-        let stored = self.query("deny", stored).await?;
+        let stored = self.write("deny", stored).await?;
         if stored.is_some() {
             self.wrote();
         }
@@ -683,9 +704,11 @@ impl Revocations {
     }
 
     /// Deletes what can no longer refuse anything, then rebuilds the filter if it pays off.
-    pub async fn purge(&self, cutoffs_before: UnixMillis) -> Result<Purged, StoreError> {
-        let now = self.clock.now_ms();
-        let purged = self.store.purge(now, cutoffs_before).await;
+    pub async fn purge(&self, horizon: PurgeHorizon) -> Result<Purged, StoreError> {
+        let purged = self
+            .store
+            .purge(horizon.moot_before, horizon.cutoffs_before)
+            .await;
         let purged = self.query("purge", purged).await?;
         self.maintain_filter().await?;
         Ok(purged)
@@ -938,7 +961,13 @@ mod model {
                     };
                     prop_assert!(fleet.open(forger.seal(&forged).as_bytes()).is_err());
                 }
-                Op::Purge(i) => prop_assert!(instances[i].purge(UnixMillis::MIN).await.is_ok()),
+                Op::Purge(i) => {
+                    let horizon = PurgeHorizon {
+                        moot_before: clock.now_ms(),
+                        cutoffs_before: UnixMillis::MIN,
+                    };
+                    prop_assert!(instances[i].purge(horizon).await.is_ok())
+                }
                 Op::Advance(s) => clock.advance_ms(s * 1000),
             }
         }

@@ -32,7 +32,7 @@ use crate::shutdown::stopped;
 use crate::store::{self, RevocationStore, StoreError};
 use crate::tls::ReloadableTls;
 use crate::token::{KeyError, KeySet, TokenCodec};
-use crate::{health, preflight, purge, sync};
+use crate::{clock_upkeep, health, preflight, purge, sync};
 
 pub use crate::health::SERVICE_NAME;
 pub use crate::preflight::{check_config, migrate};
@@ -222,8 +222,16 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
         metrics_task,
         tokio::spawn(health::keep(
             revocations.clone(),
-            reporter,
+            reporter.clone(),
             config.health_interval,
+            shutdown_rx.clone(),
+        )),
+        tokio::spawn(clock_upkeep::keep(
+            store.clone(),
+            clock.clone(),
+            (&config).into(),
+            metrics.clone(),
+            reporter.clone(),
             shutdown_rx.clone(),
         )),
         tokio::spawn(purge::run(

@@ -10,6 +10,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::api::convert::proto_reason;
 use crate::authority::AuthorityError;
 use crate::reason::Reason;
+use crate::store::StoreError;
 
 /// The `domain` of every `google.rpc.ErrorInfo` we send.
 pub const ERROR_DOMAIN: &str = "token-sidecar";
@@ -39,8 +40,14 @@ pub fn classify(err: &AuthorityError) -> Classified {
             "permission_denied",
             Reason::UserBanned.code(),
         ),
+        AuthorityError::Store(StoreError::OutcomeUnknown) => {
+            (Code::Unavailable, "unavailable", "OUTCOME_UNKNOWN")
+        }
         AuthorityError::NotReady | AuthorityError::Store(_) => {
             (Code::Unavailable, "unavailable", "STORE_UNAVAILABLE")
+        }
+        AuthorityError::ClockSkew { .. } | AuthorityError::ClockUnread => {
+            (Code::Unavailable, "unavailable", "CLOCK_SKEW")
         }
         AuthorityError::Codec(_) => (Code::Internal, "internal", "SIGNING_FAILED"),
     };
@@ -81,6 +88,27 @@ pub fn to_status(err: AuthorityError) -> Status {
             )
         }
         AuthorityError::NotReady => unavailable("the store is not ready yet; retry shortly"),
+        AuthorityError::ClockSkew { .. } | AuthorityError::ClockUnread => {
+            let message = err.to_string();
+            Status::with_error_details(
+                code,
+                message,
+                ErrorDetails::with_error_info("CLOCK_SKEW", ERROR_DOMAIN, HashMap::new()),
+            )
+        }
+        AuthorityError::Store(StoreError::OutcomeUnknown) => {
+            tracing::warn!("a commit's answer was lost and could not be re-checked");
+            Status::with_error_details(
+                code,
+                "the store did not confirm the commit: the outcome is unknown; retry (Revoke is \
+                 idempotent)",
+                ErrorDetails::with_error_info("OUTCOME_UNKNOWN", ERROR_DOMAIN, HashMap::new()),
+            )
+        }
+        AuthorityError::Store(e @ StoreError::Lost(_)) => {
+            tracing::error!(error = %e, "write refused");
+            unavailable(&format!("{e}; nothing was changed or acknowledged"))
+        }
         AuthorityError::Store(e) => {
             tracing::warn!(error = %e, "store error");
             unavailable("the store did not answer; nothing was changed or acknowledged")

@@ -223,6 +223,20 @@ pub enum StoreError {
     /// The database URL names no supported store.
     #[error("unsupported database URL scheme (use postgres://... or sqlite:...)")]
     UnsupportedUrl,
+    /// The store did not answer in time.
+    #[error("the store did not answer in time ({0})")]
+    Timeout(&'static str),
+    /// The answer to a write's COMMIT was lost and the database could not say, within the
+    /// timeout, whether it committed. The write may or may not have happened; an idempotent
+    /// write (every Revoke) can be retried.
+    #[error("the commit's outcome is unknown (its answer was lost); retry")]
+    OutcomeUnknown,
+    /// Another process owns the embedded database file, or its lock cannot be taken.
+    #[error("the SQLite file cannot be owned: {0}")]
+    Owner(String),
+    /// The embedded database file was deleted or replaced under the running process.
+    #[error("the store's file is gone: {0}; writes are refused until a restart")]
+    Lost(String),
     /// The instance's view is too old and the store cannot refresh it.
     #[error("the caches are stale and the store cannot be reached")]
     Stale,
@@ -237,6 +251,26 @@ pub enum StoreError {
     /// the table the migrations fill is unreadable to this role).
     #[error("the sync key is unusable: {0}")]
     SyncKey(String),
+}
+
+impl StoreError {
+    /// Why a write was not acknowledged, as the `store_write_failures_total` metric labels it.
+    pub fn write_failure(&self) -> &'static str {
+        match self {
+            StoreError::Timeout(_) => "timeout",
+            StoreError::OutcomeUnknown => "outcome_unknown",
+            StoreError::Lost(_) => "file_lost",
+            // lock_not_available (lock_timeout), query_canceled (statement_timeout),
+            // idle_in_transaction_session_timeout: a wait beyond --store-timeout.
+            StoreError::Database(sqlx::Error::Database(db))
+                if matches!(db.code().as_deref(), Some("55P03" | "57014" | "25P03")) =>
+            {
+                "timeout"
+            }
+            StoreError::Database(sqlx::Error::PoolTimedOut) => "timeout",
+            _ => "error",
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -351,8 +385,18 @@ pub trait RevocationStore: Send + Sync + 'static {
     fn last_written(&self) -> Option<Link> {
         None
     }
+    /// Whether the database this process opened is still the one it writes to (an embedded
+    /// file deleted or replaced under it is not).
+    fn check_identity(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Answers when the database is reachable.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// The database's clock, the fleet's one clock (SPEC §4 rule 9); None for a store with no
+    /// clock of its own, whose instance's clock is the fleet's.
+    async fn clock_ms(&self) -> Result<Option<UnixMillis>, StoreError> {
+        Ok(None)
+    }
     /// How the change listener connects to PostgreSQL (outside the pool, one connection of the
     /// `--database-max-connections` budget); None for other stores.
     fn sync_connect_options(&self) -> Option<sqlx::postgres::PgConnectOptions> {

@@ -7,9 +7,9 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 
 use async_trait::async_trait;
-use sqlx::pool::{MaybePoolConnection, PoolConnection};
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{Connection, PgConnection, PgPool, Postgres};
 use tokio::sync::broadcast;
 
 use super::announcement::{self, Announcement, FleetKey, GENESIS, Link, MIN_SECRET_BYTES};
@@ -17,7 +17,7 @@ use super::{
     Change, ChangeFeed, ChangeSeq, CutoffRecord, CutoffUpdate, DenyEntry, DenyKind, DenySink,
     History, Purged, RevocationStore, Rotation, RotationOutcome, StoreError, sql,
 };
-use crate::clock::{UnixMillis, wall_ms};
+use crate::clock::UnixMillis;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -72,7 +72,9 @@ pub struct PostgresStore {
     /// The fleet's key, read at first use.
     fleet: Arc<ArcSwapOption<FleetKey>>,
     sync_key_file: Option<PathBuf>,
-    /// `--store-timeout` in milliseconds, as PostgreSQL's settings take it.
+    /// `--store-timeout`: the longest a write waits.
+    store_timeout: Duration,
+    /// The same in milliseconds, as PostgreSQL's settings take it.
     store_timeout_ms: String,
     /// Every announcement committed through this store (for NATS).
     announced: broadcast::Sender<String>,
@@ -105,6 +107,7 @@ impl PostgresStore {
             own_sync_connection,
             fleet: Arc::new(ArcSwapOption::empty()),
             sync_key_file: settings.sync_key_file,
+            store_timeout: settings.store_timeout,
             store_timeout_ms: settings.store_timeout.as_millis().max(1).to_string(),
             announced: broadcast::channel(4096).0,
             written: Arc::new(parking_lot::Mutex::new(None)),
@@ -154,12 +157,7 @@ impl PostgresStore {
     /// sends an unnamed statement's parse and its execution in two round trips, and only inside
     /// a transaction does the pooler keep them on one server connection.
     async fn session(&self) -> Result<Session, StoreError> {
-        let conn = self.conn().await?;
-        if self.prepared {
-            return Ok(Session::Pooled(conn));
-        }
-        let tx = Transaction::begin(MaybePoolConnection::PoolConnection(conn), None).await?;
-        Ok(Session::Transaction(tx))
+        Session::start(self.conn().await?, (!self.prepared).then_some("BEGIN")).await
     }
 
     /// How the sync task's own connection connects (named for pg_stat_activity).
@@ -171,26 +169,71 @@ impl PostgresStore {
     /// (transaction-local settings, so they are safe behind a transaction pooler too): a lock
     /// held by anyone else — a sidecar frozen mid-transaction, a role that took the advisory
     /// lock — fails the write, which the caller answers UNAVAILABLE (Revoke is idempotent).
-    async fn writer(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
-        let mut tx = Transaction::begin(
-            MaybePoolConnection::PoolConnection(self.conn().await?),
-            None,
-        )
-        .await?;
-        sqlx::query(
-            "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $1, true),
-                    set_config('idle_in_transaction_session_timeout', $1, true)",
+    async fn writer(&self) -> Result<Write, StoreError> {
+        let mut session = Session::start(self.conn().await?, Some("BEGIN")).await?;
+        let (xid,): (i64,) = sqlx::query_as(
+            "SELECT txid_current() FROM (SELECT
+                 set_config('lock_timeout', $1, true), set_config('statement_timeout', $1, true),
+                 set_config('idle_in_transaction_session_timeout', $1, true)) settings",
         )
         .persistent(self.prepared)
         .bind(&self.store_timeout_ms)
-        .execute(&mut *tx)
+        .fetch_one(&mut *session)
         .await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .persistent(self.prepared)
             .bind(CHANGE_LOCK)
-            .execute(&mut *tx)
+            .execute(&mut *session)
             .await?;
-        Ok(tx)
+        Ok(Write { session, xid })
+    }
+
+    /// Commits a write. When the answer to COMMIT is lost (the connection broke, or no answer
+    /// came within `--store-timeout`), asks the database whether the transaction committed;
+    /// if it cannot tell within the timeout, the outcome is unknown (the caller says so: a
+    /// retry of an idempotent write is safe).
+    async fn commit(&self, write: Write) -> Result<(), StoreError> {
+        let xid = write.xid;
+        let answer = match tokio::time::timeout(self.store_timeout, write.session.done()).await {
+            Ok(answer) => answer,
+            Err(_) => Err(StoreError::Timeout("waiting for COMMIT's answer")),
+        };
+        match answer {
+            Err(e) if connection_lost(&e) => {
+                tracing::warn!(error = %e, "the answer to a commit was lost; asking the database");
+                self.recheck(xid, e).await
+            }
+            other => other,
+        }
+    }
+
+    /// Whether transaction `xid` committed, asked on another connection until `--store-timeout`.
+    async fn recheck(&self, xid: i64, lost: StoreError) -> Result<(), StoreError> {
+        let deadline = tokio::time::Instant::now() + self.store_timeout;
+        loop {
+            let status: Result<Option<String>, StoreError> = async {
+                let mut session = self.session().await?;
+                let (status,): (Option<String>,) = sqlx::query_as("SELECT txid_status($1)")
+                    .persistent(self.prepared)
+                    .bind(xid)
+                    .fetch_one(&mut *session)
+                    .await?;
+                session.done().await?;
+                Ok(status)
+            }
+            .await;
+            match status.as_ref().map(Option::as_deref) {
+                Ok(Some("committed")) => return Ok(()),
+                Ok(Some("aborted")) => return Err(lost),
+                // In progress (the server has not yet noticed the broken connection), unknown
+                // to this database (a failover), or no answer: ask again.
+                _ => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StoreError::OutcomeUnknown);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The fleet's key, read on `conn` at first use: the secret (`--sync-key-file`, else the
@@ -248,11 +291,11 @@ impl PostgresStore {
     /// a restore, a re-created database — even when its numbers have passed the instance's.
     async fn finish(
         &self,
-        mut tx: Transaction<'static, Postgres>,
+        mut tx: Write,
         change: Option<Change>,
     ) -> Result<Option<Change>, StoreError> {
         let Some(change) = change else {
-            tx.rollback().await?;
+            tx.session.rollback().await?;
             return Ok(None);
         };
         let fleet = self.fleet_on(&mut tx).await?;
@@ -283,7 +326,7 @@ impl PostgresStore {
             .bind(&sealed)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         {
             let mut written = self.written.lock();
             if written.is_none_or(|w| w.seq < announced.change.seq()) {
@@ -509,39 +552,53 @@ impl ChangeFeed for Feed {
     }
 }
 
-/// One operation's connection (see [`PostgresStore::session`]); [`Session::done`] ends it.
-enum Session {
-    Pooled(PoolConnection<Postgres>),
-    Transaction(Transaction<'static, Postgres>),
+type Session = sql::Session<Postgres>;
+
+/// A write transaction holding the change lock, and its transaction id (to ask the database
+/// whether it committed when the answer to COMMIT is lost).
+struct Write {
+    session: Session,
+    xid: i64,
 }
 
-impl Session {
-    /// Commits the transaction, if there is one, so that the pooler frees its server connection.
-    async fn done(self) -> Result<(), StoreError> {
-        if let Session::Transaction(tx) = self {
-            tx.commit().await?;
-        }
-        Ok(())
-    }
-}
-
-impl std::ops::Deref for Session {
+impl std::ops::Deref for Write {
     type Target = PgConnection;
     fn deref(&self) -> &PgConnection {
-        match self {
-            Session::Pooled(conn) => conn,
-            Session::Transaction(tx) => tx,
-        }
+        &self.session
     }
 }
 
-impl std::ops::DerefMut for Session {
+impl std::ops::DerefMut for Write {
     fn deref_mut(&mut self) -> &mut PgConnection {
-        match self {
-            Session::Pooled(conn) => conn,
-            Session::Transaction(tx) => tx,
-        }
+        &mut self.session
     }
+}
+
+/// Whether an error means the connection, not the statement, failed: the statement's outcome is
+/// then unknown.
+fn connection_lost(error: &StoreError) -> bool {
+    match error {
+        StoreError::Database(e) => match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => true,
+            // Class 08 (connection exception) and 57P0x (the server shutting down).
+            sqlx::Error::Database(db) => db
+                .code()
+                .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+            _ => false,
+        },
+        StoreError::Timeout(_) => true,
+        _ => false,
+    }
+}
+
+/// The database's clock in Unix milliseconds, as SQL: the one clock changes are stamped on.
+macro_rules! db_now_ms {
+    () => {
+        "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+    };
 }
 
 /// The number the next change takes, read (not taken) under the change lock.
@@ -645,6 +702,17 @@ impl RevocationStore for PostgresStore {
         Ok(answer)
     }
 
+    async fn clock_ms(&self) -> Result<Option<UnixMillis>, StoreError> {
+        let mut session = self.session().await?;
+        // clock_timestamp(), not now(): the time of the answer, not of the transaction's start.
+        let (ms,): (i64,) = sqlx::query_as(concat!("SELECT ", db_now_ms!()))
+            .persistent(self.prepared)
+            .fetch_one(&mut *session)
+            .await?;
+        session.done().await?;
+        Ok(Some(ms))
+    }
+
     fn sync_connect_options(&self) -> Option<PgConnectOptions> {
         self.own_sync_connection.then(|| self.options.clone())
     }
@@ -695,35 +763,36 @@ impl RevocationStore for PostgresStore {
         at_least: UnixMillis,
     ) -> Result<CutoffUpdate, StoreError> {
         let mut tx = self.writer().await?;
-        let committed_ms = wall_ms();
         // The upsert and its "never lower it" guard are one statement, so concurrent
         // revocations of one user cannot undo each other (nor a purge race it).
-        let (cutoff_ms, seq, changed): (i64, i64, bool) = sqlx::query_as(concat!(
-            "WITH next AS (",
-            next_seq!(),
-            "),
+        let (cutoff_ms, seq, committed_ms, changed): (i64, i64, i64, bool) =
+            sqlx::query_as(concat!(
+                "WITH next AS (",
+                next_seq!(),
+                "),
              up AS (
                  INSERT INTO user_cutoffs (user_id, cutoff_unix_ms, change_seq, changed_unix_ms)
-                     VALUES ($1, $2, (SELECT seq FROM next), $3)
+                     VALUES ($1, $2, (SELECT seq FROM next), ",
+                db_now_ms!(),
+                ")
                  ON CONFLICT (user_id) DO UPDATE
                      SET cutoff_unix_ms = EXCLUDED.cutoff_unix_ms,
                          change_seq = EXCLUDED.change_seq,
                          changed_unix_ms = EXCLUDED.changed_unix_ms,
                          updated_at = now()
                      WHERE user_cutoffs.cutoff_unix_ms < EXCLUDED.cutoff_unix_ms
-                 RETURNING cutoff_unix_ms, change_seq
+                 RETURNING cutoff_unix_ms, change_seq, changed_unix_ms
              )
-             SELECT cutoff_unix_ms, change_seq, true FROM up
+             SELECT cutoff_unix_ms, change_seq, changed_unix_ms, true FROM up
              UNION ALL
-             SELECT cutoff_unix_ms, change_seq, false FROM user_cutoffs
+             SELECT cutoff_unix_ms, change_seq, changed_unix_ms, false FROM user_cutoffs
                  WHERE user_id = $1 AND NOT EXISTS (SELECT 1 FROM up)"
-        ))
-        .persistent(self.prepared)
-        .bind(user_id)
-        .bind(at_least)
-        .bind(committed_ms)
-        .fetch_one(&mut *tx)
-        .await?;
+            ))
+            .persistent(self.prepared)
+            .bind(user_id)
+            .bind(at_least)
+            .fetch_one(&mut *tx)
+            .await?;
         let change = changed.then(|| Change::Cutoff {
             seq,
             committed_ms,
@@ -744,23 +813,23 @@ impl RevocationStore for PostgresStore {
         now: UnixMillis,
     ) -> Result<Option<ChangeSeq>, StoreError> {
         let mut tx = self.writer().await?;
-        let committed_ms = wall_ms();
-        let seq: Option<(i64,)> = sqlx::query_as(concat!(
+        let seq: Option<(i64, i64)> = sqlx::query_as(concat!(
             "UPDATE user_cutoffs
                  SET cutoff_unix_ms = $2, change_seq = (",
             next_seq!(),
             "),
-                     changed_unix_ms = $3, updated_at = now()
+                     changed_unix_ms = ",
+            db_now_ms!(),
+            ", updated_at = now()
                  WHERE user_id = $1 AND cutoff_unix_ms > $2
-                 RETURNING change_seq"
+                 RETURNING change_seq, changed_unix_ms"
         ))
         .persistent(self.prepared)
         .bind(user_id)
         .bind(now)
-        .bind(committed_ms)
         .fetch_optional(&mut *tx)
         .await?;
-        let change = seq.map(|(seq,)| Change::Cutoff {
+        let change = seq.map(|(seq, committed_ms)| Change::Cutoff {
             seq,
             committed_ms,
             user_id: user_id.to_owned(),
@@ -778,25 +847,25 @@ impl RevocationStore for PostgresStore {
 
     async fn deny(&self, entry: &DenyEntry) -> Result<Option<ChangeSeq>, StoreError> {
         let mut tx = self.writer().await?;
-        let committed_ms = wall_ms();
-        let seq: Option<(i64,)> = sqlx::query_as(concat!(
+        let seq: Option<(i64, i64)> = sqlx::query_as(concat!(
             "INSERT INTO denylist (kind, id, user_id, moot_after_unix_ms, change_seq,
                                    changed_unix_ms)
                  VALUES ($1, $2, $3, $4, (",
             next_seq!(),
-            "), $5)
+            "), ",
+            db_now_ms!(),
+            ")
                  ON CONFLICT (kind, id) DO NOTHING
-                 RETURNING change_seq"
+                 RETURNING change_seq, changed_unix_ms"
         ))
         .persistent(self.prepared)
         .bind(entry.kind.as_str())
         .bind(&entry.id)
         .bind(entry.user_id.as_deref())
         .bind(entry.moot_after_ms)
-        .bind(committed_ms)
         .fetch_optional(&mut *tx)
         .await?;
-        let change = seq.map(|(seq,)| Change::Denied {
+        let change = seq.map(|(seq, committed_ms)| Change::Denied {
             seq,
             committed_ms,
             kind: entry.kind,
@@ -840,11 +909,7 @@ impl RevocationStore for PostgresStore {
         now: UnixMillis,
         sink: &mut DenySink<'_>,
     ) -> Result<ChangeSeq, StoreError> {
-        let mut tx = Transaction::begin(
-            MaybePoolConnection::PoolConnection(self.conn().await?),
-            None,
-        )
-        .await?;
+        let mut tx = Session::start(self.conn().await?, Some("BEGIN")).await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .persistent(self.prepared)
             .execute(&mut *tx)
@@ -858,7 +923,7 @@ impl RevocationStore for PostgresStore {
         .fetch_one(&mut *tx)
         .await?;
         sql::feed_denylist(&mut *tx, self.prepared, now, sink).await?;
-        tx.commit().await?;
+        tx.done().await?;
         Ok(watermark)
     }
 

@@ -8,7 +8,8 @@
 //! transaction-pooling PgBouncer, where the next transaction may run on another server
 //! connection (there every statement is sent unnamed).
 use sqlx::database::HasStatementCache;
-use sqlx::{Database, Encode, FromRow, IntoArguments, Type};
+use sqlx::pool::PoolConnection;
+use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Type};
 
 use super::{
     Change, ChangeSeq, CutoffRecord, DenyKind, DenySink, Purged, Rotation, RotationOutcome,
@@ -30,6 +31,84 @@ impl RowsAffected for sqlx::postgres::PgQueryResult {
 impl RowsAffected for sqlx::sqlite::SqliteQueryResult {
     fn rows(&self) -> u64 {
         self.rows_affected()
+    }
+}
+
+/// One operation's pooled connection; [`Session::done`] ends it.
+///
+/// It goes back to the pool only when its operation ended cleanly. One that was cancelled (the
+/// caller's deadline passed) or failed is closed instead: a statement may still be waiting on
+/// the server, or a transaction be open — or, in SQLite, already rolled back by the database
+/// (`SQLITE_FULL`) while the driver believes it open — that the next user would run inside.
+pub(super) struct Session<DB: Database> {
+    conn: PoolConnection<DB>,
+    /// Whether this session began a transaction that is still open.
+    open: bool,
+    clean: bool,
+}
+
+impl<DB> Session<DB>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    /// A session on `conn`, inside a transaction begun with `begin` (e.g. `BEGIN`, or SQLite's
+    /// `BEGIN IMMEDIATE`, which takes the write lock at once) if given. BEGIN and COMMIT go by
+    /// the simple protocol: one message, which a transaction pooler cannot split.
+    pub(super) async fn start(
+        conn: PoolConnection<DB>,
+        begin: Option<&'static str>,
+    ) -> Result<Self, StoreError> {
+        let mut session = Self {
+            conn,
+            open: false,
+            clean: false,
+        };
+        if let Some(begin) = begin {
+            sqlx::raw_sql(begin).execute(&mut *session.conn).await?;
+            session.open = true;
+        }
+        Ok(session)
+    }
+
+    /// Commits the transaction, if there is one, and lets the connection go back to the pool.
+    pub(super) async fn done(self) -> Result<(), StoreError> {
+        self.end("COMMIT").await
+    }
+
+    /// Rolls the transaction back, if there is one, and lets the connection go back to the pool.
+    pub(super) async fn rollback(self) -> Result<(), StoreError> {
+        self.end("ROLLBACK").await
+    }
+
+    async fn end(mut self, how: &'static str) -> Result<(), StoreError> {
+        if self.open {
+            sqlx::raw_sql(how).execute(&mut *self.conn).await?;
+            self.open = false;
+        }
+        self.clean = true;
+        Ok(())
+    }
+}
+
+impl<DB: Database> Drop for Session<DB> {
+    fn drop(&mut self) {
+        if !self.clean {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+impl<DB: Database> std::ops::Deref for Session<DB> {
+    type Target = DB::Connection;
+    fn deref(&self) -> &DB::Connection {
+        &self.conn
+    }
+}
+
+impl<DB: Database> std::ops::DerefMut for Session<DB> {
+    fn deref_mut(&mut self) -> &mut DB::Connection {
+        &mut self.conn
     }
 }
 

@@ -1,10 +1,21 @@
 //! The embedded SQLite store: single instance, for trying the sidecar out and local development.
+//!
+//! One process owns the file (SPEC §6): it holds an exclusive lock on `<file>.lock` (which names
+//! its process id) for its life, so a second process — another `cargo run`, a restarted pod on
+//! the same volume — refuses to start instead of writing revocations the first never sees. The
+//! file's identity is checked before every write and by health: deleted or replaced under the
+//! running process, it turns NOT_SERVING and writes are refused (they would land in a file no
+//! one will read again).
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqlitePool, Transaction};
+use sqlx::{Sqlite, SqlitePool};
 
 use super::{
     Change, ChangeSeq, CutoffRecord, CutoffUpdate, DenyEntry, DenyKind, DenySink, Purged,
@@ -14,14 +25,107 @@ use crate::clock::{UnixMillis, wall_ms};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
+/// How long a starting process waits for the file's previous owner to exit (a restart on the
+/// same volume) before it refuses to start.
+const OWNER_WAIT: Duration = Duration::from_secs(2);
+
+type Session = sql::Session<Sqlite>;
+
 /// Cutoffs and denylist in one SQLite file.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// None for an in-memory database.
+    owner: Option<Arc<Owner>>,
+}
+
+/// This process's claim on a database file, and the identity the file had when it was opened.
+#[derive(Debug)]
+struct Owner {
+    /// Holds the exclusive lock while open.
+    _lock: std::fs::File,
+    file: PathBuf,
+    identity: (u64, u64),
+}
+
+impl Owner {
+    /// Takes the lock on `<file>.lock`, waiting up to [`OWNER_WAIT`] for a previous owner.
+    async fn claim(file: &Path) -> Result<std::fs::File, StoreError> {
+        let mut lock_path = file.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let lock_path = PathBuf::from(lock_path);
+        let mut lock = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| StoreError::Owner(format!("{}: {e}", lock_path.display())))?;
+        let deadline = tokio::time::Instant::now() + OWNER_WAIT;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock)
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    let mut holder = String::new();
+                    let _ = lock.read_to_string(&mut holder);
+                    let holder = holder.trim();
+                    let holder = if holder.is_empty() {
+                        "another process"
+                    } else {
+                        holder
+                    };
+                    return Err(StoreError::Owner(format!(
+                        "{} is in use by process {holder} (it holds {}); one process per \
+                         SQLite file: stop it, or give this one another file or PostgreSQL",
+                        file.display(),
+                        lock_path.display()
+                    )));
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(StoreError::Owner(format!("{}: {e}", lock_path.display())));
+                }
+            }
+        }
+        // Name this process for the next one that tries.
+        let named = lock
+            .set_len(0)
+            .and_then(|()| lock.rewind())
+            .and_then(|()| writeln!(lock, "{}", std::process::id()));
+        if let Err(e) = named {
+            tracing::debug!(error = %e, "could not write the owner's pid into the lock file");
+        }
+        Ok(lock)
+    }
+
+    /// The file's identity: device and inode.
+    fn identity_of(file: &Path) -> std::io::Result<(u64, u64)> {
+        std::fs::metadata(file).map(|m| (m.dev(), m.ino()))
+    }
+
+    /// Whether the file this process opened is still the one at its path.
+    fn check(&self) -> Result<(), StoreError> {
+        match Self::identity_of(&self.file) {
+            Ok(identity) if identity == self.identity => Ok(()),
+            Ok(_) => Err(StoreError::Lost(format!(
+                "{} was replaced under the running process",
+                self.file.display()
+            ))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::Lost(format!(
+                "{} was deleted under the running process",
+                self.file.display()
+            ))),
+            Err(e) => Err(StoreError::Lost(format!("{}: {e}", self.file.display()))),
+        }
+    }
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database file named by a `sqlite:` URL.
+    /// Opens (creating if needed) the database file named by a `sqlite:` URL, as its one owner.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
@@ -29,17 +133,35 @@ impl SqliteStore {
             // FULL: an acknowledged revocation survives a power cut.
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5));
+        let file = options.get_filename().to_path_buf();
+        let in_memory = file.as_os_str().is_empty() || file.as_os_str() == ":memory:";
+        let lock = match in_memory {
+            true => None,
+            false => Some(Owner::claim(&file).await?),
+        };
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        let owner = match lock {
+            Some(lock) => Some(Arc::new(Owner {
+                _lock: lock,
+                identity: Owner::identity_of(&file)
+                    .map_err(|e| StoreError::Owner(format!("{}: {e}", file.display())))?,
+                file,
+            })),
+            None => None,
+        };
+        Ok(Self { pool, owner })
     }
 
-    /// A write transaction holding the next change number. Its first statement writes, so the
-    /// database's write lock is taken at once (no deferred-upgrade deadlock).
-    async fn writer(&self) -> Result<(Transaction<'static, Sqlite>, ChangeSeq), StoreError> {
-        let mut tx = self.pool.begin().await?;
+    /// A write transaction holding the next change number. `BEGIN IMMEDIATE` takes the
+    /// database's write lock at once (no deferred-upgrade deadlock); a transaction that fails
+    /// closes its connection (see [`sql::Session`]), so that no later "commit" runs in a
+    /// transaction SQLite already rolled back.
+    async fn writer(&self) -> Result<(Session, ChangeSeq), StoreError> {
+        self.check_identity()?;
+        let mut tx = Session::start(self.pool.acquire().await?, Some("BEGIN IMMEDIATE")).await?;
         let (seq,): (i64,) = sqlx::query_as(
             "UPDATE revocation_change_seq SET value = value + 1 WHERE id = 1 RETURNING value",
         )
@@ -49,12 +171,12 @@ impl SqliteStore {
     }
 
     async fn finish(
-        tx: Transaction<'static, Sqlite>,
+        tx: Session,
         seq: ChangeSeq,
         changed: bool,
     ) -> Result<Option<ChangeSeq>, StoreError> {
         if changed {
-            tx.commit().await?;
+            tx.done().await?;
             Ok(Some(seq))
         } else {
             tx.rollback().await?;
@@ -78,7 +200,12 @@ impl RevocationStore for SqliteStore {
         Ok(())
     }
 
+    fn check_identity(&self) -> Result<(), StoreError> {
+        self.owner.as_ref().map_or(Ok(()), |owner| owner.check())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
+        self.check_identity()?;
         sql::ping::<Sqlite>(&mut *self.pool.acquire().await?, true).await
     }
 

@@ -297,6 +297,23 @@ async fn a_held_writers_lock_fails_writes_within_the_store_timeout() {
             "answered after {waited:?} with a 1 s store timeout"
         );
     }
+    // Writes the caller gave up on (its deadline is shorter than the store timeout): their
+    // connections are closed, not handed back to the pool with a statement still waiting.
+    for t in &tokens[..4] {
+        let mut request = tonic::Request::new(pb::RevokeRequest {
+            target: Some(Target::Jti(t.jti.clone())),
+        });
+        request.set_timeout(Duration::from_millis(100));
+        app.client
+            .clone()
+            .revoke(request)
+            .await
+            .expect_err("cancelled by the caller's deadline");
+    }
+    assert!(
+        app.metrics.store_write_failures_of("timeout") >= 5,
+        "failing writes show in token_sidecar_store_write_failures_total"
+    );
     // Reads never wait behind the writers' lock, and health says SERVING.
     let fresh = app.issue("reader").await;
     assert!(app.verify(&fresh.token).await.valid);
@@ -306,11 +323,44 @@ async fn a_held_writers_lock_fails_writes_within_the_store_timeout() {
         .execute(&mut holder)
         .await
         .expect("release");
-    // Five failed writes leaked no connection: every one of the six revokes now commits.
+    // Nine failed writes leaked no connection: every one of the six revokes now commits.
     for t in &tokens {
         app.revoke(Target::Jti(t.jti.clone()))
             .await
             .expect("once the lock is free");
         assert_eq!(app.verdict(&t.token).await, Reason::TokenRevoked);
     }
+}
+
+/// SPEC §5 Revoke: the connection breaks after COMMIT was sent. The sidecar asks the database
+/// whether the transaction committed and answers OK when it did — not "nothing was changed".
+#[tokio::test]
+async fn a_commit_whose_answer_is_lost_is_rechecked_and_acknowledged() {
+    let proxy = crate::common::StoreProxy::start(crate::common::postgres_addr()).await;
+    let direct = crate::common::fresh_postgres_database().await;
+    let app = crate::common::Settings::new(Backend::Postgres)
+        .database_url(&format!(
+            "{}?statement-cache-capacity=0",
+            proxy.url_for(&direct)
+        ))
+        .spawn()
+        .await;
+    let t = app.issue("alice").await;
+    proxy.cut_after_next_commit();
+    let answer = app
+        .revoke(Target::Jti(t.jti.clone()))
+        .await
+        .expect("it committed, so it is acknowledged");
+    assert!(answer.stored);
+    assert!(
+        proxy.commits_cut() >= 1,
+        "the commit's answer was really lost"
+    );
+    assert_eq!(app.verdict(&t.token).await, Reason::TokenRevoked);
+    // The store has it, for every instance.
+    let fresh = crate::common::Settings::new(Backend::Postgres)
+        .database_url(&direct)
+        .spawn()
+        .await;
+    assert_eq!(fresh.verdict(&t.token).await, Reason::TokenRevoked);
 }

@@ -18,6 +18,7 @@ mod feed_trust;
 mod fleet;
 mod http_api;
 mod keys;
+mod one_clock;
 mod proxies;
 mod readme;
 mod reuse;

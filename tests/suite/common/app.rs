@@ -238,11 +238,11 @@ impl TestApp {
     pub async fn purge_now(&self) {
         use token_sidecar::clock::Clock;
         if let Some(running) = &self.running {
-            let before = running
+            let horizon = running
                 .authority
                 .policy()
-                .cutoff_purgeable_before(self.clock.now_ms());
-            let purged = running.authority.revocations().purge(before).await;
+                .purge_horizon(self.clock.now_ms());
+            let purged = running.authority.revocations().purge(horizon).await;
             purged.expect("purge");
         }
     }

@@ -93,6 +93,8 @@ pub struct StoreProxy {
     pub addr: SocketAddr,
     cut: tokio::sync::watch::Sender<bool>,
     upstream: std::sync::Arc<parking_lot::Mutex<SocketAddr>>,
+    commit_trap: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    commits_cut: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl StoreProxy {
@@ -104,9 +106,12 @@ impl StoreProxy {
         let (cut, cut_rx) = tokio::sync::watch::channel(false);
         let target = std::sync::Arc::new(parking_lot::Mutex::new(upstream));
         let upstream = target.clone();
+        let commit_trap = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let commits_cut = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (trap, counted) = (commit_trap.clone(), commits_cut.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((mut client, _)) = listener.accept().await else {
+                let Ok((client, _)) = listener.accept().await else {
                     return;
                 };
                 if *cut_rx.borrow() {
@@ -115,12 +120,13 @@ impl StoreProxy {
                 }
                 let mut cut_rx = cut_rx.clone();
                 let upstream = *upstream.lock();
+                let (trap, counted) = (trap.clone(), counted.clone());
                 tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
                         return;
                     };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        () = pump(client, server, trap, counted) => {}
                         _ = cut_rx.wait_for(|cut| *cut) => {}
                     }
                 });
@@ -130,7 +136,22 @@ impl StoreProxy {
             addr,
             cut,
             upstream: target,
+            commit_trap,
+            commits_cut,
         }
+    }
+
+    /// The next COMMIT of a write transaction (one that took the writers' lock) reaches the
+    /// server, but its answer never reaches the client: the connection is cut right after.
+    /// Statements must go unnamed (`statement-cache-capacity=0`), so that their text is seen.
+    pub fn cut_after_next_commit(&self) {
+        self.commit_trap
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many commits' answers were cut.
+    pub fn commits_cut(&self) -> usize {
+        self.commits_cut.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Follows a new primary, as a failover's virtual IP or Service does: every connection to
@@ -154,6 +175,66 @@ impl StoreProxy {
 
     pub fn restore(&self) {
         let _ = self.cut.send(false);
+    }
+}
+
+/// Copies bytes both ways until either side closes; a trapped COMMIT (see
+/// [`StoreProxy::cut_after_next_commit`]) is forwarded and its answer swallowed.
+async fn pump(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    trap: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    counted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let contains =
+        |haystack: &[u8], needle: &[u8]| haystack.windows(needle.len()).any(|w| w == needle);
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let swallowing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swallow = swallowing.clone();
+    let up = async move {
+        let mut writing = false;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match client_read.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let chunk = &buf[..n];
+            writing |= contains(chunk, b"pg_advisory_xact_lock");
+            if writing && contains(chunk, b"COMMIT") {
+                writing = false;
+                if trap.swap(false, Ordering::SeqCst) {
+                    swallow.store(true, Ordering::SeqCst);
+                    counted.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            if server_write.write_all(chunk).await.is_err() {
+                return;
+            }
+        }
+    };
+    let down = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match server_read.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            // The server answered the trapped COMMIT: it committed; the client never hears.
+            if swallowing.load(Ordering::SeqCst) {
+                return;
+            }
+            if client_write.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = up => {}
+        () = down => {}
     }
 }
 

@@ -1,0 +1,252 @@
+//! SPEC §4 rule 9, with real processes whose clocks differ (libfaketime): what is compared across
+//! instances is stamped on the database's clock, and an instance whose own clock is off beyond
+//! `--max-clock-skew` refuses to mint, saying so in its answer, log, metrics and health.
+use std::time::Duration;
+
+use crate::common::{SidecarProcess, free_port, http_get, metric_value};
+use token_sidecar::api::pb::{self, revoke_request::Target};
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+
+type Api = pb::token_service_client::TokenServiceClient<Channel>;
+
+/// libfaketime's preload library (Debian's `faketime` package).
+fn libfaketime() -> String {
+    let lib = std::fs::read_dir("/usr/lib")
+        .expect("/usr/lib")
+        .filter_map(Result::ok)
+        .map(|arch| arch.path().join("faketime/libfaketimeMT.so.1"))
+        .find(|path| path.exists())
+        .expect("libfaketime (scripts/test installs Debian's faketime)");
+    lib.display().to_string()
+}
+
+/// One sidecar on `database_url` whose wall clock is `offset` off (libfaketime syntax, e.g.
+/// `+8s`, `-0.4`; empty for a correct clock), with its metrics on a known port.
+struct Instance {
+    process: SidecarProcess,
+    api: Api,
+    metrics: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Instance {
+    async fn start(database_url: &str, offset: &str) -> Self {
+        let dir = tempfile::tempdir().expect("dir");
+        let key = dir.path().join("main.key");
+        std::fs::write(&key, crate::common::TEST_SECRET).expect("write");
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
+        let key_spec = format!("main=HS256:{}", key.display());
+        let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let metrics_listen = metrics.to_string();
+        let preload = libfaketime();
+        let mut env = vec![
+            ("DATABASE_URL", database_url),
+            ("TOKEN_SIDECAR_KEYS", key_spec.as_str()),
+            ("TOKEN_SIDECAR_METRICS_LISTEN", metrics_listen.as_str()),
+        ];
+        if !offset.is_empty() {
+            env.extend([
+                ("LD_PRELOAD", preload.as_str()),
+                ("FAKETIME", offset),
+                // Only the wall clock is wrong, as on a host whose NTP is broken.
+                ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+            ]);
+        }
+        let process = SidecarProcess::start(dir.path(), &env).await;
+        let api = Api::new(process.connect().await);
+        Self {
+            process,
+            api,
+            metrics,
+            _dir: dir,
+        }
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let (_, body) = http_get(self.metrics, "/metrics").await;
+        metric_value(&body, name).unwrap_or_else(|| panic!("no {name} in\n{body}"))
+    }
+
+    async fn health(&self, service: &str) -> i32 {
+        let channel = Channel::from_shared(format!("http://127.0.0.1:{}", self.process.port))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health")
+            .into_inner()
+            .status
+    }
+
+    async fn issue(&self, user_id: &str) -> Result<pb::IssueResponse, tonic::Status> {
+        self.api
+            .clone()
+            .issue(pb::IssueRequest {
+                user_id: user_id.into(),
+                ..Default::default()
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    async fn reason(&self, token: &str) -> pb::Reason {
+        let verdict = self
+            .api
+            .clone()
+            .verify(pb::VerifyRequest {
+                token: token.into(),
+            })
+            .await
+            .expect("verify")
+            .into_inner();
+        verdict.reason()
+    }
+
+    async fn revoke_all(&self, user_id: &str) {
+        self.api
+            .clone()
+            .revoke(pb::RevokeRequest {
+                target: Some(Target::User(pb::UserRevocation {
+                    user_id: user_id.into(),
+                    until: None,
+                })),
+            })
+            .await
+            .expect("revoke all");
+    }
+
+    async fn status(&self, user_id: &str) -> pb::GetUserStatusResponse {
+        self.api
+            .clone()
+            .get_user_status(pb::GetUserStatusRequest {
+                user_id: user_id.into(),
+            })
+            .await
+            .expect("status")
+            .into_inner()
+    }
+}
+
+#[tokio::test]
+async fn an_instance_whose_clock_is_8s_fast_refuses_to_mint_and_says_why_everywhere() {
+    let database_url = crate::common::fresh_postgres_database().await;
+    let fast = Instance::start(&database_url, "+8s").await;
+
+    // The skew measured against the database is the one libfaketime gave the process: the
+    // preload reached the binary's clock.
+    let skew = fast.metric("token_sidecar_clock_skew_ms").await;
+    assert!((7_500.0..8_500.0).contains(&skew), "skew {skew} ms");
+    assert_eq!(fast.metric("token_sidecar_clock_in_step").await, 0.0);
+
+    let refused = fast
+        .issue("alice")
+        .await
+        .expect_err("a skewed instance mints nothing");
+    assert_eq!(refused.code(), Code::Unavailable);
+    assert!(
+        refused.message().contains("off the database's"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(fast.metric("token_sidecar_clock_refusals_total").await, 1.0);
+    assert_eq!(
+        fast.health(token_sidecar::clock_upkeep::HEALTH_NAME).await,
+        ServingStatus::NotServing as i32
+    );
+    // Verifying is still safe (it reads the database's time), so the service stays SERVING.
+    assert_eq!(
+        fast.health("tokensidecar.v1.TokenService").await,
+        ServingStatus::Serving as i32
+    );
+
+    // A token a correct instance minted verifies on the skewed one as it does everywhere.
+    let correct = Instance::start(&database_url, "").await;
+    assert_eq!(
+        correct
+            .health(token_sidecar::clock_upkeep::HEALTH_NAME)
+            .await,
+        ServingStatus::Serving as i32
+    );
+    let token = correct.issue("alice").await.expect("issue").token;
+    assert_eq!(fast.reason(&token).await, pb::Reason::Unspecified);
+    correct.revoke_all("alice").await;
+    crate::common::eventually(Duration::from_secs(5), "the logout reaches it", || async {
+        fast.reason(&token).await == pb::Reason::UserRevoked
+    })
+    .await;
+
+    fast.process.signal("-TERM");
+    let (_, log) = fast.process.wait().await;
+    assert!(log.contains("beyond --max-clock-skew"), "{log}");
+}
+
+#[tokio::test]
+async fn within_the_tolerance_instances_agree_on_logout_everywhere_and_on_bans() {
+    let database_url = crate::common::fresh_postgres_database().await;
+    let fast = Instance::start(&database_url, "+0.4").await;
+    let correct = Instance::start(&database_url, "").await;
+    let slow = Instance::start(&database_url, "-0.4").await;
+
+    // Minted on the fast instance, then "logout everywhere" on the correct one: the token was
+    // minted before the logout returned, so it is refused everywhere.
+    for round in 0..3 {
+        let token = fast
+            .issue("alice")
+            .await
+            .expect("issue within the tolerance")
+            .token;
+        correct.revoke_all("alice").await;
+        for instance in [&fast, &correct, &slow] {
+            crate::common::eventually(Duration::from_secs(5), "the logout is seen", || async {
+                instance.reason(&token).await == pb::Reason::UserRevoked
+            })
+            .await;
+        }
+        // A logout without `until` never reads as a ban, not even on the slow instance: a
+        // login right after it works there.
+        let status = slow.status("alice").await;
+        assert!(!status.banned, "round {round}: {status:?}");
+        let again = slow.issue("alice").await.expect("login after the logout");
+        assert_eq!(correct.reason(&again.token).await, pb::Reason::Unspecified);
+    }
+
+    // A ban lifted on one instance is over on the slow one at once.
+    correct
+        .api
+        .clone()
+        .revoke(pb::RevokeRequest {
+            target: Some(Target::User(pb::UserRevocation {
+                user_id: "mallory".into(),
+                until: Some(prost_types::Timestamp {
+                    seconds: chrono::Utc::now().timestamp() + 3600,
+                    nanos: 0,
+                }),
+            })),
+        })
+        .await
+        .expect("ban");
+    let banned = fast.issue("mallory").await.expect_err("banned");
+    assert_eq!(banned.code(), Code::PermissionDenied);
+    correct
+        .api
+        .clone()
+        .lift_ban(pb::LiftBanRequest {
+            user_id: "mallory".into(),
+        })
+        .await
+        .expect("lift");
+    crate::common::eventually(Duration::from_secs(5), "the lift is seen", || async {
+        !slow.status("mallory").await.banned
+    })
+    .await;
+    slow.issue("mallory").await.expect("issue after the lift");
+}
