@@ -220,14 +220,17 @@ impl TokenAuthority {
         self.check_clock().await?;
         let cutoff = store.cutoff(&request.user_id).await?;
         let now = self.clock.now_ms();
-        let orig_iat_ms = RevocationPolicy::new_session_start(cutoff, now).map_err(|_| {
-            AuthorityError::Banned {
-                until_ms: cutoff.unwrap_or(now),
-            }
-        })?;
+        // Rule 9: a mint time is never later than the moment of minting.
+        let mint_at = self.clock.earliest_ms();
+        let orig_iat_ms =
+            RevocationPolicy::new_session_start(cutoff, now, mint_at).map_err(|_| {
+                AuthorityError::Banned {
+                    until_ms: cutoff.unwrap_or(now),
+                }
+            })?;
         let times = self
             .policy
-            .token_times(orig_iat_ms, now, request.ttl_ms)
+            .token_times(orig_iat_ms, mint_at, request.ttl_ms)
             .map_err(|_| invalid("ttl", "INVALID_TTL", "the token would expire at once"))?;
         self.mint(
             request.user_id,
@@ -266,7 +269,7 @@ impl TokenAuthority {
             .await?
             .map_err(AuthorityError::Rejected)?;
         self.check_clock().await?;
-        let now = self.clock.now_ms();
+        let now = self.clock.earliest_ms();
         self.policy
             .check_refresh(&claims, now)
             .map_err(AuthorityError::Rejected)?;

@@ -9,7 +9,7 @@
 //! - **monotonic time** ([`Clock::monotonic_ms`]): durations and staleness, which never step.
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
 
 /// Milliseconds since the Unix epoch: the one time unit inside the sidecar.
@@ -27,28 +27,47 @@ pub trait Clock: Send + Sync + 'static {
     /// `None` while the fleet's clock has not been read yet.
     fn skew_ms(&self) -> Option<i64>;
 
+    /// The earliest the fleet's time can be now: [`Clock::now_ms`] less its error. A mint time
+    /// stamped with it is never later than the moment of minting, so that a revoke-all that
+    /// follows the mint covers the token even if this instance's reading of the fleet's clock
+    /// is a little ahead.
+    fn earliest_ms(&self) -> UnixMillis {
+        self.now_ms()
+    }
+
+    /// How far [`Clock::now_ms`] may be off the fleet's time, in µs; None until read.
+    fn uncertainty_us(&self) -> Option<i64> {
+        Some(0)
+    }
+
     /// Takes a reading of the fleet's clock into account.
     fn align(&self, _reading: Reading) {}
+
+    /// [`Clock::monotonic_ms`] in microseconds, for readings of the fleet's clock.
+    fn monotonic_us(&self) -> i64 {
+        self.monotonic_ms().saturating_mul(1000)
+    }
 }
 
-/// One reading of the fleet's clock: its time, read between two monotonic instants.
+/// One reading of the fleet's clock, in microseconds: its time, read between two instants of
+/// [`Clock::monotonic_us`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reading {
-    /// The fleet's time as read.
-    pub fleet_ms: UnixMillis,
-    /// [`Clock::monotonic_ms`] when the question was sent.
-    pub sent_ms: i64,
-    /// [`Clock::monotonic_ms`] when the answer arrived.
-    pub received_ms: i64,
+    /// The fleet's time as read (µs since the epoch).
+    pub fleet_us: i64,
+    /// When the question was sent.
+    pub sent_us: i64,
+    /// When the answer arrived.
+    pub received_us: i64,
 }
 
 impl Reading {
-    /// Longest round trip whose reading is still used: the reading's error is at most half of it.
-    pub const MAX_ROUND_TRIP_MS: i64 = 1000;
+    /// Longest round trip whose reading is used at all (its error is at most half of it).
+    pub const MAX_ROUND_TRIP_US: i64 = 1_000_000;
 
     /// How long the question took to be answered.
-    pub fn round_trip_ms(&self) -> i64 {
-        self.received_ms.saturating_sub(self.sent_ms)
+    pub fn round_trip_us(&self) -> i64 {
+        self.received_us.saturating_sub(self.sent_us)
     }
 }
 
@@ -58,11 +77,15 @@ pub fn wall_ms() -> UnixMillis {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// Milliseconds since this process first asked, on the monotonic clock.
-pub fn process_monotonic_ms() -> i64 {
+/// Microseconds since this process first asked, on the monotonic clock.
+pub fn process_monotonic_us() -> i64 {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
     let origin = ORIGIN.get_or_init(Instant::now);
-    i64::try_from(origin.elapsed().as_millis()).unwrap_or(i64::MAX)
+    i64::try_from(origin.elapsed().as_micros()).unwrap_or(i64::MAX)
+}
+
+fn wall_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
 }
 
 /// The local wall clock as the fleet's: for a store no other instance shares (and tools).
@@ -75,7 +98,11 @@ impl Clock for SystemClock {
     }
 
     fn monotonic_ms(&self) -> i64 {
-        process_monotonic_ms()
+        process_monotonic_us() / 1000
+    }
+
+    fn monotonic_us(&self) -> i64 {
+        process_monotonic_us()
     }
 
     fn skew_ms(&self) -> Option<i64> {
@@ -88,74 +115,128 @@ type Source = Box<dyn Fn() -> i64 + Send + Sync>;
 /// The fleet's clock as seen from this process: the monotonic clock plus an offset measured
 /// against the database's clock. Until the first reading it trusts the local wall clock (and
 /// says so: [`Clock::skew_ms`] is `None`).
+///
+/// Readings are filtered as NTP does: the one with the shortest round trip is the most exact
+/// (its error is at most half of it), so a reading replaces the one in use only when it is at
+/// least as exact as that one has become with age (the monotonic clock may drift from the
+/// database's by [`FleetClock::DRIFT_PPM`]). A slow answer on a busy machine therefore never
+/// moves fleet time by more than the error it already had.
 pub struct FleetClock {
+    /// Wall clock, µs since the epoch.
     wall: Source,
+    /// Monotonic clock, µs.
     monotonic: Source,
-    /// Fleet time minus monotonic time.
+    /// Fleet time minus monotonic time, µs.
     offset: AtomicI64,
-    aligned: AtomicBool,
+    in_use: parking_lot::Mutex<Option<Sample>>,
+}
+
+/// The reading in use: its offset, error bound and when it was taken.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    error_us: i64,
+    taken_us: i64,
 }
 
 impl std::fmt::Debug for FleetClock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FleetClock")
-            .field("offset", &self.offset)
-            .field("aligned", &self.aligned)
+            .field("offset_us", &self.offset)
+            .field("in_use", &self.in_use)
             .finish()
     }
 }
 
 impl Default for FleetClock {
     fn default() -> Self {
-        Self::with_sources(Box::new(wall_ms), Box::new(process_monotonic_ms))
+        Self::with_sources(Box::new(wall_us), Box::new(process_monotonic_us))
     }
 }
 
 impl FleetClock {
+    /// How fast the monotonic clock may drift from the database's, in parts per million.
+    pub const DRIFT_PPM: i64 = 100;
+
     /// A fleet clock over this process's wall and monotonic clocks.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// A fleet clock over the given wall and monotonic clocks (tests step them).
+    /// A fleet clock over the given wall and monotonic clocks, both in µs (tests step them).
     pub fn with_sources(wall: Source, monotonic: Source) -> Self {
         let offset = wall().saturating_sub(monotonic());
         Self {
             wall,
             monotonic,
             offset: AtomicI64::new(offset),
-            aligned: AtomicBool::new(false),
+            in_use: parking_lot::Mutex::new(None),
         }
     }
-}
 
-impl Clock for FleetClock {
-    fn now_ms(&self) -> UnixMillis {
+    fn now_us(&self) -> i64 {
         self.offset
             .load(Ordering::Acquire)
             .saturating_add((self.monotonic)())
     }
 
+    /// The error of `sample` by `at_us`: half its round trip, plus the drift since.
+    fn aged(sample: &Sample, at_us: i64) -> i64 {
+        sample.error_us.saturating_add(
+            at_us.saturating_sub(sample.taken_us).max(0) * Self::DRIFT_PPM / 1_000_000,
+        )
+    }
+}
+
+impl Clock for FleetClock {
+    fn now_ms(&self) -> UnixMillis {
+        self.now_us().div_euclid(1000)
+    }
+
     fn monotonic_ms(&self) -> i64 {
+        (self.monotonic)().div_euclid(1000)
+    }
+
+    fn monotonic_us(&self) -> i64 {
         (self.monotonic)()
     }
 
     fn skew_ms(&self) -> Option<i64> {
-        self.aligned
-            .load(Ordering::Acquire)
-            .then(|| (self.wall)().saturating_sub(self.now_ms()))
+        self.in_use
+            .lock()
+            .is_some()
+            .then(|| (self.wall)().saturating_sub(self.now_us()) / 1000)
+    }
+
+    fn earliest_ms(&self) -> UnixMillis {
+        let error = self.uncertainty_us().unwrap_or(0);
+        self.now_us().saturating_sub(error).div_euclid(1000)
+    }
+
+    fn uncertainty_us(&self) -> Option<i64> {
+        let at = (self.monotonic)();
+        self.in_use.lock().as_ref().map(|s| Self::aged(s, at))
     }
 
     fn align(&self, reading: Reading) {
-        let round_trip = reading.round_trip_ms();
-        if !(0..=Reading::MAX_ROUND_TRIP_MS).contains(&round_trip) {
+        let round_trip = reading.round_trip_us();
+        if !(0..=Reading::MAX_ROUND_TRIP_US).contains(&round_trip) {
+            return;
+        }
+        let error_us = round_trip / 2;
+        let mut in_use = self.in_use.lock();
+        if let Some(current) = &*in_use
+            && error_us > Self::aged(current, reading.received_us)
+        {
             return;
         }
         // The answer was given somewhere in the round trip: its middle errs by at most half.
-        let midpoint = reading.sent_ms.saturating_add(round_trip / 2);
+        let midpoint = reading.sent_us.saturating_add(error_us);
         self.offset
-            .store(reading.fleet_ms.saturating_sub(midpoint), Ordering::Release);
-        self.aligned.store(true, Ordering::Release);
+            .store(reading.fleet_us.saturating_sub(midpoint), Ordering::Release);
+        *in_use = Some(Sample {
+            error_us,
+            taken_us: reading.received_us,
+        });
     }
 }
 
@@ -242,9 +323,9 @@ mod tests {
         assert!(SystemClock.now_ms() > 1_577_836_800_000);
     }
 
-    /// A fleet clock over a wall and a monotonic clock the test moves.
-    fn fleet_clock(wall: i64) -> (FleetClock, Arc<AtomicI64>, Arc<AtomicI64>) {
-        let wall = Arc::new(AtomicI64::new(wall));
+    /// A fleet clock over a wall and a monotonic clock (µs) the test moves.
+    fn fleet_clock(wall_ms: i64) -> (FleetClock, Arc<AtomicI64>, Arc<AtomicI64>) {
+        let wall = Arc::new(AtomicI64::new(wall_ms * 1000));
         let mono = Arc::new(AtomicI64::new(0));
         let (w, m) = (wall.clone(), mono.clone());
         let clock = FleetClock::with_sources(
@@ -253,6 +334,8 @@ mod tests {
         );
         (clock, wall, mono)
     }
+
+    const MS: i64 = 1000;
 
     #[test]
     fn fleet_clock_follows_the_database_not_the_local_wall_clock() {
@@ -265,29 +348,66 @@ mod tests {
             "trusts the local clock until read"
         );
         clock.align(Reading {
-            fleet_ms: 1_000_010,
-            sent_ms: 0,
-            received_ms: 20,
+            fleet_us: 1_000_010 * MS,
+            sent_us: 0,
+            received_us: 20 * MS,
         });
         assert_eq!(clock.now_ms(), 1_000_000);
         assert_eq!(clock.skew_ms(), Some(8_000));
+        assert_eq!(clock.uncertainty_us(), Some(10 * MS));
+        assert_eq!(clock.earliest_ms(), 999_990, "mint times are never late");
         // Time passes on both clocks: fleet time follows the monotonic clock.
-        mono.fetch_add(5_000, Ordering::SeqCst);
-        wall.fetch_add(5_000, Ordering::SeqCst);
+        mono.fetch_add(5_000 * MS, Ordering::SeqCst);
+        wall.fetch_add(5_000 * MS, Ordering::SeqCst);
         assert_eq!(clock.now_ms(), 1_005_000);
         // The wall clock steps back 15 s: fleet time does not move, the skew shows it.
-        wall.fetch_sub(15_000, Ordering::SeqCst);
+        wall.fetch_sub(15_000 * MS, Ordering::SeqCst);
         assert_eq!(clock.now_ms(), 1_005_000);
         assert_eq!(clock.skew_ms(), Some(-7_000));
+    }
+
+    #[test]
+    fn a_slow_answer_does_not_replace_a_more_exact_reading() {
+        let (clock, _wall, mono) = fleet_clock(50_000);
+        clock.align(Reading {
+            fleet_us: 10_000 * MS + 200,
+            sent_us: 0,
+            received_us: 400,
+        });
+        assert_eq!(clock.now_ms(), 10_000);
+        // A busy moment: the answer took 300 ms, and its middle is 100 ms off.
+        mono.store(1_000 * MS, Ordering::SeqCst);
+        clock.align(Reading {
+            fleet_us: 10_800 * MS,
+            sent_us: 700 * MS,
+            received_us: 1_000 * MS,
+        });
+        assert_eq!(clock.now_ms(), 11_000, "the exact reading is kept");
+        // A quick answer replaces it.
+        clock.align(Reading {
+            fleet_us: 11_003 * MS,
+            sent_us: 1_000 * MS,
+            received_us: 1_000 * MS + 200,
+        });
+        assert_eq!(clock.now_ms(), 11_002);
+        // An hour later the kept reading may have drifted by 360 ms: a 500 ms round trip
+        // (250 ms of error) is then the better one.
+        mono.store(3_601_000 * MS, Ordering::SeqCst);
+        clock.align(Reading {
+            fleet_us: 3_611_500 * MS,
+            sent_us: 3_600_500 * MS,
+            received_us: 3_601_000 * MS,
+        });
+        assert_eq!(clock.now_ms(), 3_611_750);
     }
 
     #[test]
     fn a_reading_with_a_long_round_trip_is_not_used() {
         let (clock, _wall, _mono) = fleet_clock(50_000);
         clock.align(Reading {
-            fleet_ms: 10_000,
-            sent_ms: 0,
-            received_ms: Reading::MAX_ROUND_TRIP_MS + 1,
+            fleet_us: 10_000 * MS,
+            sent_us: 0,
+            received_us: Reading::MAX_ROUND_TRIP_US + 1,
         });
         assert_eq!(clock.skew_ms(), None);
         assert_eq!(clock.now_ms(), 50_000);

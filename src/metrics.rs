@@ -101,6 +101,8 @@ pub struct Metrics {
     pub sync_forks: Counter,
     /// This process's wall clock minus the fleet's (the database's), in milliseconds.
     pub clock_skew_ms: Gauge,
+    /// How far this process's reading of the fleet's clock may be off, in µs (-1: not read).
+    pub clock_uncertainty_us: Gauge,
     /// 1 while the fleet's clock has been read and the skew is within --max-clock-skew.
     pub clock_in_step: Gauge,
     /// Issue and Refresh refused because this instance's clock is off the fleet's.
@@ -174,6 +176,7 @@ impl Metrics {
             sync_forks: Counter::default(),
             clock_skew_ms: Gauge::default(),
             clock_in_step: Gauge::default(),
+            clock_uncertainty_us: Gauge::default(),
             clock_refusals: Counter::default(),
             store_write_failures: Family::default(),
             filter_items: Gauge::default(),
@@ -257,6 +260,12 @@ impl Metrics {
             "clock_skew_ms",
             "This process's wall clock minus the database's (the fleet's one clock), in ms",
             m.clock_skew_ms.clone(),
+        );
+        registry.register(
+            "clock_uncertainty_us",
+            "How far this process's reading of the database's clock may be off, in µs (half the \
+             quickest recent round trip, plus drift); -1 until read",
+            m.clock_uncertainty_us.clone(),
         );
         registry.register(
             "clock_in_step",

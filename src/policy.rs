@@ -166,14 +166,17 @@ impl RevocationPolicy {
 
     /// Rule 3: the `orig_iat` of a new session: refused while banned, never at or before the
     /// cutoff (a login right after "logout everywhere" works even within the same millisecond).
+    /// Rule 9: the ban is judged at `now`, the fleet's time; the session is stamped `mint_at`,
+    /// the earliest the fleet's time can be (never later than the moment of minting).
     pub fn new_session_start(
         cutoff: Option<UnixMillis>,
         now: UnixMillis,
+        mint_at: UnixMillis,
     ) -> Result<UnixMillis, Reason> {
         if Self::is_banned(cutoff, now) {
             return Err(Reason::UserBanned);
         }
-        Ok(cutoff.map_or(now, |c| now.max(c + 1)))
+        Ok(cutoff.map_or(mint_at, |c| mint_at.max(c + 1)))
     }
 
     /// The times of a token minted at `now` for a session that started at `orig_iat_ms`:
@@ -345,17 +348,27 @@ mod tests {
     fn rule3_issue_refused_while_banned_and_never_at_or_before_the_cutoff() {
         let now = 50 * SEC;
         assert_eq!(
-            RevocationPolicy::new_session_start(Some(now + 1), now),
+            RevocationPolicy::new_session_start(Some(now + 1), now, now),
             Err(Reason::UserBanned)
         );
-        assert_eq!(RevocationPolicy::new_session_start(None, now), Ok(now));
+        assert_eq!(RevocationPolicy::new_session_start(None, now, now), Ok(now));
         assert_eq!(
-            RevocationPolicy::new_session_start(Some(now), now),
+            RevocationPolicy::new_session_start(Some(now), now, now),
             Ok(now + 1)
         );
         assert_eq!(
-            RevocationPolicy::new_session_start(Some(now - 5), now),
+            RevocationPolicy::new_session_start(Some(now - 5), now, now),
             Ok(now)
+        );
+        // Rule 9: stamped at the earliest the fleet's time can be, still after the cutoff; a
+        // cutoff just written elsewhere never reads as a ban here.
+        assert_eq!(
+            RevocationPolicy::new_session_start(Some(now - 5), now, now - 3),
+            Ok(now - 3)
+        );
+        assert_eq!(
+            RevocationPolicy::new_session_start(Some(now), now, now - 3),
+            Ok(now + 1)
         );
     }
 

@@ -392,9 +392,9 @@ pub trait RevocationStore: Send + Sync + 'static {
     }
     /// Answers when the database is reachable.
     async fn ping(&self) -> Result<(), StoreError>;
-    /// The database's clock, the fleet's one clock (SPEC §4 rule 9); None for a store with no
-    /// clock of its own, whose instance's clock is the fleet's.
-    async fn clock_ms(&self) -> Result<Option<UnixMillis>, StoreError> {
+    /// The database's clock in microseconds since the epoch, the fleet's one clock (SPEC §4
+    /// rule 9); None for a store with no clock of its own, whose instance's clock is the fleet's.
+    async fn clock_us(&self) -> Result<Option<i64>, StoreError> {
         Ok(None)
     }
     /// How the change listener connects to PostgreSQL (outside the pool, one connection of the

@@ -74,6 +74,9 @@ pub struct PostgresStore {
     sync_key_file: Option<PathBuf>,
     /// `--store-timeout`: the longest a write waits.
     store_timeout: Duration,
+    /// Turns to write: fewer than the pool's connections, so that writes waiting on a lock
+    /// never take the connection reads need.
+    writers: Arc<tokio::sync::Semaphore>,
     /// The same in milliseconds, as PostgreSQL's settings take it.
     store_timeout_ms: String,
     /// Every announcement committed through this store (for NATS).
@@ -86,20 +89,31 @@ impl PostgresStore {
     /// A pool that connects on first use, so the sidecar can start (NOT_SERVING) before the
     /// database is up. A short acquire timeout turns an outage into a prompt UNAVAILABLE.
     pub fn connect_lazy(url: &str, settings: PoolSettings) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(url)?;
-        // One connection of the budget is the sync task's own (LISTEN, or its polls), unless the
-        // budget is one: then there is none, and the sync task polls through the pool.
-        let own_sync_connection = settings.max_connections > 1;
-        let pool = PgPoolOptions::new()
-            .max_connections(settings.max_connections.saturating_sub(1).max(1))
-            .min_connections(0)
-            .idle_timeout(Some(settings.idle_timeout))
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_lazy_with(options.clone());
         // `statement-cache-capacity=0` is how a URL says "behind a transaction pooler": sqlx
         // still names its statements then, which collide on a shared server connection, so
         // every statement is sent unnamed instead.
         let prepared = !url.contains("statement-cache-capacity=0");
+        let mut options = PgConnectOptions::from_str(url)?;
+        if prepared {
+            // The server notices a sidecar whose host vanished (and frees its locks) within
+            // about a minute, not after the kernel's default two hours. (A pooler would refuse
+            // these startup options; it keeps its own server connections.)
+            options = options.options([
+                ("tcp_keepalives_idle", "30"),
+                ("tcp_keepalives_interval", "10"),
+                ("tcp_keepalives_count", "3"),
+            ]);
+        }
+        // One connection of the budget is the sync task's own (LISTEN, or its polls), unless the
+        // budget is one: then there is none, and the sync task polls through the pool.
+        let own_sync_connection = settings.max_connections > 1;
+        let pooled = settings.max_connections.saturating_sub(1).max(1);
+        let pool = PgPoolOptions::new()
+            .max_connections(pooled)
+            .min_connections(0)
+            .idle_timeout(Some(settings.idle_timeout))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options.clone());
         Ok(Self {
             pool,
             options,
@@ -108,6 +122,10 @@ impl PostgresStore {
             fleet: Arc::new(ArcSwapOption::empty()),
             sync_key_file: settings.sync_key_file,
             store_timeout: settings.store_timeout,
+            // Writers leave reads a connection: a lock held elsewhere stalls writes only.
+            writers: Arc::new(tokio::sync::Semaphore::new(
+                (pooled as usize).saturating_sub(1).max(1),
+            )),
             store_timeout_ms: settings.store_timeout.as_millis().max(1).to_string(),
             announced: broadcast::channel(4096).0,
             written: Arc::new(parking_lot::Mutex::new(None)),
@@ -170,6 +188,10 @@ impl PostgresStore {
     /// held by anyone else — a sidecar frozen mid-transaction, a role that took the advisory
     /// lock — fails the write, which the caller answers UNAVAILABLE (Revoke is idempotent).
     async fn writer(&self) -> Result<Write, StoreError> {
+        let turn = tokio::time::timeout(self.store_timeout, self.writers.clone().acquire_owned())
+            .await
+            .map_err(|_| StoreError::Timeout("waiting for a turn to write"))?
+            .map_err(|_| StoreError::Timeout("the store is closing"))?;
         let mut session = Session::start(self.conn().await?, Some("BEGIN")).await?;
         let (xid,): (i64,) = sqlx::query_as(
             "SELECT txid_current() FROM (SELECT
@@ -185,7 +207,37 @@ impl PostgresStore {
             .bind(CHANGE_LOCK)
             .execute(&mut *session)
             .await?;
-        Ok(Write { session, xid })
+        Ok(Write {
+            session,
+            xid,
+            _turn: turn,
+        })
+    }
+
+    /// A read, bounded on this side too: a server that vanished mid-statement (no answer, no
+    /// reset) would otherwise hold it until TCP gives up, many minutes later.
+    async fn bounded_read<T>(
+        &self,
+        read: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.store_timeout + ACQUIRE_TIMEOUT, read).await {
+            Ok(answer) => answer,
+            Err(_) => Err(StoreError::Timeout("a read got no answer")),
+        }
+    }
+
+    /// A write, bounded on this side too. Its own waits are bounded (lock and statement by the
+    /// server, COMMIT and its re-check by [`PostgresStore::commit`]), so this fires only when
+    /// the server went silent: the write may have committed, so the outcome is unknown.
+    async fn bounded_write<T>(
+        &self,
+        write: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let bound = self.store_timeout * 3 + ACQUIRE_TIMEOUT;
+        match tokio::time::timeout(bound, write).await {
+            Ok(answer) => answer,
+            Err(_) => Err(StoreError::OutcomeUnknown),
+        }
     }
 
     /// Commits a write. When the answer to COMMIT is lost (the connection broke, or no answer
@@ -559,6 +611,7 @@ type Session = sql::Session<Postgres>;
 struct Write {
     session: Session,
     xid: i64,
+    _turn: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl std::ops::Deref for Write {
@@ -702,15 +755,16 @@ impl RevocationStore for PostgresStore {
         Ok(answer)
     }
 
-    async fn clock_ms(&self) -> Result<Option<UnixMillis>, StoreError> {
+    async fn clock_us(&self) -> Result<Option<i64>, StoreError> {
         let mut session = self.session().await?;
         // clock_timestamp(), not now(): the time of the answer, not of the transaction's start.
-        let (ms,): (i64,) = sqlx::query_as(concat!("SELECT ", db_now_ms!()))
-            .persistent(self.prepared)
-            .fetch_one(&mut *session)
-            .await?;
+        let (us,): (i64,) =
+            sqlx::query_as("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint")
+                .persistent(self.prepared)
+                .fetch_one(&mut *session)
+                .await?;
         session.done().await?;
-        Ok(Some(ms))
+        Ok(Some(us))
     }
 
     fn sync_connect_options(&self) -> Option<PgConnectOptions> {
@@ -730,31 +784,34 @@ impl RevocationStore for PostgresStore {
     }
 
     async fn cutoff(&self, user_id: &str) -> Result<CutoffRecord, StoreError> {
-        let mut session = self.session().await?;
-        // With the link of the change that set it: a read ahead of the instance's watermark is
-        // checked against the history like the instance's own writes.
-        let row: Option<(i64, i64, Option<Vec<u8>>)> = sqlx::query_as(
-            "SELECT c.cutoff_unix_ms, c.change_seq, l.tag
+        self.bounded_read(async {
+            let mut session = self.session().await?;
+            // With the link of the change that set it: a read ahead of the instance's watermark is
+            // checked against the history like the instance's own writes.
+            let row: Option<(i64, i64, Option<Vec<u8>>)> = sqlx::query_as(
+                "SELECT c.cutoff_unix_ms, c.change_seq, l.tag
                  FROM user_cutoffs c LEFT JOIN change_chain l ON l.seq = c.change_seq
                  WHERE c.user_id = $1",
-        )
-        .persistent(self.prepared)
-        .bind(user_id)
-        .fetch_optional(&mut *session)
-        .await?;
-        session.done().await?;
-        Ok(match row {
-            Some((cutoff, seq, tag)) => CutoffRecord {
-                cutoff_ms: Some(cutoff),
-                seq,
-                link: tag.as_deref().and_then(announcement::link_tag),
-            },
-            None => CutoffRecord {
-                cutoff_ms: None,
-                seq: 0,
-                link: None,
-            },
+            )
+            .persistent(self.prepared)
+            .bind(user_id)
+            .fetch_optional(&mut *session)
+            .await?;
+            session.done().await?;
+            Ok(match row {
+                Some((cutoff, seq, tag)) => CutoffRecord {
+                    cutoff_ms: Some(cutoff),
+                    seq,
+                    link: tag.as_deref().and_then(announcement::link_tag),
+                },
+                None => CutoffRecord {
+                    cutoff_ms: None,
+                    seq: 0,
+                    link: None,
+                },
+            })
         })
+        .await
     }
 
     async fn raise_cutoff(
@@ -762,19 +819,20 @@ impl RevocationStore for PostgresStore {
         user_id: &str,
         at_least: UnixMillis,
     ) -> Result<CutoffUpdate, StoreError> {
-        let mut tx = self.writer().await?;
-        // The upsert and its "never lower it" guard are one statement, so concurrent
-        // revocations of one user cannot undo each other (nor a purge race it).
-        let (cutoff_ms, seq, committed_ms, changed): (i64, i64, i64, bool) =
-            sqlx::query_as(concat!(
-                "WITH next AS (",
-                next_seq!(),
-                "),
+        self.bounded_write(async {
+            let mut tx = self.writer().await?;
+            // The upsert and its "never lower it" guard are one statement, so concurrent
+            // revocations of one user cannot undo each other (nor a purge race it).
+            let (cutoff_ms, seq, committed_ms, changed): (i64, i64, i64, bool) =
+                sqlx::query_as(concat!(
+                    "WITH next AS (",
+                    next_seq!(),
+                    "),
              up AS (
                  INSERT INTO user_cutoffs (user_id, cutoff_unix_ms, change_seq, changed_unix_ms)
                      VALUES ($1, $2, (SELECT seq FROM next), ",
-                db_now_ms!(),
-                ")
+                    db_now_ms!(),
+                    ")
                  ON CONFLICT (user_id) DO UPDATE
                      SET cutoff_unix_ms = EXCLUDED.cutoff_unix_ms,
                          change_seq = EXCLUDED.change_seq,
@@ -787,24 +845,26 @@ impl RevocationStore for PostgresStore {
              UNION ALL
              SELECT cutoff_unix_ms, change_seq, changed_unix_ms, false FROM user_cutoffs
                  WHERE user_id = $1 AND NOT EXISTS (SELECT 1 FROM up)"
-            ))
-            .persistent(self.prepared)
-            .bind(user_id)
-            .bind(at_least)
-            .fetch_one(&mut *tx)
-            .await?;
-        let change = changed.then(|| Change::Cutoff {
-            seq,
-            committed_ms,
-            user_id: user_id.to_owned(),
-            cutoff_ms,
-        });
-        self.finish(tx, change).await?;
-        Ok(CutoffUpdate {
-            cutoff_ms,
-            seq,
-            changed,
+                ))
+                .persistent(self.prepared)
+                .bind(user_id)
+                .bind(at_least)
+                .fetch_one(&mut *tx)
+                .await?;
+            let change = changed.then(|| Change::Cutoff {
+                seq,
+                committed_ms,
+                user_id: user_id.to_owned(),
+                cutoff_ms,
+            });
+            self.finish(tx, change).await?;
+            Ok(CutoffUpdate {
+                cutoff_ms,
+                seq,
+                changed,
+            })
         })
+        .await
     }
 
     async fn lift_ban(
@@ -812,67 +872,76 @@ impl RevocationStore for PostgresStore {
         user_id: &str,
         now: UnixMillis,
     ) -> Result<Option<ChangeSeq>, StoreError> {
-        let mut tx = self.writer().await?;
-        let seq: Option<(i64, i64)> = sqlx::query_as(concat!(
-            "UPDATE user_cutoffs
+        self.bounded_write(async {
+            let mut tx = self.writer().await?;
+            let seq: Option<(i64, i64)> = sqlx::query_as(concat!(
+                "UPDATE user_cutoffs
                  SET cutoff_unix_ms = $2, change_seq = (",
-            next_seq!(),
-            "),
+                next_seq!(),
+                "),
                      changed_unix_ms = ",
-            db_now_ms!(),
-            ", updated_at = now()
+                db_now_ms!(),
+                ", updated_at = now()
                  WHERE user_id = $1 AND cutoff_unix_ms > $2
                  RETURNING change_seq, changed_unix_ms"
-        ))
-        .persistent(self.prepared)
-        .bind(user_id)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let change = seq.map(|(seq, committed_ms)| Change::Cutoff {
-            seq,
-            committed_ms,
-            user_id: user_id.to_owned(),
-            cutoff_ms: now,
-        });
-        Ok(self.finish(tx, change).await?.map(|c| c.seq()))
+            ))
+            .persistent(self.prepared)
+            .bind(user_id)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let change = seq.map(|(seq, committed_ms)| Change::Cutoff {
+                seq,
+                committed_ms,
+                user_id: user_id.to_owned(),
+                cutoff_ms: now,
+            });
+            Ok(self.finish(tx, change).await?.map(|c| c.seq()))
+        })
+        .await
     }
 
     async fn is_denied(&self, kind: DenyKind, id: &str) -> Result<bool, StoreError> {
-        let mut session = self.session().await?;
-        let answer = sql::is_denied::<Postgres>(&mut *session, self.prepared, kind, id).await?;
-        session.done().await?;
-        Ok(answer)
+        self.bounded_read(async {
+            let mut session = self.session().await?;
+            let answer = sql::is_denied::<Postgres>(&mut *session, self.prepared, kind, id).await?;
+            session.done().await?;
+            Ok(answer)
+        })
+        .await
     }
 
     async fn deny(&self, entry: &DenyEntry) -> Result<Option<ChangeSeq>, StoreError> {
-        let mut tx = self.writer().await?;
-        let seq: Option<(i64, i64)> = sqlx::query_as(concat!(
-            "INSERT INTO denylist (kind, id, user_id, moot_after_unix_ms, change_seq,
+        self.bounded_write(async {
+            let mut tx = self.writer().await?;
+            let seq: Option<(i64, i64)> = sqlx::query_as(concat!(
+                "INSERT INTO denylist (kind, id, user_id, moot_after_unix_ms, change_seq,
                                    changed_unix_ms)
                  VALUES ($1, $2, $3, $4, (",
-            next_seq!(),
-            "), ",
-            db_now_ms!(),
-            ")
+                next_seq!(),
+                "), ",
+                db_now_ms!(),
+                ")
                  ON CONFLICT (kind, id) DO NOTHING
                  RETURNING change_seq, changed_unix_ms"
-        ))
-        .persistent(self.prepared)
-        .bind(entry.kind.as_str())
-        .bind(&entry.id)
-        .bind(entry.user_id.as_deref())
-        .bind(entry.moot_after_ms)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let change = seq.map(|(seq, committed_ms)| Change::Denied {
-            seq,
-            committed_ms,
-            kind: entry.kind,
-            id: entry.id.clone(),
-            moot_after_ms: entry.moot_after_ms,
-        });
-        Ok(self.finish(tx, change).await?.map(|c| c.seq()))
+            ))
+            .persistent(self.prepared)
+            .bind(entry.kind.as_str())
+            .bind(&entry.id)
+            .bind(entry.user_id.as_deref())
+            .bind(entry.moot_after_ms)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let change = seq.map(|(seq, committed_ms)| Change::Denied {
+                seq,
+                committed_ms,
+                kind: entry.kind,
+                id: entry.id.clone(),
+                moot_after_ms: entry.moot_after_ms,
+            });
+            Ok(self.finish(tx, change).await?.map(|c| c.seq()))
+        })
+        .await
     }
 
     async fn release_idle(&self, keep: usize) {

@@ -314,9 +314,35 @@ async fn a_held_writers_lock_fails_writes_within_the_store_timeout() {
         app.metrics.store_write_failures_of("timeout") >= 5,
         "failing writes show in token_sidecar_store_write_failures_total"
     );
-    // Reads never wait behind the writers' lock, and health says SERVING.
+    // Reads never wait behind the writers' lock, not even while every writer waits on it.
+    let waiting: Vec<_> = tokens
+        .iter()
+        .map(|t| {
+            let app_client = app.client.clone();
+            let jti = t.jti.clone();
+            tokio::spawn(async move {
+                let _ = app_client
+                    .clone()
+                    .revoke(pb::RevokeRequest {
+                        target: Some(Target::Jti(jti)),
+                    })
+                    .await;
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
     let fresh = app.issue("reader").await;
     assert!(app.verify(&fresh.token).await.valid);
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "a read of an uncached user waited {:?} behind the writes",
+        started.elapsed()
+    );
+    for w in waiting {
+        w.await.expect("join");
+    }
+    // Health says SERVING.
     app.wait_for_health(tonic_health::pb::health_check_response::ServingStatus::Serving)
         .await;
     sqlx::query("SELECT pg_advisory_unlock_all()")

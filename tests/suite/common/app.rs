@@ -85,9 +85,21 @@ impl Settings {
         self
     }
 
-    /// Shares a database (and key directory) with another app.
+    /// Shares a database (and key directory) with another app. One process owns a SQLite
+    /// file (SPEC §6), so on SQLite the other app shares the keys and gets a file of its own.
     pub fn sharing(mut self, other: &TestApp) -> Self {
-        self.database_url = Some(other.database_url.clone());
+        self.database_url = Some(match self.backend {
+            Backend::Postgres => other.database_url.clone(),
+            Backend::Sqlite => {
+                static NEXT: std::sync::atomic::AtomicUsize =
+                    std::sync::atomic::AtomicUsize::new(0);
+                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                format!(
+                    "sqlite:{}",
+                    other.dir.path().join(format!("other-{n}.db")).display()
+                )
+            }
+        });
         self.dir = Some(other.dir.clone());
         self
     }
