@@ -252,11 +252,11 @@ impl RevocationPolicy {
         now - self.refresh_window_ms - self.leeway_ms - 1
     }
 
-    /// What the purge may delete at `now`: it keeps a margin of the tolerated clock skew, so
-    /// that no row goes while an instance within the tolerance could still accept what it
-    /// refuses.
+    /// What the purge may delete at `now`: it keeps a margin of twice the tolerated clock skew
+    /// (the purger ahead, another instance behind), so that no row goes while an instance
+    /// within the tolerance could still accept what it refuses.
     pub fn purge_horizon(&self, now: UnixMillis) -> PurgeHorizon {
-        let now = now.saturating_sub(self.max_clock_skew_ms);
+        let now = now.saturating_sub(self.max_clock_skew_ms.saturating_mul(2));
         PurgeHorizon {
             moot_before: now,
             cutoffs_before: self.cutoff_purgeable_before(now),
@@ -505,10 +505,14 @@ mod tests {
         let p = policy();
         let now = 100 * DAY;
         let horizon = p.purge_horizon(now);
-        assert_eq!(horizon.moot_before, now - 500);
-        assert_eq!(horizon.cutoffs_before, p.cutoff_purgeable_before(now - 500));
-        // A row moot just now is kept while an instance within the tolerance may still be
-        // before its moot time.
-        assert!(now - 400 >= horizon.moot_before);
+        assert_eq!(horizon.moot_before, now - 1_000);
+        assert_eq!(
+            horizon.cutoffs_before,
+            p.cutoff_purgeable_before(now - 1_000)
+        );
+        // The purger 500 ms ahead, another instance 500 ms behind: what that one may still take
+        // for valid is kept.
+        let (purger_now, laggard_now) = (now + 500, now - 500);
+        assert!(p.purge_horizon(purger_now).moot_before <= laggard_now);
     }
 }

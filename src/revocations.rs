@@ -725,6 +725,7 @@ mod model {
     //! disagrees with the store.
     use super::*;
     use crate::clock::ManualClock;
+    use crate::policy::RevocationPolicy;
     use crate::store::announcement::FleetKey;
     use crate::store::memory::{ForeignWrite, MemoryStore};
     use crate::sync::sequencer::{Offer, Sequencer};
@@ -887,14 +888,26 @@ mod model {
         }
     }
 
-    async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    /// The tolerated clock skew (rule 9), as the purge's margin.
+    const MAX_SKEW_MS: i64 = 500;
+
+    async fn run(ops: Vec<Op>, offsets: [i64; INSTANCES]) -> Result<(), TestCaseError> {
         let store = Arc::new(MemoryStore::default());
+        // The fleet's time, and each instance's reading of it: off by up to the tolerance.
         let clock = ManualClock::new(T0);
+        let clocks: Vec<ManualClock> = offsets.iter().map(|o| ManualClock::new(T0 + o)).collect();
+        let policy = RevocationPolicy {
+            token_ttl_ms: 60_000,
+            refresh_window_ms: 3_600_000,
+            leeway_ms: 0,
+            refresh_reuse_interval_ms: None,
+            max_clock_skew_ms: MAX_SKEW_MS,
+        };
         let instances: Vec<Revocations> = (0..INSTANCES)
-            .map(|_| {
+            .map(|i| {
                 Revocations::new(
                     store.clone(),
-                    Arc::new(clock.clone()),
+                    Arc::new(clocks[i].clone()),
                     Arc::new(Metrics::new()),
                     settings(),
                 )
@@ -921,7 +934,7 @@ mod model {
         for op in ops {
             let now = clock.now_ms();
             match op {
-                Op::Local(i, w) => local(&instances[i], &w, now).await,
+                Op::Local(i, w) => local(&instances[i], &w, clocks[i].now_ms()).await,
                 Op::Foreign(w) => store.commit(&foreign(&w, now)),
                 Op::DuringSnapshot(w) => store.commit_during_next_snapshot(foreign(&w, now)),
                 Op::ReadCutoff(i, u) => {
@@ -962,13 +975,34 @@ mod model {
                     prop_assert!(fleet.open(forger.seal(&forged).as_bytes()).is_err());
                 }
                 Op::Purge(i) => {
+                    // On the instance's own reading of the fleet's time, with the margin.
                     let horizon = PurgeHorizon {
-                        moot_before: clock.now_ms(),
                         cutoffs_before: UnixMillis::MIN,
+                        ..policy.purge_horizon(clocks[i].now_ms())
                     };
-                    prop_assert!(instances[i].purge(horizon).await.is_ok())
+                    let before = store.denylist();
+                    prop_assert!(instances[i].purge(horizon).await.is_ok());
+                    let after = store.denylist();
+                    // No instance, however far behind within the tolerance, may still take
+                    // what a purged row refused for valid.
+                    let earliest = clocks.iter().map(ManualClock::now_ms).min().unwrap_or(now);
+                    for (key, moot) in before {
+                        prop_assert!(
+                            after.contains_key(&key) || moot < earliest,
+                            "instance {} (off by {} ms) purged {:?}, which refuses until {}",
+                            i,
+                            offsets[i],
+                            key,
+                            moot - earliest
+                        );
+                    }
                 }
-                Op::Advance(s) => clock.advance_ms(s * 1000),
+                Op::Advance(s) => {
+                    clock.advance_ms(s * 1000);
+                    for c in &clocks {
+                        c.advance_ms(s * 1000);
+                    }
+                }
             }
         }
         store.flush();
@@ -995,8 +1029,10 @@ mod model {
                 for id in 0..IDS {
                     let key = deny_key(session, id);
                     let denied = instance.is_denied(key.0, &key.1).await.ok();
+                    // Judged on the instance's own reading of the fleet's time: a row moot by
+                    // it refuses only tokens that have expired by it too.
                     match denylist.get(&key) {
-                        Some(moot) if *moot >= now => {
+                        Some(moot) if *moot >= clocks[n].now_ms() => {
                             prop_assert_eq!(denied, Some(true), "instance {} {:?}", n, key)
                         }
                         Some(_) => {} // moot: nothing it refuses can still be valid
@@ -1013,11 +1049,12 @@ mod model {
         #![proptest_config(ProptestConfig::with_cases(400))]
         #[test]
         fn after_one_sync_every_instance_agrees_with_the_store(
-            ops in proptest::collection::vec(op(), 1..40)
+            ops in proptest::collection::vec(op(), 1..40),
+            offsets in proptest::array::uniform3(-MAX_SKEW_MS..=MAX_SKEW_MS),
         ) {
             let rt = tokio::runtime::Builder::new_current_thread().build();
             let Ok(rt) = rt else { panic!("runtime") };
-            rt.block_on(run(ops))?;
+            rt.block_on(run(ops, offsets))?;
         }
     }
 
