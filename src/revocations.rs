@@ -1006,7 +1006,6 @@ mod model {
             }
         }
         store.flush();
-        let now = clock.now_ms();
         let cutoffs = store.cutoffs();
         let denylist = store.denylist();
         for (n, instance) in instances.iter().enumerate() {
