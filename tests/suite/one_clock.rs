@@ -178,11 +178,17 @@ async fn an_instance_whose_clock_is_8s_fast_refuses_to_mint_and_says_why_everywh
     );
     let token = correct.issue("alice").await.expect("issue").token;
     assert_eq!(fast.reason(&token).await, pb::Reason::Unspecified);
+    let slow = Instance::start(&database_url, "-6s").await;
     correct.revoke_all("alice").await;
     crate::common::eventually(Duration::from_secs(5), "the logout reaches it", || async {
         fast.reason(&token).await == pb::Reason::UserRevoked
     })
     .await;
+    // 6 s slow: the logout's cutoff is not in its future, because it reads the database's time.
+    let status = slow.status("alice").await;
+    assert!(!status.banned, "a logout is no ban on a slow instance: {status:?}");
+    let refused = slow.issue("alice").await.expect_err("a slow instance mints nothing");
+    assert_eq!(refused.code(), Code::Unavailable, "not USER_BANNED: {refused:?}");
 
     fast.process.signal("-TERM");
     let (_, log) = fast.process.wait().await;
