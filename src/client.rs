@@ -60,7 +60,9 @@ impl SidecarClient {
 pub enum WhenUnreachable {
     /// Refuse the request (UNAVAILABLE / 503): no revocation is ever missed. The default.
     FailClosed,
-    /// Let the request through without claims.
+    /// Let the request through without claims — only when the sidecar cannot be reached at all
+    /// (UNAVAILABLE: connection refused or timed out); never when it answers, be it
+    /// RESOURCE_EXHAUSTED (shedding load), DEADLINE_EXCEEDED or a refusal.
     FailOpen,
 }
 
@@ -133,13 +135,19 @@ where
                 .get(http::header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.starts_with("application/grpc"));
-            let token = request
+            let mut presented = request
                 .headers()
-                .get(http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(bearer_credential)
-                .map(str::to_owned);
-            let Some(token) = token else {
+                .get_all(http::header::AUTHORIZATION)
+                .iter();
+            let token = match (presented.next(), presented.next()) {
+                (_, Some(_)) => {
+                    // Which one is meant is ambiguous (SPEC §9): refused.
+                    return Ok(refuse(grpc, Refusal::Invalid("REASON_MALFORMED")));
+                }
+                (Some(value), None) => value.to_str().ok().and_then(bearer_credential),
+                (None, _) => None,
+            };
+            let Some(token) = token.map(str::to_owned) else {
                 return Ok(refuse(grpc, Refusal::MissingToken));
             };
             match layer.client.verify(&token).await {
@@ -155,7 +163,13 @@ where
                         .as_str_name();
                     Ok(refuse(grpc, Refusal::Invalid(reason)))
                 }
-                Err(_) if layer.unreachable == WhenUnreachable::FailOpen => {
+                // Only a sidecar that cannot be reached (connection refused or timed out) lets
+                // a request through with FailOpen; one that answers — shedding load, past the
+                // deadline, refusing — is never bypassed.
+                Err(status)
+                    if layer.unreachable == WhenUnreachable::FailOpen
+                        && status.code() == tonic::Code::Unavailable =>
+                {
                     inner.call(request).await
                 }
                 Err(_) => Ok(refuse(grpc, Refusal::Unavailable)),

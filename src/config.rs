@@ -128,7 +128,8 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
 
     /// PEM CA certificates; when set, callers must present a client certificate they signed
-    /// (mutual TLS).
+    /// (mutual TLS). Such a certificate admits its holder to the open RPCs only; the privileged
+    /// ones need the admin credential or an --admin-identity.
     #[arg(
         help_heading = "API, TLS and proxies",
         long,
@@ -136,6 +137,22 @@ pub struct Config {
         requires = "tls_cert"
     )]
     pub tls_client_ca: Option<PathBuf>,
+
+    /// A mutual-TLS client identity allowed to call the privileged RPCs: a SPIFFE ID (or other
+    /// URI) or DNS name from the client certificate's subject alternative names, with `*` as
+    /// the whole last path segment (spiffe://cluster.local/ns/ops/sa/*) or leftmost label
+    /// (*.ops.svc.cluster.local); repeatable. Needs --tls-client-ca.
+    #[arg(help_heading = "API, TLS and proxies", long = "admin-identity", env = "TOKEN_SIDECAR_ADMIN_IDENTITIES", value_delimiter = ',', value_parser = crate::api::caller::IdentityPattern::parse, requires = "tls_client_ca")]
+    pub admin_identities: Vec<crate::api::caller::IdentityPattern>,
+
+    /// A file of credentials (one per line) with which resource servers introspect tokens
+    /// (RFC 7662, `POST /oauth2/introspect`); they authorise nothing else.
+    #[arg(
+        help_heading = "API, TLS and proxies",
+        long,
+        env = "TOKEN_SIDECAR_INTROSPECTION_TOKEN_FILE"
+    )]
+    pub introspection_token_file: Option<PathBuf>,
 
     /// Accept listening beyond loopback without caller authentication: neither the admin
     /// credential nor client certificates (anyone who reaches the port could then issue and

@@ -18,6 +18,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected as _;
 
+use crate::api::caller::{CallerInfo, certificate_identities};
 use crate::metrics::Metrics;
 
 /// The HTTP/2 connection preface every gRPC client sends first (RFC 9113 §3.4).
@@ -95,6 +96,9 @@ pub struct GuardedStream {
     inner: TcpStream,
     open: Gauge,
     _permit: OwnedSemaphorePermit,
+    /// The identities the client certificate names (mutual TLS), once the handshake is done;
+    /// None without a client certificate.
+    identities: Option<Arc<[String]>>,
 }
 
 impl Drop for GuardedStream {
@@ -143,11 +147,12 @@ impl AsyncWrite for GuardedStream {
     }
 }
 
-impl tonic::transport::server::Connected for GuardedStream {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
+impl GuardedStream {
+    fn caller(&self) -> CallerInfo {
+        CallerInfo {
+            remote_addr: self.inner.peer_addr().ok(),
+            identities: self.identities.clone(),
+        }
     }
 }
 
@@ -219,12 +224,12 @@ impl AsyncWrite for Connection {
 }
 
 impl tonic::transport::server::Connected for Connection {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    type ConnectInfo = CallerInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
         match self {
-            Connection::Plain(io) => io.inner.connect_info(),
-            Connection::Tls(io) => io.get_ref().0.inner.connect_info(),
+            Connection::Plain(io) => io.caller(),
+            Connection::Tls(io) => io.get_ref().0.caller(),
         }
     }
 }
@@ -284,12 +289,18 @@ impl ConnectionGuard {
                         inner: stream,
                         open,
                         _permit: permit,
+                        identities: None,
                     };
                     match &guard.tls {
-                        Some(acceptor) => acceptor
-                            .accept(guarded)
-                            .await
-                            .map(|tls| Connection::Tls(Box::new(tls))),
+                        Some(acceptor) => {
+                            let mut tls = acceptor.accept(guarded).await?;
+                            let (stream, session) = tls.get_mut();
+                            if let Some(leaf) = session.peer_certificates().and_then(|c| c.first())
+                            {
+                                stream.identities = Some(certificate_identities(leaf).into());
+                            }
+                            Ok::<_, io::Error>(Connection::Tls(Box::new(tls)))
+                        }
                         None => Ok(Connection::Plain(guarded)),
                     }
                 })
@@ -339,7 +350,7 @@ impl axum::serve::Listener for GuardedListener {
         loop {
             match self.rx.recv().await {
                 Some(Ok(connection)) => {
-                    let addr = connection.connect_info().remote_addr().unwrap_or(self.addr);
+                    let addr = connection.connect_info().remote_addr.unwrap_or(self.addr);
                     return (connection, addr);
                 }
                 Some(Err(_)) => continue,

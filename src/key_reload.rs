@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::api::caller::AdminCredential;
+use crate::api::caller::{AdminCredential, Callers, CredentialList};
 use crate::authority::TokenAuthority;
 use crate::config::Config;
 use crate::secret_file;
@@ -21,6 +21,7 @@ pub struct KeyReloader {
     loaded: parking_lot::Mutex<Vec<Vec<u8>>>,
     tls: Option<Arc<ReloadableTls>>,
     admin: Option<(PathBuf, Arc<AdminCredential>)>,
+    introspection: Option<(PathBuf, Arc<CredentialList>)>,
 }
 
 impl KeyReloader {
@@ -30,7 +31,7 @@ impl KeyReloader {
         config: &Config,
         authority: Arc<TokenAuthority>,
         tls: Option<Arc<ReloadableTls>>,
-        admin: Option<Arc<AdminCredential>>,
+        callers: &Callers,
     ) -> Self {
         let loaded = read_key_files(&config.keys)
             .map(|files| files.into_iter().map(|(_, m)| m).collect())
@@ -41,7 +42,11 @@ impl KeyReloader {
             authority,
             loaded: parking_lot::Mutex::new(loaded),
             tls,
-            admin: config.admin_token_file.clone().zip(admin),
+            admin: config.admin_token_file.clone().zip(callers.admin.clone()),
+            introspection: config
+                .introspection_token_file
+                .clone()
+                .zip(callers.introspection.clone()),
         }
     }
 
@@ -66,6 +71,20 @@ impl KeyReloader {
                     AdminCredential::MIN_LEN
                 )),
                 Err(e) => problems.push(format!("admin credential {}: {e}", path.display())),
+            }
+        }
+        if let Some((path, list)) = &self.introspection {
+            match secret_file::read(path).map(|raw| list.replace(&raw)) {
+                Ok(Some(true)) => tracing::info!("introspection credentials reloaded"),
+                Ok(Some(false)) => {}
+                Ok(None) => problems.push(format!(
+                    "introspection credentials {}: none, or one shorter than {} bytes",
+                    path.display(),
+                    AdminCredential::MIN_LEN
+                )),
+                Err(e) => {
+                    problems.push(format!("introspection credentials {}: {e}", path.display()))
+                }
             }
         }
         problems

@@ -3,7 +3,7 @@
 //! TLS material, and whether the API would be exposed without caller authentication.
 use std::sync::Arc;
 
-use crate::api::caller::AdminCredential;
+use crate::api::caller::{AdminCredential, Callers, CredentialList};
 use crate::config::Config;
 use crate::secret_file::{self, warn_if_readable_by_others};
 use crate::server::StartupError;
@@ -127,6 +127,38 @@ pub fn load_admin(config: &Config) -> Result<Option<Arc<AdminCredential>>, Start
     AdminCredential::new(&raw)
         .map(|c| Some(Arc::new(c)))
         .ok_or_else(|| problem(format!("shorter than {} bytes", AdminCredential::MIN_LEN)))
+}
+
+/// Who may call what (SPEC §12): the admin credential, the allowed client identities, and the
+/// introspection credentials.
+pub fn load_callers(
+    config: &Config,
+    admin: Option<Arc<AdminCredential>>,
+) -> Result<Callers, StartupError> {
+    let introspection = match &config.introspection_token_file {
+        None => None,
+        Some(path) => {
+            let problem = |problem: String| StartupError::IntrospectionToken {
+                path: path.display().to_string(),
+                problem,
+            };
+            let raw = secret_file::read(path).map_err(|e| problem(e.to_string()))?;
+            warn_if_readable_by_others(path);
+            let list = CredentialList::new(&raw).ok_or_else(|| {
+                problem(format!(
+                    "no credential, or one shorter than {} bytes",
+                    AdminCredential::MIN_LEN
+                ))
+            })?;
+            Some(Arc::new(list))
+        }
+    };
+    Ok(Callers {
+        authenticated: admin.is_some() || config.tls_client_ca.is_some(),
+        admin,
+        identities: config.admin_identities.clone().into(),
+        introspection,
+    })
 }
 
 /// The API's TLS, if --tls-cert and --tls-key are set.

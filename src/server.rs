@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Server;
 
-use crate::api::caller::AdminCredential;
+use crate::api::caller::Callers;
 use crate::api::ext_authz::ExtAuthz;
 use crate::api::forward_auth::ForwardAuth;
 use crate::api::http::{HttpApi, jwks_routes};
@@ -63,6 +63,14 @@ pub enum StartupError {
     /// The admin credential file is unusable.
     #[error("--admin-token-file {path}: {problem}")]
     AdminToken {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The introspection credentials file is unusable.
+    #[error("--introspection-token-file {path}: {problem}")]
+    IntrospectionToken {
         /// The file.
         path: String,
         /// What is wrong.
@@ -171,6 +179,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
     preflight::check_sync(&config)?;
     let keys = preflight::load_keys(&config)?;
     let admin = preflight::load_admin(&config)?;
+    let callers = preflight::load_callers(&config, admin)?;
     let tls = preflight::tls(&config)?.map(Arc::new);
     let metrics = Arc::new(Metrics::new());
     let store = open_store(&config).await?;
@@ -198,14 +207,14 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
         .api(
             &authority,
             &decide,
-            admin.clone(),
+            callers.clone(),
             tls.as_deref(),
             health_service.clone(),
             &mut tasks,
         )
         .await?;
     let health_addr = listeners.health_only(health_service, &mut tasks).await?;
-    let http_addr = listeners.http(&decide, admin.clone(), &mut tasks).await?;
+    let http_addr = listeners.http(&decide, callers.clone(), &mut tasks).await?;
     let (metrics_addr, metrics_task) = listeners.metrics(&authority).await?;
     tracing::info!(
         %addr,
@@ -216,8 +225,11 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
         "token-sidecar listening"
     );
 
-    let watch_secrets = !config.keys.is_empty() || tls.is_some() || admin.is_some();
-    let key_reloader = Arc::new(KeyReloader::new(&config, authority.clone(), tls, admin));
+    let watch_secrets = !config.keys.is_empty()
+        || tls.is_some()
+        || callers.admin.is_some()
+        || callers.introspection.is_some();
+    let key_reloader = Arc::new(KeyReloader::new(&config, authority.clone(), tls, &callers));
     let mut background = vec![
         metrics_task,
         tokio::spawn(health::keep(
@@ -326,7 +338,7 @@ impl Listeners<'_> {
         &self,
         authority: &Arc<TokenAuthority>,
         decide: &ForwardAuth,
-        admin: Option<Arc<AdminCredential>>,
+        callers: Callers,
         tls: Option<&ReloadableTls>,
         health_service: H,
         tasks: &mut Vec<ServerTask>,
@@ -355,7 +367,7 @@ impl Listeners<'_> {
             .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
             .build_v1alpha()
             .map_err(|e| StartupError::Reflection(e.to_string()))?;
-        let token_service = TokenGrpc::new(authority.clone(), self.metrics.clone(), admin);
+        let token_service = TokenGrpc::new(authority.clone(), self.metrics.clone(), callers);
         let serve = Server::builder()
             .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
             .layer(RequestLimits::new(
@@ -407,7 +419,7 @@ impl Listeners<'_> {
     async fn http(
         &self,
         decide: &ForwardAuth,
-        admin: Option<Arc<AdminCredential>>,
+        callers: Callers,
         tasks: &mut Vec<ServerTask>,
     ) -> Result<Option<SocketAddr>, StartupError> {
         let Some(listen) = self.config.http_listen else {
@@ -418,7 +430,7 @@ impl Listeners<'_> {
             .guard("http", Handshake::Http1)
             .axum_listener(listener)
             .map_err(|error| StartupError::Bind { addr, error })?;
-        let routes = HttpApi::new(decide.clone(), admin, self.metrics.clone()).router();
+        let routes = HttpApi::new(decide.clone(), callers, self.metrics.clone()).router();
         let stop = stopped(self.shutdown.clone());
         tasks.push(tokio::spawn(async move {
             let served = axum::serve(listener, routes)

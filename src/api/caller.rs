@@ -42,3 +42,332 @@ impl std::fmt::Debug for AdminCredential {
         f.write_str("AdminCredential(..)")
     }
 }
+
+/// Credentials, one per line of a file (`--introspection-token-file`): each admits its holder
+/// to one thing. Replaceable while serving like the admin credential; Debug hides them.
+pub struct CredentialList(arc_swap::ArcSwap<Vec<Vec<u8>>>);
+
+impl CredentialList {
+    /// The credentials in `raw`, one per line (blank lines and `#` comments skipped); None when a
+    /// line is shorter than [`AdminCredential::MIN_LEN`] or there is none.
+    pub fn new(raw: &[u8]) -> Option<Self> {
+        Self::usable(raw).map(|list| Self(arc_swap::ArcSwap::from_pointee(list)))
+    }
+
+    fn usable(raw: &[u8]) -> Option<Vec<Vec<u8>>> {
+        let mut list = Vec::new();
+        for line in raw.split(|b| *b == b'\n') {
+            let line = line.trim_ascii();
+            if line.is_empty() || line.starts_with(b"#") {
+                continue;
+            }
+            if line.len() < AdminCredential::MIN_LEN {
+                return None;
+            }
+            list.push(line.to_vec());
+        }
+        (!list.is_empty()).then_some(list)
+    }
+
+    /// Replaces the list; None (and the old one kept) when `raw` is unusable. Some(true) when it
+    /// changed.
+    pub fn replace(&self, raw: &[u8]) -> Option<bool> {
+        let new = Self::usable(raw)?;
+        if **self.0.load() == new {
+            return Some(false);
+        }
+        self.0.store(std::sync::Arc::new(new));
+        Some(true)
+    }
+
+    /// Whether `presented` is one of them (each compared in constant time).
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        self.0.load().iter().fold(false, |found, credential| {
+            found | aws_lc_rs::constant_time::verify_slices_are_equal(presented, credential).is_ok()
+        })
+    }
+}
+
+impl std::fmt::Debug for CredentialList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CredentialList(..)")
+    }
+}
+
+/// An allowed mutual-TLS client identity (`--admin-identity`): a SPIFFE ID (or other URI) or a
+/// DNS name from the certificate's subject alternative names, exact, or with `*` standing for
+/// one last path segment (`spiffe://cluster.local/ns/ops/sa/*`) or one leftmost DNS label
+/// (`*.ops.svc.cluster.local`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentityPattern {
+    /// This identity only.
+    Exact(String),
+    /// A URI whose path ends in one more segment after this prefix (ending in `/`).
+    UriSegment(String),
+    /// A DNS name with one more label before this suffix (starting with `.`).
+    DnsLabel(String),
+}
+
+impl IdentityPattern {
+    /// Parses a pattern; the error says what is wrong.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let bad = |why: &str| Err(format!("{text:?}: {why}"));
+        if text.is_empty() {
+            return bad("empty");
+        }
+        let wildcards = text.matches('*').count();
+        if wildcards == 0 {
+            return Ok(IdentityPattern::Exact(text.to_owned()));
+        }
+        if wildcards > 1 {
+            return bad("at most one `*`");
+        }
+        if text.contains("://") {
+            return match text.strip_suffix('*') {
+                // A trust domain (authority) and a path before the last segment.
+                Some(prefix)
+                    if prefix.ends_with('/')
+                        && prefix
+                            .split_once("://")
+                            .is_some_and(|(_, rest)| rest.find('/').is_some_and(|i| i > 0)) =>
+                {
+                    Ok(IdentityPattern::UriSegment(prefix.to_owned()))
+                }
+                _ => bad("`*` may only be a URI's whole last path segment (…/sa/*)"),
+            };
+        }
+        match text.strip_prefix('*') {
+            Some(suffix) if suffix.starts_with('.') && suffix.len() > 1 => {
+                Ok(IdentityPattern::DnsLabel(suffix.to_ascii_lowercase()))
+            }
+            _ => bad("`*` may only be a DNS name's whole leftmost label (*.example.com)"),
+        }
+    }
+
+    /// Whether a certificate identity matches.
+    pub fn matches(&self, identity: &str) -> bool {
+        match self {
+            IdentityPattern::Exact(exact) => {
+                exact == identity
+                    || (!exact.contains("://") && exact.eq_ignore_ascii_case(identity))
+            }
+            IdentityPattern::UriSegment(prefix) => identity
+                .strip_prefix(prefix.as_str())
+                .is_some_and(|rest| !rest.is_empty() && !rest.contains(['/', '?', '#'])),
+            IdentityPattern::DnsLabel(suffix) => {
+                let identity = identity.to_ascii_lowercase();
+                identity
+                    .strip_suffix(suffix.as_str())
+                    .is_some_and(|label| !label.is_empty() && !label.contains('.'))
+            }
+        }
+    }
+}
+
+/// Who the caller on a connection is: its address and, over mutual TLS, the identities its
+/// certificate names (URI and DNS subject alternative names). Put in every request's
+/// extensions by the server.
+#[derive(Debug, Clone, Default)]
+pub struct CallerInfo {
+    /// The peer's address.
+    pub remote_addr: Option<std::net::SocketAddr>,
+    /// The identities the client certificate names; None without a client certificate.
+    pub identities: Option<std::sync::Arc<[String]>>,
+}
+
+/// The URI and DNS subject alternative names of a DER certificate (none if it cannot be read).
+pub fn certificate_identities(der: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, certificate)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = certificate.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) => Some((*uri).to_owned()),
+            GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Who may call what (SPEC §12). The open RPCs need nothing; the privileged ones are open only on
+/// an API with no caller authentication configured (a loopback sidecar), and otherwise need the
+/// admin credential or a client certificate naming an allowed identity — a certificate the
+/// client CA signed is not enough by itself. Introspection needs an introspection credential or
+/// the admin credential.
+#[derive(Debug, Clone, Default)]
+pub struct Callers {
+    /// `--admin-token-file`.
+    pub admin: Option<std::sync::Arc<AdminCredential>>,
+    /// `--admin-identity`.
+    pub identities: std::sync::Arc<[IdentityPattern]>,
+    /// Whether callers are authenticated at all (an admin credential or mutual TLS).
+    pub authenticated: bool,
+    /// `--introspection-token-file`.
+    pub introspection: Option<std::sync::Arc<CredentialList>>,
+}
+
+/// Why a caller may not call a privileged RPC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No credential and no allowed identity.
+    Missing,
+    /// A bearer credential that is not the admin's.
+    Invalid,
+    /// A client certificate whose identities are not on the allow-list.
+    IdentityNotAllowed,
+}
+
+impl Refusal {
+    /// The ErrorInfo reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Missing => "MISSING_CREDENTIAL",
+            Refusal::Invalid => "INVALID_CREDENTIAL",
+            Refusal::IdentityNotAllowed => "IDENTITY_NOT_ALLOWED",
+        }
+    }
+
+    /// A message for people.
+    pub fn message(self) -> &'static str {
+        match self {
+            Refusal::Missing => {
+                "this RPC needs the admin credential (`authorization: Bearer <credential>`) or a \
+                 client certificate naming an allowed identity (--admin-identity)"
+            }
+            Refusal::Invalid => "the bearer credential is not valid",
+            Refusal::IdentityNotAllowed => {
+                "the client certificate names no identity allowed to call this RPC \
+                 (--admin-identity)"
+            }
+        }
+    }
+}
+
+impl Callers {
+    /// Whether a caller presenting `bearer` (the credential of an `authorization: Bearer`
+    /// header) over a connection whose client certificate names `identities` (None: no
+    /// certificate) may call a privileged RPC.
+    pub fn admit_privileged(
+        &self,
+        bearer: Option<&str>,
+        identities: Option<&[String]>,
+    ) -> Result<(), Refusal> {
+        if !self.authenticated {
+            return Ok(());
+        }
+        if let (Some(admin), Some(credential)) = (&self.admin, bearer)
+            && admin.matches(credential.as_bytes())
+        {
+            return Ok(());
+        }
+        if identities
+            .unwrap_or_default()
+            .iter()
+            .any(|id| self.identities.iter().any(|p| p.matches(id)))
+        {
+            return Ok(());
+        }
+        Err(match (bearer, identities) {
+            (Some(_), _) => Refusal::Invalid,
+            (None, Some(_)) => Refusal::IdentityNotAllowed,
+            (None, None) => Refusal::Missing,
+        })
+    }
+
+    /// Whether `bearer` may introspect: an introspection credential or the admin credential.
+    pub fn admit_introspection(&self, bearer: Option<&str>) -> bool {
+        let Some(credential) = bearer else {
+            return false;
+        };
+        self.introspection
+            .as_ref()
+            .is_some_and(|list| list.matches(credential.as_bytes()))
+            || self
+                .admin
+                .as_ref()
+                .is_some_and(|admin| admin.matches(credential.as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_patterns_match_one_segment_or_label_only() {
+        let sa = IdentityPattern::parse("spiffe://cluster.local/ns/ops/sa/*").expect("valid");
+        assert!(sa.matches("spiffe://cluster.local/ns/ops/sa/token-admin"));
+        assert!(!sa.matches("spiffe://cluster.local/ns/ops/sa/"));
+        assert!(!sa.matches("spiffe://cluster.local/ns/ops/sa/a/b"));
+        assert!(!sa.matches("spiffe://cluster.local/ns/other/sa/token-admin"));
+        let exact = IdentityPattern::parse("spiffe://cluster.local/ns/ops/sa/admin").expect("ok");
+        assert!(exact.matches("spiffe://cluster.local/ns/ops/sa/admin"));
+        assert!(!exact.matches("spiffe://cluster.local/ns/ops/sa/admin2"));
+        let dns = IdentityPattern::parse("*.ops.svc.cluster.local").expect("valid");
+        assert!(dns.matches("admin.ops.svc.cluster.local"));
+        assert!(dns.matches("Admin.OPS.svc.cluster.local"));
+        assert!(!dns.matches("a.b.ops.svc.cluster.local"));
+        assert!(!dns.matches("ops.svc.cluster.local"));
+        for bad in [
+            "",
+            "spiffe://x/*/sa",
+            "a*.example.com",
+            "*.*.example.com",
+            "*",
+            "spiffe://*",
+        ] {
+            assert!(IdentityPattern::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_certificate_alone_admits_nothing_privileged() {
+        let callers = Callers {
+            admin: None,
+            identities: vec![IdentityPattern::parse("spiffe://td/ns/ops/sa/*").expect("ok")].into(),
+            authenticated: true,
+            introspection: CredentialList::new(b"introspection-credential-0001\n").map(Into::into),
+        };
+        let other = ["spiffe://td/ns/other/sa/some-workload".to_owned()];
+        assert_eq!(
+            callers.admit_privileged(None, Some(&other)),
+            Err(Refusal::IdentityNotAllowed)
+        );
+        let ops = ["spiffe://td/ns/ops/sa/token-admin".to_owned()];
+        assert_eq!(callers.admit_privileged(None, Some(&ops)), Ok(()));
+        assert_eq!(callers.admit_privileged(None, None), Err(Refusal::Missing));
+        assert_eq!(
+            callers.admit_privileged(None, Some(&[])),
+            Err(Refusal::IdentityNotAllowed)
+        );
+        // An introspection credential introspects and nothing else.
+        assert_eq!(
+            callers.admit_privileged(Some("introspection-credential-0001"), None),
+            Err(Refusal::Invalid)
+        );
+        assert!(callers.admit_introspection(Some("introspection-credential-0001")));
+        assert!(!callers.admit_introspection(Some("introspection-credential-0002")));
+        // No caller authentication configured (a loopback sidecar): open.
+        assert_eq!(Callers::default().admit_privileged(None, None), Ok(()));
+    }
+
+    #[test]
+    fn credential_lists_take_one_per_line() {
+        let list = CredentialList::new(
+            b"# resource servers\nfirst-credential-0001\n\nsecond-credential-002\n",
+        )
+        .expect("usable");
+        assert!(list.matches(b"first-credential-0001"));
+        assert!(list.matches(b"second-credential-002"));
+        assert!(!list.matches(b"first-credential-000"));
+        assert!(CredentialList::new(b"short\n").is_none());
+        assert!(CredentialList::new(b"\n# nothing\n").is_none());
+    }
+}

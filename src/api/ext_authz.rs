@@ -7,7 +7,7 @@
 use tonic::{Request, Response, Status};
 
 use crate::api::convert::proto_reason;
-use crate::api::forward_auth::{Decision, ForwardAuth};
+use crate::api::forward_auth::{Decision, ForwardAuth, Presented};
 
 /// The generated code of Envoy's external-authorization API and the packages it imports.
 pub mod pb {
@@ -108,27 +108,39 @@ fn overwrite(key: String, value: String) -> HeaderValueOption {
     }
 }
 
-fn authorization_header(request: &pb::CheckRequest) -> Option<&str> {
-    let http = request
+fn authorization_header(request: &pb::CheckRequest) -> Presented<'_> {
+    let Some(http) = request
         .attributes
-        .as_ref()?
-        .request
-        .as_ref()?
-        .http
-        .as_ref()?;
+        .as_ref()
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref())
+    else {
+        return Presented::Absent;
+    };
+    // Envoy joins repeated headers with a comma into one value.
     if let Some(value) = http.headers.get("authorization") {
-        return Some(value);
+        return if value.contains(',') {
+            Presented::Several
+        } else {
+            Presented::One(value)
+        };
     }
-    // With `encode_raw_headers`, Envoy sends the header map instead.
-    http.header_map.as_ref()?.headers.iter().find_map(|h| {
-        h.key.eq_ignore_ascii_case("authorization").then(|| {
-            if h.value.is_empty() {
-                std::str::from_utf8(&h.raw_value).unwrap_or_default()
-            } else {
-                h.value.as_str()
-            }
-        })
-    })
+    // With `encode_raw_headers`, Envoy sends the header map instead, one entry per header.
+    let Some(map) = http.header_map.as_ref() else {
+        return Presented::Absent;
+    };
+    Presented::from_values(
+        map.headers
+            .iter()
+            .filter(|h| h.key.eq_ignore_ascii_case("authorization"))
+            .map(|h| {
+                if h.value.is_empty() {
+                    std::str::from_utf8(&h.raw_value).unwrap_or_default()
+                } else {
+                    h.value.as_str()
+                }
+            }),
+    )
 }
 
 #[tonic::async_trait]

@@ -52,6 +52,29 @@ pub fn parse_forwarded_claim(text: &str) -> Result<ForwardedClaim, String> {
     })
 }
 
+/// The `Authorization` a request carried, as its surface found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presented<'a> {
+    /// None.
+    Absent,
+    /// Exactly one.
+    One(&'a str),
+    /// More than one: which is meant is ambiguous (a proxy and the upstream may pick different
+    /// ones), so the request is refused as `MALFORMED` (SPEC §9).
+    Several,
+}
+
+impl<'a> Presented<'a> {
+    /// From the values of every `Authorization` header of a request.
+    pub fn from_values(mut values: impl Iterator<Item = &'a str>) -> Self {
+        match (values.next(), values.next()) {
+            (None, _) => Presented::Absent,
+            (Some(one), None) => Presented::One(one),
+            (Some(_), Some(_)) => Presented::Several,
+        }
+    }
+}
+
 /// What the proxy is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -106,7 +129,7 @@ impl ForwardAuth {
 
     /// Decides for a request carrying this `Authorization` value (if any), asked through
     /// `surface` (the metric's `method` label, e.g. `Check` or `http_auth`).
-    pub async fn decide(&self, authorization: Option<&str>, surface: &'static str) -> Decision {
+    pub async fn decide(&self, authorization: Presented<'_>, surface: &'static str) -> Decision {
         let started = Instant::now();
         let decision = self.decision(authorization).await;
         let (result, reason) = match &decision {
@@ -125,8 +148,13 @@ impl ForwardAuth {
         decision
     }
 
-    async fn decision(&self, authorization: Option<&str>) -> Decision {
-        let Some(token) = authorization.and_then(bearer_credential) else {
+    async fn decision(&self, authorization: Presented<'_>) -> Decision {
+        let token = match authorization {
+            Presented::Several => return deny(Reason::Malformed),
+            Presented::One(value) => bearer_credential(value),
+            Presented::Absent => None,
+        };
+        let Some(token) = token else {
             return Decision::Deny {
                 challenge: "Bearer".to_owned(),
                 reason: None,
@@ -134,13 +162,7 @@ impl ForwardAuth {
         };
         match self.authority.verify(token).await {
             Err(_) => Decision::Unavailable,
-            Ok(Err(reason)) => Decision::Deny {
-                challenge: format!(
-                    "Bearer error=\"invalid_token\", error_description=\"{}\"",
-                    proto_reason(reason).as_str_name()
-                ),
-                reason: Some(reason),
-            },
+            Ok(Err(reason)) => deny(reason),
             Ok(Ok(claims)) => self.allow(claims),
         }
     }
@@ -164,6 +186,17 @@ impl ForwardAuth {
             remove,
             user_id: claims.user_id,
         }
+    }
+}
+
+/// A 401 for a presented token, with RFC 6750's `invalid_token` and the reason.
+fn deny(reason: Reason) -> Decision {
+    Decision::Deny {
+        challenge: format!(
+            "Bearer error=\"invalid_token\", error_description=\"{}\"",
+            proto_reason(reason).as_str_name()
+        ),
+        reason: Some(reason),
     }
 }
 

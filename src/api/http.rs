@@ -25,11 +25,30 @@ use axum::routing::{any, post};
 use serde_json::{Map, Value, json};
 
 use crate::api::bearer_credential;
-use crate::api::caller::AdminCredential;
-use crate::api::forward_auth::{Decision, ForwardAuth};
+use crate::api::caller::Callers;
+use crate::api::forward_auth::{Decision, ForwardAuth, Presented};
 use crate::authority::{AuthorityError, RevokeTarget, TokenAuthority};
 use crate::metrics::Metrics;
 use crate::token::MAX_TOKEN_BYTES;
+
+/// Envoy's HTTP ext_authz: the headers to remove from the upstream request.
+const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
+
+/// Members RFC 7662 §2.2 and RFC 7519 §4.1 register: never taken from custom claims.
+const REGISTERED_MEMBERS: [&str; 12] = [
+    "active",
+    "scope",
+    "client_id",
+    "username",
+    "token_type",
+    "exp",
+    "iat",
+    "nbf",
+    "sub",
+    "aud",
+    "iss",
+    "jti",
+];
 
 /// Largest form body read.
 const MAX_FORM_BYTES: usize = 16 * 1024;
@@ -38,20 +57,17 @@ const MAX_FORM_BYTES: usize = 16 * 1024;
 #[derive(Clone)]
 pub struct HttpApi {
     decide: ForwardAuth,
-    admin: Option<Arc<AdminCredential>>,
+    callers: Callers,
     metrics: Arc<Metrics>,
 }
 
 impl HttpApi {
-    /// Routes answered by `decide`'s authority; introspection requires `admin` when set.
-    pub fn new(
-        decide: ForwardAuth,
-        admin: Option<Arc<AdminCredential>>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    /// Routes answered by `decide`'s authority; introspection admits `callers`' introspection
+    /// and admin credentials.
+    pub fn new(decide: ForwardAuth, callers: Callers, metrics: Arc<Metrics>) -> Self {
         Self {
             decide,
-            admin,
+            callers,
             metrics,
         }
     }
@@ -94,13 +110,19 @@ fn authorization(headers: &HeaderMap) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
 }
 
+/// Every `Authorization` header of the request (one that is not text counts too).
+fn presented(headers: &HeaderMap) -> Presented<'_> {
+    Presented::from_values(
+        headers
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .map(|v| v.to_str().unwrap_or_default()),
+    )
+}
+
 async fn forward_auth(State(api): State<HttpApi>, headers: HeaderMap) -> Response {
-    match api
-        .decide
-        .decide(authorization(&headers), "http_auth")
-        .await
-    {
-        Decision::Allow { set, .. } => {
+    match api.decide.decide(presented(&headers), "http_auth").await {
+        Decision::Allow { set, remove, .. } => {
             let mut response = StatusCode::OK.into_response();
             for (name, value) in set {
                 if let (Ok(name), Ok(value)) = (
@@ -109,6 +131,14 @@ async fn forward_auth(State(api): State<HttpApi>, headers: HeaderMap) -> Respons
                 ) {
                     response.headers_mut().insert(name, value);
                 }
+            }
+            // Forwarded-claim headers this token does not set: Envoy's HTTP ext_authz removes
+            // what this lists from the upstream request (nginx and Traefik are configured to
+            // replace them, see deploy/proxies), so a client cannot smuggle them through.
+            if !remove.is_empty()
+                && let Ok(value) = HeaderValue::from_str(&remove.join(","))
+            {
+                response.headers_mut().insert(HEADERS_TO_REMOVE, value);
             }
             response
         }
@@ -128,19 +158,16 @@ async fn forward_auth(State(api): State<HttpApi>, headers: HeaderMap) -> Respons
 async fn introspect(State(api): State<HttpApi>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
     let record = |result, reason| api.metrics.rpc("introspect", started, result, reason);
-    // RFC 7662 §2.1: only an authorized caller may introspect. Without a configured admin
-    // credential nobody is, so the endpoint answers 401 to everyone.
+    // RFC 7662 §2.1: only an authorized caller may introspect. Without a configured
+    // introspection or admin credential nobody is, so the endpoint answers 401 to everyone.
     let presented = authorization(&headers).and_then(bearer_credential);
-    let authorized = match (&api.admin, presented) {
-        (Some(admin), Some(credential)) => admin.matches(credential.as_bytes()),
-        _ => false,
-    };
-    if !authorized {
+    if !api.callers.admit_introspection(presented) {
         record("unauthenticated", "INVALID_CREDENTIAL");
-        let description = if api.admin.is_some() {
-            "present the admin credential as a bearer token"
+        let description = if api.callers.introspection.is_some() || api.callers.admin.is_some() {
+            "present an introspection credential as a bearer token"
         } else {
-            "introspection needs --admin-token-file on the sidecar"
+            "introspection needs --introspection-token-file (or --admin-token-file) on the \
+                 sidecar"
         };
         let mut response = oauth_error(
             StatusCode::UNAUTHORIZED,
@@ -173,8 +200,15 @@ async fn introspect(State(api): State<HttpApi>, headers: HeaderMap, body: Body) 
             record("ok", "");
             let mut answer = Map::new();
             answer.insert("active".into(), Value::Bool(true));
-            // Custom claims first, so that no registered name can be shadowed by one.
-            answer.extend(claims.extra);
+            // A custom claim named like a member RFC 7662 or RFC 7519 registers is left out:
+            // the answer would otherwise vouch for it (`"active": false` on a valid token,
+            // a `scope` or `client_id` the sidecar never granted). It stays in the token.
+            answer.extend(
+                claims
+                    .extra
+                    .into_iter()
+                    .filter(|(name, _)| !REGISTERED_MEMBERS.contains(&name.as_str())),
+            );
             answer.insert("sub".into(), Value::from(claims.user_id));
             answer.insert("jti".into(), Value::from(claims.jti));
             answer.insert("sid".into(), Value::from(claims.session_id));

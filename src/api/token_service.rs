@@ -9,7 +9,7 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::api::bearer_credential;
-use crate::api::caller::AdminCredential;
+use crate::api::caller::{CallerInfo, Callers, Refusal};
 use crate::api::convert::{
     duration_ms, grant, proto_reason, struct_to_json, timestamp, timestamp_ms, token_claims,
 };
@@ -23,51 +23,54 @@ use crate::metrics::Metrics;
 pub struct TokenGrpc {
     authority: Arc<TokenAuthority>,
     metrics: Arc<Metrics>,
-    admin: Option<Arc<AdminCredential>>,
+    callers: Callers,
 }
 
 impl TokenGrpc {
     /// Serves `authority` over gRPC, counting RPCs in `metrics`; privileged RPCs require
     /// `admin` when it is set.
-    pub fn new(
-        authority: Arc<TokenAuthority>,
-        metrics: Arc<Metrics>,
-        admin: Option<Arc<AdminCredential>>,
-    ) -> Self {
+    pub fn new(authority: Arc<TokenAuthority>, metrics: Arc<Metrics>, callers: Callers) -> Self {
         Self {
             authority,
             metrics,
-            admin,
+            callers,
         }
     }
 
-    /// Checks the caller's credential for a privileged RPC.
+    /// Checks that the caller may call a privileged RPC (SPEC §12): the admin credential, or a
+    /// client certificate naming an allowed identity.
     fn authorize<T>(
         &self,
         request: &Request<T>,
         method: &'static str,
         started: Instant,
     ) -> Result<(), Status> {
-        let Some(admin) = &self.admin else {
-            return Ok(());
-        };
         let presented = request
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(bearer_credential);
-        let (reason, message) = match presented {
-            Some(credential) if admin.matches(credential.as_bytes()) => return Ok(()),
-            Some(_) => ("INVALID_CREDENTIAL", "the bearer credential is not valid"),
-            None => (
-                "MISSING_CREDENTIAL",
-                "this RPC needs `authorization: Bearer <credential>`",
-            ),
+        let identities = request
+            .extensions()
+            .get::<CallerInfo>()
+            .and_then(|caller| caller.identities.clone());
+        let refusal = match self
+            .callers
+            .admit_privileged(presented, identities.as_deref())
+        {
+            Ok(()) => return Ok(()),
+            Err(refusal) => refusal,
         };
-        self.metrics.rpc(method, started, "unauthenticated", reason);
+        let (reason, message) = (refusal.reason(), refusal.message());
+        // A caller whose certificate is good but not allowed is known, just not permitted.
+        let (code, result) = match refusal {
+            Refusal::IdentityNotAllowed => (Code::PermissionDenied, "permission_denied"),
+            Refusal::Missing | Refusal::Invalid => (Code::Unauthenticated, "unauthenticated"),
+        };
+        self.metrics.rpc(method, started, result, reason);
         tracing::warn!(method, reason, "privileged RPC refused");
         Err(Status::with_error_details(
-            Code::Unauthenticated,
+            code,
             message,
             ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new()),
         ))

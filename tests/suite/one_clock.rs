@@ -186,9 +186,19 @@ async fn an_instance_whose_clock_is_8s_fast_refuses_to_mint_and_says_why_everywh
     .await;
     // 6 s slow: the logout's cutoff is not in its future, because it reads the database's time.
     let status = slow.status("alice").await;
-    assert!(!status.banned, "a logout is no ban on a slow instance: {status:?}");
-    let refused = slow.issue("alice").await.expect_err("a slow instance mints nothing");
-    assert_eq!(refused.code(), Code::Unavailable, "not USER_BANNED: {refused:?}");
+    assert!(
+        !status.banned,
+        "a logout is no ban on a slow instance: {status:?}"
+    );
+    let refused = slow
+        .issue("alice")
+        .await
+        .expect_err("a slow instance mints nothing");
+    assert_eq!(
+        refused.code(),
+        Code::Unavailable,
+        "not USER_BANNED: {refused:?}"
+    );
 
     fast.process.signal("-TERM");
     let (_, log) = fast.process.wait().await;

@@ -73,10 +73,20 @@ async fn the_api_speaks_tls_and_refuses_plaintext() {
 async fn mutual_tls_accepts_only_clients_the_ca_signed() {
     let app = server(Settings::new(Backend::Sqlite))
         .arg("--tls-client-ca", &tls("ca.pem").display().to_string())
+        .arg("--admin-identity", "client.example")
         .tls(client(Some("client")))
         .spawn()
         .await;
-    assert!(app.verify(&app.issue("alice").await.token).await.valid);
+    // A certificate the CA signed admits its holder to the open RPCs; Issue needs an allowed
+    // identity, which this certificate (no subject alternative name) does not name.
+    let refused = app.issue_with(pb::IssueRequest {
+        user_id: "alice".into(),
+        ..Default::default()
+    });
+    let refused = refused
+        .await
+        .expect_err("a CA-signed certificate alone is not an admin");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     let port = app.addr.port();
     assert_eq!(
         try_verify(port, Some(client(Some("client")))).await,
@@ -143,4 +153,77 @@ async fn a_renewed_certificate_is_served_after_a_reload() {
     put("server.pem", "server.key");
     assert!(app.reload_secrets().is_empty());
     assert_eq!(try_verify(port, Some(client(None))).await, Ok(true));
+}
+
+/// SPEC §12 in a mesh: the mesh CA signs every workload, so a signed certificate alone admits the
+/// open RPCs only; the privileged ones need a SPIFFE ID on `--admin-identity`.
+#[tokio::test]
+async fn in_a_mesh_only_an_allowed_spiffe_identity_may_issue() {
+    let mesh = |workload: &str| {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read("ca.pem")))
+            .domain_name("localhost")
+            .identity(Identity::from_pem(
+                read(&format!("{workload}.pem")),
+                read(&format!("{workload}.key")),
+            ))
+    };
+    let app = server(Settings::new(Backend::Sqlite))
+        .arg("--tls-client-ca", &tls("mesh-ca.pem").display().to_string())
+        .arg("--admin-identity", "spiffe://cluster.local/ns/ops/sa/*")
+        .tls(mesh("some-workload"))
+        .spawn()
+        .await;
+    let request = || pb::IssueRequest {
+        user_id: "admin".into(),
+        ..Default::default()
+    };
+    let refused = app
+        .issue_with(request())
+        .await
+        .expect_err("another namespace's workload is no admin");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("--admin-identity"),
+        "{refused:?}"
+    );
+    // It may still verify.
+    assert!(!app.verify("not-a-token").await.valid);
+
+    let channel = Channel::from_shared(format!("https://localhost:{}", app.addr.port()))
+        .expect("uri")
+        .tls_config(mesh("token-admin"))
+        .expect("tls")
+        .connect()
+        .await
+        .expect("connect");
+    let mut admin = pb::token_service_client::TokenServiceClient::new(channel);
+    let issued = admin
+        .issue(request())
+        .await
+        .expect("an allowed SPIFFE identity issues")
+        .into_inner();
+    assert!(app.verify(&issued.token).await.valid);
+}
+
+#[tokio::test]
+async fn an_admin_identity_without_a_client_ca_is_refused() {
+    let config = <token_sidecar::config::Config as clap::Parser>::try_parse_from([
+        "token-sidecar",
+        "--admin-identity",
+        "spiffe://cluster.local/ns/ops/sa/*",
+    ]);
+    assert!(config.is_err(), "--admin-identity needs --tls-client-ca");
+    let config = <token_sidecar::config::Config as clap::Parser>::try_parse_from([
+        "token-sidecar",
+        "--tls-cert",
+        "c.pem",
+        "--tls-key",
+        "k.pem",
+        "--tls-client-ca",
+        "ca.pem",
+        "--admin-identity",
+        "spiffe://cluster.local/*/sa/x",
+    ]);
+    assert!(config.is_err(), "`*` only as the last segment");
 }
