@@ -174,3 +174,79 @@ async fn a_python_service_uses_stubs_generated_from_the_proto() {
     assert_eq!(answer["valid"], false);
     assert_eq!(answer["reason"], "REASON_MALFORMED");
 }
+
+/// A "sidecar" that answers every RPC with this gRPC status (trailers only).
+async fn sidecar_answering(grpc_status: &'static str) -> SocketAddr {
+    let app = Router::new().fallback(move || async move {
+        (
+            [
+                ("content-type", "application/grpc"),
+                ("grpc-status", grpc_status),
+                ("grpc-message", "stub"),
+            ],
+            "",
+        )
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// A service behind `VerifyLayer` with `FailOpen`, in front of `sidecar`.
+async fn serve_fail_open(sidecar: SocketAddr) -> SocketAddr {
+    use token_sidecar::client::WhenUnreachable;
+    let client = SidecarClient::connect_lazy(&format!("http://{sidecar}")).expect("uri");
+    let app = Router::new()
+        .route("/", get(|| async { "through" }))
+        .layer(VerifyLayer::new(client).when_unreachable(WhenUnreachable::FailOpen));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// SPEC §9 (issue 25): `FailOpen` lets a request through only when the sidecar cannot be
+/// reached — never when it answers, shedding load or past a deadline; and two `Authorization`
+/// headers are refused as MALFORMED by the layer too.
+#[tokio::test]
+async fn fail_open_is_only_for_a_sidecar_that_cannot_be_reached() {
+    let auth = [("Authorization", "Bearer some.token.value")];
+    for (status, what) in [("8", "shedding load"), ("4", "past its deadline")] {
+        let app = serve_fail_open(sidecar_answering(status).await).await;
+        let r = http_request(app, "GET", "/", &auth, None)
+            .await
+            .expect("answer");
+        assert_eq!(r.status, 503, "a sidecar {what} is not bypassed: {r:?}");
+    }
+    // Nothing listens there: the one case FailOpen is for.
+    let gone = SocketAddr::from(([127, 0, 0, 1], crate::common::free_port()));
+    let app = serve_fail_open(gone).await;
+    let r = http_request(app, "GET", "/", &auth, None)
+        .await
+        .expect("answer");
+    assert_eq!((r.status, r.body.as_str()), (200, "through"));
+
+    let sidecar = TestApp::spawn(Backend::Sqlite).await;
+    let protected = serve_axum(sidecar.addr).await;
+    let token = format!("Bearer {}", sidecar.issue("alice").await.token);
+    let r = http_request(
+        protected,
+        "GET",
+        "/whoami",
+        &[("Authorization", &token), ("Authorization", "Bearer other")],
+        None,
+    )
+    .await
+    .expect("answer");
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(
+        r.header("www-authenticate")
+            .is_some_and(|c| c.contains("REASON_MALFORMED")),
+        "{r:?}"
+    );
+}

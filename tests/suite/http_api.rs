@@ -350,3 +350,102 @@ async fn revocation_answers_503_with_retry_after_when_nothing_was_committed() {
     assert!(r.header("retry-after").is_some());
     store.restore();
 }
+
+/// SPEC §9 and §12: a resource server's introspection credential introspects and nothing else;
+/// a custom claim never overrides a member RFC 7662 or RFC 7519 registers.
+#[tokio::test]
+async fn introspection_credentials_introspect_only_and_registered_members_stay_ours() {
+    const RESOURCE_SERVER: &str = "a-resource-server-credential";
+    let dir = tempfile::tempdir().expect("dir");
+    let list = dir.path().join("introspection");
+    std::fs::write(
+        &list,
+        format!("# resource servers\n{RESOURCE_SERVER}\nanother-resource-server-00\n"),
+    )
+    .expect("write");
+    std::fs::set_permissions(&list, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let app = app_with(&[("--introspection-token-file", &list.display().to_string())]).await;
+    let http = app.http_addr.expect("http");
+    let claims = serde_json::json!({
+        "active": false, "scope": "admin", "client_id": "root", "username": "someone-else",
+        "token_type": "mac", "role": "reader"
+    });
+    let (token, jti) = issue(&app, "alice", claims).await;
+    let bearer = format!("Bearer {RESOURCE_SERVER}");
+    let r = http_request(
+        http,
+        "POST",
+        "/oauth2/introspect",
+        &[("Authorization", &bearer)],
+        Some((FORM, &form(&token))),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(r.status, 200, "{r:?}");
+    let body: serde_json::Value = serde_json::from_str(&r.body).expect("JSON");
+    assert_eq!(body["active"], true, "a valid token is active: {body}");
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["jti"], jti.as_str());
+    assert_eq!(body["role"], "reader", "other custom claims are kept");
+    for registered in ["scope", "client_id", "username"] {
+        assert!(
+            body.get(registered).is_none(),
+            "{registered} is not ours to vouch for: {body}"
+        );
+    }
+
+    // The same credential is no admin credential.
+    let mut request = tonic::Request::new(IssueRequest {
+        user_id: "mallory".into(),
+        claims: None,
+        ttl: None,
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.parse().expect("header"));
+    let refused = app
+        .client
+        .clone()
+        .issue(request)
+        .await
+        .expect_err("not an admin");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let mut request = tonic::Request::new(token_sidecar::api::pb::LiftBanRequest {
+        user_id: "mallory".into(),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.parse().expect("header"));
+    assert!(app.client.clone().lift_ban(request).await.is_err());
+}
+
+/// SPEC §9: more than one `Authorization` header is ambiguous — a proxy and the upstream might
+/// each take another — so it is refused as MALFORMED, on `/auth` and on Check.
+#[tokio::test]
+async fn two_authorization_headers_are_refused_as_malformed() {
+    let app = app_with(&[]).await;
+    let http = app.http_addr.expect("http");
+    let (token, _) = issue(&app, "alice", serde_json::json!({})).await;
+    let valid = format!("Bearer {token}");
+    let r = http_request(
+        http,
+        "GET",
+        "/auth",
+        &[("Authorization", &valid), ("Authorization", "Bearer other")],
+        None,
+    )
+    .await
+    .expect("answer");
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(
+        r.header("www-authenticate")
+            .is_some_and(|c| c.contains("REASON_MALFORMED")),
+        "{r:?}"
+    );
+    assert!(r.header("x-user-id").is_none());
+    // Envoy joins repeated headers with a comma.
+    let joined = format!("{valid},Bearer other");
+    let answer = check(&app, Some(&joined)).await;
+    assert_ne!(answer.status.expect("status").code, 0, "refused");
+}
