@@ -166,7 +166,9 @@ fn bearer(token: &str) -> String {
 
 async fn scenario(which: Proxy) {
     let (app, store): (TestApp, StoreProxy) = crate::common::behind_store_proxy(
-        Settings::new(Backend::Postgres).arg("--http-listen", "127.0.0.1:0"),
+        Settings::new(Backend::Postgres)
+            .arg("--http-listen", "127.0.0.1:0")
+            .arg("--forward-claim", "role=x-user-role"),
     )
     .await;
     let (app_addr, seen) = upstream().await;
@@ -203,6 +205,46 @@ async fn scenario(which: Proxy) {
     assert_eq!(one("x-token-jti"), vec![t.jti.clone()], "{which:?}");
     let exp = t.expires_at.as_ref().map(|e| e.seconds.to_string());
     assert_eq!(one("x-token-exp").first().cloned(), exp, "{which:?}");
+
+    // A forwarded claim the token does not carry cannot be smuggled in by the client; one it
+    // carries arrives as the token says.
+    let r = get(
+        &proxy,
+        &[("authorization", &auth), ("x-user-role", "admin")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{which:?}: {r:?}");
+    let headers = seen.lock().expect("seen").last().cloned().expect("reached");
+    let role = headers.get("x-user-role").cloned().unwrap_or_default();
+    assert!(
+        role.iter().all(|v| v.is_empty()),
+        "{which:?}: a smuggled x-user-role reached the app: {role:?}"
+    );
+    let mut claims = serde_json::Map::new();
+    claims.insert("role".into(), "reader".into());
+    let reader = app
+        .issue_with(token_sidecar::api::pb::IssueRequest {
+            user_id: "erin".into(),
+            claims: Some(token_sidecar::api::convert::json_to_struct(claims)),
+            ttl: None,
+        })
+        .await
+        .expect("issue");
+    let r = get(
+        &proxy,
+        &[
+            ("authorization", &bearer(&reader.token)),
+            ("x-user-role", "admin"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{which:?}: {r:?}");
+    let headers = seen.lock().expect("seen").last().cloned().expect("reached");
+    assert_eq!(
+        headers.get("x-user-role").cloned().unwrap_or_default(),
+        vec!["reader".to_string()],
+        "{which:?}"
+    );
 
     // Refusals never reach the app.
     let before = reached();
