@@ -188,6 +188,38 @@ pub struct Config {
     #[arg(help_heading = "Limits", long, env = "TOKEN_SIDECAR_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub handshake_timeout: Duration,
 
+    /// Most connections one peer address may hold open on a listener, so that one client cannot
+    /// take them all. A sidecar's own callers all come from loopback: keep it above what the
+    /// pod's proxy opens.
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "TOKEN_SIDECAR_MAX_CONNECTIONS_PER_PEER",
+        default_value_t = 1024
+    )]
+    pub max_connections_per_peer: usize,
+
+    /// An HTTP/1 connection (forward-auth, metrics) that sends no complete request head for this
+    /// long is closed — while it dribbles one, and between keep-alive requests alike.
+    #[arg(help_heading = "Limits", long, env = "TOKEN_SIDECAR_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_positive_duration)]
+    pub idle_timeout: Duration,
+
+    /// How often an HTTP/2 connection is pinged; one that does not answer within half of it is
+    /// closed (a silent or vanished client).
+    #[arg(help_heading = "Limits", long, env = "TOKEN_SIDECAR_KEEPALIVE_INTERVAL", default_value = "20s", value_parser = parse_positive_duration)]
+    pub keepalive_interval: Duration,
+
+    /// Connections are closed gracefully at this age (HTTP/2: GOAWAY, requests in flight get
+    /// 30 s more; HTTP/1: after the request in flight); clients reconnect, and load spreads
+    /// again over the sidecars behind a Service.
+    #[arg(help_heading = "Limits", long, env = "TOKEN_SIDECAR_MAX_CONNECTION_AGE", default_value = "10m", value_parser = parse_positive_duration)]
+    pub max_connection_age: Duration,
+
+    /// Every request's deadline, its body and its handling included (a gRPC caller's own
+    /// grpc-timeout applies when it is sooner).
+    #[arg(help_heading = "Limits", long, env = "TOKEN_SIDECAR_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
+    pub request_timeout: Duration,
+
     /// The `iss` written into and required of every token.
     #[arg(
         help_heading = "Tokens and keys",

@@ -1,8 +1,12 @@
-//! Connection guards for every listener: a bound on open connections (a new one over the bound is
-//! closed at once) and a handshake deadline (a connection that has not sent its first request —
-//! the HTTP/2 preface, a TLS ClientHello, or a complete HTTP/1 request head — within
-//! `--handshake-timeout` is closed), so that clients that connect and never speak cannot hold
-//! memory and file descriptors without bound. Both are counted per listener in metrics.
+//! Connection guards for every listener: a bound on open connections and one per peer address (a
+//! new one over either is closed at once), and a handshake deadline (a connection that has not
+//! sent its first request — the HTTP/2 preface, a TLS ClientHello, or a complete HTTP/1 request
+//! head — within `--handshake-timeout` is closed), so that clients that connect and never speak
+//! cannot hold memory and file descriptors without bound. The first bytes are read (waiting
+//! costs nothing while the client is silent) and replayed to the server. Everything is counted
+//! per listener in metrics. What bounds a connection after its first request is the server's:
+//! see `server.rs` (gRPC: HTTP/2 keepalive pings, a maximum age, a request timeout) and
+//! `http_server.rs` (HTTP/1).
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -25,8 +29,6 @@ use crate::metrics::Metrics;
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Largest HTTP/1 request head waited for; a longer one is refused as well.
 const MAX_HTTP1_HEAD: usize = 16 * 1024;
-/// How often a connection that has sent part of its first request is looked at again.
-const PEEK_INTERVAL: Duration = Duration::from_millis(5);
 
 /// What a new connection must send before it is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +67,7 @@ impl Handshake {
         }
     }
 
-    fn peek_size(self) -> usize {
+    fn read_size(self) -> usize {
         match self {
             Handshake::Http2 => HTTP2_PREFACE.len(),
             Handshake::Tls => 5,
@@ -81,6 +83,8 @@ pub struct ConnectionGuard {
     pub listener: &'static str,
     /// Most connections open at once.
     pub max_connections: usize,
+    /// Most connections open at once from one peer address.
+    pub max_per_peer: usize,
     /// Deadline for the first request.
     pub handshake_timeout: Duration,
     /// What the first request looks like.
@@ -91,11 +95,15 @@ pub struct ConnectionGuard {
     pub tls: Option<TlsAcceptor>,
 }
 
-/// An accepted connection that completed its handshake; holds its place in the bound.
+/// An accepted connection that completed its handshake; holds its place in the bounds.
 pub struct GuardedStream {
     inner: TcpStream,
+    /// What the handshake read, handed to the server first.
+    replay: Vec<u8>,
+    replayed: usize,
     open: Gauge,
     _permit: OwnedSemaphorePermit,
+    _peer: PeerSlot,
     /// The identities the client certificate names (mutual TLS), once the handshake is done;
     /// None without a client certificate.
     identities: Option<Arc<[String]>>,
@@ -113,7 +121,57 @@ impl AsyncRead for GuardedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = &mut *self;
+        if this.replayed < this.replay.len() {
+            let rest = &this.replay[this.replayed..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            this.replayed += n;
+            if this.replayed == this.replay.len() {
+                this.replay = Vec::new();
+                this.replayed = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+/// A connection's place in its peer's bound, given back when it closes.
+struct PeerSlot {
+    peers: Arc<parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    peer: std::net::IpAddr,
+}
+
+impl PeerSlot {
+    /// Takes a place for `peer`, unless it has `max` already.
+    fn take(
+        peers: &Arc<parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+        peer: std::net::IpAddr,
+        max: usize,
+    ) -> Option<Self> {
+        let mut open = peers.lock();
+        let count = open.entry(peer).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            peers: peers.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = self.peers.lock();
+        if let Some(count) = open.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.peer);
+            }
+        }
     }
 }
 
@@ -259,14 +317,15 @@ impl ConnectionGuard {
 
     async fn accept_loop(self, listener: TcpListener, tx: mpsc::Sender<io::Result<Connection>>) {
         let permits = Arc::new(Semaphore::new(self.max_connections.max(1)));
+        let peers = Arc::new(parking_lot::Mutex::new(std::collections::HashMap::new()));
         let open = self.metrics.connections_open(self.listener);
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 () = tx.closed() => return,
             };
-            let stream = match accepted {
-                Ok((stream, _)) => stream,
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(listener = self.listener, error = %e, "accept failed");
@@ -279,16 +338,25 @@ impl ConnectionGuard {
                 drop(stream);
                 continue;
             };
+            let Some(slot) = PeerSlot::take(&peers, peer.ip(), self.max_per_peer.max(1)) else {
+                self.metrics.connection_refused(self.listener, "peer_limit");
+                drop(stream);
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let (guard, tx, open) = (self.clone(), tx.clone(), open.clone());
             tokio::spawn(async move {
+                let mut stream = stream;
                 let served = tokio::time::timeout(guard.handshake_timeout, async {
-                    first_request(&stream, guard.handshake).await?;
+                    let replay = first_request(&mut stream, guard.handshake).await?;
                     open.inc();
                     let guarded = GuardedStream {
                         inner: stream,
+                        replay,
+                        replayed: 0,
                         open,
                         _permit: permit,
+                        _peer: slot,
                         identities: None,
                     };
                     match &guard.tls {
@@ -321,18 +389,26 @@ impl ConnectionGuard {
     }
 }
 
-/// Waits until the client has sent its first request (looked at, not consumed).
-async fn first_request(stream: &TcpStream, handshake: Handshake) -> io::Result<()> {
-    let mut buf = vec![0u8; handshake.peek_size()];
+/// Reads until the client has sent its first request; returns what was read, for the server to
+/// read again. A silent client costs nothing while it waits: the read sleeps until data comes.
+async fn first_request(stream: &mut TcpStream, handshake: Handshake) -> io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut read = Vec::with_capacity(handshake.read_size().min(1024));
+    let mut chunk = [0u8; 1024];
     loop {
-        let n = stream.peek(&mut buf).await?;
+        // Never past the handshake: what follows is the server's to read.
+        let wanted = match handshake {
+            Handshake::Http2 | Handshake::Tls => handshake.read_size() - read.len(),
+            Handshake::Http1 => chunk.len(),
+        };
+        let n = stream.read(&mut chunk[..wanted]).await?;
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        if handshake.complete(&buf[..n])? {
-            return Ok(());
+        read.extend_from_slice(&chunk[..n]);
+        if handshake.complete(&read)? {
+            return Ok(read);
         }
-        tokio::time::sleep(PEEK_INTERVAL).await;
     }
 }
 

@@ -26,6 +26,7 @@ pub mod clock_upkeep;
 pub mod config;
 pub mod connections;
 pub mod health;
+pub mod http_server;
 pub mod key_reload;
 pub mod limits;
 pub mod metrics;

@@ -24,6 +24,7 @@ use crate::cache::VerifiedCache;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::connections::{ConnectionGuard, Handshake};
+use crate::http_server::{self, HttpBounds};
 use crate::key_reload::{self, KeyReloader};
 use crate::limits::RequestLimits;
 use crate::metrics::{self, Metrics};
@@ -168,6 +169,9 @@ impl RunningSidecar {
         }
     }
 }
+
+/// How long requests in flight may still run after a connection's GOAWAY at its maximum age.
+const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
 
 type ServerTask = JoinHandle<Result<(), tonic::transport::Error>>;
 
@@ -326,11 +330,36 @@ impl Listeners<'_> {
         ConnectionGuard {
             listener,
             max_connections: self.config.max_connections,
+            max_per_peer: self.config.max_connections_per_peer,
             handshake_timeout: self.config.handshake_timeout,
             handshake,
             metrics: self.metrics.clone(),
             tls: None,
         }
+    }
+
+    /// The bounds of the HTTP/1 listeners' connections.
+    fn http_bounds(&self) -> HttpBounds {
+        let config = self.config;
+        HttpBounds {
+            idle_timeout: config.idle_timeout,
+            request_timeout: config.request_timeout,
+            max_age: config.max_connection_age,
+            grace: config.shutdown_grace,
+        }
+    }
+
+    /// A gRPC server whose connections are bounded after their first request: HTTP/2 PINGs
+    /// every `--keepalive-interval` (no answer within half of it closes the connection), a
+    /// graceful GOAWAY at `--max-connection-age`, and `--request-timeout` on every request.
+    fn grpc_server(&self) -> Server {
+        let config = self.config;
+        Server::builder()
+            .http2_keepalive_interval(Some(config.keepalive_interval))
+            .http2_keepalive_timeout(Some(config.keepalive_interval / 2))
+            .max_connection_age(config.max_connection_age)
+            .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
+            .timeout(config.request_timeout)
     }
 
     /// The gRPC API: TokenService, ext_authz, health and reflection, behind the request limits.
@@ -368,7 +397,8 @@ impl Listeners<'_> {
             .build_v1alpha()
             .map_err(|e| StartupError::Reflection(e.to_string()))?;
         let token_service = TokenGrpc::new(authority.clone(), self.metrics.clone(), callers);
-        let serve = Server::builder()
+        let serve = self
+            .grpc_server()
             .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
             .layer(RequestLimits::new(
                 config.max_concurrent_requests,
@@ -405,7 +435,8 @@ impl Listeners<'_> {
             return Ok(None);
         };
         let (listener, addr) = bind(listen).await?;
-        let serve = Server::builder()
+        let serve = self
+            .grpc_server()
             .add_service(health_service)
             .serve_with_incoming_shutdown(
                 self.guard("health", Handshake::Http2).incoming(listener),
@@ -431,14 +462,10 @@ impl Listeners<'_> {
             .axum_listener(listener)
             .map_err(|error| StartupError::Bind { addr, error })?;
         let routes = HttpApi::new(decide.clone(), callers, self.metrics.clone()).router();
-        let stop = stopped(self.shutdown.clone());
+        let served =
+            http_server::serve(listener, routes, self.http_bounds(), self.shutdown.clone());
         tasks.push(tokio::spawn(async move {
-            let served = axum::serve(listener, routes)
-                .with_graceful_shutdown(stop)
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "HTTP listener failed");
-            }
+            served.await;
             Ok(())
         }));
         Ok(Some(addr))
@@ -455,15 +482,12 @@ impl Listeners<'_> {
             .axum_listener(listener)
             .map_err(|error| StartupError::Bind { addr, error })?;
         let routes = metrics::routes(self.metrics.clone()).merge(jwks_routes(authority.clone()));
-        let stop = stopped(self.shutdown.clone());
-        let task = tokio::spawn(async move {
-            let served = axum::serve(listener, routes)
-                .with_graceful_shutdown(stop)
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "metrics server failed");
-            }
-        });
+        let task = tokio::spawn(http_server::serve(
+            listener,
+            routes,
+            self.http_bounds(),
+            self.shutdown.clone(),
+        ));
         Ok((addr, task))
     }
 }

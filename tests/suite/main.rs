@@ -13,6 +13,7 @@ mod binary;
 #[cfg(feature = "client")]
 mod client;
 mod commands;
+mod connections;
 mod embedded;
 mod faults;
 mod feed_trust;
