@@ -201,7 +201,7 @@ pub struct Config {
 
     /// An HTTP/1 connection (forward-auth, metrics) that sends no complete request head for this
     /// long is closed — while it dribbles one, and between keep-alive requests alike.
-    #[arg(help_heading = "Limits", long, env = "TOKEN_SIDECAR_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_positive_duration)]
+    #[arg(help_heading = "Limits", long, env = "TOKEN_SIDECAR_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
     pub idle_timeout: Duration,
 
     /// How often an HTTP/2 connection is pinged; one that does not answer within half of it is
@@ -424,10 +424,16 @@ pub struct Config {
     #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_HEALTH_INTERVAL", default_value = "5s", value_parser = parse_positive_duration)]
     pub health_interval: Duration,
 
-    /// On SIGTERM, how long in-flight RPCs (and open streams such as health Watch) may run
+    /// On SIGTERM, once the listeners stop accepting, how long in-flight RPCs may still run
     /// before they are cut.
     #[arg(help_heading = "Limits", long, env = "TOKEN_SIDECAR_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// On SIGTERM, health turns NOT_SERVING at once, and the listeners keep accepting and
+    /// answering this long before they close, so that health checkers and endpoint updates move
+    /// traffic away first (use it, or a preStop sleep, not both).
+    #[arg(help_heading = "Limits", long, env = "TOKEN_SIDECAR_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub drain_delay: Duration,
 
     /// Log format.
     #[arg(help_heading = "Telemetry", long, env = "TOKEN_SIDECAR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::revocations::Revocations;
 use crate::shutdown::stopped;
@@ -22,17 +24,79 @@ pub const SERVICE_NAME: &str = "tokensidecar.v1.TokenService";
 pub const LIVENESS_NAME: &str = "liveness";
 
 /// A reporter that starts NOT_SERVING (and [`LIVENESS_NAME`] SERVING), and the health service it
-/// feeds.
-pub async fn reporter() -> (
-    HealthReporter,
-    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
-) {
-    let (reporter, service) = tonic_health::server::health_reporter();
+/// feeds, whose Watch streams end once `watches_end` turns true.
+pub async fn reporter(
+    watches_end: watch::Receiver<bool>,
+) -> (HealthReporter, HealthServer<EndingWatches>) {
+    let reporter = HealthReporter::new();
     set_status(&reporter, ServingStatus::NotServing).await;
     reporter
         .set_service_status(LIVENESS_NAME, ServingStatus::Serving)
         .await;
-    (reporter, service)
+    let service = EndingWatches {
+        inner: HealthService::from_health_reporter(reporter.clone()),
+        reporter: reporter.clone(),
+        watches_end,
+    };
+    (reporter, HealthServer::new(service))
+}
+
+/// tonic-health's service, except that open Watch streams are ended by the server at shutdown
+/// (after they have seen NOT_SERVING and the drain delay has passed), so that no client's watch
+/// holds the process until the grace runs out.
+pub struct EndingWatches {
+    inner: HealthService,
+    reporter: HealthReporter,
+    watches_end: watch::Receiver<bool>,
+}
+
+type WatchStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<HealthCheckResponse, tonic::Status>> + Send + 'static>,
+>;
+
+#[tonic::async_trait]
+impl Health for EndingWatches {
+    async fn check(
+        &self,
+        request: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<HealthCheckResponse>, tonic::Status> {
+        self.inner.check(request).await
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+        use futures::StreamExt;
+        let service = request.get_ref().service.clone();
+        let updates = self.inner.watch(request).await?.into_inner();
+        let ended = stopped(self.watches_end.clone());
+        // The stream ends right after the last status change: send the status as it is then,
+        // so that a NOT_SERVING set just before the end is never lost to the race.
+        let statuses = HealthService::from_health_reporter(self.reporter.clone());
+        let last = futures::stream::once(async move {
+            statuses
+                .check(tonic::Request::new(HealthCheckRequest { service }))
+                .await
+                .ok()
+                .map(|answer| Ok(answer.into_inner()))
+        })
+        .filter_map(std::future::ready);
+        Ok(tonic::Response::new(Box::pin(
+            updates.take_until(ended).chain(last),
+        )))
+    }
+}
+
+/// SPEC §12: on SIGTERM every name but [`LIVENESS_NAME`] turns NOT_SERVING at once, Check and
+/// open Watch streams alike.
+pub async fn draining(reporter: &HealthReporter) {
+    set_status(reporter, ServingStatus::NotServing).await;
+    reporter
+        .set_service_status(crate::clock_upkeep::HEALTH_NAME, ServingStatus::NotServing)
+        .await;
 }
 
 /// Migrates the store and loads the caches, then keeps health in step with whether this
@@ -101,13 +165,8 @@ pub async fn keep(
         };
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
-            () = stopped(shutdown.clone()) => {
-                set_status(&reporter, ServingStatus::NotServing).await;
-                reporter
-                    .set_service_status(LIVENESS_NAME, ServingStatus::NotServing)
-                    .await;
-                return;
-            }
+            // Shutdown reports NOT_SERVING itself (see [`draining`]).
+            () = stopped(shutdown.clone()) => return,
         }
     }
 }

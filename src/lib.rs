@@ -39,6 +39,7 @@ pub mod secret_file;
 pub mod server;
 pub mod shutdown;
 pub mod store;
+pub mod supervise;
 pub mod sync;
 pub mod telemetry;
 pub mod tls;

@@ -58,14 +58,32 @@ async fn run() -> anyhow::Result<()> {
     }
     let config = cli.config;
     telemetry::init(config.log_format);
-    let running = server::start(config, Arc::new(FleetClock::new()))
+    let mut running = server::start(config, Arc::new(FleetClock::new()))
         .await
-        .context("token-sidecar could not start")?;
-    wait_for_shutdown(&running).await?;
-    tracing::info!("shutting down: finishing in-flight requests");
-    running.shutdown().await.context("server error")?;
+        .context("could not start")?;
+    let mut failures = running.take_failures();
+    // A signal stops it cleanly; a task it cannot live without ending stops it non-zero.
+    let failed = tokio::select! {
+        signalled = wait_for_shutdown(&running) => {
+            signalled?;
+            None
+        }
+        Some(reason) = async { failures.as_mut()?.recv().await } => Some(reason),
+    };
+    match &failed {
+        None => {
+            tracing::info!("shutting down: health is NOT_SERVING, finishing in-flight requests")
+        }
+        Some(reason) => {
+            tracing::error!(reason = %reason, "shutting down: a task the service needs ended")
+        }
+    }
+    running.shutdown().await;
     tracing::info!("stopped");
-    Ok(())
+    match failed {
+        None => Ok(()),
+        Some(reason) => Err(anyhow::anyhow!("stopped because {reason}")),
+    }
 }
 
 /// Waits for SIGTERM or SIGINT; SIGHUP reloads the secret files (keys, TLS, admin credential)

@@ -22,6 +22,13 @@ pub struct RpcLabels {
     pub reason: &'static str,
 }
 
+/// Labels of a background task.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabels {
+    /// `purge` or `secret_reload`.
+    pub task: &'static str,
+}
+
 /// Labels of an RPC latency.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
@@ -108,6 +115,7 @@ pub struct Metrics {
     /// Issue and Refresh refused because this instance's clock is off the fleet's.
     pub clock_refusals: Counter,
     store_write_failures: Family<WhyLabels, Counter>,
+    task_restarts: Family<TaskLabels, Counter>,
     /// Entries in the denylist filter.
     pub filter_items: Gauge,
     /// Bits in the denylist filter.
@@ -179,6 +187,7 @@ impl Metrics {
             clock_uncertainty_us: Gauge::default(),
             clock_refusals: Counter::default(),
             store_write_failures: Family::default(),
+            task_restarts: Family::default(),
             filter_items: Gauge::default(),
             filter_bits: Gauge::default(),
             filter_expected_items: Gauge::default(),
@@ -285,6 +294,11 @@ impl Metrics {
              lost and could not be re-checked; file_lost: the SQLite file was deleted or \
              replaced; error)",
             m.store_write_failures.clone(),
+        );
+        registry.register(
+            "task_restarts",
+            "Restarts of a background task that ended (purge, secret reload), by task",
+            m.task_restarts.clone(),
         );
         registry.register(
             "store_not_ready",
@@ -494,6 +508,16 @@ impl Metrics {
         self.store_not_ready
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    /// Counts one restart of a background task.
+    pub fn task_restarted(&self, task: &'static str) {
+        self.task_restarts.get_or_create(&TaskLabels { task }).inc();
+    }
+
+    /// Restarts of `task` so far (tests).
+    pub fn task_restarts_of(&self, task: &'static str) -> u64 {
+        self.task_restarts.get_or_create(&TaskLabels { task }).get()
     }
 
     /// Counts one write the store did not acknowledge, by why.

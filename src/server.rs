@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
 
 use crate::api::caller::Callers;
 use crate::api::ext_authz::ExtAuthz;
@@ -28,9 +29,11 @@ use crate::http_server::{self, HttpBounds};
 use crate::key_reload::{self, KeyReloader};
 use crate::limits::RequestLimits;
 use crate::metrics::{self, Metrics};
+use crate::policy::RevocationPolicy;
 use crate::revocations::Revocations;
 use crate::shutdown::stopped;
 use crate::store::{self, RevocationStore, StoreError};
+use crate::supervise::Supervisor;
 use crate::tls::ReloadableTls;
 use crate::token::{KeyError, KeySet, TokenCodec};
 use crate::{clock_upkeep, health, preflight, purge, sync};
@@ -121,11 +124,23 @@ pub struct RunningSidecar {
     pub authority: Arc<TokenAuthority>,
     /// This instance's metrics.
     pub metrics: Arc<Metrics>,
+    /// Turns true on SIGTERM: health reports NOT_SERVING, upkeep stops, ends are no failures.
+    draining: watch::Sender<bool>,
+    /// Turns true after the drain delay: the listeners stop accepting.
     shutdown: watch::Sender<bool>,
+    /// Turns true with it: open health Watch streams end.
+    watches_end: watch::Sender<bool>,
+    /// Turns true last: the metrics listener closes.
+    metrics_stop: watch::Sender<bool>,
+    reporter: HealthReporter,
+    drain_delay: Duration,
     grace: Duration,
     keys: Arc<KeyReloader>,
-    tasks: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
+    /// The listeners (critical: see [`crate::supervise`]).
+    tasks: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
+    metrics_task: JoinHandle<()>,
+    failures: Option<mpsc::UnboundedReceiver<String>>,
 }
 
 impl RunningSidecar {
@@ -141,39 +156,61 @@ impl RunningSidecar {
         self.keys.reload_all()
     }
 
-    /// Stops accepting connections and lets in-flight RPCs finish, for at most the shutdown
-    /// grace period; whatever still runs then (e.g. a health Watch stream) is cut.
-    pub async fn shutdown(self) -> Result<(), tonic::transport::Error> {
-        let _ = self.shutdown.send(true);
-        for task in self.background {
-            task.abort();
+    /// Why a task the service cannot live without ended (see [`crate::supervise`]): `main`
+    /// waits on it beside the signals, and stops the process non-zero when it answers.
+    pub fn take_failures(&mut self) -> Option<mpsc::UnboundedReceiver<String>> {
+        self.failures.take()
+    }
+
+    /// The ordered shutdown (SPEC §12): every health name but `liveness` turns NOT_SERVING at
+    /// once (Check and open Watch streams); the listeners keep accepting and answering for
+    /// `--drain-delay`; then they stop accepting, Watch streams end, in-flight requests finish
+    /// (at most `--shutdown-grace`; whatever still runs then is cut), background work stops, and
+    /// the metrics listener closes last.
+    pub async fn shutdown(self) {
+        let _ = self.draining.send(true);
+        health::draining(&self.reporter).await;
+        if !self.drain_delay.is_zero() {
+            tracing::info!(
+                drain_delay_ms = self.drain_delay.as_millis() as u64,
+                "health is NOT_SERVING; still answering for the drain delay"
+            );
+            tokio::time::sleep(self.drain_delay).await;
         }
+        let _ = self.watches_end.send(true);
+        let _ = self.shutdown.send(true);
         let aborts: Vec<_> = self.tasks.iter().map(JoinHandle::abort_handle).collect();
         let drained = tokio::time::timeout(self.grace, async {
             for task in self.tasks {
-                match task.await {
-                    Ok(result) => result?,
-                    Err(e) => tracing::error!(error = %e, "server task failed"),
-                }
+                let _ = task.await;
             }
-            Ok(())
         })
         .await;
-        match drained {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::warn!(grace = ?self.grace, "grace period over: cutting open streams");
-                aborts.iter().for_each(tokio::task::AbortHandle::abort);
-                Ok(())
-            }
+        if drained.is_err() {
+            tracing::warn!(
+                grace_ms = self.grace.as_millis() as u64,
+                "grace period over: cutting what still runs"
+            );
+            aborts.iter().for_each(tokio::task::AbortHandle::abort);
         }
+        for task in self.background {
+            task.abort();
+        }
+        let _ = self.metrics_stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.metrics_task).await;
     }
 }
 
 /// How long requests in flight may still run after a connection's GOAWAY at its maximum age.
 const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
 
-type ServerTask = JoinHandle<Result<(), tonic::transport::Error>>;
+type ServerTask = JoinHandle<()>;
+
+/// A background loop as a critical task: it should never end (see [`crate::supervise`]).
+async fn ended(task: impl std::future::Future<Output = ()>) -> Result<(), String> {
+    task.await;
+    Ok(())
+}
 
 /// Starts the sidecar: binds its listeners and serves until [`RunningSidecar::shutdown`].
 ///
@@ -194,12 +231,17 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
         (&config).into(),
     ));
     let authority = Arc::new(authority(&config, keys, &revocations, &metrics, &clock));
+    let (draining, draining_rx) = watch::channel(false);
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let (reporter, health_service) = health::reporter().await;
+    let (watches_end, watches_end_rx) = watch::channel(false);
+    let (metrics_stop, metrics_stop_rx) = watch::channel(false);
+    let (reporter, health_service) = health::reporter(watches_end_rx).await;
+    let (supervisor, failures) = Supervisor::new(draining_rx.clone(), metrics.clone());
     let listeners = Listeners {
         config: &config,
         metrics: &metrics,
         shutdown: &shutdown_rx,
+        supervisor: &supervisor,
     };
     let decide = ForwardAuth::new(
         authority.clone(),
@@ -219,7 +261,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
         .await?;
     let health_addr = listeners.health_only(health_service, &mut tasks).await?;
     let http_addr = listeners.http(&decide, callers.clone(), &mut tasks).await?;
-    let (metrics_addr, metrics_task) = listeners.metrics(&authority).await?;
+    let (metrics_addr, metrics_task) = listeners.metrics(&authority, metrics_stop_rx).await?;
     tracing::info!(
         %addr,
         health = ?health_addr,
@@ -234,41 +276,55 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
         || callers.admin.is_some()
         || callers.introspection.is_some();
     let key_reloader = Arc::new(KeyReloader::new(&config, authority.clone(), tls, &callers));
+    // Health and the clock's upkeep stop on SIGTERM (health then says NOT_SERVING for good);
+    // the change feed keeps the caches current while requests are still answered.
     let mut background = vec![
-        metrics_task,
-        tokio::spawn(health::keep(
-            revocations.clone(),
-            reporter.clone(),
-            config.health_interval,
-            shutdown_rx.clone(),
-        )),
-        tokio::spawn(clock_upkeep::keep(
-            store.clone(),
-            clock.clone(),
-            (&config).into(),
-            metrics.clone(),
-            reporter.clone(),
-            shutdown_rx.clone(),
-        )),
-        tokio::spawn(purge::run(
-            revocations.clone(),
-            (&config).into(),
-            clock,
-            config.purge_interval,
-        )),
+        supervisor.critical(
+            "health upkeep",
+            ended(health::keep(
+                revocations.clone(),
+                reporter.clone(),
+                config.health_interval,
+                draining_rx.clone(),
+            )),
+        ),
+        supervisor.critical(
+            "the clock's upkeep",
+            ended(clock_upkeep::keep(
+                store.clone(),
+                clock.clone(),
+                (&config).into(),
+                metrics.clone(),
+                reporter.clone(),
+                draining_rx.clone(),
+            )),
+        ),
     ];
+    {
+        let (revocations, policy, interval) = (
+            revocations.clone(),
+            RevocationPolicy::from(&config),
+            config.purge_interval,
+        );
+        background.push(supervisor.restartable("purge", move || {
+            purge::run(revocations.clone(), policy, clock.clone(), interval)
+        }));
+    }
     if watch_secrets {
-        background.push(tokio::spawn(key_reload::watch(
-            key_reloader.clone(),
-            config.key_reload_interval,
-        )));
+        let (reloader, interval) = (key_reloader.clone(), config.key_reload_interval);
+        background.push(supervisor.restartable("secret_reload", move || {
+            key_reload::watch(reloader.clone(), interval)
+        }));
     }
     if store.is_shared() {
-        background.push(tokio::spawn(sync::run(
-            revocations,
-            (&config).into(),
-            shutdown_rx.clone(),
-        )));
+        background.push(supervisor.critical(
+            "the change feed",
+            ended(sync::run(
+                revocations,
+                (&config).into(),
+                shutdown_rx.clone(),
+            )),
+        ));
     }
     Ok(RunningSidecar {
         addr,
@@ -277,11 +333,18 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
         metrics_addr,
         authority,
         metrics,
+        draining,
         shutdown,
+        watches_end,
+        metrics_stop,
+        reporter,
+        drain_delay: config.drain_delay,
         grace: config.shutdown_grace,
         keys: key_reloader,
         tasks,
         background,
+        metrics_task,
+        failures: Some(failures),
     })
 }
 
@@ -323,6 +386,7 @@ struct Listeners<'a> {
     config: &'a Config,
     metrics: &'a Arc<Metrics>,
     shutdown: &'a watch::Receiver<bool>,
+    supervisor: &'a Supervisor,
 }
 
 impl Listeners<'_> {
@@ -417,7 +481,9 @@ impl Listeners<'_> {
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
             )
             .serve_with_incoming_shutdown(guard.incoming(listener), stopped(self.shutdown.clone()));
-        tasks.push(tokio::spawn(serve));
+        tasks.push(self.supervisor.critical("the API listener", async move {
+            serve.await.map_err(|e| e.to_string())
+        }));
         Ok(addr)
     }
 
@@ -442,7 +508,9 @@ impl Listeners<'_> {
                 self.guard("health", Handshake::Http2).incoming(listener),
                 stopped(self.shutdown.clone()),
             );
-        tasks.push(tokio::spawn(serve));
+        tasks.push(self.supervisor.critical("the health listener", async move {
+            serve.await.map_err(|e| e.to_string())
+        }));
         Ok(Some(addr))
     }
 
@@ -464,7 +532,7 @@ impl Listeners<'_> {
         let routes = HttpApi::new(decide.clone(), callers, self.metrics.clone()).router();
         let served =
             http_server::serve(listener, routes, self.http_bounds(), self.shutdown.clone());
-        tasks.push(tokio::spawn(async move {
+        tasks.push(self.supervisor.critical("the HTTP listener", async move {
             served.await;
             Ok(())
         }));
@@ -475,6 +543,7 @@ impl Listeners<'_> {
     async fn metrics(
         &self,
         authority: &Arc<TokenAuthority>,
+        stop: watch::Receiver<bool>,
     ) -> Result<(SocketAddr, JoinHandle<()>), StartupError> {
         let (listener, addr) = bind(self.config.metrics_listen).await?;
         let listener = self
@@ -482,12 +551,13 @@ impl Listeners<'_> {
             .axum_listener(listener)
             .map_err(|error| StartupError::Bind { addr, error })?;
         let routes = metrics::routes(self.metrics.clone()).merge(jwks_routes(authority.clone()));
-        let task = tokio::spawn(http_server::serve(
-            listener,
-            routes,
-            self.http_bounds(),
-            self.shutdown.clone(),
-        ));
+        let served = http_server::serve(listener, routes, self.http_bounds(), stop);
+        let task = self
+            .supervisor
+            .critical("the metrics listener", async move {
+                served.await;
+                Ok(())
+            });
         Ok((addr, task))
     }
 }

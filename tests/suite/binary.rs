@@ -466,3 +466,108 @@ async fn a_database_unreachable_for_over_a_minute_at_start_is_waited_for() {
     let (exit, _) = process.wait().await;
     assert!(exit.success());
 }
+
+/// SPEC §12: on SIGTERM an open Watch sees NOT_SERVING at once, the server ends the stream, and
+/// with the default drain delay the process exits 0 within 2 s although the Watch was open.
+#[tokio::test]
+async fn sigterm_turns_watches_not_serving_at_once_then_ends_them_and_exits_0() {
+    use futures::StreamExt;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let dir = tempfile::tempdir().expect("dir");
+    let sidecar = SidecarProcess::start(dir.path(), &[]).await;
+    let channel = sidecar.connect().await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let mut watches = Vec::new();
+    for name in ["tokensidecar.v1.TokenService", "", "liveness"] {
+        let mut stream = health
+            .watch(tonic_health::pb::HealthCheckRequest {
+                service: name.into(),
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        let first = stream.next().await.expect("first").expect("status");
+        assert_eq!(first.status, ServingStatus::Serving as i32, "{name:?}");
+        watches.push((name, stream));
+    }
+    let signalled = std::time::Instant::now();
+    sidecar.signal("-TERM");
+    for (name, stream) in watches.iter_mut().take(2) {
+        let update = tokio::time::timeout(Duration::from_millis(100), stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("{name:?}: no update within 100 ms of SIGTERM"))
+            .expect("an update")
+            .expect("status");
+        assert_eq!(update.status, ServingStatus::NotServing as i32, "{name:?}");
+    }
+    // The server ends every Watch (liveness included: it never said NOT_SERVING).
+    for (name, stream) in &mut watches {
+        let end = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(Ok(_)) = stream.next().await {}
+        })
+        .await;
+        assert!(end.is_ok(), "{name:?}: the server ended the stream");
+    }
+    let (exit, log) = sidecar.wait().await;
+    assert!(exit.success(), "{log}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(2),
+        "exited {:?} after SIGTERM",
+        signalled.elapsed()
+    );
+}
+
+/// `--drain-delay`: after SIGTERM health says NOT_SERVING, yet requests — on open connections
+/// and new ones — are answered until the delay has passed; then the process exits 0.
+#[tokio::test]
+async fn during_the_drain_delay_requests_are_still_answered() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let dir = tempfile::tempdir().expect("dir");
+    let sidecar =
+        SidecarProcess::start(dir.path(), &[("TOKEN_SIDECAR_DRAIN_DELAY", "1500ms")]).await;
+    let api = Api::new(sidecar.connect().await);
+    let signalled = std::time::Instant::now();
+    sidecar.signal("-TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let fresh =
+        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", sidecar.port))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("a new connection during the drain delay");
+    let status = tonic_health::pb::health_client::HealthClient::new(fresh.clone())
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health answers")
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::NotServing as i32);
+    let liveness = tonic_health::pb::health_client::HealthClient::new(fresh.clone())
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "liveness".into(),
+        })
+        .await
+        .expect("health answers")
+        .into_inner()
+        .status;
+    assert_eq!(
+        liveness,
+        ServingStatus::Serving as i32,
+        "liveness stays SERVING"
+    );
+    assert_eq!(verdict(&api, "x").await.reason(), pb::Reason::Malformed);
+    assert_eq!(
+        verdict(&Api::new(fresh), "x").await.reason(),
+        pb::Reason::Malformed
+    );
+    let (exit, log) = sidecar.wait().await;
+    assert!(exit.success(), "{log}");
+    let took = signalled.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(4),
+        "exited {took:?} after SIGTERM with a 1.5 s drain delay"
+    );
+    assert!(log.contains("drain delay"), "{log}");
+}
