@@ -50,10 +50,12 @@ ensure_tools() {
     python3 -m pip install --quiet grpcio-tools grpcio-status >/dev/null 2>&1 ||
       python3 -m pip install --quiet --break-system-packages grpcio-tools grpcio-status
   fi
-  for tool in jq nginx pgbouncer nats-server faketime; do
+  for tool in jq nginx pgbouncer nats-server faketime h2load:nghttp2-client; do
+    package=${tool#*:}
+    tool=${tool%%:*}
     command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] && continue
-    echo "installing $tool (apt-get install $tool)"
-    apt_install "$tool"
+    echo "installing $tool (apt-get install $package)"
+    apt_install "$package"
   done
 }
 

@@ -24,6 +24,7 @@ mod one_clock;
 mod proxies;
 mod readme;
 mod reuse;
+mod rolling;
 mod rules;
 mod sync;
 mod tls;
