@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod policy;
 pub mod preflight;
 pub mod purge;
+pub mod readiness;
 pub mod reason;
 pub mod revocations;
 pub mod secret_file;

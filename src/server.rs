@@ -36,7 +36,7 @@ use crate::store::{self, RevocationStore, StoreError};
 use crate::supervise::Supervisor;
 use crate::tls::ReloadableTls;
 use crate::token::{KeyError, KeySet, TokenCodec};
-use crate::{clock_upkeep, health, preflight, purge, sync};
+use crate::{clock_upkeep, health, preflight, purge, readiness, sync};
 
 pub use crate::health::SERVICE_NAME;
 pub use crate::preflight::{check_config, migrate};
@@ -276,12 +276,12 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
         || callers.admin.is_some()
         || callers.introspection.is_some();
     let key_reloader = Arc::new(KeyReloader::new(&config, authority.clone(), tls, &callers));
-    // Health and the clock's upkeep stop on SIGTERM (health then says NOT_SERVING for good);
+    // Readiness and the clock's upkeep stop on SIGTERM (health then says NOT_SERVING for good);
     // the change feed keeps the caches current while requests are still answered.
     let mut background = vec![
         supervisor.critical(
-            "health upkeep",
-            ended(health::keep(
+            "readiness",
+            ended(readiness::keep(
                 revocations.clone(),
                 reporter.clone(),
                 config.health_interval,

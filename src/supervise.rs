@@ -1,6 +1,6 @@
 //! Every spawned task has an owner, and its end a meaning (SPEC §12: a task that dies is never
 //! hidden). Two kinds:
-//! - **critical** ([`Supervisor::critical`]): the listeners, health upkeep, the clock's upkeep,
+//! - **critical** ([`Supervisor::critical`]): the listeners, readiness, the clock's upkeep,
 //!   the change feed. The service cannot answer truthfully without them, so one that ends before
 //!   shutdown — returning or panicking — is reported to `main`, which stops the process with a
 //!   non-zero status and the reason in the log (the orchestrator restarts it);
