@@ -23,18 +23,22 @@ impl AdminCredential {
     /// Replaces the credential; None (and the old one kept) when `raw` is too short. Some(true)
     /// when it changed.
     pub fn replace(&self, raw: &[u8]) -> Option<bool> {
-        let new = Self::usable(raw)?;
-        if **self.0.load() == new {
-            return Some(false);
-        }
-        self.0.store(std::sync::Arc::new(new));
-        Some(true)
+        Some(swap_if_changed(&self.0, Self::usable(raw)?))
     }
 
     /// Compares in time independent of where the first difference is.
     pub fn matches(&self, presented: &[u8]) -> bool {
         aws_lc_rs::constant_time::verify_slices_are_equal(presented, &self.0.load()).is_ok()
     }
+}
+
+/// Stores `new` unless it is what `slot` holds already; whether it changed.
+fn swap_if_changed<T: PartialEq>(slot: &arc_swap::ArcSwap<T>, new: T) -> bool {
+    if **slot.load() == new {
+        return false;
+    }
+    slot.store(std::sync::Arc::new(new));
+    true
 }
 
 impl std::fmt::Debug for AdminCredential {
@@ -72,12 +76,7 @@ impl CredentialList {
     /// Replaces the list; None (and the old one kept) when `raw` is unusable. Some(true) when it
     /// changed.
     pub fn replace(&self, raw: &[u8]) -> Option<bool> {
-        let new = Self::usable(raw)?;
-        if **self.0.load() == new {
-            return Some(false);
-        }
-        self.0.store(std::sync::Arc::new(new));
-        Some(true)
+        Some(swap_if_changed(&self.0, Self::usable(raw)?))
     }
 
     /// Whether `presented` is one of them (each compared in constant time).

@@ -279,12 +279,8 @@ async fn logs_over_a_full_scenario_hold_no_token_key_or_credential() {
 #[tokio::test]
 async fn sigterm_under_load_finishes_in_flight_rpcs_and_exits_0() {
     let dir = tempfile::tempdir().expect("dir");
-    let key = dir.path().join("main.key");
-    std::fs::write(&key, crate::common::TEST_SECRET).expect("write");
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .expect("chmod");
+    let key_spec = crate::common::write_test_key(dir.path());
     let database_url = crate::common::fresh_postgres_database().await;
-    let key_spec = format!("main=HS256:{}", key.display());
     let metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], crate::common::free_port()));
     let metrics_listen = metrics_addr.to_string();
     let sidecar = SidecarProcess::start(

@@ -11,7 +11,7 @@ use token_sidecar::api::pb::TokenClaims;
 use token_sidecar::api::pb::revoke_request::Target;
 use token_sidecar::client::{SidecarClient, VerifyLayer};
 
-use crate::common::{Backend, TestApp, http_request};
+use crate::common::{Backend, TestApp, http_request, serve_router};
 
 async fn whoami(Extension(claims): Extension<TokenClaims>) -> String {
     format!("hello {}", claims.user_id)
@@ -19,15 +19,12 @@ async fn whoami(Extension(claims): Extension<TokenClaims>) -> String {
 
 async fn serve_axum(sidecar: SocketAddr) -> SocketAddr {
     let client = SidecarClient::connect_lazy(&format!("http://{sidecar}")).expect("uri");
-    let app = Router::new()
-        .route("/whoami", get(whoami))
-        .layer(VerifyLayer::new(client));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
+    serve_router(
+        Router::new()
+            .route("/whoami", get(whoami))
+            .layer(VerifyLayer::new(client)),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -187,27 +184,19 @@ async fn sidecar_answering(grpc_status: &'static str) -> SocketAddr {
             "",
         )
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
+    serve_router(app).await
 }
 
 /// A service behind `VerifyLayer` with `FailOpen`, in front of `sidecar`.
 async fn serve_fail_open(sidecar: SocketAddr) -> SocketAddr {
     use token_sidecar::client::WhenUnreachable;
     let client = SidecarClient::connect_lazy(&format!("http://{sidecar}")).expect("uri");
-    let app = Router::new()
-        .route("/", get(|| async { "through" }))
-        .layer(VerifyLayer::new(client).when_unreachable(WhenUnreachable::FailOpen));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
+    serve_router(
+        Router::new()
+            .route("/", get(|| async { "through" }))
+            .layer(VerifyLayer::new(client).when_unreachable(WhenUnreachable::FailOpen)),
+    )
+    .await
 }
 
 /// SPEC §9 (issue 25): `FailOpen` lets a request through only when the sidecar cannot be
@@ -233,20 +222,6 @@ async fn fail_open_is_only_for_a_sidecar_that_cannot_be_reached() {
 
     let sidecar = TestApp::spawn(Backend::Sqlite).await;
     let protected = serve_axum(sidecar.addr).await;
-    let token = format!("Bearer {}", sidecar.issue("alice").await.token);
-    let r = http_request(
-        protected,
-        "GET",
-        "/whoami",
-        &[("Authorization", &token), ("Authorization", "Bearer other")],
-        None,
-    )
-    .await
-    .expect("answer");
-    assert_eq!(r.status, 401, "{r:?}");
-    assert!(
-        r.header("www-authenticate")
-            .is_some_and(|c| c.contains("REASON_MALFORMED")),
-        "{r:?}"
-    );
+    let token = sidecar.issue("alice").await.token;
+    crate::common::assert_two_authorizations_are_malformed(protected, "/whoami", &token).await;
 }

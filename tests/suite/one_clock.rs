@@ -35,11 +35,7 @@ struct Instance {
 impl Instance {
     async fn start(database_url: &str, offset: &str) -> Self {
         let dir = tempfile::tempdir().expect("dir");
-        let key = dir.path().join("main.key");
-        std::fs::write(&key, crate::common::TEST_SECRET).expect("write");
-        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .expect("chmod");
-        let key_spec = format!("main=HS256:{}", key.display());
+        let key_spec = crate::common::write_test_key(dir.path());
         let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
         let metrics_listen = metrics.to_string();
         let preload = libfaketime();

@@ -20,14 +20,10 @@ struct Rolled {
     exit_after: Duration,
 }
 
-/// A sidecar process on `database_url` with the shared key, and `env` on top.
-async fn sidecar(
-    database_url: &str,
-    key: &std::path::Path,
-    env: &[(&str, &str)],
-) -> (SidecarProcess, tempfile::TempDir) {
+/// A sidecar process on `database_url` with the test key, and `env` on top.
+async fn sidecar(database_url: &str, env: &[(&str, &str)]) -> (SidecarProcess, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("dir");
-    let key_spec = format!("main=HS256:{}", key.display());
+    let key_spec = crate::common::write_test_key(dir.path());
     let mut all = vec![
         ("DATABASE_URL", database_url),
         ("TOKEN_SIDECAR_KEYS", key_spec.as_str()),
@@ -41,13 +37,8 @@ async fn sidecar(
 
 /// The app behind Envoy: 200 to everything.
 async fn app() -> SocketAddr {
-    let app = axum::Router::new().fallback(|| async { "hello from the app" });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    crate::common::serve_router(axum::Router::new().fallback(|| async { "hello from the app" }))
         .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
 }
 
 /// Kills the child on drop.
@@ -100,21 +91,15 @@ fn figure(output: &str, line: &str, label: &str) -> u64 {
 
 async fn rolling_update(drain_delay: &str) -> Rolled {
     let database_url = crate::common::fresh_postgres_database().await;
-    let keys = tempfile::tempdir().expect("dir");
-    let key = keys.path().join("main.key");
-    std::fs::write(&key, crate::common::TEST_SECRET).expect("write");
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .expect("chmod");
     let (leaving, _a) = sidecar(
         &database_url,
-        &key,
         &[
             ("TOKEN_SIDECAR_DRAIN_DELAY", drain_delay),
             ("TOKEN_SIDECAR_SHUTDOWN_GRACE", "5s"),
         ],
     )
     .await;
-    let (staying, _b) = sidecar(&database_url, &key, &[]).await;
+    let (staying, _b) = sidecar(&database_url, &[]).await;
     let api = pb::token_service_client::TokenServiceClient::new(leaving.connect().await);
     let token = api
         .clone()

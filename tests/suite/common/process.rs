@@ -244,3 +244,44 @@ impl Drop for SidecarProcess {
         }
     }
 }
+
+/// Serves `router` on an ephemeral loopback port in the background; its address.
+pub async fn serve_router(router: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    addr
+}
+
+/// Writes the test HS256 key to `dir/main.key` (mode 0600); its `--key` spec, `main=HS256:PATH`.
+pub fn write_test_key(dir: &std::path::Path) -> String {
+    let key = dir.join("main.key");
+    std::fs::write(&key, super::TEST_SECRET).expect("write key");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    format!("main=HS256:{}", key.display())
+}
+
+/// SPEC §9: a GET of `path` at `addr` with two `Authorization` headers (the first carrying
+/// `token`) is refused 401 as REASON_MALFORMED.
+pub async fn assert_two_authorizations_are_malformed(addr: SocketAddr, path: &str, token: &str) {
+    let valid = format!("Bearer {token}");
+    let r = http_request(
+        addr,
+        "GET",
+        path,
+        &[("Authorization", &valid), ("Authorization", "Bearer other")],
+        None,
+    )
+    .await
+    .expect("answer");
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(
+        r.header("www-authenticate")
+            .is_some_and(|c| c.contains("REASON_MALFORMED")),
+        "{r:?}"
+    );
+    assert!(r.header("x-user-id").is_none(), "{r:?}");
+}
