@@ -250,6 +250,7 @@ async fn scenario(which: Proxy) {
     let before = reached();
     let r = get(&proxy, &[]).await;
     assert_eq!(r.status, 401, "{which:?}: no token: {r:?}");
+    assert_eq!(r.header_count("www-authenticate"), 1, "{which:?}: {r:?}");
     assert_eq!(
         r.header("www-authenticate").as_deref(),
         Some("Bearer"),
@@ -263,6 +264,11 @@ async fn scenario(which: Proxy) {
     );
     let r = get(&proxy, &[("authorization", &bearer(&forged))]).await;
     assert_eq!(r.status, 401, "{which:?}: forged: {r:?}");
+    assert_eq!(
+        r.header_count("www-authenticate"),
+        1,
+        "{which:?}: one challenge: {r:?}"
+    );
     let challenge = r.header("www-authenticate").unwrap_or_default();
     assert!(
         challenge.contains("error=\"invalid_token\"") && challenge.contains("REASON_BAD_SIGNATURE"),

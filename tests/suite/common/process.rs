@@ -46,6 +46,18 @@ pub struct HttpResponse {
 }
 
 impl HttpResponse {
+    /// How many times a header came (names compared case-insensitively).
+    pub fn header_count(&self, name: &str) -> usize {
+        self.head
+            .lines()
+            .skip(1)
+            .filter(|line| {
+                line.split_once(':')
+                    .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            })
+            .count()
+    }
+
     /// The first value of a header (names compared case-insensitively).
     pub fn header(&self, name: &str) -> Option<String> {
         self.head.lines().skip(1).find_map(|line| {
