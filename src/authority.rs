@@ -123,6 +123,8 @@ pub struct RevokeOutcome {
     pub banned: bool,
     /// For a token: the session that is revoked.
     pub session_id: Option<String>,
+    /// For a token: whose session it is (for the request log).
+    pub user_id: Option<String>,
 }
 
 /// A user's revocation state.
@@ -394,6 +396,7 @@ impl TokenAuthority {
                     revoked_until_ms: Some(update.cutoff_ms),
                     banned: RevocationPolicy::is_banned(Some(update.cutoff_ms), now),
                     session_id: None,
+                    user_id: Some(user_id),
                 })
             }
         }
@@ -407,6 +410,7 @@ impl TokenAuthority {
         let now = self.clock.now_ms();
         let nothing = RevokeOutcome {
             session_id: Some(claims.session_id.clone()),
+            user_id: Some(claims.user_id.clone()),
             ..RevokeOutcome::default()
         };
         // An expired token is dead already; one not valid yet will become valid, so it is
@@ -429,6 +433,7 @@ impl TokenAuthority {
         Ok(RevokeOutcome {
             stored,
             session_id: Some(entry.id),
+            user_id: entry.user_id,
             ..RevokeOutcome::default()
         })
     }

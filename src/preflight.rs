@@ -86,10 +86,34 @@ pub async fn check_config(config: &Config) -> Result<Vec<String>, StartupError> 
     store.ping().await?;
     report.push(format!("store: {} reachable", store.kind()));
     report.push(format!(
-        "token ttl {:?}, refresh window {:?}, leeway {:?}, issuer {:?}, audience {:?}",
-        config.token_ttl, config.refresh_window, config.leeway, config.issuer, config.audience
+        "token ttl {}, refresh window {}, leeway {}, issuer {}, audience {}",
+        human(config.token_ttl),
+        human(config.refresh_window),
+        human(config.leeway),
+        config.issuer,
+        config.audience.as_deref().unwrap_or("none (not checked)"),
     ));
     Ok(report)
+}
+
+/// A duration as the flags take it: `7d`, `5m`, `1500ms`, `0s`.
+fn human(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, size) in [
+        ("d", 86_400_000u128),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if ms >= size && ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    if ms == 0 {
+        "0s".to_owned()
+    } else {
+        format!("{ms}ms")
+    }
 }
 
 /// Refuses an API beyond loopback whose privileged RPCs anyone could call, unless the operator
@@ -169,4 +193,19 @@ pub fn tls(config: &Config) -> Result<Option<ReloadableTls>, StartupError> {
     ReloadableTls::load(cert.clone(), key.clone(), config.tls_client_ca.clone())
         .map(Some)
         .map_err(|e| StartupError::Tls(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_read_as_the_flags_take_them() {
+        assert_eq!(human(Duration::from_secs(7 * 86_400)), "7d");
+        assert_eq!(human(Duration::from_secs(300)), "5m");
+        assert_eq!(human(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(human(Duration::ZERO), "0s");
+        assert_eq!(human(Duration::from_secs(90)), "90s");
+    }
 }

@@ -264,8 +264,8 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
     let (metrics_addr, metrics_task) = listeners.metrics(&authority, metrics_stop_rx).await?;
     tracing::info!(
         %addr,
-        health = ?health_addr,
-        http = ?http_addr,
+        health = %optional(health_addr),
+        http = %optional(http_addr),
         metrics = %metrics::describe(metrics_addr),
         store = store.kind(),
         "token-sidecar listening"
@@ -346,6 +346,11 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
         metrics_task,
         failures: Some(failures),
     })
+}
+
+/// An optional address as an operator reads it: the address, or `off`.
+fn optional(addr: Option<SocketAddr>) -> String {
+    addr.map_or_else(|| "off".to_owned(), |a| a.to_string())
 }
 
 /// The configured store (not migrated yet: health does that, so that a slow database delays

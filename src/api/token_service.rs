@@ -221,7 +221,7 @@ impl TokenService for TokenGrpc {
             self.authorize(&request, "Revoke", started)?;
         }
         let target = request.into_inner().target;
-        let (user_id, jti) = match &target {
+        let (mut user_id, jti) = match &target {
             Some(Target::User(u)) => (u.user_id.clone(), String::new()),
             Some(Target::Jti(j)) => (String::new(), j.clone()),
             _ => Default::default(),
@@ -247,14 +247,24 @@ impl TokenService for TokenGrpc {
                 }
             };
             let outcome = self.authority.revoke(target).await?;
-            Ok(pb::RevokeResponse {
-                stored: outcome.stored,
-                revoked_until: outcome.revoked_until_ms.map(timestamp),
-                banned: outcome.banned,
-                session_id: outcome.session_id.unwrap_or_default(),
-            })
+            Ok((
+                outcome.user_id.clone(),
+                pb::RevokeResponse {
+                    stored: outcome.stored,
+                    revoked_until: outcome.revoked_until_ms.map(timestamp),
+                    banned: outcome.banned,
+                    session_id: outcome.session_id.unwrap_or_default(),
+                },
+            ))
         }
         .await;
+        // Revoke{token}: whose session ended is known only once the token is read.
+        let result = result.map(|(owner, response)| {
+            if let Some(owner) = owner {
+                user_id = owner;
+            }
+            response
+        });
         let subject = Subject {
             user_id: &user_id,
             jti: &jti,
