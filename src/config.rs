@@ -155,8 +155,9 @@ pub struct Config {
     pub introspection_token_file: Option<PathBuf>,
 
     /// Accept listening beyond loopback without caller authentication: neither the admin
-    /// credential nor client certificates (anyone who reaches the port could then issue and
-    /// revoke tokens; server-side TLS alone does not prevent that).
+    /// credential nor client certificates. Anyone who reaches the port may then verify,
+    /// refresh and revoke the tokens it holds; the privileged RPCs (Issue, Revoke by id or
+    /// user, LiftBan, GetUserStatus) are refused to everyone.
     #[arg(
         help_heading = "API, TLS and proxies",
         long,

@@ -116,8 +116,8 @@ fn human(d: std::time::Duration) -> String {
     }
 }
 
-/// Refuses an API beyond loopback whose privileged RPCs anyone could call, unless the operator
-/// said it is intended. Callers are authenticated by the admin credential or by mutual TLS;
+/// Refuses an API beyond loopback whose callers are not authenticated, unless the operator said
+/// it is intended (its privileged RPCs are then refused to everyone: see `load_callers`). Callers are authenticated by the admin credential or by mutual TLS;
 /// server-side TLS alone only encrypts. The health-only and metrics listeners are exempt: they
 /// serve nothing that changes state.
 pub fn check_exposure(config: &Config) -> Result<(), StartupError> {
@@ -178,7 +178,8 @@ pub fn load_callers(
         }
     };
     Ok(Callers {
-        authenticated: admin.is_some() || config.tls_client_ca.is_some(),
+        // SPEC §12: open only on a loopback-only API with no caller authentication configured.
+        open: config.listen.ip().is_loopback() && admin.is_none() && config.tls_client_ca.is_none(),
         admin,
         identities: config.admin_identities.clone().into(),
         introspection,

@@ -206,8 +206,9 @@ pub struct Callers {
     pub admin: Option<std::sync::Arc<AdminCredential>>,
     /// `--admin-identity`.
     pub identities: std::sync::Arc<[IdentityPattern]>,
-    /// Whether callers are authenticated at all (an admin credential or mutual TLS).
-    pub authenticated: bool,
+    /// Whether the privileged RPCs are open to every caller: only on a loopback-only API with
+    /// no caller authentication configured (a sidecar serving its own pod).
+    pub open: bool,
     /// `--introspection-token-file`.
     pub introspection: Option<std::sync::Arc<CredentialList>>,
 }
@@ -258,7 +259,7 @@ impl Callers {
         bearer: Option<&str>,
         identities: Option<&[String]>,
     ) -> Result<(), Refusal> {
-        if !self.authenticated {
+        if self.open {
             return Ok(());
         }
         if let (Some(admin), Some(credential)) = (&self.admin, bearer)
@@ -331,7 +332,7 @@ mod tests {
         let callers = Callers {
             admin: None,
             identities: vec![IdentityPattern::parse("spiffe://td/ns/ops/sa/*").expect("ok")].into(),
-            authenticated: true,
+            open: false,
             introspection: CredentialList::new(b"introspection-credential-0001\n").map(Into::into),
         };
         let other = ["spiffe://td/ns/other/sa/some-workload".to_owned()];
@@ -353,8 +354,17 @@ mod tests {
         );
         assert!(callers.admit_introspection(Some("introspection-credential-0001")));
         assert!(!callers.admit_introspection(Some("introspection-credential-0002")));
-        // No caller authentication configured (a loopback sidecar): open.
-        assert_eq!(Callers::default().admit_privileged(None, None), Ok(()));
+        // A loopback API with no caller authentication configured (a sidecar): open.
+        let sidecar = Callers {
+            open: true,
+            ..Callers::default()
+        };
+        assert_eq!(sidecar.admit_privileged(None, None), Ok(()));
+        // Beyond loopback with nothing configured (--allow-insecure-remote): nobody.
+        assert_eq!(
+            Callers::default().admit_privileged(None, None),
+            Err(Refusal::Missing)
+        );
     }
 
     #[test]

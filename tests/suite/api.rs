@@ -566,6 +566,17 @@ async fn an_unprotected_api_beyond_loopback_is_refused_unless_allowed() {
         .spawn()
         .await;
     assert!(allowed.addr.ip().is_unspecified());
+    // SPEC §12: the privileged RPCs are open only on a loopback-only API; beyond it, with no
+    // caller authentication configured, nobody may call them.
+    let refused = allowed
+        .issue_with(pb::IssueRequest {
+            user_id: "alice".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no caller may issue on an unauthenticated remote API");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(allowed.verify("x").await.reason == pb::Reason::Malformed as i32);
     let credential = allowed.dir.path().join("admin");
     std::fs::write(&credential, "a-long-enough-admin-credential\n").expect("write");
     std::fs::set_permissions(
