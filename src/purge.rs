@@ -1,7 +1,8 @@
 //! Background upkeep of the store: every `--purge-interval`, delete denylist rows, cutoffs and
-//! session heads that can no longer refuse anything; and rebuild the denylist filter as soon as
-//! it outgrows its size (not at the next tick), as an overfull filter sends every Verify to the
-//! store.
+//! session heads that can no longer refuse anything — once per interval for the whole fleet on a
+//! shared PostgreSQL (the first instance to tick takes the round), not once per sidecar; and
+//! rebuild the denylist filter as soon as it outgrows its size (not at the next tick), as an
+//! overfull filter sends every Verify to the store.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,10 +32,14 @@ pub async fn run(
         if !revocations.is_loaded() {
             continue;
         }
+        // One round per interval for the whole fleet: whoever ticks first takes it.
         match revocations
-            .purge(policy.purge_horizon(clock.now_ms()))
+            .purge(policy.purge_horizon(clock.now_ms()), interval)
             .await
         {
+            Ok(purged) if !purged.ran => {
+                tracing::debug!("another instance purged this round");
+            }
             Ok(purged) => tracing::debug!(
                 denylist = purged.denylist,
                 cutoffs = purged.cutoffs,

@@ -703,11 +703,17 @@ impl Revocations {
         Ok(stored.is_some())
     }
 
-    /// Deletes what can no longer refuse anything, then rebuilds the filter if it pays off.
-    pub async fn purge(&self, horizon: PurgeHorizon) -> Result<Purged, StoreError> {
+    /// Deletes what can no longer refuse anything (unless another instance of the fleet did
+    /// within `round`), then rebuilds the filter if it pays off.
+    pub async fn purge(
+        &self,
+        horizon: PurgeHorizon,
+        round: std::time::Duration,
+    ) -> Result<Purged, StoreError> {
+        let round_ms = i64::try_from(round.as_millis()).unwrap_or(i64::MAX);
         let purged = self
             .store
-            .purge(horizon.moot_before, horizon.cutoffs_before)
+            .purge(horizon.moot_before, horizon.cutoffs_before, round_ms)
             .await;
         let purged = self.query("purge", purged).await?;
         self.maintain_filter().await?;
@@ -981,7 +987,8 @@ mod model {
                         ..policy.purge_horizon(clocks[i].now_ms())
                     };
                     let before = store.denylist();
-                    prop_assert!(instances[i].purge(horizon).await.is_ok());
+                    let purged = instances[i].purge(horizon, Duration::ZERO).await;
+                    prop_assert!(purged.is_ok());
                     let after = store.denylist();
                     // No instance, however far behind within the tolerance, may still take
                     // what a purged row refused for valid.

@@ -380,6 +380,7 @@ impl RevocationStore for MemoryStore {
         &self,
         now: UnixMillis,
         cutoffs_before: UnixMillis,
+        _round_ms: i64,
     ) -> Result<Purged, StoreError> {
         let mut state = self.state();
         let (rows, users) = (state.denylist.len(), state.cutoffs.len());
@@ -390,6 +391,7 @@ impl RevocationStore for MemoryStore {
         Ok(Purged {
             denylist: (rows - state.denylist.len()) as u64,
             cutoffs: (users - state.cutoffs.len()) as u64,
+            ran: true,
         })
     }
 }

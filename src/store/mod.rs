@@ -208,6 +208,8 @@ pub struct Purged {
     pub denylist: u64,
     /// Cutoff rows.
     pub cutoffs: u64,
+    /// False when another instance of the fleet purged within the round (nothing was asked).
+    pub ran: bool,
 }
 
 /// Why the store could not answer.
@@ -449,11 +451,13 @@ pub trait RevocationStore: Send + Sync + 'static {
     /// one wins and the other learns the winner.
     async fn rotate_session(&self, rotation: &Rotation<'_>) -> Result<RotationOutcome, StoreError>;
     /// Deletes denylist rows moot before `now` and cutoffs older than `cutoffs_before` (and
-    /// session heads moot before `now`).
+    /// session heads moot before `now`) — unless another instance sharing the store did within
+    /// `round_ms` of the fleet's time (one purger per round for the fleet; 0: always).
     async fn purge(
         &self,
         now: UnixMillis,
         cutoffs_before: UnixMillis,
+        round_ms: i64,
     ) -> Result<Purged, StoreError>;
 }
 

@@ -1007,8 +1007,25 @@ impl RevocationStore for PostgresStore {
         &self,
         now: UnixMillis,
         cutoffs_before: UnixMillis,
+        round_ms: i64,
     ) -> Result<Purged, StoreError> {
         let mut session = self.session().await?;
+        // One purger per round for the fleet: whoever finds the last round old enough takes it.
+        // (A tick arrives a little early or late: 90 % of the round is old enough.)
+        let taken: Option<(i32,)> = sqlx::query_as(
+            "UPDATE purge_round SET last_unix_ms = $1
+                 WHERE id = 1 AND last_unix_ms <= $1 - $2
+                 RETURNING 1",
+        )
+        .persistent(self.prepared)
+        .bind(now)
+        .bind(round_ms / 10 * 9)
+        .fetch_optional(&mut *session)
+        .await?;
+        if taken.is_none() {
+            session.done().await?;
+            return Ok(Purged::default());
+        }
         let answer =
             sql::purge::<Postgres>(&mut *session, self.prepared, now, cutoffs_before).await?;
         // The chain's links are kept a day (an instance whose anchor is gone reloads), and the

@@ -266,6 +266,7 @@ where
     Ok(Purged {
         denylist: denylist.rows(),
         cutoffs: cutoffs.rows(),
+        ran: true,
     })
 }
 

@@ -335,6 +335,8 @@ impl RevocationStore for SqliteStore {
         &self,
         now: UnixMillis,
         cutoffs_before: UnixMillis,
+        // One process owns the file: there is no fleet to share the round with.
+        _round_ms: i64,
     ) -> Result<Purged, StoreError> {
         sql::purge::<Sqlite>(&mut *self.pool.acquire().await?, true, now, cutoffs_before).await
     }

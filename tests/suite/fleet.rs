@@ -459,3 +459,41 @@ async fn poll_mode_through_pgbouncer_serves_many_sidecars_on_few_connections() {
         "{all} server connections for 6 sidecars behind a pool of 2"
     );
 }
+
+/// Issue 28: one purger per `--purge-interval` for the fleet, not one per sidecar: the first
+/// instance to tick takes the round (stamped on the fleet's clock), the others skip it until
+/// the round has passed.
+#[tokio::test]
+async fn the_fleet_purges_once_per_round() {
+    let clock = ManualClock::new(crate::common::T0_MS);
+    let a = Settings::new(Backend::Postgres)
+        .clock(clock.clone())
+        .spawn()
+        .await;
+    let b = Settings::new(Backend::Postgres)
+        .sharing(&a)
+        .clock(clock.clone())
+        .spawn()
+        .await;
+    let round = Duration::from_secs(600);
+    let purge = |app: &TestApp| {
+        let horizon = app
+            .running()
+            .authority
+            .policy()
+            .purge_horizon(token_sidecar::clock::Clock::now_ms(&clock));
+        let revocations = app.running().authority.revocations().clone();
+        async move { revocations.purge(horizon, round).await.expect("purge") }
+    };
+    assert!(purge(&a).await.ran, "the first tick takes the round");
+    assert!(!purge(&b).await.ran, "another instance skips it");
+    assert!(
+        !purge(&a).await.ran,
+        "and so does the first, until the round has passed"
+    );
+    clock.advance_secs(600);
+    assert!(
+        purge(&b).await.ran,
+        "the next round is the first ticker's again"
+    );
+}

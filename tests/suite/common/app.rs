@@ -246,6 +246,11 @@ impl TestApp {
         }
     }
 
+    /// The running sidecar (for its authority and revocation state).
+    pub fn running(&self) -> &RunningSidecar {
+        self.running.as_ref().expect("running")
+    }
+
     /// Runs the background purge now (what a purge tick does).
     pub async fn purge_now(&self) {
         use token_sidecar::clock::Clock;
@@ -254,7 +259,12 @@ impl TestApp {
                 .authority
                 .policy()
                 .purge_horizon(self.clock.now_ms());
-            let purged = running.authority.revocations().purge(horizon).await;
+            // As a purge tick that finds the round its own (no other instance purged).
+            let purged = running
+                .authority
+                .revocations()
+                .purge(horizon, std::time::Duration::ZERO)
+                .await;
             purged.expect("purge");
         }
     }
