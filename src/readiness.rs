@@ -99,19 +99,16 @@ impl NotReady {
         self.attempts += 1;
         // The pool reports a database that refuses connections only as "timed out": ask it
         // once directly for its reason.
-        let reason = match revocations.store().why_unreachable().await {
-            Some(refusal) => refusal,
-            None => error.to_string(),
-        };
-        // SQLSTATE 53300, in either of PostgreSQL's wordings (the second when only the slots
-        // reserved for superusers are left).
-        let kind = if reason.contains("too many clients") || reason.contains("connection slots") {
+        let refusal = revocations.store().why_unreachable().await;
+        let cause = refusal.as_ref().unwrap_or(&error);
+        let kind = if cause.is_database_full() {
             "too_many_connections"
-        } else if matches!(error, StoreError::Database(_)) {
+        } else if matches!(cause, StoreError::Database(_)) {
             "unreachable"
         } else {
             "error"
         };
+        let reason = cause.to_string();
         revocations.metrics().store_not_ready(kind);
         if self.last_reason.as_deref() != Some(reason.as_str()) {
             tracing::warn!(

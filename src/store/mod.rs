@@ -256,6 +256,13 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the database refused a connection because it is full (SQLSTATE 53300, "too many
+    /// clients" — also when only the slots reserved for superusers are left).
+    pub fn is_database_full(&self) -> bool {
+        matches!(self, StoreError::Database(sqlx::Error::Database(db))
+            if db.code().as_deref() == Some("53300"))
+    }
+
     /// Why a write was not acknowledged, as the `store_write_failures_total` metric labels it.
     pub fn write_failure(&self) -> &'static str {
         match self {
@@ -406,7 +413,7 @@ pub trait RevocationStore: Send + Sync + 'static {
     }
     /// Why the database refuses a new connection (e.g. PostgreSQL's "sorry, too many clients
     /// already"), or None if it accepts one: for the log when the store is not ready.
-    async fn why_unreachable(&self) -> Option<String> {
+    async fn why_unreachable(&self) -> Option<StoreError> {
         None
     }
     /// The user's cutoff, if any, with the change that set it.

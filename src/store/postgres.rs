@@ -771,7 +771,7 @@ impl RevocationStore for PostgresStore {
         self.own_sync_connection.then(|| self.options.clone())
     }
 
-    async fn why_unreachable(&self) -> Option<String> {
+    async fn why_unreachable(&self) -> Option<StoreError> {
         // The pool retries a database that is full until its acquire timeout and then reports
         // only "pool timed out"; one connection of our own hears PostgreSQL's reason.
         match PgConnection::connect_with(&self.options).await {
@@ -779,7 +779,7 @@ impl RevocationStore for PostgresStore {
                 let _ = conn.close().await;
                 None
             }
-            Err(e) => Some(e.to_string()),
+            Err(e) => Some(e.into()),
         }
     }
 
