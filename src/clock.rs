@@ -223,16 +223,22 @@ impl Clock for FleetClock {
             return;
         }
         let error_us = round_trip / 2;
-        let mut in_use = self.in_use.lock();
-        if let Some(current) = &*in_use
-            && error_us > Self::aged(current, reading.received_us)
-        {
-            return;
-        }
         // The answer was given somewhere in the round trip: its middle errs by at most half.
         let midpoint = reading.sent_us.saturating_add(error_us);
-        self.offset
-            .store(reading.fleet_us.saturating_sub(midpoint), Ordering::Release);
+        let offset = reading.fleet_us.saturating_sub(midpoint);
+        let mut in_use = self.in_use.lock();
+        if let Some(current) = &*in_use {
+            let aged = Self::aged(current, reading.received_us);
+            // Both readings' error bounds overlap: the less exact one adds nothing. When they do
+            // not, the database's clock itself moved (a failover to another host, a step of
+            // its clock): follow it.
+            let apart = offset.abs_diff(self.offset.load(Ordering::Acquire));
+            let consistent = apart <= aged.saturating_add(error_us).unsigned_abs();
+            if error_us > aged && consistent {
+                return;
+            }
+        }
+        self.offset.store(offset, Ordering::Release);
         *in_use = Some(Sample {
             error_us,
             taken_us: reading.received_us,
@@ -399,6 +405,26 @@ mod tests {
             received_us: 3_601_000 * MS,
         });
         assert_eq!(clock.now_ms(), 3_611_750);
+    }
+
+    #[test]
+    fn when_the_database_clock_moves_the_fleet_clock_follows() {
+        let (clock, _wall, mono) = fleet_clock(50_000);
+        clock.align(Reading {
+            fleet_us: 10_000 * MS + 100,
+            sent_us: 0,
+            received_us: 200,
+        });
+        assert_eq!(clock.now_ms(), 10_000);
+        // A failover to a host whose clock is 2 s ahead: a slower reading, but one that cannot
+        // be squared with the exact one — the reference moved.
+        mono.store(1_000 * MS, Ordering::SeqCst);
+        clock.align(Reading {
+            fleet_us: 12_995 * MS,
+            sent_us: 1_000 * MS - 10 * MS,
+            received_us: 1_000 * MS,
+        });
+        assert_eq!(clock.now_ms(), 13_000);
     }
 
     #[test]
