@@ -77,11 +77,55 @@ pub fn wall_ms() -> UnixMillis {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// Microseconds since this process first asked, on the monotonic clock.
+/// Microseconds since this process first asked, on the monotonic clock — made to never step
+/// back (see [`Carry`]).
 pub fn process_monotonic_us() -> i64 {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    let origin = ORIGIN.get_or_init(Instant::now);
-    i64::try_from(origin.elapsed().as_micros()).unwrap_or(i64::MAX)
+    static CARRY: parking_lot::Mutex<Carry> = parking_lot::Mutex::new(Carry::new());
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    let now = Instant::now();
+    let raw = match now.checked_duration_since(origin) {
+        Some(ahead) => i64::try_from(ahead.as_micros()).unwrap_or(i64::MAX),
+        None => i64::try_from(origin.duration_since(now).as_micros()).map_or(i64::MIN, |b| -b),
+    };
+    CARRY.lock().read(raw)
+}
+
+/// Keeps a clock that should never step back from doing so. CLOCK_MONOTONIC does not step on a
+/// sane host, but a process can be made to see it step (libfaketime shifts it with the wall
+/// clock unless told not to), and staleness measured across a step back would shrink: a reading
+/// below the last one is carried forward by the difference, so time goes on from where it was.
+#[derive(Debug)]
+pub struct Carry {
+    correction: i64,
+    last: i64,
+}
+
+impl Carry {
+    /// A carry that has seen nothing yet.
+    pub const fn new() -> Self {
+        Self {
+            correction: 0,
+            last: i64::MIN,
+        }
+    }
+
+    /// The reading `raw`, carried past any step back.
+    pub fn read(&mut self, raw: i64) -> i64 {
+        let mut corrected = raw.saturating_add(self.correction);
+        if corrected < self.last {
+            self.correction = self.correction.saturating_add(self.last - corrected);
+            corrected = self.last;
+        }
+        self.last = corrected;
+        corrected
+    }
+}
+
+impl Default for Carry {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 fn wall_us() -> i64 {
@@ -425,6 +469,17 @@ mod tests {
             received_us: 1_000 * MS,
         });
         assert_eq!(clock.now_ms(), 13_000);
+    }
+
+    #[test]
+    fn a_monotonic_clock_that_steps_back_is_carried_forward() {
+        let mut carry = Carry::new();
+        assert_eq!(carry.read(1_000), 1_000);
+        assert_eq!(carry.read(5_000), 5_000);
+        // A step back of 15 s: time goes on from where it was.
+        assert_eq!(carry.read(5_000 - 15_000), 5_000);
+        assert_eq!(carry.read(5_000 - 15_000 + 4_000), 9_000);
+        assert_eq!(carry.read(5_000 - 15_000 + 4_001), 9_001);
     }
 
     #[test]

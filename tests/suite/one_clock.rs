@@ -276,3 +276,77 @@ async fn within_the_tolerance_instances_agree_on_logout_everywhere_and_on_bans()
     .await;
     slow.issue("mallory").await.expect("issue after the lift");
 }
+
+/// The issue's row: a clock step back of 15 s on an instance cut off from PostgreSQL must not
+/// stretch `--max-staleness` (4 s). libfaketime here shifts the monotonic clock too (its
+/// default), the harder case: the sidecar carries its monotonic time past the step.
+#[tokio::test]
+async fn a_clock_step_back_does_not_stretch_the_staleness_bound() {
+    let direct = crate::common::fresh_postgres_database().await;
+    let proxy = crate::common::StoreProxy::start(crate::common::postgres_addr()).await;
+    let through_proxy = proxy.url_for(&direct);
+    let writer = Instance::start(&direct, "").await;
+
+    let dir = tempfile::tempdir().expect("dir");
+    let key_spec = crate::common::write_test_key(dir.path());
+    let offset = dir.path().join("faketime");
+    std::fs::write(&offset, "+0\n").expect("offset");
+    let preload = libfaketime();
+    let offset_file = offset.display().to_string();
+    let cut_off = SidecarProcess::start(
+        dir.path(),
+        &[
+            ("DATABASE_URL", through_proxy.as_str()),
+            ("TOKEN_SIDECAR_KEYS", key_spec.as_str()),
+            ("TOKEN_SIDECAR_MAX_STALENESS", "4s"),
+            ("LD_PRELOAD", preload.as_str()),
+            ("FAKETIME_TIMESTAMP_FILE", offset_file.as_str()),
+            ("FAKETIME_NO_CACHE", "1"),
+        ],
+    )
+    .await;
+    let api = Api::new(cut_off.connect().await);
+    let token = writer.issue("alice").await.expect("issue").token;
+    let verdict = |api: Api, token: String| async move {
+        api.clone()
+            .verify(pb::VerifyRequest { token })
+            .await
+            .map(|answer| answer.into_inner().reason())
+    };
+    assert_eq!(
+        verdict(api.clone(), token.clone()).await.expect("verify"),
+        pb::Reason::Unspecified
+    );
+
+    // Cut off, the token revoked elsewhere, and the clock stepped back 15 s.
+    proxy.cut();
+    let cut_at = std::time::Instant::now();
+    writer
+        .api
+        .clone()
+        .revoke(pb::RevokeRequest {
+            target: Some(Target::Token(token.clone())),
+        })
+        .await
+        .expect("revoke");
+    std::fs::write(&offset, "-15s\n").expect("step back");
+
+    // Within the bound it may still answer from memory; past it, never VALID.
+    let refused_after = loop {
+        let answer = verdict(api.clone(), token.clone()).await;
+        if !matches!(answer, Ok(pb::Reason::Unspecified)) {
+            break cut_at.elapsed();
+        }
+        assert!(
+            cut_at.elapsed() < Duration::from_secs(12),
+            "still VALID {:?} after the cut with --max-staleness 4s",
+            cut_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        refused_after < Duration::from_secs(8),
+        "stale answers stopped only {refused_after:?} after the cut"
+    );
+    proxy.restore();
+}
