@@ -193,14 +193,13 @@ impl PostgresStore {
             .map_err(|_| StoreError::Timeout("waiting for a turn to write"))?
             .map_err(|_| StoreError::Timeout("the store is closing"))?;
         let mut session = Session::start(self.conn().await?, Some("BEGIN")).await?;
-        let (xid,): (i64,) = sqlx::query_as(
-            "SELECT txid_current() FROM (SELECT
-                 set_config('lock_timeout', $1, true), set_config('statement_timeout', $1, true),
-                 set_config('idle_in_transaction_session_timeout', $1, true)) settings",
+        sqlx::query(
+            "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $1, true),
+                    set_config('idle_in_transaction_session_timeout', $1, true)",
         )
         .persistent(self.prepared)
         .bind(&self.store_timeout_ms)
-        .fetch_one(&mut *session)
+        .execute(&mut *session)
         .await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .persistent(self.prepared)
@@ -209,7 +208,6 @@ impl PostgresStore {
             .await?;
         Ok(Write {
             session,
-            xid,
             _turn: turn,
         })
     }
@@ -244,8 +242,7 @@ impl PostgresStore {
     /// came within `--store-timeout`), asks the database whether the transaction committed;
     /// if it cannot tell within the timeout, the outcome is unknown (the caller says so: a
     /// retry of an idempotent write is safe).
-    async fn commit(&self, write: Write) -> Result<(), StoreError> {
-        let xid = write.xid;
+    async fn commit(&self, write: Write, written: Link) -> Result<(), StoreError> {
         let answer = match tokio::time::timeout(self.store_timeout, write.session.done()).await {
             Ok(answer) => answer,
             Err(_) => Err(StoreError::Timeout("waiting for COMMIT's answer")),
@@ -253,33 +250,37 @@ impl PostgresStore {
         match answer {
             Err(e) if connection_lost(&e) => {
                 tracing::warn!(error = %e, "the answer to a commit was lost; asking the database");
-                self.recheck(xid, e).await
+                self.recheck(written).await
             }
             other => other,
         }
     }
 
-    /// Whether transaction `xid` committed, asked on another connection until `--store-timeout`.
-    async fn recheck(&self, xid: i64, lost: StoreError) -> Result<(), StoreError> {
+    /// Whether the write whose chain link is `written` committed: its link (a digest over a
+    /// random nonce, so no other write has it) is in the history. Asked on another connection
+    /// until `--store-timeout`; not seen by then (it aborted, or the server has not yet noticed
+    /// the broken connection), the outcome is unknown. (Not `txid_status`: after a crash a
+    /// transaction id whose WAL was lost can be handed out again and report another
+    /// transaction's commit.)
+    async fn recheck(&self, written: Link) -> Result<(), StoreError> {
         let deadline = tokio::time::Instant::now() + self.store_timeout;
         loop {
-            let status: Result<Option<String>, StoreError> = async {
+            let found: Result<bool, StoreError> = async {
                 let mut session = self.session().await?;
-                let (status,): (Option<String>,) = sqlx::query_as("SELECT txid_status($1)")
-                    .persistent(self.prepared)
-                    .bind(xid)
-                    .fetch_one(&mut *session)
-                    .await?;
+                let (found,): (bool,) = sqlx::query_as(
+                    "SELECT EXISTS (SELECT 1 FROM change_chain WHERE seq = $1 AND tag = $2)",
+                )
+                .persistent(self.prepared)
+                .bind(written.seq)
+                .bind(&written.tag[..])
+                .fetch_one(&mut *session)
+                .await?;
                 session.done().await?;
-                Ok(status)
+                Ok(found)
             }
             .await;
-            match status.as_ref().map(Option::as_deref) {
-                Ok(Some("committed")) => return Ok(()),
-                Ok(Some("aborted")) => return Err(lost),
-                // In progress (the server has not yet noticed the broken connection), unknown
-                // to this database (a failover), or no answer: ask again.
-                _ => {}
+            if matches!(found, Ok(true)) {
+                return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(StoreError::OutcomeUnknown);
@@ -378,7 +379,7 @@ impl PostgresStore {
             .bind(&sealed)
             .execute(&mut *tx)
             .await?;
-        self.commit(tx).await?;
+        self.commit(tx, announced.link()).await?;
         {
             let mut written = self.written.lock();
             if written.is_none_or(|w| w.seq < announced.change.seq()) {
@@ -606,11 +607,9 @@ impl ChangeFeed for Feed {
 
 type Session = sql::Session<Postgres>;
 
-/// A write transaction holding the change lock, and its transaction id (to ask the database
-/// whether it committed when the answer to COMMIT is lost).
+/// A write transaction holding the change lock, and its turn to write.
 struct Write {
     session: Session,
-    xid: i64,
     _turn: tokio::sync::OwnedSemaphorePermit,
 }
 
