@@ -269,11 +269,12 @@ The denylist filter for 1,000,000 ids at 1 % false positives takes {filt.group(1
   sits near the interval).
 """)
 
-# Keep the section scripts/scale writes (it is measured by its own, longer run).
+# Keep the section scripts/scale writes and everything after it: those are measured by their
+# own, longer runs (scripts/scale, scripts/bench-one-connection, bench-slow-clients, the rolling
+# update test), each dated where it stands.
 try:
     previous = open("BENCHMARKS.md").read()
-    if "<!-- scale:start -->" in previous and "<!-- scale:end -->" in previous:
-        block = previous.split("<!-- scale:start -->", 1)[1].split("<!-- scale:end -->", 1)[0]
-        print("\n<!-- scale:start -->" + block + "<!-- scale:end -->")
+    if "<!-- scale:start -->" in previous:
+        print("\n" + previous[previous.index("<!-- scale:start -->"):].rstrip("\n"))
 except FileNotFoundError:
     pass

@@ -16,12 +16,19 @@ MODES = {
 }
 
 
+def mode(r):
+    name = MODES.get(r["mode"], r["mode"])
+    budget = r.get("budget", 4)
+    return name if budget == 1 else f"{name}, `--database-max-connections {budget}`"
+
+
 def ms(v):
     return "–" if v is None else f"{v:,.1f}"
 
 
 rows = []
-for r in sorted(results, key=lambda r: (r["sidecars"], list(MODES).index(r["mode"]))):
+burst_rows = []
+for r in sorted(results, key=lambda r: (r["sidecars"], list(MODES).index(r["mode"]), r.get("budget", 4))):
     n = r["sidecars"]
     if r.get("revoked", r["revocations"]):
         queries = f"{r['queries_per_revocation']:.1f} ({r.get('queries_per_revocation_net', 0):.1f})"
@@ -29,7 +36,7 @@ for r in sorted(results, key=lambda r: (r["sidecars"], list(MODES).index(r["mode
         queries = "none acknowledged: no connection left for the write"
     cells = [
         str(n),
-        MODES.get(r["mode"], r["mode"]),
+        mode(r),
         f"{r['serving']}/{n} in {r['ready_seconds']} s",
         f"{r['idle_connections_later'] / max(r['serving'], 1):.2f} ({r['idle_connections_later']})",
         f"{r['idle_queries_per_second_per_sidecar']:.3f}",
@@ -38,6 +45,24 @@ for r in sorted(results, key=lambda r: (r["sidecars"], list(MODES).index(r["mode
         f"{r['rss_mb']:.1f}",
     ]
     rows.append("| " + " | ".join(cells) + " |")
+    b = r.get("burst")
+    if b and "writes" in b:
+        refused = b.get("refused_everywhere_ms") or []
+        burst_rows.append("| " + " | ".join([
+            str(n),
+            mode(r),
+            f"{b['most_connections']} (N + {b['most_connections'] - n})",
+            f"{b['failed_writes']} of {b['writes']}",
+            f"{b['failed_verifies']} of {b['verifies']}",
+            f"{ms(b['verify_p50_ms'])} / {ms(b['verify_p99_ms'])}",
+            (" / ".join(f"{v:,.0f}" for v in refused) or "–")
+            + (f"; {b['still_accepted_after_10s']} sidecar-rounds still accepted it after 10 s"
+               if b.get("still_accepted_after_10s") else "")
+            + (f"; {b['unavailable_for_10s']} sidecar-rounds answered only UNAVAILABLE"
+               if b.get("unavailable_for_10s") else ""),
+        ]) + " |")
+    elif b:
+        burst_rows.append(f"| {n} | {mode(r)} | {b.get('most_connections', '–')} | {b.get('error', 'no result')} | | | |")
 section = f"""{START}
 ## Many sidecars on one PostgreSQL (`scripts/scale`, SPEC §10)
 
@@ -55,6 +80,24 @@ histograms (bucket-interpolated). PgBouncer: transaction pooling, `default_pool_
 | sidecars | mode | SERVING | PostgreSQL connections per idle sidecar (total) | queries/s per idle sidecar | queries per revocation, fleet (without the periodic polls) | propagation p50 / p99 ms | RSS MB per sidecar |
 |---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
+
+Rows marked `--database-max-connections 4` ran with the budget that was the default before
+issue 28 (all of them but the 40-sidecar row were measured before issue 28, on the code of
+their time); the others with the default of 1, every query and write on the one connection.
+
+Under a burst (`examples/fleet_burst`, 3 rounds): 20 users log in per round, each on one
+sidecar (an Issue, which reads the new user's cutoff), and each token is verified at once on
+every 7th sidecar (a cutoff-cache miss on each); every other user's token is then revoked on
+another sidecar (a committed write between the reads). After each round one session is revoked and every sidecar is asked
+every 20 ms until it refuses the token. Connections are the fleet's, sampled every 50 ms.
+
+| sidecars | mode | most PostgreSQL connections during the burst | failed Issue and Revoke calls | failed verifies | Verify p50 / p99 ms during the burst | revoked token refused by every sidecar after, ms (per round) |
+|---|---|---|---|---|---|---|
+{chr(10).join(burst_rows) if burst_rows else "| – | not measured in this run | | | | | |"}
+
+Targets (issue 28): zero failed writes and connections never above N + 3 during the burst; a
+revoked token refused by every sidecar within 500 ms; propagation p99 ≤ 50 ms; ≤ 0.2 queries/s
+per idle sidecar.
 
 Targets (issue 14): 90 sidecars in notify mode all SERVING on a default PostgreSQL; ≤ 1
 connection per idle sidecar; ≤ 5 queries per revocation whatever N; propagation p99 ≤ 50 ms in

@@ -302,10 +302,12 @@ pub struct Config {
     #[arg(help_heading = "Caches", long, env = "TOKEN_SIDECAR_DENYLIST_FP_RATE", default_value_t = 0.01, value_parser = parse_rate)]
     pub denylist_fp_rate: f64,
 
-    /// At most this many PostgreSQL connections under load: the sync task's one (LISTEN in
-    /// notify mode, its polls in nats and poll modes) and the pool's, which close when idle.
-    /// With 1 there is no room for LISTEN: the one connection is the pool's, and it is polled.
-    #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_DATABASE_MAX_CONNECTIONS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    /// At most this many PostgreSQL connections, under any load. With 1 (the default) a
+    /// sidecar does all its database work on one connection: in notify mode the one that
+    /// LISTENs carries every query and write too; in nats and poll modes the sync task polls
+    /// through it. Above 1 (a shared service that wants parallel writes): the sync task's own
+    /// connection plus a pool of the rest, which close when idle.
+    #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_DATABASE_MAX_CONNECTIONS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_max_connections: u32,
 
     /// Pooled PostgreSQL connections idle this long are closed.
@@ -614,6 +616,7 @@ impl From<&Config> for PoolSettings {
             idle_timeout: config.database_idle_timeout,
             store_timeout: config.store_timeout,
             sync_key_file: config.sync_key_file.clone(),
+            listen: config.sync_mode == SyncMode::Notify,
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod announcement;
 #[cfg(test)]
 pub(crate) mod memory;
 mod postgres;
+mod shared;
 mod sql;
 mod sqlite;
 
@@ -19,6 +20,7 @@ use async_trait::async_trait;
 pub use postgres::{
     CHANGE_CHANNEL, FEED_APPLICATION_NAME, PoolSettings, PostgresStore, read_sync_key,
 };
+pub use shared::{Heard, LISTENER_APPLICATION_NAME, SharedConnection, SharedFeed};
 pub use sqlite::SqliteStore;
 
 use crate::clock::UnixMillis;
@@ -406,9 +408,10 @@ pub trait RevocationStore: Send + Sync + 'static {
     async fn clock_us(&self) -> Result<Option<i64>, StoreError> {
         Ok(None)
     }
-    /// How the change listener connects to PostgreSQL (outside the pool, one connection of the
-    /// `--database-max-connections` budget); None for other stores.
-    fn sync_connect_options(&self) -> Option<sqlx::postgres::PgConnectOptions> {
+    /// The connection that LISTENs for announced changes (PostgreSQL in notify mode: one of the
+    /// `--database-max-connections` budget, with a budget of one the only one); None for other
+    /// stores and modes.
+    fn listen_connection(&self) -> Option<Arc<SharedConnection>> {
         None
     }
     /// Why the database refuses a new connection (e.g. PostgreSQL's "sorry, too many clients

@@ -8,11 +8,12 @@ use arc_swap::ArcSwapOption;
 
 use async_trait::async_trait;
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Postgres};
 use tokio::sync::broadcast;
 
 use super::announcement::{self, Announcement, FleetKey, GENESIS, Link, MIN_SECRET_BYTES};
+use super::shared::{SharedConnection, SharedLease};
 use super::{
     Change, ChangeFeed, ChangeSeq, CutoffRecord, CutoffUpdate, DenyEntry, DenyKind, DenySink,
     History, Purged, RevocationStore, Rotation, RotationOutcome, StoreError, sql,
@@ -29,6 +30,11 @@ pub const CHANGE_CHANNEL: &str = "token_sidecar_changes";
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 /// One attempt within it (see [`PostgresStore::conn`]).
 const ACQUIRE_ATTEMPT: Duration = Duration::from_millis(200);
+
+/// One wait for the change lock; between attempts the connection serves others.
+const LOCK_ATTEMPT: Duration = Duration::from_millis(100);
+/// The pause between attempts, in which queued reads take the connection.
+const LOCK_RETRY: Duration = Duration::from_millis(5);
 
 /// The advisory lock every writer holds from taking a change number until it commits, so that
 /// numbers become visible in increasing order ("ts-chg" in ASCII).
@@ -47,15 +53,19 @@ pub struct PoolSettings {
     pub store_timeout: Duration,
     /// `--sync-key-file`: the fleet's secret, instead of the one the migrations generated.
     pub sync_key_file: Option<PathBuf>,
+    /// Whether the instance LISTENs for changes (notify mode). With one connection, that
+    /// connection then carries every query and write as well.
+    pub listen: bool,
 }
 
 impl Default for PoolSettings {
     fn default() -> Self {
         Self {
-            max_connections: 4,
+            max_connections: 1,
             idle_timeout: Duration::from_secs(5),
             store_timeout: Duration::from_secs(5),
             sync_key_file: None,
+            listen: true,
         }
     }
 }
@@ -69,6 +79,10 @@ pub struct PostgresStore {
     prepared: bool,
     /// Whether the budget leaves the sync task a connection of its own.
     own_sync_connection: bool,
+    /// The connection that LISTENs (notify mode).
+    listening: Option<Arc<SharedConnection>>,
+    /// Whether every query and write runs on the listening connection (a budget of one).
+    shared: bool,
     /// The fleet's key, read at first use.
     fleet: Arc<ArcSwapOption<FleetKey>>,
     sync_key_file: Option<PathBuf>,
@@ -105,20 +119,39 @@ impl PostgresStore {
             ]);
         }
         // One connection of the budget is the sync task's own (LISTEN, or its polls), unless the
-        // budget is one: then there is none, and the sync task polls through the pool.
+        // budget is one: then in notify mode the listening connection is the only one and
+        // carries every query too; in the other modes the sync task polls through the pool.
         let own_sync_connection = settings.max_connections > 1;
+        let shared = settings.listen && !own_sync_connection;
+        let listening = settings
+            .listen
+            .then(|| SharedConnection::new(options.clone(), ACQUIRE_TIMEOUT));
         let pooled = settings.max_connections.saturating_sub(1).max(1);
+        // In nats and poll modes with a budget of one, the pool's one connection is also the
+        // one the sync task polls on: kept while idle (an idle sidecar holds it, as it would
+        // its LISTEN), and named as the polling connection.
+        let polls_through_pool = !own_sync_connection && !settings.listen;
+        let (idle_timeout, pool_options) = if polls_through_pool {
+            (
+                None,
+                options.clone().application_name(FEED_APPLICATION_NAME),
+            )
+        } else {
+            (Some(settings.idle_timeout), options.clone())
+        };
         let pool = PgPoolOptions::new()
             .max_connections(pooled)
             .min_connections(0)
-            .idle_timeout(Some(settings.idle_timeout))
+            .idle_timeout(idle_timeout)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_lazy_with(options.clone());
+            .connect_lazy_with(pool_options);
         Ok(Self {
             pool,
             options,
             prepared,
             own_sync_connection,
+            listening,
+            shared,
             fleet: Arc::new(ArcSwapOption::empty()),
             sync_key_file: settings.sync_key_file,
             store_timeout: settings.store_timeout,
@@ -132,33 +165,21 @@ impl PostgresStore {
         })
     }
 
-    /// Committed changes after `after`, read on the change listener's own connection (so that an
-    /// idle sidecar's safety-net poll needs no second connection).
-    pub async fn changes_on(
-        listener: &mut PgListener,
-        after: ChangeSeq,
-        limit: i64,
-    ) -> Result<Vec<Change>, StoreError> {
-        sql::changes_after(listener, true, after, limit).await
-    }
-
-    /// Where the history stands and the first changes after `after`, read in one statement on
-    /// the change listener's own connection.
-    pub async fn history_and_changes_on_listener(
-        listener: &mut PgListener,
-        at: ChangeSeq,
-        own: &[ChangeSeq],
-        after: ChangeSeq,
-        limit: i64,
-    ) -> Result<(History, Vec<Change>), StoreError> {
-        history_and_changes_on(listener, true, at, own, after, limit).await
-    }
-
     /// A pooled connection. Tried in short attempts: a connection dropped a moment ago goes back
     /// to the pool from a spawned task, so an attempt right after finds none idle and opens
     /// another — and on a database that is full, sqlx would keep trying that until its acquire
     /// timeout while our own connection sits idle. The next short attempt takes the idle one.
-    async fn conn(&self) -> Result<PoolConnection<Postgres>, StoreError> {
+    async fn conn(&self) -> Result<PgLease, StoreError> {
+        if self.shared
+            && let Some(listening) = &self.listening
+        {
+            return Ok(PgLease::Shared(listening.lease().await?));
+        }
+        Ok(PgLease::Pooled(self.pooled().await?))
+    }
+
+    /// A connection of the pool (see [`PostgresStore::conn`]).
+    async fn pooled(&self) -> Result<PoolConnection<Postgres>, StoreError> {
         let deadline = tokio::time::Instant::now() + ACQUIRE_TIMEOUT;
         loop {
             match tokio::time::timeout(ACQUIRE_ATTEMPT, self.pool.acquire()).await {
@@ -178,6 +199,18 @@ impl PostgresStore {
         Session::start(self.conn().await?, (!self.prepared).then_some("BEGIN")).await
     }
 
+    /// A session for the instance's own upkeep (health pings, clock readings): on the listening
+    /// connection where there is one, so that an idle sidecar keeps no pooled connection alive
+    /// whatever its budget.
+    async fn upkeep_session(&self) -> Result<Session, StoreError> {
+        match (&self.listening, self.prepared) {
+            (Some(listening), true) => {
+                Session::start(PgLease::Shared(listening.lease().await?), None).await
+            }
+            _ => self.session().await,
+        }
+    }
+
     /// How the sync task's own connection connects (named for pg_stat_activity).
     fn sync_options(&self) -> PgConnectOptions {
         self.options.clone().application_name(FEED_APPLICATION_NAME)
@@ -192,24 +225,48 @@ impl PostgresStore {
             .await
             .map_err(|_| StoreError::Timeout("waiting for a turn to write"))?
             .map_err(|_| StoreError::Timeout("the store is closing"))?;
-        let mut session = Session::start(self.conn().await?, Some("BEGIN")).await?;
-        sqlx::query(
-            "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $1, true),
-                    set_config('idle_in_transaction_session_timeout', $1, true)",
-        )
-        .persistent(self.prepared)
-        .bind(&self.store_timeout_ms)
-        .execute(&mut *session)
-        .await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        // The change lock is waited for in attempts, the connection given up between them: on
+        // the one connection a sidecar holds, a lock someone else keeps would otherwise hold up
+        // its reads too, not only its writes.
+        let attempt = LOCK_ATTEMPT.min(self.store_timeout);
+        let attempt_ms = attempt.as_millis().max(1).to_string();
+        let deadline = tokio::time::Instant::now() + self.store_timeout;
+        loop {
+            let mut session = Session::start(self.conn().await?, Some("BEGIN")).await?;
+            sqlx::query(
+                "SELECT set_config('lock_timeout', $1, true),
+                        set_config('statement_timeout', $2, true),
+                        set_config('idle_in_transaction_session_timeout', $2, true)",
+            )
+            .persistent(self.prepared)
+            .bind(&attempt_ms)
+            .bind(&self.store_timeout_ms)
+            .execute(session.conn().await?)
+            .await?;
+            // Once the lock is held, the write's own row locks wait up to --store-timeout.
+            let locked = sqlx::query(
+                "SELECT set_config('lock_timeout', $2, true)
+                     FROM (SELECT pg_advisory_xact_lock($1)) AS locked",
+            )
             .persistent(self.prepared)
             .bind(CHANGE_LOCK)
-            .execute(&mut *session)
-            .await?;
-        Ok(Write {
-            session,
-            _turn: turn,
-        })
+            .bind(&self.store_timeout_ms)
+            .execute(session.conn().await?)
+            .await;
+            match locked {
+                Ok(_) => {
+                    return Ok(Write {
+                        session,
+                        _turn: turn,
+                    });
+                }
+                Err(e) if lock_not_available(&e) && tokio::time::Instant::now() < deadline => {
+                    session.rollback().await?;
+                    tokio::time::sleep(LOCK_RETRY).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// A read, bounded on this side too: a server that vanished mid-statement (no answer, no
@@ -273,7 +330,7 @@ impl PostgresStore {
                 .persistent(self.prepared)
                 .bind(written.seq)
                 .bind(&written.tag[..])
-                .fetch_one(&mut *session)
+                .fetch_one(session.conn().await?)
                 .await?;
                 session.done().await?;
                 Ok(found)
@@ -351,7 +408,7 @@ impl PostgresStore {
             tx.session.rollback().await?;
             return Ok(None);
         };
-        let fleet = self.fleet_on(&mut tx).await?;
+        let fleet = self.fleet_on(tx.conn().await?).await?;
         let nonce: [u8; 16] = rand::random();
         let (prev, link): (Vec<u8>, Vec<u8>) = sqlx::query_as(
             "INSERT INTO change_chain (seq, prev, tag)
@@ -364,7 +421,7 @@ impl PostgresStore {
         .bind(change.seq())
         .bind(&nonce[..])
         .bind(&GENESIS[..])
-        .fetch_one(&mut *tx)
+        .fetch_one(tx.conn().await?)
         .await?;
         let announced = Announcement {
             change: change.clone(),
@@ -377,7 +434,7 @@ impl PostgresStore {
             .bind(change.seq())
             .bind(CHANGE_CHANNEL)
             .bind(&sealed)
-            .execute(&mut *tx)
+            .execute(tx.conn().await?)
             .await?;
         self.commit(tx, announced.link()).await?;
         {
@@ -487,7 +544,7 @@ where
 
 /// The history and the first page of changes after `after`, in one statement: a catch-up costs
 /// one round trip, and both are read from one snapshot.
-async fn history_and_changes_on<'c, E>(
+pub(super) async fn history_and_changes_on<'c, E>(
     executor: E,
     prepared: bool,
     at: ChangeSeq,
@@ -605,7 +662,31 @@ impl ChangeFeed for Feed {
     }
 }
 
-type Session = sql::Session<Postgres>;
+/// The connection one operation holds: the pool's, or the listening one (a budget of one).
+enum PgLease {
+    Pooled(PoolConnection<Postgres>),
+    Shared(SharedLease),
+}
+
+impl sql::Lease for PgLease {
+    type Db = Postgres;
+
+    async fn conn(&mut self) -> Result<&mut PgConnection, StoreError> {
+        match self {
+            PgLease::Pooled(conn) => Ok(&mut **conn),
+            PgLease::Shared(lease) => lease.conn().await,
+        }
+    }
+
+    fn discard(&mut self) {
+        match self {
+            PgLease::Pooled(conn) => conn.close_on_drop(),
+            PgLease::Shared(lease) => lease.discard(),
+        }
+    }
+}
+
+type Session = sql::Session<PgLease>;
 
 /// A write transaction holding the change lock, and its turn to write.
 struct Write {
@@ -613,17 +694,15 @@ struct Write {
     _turn: tokio::sync::OwnedSemaphorePermit,
 }
 
-impl std::ops::Deref for Write {
-    type Target = PgConnection;
-    fn deref(&self) -> &PgConnection {
-        &self.session
+impl Write {
+    async fn conn(&mut self) -> Result<&mut PgConnection, StoreError> {
+        self.session.conn().await
     }
 }
 
-impl std::ops::DerefMut for Write {
-    fn deref_mut(&mut self) -> &mut PgConnection {
-        &mut self.session
-    }
+/// Whether PostgreSQL gave up waiting for a lock (`lock_timeout`).
+fn lock_not_available(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"))
 }
 
 /// Whether an error means the connection, not the statement, failed: the statement's outcome is
@@ -679,7 +758,7 @@ impl RevocationStore for PostgresStore {
         let applied: Result<Vec<(i64,)>, sqlx::Error> =
             sqlx::query_as("SELECT version FROM _sqlx_migrations WHERE success")
                 .persistent(self.prepared)
-                .fetch_all(&mut *session)
+                .fetch_all(session.conn().await?)
                 .await;
         // A missing table fails the transaction, which then rolls back as it ends.
         if applied.is_ok() {
@@ -695,8 +774,11 @@ impl RevocationStore for PostgresStore {
             return Ok(());
         }
         // sqlx holds a PostgreSQL advisory lock while migrating: concurrent starts serialise.
-        let mut conn = self.conn().await?;
-        MIGRATOR.run_direct(None, &mut *conn, false).await?;
+        let mut session = Session::start(self.conn().await?, None).await?;
+        MIGRATOR
+            .run_direct(None, session.conn().await?, false)
+            .await?;
+        session.done().await?;
         Ok(())
     }
 
@@ -705,7 +787,7 @@ impl RevocationStore for PostgresStore {
             return Ok(Some(fleet));
         }
         let mut session = self.session().await?;
-        let fleet = self.fleet_on(&mut session).await?;
+        let fleet = self.fleet_on(session.conn().await?).await?;
         session.done().await?;
         Ok(Some(fleet))
     }
@@ -724,7 +806,7 @@ impl RevocationStore for PostgresStore {
         own: &[ChangeSeq],
     ) -> Result<Option<History>, StoreError> {
         let mut session = self.session().await?;
-        let history = history_on(&mut *session, self.prepared, at, own).await?;
+        let history = history_on(session.conn().await?, self.prepared, at, own).await?;
         session.done().await?;
         Ok(Some(history))
     }
@@ -738,7 +820,8 @@ impl RevocationStore for PostgresStore {
     ) -> Result<(Option<History>, Vec<Change>), StoreError> {
         let mut session = self.session().await?;
         let (history, changes) =
-            history_and_changes_on(&mut *session, self.prepared, at, own, after, limit).await?;
+            history_and_changes_on(session.conn().await?, self.prepared, at, own, after, limit)
+                .await?;
         session.done().await?;
         Ok((Some(history), changes))
     }
@@ -748,26 +831,26 @@ impl RevocationStore for PostgresStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut session = self.session().await?;
-        let answer = sql::ping::<Postgres>(&mut *session, self.prepared).await?;
+        let mut session = self.upkeep_session().await?;
+        let answer = sql::ping::<Postgres>(session.conn().await?, self.prepared).await?;
         session.done().await?;
         Ok(answer)
     }
 
     async fn clock_us(&self) -> Result<Option<i64>, StoreError> {
-        let mut session = self.session().await?;
+        let mut session = self.upkeep_session().await?;
         // clock_timestamp(), not now(): the time of the answer, not of the transaction's start.
         let (us,): (i64,) =
             sqlx::query_as("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint")
                 .persistent(self.prepared)
-                .fetch_one(&mut *session)
+                .fetch_one(session.conn().await?)
                 .await?;
         session.done().await?;
         Ok(Some(us))
     }
 
-    fn sync_connect_options(&self) -> Option<PgConnectOptions> {
-        self.own_sync_connection.then(|| self.options.clone())
+    fn listen_connection(&self) -> Option<Arc<SharedConnection>> {
+        self.listening.clone()
     }
 
     async fn why_unreachable(&self) -> Option<StoreError> {
@@ -794,7 +877,7 @@ impl RevocationStore for PostgresStore {
             )
             .persistent(self.prepared)
             .bind(user_id)
-            .fetch_optional(&mut *session)
+            .fetch_optional(session.conn().await?)
             .await?;
             session.done().await?;
             Ok(match row {
@@ -848,7 +931,7 @@ impl RevocationStore for PostgresStore {
                 .persistent(self.prepared)
                 .bind(user_id)
                 .bind(at_least)
-                .fetch_one(&mut *tx)
+                .fetch_one(tx.conn().await?)
                 .await?;
             let change = changed.then(|| Change::Cutoff {
                 seq,
@@ -887,7 +970,7 @@ impl RevocationStore for PostgresStore {
             .persistent(self.prepared)
             .bind(user_id)
             .bind(now)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(tx.conn().await?)
             .await?;
             let change = seq.map(|(seq, committed_ms)| Change::Cutoff {
                 seq,
@@ -903,7 +986,8 @@ impl RevocationStore for PostgresStore {
     async fn is_denied(&self, kind: DenyKind, id: &str) -> Result<bool, StoreError> {
         self.bounded_read(async {
             let mut session = self.session().await?;
-            let answer = sql::is_denied::<Postgres>(&mut *session, self.prepared, kind, id).await?;
+            let answer =
+                sql::is_denied::<Postgres>(session.conn().await?, self.prepared, kind, id).await?;
             session.done().await?;
             Ok(answer)
         })
@@ -929,7 +1013,7 @@ impl RevocationStore for PostgresStore {
             .bind(&entry.id)
             .bind(entry.user_id.as_deref())
             .bind(entry.moot_after_ms)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(tx.conn().await?)
             .await?;
             let change = seq.map(|(seq, committed_ms)| Change::Denied {
                 seq,
@@ -967,7 +1051,7 @@ impl RevocationStore for PostgresStore {
 
     async fn changes_after(&self, after: ChangeSeq, limit: i64) -> Result<Vec<Change>, StoreError> {
         let mut session = self.session().await?;
-        let answer = sql::changes_after(&mut *session, self.prepared, after, limit).await?;
+        let answer = sql::changes_after(session.conn().await?, self.prepared, after, limit).await?;
         session.done().await?;
         Ok(answer)
     }
@@ -980,7 +1064,7 @@ impl RevocationStore for PostgresStore {
         let mut tx = Session::start(self.conn().await?, Some("BEGIN")).await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .persistent(self.prepared)
-            .execute(&mut *tx)
+            .execute(tx.conn().await?)
             .await?;
         let (watermark,): (i64,) = sqlx::query_as(
             "SELECT GREATEST(
@@ -988,16 +1072,17 @@ impl RevocationStore for PostgresStore {
                  (SELECT COALESCE(MAX(change_seq), 0) FROM denylist))",
         )
         .persistent(self.prepared)
-        .fetch_one(&mut *tx)
+        .fetch_one(tx.conn().await?)
         .await?;
-        sql::feed_denylist(&mut *tx, self.prepared, now, sink).await?;
+        sql::feed_denylist(tx.conn().await?, self.prepared, now, sink).await?;
         tx.done().await?;
         Ok(watermark)
     }
 
     async fn rotate_session(&self, rotation: &Rotation<'_>) -> Result<RotationOutcome, StoreError> {
         let mut session = self.session().await?;
-        let answer = sql::rotate_with::<Postgres>(&mut *session, self.prepared, rotation).await?;
+        let answer =
+            sql::rotate_with::<Postgres>(session.conn().await?, self.prepared, rotation).await?;
         session.done().await?;
         Ok(answer)
     }
@@ -1019,14 +1104,15 @@ impl RevocationStore for PostgresStore {
         .persistent(self.prepared)
         .bind(now)
         .bind(round_ms / 10 * 9)
-        .fetch_optional(&mut *session)
+        .fetch_optional(session.conn().await?)
         .await?;
         if taken.is_none() {
             session.done().await?;
             return Ok(Purged::default());
         }
         let answer =
-            sql::purge::<Postgres>(&mut *session, self.prepared, now, cutoffs_before).await?;
+            sql::purge::<Postgres>(session.conn().await?, self.prepared, now, cutoffs_before)
+                .await?;
         // The chain's links are kept a day (an instance whose anchor is gone reloads), and the
         // newest always.
         sqlx::query(
@@ -1035,7 +1121,7 @@ impl RevocationStore for PostgresStore {
                    AND committed_at < now() - interval '1 day'",
         )
         .persistent(self.prepared)
-        .execute(&mut *session)
+        .execute(session.conn().await?)
         .await?;
         session.done().await?;
         Ok(answer)

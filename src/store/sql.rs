@@ -34,56 +34,82 @@ impl RowsAffected for sqlx::sqlite::SqliteQueryResult {
     }
 }
 
-/// One operation's pooled connection; [`Session::done`] ends it.
+/// A connection one operation holds: a pooled one, or (PostgreSQL in notify mode) the
+/// instance's one shared connection, which also listens (see `shared`).
+pub(super) trait Lease: Send {
+    type Db: Database;
+    /// The connection to run statements on.
+    fn conn(
+        &mut self,
+    ) -> impl Future<Output = Result<&mut <Self::Db as Database>::Connection, StoreError>> + Send;
+    /// Marks the connection as not to be reused: it is closed when the lease ends.
+    fn discard(&mut self);
+}
+
+impl<DB: Database> Lease for PoolConnection<DB> {
+    type Db = DB;
+    fn conn(&mut self) -> impl Future<Output = Result<&mut DB::Connection, StoreError>> + Send {
+        std::future::ready(Ok(&mut **self))
+    }
+    fn discard(&mut self) {
+        self.close_on_drop();
+    }
+}
+
+/// One operation's connection; [`Session::done`] ends it.
 ///
-/// It goes back to the pool only when its operation ended cleanly. One that was cancelled (the
-/// caller's deadline passed) or failed is closed instead: a statement may still be waiting on
-/// the server, or a transaction be open — or, in SQLite, already rolled back by the database
+/// It is reused only when its operation ended cleanly. One that was cancelled (the caller's
+/// deadline passed) or failed is closed instead: a statement may still be waiting on the
+/// server, or a transaction be open — or, in SQLite, already rolled back by the database
 /// (`SQLITE_FULL`) while the driver believes it open — that the next user would run inside.
-pub(super) struct Session<DB: Database> {
-    conn: PoolConnection<DB>,
+pub(super) struct Session<L: Lease> {
+    lease: L,
     /// Whether this session began a transaction that is still open.
     open: bool,
     clean: bool,
 }
 
-impl<DB> Session<DB>
+impl<L> Session<L>
 where
-    DB: Database,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    L: Lease,
+    for<'c> &'c mut <L::Db as Database>::Connection: Executor<'c, Database = L::Db>,
 {
-    /// A session on `conn`, inside a transaction begun with `begin` (e.g. `BEGIN`, or SQLite's
+    /// A session on `lease`, inside a transaction begun with `begin` (e.g. `BEGIN`, or SQLite's
     /// `BEGIN IMMEDIATE`, which takes the write lock at once) if given. BEGIN and COMMIT go by
     /// the simple protocol: one message, which a transaction pooler cannot split.
-    pub(super) async fn start(
-        conn: PoolConnection<DB>,
-        begin: Option<&'static str>,
-    ) -> Result<Self, StoreError> {
+    pub(super) async fn start(lease: L, begin: Option<&'static str>) -> Result<Self, StoreError> {
         let mut session = Self {
-            conn,
+            lease,
             open: false,
             clean: false,
         };
         if let Some(begin) = begin {
-            sqlx::raw_sql(begin).execute(&mut *session.conn).await?;
+            sqlx::raw_sql(begin).execute(session.conn().await?).await?;
             session.open = true;
         }
         Ok(session)
     }
 
-    /// Commits the transaction, if there is one, and lets the connection go back to the pool.
+    /// The connection to run the operation's statements on.
+    pub(super) async fn conn(
+        &mut self,
+    ) -> Result<&mut <L::Db as Database>::Connection, StoreError> {
+        self.lease.conn().await
+    }
+
+    /// Commits the transaction, if there is one, and lets the connection be reused.
     pub(super) async fn done(self) -> Result<(), StoreError> {
         self.end("COMMIT").await
     }
 
-    /// Rolls the transaction back, if there is one, and lets the connection go back to the pool.
+    /// Rolls the transaction back, if there is one, and lets the connection be reused.
     pub(super) async fn rollback(self) -> Result<(), StoreError> {
         self.end("ROLLBACK").await
     }
 
     async fn end(mut self, how: &'static str) -> Result<(), StoreError> {
         if self.open {
-            sqlx::raw_sql(how).execute(&mut *self.conn).await?;
+            sqlx::raw_sql(how).execute(self.conn().await?).await?;
             self.open = false;
         }
         self.clean = true;
@@ -91,24 +117,25 @@ where
     }
 }
 
-impl<DB: Database> Drop for Session<DB> {
+impl<L: Lease> Drop for Session<L> {
     fn drop(&mut self) {
         if !self.clean {
-            self.conn.close_on_drop();
+            self.lease.discard();
         }
     }
 }
 
-impl<DB: Database> std::ops::Deref for Session<DB> {
+/// A pooled session is its connection (SQLite's statements run on it directly).
+impl<DB: Database> std::ops::Deref for Session<PoolConnection<DB>> {
     type Target = DB::Connection;
     fn deref(&self) -> &DB::Connection {
-        &self.conn
+        &self.lease
     }
 }
 
-impl<DB: Database> std::ops::DerefMut for Session<DB> {
+impl<DB: Database> std::ops::DerefMut for Session<PoolConnection<DB>> {
     fn deref_mut(&mut self) -> &mut DB::Connection {
-        &mut self.conn
+        &mut self.lease
     }
 }
 

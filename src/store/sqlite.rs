@@ -29,7 +29,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 /// same volume) before it refuses to start.
 const OWNER_WAIT: Duration = Duration::from_secs(2);
 
-type Session = sql::Session<Sqlite>;
+type Session = sql::Session<sqlx::pool::PoolConnection<Sqlite>>;
 
 /// Cutoffs and denylist in one SQLite file.
 #[derive(Debug, Clone)]

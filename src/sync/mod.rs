@@ -122,8 +122,8 @@ pub async fn run(
         SyncMode::Poll => None,
         SyncMode::Notify => revocations
             .store()
-            .sync_connect_options()
-            .map(|options| Box::new(notify::Listener::new(options)) as Box<dyn Channel>),
+            .listen_connection()
+            .map(|shared| Box::new(notify::Listener::new(shared)) as Box<dyn Channel>),
         SyncMode::Nats => Some(Box::new(nats::Nats::new(
             settings.nats_url.clone().unwrap_or_default(),
             settings.nats_subject.clone(),
@@ -397,9 +397,11 @@ impl Driver {
                         Ok(feed) => {
                             self.feed_error = None;
                             self.feed_retry_at = None;
+                            if feed.is_some() {
+                                // The pool's connections are not needed while idle.
+                                self.revocations.store().release_idle(0).await;
+                            }
                             self.own_feed = feed;
-                            // The pool's connections are not needed while idle.
-                            self.revocations.store().release_idle(0).await;
                         }
                         Err(e) => {
                             // A full database is not asked again at every poll.

@@ -125,9 +125,95 @@ async fn under_load_the_connections_stay_within_their_bound() {
 }
 
 #[tokio::test]
-async fn a_budget_of_one_connection_polls_through_it() {
-    // No room for a LISTEN connection of its own: the sync task polls through the pool.
+async fn a_budget_of_one_connection_listens_and_queries_on_it() {
     under_load_at_most(1).await;
+}
+
+/// SPEC §10 under load, with the defaults: a burst of cache misses and writes on one sidecar
+/// while another listens; each holds one connection throughout, and changes still arrive as
+/// announcements (no catch-up query).
+#[tokio::test]
+async fn by_default_a_notify_sidecar_does_all_its_database_work_on_one_connection() {
+    let mut args = ANNOUNCEMENTS_ONLY.to_vec();
+    args.push(("--cutoff-cache-ttl", "0s"));
+    let apps = fleet(2, &args).await;
+    let (a, b) = (&apps[0], &apps[1]);
+    for app in &apps {
+        eventually(CONVERGE, "listening", || async { channel_up(app) }).await;
+    }
+    let queries = (changes_queries(a), changes_queries(b));
+    let db = database_name(&a.database_url);
+    // b's changes reach a while a's one connection is busy with queries.
+    let from_b: Vec<_> =
+        futures::future::join_all((0..20).map(|i| async move { b.issue(&format!("b-{i}")).await }))
+            .await;
+    let load = {
+        let mut tasks = Vec::new();
+        for i in 0..16 {
+            let mut client = a.client.clone();
+            tasks.push(tokio::spawn(async move {
+                for j in 0..10 {
+                    let issued = client
+                        .issue(token_sidecar::api::pb::IssueRequest {
+                            user_id: format!("burst-{i}-{j}"),
+                            ..Default::default()
+                        })
+                        .await
+                        .expect("issue under load")
+                        .into_inner();
+                    let verified = client
+                        .verify(token_sidecar::api::pb::VerifyRequest {
+                            token: issued.token.clone(),
+                        })
+                        .await
+                        .expect("verify under load")
+                        .into_inner();
+                    assert!(verified.valid);
+                    client
+                        .revoke(token_sidecar::api::pb::RevokeRequest {
+                            target: Some(token_sidecar::api::pb::revoke_request::Target::Jti(
+                                issued.jti,
+                            )),
+                        })
+                        .await
+                        .expect("revoke under load");
+                }
+            }));
+        }
+        tasks
+    };
+    for t in &from_b {
+        b.revoke(Target::Jti(t.jti.clone()))
+            .await
+            .expect("revoke on b");
+    }
+    let mut most = (0, 0);
+    while load.iter().any(|t| !t.is_finished()) {
+        let (all, listening) = connections_to(&db, LISTENER_APPLICATION_NAME).await;
+        most = (most.0.max(all), most.1.max(listening));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for task in load {
+        task.await.expect("load task");
+    }
+    assert!(
+        most.0 <= 2,
+        "{most:?}: two sidecars held more than one connection each under load"
+    );
+    eventually(CONVERGE, "each applied the other's revocations", || async {
+        propagations(b) >= 160.0 && propagations(a) >= 20.0
+    })
+    .await;
+    for t in &from_b {
+        assert_eq!(a.verdict(&t.token).await, Reason::TokenRevoked);
+    }
+    assert_eq!(
+        (changes_queries(a), changes_queries(b)),
+        queries,
+        "every change was applied from its announcement, with no catch-up query, also on the \
+         instance whose connection was busy with queries when it arrived"
+    );
+    revocations_reach_the_other_instance(a, b).await;
 }
 
 async fn under_load_at_most(budget: i64) {
