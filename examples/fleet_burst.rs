@@ -38,6 +38,9 @@ struct Args {
     /// Rounds.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// While waiting for a revocation to reach it, each sidecar is asked this often (ms).
+    #[arg(long, default_value_t = 20)]
+    ask_every_ms: u64,
     /// Where to write the results as JSON.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -90,7 +93,7 @@ async fn main() -> anyhow::Result<()> {
         let Some(token) = survivor else {
             anyhow::bail!("round {round}: no login succeeded");
         };
-        let reach = refused_everywhere(&clients, token).await?;
+        let reach = refused_everywhere(&clients, token, args.ask_every_ms).await?;
         refused_ms.push(reach.slowest_ms);
         still_accepted += reach.accepted;
         unavailable += reach.unavailable;
@@ -190,7 +193,11 @@ struct Reach {
 
 /// Revokes `token`'s session on the first sidecar and asks every sidecar until it refuses the
 /// token.
-async fn refused_everywhere(clients: &[Client], token: String) -> anyhow::Result<Reach> {
+async fn refused_everywhere(
+    clients: &[Client],
+    token: String,
+    ask_every_ms: u64,
+) -> anyhow::Result<Reach> {
     let started = Instant::now();
     clients[0]
         .clone()
@@ -219,7 +226,7 @@ async fn refused_everywhere(clients: &[Client], token: String) -> anyhow::Result
                     Ok(_) => accepted = true,
                     Err(_) => {}
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(Duration::from_millis(ask_every_ms)).await;
             }
             Err(accepted)
         }));

@@ -43,15 +43,69 @@ impl SidecarClient {
     }
 
     /// Verifies a token: `Ok` with Verify's answer (valid or not), `Err` when the sidecar could
-    /// not answer.
+    /// not answer. The current OpenTelemetry context (if the service has a propagator installed)
+    /// goes along as W3C `traceparent`, so the sidecar's span joins the service's trace.
     pub async fn verify(&self, token: &str) -> Result<pb::VerifyResponse, tonic::Status> {
+        let mut request = tonic::Request::new(pb::VerifyRequest {
+            token: token.to_owned(),
+        });
+        opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.inject(&mut Metadata(request.metadata_mut()));
+        });
+        self.call(request).await
+    }
+
+    /// Verifies a token on behalf of an incoming request: its W3C trace context
+    /// (`traceparent`, `tracestate`) is sent on, so the sidecar's span joins the caller's trace.
+    pub async fn verify_for(
+        &self,
+        token: &str,
+        incoming: &http::HeaderMap,
+    ) -> Result<pb::VerifyResponse, tonic::Status> {
+        if !incoming.contains_key(TRACEPARENT) {
+            return self.verify(token).await;
+        }
+        let mut request = tonic::Request::new(pb::VerifyRequest {
+            token: token.to_owned(),
+        });
+        for name in [TRACEPARENT, TRACESTATE] {
+            if let Some(value) = incoming
+                .get(name)
+                .and_then(|v| tonic::metadata::MetadataValue::try_from(v.as_bytes()).ok())
+            {
+                request.metadata_mut().insert(name, value);
+            }
+        }
+        self.call(request).await
+    }
+
+    async fn call(
+        &self,
+        request: tonic::Request<pb::VerifyRequest>,
+    ) -> Result<pb::VerifyResponse, tonic::Status> {
         self.client
             .clone()
-            .verify(pb::VerifyRequest {
-                token: token.to_owned(),
-            })
+            .verify(request)
             .await
             .map(tonic::Response::into_inner)
+    }
+}
+
+/// The W3C trace context headers.
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
+
+/// gRPC metadata as a propagation carrier.
+struct Metadata<'a>(&'a mut tonic::metadata::MetadataMap);
+
+impl opentelemetry::propagation::Injector for Metadata<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(key), Ok(value)) = (
+            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+            tonic::metadata::MetadataValue::try_from(value.as_str()),
+        ) {
+            self.0.insert(key, value);
+        }
     }
 }
 
@@ -150,7 +204,7 @@ where
             let Some(token) = token.map(str::to_owned) else {
                 return Ok(refuse(grpc, Refusal::MissingToken));
             };
-            match layer.client.verify(&token).await {
+            match layer.client.verify_for(&token, request.headers()).await {
                 Ok(answer) if answer.valid => {
                     if let Some(claims) = answer.claims {
                         request.extensions_mut().insert(claims);

@@ -8,6 +8,7 @@ use crate::revocations::CacheSettings;
 
 use clap::{Parser, ValueEnum};
 
+use crate::otel::{OtlpProtocol, SamplerName, TraceSettings};
 use crate::revocations::OutageMode;
 use crate::store::PoolSettings;
 use crate::sync::{SyncMode, SyncSettings};
@@ -441,6 +442,59 @@ pub struct Config {
     /// Log format.
     #[arg(help_heading = "Telemetry", long, env = "TOKEN_SIDECAR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// OTLP collector base URL (e.g. http://collector:4318; gRPC: http://collector:4317):
+    /// traces are exported there. Unset: no tracing, at no cost.
+    #[arg(help_heading = "Telemetry", long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otel_exporter_otlp_endpoint: Option<String>,
+
+    /// OTLP traces URL, used as it is (overrides the base URL's `/v1/traces`).
+    #[arg(
+        help_heading = "Telemetry",
+        long,
+        env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    )]
+    pub otel_exporter_otlp_traces_endpoint: Option<String>,
+
+    /// OTLP transport.
+    #[arg(help_heading = "Telemetry", long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", value_enum, default_value_t = OtlpProtocol::HttpProtobuf)]
+    pub otel_exporter_otlp_protocol: OtlpProtocol,
+
+    /// The longest one export may take, in milliseconds.
+    #[arg(help_heading = "Telemetry", long, env = "OTEL_EXPORTER_OTLP_TIMEOUT", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub otel_exporter_otlp_timeout: u64,
+
+    /// `service.name` of the spans.
+    #[arg(
+        help_heading = "Telemetry",
+        long,
+        env = "OTEL_SERVICE_NAME",
+        default_value = "token-sidecar"
+    )]
+    pub otel_service_name: String,
+
+    /// More resource attributes: `key=value,key=value` (values percent-encoded), e.g.
+    /// `deployment.environment=prod,k8s.pod.name=orders-7d9f`.
+    #[arg(help_heading = "Telemetry", long, env = "OTEL_RESOURCE_ATTRIBUTES")]
+    pub otel_resource_attributes: Option<String>,
+
+    /// Which traces are recorded (the OpenTelemetry sampler names); by default a request
+    /// follows its caller's decision and is recorded when it starts a trace.
+    #[arg(help_heading = "Telemetry", long, env = "OTEL_TRACES_SAMPLER", value_enum, default_value_t = SamplerName::parentbased_always_on)]
+    pub otel_traces_sampler: SamplerName,
+
+    /// The sampler's ratio (0 to 1) for `traceidratio` and `parentbased_traceidratio`.
+    #[arg(help_heading = "Telemetry", long, env = "OTEL_TRACES_SAMPLER_ARG")]
+    pub otel_traces_sampler_arg: Option<f64>,
+
+    /// Turns tracing off whatever else is set.
+    #[arg(help_heading = "Telemetry", long, env = "OTEL_SDK_DISABLED", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub otel_sdk_disabled: bool,
+
+    /// Spans carry the user id (`user.id`); off by default (traces often go to places logs do
+    /// not). Tokens and keys are never in a span.
+    #[arg(help_heading = "Telemetry", long, env = "TOKEN_SIDECAR_TRACE_USER_IDS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub trace_user_ids: bool,
 }
 
 /// A feature switch.
@@ -608,6 +662,24 @@ impl From<&Config> for SyncSettings {
     }
 }
 
+/// The tracing the flags ask for.
+impl From<&Config> for TraceSettings {
+    fn from(config: &Config) -> Self {
+        TraceSettings {
+            endpoint: config.otel_exporter_otlp_endpoint.clone(),
+            traces_endpoint: config.otel_exporter_otlp_traces_endpoint.clone(),
+            protocol: config.otel_exporter_otlp_protocol,
+            timeout: Duration::from_millis(config.otel_exporter_otlp_timeout),
+            service_name: config.otel_service_name.clone(),
+            resource_attributes: config.otel_resource_attributes.clone(),
+            sampler: config.otel_traces_sampler,
+            sampler_arg: config.otel_traces_sampler_arg,
+            disabled: config.otel_sdk_disabled,
+            user_ids: config.trace_user_ids,
+        }
+    }
+}
+
 /// The PostgreSQL pool the flags ask for.
 impl From<&Config> for PoolSettings {
     fn from(config: &Config) -> Self {
@@ -639,6 +711,41 @@ impl From<&Config> for CacheSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tracing_flags_take_the_opentelemetry_specifications_names() {
+        let cli = Cli::try_parse_from([
+            "token-sidecar",
+            "--otel-exporter-otlp-endpoint",
+            "http://collector:4317",
+            "--otel-exporter-otlp-protocol",
+            "grpc",
+            "--otel-traces-sampler",
+            "parentbased_traceidratio",
+            "--otel-traces-sampler-arg",
+            "0.1",
+            "--trace-user-ids",
+        ])
+        .expect("parses");
+        let traces = TraceSettings::from(&cli.config);
+        assert_eq!(traces.protocol, OtlpProtocol::Grpc);
+        assert_eq!(traces.sampler, SamplerName::parentbased_traceidratio);
+        assert_eq!(traces.sampler_arg, Some(0.1));
+        assert!(traces.user_ids);
+        let defaults = Cli::try_parse_from(["token-sidecar"]).expect("parses");
+        let traces = TraceSettings::from(&defaults.config);
+        assert_eq!(traces.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(traces.sampler, SamplerName::parentbased_always_on);
+        assert!(!traces.user_ids);
+        assert!(
+            Cli::try_parse_from([
+                "token-sidecar",
+                "--otel-exporter-otlp-protocol",
+                "http/protobuf"
+            ])
+            .is_ok()
+        );
+    }
 
     #[test]
     fn parses_durations() {

@@ -30,6 +30,7 @@ pub mod http_server;
 pub mod key_reload;
 pub mod limits;
 pub mod metrics;
+pub mod otel;
 pub mod policy;
 pub mod preflight;
 pub mod purge;

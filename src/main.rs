@@ -57,7 +57,8 @@ async fn run() -> anyhow::Result<()> {
         None => {}
     }
     let config = cli.config;
-    telemetry::init(config.log_format);
+    let traces = telemetry::init_with_traces(config.log_format, &(&config).into())
+        .context("could not start tracing")?;
     let mut running = server::start(config, Arc::new(FleetClock::new()))
         .await
         .context("could not start")?;
@@ -79,6 +80,10 @@ async fn run() -> anyhow::Result<()> {
         }
     }
     running.shutdown().await;
+    if let Some(traces) = traces {
+        // The last spans, if the collector takes them within the bound.
+        traces.shutdown(std::time::Duration::from_secs(5)).await;
+    }
     tracing::info!("stopped");
     match failed {
         None => Ok(()),

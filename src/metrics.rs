@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -83,11 +84,18 @@ pub struct WhyLabels {
     pub why: &'static str,
 }
 
+/// The exemplar of a latency: the trace of the request it measured.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceExemplar {
+    /// The W3C trace id (32 hex digits).
+    pub trace_id: String,
+}
+
 /// Every metric of one sidecar instance.
 pub struct Metrics {
     registry: Registry,
     rpc_requests: Family<RpcLabels, Counter>,
-    rpc_seconds: Family<MethodLabels, Histogram>,
+    rpc_seconds: Family<MethodLabels, HistogramWithExemplars<TraceExemplar>>,
     cache_lookups: Family<CacheLabels, Counter>,
     store_queries: Family<QueryLabels, Counter>,
     store_errors: Counter,
@@ -145,7 +153,7 @@ pub struct Metrics {
 #[derive(Clone, Default)]
 struct HotHandles {
     verify_ok: Counter,
-    verify_seconds: Option<Histogram>,
+    verify_seconds: Option<HistogramWithExemplars<TraceExemplar>>,
     cutoff_hit: Counter,
     denylist_negative: Counter,
 }
@@ -161,9 +169,10 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("token_sidecar");
         let rpc_requests = Family::<RpcLabels, Counter>::default();
-        let rpc_seconds = Family::<MethodLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
-        });
+        let rpc_seconds =
+            Family::<MethodLabels, HistogramWithExemplars<TraceExemplar>>::new_with_constructor(
+                || HistogramWithExemplars::new(exponential_buckets(0.000_05, 2.0, 18)),
+            );
         let cache_lookups = Family::<CacheLabels, Counter>::default();
         let store_queries = Family::<QueryLabels, Counter>::default();
         let m = Self {
@@ -208,6 +217,11 @@ impl Metrics {
             m.rpc_requests.clone(),
         );
         registry.register("rpc_duration_seconds", "RPC latency", m.rpc_seconds.clone());
+        registry.register(
+            "trace_spans",
+            "Finished trace spans by outcome: exported, export_failed, dropped (queue full)",
+            crate::otel::span_counter().clone(),
+        );
         registry.register(
             "cache_lookups",
             "Cache lookups by cache and result",
@@ -440,19 +454,21 @@ impl Metrics {
         reason: &'static str,
     ) {
         let seconds = started.elapsed().as_secs_f64();
+        // While tracing is on, the latency names the request's trace (an OpenMetrics exemplar).
+        let exemplar = crate::otel::current_trace_id().map(|trace_id| TraceExemplar { trace_id });
         if let ("Verify", Some(histogram)) = (method, &self.hot.verify_seconds) {
             if result == "ok" {
                 self.hot.verify_ok.inc();
             } else {
                 self.count_rpc(method, result, reason);
             }
-            histogram.observe(seconds);
+            histogram.observe(seconds, exemplar, None);
             return;
         }
         self.count_rpc(method, result, reason);
         self.rpc_seconds
             .get_or_create(&MethodLabels { method })
-            .observe(seconds);
+            .observe(seconds, exemplar, None);
     }
 
     fn count_rpc(&self, method: &'static str, result: &'static str, reason: &'static str) {

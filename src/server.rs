@@ -20,6 +20,7 @@ use crate::api::forward_auth::ForwardAuth;
 use crate::api::http::{HttpApi, jwks_routes};
 use crate::api::pb;
 use crate::api::token_service::TokenGrpc;
+use crate::api::trace::GrpcTraceLayer;
 use crate::authority::TokenAuthority;
 use crate::cache::VerifiedCache;
 use crate::clock::Clock;
@@ -473,6 +474,7 @@ impl Listeners<'_> {
                 config.max_concurrent_requests,
                 self.metrics.clone(),
             ))
+            .layer(GrpcTraceLayer)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -5,9 +5,11 @@
 //! `WWW-Authenticate`) — an RPC error is not a denial to Envoy; only "cannot answer safely" is an
 //! RPC error (UNAVAILABLE), so the proxy's `failure_mode_allow` decides.
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::api::convert::proto_reason;
 use crate::api::forward_auth::{Decision, ForwardAuth, Presented};
+use crate::api::trace;
 
 /// The generated code of Envoy's external-authorization API and the packages it imports.
 pub mod pb {
@@ -149,10 +151,22 @@ impl pb::Authorization for ExtAuthz {
         &self,
         request: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
+        // The caller's trace, from the headers of the request Envoy asks about.
+        let span = trace::check_span(
+            request
+                .get_ref()
+                .attributes
+                .as_ref()
+                .and_then(|a| a.request.as_ref())
+                .and_then(|r| r.http.as_ref())
+                .map(|http| &http.headers),
+            request.metadata().as_ref(),
+        );
         let request = request.into_inner();
         let decision = self
             .decide
             .decide(authorization_header(&request), "Check")
+            .instrument(span)
             .await;
         let response = match decision {
             Decision::Allow { set, remove, .. } => pb::CheckResponse {

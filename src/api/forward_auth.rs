@@ -15,6 +15,7 @@ use serde_json::Value;
 use crate::api::bearer_credential;
 use crate::api::convert::proto_reason;
 use crate::api::token_service::loggable;
+use crate::api::trace;
 use crate::authority::TokenAuthority;
 use crate::metrics::Metrics;
 use crate::reason::Reason;
@@ -144,7 +145,12 @@ impl ForwardAuth {
             Decision::Allow { user_id, .. } => loggable(user_id),
             _ => "".into(),
         };
-        tracing::debug!(method = surface, result, reason, user_id = %user_id, "forward-auth");
+        trace::record_outcome(result, reason, &user_id);
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let (trace_id, span_id) = trace::log_ids();
+            let (trace_id, span_id) = (trace_id.as_deref(), span_id.as_deref());
+            tracing::debug!(method = surface, result, reason, user_id = %user_id, trace_id, span_id, "forward-auth");
+        }
         decision
     }
 

@@ -27,6 +27,7 @@ use serde_json::{Map, Value, json};
 use crate::api::bearer_credential;
 use crate::api::caller::Callers;
 use crate::api::forward_auth::{Decision, ForwardAuth, Presented};
+use crate::api::trace;
 use crate::authority::{AuthorityError, RevokeTarget, TokenAuthority};
 use crate::metrics::Metrics;
 use crate::token::MAX_TOKEN_BYTES;
@@ -80,6 +81,7 @@ impl HttpApi {
             .route("/oauth2/introspect", post(introspect))
             .route("/oauth2/revoke", post(revoke))
             .with_state(self)
+            .layer(axum::middleware::from_fn(trace::http_trace))
     }
 }
 
@@ -157,7 +159,10 @@ async fn forward_auth(State(api): State<HttpApi>, headers: HeaderMap) -> Respons
 
 async fn introspect(State(api): State<HttpApi>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
-    let record = |result, reason| api.metrics.rpc("introspect", started, result, reason);
+    let record = |result, reason| {
+        api.metrics.rpc("introspect", started, result, reason);
+        trace::record_outcome(result, reason, "");
+    };
     // RFC 7662 §2.1: only an authorized caller may introspect. Without a configured
     // introspection or admin credential nobody is, so the endpoint answers 401 to everyone.
     let presented = authorization(&headers).and_then(bearer_credential);
@@ -229,7 +234,10 @@ async fn introspect(State(api): State<HttpApi>, headers: HeaderMap, body: Body) 
 
 async fn revoke(State(api): State<HttpApi>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
-    let record = |result, reason| api.metrics.rpc("http_revoke", started, result, reason);
+    let record = |result, reason| {
+        api.metrics.rpc("http_revoke", started, result, reason);
+        trace::record_outcome(result, reason, "");
+    };
     let token = match form_token(&headers, body).await {
         Ok(token) => token,
         Err(response) => {

@@ -20,6 +20,7 @@ pub mod ext_authz;
 pub mod forward_auth;
 pub mod http;
 pub mod token_service;
+pub mod trace;
 
 /// The generated protobuf and gRPC code for `tokensidecar.v1`.
 pub mod pb {

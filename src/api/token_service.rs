@@ -15,6 +15,7 @@ use crate::api::convert::{
 };
 use crate::api::errors::{ERROR_DOMAIN, classify, to_status};
 use crate::api::pb::{self, token_service_server::TokenService};
+use crate::api::trace;
 use crate::authority::{AuthorityError, IssueRequest, RevokeTarget, TokenAuthority};
 use crate::metrics::Metrics;
 
@@ -68,6 +69,7 @@ impl TokenGrpc {
             Refusal::Missing | Refusal::Invalid => (Code::Unauthenticated, "unauthenticated"),
         };
         self.metrics.rpc(method, started, result, reason);
+        trace::record_outcome(result, reason, "");
         tracing::warn!(method, reason, "privileged RPC refused");
         Err(Status::with_error_details(
             code,
@@ -90,10 +92,18 @@ impl TokenGrpc {
         let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         // A refused request may carry megabytes in these fields: log a short prefix only.
         let (user_id, jti) = (loggable(subject.user_id), loggable(subject.jti));
+        trace::record_outcome(result, reason, &user_id);
         if method == "Verify" {
-            tracing::debug!(method, result, reason, latency_us, user_id = %user_id, jti = %jti, "rpc");
+            // The hot path: the trace ids are looked up only when the line is written.
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                let (trace_id, span_id) = trace::log_ids();
+                let (trace_id, span_id) = (trace_id.as_deref(), span_id.as_deref());
+                tracing::debug!(method, result, reason, latency_us, user_id = %user_id, jti = %jti, trace_id, span_id, "rpc");
+            }
         } else {
-            tracing::info!(method, result, reason, latency_us, user_id = %user_id, jti = %jti, "rpc");
+            let (trace_id, span_id) = trace::log_ids();
+            let (trace_id, span_id) = (trace_id.as_deref(), span_id.as_deref());
+            tracing::info!(method, result, reason, latency_us, user_id = %user_id, jti = %jti, trace_id, span_id, "rpc");
         }
     }
 

@@ -28,3 +28,4 @@ mod rolling;
 mod rules;
 mod sync;
 mod tls;
+mod traces;
