@@ -89,6 +89,35 @@ pub fn current_trace_id() -> Option<String> {
         .map(|ids| ids.trace_id)
 }
 
+/// A client span for one store query (`kind`: `cutoff`, `deny`, `changes`, …), a child of the
+/// current request or catch-up; a disabled span while tracing is off.
+pub fn store_span(kind: &'static str) -> tracing::Span {
+    if !enabled() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        "store",
+        otel.name = format!("store {kind}"),
+        otel.kind = "client",
+        db.operation.name = kind,
+    )
+}
+
+/// The span of one catch-up of the sync task (`why`: `poll`, `gap`, `connected`, …): a root
+/// span, the store queries its children.
+pub fn sync_span(why: &'static str) -> tracing::Span {
+    if !enabled() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        parent: None,
+        "sync",
+        otel.name = "sync catch-up",
+        otel.kind = "internal",
+        why,
+    )
+}
+
 /// Whether spans carry the user id.
 pub fn user_ids() -> bool {
     USER_IDS.load(Ordering::Relaxed)

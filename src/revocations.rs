@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 use crate::cache::{CutoffCache, DenylistFilter};
 use crate::clock::{Clock, UnixMillis};
@@ -307,8 +308,8 @@ impl Revocations {
         &self,
         rotation: &Rotation<'_>,
     ) -> Result<RotationOutcome, StoreError> {
-        let outcome = self.store.rotate_session(rotation).await;
-        self.query("rotate_session", outcome).await
+        self.query("rotate_session", self.store.rotate_session(rotation))
+            .await
     }
 
     /// Where the store's history stands (a query only on a store other instances share).
@@ -316,15 +317,16 @@ impl Revocations {
         if !self.store.is_shared() {
             return Ok(None);
         }
-        let history = self.store.history(0, &[]).await;
-        self.query("history", history).await
+        self.query("history", self.store.history(0, &[])).await
     }
 
     async fn query<T>(
         &self,
         kind: &'static str,
-        result: Result<T, StoreError>,
+        query: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        // A child span of the request (or of the catch-up) while tracing is on.
+        let result = query.instrument(crate::otel::store_span(kind)).await;
         self.metrics.store_query(kind);
         if result.is_err() {
             self.metrics.store_error();
@@ -337,12 +339,13 @@ impl Revocations {
     async fn write<T>(
         &self,
         kind: &'static str,
-        result: Result<T, StoreError>,
+        write: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        let result = self.query(kind, write).await;
         if let Err(e) = &result {
             self.metrics.store_write_failed(e.write_failure());
         }
-        self.query(kind, result).await
+        result
     }
 
     /// Loads the denylist filter from the store and starts the change feed at its snapshot.
@@ -390,8 +393,8 @@ impl Revocations {
 
     async fn snapshot_watermark(&self) -> Result<ChangeSeq, StoreError> {
         let now = self.clock.now_ms();
-        let watermark = self.store.load_denylist(now, &mut |_, _, _| {}).await;
-        self.query("load", watermark).await
+        self.query("load", self.store.load_denylist(now, &mut |_, _, _| {}))
+            .await
     }
 
     /// Refills the filter from a snapshot of the store; returns the snapshot's last change.
@@ -403,11 +406,14 @@ impl Revocations {
     async fn rebuild_filter(&self, filter: &DenylistFilter) -> Result<ChangeSeq, StoreError> {
         let mut build = filter.begin_rebuild();
         let now = self.clock.now_ms();
-        let loaded = self
-            .store
-            .load_denylist(now, &mut |kind, id, moot| build.insert(kind, id, moot))
-            .await;
-        match self.query("load", loaded).await {
+        match self
+            .query(
+                "load",
+                self.store
+                    .load_denylist(now, &mut |kind, id, moot| build.insert(kind, id, moot)),
+            )
+            .await
+        {
             Ok(snapshot) => {
                 filter.finish_rebuild(build);
                 self.metrics.filter_rebuilds.inc();
@@ -473,14 +479,12 @@ impl Revocations {
         let anchor = *self.anchor.lock();
         let own: Vec<Link> = self.own.lock().values().copied().collect();
         let own_seqs: Vec<ChangeSeq> = own.iter().map(|o| o.seq).collect();
-        let first = feed
-            .history_and_changes(
-                anchor.map_or(0, |a| a.seq),
-                &own_seqs,
-                watermark,
-                CHANGES_PAGE,
-            )
-            .await;
+        let first = feed.history_and_changes(
+            anchor.map_or(0, |a| a.seq),
+            &own_seqs,
+            watermark,
+            CHANGES_PAGE,
+        );
         let (history, first) = self.query("changes", first).await?;
         if let Some(history) = &history
             && !history.continues(watermark.max(seen), anchor, &own)
@@ -500,8 +504,9 @@ impl Revocations {
             let page = match first.take() {
                 Some(page) => page,
                 None => {
-                    let page = feed.changes_after(self.watermark(), CHANGES_PAGE).await;
-                    self.query("changes", page).await?
+                    let watermark = self.watermark();
+                    self.query("changes", feed.changes_after(watermark, CHANGES_PAGE))
+                        .await?
                 }
             };
             let full = page.len() as i64 == CHANGES_PAGE;
@@ -579,12 +584,13 @@ impl Revocations {
     /// The user's cutoff.
     pub async fn cutoff(&self, user_id: &str) -> Result<Option<UnixMillis>, StoreError> {
         let Some(cache) = &self.cutoffs else {
-            let record = self.store.cutoff(user_id).await;
-            return Ok(self.query("cutoff", record).await?.cutoff_ms);
+            return Ok(self
+                .query("cutoff", self.store.cutoff(user_id))
+                .await?
+                .cutoff_ms);
         };
         if self.is_stale() {
-            let record = self.store.cutoff(user_id).await;
-            return match self.query("cutoff", record).await {
+            return match self.query("cutoff", self.store.cutoff(user_id)).await {
                 Ok(record) => {
                     if let Some(cutoff) = record.cutoff_ms {
                         self.seen(&record);
@@ -605,8 +611,7 @@ impl Revocations {
         self.metrics.cache("cutoff", "miss");
         cache
             .get_or_load(user_id, || async {
-                let record = self.store.cutoff(user_id).await;
-                let record = self.query("cutoff", record).await?;
+                let record = self.query("cutoff", self.store.cutoff(user_id)).await?;
                 self.seen(&record);
                 Ok(record)
             })
@@ -622,10 +627,7 @@ impl Revocations {
     }
 
     async fn is_denied(&self, kind: DenyKind, id: &str) -> Result<bool, StoreError> {
-        let ask_store = || async {
-            let denied = self.store.is_denied(kind, id).await;
-            self.query("denied", denied).await
-        };
+        let ask_store = || async { self.query("denied", self.store.is_denied(kind, id)).await };
         let Some(filter) = &self.denylist else {
             return ask_store().await;
         };
@@ -654,8 +656,9 @@ impl Revocations {
         user_id: &str,
         at_least: UnixMillis,
     ) -> Result<CutoffUpdate, StoreError> {
-        let update = self.store.raise_cutoff(user_id, at_least).await;
-        let update = self.write("raise_cutoff", update).await?;
+        let update = self
+            .write("raise_cutoff", self.store.raise_cutoff(user_id, at_least))
+            .await?;
         if let Some(cache) = &self.cutoffs {
             if update.changed {
                 self.wrote();
@@ -673,8 +676,10 @@ impl Revocations {
 
     /// Lifts a running ban (rule 2) and applies it here before returning.
     pub async fn lift_ban(&self, user_id: &str, now: UnixMillis) -> Result<bool, StoreError> {
-        let lifted = self.store.lift_ban(user_id, now).await;
-        match self.write("lift_ban", lifted).await? {
+        match self
+            .write("lift_ban", self.store.lift_ban(user_id, now))
+            .await?
+        {
             Some(seq) => {
                 self.wrote();
                 if let Some(cache) = &self.cutoffs {
@@ -688,8 +693,7 @@ impl Revocations {
 
     /// Denylists a token or session and applies it here before returning.
     pub async fn deny(&self, entry: &DenyEntry) -> Result<bool, StoreError> {
-        let stored = self.store.deny(entry).await;
-        let stored = self.write("deny", stored).await?;
+        let stored = self.write("deny", self.store.deny(entry)).await?;
         if stored.is_some() {
             self.wrote();
         }
@@ -712,10 +716,12 @@ impl Revocations {
     ) -> Result<Purged, StoreError> {
         let round_ms = i64::try_from(round.as_millis()).unwrap_or(i64::MAX);
         let purged = self
-            .store
-            .purge(horizon.moot_before, horizon.cutoffs_before, round_ms)
-            .await;
-        let purged = self.query("purge", purged).await?;
+            .query(
+                "purge",
+                self.store
+                    .purge(horizon.moot_before, horizon.cutoffs_before, round_ms),
+            )
+            .await?;
         self.maintain_filter().await?;
         Ok(purged)
     }

@@ -29,6 +29,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::revocations::Revocations;
 use crate::store::announcement::{self, Announcement, Rejected};
@@ -450,6 +451,12 @@ impl Driver {
     /// Reads every change after the watermark from the store (on the channel's connection while
     /// it is up), then applies the announcements that continue it.
     async fn catch_up(&mut self, why: &'static str) {
+        // A trace of its own (not a request's), with the store queries as its children.
+        let span = crate::otel::sync_span(why);
+        self.catch_up_traced(why).instrument(span).await;
+    }
+
+    async fn catch_up_traced(&mut self, why: &'static str) {
         self.revocations.metrics().sync_catch_up(why);
         self.last_catch_up = Instant::now();
         self.gap_deadline = None;

@@ -341,6 +341,24 @@ async fn every_surface_joins_the_callers_trace_over_otlp_grpc() {
         Some("ok")
     );
 
+    // The Issue (no traceparent: a trace of its own) read the new user's cutoff: a child span.
+    eventually(
+        Duration::from_secs(15),
+        "the Issue's store span",
+        || async {
+            let all = received.all();
+            all.iter()
+                .filter(|(_, s)| s.name == "tokensidecar.v1.TokenService/Issue")
+                .any(|(_, issue)| {
+                    issue.parent_span_id.is_empty()
+                        && all.iter().any(|(_, s)| {
+                            s.name == "store cutoff" && s.parent_span_id == issue.span_id
+                        })
+                })
+        },
+    )
+    .await;
+
     // No token (nor its signature) in anything exported.
     let signature = issued.token.rsplit('.').next().expect("a JWS");
     for (resource, span) in received.all() {
