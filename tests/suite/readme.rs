@@ -98,7 +98,11 @@ fn session_steps(readme: &str) -> Vec<Step> {
         .expect("README has the grpcurl session section");
     let section = &readme[start..];
     let end = section[3..].find("\n## ").map_or(section.len(), |i| i + 3);
-    let section = &section[..end];
+    steps_in(&section[..end])
+}
+
+/// The calls of every ```sh block in `section`, in order.
+fn steps_in(section: &str) -> Vec<Step> {
     let mut steps = Vec::new();
     let mut in_block = false;
     let mut lines = section.lines().peekable();
@@ -258,4 +262,210 @@ fn captures_are_read_from_the_session() {
     assert_eq!(steps[0].capture.as_deref(), Some("SID"));
     assert_eq!(steps[1].command, "grpcurl x \\\n  y");
     assert_eq!(steps[1].expected.as_deref(), Some("{ \"a\": 1 }"));
+}
+
+/// What the line before a ```sh block says about it.
+#[derive(Debug)]
+enum Marker {
+    /// `<!-- run: test_name -->`: that test runs it.
+    RunBy(String),
+    /// `<!-- run here -->`: [`every_shell_block_of_the_readmes_is_run_or_marked`] runs it.
+    RunHere,
+    /// `<!-- not run here: why -->`.
+    NotRun(String),
+    Missing,
+}
+
+struct Block {
+    line: usize,
+    marker: Marker,
+    text: String,
+}
+
+/// Every ```sh block of `doc`, with its marker.
+fn shell_blocks(doc: &str) -> Vec<Block> {
+    let lines: Vec<&str> = doc.lines().collect();
+    let mut blocks = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        if lines[i].trim() != "```sh" {
+            i += 1;
+            continue;
+        }
+        let previous = lines[..i]
+            .iter()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map_or("", |l| l.trim());
+        let marker = match previous
+            .strip_prefix("<!--")
+            .and_then(|m| m.strip_suffix("-->"))
+            .map(str::trim)
+        {
+            Some("run here") => Marker::RunHere,
+            Some(m) if m.starts_with("run:") => Marker::RunBy(m[4..].trim().to_owned()),
+            Some(m) if m.starts_with("not run here:") => {
+                Marker::NotRun(m["not run here:".len()..].trim().to_owned())
+            }
+            _ => Marker::Missing,
+        };
+        let end = lines[i + 1..]
+            .iter()
+            .position(|l| l.trim() == "```")
+            .map_or(lines.len(), |p| i + 1 + p);
+        blocks.push(Block {
+            line: i + 1,
+            marker,
+            text: lines[i + 1..end].join("\n"),
+        });
+        i = end + 1;
+    }
+    blocks
+}
+
+/// Issue 31: every shell block of README.md and deploy/README.md parses (`bash -n`) and is
+/// either run — here, in order, in a fresh folder with the real tools and a fresh sidecar for
+/// the addresses the README uses, each call's `# ` output compared as in the session — or run by
+/// a named test, or says why it is not run here.
+#[tokio::test]
+async fn every_shell_block_of_the_readmes_is_run_or_marked() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let tests: String = std::fs::read_dir(format!("{root}/tests/suite"))
+        .expect("tests/suite")
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .collect();
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_token-sidecar"))
+        .parent()
+        .expect("the binary's folder")
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut ran = 0;
+    for name in ["README.md", "deploy/README.md"] {
+        let doc = std::fs::read_to_string(format!("{root}/{name}")).expect("read the README");
+        // A fresh folder, as a clone has it: the proto and the test scripts the README uses.
+        let dir = tempfile::tempdir().expect("dir");
+        for linked in ["proto", "tests"] {
+            std::os::unix::fs::symlink(format!("{root}/{linked}"), dir.path().join(linked))
+                .expect("link");
+        }
+        let mut app: Option<(TestApp, bool)> = None;
+        for block in shell_blocks(&doc) {
+            let at = format!("{name}:{}", block.line);
+            let syntax = Command::new("bash")
+                .args(["-n", "-c", &block.text])
+                .output()
+                .expect("bash");
+            assert!(
+                syntax.status.success(),
+                "{at}: not valid shell: {}",
+                String::from_utf8_lossy(&syntax.stderr)
+            );
+            match block.marker {
+                Marker::Missing => panic!(
+                    "{at}: a ```sh block needs a marker on the line before it: `<!-- run here -->`, \
+                     `<!-- run: test_name -->` or `<!-- not run here: why -->`"
+                ),
+                Marker::NotRun(why) => assert!(!why.is_empty(), "{at}: say why it is not run"),
+                Marker::RunBy(test) => assert!(
+                    tests.contains(&format!("fn {test}(")),
+                    "{at}: no test named {test}"
+                ),
+                Marker::RunHere => {
+                    // A sidecar for the README's addresses, started when a block first calls it
+                    // (and anew once the introspection credential it needs exists).
+                    let introspection = dir.path().join("introspection.tokens");
+                    let wants_credential = block.text.contains("/oauth2/introspect");
+                    let calls_sidecar =
+                        block.text.contains(":50051") || block.text.contains("127.0.0.1:8080");
+                    let stale = app
+                        .as_ref()
+                        .is_some_and(|(_, has)| wants_credential && !has);
+                    if calls_sidecar && (app.is_none() || stale) {
+                        let mut settings = crate::common::Settings::new(Backend::Sqlite)
+                            .arg("--http-listen", "127.0.0.1:0");
+                        let has = introspection.exists();
+                        if has {
+                            settings = settings.arg(
+                                "--introspection-token-file",
+                                &introspection.display().to_string(),
+                            );
+                        }
+                        app = Some((settings.spawn().await, has));
+                    }
+                    run_block(&block, &at, dir.path(), &path, app.as_ref().map(|(a, _)| a)).await;
+                    ran += 1;
+                }
+            }
+        }
+    }
+    assert!(ran >= 4, "only {ran} blocks ran");
+}
+
+/// Runs one block's calls in `dir`, in order, like the session: each must succeed, and its `# `
+/// output lines must match.
+async fn run_block(
+    block: &Block,
+    at: &str,
+    dir: &std::path::Path,
+    path: &str,
+    app: Option<&TestApp>,
+) {
+    let fenced = format!("## Block\n```sh\n{}\n```\n", block.text);
+    let steps = steps_in(&fenced);
+    let mut vars: Vec<(String, String)> = Vec::new();
+    for step in steps {
+        let mut command = step.command.clone();
+        if let Some(app) = app {
+            let api = format!("127.0.0.1:{}", app.addr.port());
+            command = command
+                .replace(README_ADDRESS, &api)
+                .replace("127.0.0.1:50051", &api);
+            if let Some(http) = app.http_addr {
+                command = command.replace("127.0.0.1:8080", &http.to_string());
+            }
+        }
+        let mut script = String::from("set -eo pipefail\n");
+        for (name, value) in &vars {
+            script.push_str(&format!("{name}='{}'\n", value.replace('\'', r"'\''")));
+        }
+        script.push_str(&command);
+        script.push('\n');
+        if let Some(name) = &step.capture {
+            script.push_str(&format!("printf '%s' \"${name}\"\n"));
+        }
+        let (dir, path) = (dir.to_path_buf(), path.to_owned());
+        let output = tokio::task::spawn_blocking(move || {
+            Command::new("bash")
+                .args(["-c", &script])
+                .current_dir(dir)
+                .env("PATH", path)
+                .output()
+        })
+        .await
+        .expect("bash ran")
+        .expect("bash starts");
+        let stdout = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+        assert!(
+            output.status.success(),
+            "{at}: `{}` failed:\n{stdout}\n{stderr}",
+            step.command
+        );
+        if let Some(name) = step.capture {
+            assert!(
+                !stdout.is_empty() && stdout != "null",
+                "{at}: `{}` kept {name}={stdout:?}",
+                step.command
+            );
+            vars.push((name, stdout));
+            continue;
+        }
+        if let Some(expected) = &step.expected {
+            assert_output_matches(expected, &stdout, &step.command);
+        }
+    }
 }
