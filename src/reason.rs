@@ -58,21 +58,23 @@ impl Reason {
         Reason::RefreshReused,
     ];
 
-    /// The machine-readable name (AIP-193 `ErrorInfo.reason`), e.g. `USER_BANNED`.
+    /// The reason's one spelling, as the API names it (`REASON_USER_BANNED`): the `Reason` value
+    /// of Verify, `ErrorInfo.reason`, the `error_description` of a 401, and the `reason` of the
+    /// metrics and the request logs.
     pub fn code(self) -> &'static str {
         match self {
-            Reason::Malformed => "MALFORMED",
-            Reason::BadSignature => "BAD_SIGNATURE",
-            Reason::Expired => "EXPIRED",
-            Reason::NotYetValid => "NOT_YET_VALID",
-            Reason::WrongIssuer => "WRONG_ISSUER",
-            Reason::WrongAudience => "WRONG_AUDIENCE",
-            Reason::MissingClaim => "MISSING_CLAIM",
-            Reason::UserRevoked => "USER_REVOKED",
-            Reason::UserBanned => "USER_BANNED",
-            Reason::TokenRevoked => "TOKEN_REVOKED",
-            Reason::RefreshExpired => "REFRESH_EXPIRED",
-            Reason::RefreshReused => "REFRESH_REUSED",
+            Reason::Malformed => "REASON_MALFORMED",
+            Reason::BadSignature => "REASON_BAD_SIGNATURE",
+            Reason::Expired => "REASON_EXPIRED",
+            Reason::NotYetValid => "REASON_NOT_YET_VALID",
+            Reason::WrongIssuer => "REASON_WRONG_ISSUER",
+            Reason::WrongAudience => "REASON_WRONG_AUDIENCE",
+            Reason::MissingClaim => "REASON_MISSING_CLAIM",
+            Reason::UserRevoked => "REASON_USER_REVOKED",
+            Reason::UserBanned => "REASON_USER_BANNED",
+            Reason::TokenRevoked => "REASON_TOKEN_REVOKED",
+            Reason::RefreshExpired => "REASON_REFRESH_EXPIRED",
+            Reason::RefreshReused => "REASON_REFRESH_REUSED",
         }
     }
 }

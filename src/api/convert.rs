@@ -187,7 +187,7 @@ mod tests {
             let p = proto_reason(reason);
             assert_ne!(p, pb::Reason::Unspecified);
             assert!(seen.insert(p));
-            assert_eq!(p.as_str_name(), format!("REASON_{}", reason.code()));
+            assert_eq!(p.as_str_name(), reason.code());
         }
     }
 

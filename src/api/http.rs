@@ -167,8 +167,16 @@ async fn introspect(State(api): State<HttpApi>, headers: HeaderMap, body: Body) 
     // introspection or admin credential nobody is, so the endpoint answers 401 to everyone.
     let presented = authorization(&headers).and_then(bearer_credential);
     if !api.callers.admit_introspection(presented) {
-        record("unauthenticated", "INVALID_CREDENTIAL");
-        let description = if api.callers.introspection.is_some() || api.callers.admin.is_some() {
+        let configured = api.callers.introspection.is_some() || api.callers.admin.is_some();
+        record(
+            "unauthenticated",
+            match (configured, presented) {
+                (false, _) => "INTROSPECTION_NOT_CONFIGURED",
+                (true, None) => "MISSING_CREDENTIAL",
+                (true, Some(_)) => "INVALID_CREDENTIAL",
+            },
+        );
+        let description = if configured {
             "present an introspection credential as a bearer token"
         } else {
             "introspection needs --introspection-token-file (or --admin-token-file) on the \

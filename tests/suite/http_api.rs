@@ -292,6 +292,14 @@ async fn without_an_admin_credential_nobody_may_introspect() {
         .expect("answer");
         assert_eq!(r.status, 401, "{r:?}");
     }
+    // Counted as what it is: introspection is not configured, not a bad credential.
+    assert!(
+        app.metrics.render().contains(
+            "token_sidecar_rpc_requests_total{method=\"introspect\",result=\"unauthenticated\",reason=\"INTROSPECTION_NOT_CONFIGURED\"} 2"
+        ),
+        "{}",
+        app.metrics.render()
+    );
 }
 
 #[tokio::test]

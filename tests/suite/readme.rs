@@ -352,6 +352,8 @@ async fn every_shell_block_of_the_readmes_is_run_or_marked() {
             std::os::unix::fs::symlink(format!("{root}/{linked}"), dir.path().join(linked))
                 .expect("link");
         }
+        // The clone a service beside it depends on by path.
+        std::os::unix::fs::symlink(root, dir.path().join("token-sidecar")).expect("link");
         let mut app: Option<(TestApp, bool)> = None;
         for block in shell_blocks(&doc) {
             let at = format!("{name}:{}", block.line);
@@ -417,7 +419,14 @@ async fn run_block(
     let fenced = format!("## Block\n```sh\n{}\n```\n", block.text);
     let steps = steps_in(&fenced);
     let mut vars: Vec<(String, String)> = Vec::new();
+    // `cd` carries over to the next calls, as in the user's shell.
+    let mut cwd = dir.to_path_buf();
     for step in steps {
+        if let Some(to) = step.command.trim().strip_prefix("cd ") {
+            cwd = cwd.join(to.trim());
+            assert!(cwd.is_dir(), "{at}: `cd {to}`: no such folder");
+            continue;
+        }
         let mut command = step.command.clone();
         if let Some(app) = app {
             let api = format!("127.0.0.1:{}", app.addr.port());
@@ -437,12 +446,16 @@ async fn run_block(
         if let Some(name) = &step.capture {
             script.push_str(&format!("printf '%s' \"${name}\"\n"));
         }
-        let (dir, path) = (dir.to_path_buf(), path.to_owned());
+        let (dir, path) = (cwd.clone(), path.to_owned());
+        // A service's `cargo check` reuses this build's artifacts (the same versions, by the
+        // copied Cargo.lock) instead of compiling every crate again.
+        let target = format!("{}/target", env!("CARGO_MANIFEST_DIR"));
         let output = tokio::task::spawn_blocking(move || {
             Command::new("bash")
                 .args(["-c", &script])
                 .current_dir(dir)
                 .env("PATH", path)
+                .env("CARGO_TARGET_DIR", target)
                 .output()
         })
         .await

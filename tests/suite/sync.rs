@@ -352,7 +352,7 @@ async fn metrics_are_served_over_http() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     for needle in [
         "token_sidecar_rpc_requests_total{method=\"Verify\",result=\"ok\",reason=\"\"} 1",
-        "token_sidecar_rpc_requests_total{method=\"Verify\",result=\"invalid\",reason=\"MALFORMED\"} 1",
+        "token_sidecar_rpc_requests_total{method=\"Verify\",result=\"invalid\",reason=\"REASON_MALFORMED\"} 1",
         "token_sidecar_rpc_duration_seconds_bucket",
         "token_sidecar_cache_lookups_total",
         "token_sidecar_store_queries_total",
