@@ -205,6 +205,13 @@ The denylist filter for 1,000,000 ids at 1 % false positives takes {filt.group(1
 {soak}
 ## Reading
 
+* **Latency at half load above latency at full load** is how the two are measured, not the
+  sidecar slowing down: the full-load rows are a closed loop (a new request leaves only when an
+  answer came back, so a stall delays the next requests instead of being counted), the half-load
+  rows an open schedule whose latency counts from each request's planned send time, so every
+  stall of the two shared cores — the load generator's own included — is counted for every
+  request scheduled during it. Inside the sidecar the same Verify calls take microseconds (see
+  "Capacity per core", where the sidecar's own histogram is read).
 * **Verify vs the transport.** At steady state a Verify is a signature check plus two in-memory
   lookups (moka cutoff cache, bloom filter); no store query. What remains is gRPC/HTTP2 framing
   and the HS256 HMAC, so Verify throughput sits close to the health check's, and both are bounded
