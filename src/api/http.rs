@@ -27,6 +27,7 @@ use serde_json::{Map, Value, json};
 use crate::api::bearer_credential;
 use crate::api::caller::Callers;
 use crate::api::forward_auth::{Decision, ForwardAuth, Presented};
+use crate::api::token_service::loggable;
 use crate::api::trace;
 use crate::authority::{AuthorityError, RevokeTarget, TokenAuthority};
 use crate::metrics::Metrics;
@@ -259,8 +260,19 @@ async fn revoke(State(api): State<HttpApi>, headers: HeaderMap, body: Body) -> R
         .revoke(RevokeTarget::Token(token))
         .await
     {
-        Ok(_) => {
+        Ok(outcome) => {
             record("ok", "");
+            // Whose session ended, as the gRPC Revoke logs it.
+            let user_id = outcome.user_id.as_deref().map(loggable);
+            let session_id = outcome.session_id.as_deref().map(loggable);
+            tracing::info!(
+                method = "http_revoke",
+                result = "ok",
+                stored = outcome.stored,
+                user_id = user_id.as_deref(),
+                session_id = session_id.as_deref(),
+                "rpc"
+            );
             StatusCode::OK.into_response()
         }
         // RFC 7009 §2.2: an invalid token is no error; there is nothing to revoke.

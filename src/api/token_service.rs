@@ -103,7 +103,9 @@ impl TokenGrpc {
         } else {
             let (trace_id, span_id) = trace::log_ids();
             let (trace_id, span_id) = (trace_id.as_deref(), span_id.as_deref());
-            tracing::info!(method, result, reason, latency_us, user_id = %user_id, jti = %jti, trace_id, span_id, "rpc");
+            let session_id = subject.session_id.map(loggable);
+            let session_id = session_id.as_deref();
+            tracing::info!(method, result, reason, latency_us, user_id = %user_id, jti = %jti, session_id, trace_id, span_id, "rpc");
         }
     }
 
@@ -156,6 +158,7 @@ impl TokenService for TokenGrpc {
         let subject = Subject {
             user_id: &user_id,
             jti: &jti,
+            session_id: None,
         };
         self.finish("Issue", started, result, subject)
     }
@@ -175,6 +178,7 @@ impl TokenService for TokenGrpc {
                 let subject = Subject {
                     user_id: &claims.user_id,
                     jti: &claims.jti,
+                    session_id: None,
                 };
                 self.record("Verify", started, "ok", "", subject);
                 pb::VerifyResponse {
@@ -216,6 +220,7 @@ impl TokenService for TokenGrpc {
         let subject = Subject {
             user_id: "",
             jti: &jti,
+            session_id: None,
         };
         self.finish("Refresh", started, result, subject)
     }
@@ -231,9 +236,10 @@ impl TokenService for TokenGrpc {
             self.authorize(&request, "Revoke", started)?;
         }
         let target = request.into_inner().target;
-        let (mut user_id, jti) = match &target {
-            Some(Target::User(u)) => (u.user_id.clone(), String::new()),
-            Some(Target::Jti(j)) => (String::new(), j.clone()),
+        let (mut user_id, jti, mut session_id) = match &target {
+            Some(Target::User(u)) => (u.user_id.clone(), String::new(), None),
+            Some(Target::Jti(j)) => (String::new(), j.clone(), None),
+            Some(Target::SessionId(sid)) => (String::new(), String::new(), Some(sid.clone())),
             _ => Default::default(),
         };
         let result = async {
@@ -259,6 +265,7 @@ impl TokenService for TokenGrpc {
             let outcome = self.authority.revoke(target).await?;
             Ok((
                 outcome.user_id.clone(),
+                outcome.session_id.clone(),
                 pb::RevokeResponse {
                     stored: outcome.stored,
                     revoked_until: outcome.revoked_until_ms.map(timestamp),
@@ -269,15 +276,17 @@ impl TokenService for TokenGrpc {
         }
         .await;
         // Revoke{token}: whose session ended is known only once the token is read.
-        let result = result.map(|(owner, response)| {
+        let result = result.map(|(owner, session, response)| {
             if let Some(owner) = owner {
                 user_id = owner;
             }
+            session_id = session_id.take().or(session);
             response
         });
         let subject = Subject {
             user_id: &user_id,
             jti: &jti,
+            session_id: session_id.as_deref(),
         };
         self.finish("Revoke", started, result, subject)
     }
@@ -297,6 +306,7 @@ impl TokenService for TokenGrpc {
         let subject = Subject {
             user_id: &user_id,
             jti: "",
+            session_id: None,
         };
         self.finish("LiftBan", started, result, subject)
     }
@@ -320,6 +330,7 @@ impl TokenService for TokenGrpc {
         let subject = Subject {
             user_id: &user_id,
             jti: "",
+            session_id: None,
         };
         self.finish("GetUserStatus", started, result, subject)
     }
@@ -356,6 +367,8 @@ pub(crate) fn loggable(value: &str) -> std::borrow::Cow<'_, str> {
 struct Subject<'a> {
     user_id: &'a str,
     jti: &'a str,
+    /// The session a Revoke ended, if it names one.
+    session_id: Option<&'a str>,
 }
 
 #[cfg(test)]

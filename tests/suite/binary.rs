@@ -96,6 +96,13 @@ async fn default_run_serves_a_session_logs_no_secrets_and_exits_0_on_sigterm() {
             && l.contains(&issued.jti)),
         "no request log line for the Issue"
     );
+    // A revocation's line says whose session ended, and which.
+    assert!(
+        log.lines().any(|l| l.contains("method=\"Revoke\"")
+            && l.contains("user_id=alice")
+            && l.contains("session_id=")),
+        "the Revoke line names the user and the session:\n{log}"
+    );
     let (_, signature) = issued.token.rsplit_once('.').expect("jws");
     assert!(!log.contains(signature), "a token reached the log");
     let secret = std::fs::read(dir.path().join("token-sidecar.db.dev-key")).expect("key");
