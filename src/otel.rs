@@ -295,6 +295,29 @@ pub fn parse_resource_attributes(list: &str) -> Result<Vec<KeyValue>, TraceError
     Ok(attributes)
 }
 
+/// What `check-config` says about tracing: where spans would go, or that it is off; an error
+/// for settings the pipeline would refuse (resource attributes, the sampler's ratio).
+pub fn describe(settings: &TraceSettings) -> Result<String, TraceError> {
+    settings.sampler()?;
+    settings.resource()?;
+    Ok(match settings.url() {
+        None => "traces: off (no OTEL_EXPORTER_OTLP_ENDPOINT)".to_owned(),
+        Some(url) => format!(
+            "traces: OTLP {} to {url}, sampler {:?}{}",
+            match settings.protocol {
+                OtlpProtocol::Grpc => "gRPC",
+                OtlpProtocol::HttpProtobuf => "HTTP/protobuf",
+            },
+            settings.sampler,
+            if settings.user_ids {
+                ", user ids in spans"
+            } else {
+                ""
+            }
+        ),
+    })
+}
+
 /// Starts the pipeline when an endpoint is configured: returns the tracer for the
 /// `tracing-opentelemetry` layer, and the handle to shut it down with. Must run inside the
 /// Tokio runtime (the exporter's task runs on it).
@@ -334,14 +357,7 @@ pub fn start(settings: &TraceSettings) -> Result<Option<(SdkTracer, Tracing)>, T
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
     ENABLED.store(true, Ordering::Relaxed);
-    let described = format!(
-        "exporting traces (OTLP {}) to {url}, sampler {:?}",
-        match settings.protocol {
-            OtlpProtocol::Grpc => "gRPC",
-            OtlpProtocol::HttpProtobuf => "HTTP/protobuf",
-        },
-        settings.sampler
-    );
+    let described = describe(settings)?;
     Ok(Some((
         tracer,
         Tracing {

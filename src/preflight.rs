@@ -82,6 +82,7 @@ pub async fn check_config(config: &Config) -> Result<Vec<String>, StartupError> 
     if load_admin(config)?.is_some() {
         report.push("admin credential: loaded; privileged RPCs require it".into());
     }
+    report.push(crate::otel::describe(&config.into())?);
     let store = store::open_with(&config.database_url(), config.into()).await?;
     store.ping().await?;
     report.push(format!("store: {} reachable", store.kind()));

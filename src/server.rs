@@ -84,6 +84,9 @@ pub enum StartupError {
     /// The TLS files are unusable.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The tracing settings are unusable.
+    #[error(transparent)]
+    Traces(#[from] crate::otel::TraceError),
     /// NATS mode with no server to talk to.
     #[error(
         "--sync-mode nats needs --nats-url (or TOKEN_SIDECAR_NATS_URL), e.g. nats://127.0.0.1:4222"

@@ -94,6 +94,34 @@ async fn check_config_names_what_is_wrong() {
             ],
             "unsupported database URL",
         ),
+        (
+            vec![
+                "check-config",
+                "--database-url",
+                &sqlite,
+                "--key",
+                &good_key,
+                "--otel-exporter-otlp-endpoint",
+                "http://127.0.0.1:4318",
+                "--otel-resource-attributes",
+                "no-equals-sign",
+            ],
+            "OTEL_RESOURCE_ATTRIBUTES",
+        ),
+        (
+            vec![
+                "check-config",
+                "--database-url",
+                &sqlite,
+                "--key",
+                &good_key,
+                "--otel-traces-sampler",
+                "traceidratio",
+                "--otel-traces-sampler-arg",
+                "2",
+            ],
+            "OTEL_TRACES_SAMPLER_ARG",
+        ),
     ];
     for (args, expected) in cases {
         let out = sidecar(&args, dir.path());
@@ -114,6 +142,7 @@ async fn check_config_names_what_is_wrong() {
     );
     assert!(stdout.contains("configuration OK"), "{stdout}");
     assert!(stdout.contains("postgres reachable"), "{stdout}");
+    assert!(stdout.contains("traces: off"), "{stdout}");
     // It creates nothing: no development key appears for a keyless SQLite check.
     let dev = sidecar(&["check-config", "--database-url", &sqlite], dir.path());
     assert!(

@@ -395,9 +395,7 @@ async fn every_surface_joins_the_callers_trace_over_otlp_grpc() {
     let (status, log) = sidecar.wait().await;
     assert!(status.success());
     assert!(
-        log.contains(&format!(
-            "exporting traces (OTLP gRPC) to http://{collector}"
-        )),
+        log.contains(&format!("traces: OTLP gRPC to http://{collector}")),
         "the start log says where traces go:\n{log}"
     );
     let verify_span = hex(&span.span_id);
