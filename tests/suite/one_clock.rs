@@ -137,6 +137,14 @@ async fn an_instance_whose_clock_is_8s_fast_refuses_to_mint_and_says_why_everywh
     let database_url = crate::common::fresh_postgres_database().await;
     let fast = Instance::start(&database_url, "+8s").await;
 
+    // SERVING does not wait for the first reading of the database's clock (Issue is refused
+    // until it lands); wait for it here.
+    crate::common::eventually(
+        Duration::from_secs(15),
+        "a reading of the database's clock",
+        || async { fast.metric("token_sidecar_clock_uncertainty_us").await >= 0.0 },
+    )
+    .await;
     // The skew measured against the database is the one libfaketime gave the process: the
     // preload reached the binary's clock.
     let skew = fast.metric("token_sidecar_clock_skew_ms").await;
