@@ -110,6 +110,7 @@ async fn authority(case: &Case, dir: &Path) -> Arc<TokenAuthority> {
         leeway_ms: 0,
         refresh_reuse_interval_ms: None,
         max_clock_skew_ms: 500,
+        audit_retention_ms: 90 * 86_400_000,
     };
     let codec = TokenCodec::new(keys, "token-sidecar".into(), None);
     Arc::new(TokenAuthority::new(codec, policy, revocations, clock))

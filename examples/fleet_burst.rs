@@ -171,6 +171,7 @@ async fn login(
             .clone()
             .revoke(pb::RevokeRequest {
                 target: Some(pb::revoke_request::Target::Jti(issued.jti)),
+                ..Default::default()
             })
             .await;
         if revoked.is_err() {
@@ -203,6 +204,7 @@ async fn refused_everywhere(
         .clone()
         .revoke(pb::RevokeRequest {
             target: Some(pb::revoke_request::Target::Token(token.clone())),
+            ..Default::default()
         })
         .await?;
     let mut waits = Vec::new();

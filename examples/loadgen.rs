@@ -325,6 +325,7 @@ async fn setup(args: &Args, client: Client) -> anyhow::Result<Vec<String>> {
         async move {
             c.revoke(pb::RevokeRequest {
                 target: Some(pb::revoke_request::Target::Jti(jti.clone())),
+                ..Default::default()
             })
             .await
         }
@@ -341,6 +342,7 @@ async fn setup(args: &Args, client: Client) -> anyhow::Result<Vec<String>> {
                 user_id: format!("user-{}", users - 1 - u),
                 until: None,
             })),
+            ..Default::default()
         })
         .await?;
     }
@@ -423,6 +425,7 @@ async fn call(
                 target: Some(pb::revoke_request::Target::Jti(
                     token_sidecar::token::new_random_id(),
                 )),
+                ..Default::default()
             })
             .await
             .is_ok(),

@@ -50,6 +50,18 @@ ensure_tools() {
     python3 -m pip install --quiet grpcio-tools grpcio-status >/dev/null 2>&1 ||
       python3 -m pip install --quiet --break-system-packages grpcio-tools grpcio-status
   fi
+  # Identity providers' senders (tests/suite/idp.rs): PyJWT signs logout tokens and SETs, and
+  # panva's oidc-provider is the real OpenID Provider.
+  if ! python3 -c "import jwt, cryptography" 2>/dev/null; then
+    echo "installing PyJWT with cryptography (pip)"
+    python3 -m pip install --quiet 'pyjwt[crypto]' >/dev/null 2>&1 ||
+      python3 -m pip install --quiet --break-system-packages 'pyjwt[crypto]'
+  fi
+  if [ ! -f target/oidc/node_modules/oidc-provider/package.json ]; then
+    echo "installing oidc-provider (npm install --prefix target/oidc)"
+    mkdir -p target/oidc
+    npm install --silent --no-audit --no-fund --prefix target/oidc oidc-provider >/dev/null
+  fi
   for tool in jq nginx pgbouncer nats-server faketime h2load:nghttp2-client; do
     package=${tool#*:}
     tool=${tool%%:*}

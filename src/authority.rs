@@ -9,7 +9,10 @@ use crate::clock_upkeep;
 use crate::policy::{ClockCheck, RevocationPolicy, Superseded, TokenTimes, user_id_problem};
 use crate::reason::Reason;
 use crate::revocations::Revocations;
-use crate::store::{DenyEntry, DenyKind, Rotation, RotationOutcome, SessionHead, StoreError};
+use crate::store::{
+    Audit, AuditAction, AuditQuery, AuditRecord, DenyEntry, DenyKind, Rotation, RotationOutcome,
+    SessionHead, StoreError,
+};
 use crate::token::{Claims, CodecError, RESERVED_CLAIMS, TokenCodec, is_minted_id, new_random_id};
 
 /// Longest accepted user id, in bytes.
@@ -18,6 +21,15 @@ pub use crate::policy::MAX_USER_ID_BYTES;
 pub const MAX_CUSTOM_CLAIMS_BYTES: usize = 4 * 1024;
 /// Shortest token lifetime a caller may ask for.
 pub const MIN_TTL_MS: i64 = 1000;
+/// Longest `reason` a caller may give for a change (Revoke, LiftBan), in bytes.
+pub const MAX_REASON_BYTES: usize = 512;
+/// How far ahead an indefinite ban (an identity provider's `account-disabled`) is set: until the
+/// provider says `account-enabled`, or an operator lifts it.
+pub const INDEFINITE_BAN_MS: i64 = 100 * 365 * 86_400_000;
+/// Most audit records one `ListChanges` page holds.
+pub const MAX_PAGE_SIZE: i64 = 500;
+/// Audit records per page when the caller does not say.
+pub const DEFAULT_PAGE_SIZE: i64 = 50;
 
 /// Why a request could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +56,9 @@ pub enum AuthorityError {
         /// The end of the ban.
         until_ms: UnixMillis,
     },
+    /// Issue for an identity provider session that was logged out.
+    #[error("the identity provider session has ended (logged out)")]
+    IdpSessionEnded,
     /// The store is still starting up.
     #[error("the store is not ready yet")]
     NotReady,
@@ -79,6 +94,28 @@ pub struct IssueRequest {
     pub claims: Map<String, Value>,
     /// Requested lifetime, capped by configuration.
     pub ttl_ms: Option<i64>,
+    /// The identity provider's session the token is minted for (its `sid`), if any: a
+    /// back-channel logout of that session revokes the token.
+    pub idp_session_id: Option<String>,
+}
+
+/// Who asks for a change and why: recorded in the audit trail with the change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cause {
+    /// The caller (see [`Audit::who`]).
+    pub who: String,
+    /// The caller's reason, if given.
+    pub why: Option<String>,
+}
+
+impl Cause {
+    /// A change `who` asks for, for `why`.
+    pub fn new(who: impl Into<String>, why: Option<String>) -> Self {
+        Self {
+            who: who.into(),
+            why,
+        }
+    }
 }
 
 /// A freshly minted token and its times.
@@ -213,6 +250,11 @@ impl TokenAuthority {
     pub async fn issue(&self, request: IssueRequest) -> Result<IssuedToken, AuthorityError> {
         check_user_id(&request.user_id)?;
         check_custom_claims(&request.claims)?;
+        if let Some(idp_sid) = &request.idp_session_id
+            && let Some(problem) = user_id_problem(idp_sid)
+        {
+            return Err(invalid("idp_session_id", "INVALID_IDP_SESSION_ID", problem));
+        }
         if let Some(ttl) = request.ttl_ms
             && ttl < MIN_TTL_MS
         {
@@ -221,6 +263,11 @@ impl TokenAuthority {
         let store = self.store_ready()?;
         self.check_clock().await?;
         let cutoff = store.cutoff(&request.user_id).await?;
+        if let Some(idp_sid) = &request.idp_session_id
+            && store.is_denied(DenyKind::IdpSession, idp_sid).await?
+        {
+            return Err(AuthorityError::IdpSessionEnded);
+        }
         let now = self.clock.now_ms();
         // Rule 9: a mint time is never later than the moment of minting.
         let mint_at = self.clock.earliest_ms();
@@ -235,9 +282,12 @@ impl TokenAuthority {
             .token_times(orig_iat_ms, mint_at, request.ttl_ms)
             .map_err(|_| invalid("ttl", "INVALID_TTL", "the token would expire at once"))?;
         self.mint(
-            request.user_id,
-            new_random_id(),
-            request.claims,
+            Minted {
+                user_id: request.user_id,
+                session_id: new_random_id(),
+                idp_session_id: request.idp_session_id,
+                extra: request.claims,
+            },
             new_random_id(),
             times,
         )
@@ -260,7 +310,13 @@ impl TokenAuthority {
         if let Err(reason) = RevocationPolicy::check_cutoff(cutoff, claims.orig_iat_ms, now) {
             return Ok(Err(reason));
         }
-        let deny = store.deny_status(&claims.jti, &claims.session_id).await?;
+        let deny = store
+            .deny_status(
+                &claims.jti,
+                &claims.session_id,
+                claims.idp_session_id.as_deref(),
+            )
+            .await?;
         Ok(RevocationPolicy::check_denylist(deny).map(|()| claims))
     }
 
@@ -285,8 +341,14 @@ impl TokenAuthority {
             .token_times(claims.orig_iat_ms, now, Some(session_ttl_ms))
             .map_err(AuthorityError::Rejected)?;
         let jti = new_random_id();
+        let session = Minted {
+            user_id: claims.user_id.clone(),
+            session_id: claims.session_id.clone(),
+            idp_session_id: claims.idp_session_id.clone(),
+            extra: claims.extra.clone(),
+        };
         if self.policy.refresh_reuse_interval_ms.is_none() {
-            return self.mint(claims.user_id, claims.session_id, claims.extra, jti, times);
+            return self.mint(session, jti, times);
         }
         // SPEC §11: only the session's newest token rotates it forward.
         let store = self.store_ready()?;
@@ -305,7 +367,7 @@ impl TokenAuthority {
         };
         let superseded = match store.rotate_session(&rotation).await? {
             RotationOutcome::Rotated => {
-                return self.mint(claims.user_id, claims.session_id, claims.extra, jti, times);
+                return self.mint(session, jti, times);
             }
             RotationOutcome::Superseded(superseded) => superseded,
         };
@@ -320,13 +382,7 @@ impl TokenAuthority {
                     expires_at: newest.expires_at,
                     ..times
                 };
-                self.mint(
-                    claims.user_id,
-                    claims.session_id,
-                    claims.extra,
-                    newest.jti,
-                    times,
-                )
+                self.mint(session, newest.jti, times)
             }
             Superseded::Reused => {
                 let entry = DenyEntry {
@@ -335,7 +391,13 @@ impl TokenAuthority {
                     id: claims.session_id.clone(),
                     user_id: Some(claims.user_id.clone()),
                 };
-                store.deny(&entry).await?;
+                let audit = Audit {
+                    action: AuditAction::RevokeSession,
+                    who: "reuse-detection".into(),
+                    why: Some("an older token of the session was refreshed again".into()),
+                    at_ms: self.clock.now_ms(),
+                };
+                store.deny(&entry, &audit).await?;
                 store.metrics().refresh_reuse_detected.inc();
                 tracing::warn!(
                     session_id = %claims.session_id,
@@ -350,21 +412,20 @@ impl TokenAuthority {
 
     fn mint(
         &self,
-        user_id: String,
-        session_id: String,
-        extra: Map<String, Value>,
+        session: Minted,
         jti: String,
         times: TokenTimes,
     ) -> Result<IssuedToken, AuthorityError> {
         let claims = Claims {
-            user_id,
+            user_id: session.user_id,
             jti,
-            session_id,
+            session_id: session.session_id,
             issued_at: times.issued_at,
             expires_at: times.expires_at,
             not_before: None,
             orig_iat_ms: times.orig_iat_ms,
-            extra,
+            idp_session_id: session.idp_session_id,
+            extra: session.extra,
         };
         let token = self.codec.encode(&claims)?;
         Ok(IssuedToken {
@@ -377,12 +438,17 @@ impl TokenAuthority {
 
     /// Revokes a token's session, a token, a session or a user (SPEC §4 rules 2 and 5).
     /// Returns only after the store has committed whatever it stored.
-    pub async fn revoke(&self, target: RevokeTarget) -> Result<RevokeOutcome, AuthorityError> {
+    pub async fn revoke(
+        &self,
+        target: RevokeTarget,
+        cause: &Cause,
+    ) -> Result<RevokeOutcome, AuthorityError> {
+        check_reason(cause.why.as_deref())?;
         match target {
-            RevokeTarget::Token(token) => self.revoke_token_session(&token).await,
-            RevokeTarget::Jti(jti) => self.revoke_by_id(DenyKind::Token, "jti", jti).await,
+            RevokeTarget::Token(token) => self.revoke_token_session(&token, cause).await,
+            RevokeTarget::Jti(jti) => self.revoke_by_id(DenyKind::Token, "jti", jti, cause).await,
             RevokeTarget::Session(sid) => {
-                self.revoke_by_id(DenyKind::Session, "session_id", sid)
+                self.revoke_by_id(DenyKind::Session, "session_id", sid, cause)
                     .await
             }
             RevokeTarget::User { user_id, until_ms } => {
@@ -390,7 +456,13 @@ impl TokenAuthority {
                 let store = self.store_ready()?;
                 let now = self.clock.now_ms();
                 let wanted = RevocationPolicy::revoke_all_cutoff(until_ms, now);
-                let update = store.raise_cutoff(&user_id, wanted).await?;
+                let action = if RevocationPolicy::is_banned(Some(wanted), now) {
+                    AuditAction::BanUser
+                } else {
+                    AuditAction::RevokeUser
+                };
+                let audit = self.audit(action, cause);
+                let update = store.raise_cutoff(&user_id, wanted, &audit).await?;
                 Ok(RevokeOutcome {
                     stored: update.changed,
                     revoked_until_ms: Some(update.cutoff_ms),
@@ -402,7 +474,11 @@ impl TokenAuthority {
         }
     }
 
-    async fn revoke_token_session(&self, token: &str) -> Result<RevokeOutcome, AuthorityError> {
+    async fn revoke_token_session(
+        &self,
+        token: &str,
+        cause: &Cause,
+    ) -> Result<RevokeOutcome, AuthorityError> {
         let claims = self
             .codec
             .decode(token)
@@ -429,7 +505,9 @@ impl TokenAuthority {
             id: claims.session_id,
             user_id: Some(claims.user_id),
         };
-        let stored = store.deny(&entry).await?;
+        let stored = store
+            .deny(&entry, &self.audit(AuditAction::RevokeSession, cause))
+            .await?;
         Ok(RevokeOutcome {
             stored,
             session_id: Some(entry.id),
@@ -443,6 +521,7 @@ impl TokenAuthority {
         kind: DenyKind,
         field: &'static str,
         id: String,
+        cause: &Cause,
     ) -> Result<RevokeOutcome, AuthorityError> {
         if !is_minted_id(&id) {
             return Err(invalid(
@@ -459,7 +538,9 @@ impl TokenAuthority {
             id,
             user_id: None,
         };
-        let stored = store.deny(&entry).await?;
+        let stored = store
+            .deny(&entry, &self.audit(AuditAction::of_deny(kind), cause))
+            .await?;
         Ok(RevokeOutcome {
             stored,
             session_id: (kind == DenyKind::Session).then_some(entry.id),
@@ -468,10 +549,96 @@ impl TokenAuthority {
     }
 
     /// Ends a running ban now (rule 2); tokens from before stay revoked. False if no ban ran.
-    pub async fn lift_ban(&self, user_id: &str) -> Result<bool, AuthorityError> {
+    pub async fn lift_ban(&self, user_id: &str, cause: &Cause) -> Result<bool, AuthorityError> {
         check_user_id(user_id)?;
+        check_reason(cause.why.as_deref())?;
         let store = self.store_ready()?;
-        Ok(store.lift_ban(user_id, self.clock.now_ms()).await?)
+        let audit = self.audit(AuditAction::LiftBan, cause);
+        Ok(store.lift_ban(user_id, audit.at_ms, &audit).await?)
+    }
+
+    /// Revokes every token minted for an identity provider's session (a back-channel logout or
+    /// a Shared Signals `session-revoked`). Whether a row was stored (false: it was revoked
+    /// already).
+    pub async fn revoke_idp_session(
+        &self,
+        idp_session_id: &str,
+        user_id: Option<&str>,
+        cause: &Cause,
+    ) -> Result<bool, AuthorityError> {
+        if let Some(problem) = user_id_problem(idp_session_id) {
+            return Err(invalid("sid", "INVALID_IDP_SESSION_ID", problem));
+        }
+        let store = self.store_ready()?;
+        // The tokens of that session may live as long as any session that starts now.
+        let entry = DenyEntry {
+            kind: DenyKind::IdpSession,
+            moot_after_ms: self.policy.unknown_row_moot_at(self.clock.now_ms()),
+            id: idp_session_id.to_owned(),
+            user_id: user_id.map(str::to_owned),
+        };
+        Ok(store
+            .deny(&entry, &self.audit(AuditAction::RevokeIdpSession, cause))
+            .await?)
+    }
+
+    /// Bans a user until an operator or the identity provider lifts it.
+    pub async fn ban_indefinitely(
+        &self,
+        user_id: &str,
+        cause: &Cause,
+    ) -> Result<RevokeOutcome, AuthorityError> {
+        let until_ms = self.clock.now_ms().saturating_add(INDEFINITE_BAN_MS);
+        self.revoke(
+            RevokeTarget::User {
+                user_id: user_id.to_owned(),
+                until_ms: Some(until_ms),
+            },
+            cause,
+        )
+        .await
+    }
+
+    /// A page of the audit trail, newest first: `user_id`'s changes (all when None), older
+    /// than the position `before` (from the previous page).
+    pub async fn list_changes(
+        &self,
+        user_id: Option<&str>,
+        page_size: Option<i64>,
+        before: Option<i64>,
+    ) -> Result<Vec<AuditRecord>, AuthorityError> {
+        if let Some(user_id) = user_id {
+            check_user_id(user_id)?;
+        }
+        let limit = match page_size {
+            None => DEFAULT_PAGE_SIZE,
+            Some(size) if (1..=MAX_PAGE_SIZE).contains(&size) => size,
+            Some(_) => {
+                return Err(invalid(
+                    "page_size",
+                    "INVALID_PAGE_SIZE",
+                    format!("at most {MAX_PAGE_SIZE} (0 for the default, {DEFAULT_PAGE_SIZE})"),
+                ));
+            }
+        };
+        let store = self.store_ready()?;
+        Ok(store
+            .audit_trail(AuditQuery {
+                user_id,
+                before,
+                limit,
+            })
+            .await?)
+    }
+
+    /// The record of a change `cause` asks for now.
+    fn audit(&self, action: AuditAction, cause: &Cause) -> Audit {
+        Audit {
+            action,
+            who: cause.who.clone(),
+            why: cause.why.clone(),
+            at_ms: self.clock.now_ms(),
+        }
     }
 
     /// The user's cutoff and whether a ban is running.
@@ -504,6 +671,37 @@ impl TokenAuthority {
     pub fn replace_keys(&self, keys: crate::token::KeySet) {
         self.codec.replace_keys(keys);
     }
+}
+
+/// What a new token carries over from its session.
+struct Minted {
+    user_id: String,
+    session_id: String,
+    idp_session_id: Option<String>,
+    extra: Map<String, Value>,
+}
+
+/// A caller's reason: at most [`MAX_REASON_BYTES`], printable text.
+fn check_reason(why: Option<&str>) -> Result<(), AuthorityError> {
+    let Some(why) = why else { return Ok(()) };
+    if why.len() > MAX_REASON_BYTES {
+        return Err(invalid(
+            "reason",
+            "INVALID_REASON",
+            format!("at most {MAX_REASON_BYTES} bytes"),
+        ));
+    }
+    if why
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(invalid(
+            "reason",
+            "INVALID_REASON",
+            "must not hold control characters",
+        ));
+    }
+    Ok(())
 }
 
 fn invalid(

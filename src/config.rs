@@ -262,6 +262,47 @@ pub struct Config {
     #[arg(help_heading = "Tokens and keys", long, env = "TOKEN_SIDECAR_MAX_CLOCK_SKEW", default_value = "500ms", value_parser = parse_duration)]
     pub max_clock_skew: Duration,
 
+    /// How long the audit trail (who revoked what and why; ListChanges) keeps a change,
+    /// independently of the denylist's purge.
+    #[arg(help_heading = "Identity providers and audit", long, env = "TOKEN_SIDECAR_AUDIT_RETENTION", default_value = "90d", value_parser = parse_positive_duration)]
+    pub audit_retention: Duration,
+
+    /// An OpenID Provider whose back-channel logout tokens are accepted, as ISSUER=JWKS_SOURCE
+    /// (a JWKS file, or an https:// URL fetched and cached); repeatable. Served on
+    /// --http-listen at POST /oidc/backchannel-logout. Needs --oidc-client-id.
+    #[arg(help_heading = "Identity providers and audit", long = "oidc-issuer", env = "TOKEN_SIDECAR_OIDC_ISSUERS", value_delimiter = ',', value_parser = crate::idp::TrustedIssuer::parse, requires = "oidc_client_id")]
+    pub oidc_issuers: Vec<crate::idp::TrustedIssuer>,
+
+    /// The client id a logout token must name in its `aud`.
+    #[arg(
+        help_heading = "Identity providers and audit",
+        long,
+        env = "TOKEN_SIDECAR_OIDC_CLIENT_ID"
+    )]
+    pub oidc_client_id: Option<String>,
+
+    /// A Shared Signals transmitter whose Security Event Tokens are accepted, as
+    /// ISSUER=JWKS_SOURCE; repeatable. Served on --http-listen at POST /ssf/events (RFC 8935
+    /// push). Needs --ssf-audience.
+    #[arg(help_heading = "Identity providers and audit", long = "ssf-transmitter", env = "TOKEN_SIDECAR_SSF_TRANSMITTERS", value_delimiter = ',', value_parser = crate::idp::TrustedIssuer::parse, requires = "ssf_audience")]
+    pub ssf_transmitters: Vec<crate::idp::TrustedIssuer>,
+
+    /// The `aud` a Security Event Token must name (this receiver, as the stream's audience).
+    #[arg(
+        help_heading = "Identity providers and audit",
+        long,
+        env = "TOKEN_SIDECAR_SSF_AUDIENCE"
+    )]
+    pub ssf_audience: Option<String>,
+
+    /// Map Shared Signals `email` subjects to users: say so when user ids are email addresses.
+    #[arg(
+        help_heading = "Identity providers and audit",
+        long,
+        env = "TOKEN_SIDECAR_SSF_EMAIL_SUBJECTS"
+    )]
+    pub ssf_email_subjects: bool,
+
     /// How long a user's cutoff stays cached; 0 disables the cutoff cache (every check asks
     /// the store). Entries are kept current by the change feed; the TTL is a safety net.
     #[arg(help_heading = "Caches", long, env = "TOKEN_SIDECAR_CUTOFF_CACHE_TTL", default_value = "5m", value_parser = parse_duration)]
@@ -516,6 +557,17 @@ pub enum LogFormat {
 }
 
 impl Config {
+    /// The identity provider receivers' settings.
+    pub fn idp_settings(&self) -> crate::idp::IdpSettings {
+        crate::idp::IdpSettings {
+            oidc_issuers: self.oidc_issuers.clone(),
+            oidc_client_id: self.oidc_client_id.clone(),
+            ssf_transmitters: self.ssf_transmitters.clone(),
+            ssf_audience: self.ssf_audience.clone(),
+            ssf_email_subjects: self.ssf_email_subjects,
+        }
+    }
+
     /// The database URL in force: the configured one, or the embedded SQLite default.
     pub fn database_url(&self) -> String {
         self.database_url
@@ -630,6 +682,7 @@ impl From<&Config> for RevocationPolicy {
             refresh_reuse_interval_ms: (config.refresh_reuse_detection == Toggle::On)
                 .then(|| ms(config.refresh_reuse_interval)),
             max_clock_skew_ms: ms(config.max_clock_skew),
+            audit_retention_ms: ms(config.audit_retention),
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod config;
 pub mod connections;
 pub mod health;
 pub mod http_server;
+pub mod idp;
 pub mod key_reload;
 pub mod limits;
 pub mod metrics;

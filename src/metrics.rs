@@ -142,6 +142,9 @@ pub struct Metrics {
     pub max_requests_in_flight: Gauge,
     /// Refreshes of a superseded token after the reuse interval (sessions revoked, SPEC §11).
     pub refresh_reuse_detected: Counter,
+    /// Security events from identity providers accepted but not acted on (an event type we do
+    /// not act on, SSF's verification event).
+    pub idp_events_ignored: Counter,
     connections_open: Family<ListenerLabels, Gauge>,
     connections_refused: Family<RefusedLabels, Counter>,
     verified_cache_entries: Gauge,
@@ -206,6 +209,7 @@ impl Metrics {
             requests_in_flight: Gauge::default(),
             max_requests_in_flight: Gauge::default(),
             refresh_reuse_detected: Counter::default(),
+            idp_events_ignored: Counter::default(),
             connections_open: Family::default(),
             connections_refused: Family::default(),
             verified_cache_entries: Gauge::default(),
@@ -375,6 +379,12 @@ impl Metrics {
             "Refreshes of an older token of a session after the reuse interval: the session was \
              revoked",
             m.refresh_reuse_detected.clone(),
+        );
+        registry.register(
+            "idp_events_ignored",
+            "Security events from identity providers (Shared Signals) accepted and not acted on: \
+             an event type the sidecar does not act on, or a stream verification",
+            m.idp_events_ignored.clone(),
         );
         registry.register(
             "verified_cache_entries",

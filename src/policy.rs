@@ -53,6 +53,8 @@ pub struct DenyStatus {
     pub jti: bool,
     /// The token's session was revoked.
     pub session: bool,
+    /// The identity provider's session the token was minted for was logged out.
+    pub idp_session: bool,
 }
 
 /// When a freshly minted token starts and ends.
@@ -83,6 +85,8 @@ pub struct RevocationPolicy {
     /// Rule 9: how far an instance's own clock may be off the fleet's before it refuses to
     /// mint; also the margin the purge keeps.
     pub max_clock_skew_ms: i64,
+    /// How long the audit trail keeps a change (independent of the denylist's purge).
+    pub audit_retention_ms: i64,
 }
 
 /// Where the purge stops (all on the fleet's clock, less a margin of the tolerated skew).
@@ -92,6 +96,8 @@ pub struct PurgeHorizon {
     pub moot_before: UnixMillis,
     /// Cutoffs before this may go.
     pub cutoffs_before: UnixMillis,
+    /// Audit trail rows before this may go (`--audit-retention`).
+    pub audit_before: UnixMillis,
 }
 
 /// Rule 9: whether an instance whose clock is `skew_ms` off the fleet's (None: not read yet)
@@ -152,7 +158,7 @@ impl RevocationPolicy {
 
     /// Rule 5: a revoked token or session is refused.
     pub fn check_denylist(deny: DenyStatus) -> Result<(), Reason> {
-        if deny.jti || deny.session {
+        if deny.jti || deny.session || deny.idp_session {
             Err(Reason::TokenRevoked)
         } else {
             Ok(())
@@ -260,6 +266,7 @@ impl RevocationPolicy {
         PurgeHorizon {
             moot_before: now,
             cutoffs_before: self.cutoff_purgeable_before(now),
+            audit_before: now.saturating_sub(self.audit_retention_ms),
         }
     }
 
@@ -291,6 +298,7 @@ mod tests {
             leeway_ms: 0,
             refresh_reuse_interval_ms: Some(10 * SEC),
             max_clock_skew_ms: 500,
+            audit_retention_ms: 90 * 86_400_000,
         }
     }
 
@@ -303,6 +311,7 @@ mod tests {
             expires_at: exp_s,
             not_before: None,
             orig_iat_ms,
+            idp_session_id: None,
             extra: Map::new(),
         }
     }
@@ -473,7 +482,15 @@ mod tests {
         assert_eq!(
             RevocationPolicy::check_denylist(DenyStatus {
                 jti: false,
-                session: true
+                session: true,
+                idp_session: false,
+            }),
+            Err(Reason::TokenRevoked)
+        );
+        assert_eq!(
+            RevocationPolicy::check_denylist(DenyStatus {
+                idp_session: true,
+                ..DenyStatus::default()
             }),
             Err(Reason::TokenRevoked)
         );

@@ -32,6 +32,14 @@ pub fn load_keys(config: &Config) -> Result<KeySet, StartupError> {
     Ok(keys)
 }
 
+/// Refuses identity provider receivers with nowhere to be served.
+pub fn check_idp(config: &Config) -> Result<(), StartupError> {
+    if config.idp_settings().any() && config.http_listen.is_none() {
+        return Err(StartupError::IdpWithoutHttp);
+    }
+    Ok(())
+}
+
 /// Refuses a sync mode that lacks what it needs.
 pub fn check_sync(config: &Config) -> Result<(), StartupError> {
     if config.sync_mode == crate::sync::SyncMode::Nats && config.nats_url.is_none() {
@@ -58,6 +66,7 @@ pub async fn check_config(config: &Config) -> Result<Vec<String>, StartupError> 
     let mut report = Vec::new();
     check_exposure(config)?;
     check_sync(config)?;
+    check_idp(config)?;
     report.push(format!("listen: {}", config.listen));
     if config.keys.is_empty() {
         if !config.is_sqlite() {

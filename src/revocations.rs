@@ -21,8 +21,8 @@ use crate::policy::DenyStatus;
 use crate::policy::PurgeHorizon;
 use crate::store::announcement::{Announcement, Link, Rejected};
 use crate::store::{
-    Change, ChangeFeed, ChangeSeq, CutoffUpdate, DenyEntry, DenyKind, History, Purged,
-    RevocationStore, Rotation, RotationOutcome, StoreError,
+    Audit, AuditQuery, AuditRecord, Change, ChangeFeed, ChangeSeq, CutoffUpdate, DenyEntry,
+    DenyKind, History, Purged, RevocationStore, Rotation, RotationOutcome, StoreError,
 };
 
 /// What to do when the caches are stale and the store cannot be reached.
@@ -618,15 +618,26 @@ impl Revocations {
             .await
     }
 
-    /// Whether a token (`jti`) or its session (`sid`) is denied.
-    pub async fn deny_status(&self, jti: &str, sid: &str) -> Result<DenyStatus, StoreError> {
+    /// Whether a token (`jti`), its session (`sid`) or the identity provider's session it was
+    /// minted for (`idp_sid`) is denied.
+    pub async fn deny_status(
+        &self,
+        jti: &str,
+        sid: &str,
+        idp_sid: Option<&str>,
+    ) -> Result<DenyStatus, StoreError> {
         Ok(DenyStatus {
             jti: self.is_denied(DenyKind::Token, jti).await?,
             session: self.is_denied(DenyKind::Session, sid).await?,
+            idp_session: match idp_sid {
+                Some(id) => self.is_denied(DenyKind::IdpSession, id).await?,
+                None => false,
+            },
         })
     }
 
-    async fn is_denied(&self, kind: DenyKind, id: &str) -> Result<bool, StoreError> {
+    /// Whether one token, session or identity provider session is denied.
+    pub async fn is_denied(&self, kind: DenyKind, id: &str) -> Result<bool, StoreError> {
         let ask_store = || async { self.query("denied", self.store.is_denied(kind, id)).await };
         let Some(filter) = &self.denylist else {
             return ask_store().await;
@@ -655,10 +666,17 @@ impl Revocations {
         &self,
         user_id: &str,
         at_least: UnixMillis,
+        audit: &Audit,
     ) -> Result<CutoffUpdate, StoreError> {
         let update = self
-            .write("raise_cutoff", self.store.raise_cutoff(user_id, at_least))
+            .write(
+                "raise_cutoff",
+                self.store.raise_cutoff(user_id, at_least, audit),
+            )
             .await?;
+        if update.changed {
+            audit_event(audit, Some(user_id), None, Some(update.cutoff_ms));
+        }
         if let Some(cache) = &self.cutoffs {
             if update.changed {
                 self.wrote();
@@ -675,13 +693,19 @@ impl Revocations {
     }
 
     /// Lifts a running ban (rule 2) and applies it here before returning.
-    pub async fn lift_ban(&self, user_id: &str, now: UnixMillis) -> Result<bool, StoreError> {
+    pub async fn lift_ban(
+        &self,
+        user_id: &str,
+        now: UnixMillis,
+        audit: &Audit,
+    ) -> Result<bool, StoreError> {
         match self
-            .write("lift_ban", self.store.lift_ban(user_id, now))
+            .write("lift_ban", self.store.lift_ban(user_id, now, audit))
             .await?
         {
             Some(seq) => {
                 self.wrote();
+                audit_event(audit, Some(user_id), None, Some(now));
                 if let Some(cache) = &self.cutoffs {
                     cache.apply(user_id, now, seq).await;
                 }
@@ -692,10 +716,11 @@ impl Revocations {
     }
 
     /// Denylists a token or session and applies it here before returning.
-    pub async fn deny(&self, entry: &DenyEntry) -> Result<bool, StoreError> {
-        let stored = self.write("deny", self.store.deny(entry)).await?;
+    pub async fn deny(&self, entry: &DenyEntry, audit: &Audit) -> Result<bool, StoreError> {
+        let stored = self.write("deny", self.store.deny(entry, audit)).await?;
         if stored.is_some() {
             self.wrote();
+            audit_event(audit, entry.user_id.as_deref(), Some(&entry.id), None);
         }
         // Applied even if the row was there already: this instance may not have seen it yet.
         if let Some(filter) = &self.denylist {
@@ -716,15 +741,58 @@ impl Revocations {
     ) -> Result<Purged, StoreError> {
         let round_ms = i64::try_from(round.as_millis()).unwrap_or(i64::MAX);
         let purged = self
-            .query(
-                "purge",
-                self.store
-                    .purge(horizon.moot_before, horizon.cutoffs_before, round_ms),
-            )
+            .query("purge", self.store.purge(horizon, round_ms))
             .await?;
         self.maintain_filter().await?;
         Ok(purged)
     }
+
+    /// A page of the audit trail, newest first.
+    pub async fn audit_trail(&self, query: AuditQuery<'_>) -> Result<Vec<AuditRecord>, StoreError> {
+        self.query("audit_trail", self.store.audit_trail(query))
+            .await
+    }
+
+    /// Whether a security event from `source` was received already.
+    pub async fn event_seen(&self, source: &str, jti: &str) -> Result<bool, StoreError> {
+        self.query("event_seen", self.store.event_seen(source, jti))
+            .await
+    }
+
+    /// Remembers a security event until `moot_after_ms`; false if it was remembered already.
+    pub async fn remember_event(
+        &self,
+        source: &str,
+        jti: &str,
+        moot_after_ms: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        self.write(
+            "remember_event",
+            self.store.remember_event(source, jti, moot_after_ms),
+        )
+        .await
+    }
+}
+
+/// Each committed change is also one log event under the stable target `audit` (the trail's
+/// copy for log pipelines; `ListChanges` reads the store's).
+fn audit_event(
+    audit: &Audit,
+    user_id: Option<&str>,
+    target: Option<&str>,
+    until_ms: Option<UnixMillis>,
+) {
+    tracing::info!(
+        target: "audit",
+        action = audit.action.as_str(),
+        who = %audit.who,
+        why = audit.why.as_deref(),
+        user_id,
+        target_id = target,
+        until_ms,
+        at_ms = audit.at_ms,
+        "change"
+    );
 }
 
 #[cfg(test)]
@@ -811,6 +879,15 @@ mod model {
         ]
     }
 
+    fn audit() -> crate::store::Audit {
+        crate::store::Audit {
+            action: crate::store::AuditAction::RevokeUser,
+            who: "model".into(),
+            why: None,
+            at_ms: 0,
+        }
+    }
+
     fn user(u: u8) -> String {
         format!("user-{u}")
     }
@@ -848,11 +925,12 @@ mod model {
 
     async fn local(instance: &Revocations, w: &Write, now: UnixMillis) {
         let done = match foreign(w, now) {
-            ForeignWrite::RaiseCutoff(u, at_least) => {
-                instance.raise_cutoff(&u, at_least).await.map(|_| ())
-            }
-            ForeignWrite::LiftBan(u, now) => instance.lift_ban(&u, now).await.map(|_| ()),
-            ForeignWrite::Deny(entry) => instance.deny(&entry).await.map(|_| ()),
+            ForeignWrite::RaiseCutoff(u, at_least) => instance
+                .raise_cutoff(&u, at_least, &audit())
+                .await
+                .map(|_| ()),
+            ForeignWrite::LiftBan(u, now) => instance.lift_ban(&u, now, &audit()).await.map(|_| ()),
+            ForeignWrite::Deny(entry) => instance.deny(&entry, &audit()).await.map(|_| ()),
         };
         assert!(done.is_ok(), "the memory store always answers");
     }
@@ -914,6 +992,7 @@ mod model {
             leeway_ms: 0,
             refresh_reuse_interval_ms: None,
             max_clock_skew_ms: MAX_SKEW_MS,
+            audit_retention_ms: 90 * 86_400_000,
         };
         let instances: Vec<Revocations> = (0..INSTANCES)
             .map(|i| {

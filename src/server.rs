@@ -27,6 +27,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::connections::{ConnectionGuard, Handshake};
 use crate::http_server::{self, HttpBounds};
+use crate::idp::IdpReceiver;
 use crate::key_reload::{self, KeyReloader};
 use crate::limits::RequestLimits;
 use crate::metrics::{self, Metrics};
@@ -92,6 +93,12 @@ pub enum StartupError {
         "--sync-mode nats needs --nats-url (or TOKEN_SIDECAR_NATS_URL), e.g. nats://127.0.0.1:4222"
     )]
     NoNatsUrl,
+    /// Identity provider receivers are configured but no HTTP listener serves them.
+    #[error(
+        "--oidc-issuer and --ssf-transmitter are served on the HTTP listener: set --http-listen \
+         (or TOKEN_SIDECAR_HTTP_LISTEN), e.g. 127.0.0.1:8080"
+    )]
+    IdpWithoutHttp,
     /// The API would be reachable from other hosts with no caller authentication.
     #[error(
         "--listen {0} is reachable from other hosts, but callers are not authenticated (TLS alone \
@@ -222,6 +229,7 @@ async fn ended(task: impl std::future::Future<Output = ()>) -> Result<(), String
 pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidecar, StartupError> {
     preflight::check_exposure(&config)?;
     preflight::check_sync(&config)?;
+    preflight::check_idp(&config)?;
     let keys = preflight::load_keys(&config)?;
     let admin = preflight::load_admin(&config)?;
     let callers = preflight::load_callers(&config, admin)?;
@@ -264,7 +272,17 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
         )
         .await?;
     let health_addr = listeners.health_only(health_service, &mut tasks).await?;
-    let http_addr = listeners.http(&decide, callers.clone(), &mut tasks).await?;
+    let idp_settings = config.idp_settings();
+    let idp = idp_settings.any().then(|| {
+        Arc::new(IdpReceiver::new(
+            authority.clone(),
+            &idp_settings,
+            clock.clone(),
+        ))
+    });
+    let http_addr = listeners
+        .http(&decide, callers.clone(), idp, &mut tasks)
+        .await?;
     let (metrics_addr, metrics_task) = listeners.metrics(&authority, metrics_stop_rx).await?;
     tracing::info!(
         %addr,
@@ -529,6 +547,7 @@ impl Listeners<'_> {
         &self,
         decide: &ForwardAuth,
         callers: Callers,
+        idp: Option<Arc<IdpReceiver>>,
         tasks: &mut Vec<ServerTask>,
     ) -> Result<Option<SocketAddr>, StartupError> {
         let Some(listen) = self.config.http_listen else {
@@ -539,7 +558,9 @@ impl Listeners<'_> {
             .guard("http", Handshake::Http1)
             .axum_listener(listener)
             .map_err(|error| StartupError::Bind { addr, error })?;
-        let routes = HttpApi::new(decide.clone(), callers, self.metrics.clone()).router();
+        let routes = HttpApi::new(decide.clone(), callers, self.metrics.clone())
+            .with_idp(idp)
+            .router();
         let served =
             http_server::serve(listener, routes, self.http_bounds(), self.shutdown.clone());
         tasks.push(self.supervisor.critical("the HTTP listener", async move {

@@ -38,6 +38,7 @@ fn fixture() -> &'static Fixture {
             expires_at: 1_767_225_900,
             not_before: None,
             orig_iat_ms: 1_767_225_600_123,
+            idp_session_id: None,
             extra: serde_json::json!({"role": "admin", "n": [1, 2.5, null]})
                 .as_object()
                 .cloned()

@@ -195,6 +195,13 @@ pub fn certificate_identities(der: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// Who a privileged caller on the open loopback API is, in the audit trail.
+pub const LOOPBACK: &str = "loopback";
+/// Who a caller with the admin credential is, in the audit trail.
+pub const ADMIN: &str = "admin";
+/// Who revoked a token they hold (Revoke{token}, RFC 7009) without a privileged credential.
+pub const TOKEN_HOLDER: &str = "token-holder";
+
 /// Who may call what (SPEC §12). The open RPCs need nothing; the privileged ones are open only on
 /// an API with no caller authentication configured (a loopback sidecar), and otherwise need the
 /// admin credential or a client certificate naming an allowed identity — a certificate the
@@ -258,21 +265,21 @@ impl Callers {
         &self,
         bearer: Option<&str>,
         identities: Option<&[String]>,
-    ) -> Result<(), Refusal> {
+    ) -> Result<String, Refusal> {
         if self.open {
-            return Ok(());
+            return Ok(LOOPBACK.to_owned());
         }
         if let (Some(admin), Some(credential)) = (&self.admin, bearer)
             && admin.matches(credential.as_bytes())
         {
-            return Ok(());
+            return Ok(ADMIN.to_owned());
         }
-        if identities
+        if let Some(identity) = identities
             .unwrap_or_default()
             .iter()
-            .any(|id| self.identities.iter().any(|p| p.matches(id)))
+            .find(|id| self.identities.iter().any(|p| p.matches(id)))
         {
-            return Ok(());
+            return Ok(identity.clone());
         }
         Err(match (bearer, identities) {
             (Some(_), _) => Refusal::Invalid,
@@ -341,7 +348,10 @@ mod tests {
             Err(Refusal::IdentityNotAllowed)
         );
         let ops = ["spiffe://td/ns/ops/sa/token-admin".to_owned()];
-        assert_eq!(callers.admit_privileged(None, Some(&ops)), Ok(()));
+        assert_eq!(
+            callers.admit_privileged(None, Some(&ops)),
+            Ok("spiffe://td/ns/ops/sa/token-admin".to_owned())
+        );
         assert_eq!(callers.admit_privileged(None, None), Err(Refusal::Missing));
         assert_eq!(
             callers.admit_privileged(None, Some(&[])),
@@ -359,7 +369,10 @@ mod tests {
             open: true,
             ..Callers::default()
         };
-        assert_eq!(sidecar.admit_privileged(None, None), Ok(()));
+        assert_eq!(
+            sidecar.admit_privileged(None, None),
+            Ok(LOOPBACK.to_owned())
+        );
         // Beyond loopback with nothing configured (--allow-insecure-remote): nobody.
         assert_eq!(
             Callers::default().admit_privileged(None, None),

@@ -8,6 +8,7 @@ use crate::api::pb;
 use crate::authority::{AuthorityError, IssuedToken};
 use crate::clock::UnixMillis;
 use crate::reason::Reason;
+use crate::store::AuditRecord;
 use crate::token::Claims;
 
 /// The fields Issue and Refresh both answer with.
@@ -52,6 +53,21 @@ pub fn grant(issued: IssuedToken) -> Grant {
     }
 }
 
+/// One change of the audit trail, as `ListChanges` answers it.
+impl From<AuditRecord> for pb::Change {
+    fn from(record: AuditRecord) -> Self {
+        Self {
+            at: Some(timestamp(record.at_ms)),
+            kind: record.action,
+            who: record.who,
+            why: record.why.unwrap_or_default(),
+            user_id: record.user_id.unwrap_or_default(),
+            target: record.target.unwrap_or_default(),
+            until: record.until_ms.map(timestamp),
+        }
+    }
+}
+
 /// Verify's claims.
 pub fn token_claims(claims: Claims) -> pb::TokenClaims {
     pb::TokenClaims {
@@ -62,6 +78,7 @@ pub fn token_claims(claims: Claims) -> pb::TokenClaims {
         original_issued_at: Some(timestamp(claims.orig_iat_ms)),
         expires_at: Some(timestamp(claims.expires_at * 1000)),
         extra: Some(json_to_struct(claims.extra)),
+        idp_session_id: claims.idp_session_id.unwrap_or_default(),
     }
 }
 

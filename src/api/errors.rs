@@ -40,6 +40,11 @@ pub fn classify(err: &AuthorityError) -> Classified {
             "permission_denied",
             Reason::UserBanned.code(),
         ),
+        AuthorityError::IdpSessionEnded => (
+            Code::PermissionDenied,
+            "permission_denied",
+            "IDP_SESSION_ENDED",
+        ),
         AuthorityError::Store(StoreError::OutcomeUnknown) => {
             (Code::Unavailable, "unavailable", "OUTCOME_UNKNOWN")
         }
@@ -87,6 +92,11 @@ pub fn to_status(err: AuthorityError) -> Status {
                 ),
             )
         }
+        AuthorityError::IdpSessionEnded => Status::with_error_details(
+            code,
+            "the identity provider session was logged out: log in again (IDP_SESSION_ENDED)",
+            ErrorDetails::with_error_info("IDP_SESSION_ENDED", ERROR_DOMAIN, HashMap::new()),
+        ),
         AuthorityError::NotReady => unavailable("the store is not ready yet; retry shortly"),
         AuthorityError::ClockSkew { .. } | AuthorityError::ClockUnread => {
             let message = err.to_string();

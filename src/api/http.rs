@@ -25,11 +25,13 @@ use axum::routing::{any, post};
 use serde_json::{Map, Value, json};
 
 use crate::api::bearer_credential;
-use crate::api::caller::Callers;
+use crate::api::caller::{self, Callers};
 use crate::api::forward_auth::{Decision, ForwardAuth, Presented};
+use crate::api::idp_routes;
 use crate::api::token_service::loggable;
 use crate::api::trace;
-use crate::authority::{AuthorityError, RevokeTarget, TokenAuthority};
+use crate::authority::{AuthorityError, Cause, RevokeTarget, TokenAuthority};
+use crate::idp::IdpReceiver;
 use crate::metrics::Metrics;
 use crate::token::MAX_TOKEN_BYTES;
 
@@ -61,6 +63,7 @@ pub struct HttpApi {
     decide: ForwardAuth,
     callers: Callers,
     metrics: Arc<Metrics>,
+    idp: Option<Arc<IdpReceiver>>,
 }
 
 impl HttpApi {
@@ -71,16 +74,27 @@ impl HttpApi {
             decide,
             callers,
             metrics,
+            idp: None,
         }
+    }
+
+    /// Also serves the identity providers' routes `receiver` configures (see [`crate::idp`]).
+    pub fn with_idp(mut self, receiver: Option<Arc<IdpReceiver>>) -> Self {
+        self.idp = receiver;
+        self
     }
 
     /// The routes.
     pub fn router(self) -> Router {
-        Router::new()
+        let mut router = Router::new()
             .route("/auth", any(forward_auth))
             .route("/auth/{*rest}", any(forward_auth))
             .route("/oauth2/introspect", post(introspect))
-            .route("/oauth2/revoke", post(revoke))
+            .route("/oauth2/revoke", post(revoke));
+        if let Some(idp) = &self.idp {
+            router = router.merge(idp_routes::router(idp.clone(), self.metrics.clone()));
+        }
+        router
             .with_state(self)
             .layer(axum::middleware::from_fn(trace::http_trace))
     }
@@ -257,7 +271,10 @@ async fn revoke(State(api): State<HttpApi>, headers: HeaderMap, body: Body) -> R
     match api
         .decide
         .authority()
-        .revoke(RevokeTarget::Token(token))
+        .revoke(
+            RevokeTarget::Token(token),
+            &Cause::new(caller::TOKEN_HOLDER, Some("RFC 7009 revocation".into())),
+        )
         .await
     {
         Ok(outcome) => {
@@ -294,16 +311,19 @@ async fn revoke(State(api): State<HttpApi>, headers: HeaderMap, body: Body) -> R
 
 /// The `token` parameter of a form body, or the 400 to answer.
 async fn form_token(headers: &HeaderMap, body: Body) -> Result<String, Response> {
+    form_param(headers, body, "token", MAX_TOKEN_BYTES).await
+}
+
+/// The one `name` parameter of an `application/x-www-form-urlencoded` body of at most 16 KiB,
+/// at most `max_len` bytes long, or the 400 to answer.
+pub(crate) async fn form_param(
+    headers: &HeaderMap,
+    body: Body,
+    name: &str,
+    max_len: usize,
+) -> Result<String, Response> {
     let invalid = |why: &str| oauth_error(StatusCode::BAD_REQUEST, "invalid_request", Some(why));
-    let form = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| {
-            v.trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        });
-    if !form {
+    if !content_type_is(headers, "application/x-www-form-urlencoded") {
         return Err(invalid(
             "the body must be application/x-www-form-urlencoded",
         ));
@@ -311,23 +331,32 @@ async fn form_token(headers: &HeaderMap, body: Body) -> Result<String, Response>
     let bytes: Bytes = axum::body::to_bytes(body, MAX_FORM_BYTES)
         .await
         .map_err(|_| invalid("the body is too large"))?;
-    let mut token = None;
-    for (name, value) in form_urlencoded::parse(&bytes) {
-        if name == "token" {
-            if token.is_some() {
-                return Err(invalid("the token parameter is repeated"));
+    let mut found = None;
+    for (param, value) in form_urlencoded::parse(&bytes) {
+        if param == name {
+            if found.is_some() {
+                return Err(invalid(&format!("the {name} parameter is repeated")));
             }
-            token = Some(value.into_owned());
+            found = Some(value.into_owned());
         }
     }
-    match token {
-        None => Err(invalid("the token parameter is missing")),
-        Some(t) if t.len() > MAX_TOKEN_BYTES => Err(invalid("the token is too long")),
-        Some(t) => Ok(t),
+    match found {
+        None => Err(invalid(&format!("the {name} parameter is missing"))),
+        Some(v) if v.len() > max_len => Err(invalid(&format!("the {name} is too long"))),
+        Some(v) => Ok(v),
     }
 }
 
-fn json_response(status: StatusCode, body: Value) -> Response {
+/// Whether the request's media type (parameters aside) is `wanted`.
+pub(crate) fn content_type_is(headers: &HeaderMap, wanted: &str) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(wanted))
+}
+
+pub(crate) fn json_response(status: StatusCode, body: Value) -> Response {
     let mut response = (status, body.to_string()).into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -338,7 +367,7 @@ fn json_response(status: StatusCode, body: Value) -> Response {
     response
 }
 
-fn oauth_error(status: StatusCode, error: &str, description: Option<&str>) -> Response {
+pub(crate) fn oauth_error(status: StatusCode, error: &str, description: Option<&str>) -> Response {
     let mut body = json!({ "error": error });
     if let Some(d) = description {
         body["error_description"] = Value::from(d);
@@ -347,7 +376,7 @@ fn oauth_error(status: StatusCode, error: &str, description: Option<&str>) -> Re
 }
 
 /// 503 with `Retry-After`: the store did not answer.
-fn unavailable() -> Response {
+pub(crate) fn unavailable() -> Response {
     let mut response = oauth_error(
         StatusCode::SERVICE_UNAVAILABLE,
         "temporarily_unavailable",

@@ -5,7 +5,8 @@
 //!   listener — [`ext_authz`];
 //! - HTTP on `--http-listen`: forward-auth for nginx `auth_request`, ingress-nginx, Traefik
 //!   `ForwardAuth` and Envoy's HTTP ext_authz (`/auth`), RFC 7662 introspection and RFC 7009
-//!   revocation — [`http`].
+//!   revocation — [`http`]; the identity providers' back-channel logout and Shared Signals
+//!   receivers — [`idp_routes`] (the use case is `crate::idp`).
 //!
 //! The proxy surfaces share one decision, [`forward_auth`]: Verify's decode path and rules, turned
 //! into "allow with these identity headers", "deny with this `WWW-Authenticate`" or "cannot
@@ -19,6 +20,7 @@ pub mod errors;
 pub mod ext_authz;
 pub mod forward_auth;
 pub mod http;
+pub mod idp_routes;
 pub mod token_service;
 pub mod trace;
 

@@ -9,14 +9,16 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::api::bearer_credential;
-use crate::api::caller::{CallerInfo, Callers, Refusal};
+use crate::api::caller::{self, CallerInfo, Callers, Refusal};
 use crate::api::convert::{
     duration_ms, grant, proto_reason, struct_to_json, timestamp, timestamp_ms, token_claims,
 };
 use crate::api::errors::{ERROR_DOMAIN, classify, to_status};
 use crate::api::pb::{self, token_service_server::TokenService};
 use crate::api::trace;
-use crate::authority::{AuthorityError, IssueRequest, RevokeTarget, TokenAuthority};
+use crate::authority::{
+    AuthorityError, Cause, DEFAULT_PAGE_SIZE, IssueRequest, RevokeTarget, TokenAuthority,
+};
 use crate::metrics::Metrics;
 
 /// `tokensidecar.v1.TokenService`, delegating to a [`TokenAuthority`].
@@ -45,21 +47,9 @@ impl TokenGrpc {
         request: &Request<T>,
         method: &'static str,
         started: Instant,
-    ) -> Result<(), Status> {
-        let presented = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer_credential);
-        let identities = request
-            .extensions()
-            .get::<CallerInfo>()
-            .and_then(|caller| caller.identities.clone());
-        let refusal = match self
-            .callers
-            .admit_privileged(presented, identities.as_deref())
-        {
-            Ok(()) => return Ok(()),
+    ) -> Result<String, Status> {
+        let refusal = match self.admit(request) {
+            Ok(who) => return Ok(who),
             Err(refusal) => refusal,
         };
         let (reason, message) = (refusal.reason(), refusal.message());
@@ -76,6 +66,22 @@ impl TokenGrpc {
             message,
             ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new()),
         ))
+    }
+
+    /// Who the caller is, if it may call a privileged RPC: `loopback`, `admin` or its mutual-TLS
+    /// identity.
+    fn admit<T>(&self, request: &Request<T>) -> Result<String, Refusal> {
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer_credential);
+        let identities = request
+            .extensions()
+            .get::<CallerInfo>()
+            .and_then(|caller| caller.identities.clone());
+        self.callers
+            .admit_privileged(presented, identities.as_deref())
     }
 
     /// Counts the RPC and writes its request log line: method, result, reason, latency, user
@@ -149,6 +155,7 @@ impl TokenService for TokenGrpc {
                     user_id: req.user_id,
                     claims: req.claims.map(struct_to_json).unwrap_or_default(),
                     ttl_ms,
+                    idp_session_id: Some(req.idp_session_id).filter(|s| !s.is_empty()),
                 })
                 .await?;
             Ok(pb::IssueResponse::from(grant(issued)))
@@ -232,10 +239,15 @@ impl TokenService for TokenGrpc {
         use pb::revoke_request::Target;
         let started = Instant::now();
         // Revoking a token one holds is open (like Verify); every other target is privileged.
-        if !matches!(request.get_ref().target, Some(Target::Token(_))) {
-            self.authorize(&request, "Revoke", started)?;
-        }
-        let target = request.into_inner().target;
+        let who = if matches!(request.get_ref().target, Some(Target::Token(_))) {
+            self.admit(&request)
+                .unwrap_or_else(|_| caller::TOKEN_HOLDER.to_owned())
+        } else {
+            self.authorize(&request, "Revoke", started)?
+        };
+        let request = request.into_inner();
+        let cause = Cause::new(who, Some(request.reason).filter(|r| !r.is_empty()));
+        let target = request.target;
         let (mut user_id, jti, mut session_id) = match &target {
             Some(Target::User(u)) => (u.user_id.clone(), String::new(), None),
             Some(Target::Jti(j)) => (String::new(), j.clone(), None),
@@ -262,7 +274,7 @@ impl TokenService for TokenGrpc {
                     });
                 }
             };
-            let outcome = self.authority.revoke(target).await?;
+            let outcome = self.authority.revoke(target, &cause).await?;
             Ok((
                 outcome.user_id.clone(),
                 outcome.session_id.clone(),
@@ -296,11 +308,13 @@ impl TokenService for TokenGrpc {
         request: Request<pb::LiftBanRequest>,
     ) -> Result<Response<pb::LiftBanResponse>, Status> {
         let started = Instant::now();
-        self.authorize(&request, "LiftBan", started)?;
-        let user_id = request.into_inner().user_id;
+        let who = self.authorize(&request, "LiftBan", started)?;
+        let request = request.into_inner();
+        let user_id = request.user_id;
+        let cause = Cause::new(who, Some(request.reason).filter(|r| !r.is_empty()));
         let result = self
             .authority
-            .lift_ban(&user_id)
+            .lift_ban(&user_id, &cause)
             .await
             .map(|lifted| pb::LiftBanResponse { lifted });
         let subject = Subject {
@@ -345,6 +359,70 @@ impl TokenService for TokenGrpc {
         });
         self.finish("GetJwks", started, result, Subject::default())
     }
+
+    async fn list_changes(
+        &self,
+        request: Request<pb::ListChangesRequest>,
+    ) -> Result<Response<pb::ListChangesResponse>, Status> {
+        let started = Instant::now();
+        self.authorize(&request, "ListChanges", started)?;
+        let request = request.into_inner();
+        let user_id = request.user_id;
+        let result = async {
+            let before = page_position(&request.page_token)?;
+            let page_size = (request.page_size != 0).then_some(i64::from(request.page_size));
+            let records = self
+                .authority
+                .list_changes(
+                    Some(user_id.as_str()).filter(|u| !u.is_empty()),
+                    page_size,
+                    before,
+                )
+                .await?;
+            let full = i64::try_from(records.len())
+                .is_ok_and(|n| n == page_size.unwrap_or(DEFAULT_PAGE_SIZE));
+            let next_page_token = match records.last() {
+                Some(last) if full => page_token(last.id),
+                _ => String::new(),
+            };
+            Ok(pb::ListChangesResponse {
+                changes: records.into_iter().map(pb::Change::from).collect(),
+                next_page_token,
+            })
+        }
+        .await;
+        let subject = Subject {
+            user_id: &user_id,
+            jti: "",
+            session_id: None,
+        };
+        self.finish("ListChanges", started, result, subject)
+    }
+}
+
+/// The opaque `page_token` that continues a listing after the change at `position`.
+fn page_token(position: i64) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("before:{position}"))
+}
+
+/// The position a `page_token` continues from (None for the first page).
+fn page_position(token: &str) -> Result<Option<i64>, AuthorityError> {
+    use base64::Engine;
+    if token.is_empty() {
+        return Ok(None);
+    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| text.strip_prefix("before:")?.parse::<i64>().ok())
+        .map(Some)
+        .ok_or_else(|| AuthorityError::InvalidArgument {
+            field: "page_token",
+            reason: "INVALID_PAGE_TOKEN",
+            message: "is not a next_page_token this service returned".into(),
+        })
 }
 
 /// Longest prefix of a caller's value written to a log line, in bytes.

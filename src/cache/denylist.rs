@@ -28,6 +28,7 @@ fn key(kind: DenyKind, id: &str) -> (u8, &str) {
     let tag = match kind {
         DenyKind::Token => b'j',
         DenyKind::Session => b's',
+        DenyKind::IdpSession => b'i',
     };
     (tag, id)
 }

@@ -217,18 +217,13 @@ fn parse_body(body: &str) -> Option<Announcement> {
             user_id: id,
             cutoff_ms: value,
         },
-        "jti" | "sid" => Change::Denied {
+        other => Change::Denied {
             seq,
             committed_ms,
-            kind: if kind == "jti" {
-                DenyKind::Token
-            } else {
-                DenyKind::Session
-            },
+            kind: DenyKind::from_name(other)?,
             id,
             moot_after_ms: value,
         },
-        _ => return None,
     };
     Some(Announcement { change, prev, link })
 }

@@ -9,8 +9,9 @@ use async_trait::async_trait;
 
 use super::announcement::{Announcement, GENESIS, Link, LinkTag};
 use super::{
-    Change, ChangeSeq, CutoffRecord, CutoffUpdate, DenyEntry, DenyKind, DenySink, History, Purged,
-    RevocationStore, Rotation, RotationOutcome, StoreError, Superseded,
+    Audit, AuditQuery, AuditRecord, Change, ChangeSeq, CutoffRecord, CutoffUpdate, DenyEntry,
+    DenyKind, DenySink, History, PurgeHorizon, Purged, RevocationStore, Rotation, RotationOutcome,
+    StoreError, Superseded,
 };
 use crate::clock::UnixMillis;
 
@@ -35,6 +36,8 @@ struct State {
     cutoffs: HashMap<String, (UnixMillis, ChangeSeq)>,
     denylist: HashMap<(DenyKind, String), (UnixMillis, ChangeSeq)>,
     heads: HashMap<String, Superseded>,
+    audit: Vec<AuditRecord>,
+    events: HashMap<(String, String), UnixMillis>,
     during_next_snapshot: Vec<ForeignWrite>,
 }
 
@@ -113,6 +116,26 @@ impl State {
             moot_after_ms: entry.moot_after_ms,
         });
         Some(seq)
+    }
+
+    fn record(
+        &mut self,
+        audit: &Audit,
+        user_id: Option<&str>,
+        target: Option<&str>,
+        until_ms: Option<UnixMillis>,
+    ) {
+        let id = self.audit.len() as i64 + 1;
+        self.audit.push(AuditRecord {
+            id,
+            at_ms: audit.at_ms,
+            action: audit.action.as_str().to_owned(),
+            user_id: user_id.map(str::to_owned),
+            target: target.map(str::to_owned),
+            until_ms,
+            who: audit.who.clone(),
+            why: audit.why.clone(),
+        });
     }
 
     fn commit(&mut self, write: &ForeignWrite) {
@@ -251,8 +274,16 @@ impl RevocationStore for MemoryStore {
         &self,
         user_id: &str,
         at_least: UnixMillis,
+        audit: &Audit,
     ) -> Result<CutoffUpdate, StoreError> {
-        let update = self.state().raise_cutoff(user_id, at_least);
+        let update = {
+            let mut state = self.state();
+            let update = state.raise_cutoff(user_id, at_least);
+            if update.changed {
+                state.record(audit, Some(user_id), None, Some(update.cutoff_ms));
+            }
+            update
+        };
         if update.changed {
             self.wrote(update.seq);
         }
@@ -263,8 +294,16 @@ impl RevocationStore for MemoryStore {
         &self,
         user_id: &str,
         now: UnixMillis,
+        audit: &Audit,
     ) -> Result<Option<ChangeSeq>, StoreError> {
-        let lifted = self.state().lift_ban(user_id, now);
+        let lifted = {
+            let mut state = self.state();
+            let lifted = state.lift_ban(user_id, now);
+            if lifted.is_some() {
+                state.record(audit, Some(user_id), None, Some(now));
+            }
+            lifted
+        };
         lifted.inspect(|&seq| self.wrote(seq));
         Ok(lifted)
     }
@@ -273,10 +312,60 @@ impl RevocationStore for MemoryStore {
         Ok(self.state().denylist.contains_key(&(kind, id.to_owned())))
     }
 
-    async fn deny(&self, entry: &DenyEntry) -> Result<Option<ChangeSeq>, StoreError> {
-        let denied = self.state().deny(entry);
+    async fn deny(
+        &self,
+        entry: &DenyEntry,
+        audit: &Audit,
+    ) -> Result<Option<ChangeSeq>, StoreError> {
+        let denied = {
+            let mut state = self.state();
+            let denied = state.deny(entry);
+            if denied.is_some() {
+                state.record(audit, entry.user_id.as_deref(), Some(&entry.id), None);
+            }
+            denied
+        };
         denied.inspect(|&seq| self.wrote(seq));
         Ok(denied)
+    }
+
+    async fn audit_trail(&self, query: AuditQuery<'_>) -> Result<Vec<AuditRecord>, StoreError> {
+        let state = self.state();
+        Ok(state
+            .audit
+            .iter()
+            .rev()
+            .filter(|r| {
+                query
+                    .user_id
+                    .is_none_or(|u| r.user_id.as_deref() == Some(u))
+            })
+            .filter(|r| query.before.is_none_or(|before| r.id < before))
+            .take(usize::try_from(query.limit).unwrap_or(0))
+            .cloned()
+            .collect())
+    }
+
+    async fn remember_event(
+        &self,
+        source: &str,
+        jti: &str,
+        moot_after_ms: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let key = (source.to_owned(), jti.to_owned());
+        let mut state = self.state();
+        if state.events.contains_key(&key) {
+            return Ok(false);
+        }
+        state.events.insert(key, moot_after_ms);
+        Ok(true)
+    }
+
+    async fn event_seen(&self, source: &str, jti: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .state()
+            .events
+            .contains_key(&(source.to_owned(), jti.to_owned())))
     }
 
     fn last_written(&self) -> Option<Link> {
@@ -376,21 +465,21 @@ impl RevocationStore for MemoryStore {
         Ok(RotationOutcome::Rotated)
     }
 
-    async fn purge(
-        &self,
-        now: UnixMillis,
-        cutoffs_before: UnixMillis,
-        _round_ms: i64,
-    ) -> Result<Purged, StoreError> {
+    async fn purge(&self, horizon: PurgeHorizon, _round_ms: i64) -> Result<Purged, StoreError> {
         let mut state = self.state();
-        let (rows, users) = (state.denylist.len(), state.cutoffs.len());
-        state.denylist.retain(|_, (moot, _)| *moot >= now);
+        let (rows, users, audit) = (state.denylist.len(), state.cutoffs.len(), state.audit.len());
+        state
+            .denylist
+            .retain(|_, (moot, _)| *moot >= horizon.moot_before);
         state
             .cutoffs
-            .retain(|_, (cutoff, _)| *cutoff >= cutoffs_before);
+            .retain(|_, (cutoff, _)| *cutoff >= horizon.cutoffs_before);
+        state.events.retain(|_, moot| *moot >= horizon.moot_before);
+        state.audit.retain(|r| r.at_ms >= horizon.audit_before);
         Ok(Purged {
             denylist: (rows - state.denylist.len()) as u64,
             cutoffs: (users - state.cutoffs.len()) as u64,
+            audit: (audit - state.audit.len()) as u64,
             ran: true,
         })
     }

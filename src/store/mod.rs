@@ -24,6 +24,7 @@ pub use shared::{Heard, LISTENER_APPLICATION_NAME, SharedConnection, SharedFeed}
 pub use sqlite::SqliteStore;
 
 use crate::clock::UnixMillis;
+pub use crate::policy::PurgeHorizon;
 use announcement::{FleetKey, Link, LinkTag};
 
 /// Position in the change sequence. 0 means "before any change".
@@ -36,6 +37,9 @@ pub enum DenyKind {
     Token,
     /// A session, by `sid`.
     Session,
+    /// Every session minted for one identity provider session, by `idp_sid` (a back-channel
+    /// logout or a Shared Signals `session-revoked`).
+    IdpSession,
 }
 
 impl DenyKind {
@@ -44,15 +48,22 @@ impl DenyKind {
         match self {
             DenyKind::Token => "jti",
             DenyKind::Session => "sid",
+            DenyKind::IdpSession => "idp",
+        }
+    }
+
+    /// The kind a `kind` column (or an announcement) names, if any.
+    pub fn from_name(kind: &str) -> Option<Self> {
+        match kind {
+            "jti" => Some(DenyKind::Token),
+            "sid" => Some(DenyKind::Session),
+            "idp" => Some(DenyKind::IdpSession),
+            _ => None,
         }
     }
 
     fn from_column(kind: &str) -> Self {
-        if kind == "jti" {
-            DenyKind::Token
-        } else {
-            DenyKind::Session
-        }
+        Self::from_name(kind).unwrap_or(DenyKind::Session)
     }
 }
 
@@ -67,6 +78,92 @@ pub struct DenyEntry {
     pub user_id: Option<String>,
     /// After this instant the row refuses nothing that could still be valid.
     pub moot_after_ms: UnixMillis,
+}
+
+/// What a change did, as the audit trail names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditAction {
+    /// Every token of a user issued up to now (or up to a past instant) was revoked.
+    RevokeUser,
+    /// A user was banned until a future instant.
+    BanUser,
+    /// A running ban was ended.
+    LiftBan,
+    /// One session was revoked.
+    RevokeSession,
+    /// One token was revoked.
+    RevokeToken,
+    /// Every session minted for one identity provider session was revoked.
+    RevokeIdpSession,
+}
+
+impl AuditAction {
+    /// The name stored and answered by `ListChanges`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::RevokeUser => "REVOKE_USER",
+            AuditAction::BanUser => "BAN_USER",
+            AuditAction::LiftBan => "LIFT_BAN",
+            AuditAction::RevokeSession => "REVOKE_SESSION",
+            AuditAction::RevokeToken => "REVOKE_TOKEN",
+            AuditAction::RevokeIdpSession => "REVOKE_IDP_SESSION",
+        }
+    }
+
+    /// The action a denylist row of `kind` records.
+    pub fn of_deny(kind: DenyKind) -> Self {
+        match kind {
+            DenyKind::Token => AuditAction::RevokeToken,
+            DenyKind::Session => AuditAction::RevokeSession,
+            DenyKind::IdpSession => AuditAction::RevokeIdpSession,
+        }
+    }
+}
+
+/// Who made a change and why: recorded with the change, in its transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audit {
+    /// What the change does.
+    pub action: AuditAction,
+    /// The caller: `admin`, a mutual-TLS identity, `loopback`, `token-holder`,
+    /// `backchannel:<iss>`, `ssf:<iss>`, `reuse-detection`.
+    pub who: String,
+    /// The caller's reason (free text, bounded), or the event type for IdP-driven changes.
+    pub why: Option<String>,
+    /// When, on the fleet's clock.
+    pub at_ms: UnixMillis,
+}
+
+/// One change of the audit trail, as `ListChanges` answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Its position in the trail (newer changes have larger ones).
+    pub id: i64,
+    /// When, on the fleet's clock.
+    pub at_ms: UnixMillis,
+    /// What was done (an [`AuditAction`] name).
+    pub action: String,
+    /// The user, when known.
+    pub user_id: Option<String>,
+    /// The token, session or identity provider session, for a denylist change.
+    pub target: Option<String>,
+    /// The cutoff (or ban end) a user change set.
+    pub until_ms: Option<UnixMillis>,
+    /// Who made it.
+    pub who: String,
+    /// Why.
+    pub why: Option<String>,
+}
+
+/// One page of the audit trail: changes `before` an id (all when None), newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditQuery<'a> {
+    /// Only this user's changes, if given.
+    pub user_id: Option<&'a str>,
+    /// Only changes older than this position.
+    pub before: Option<i64>,
+    /// At most this many.
+    pub limit: i64,
 }
 
 /// A user's cutoff as stored, with the number of the change that set it.
@@ -210,6 +307,8 @@ pub struct Purged {
     pub denylist: u64,
     /// Cutoff rows.
     pub cutoffs: u64,
+    /// Audit trail rows older than the retention.
+    pub audit: u64,
     /// False when another instance of the fleet purged within the round (nothing was asked).
     pub ran: bool,
 }
@@ -421,22 +520,39 @@ pub trait RevocationStore: Send + Sync + 'static {
     }
     /// The user's cutoff, if any, with the change that set it.
     async fn cutoff(&self, user_id: &str) -> Result<CutoffRecord, StoreError>;
-    /// Atomically sets `C := max(C, at_least)` (SPEC §4 rule 2).
+    /// Atomically sets `C := max(C, at_least)` (SPEC §4 rule 2); a change records `audit`.
     async fn raise_cutoff(
         &self,
         user_id: &str,
         at_least: UnixMillis,
+        audit: &Audit,
     ) -> Result<CutoffUpdate, StoreError>;
-    /// Atomically sets `C := now` if `C > now` (lifting a running ban); the change if it did.
+    /// Atomically sets `C := now` if `C > now` (lifting a running ban); the change if it did,
+    /// recording `audit`.
     async fn lift_ban(
         &self,
         user_id: &str,
         now: UnixMillis,
+        audit: &Audit,
     ) -> Result<Option<ChangeSeq>, StoreError>;
     /// Whether one token or session is denied.
     async fn is_denied(&self, kind: DenyKind, id: &str) -> Result<bool, StoreError>;
-    /// Adds a denylist row; its change number, or None if it was there already.
-    async fn deny(&self, entry: &DenyEntry) -> Result<Option<ChangeSeq>, StoreError>;
+    /// Adds a denylist row, recording `audit`; its change number, or None if it was there
+    /// already.
+    async fn deny(&self, entry: &DenyEntry, audit: &Audit)
+    -> Result<Option<ChangeSeq>, StoreError>;
+    /// A page of the audit trail, newest first.
+    async fn audit_trail(&self, query: AuditQuery<'_>) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Remembers a received security event (`source` names its sender) until `moot_after_ms`;
+    /// false if it was remembered already (a replay).
+    async fn remember_event(
+        &self,
+        source: &str,
+        jti: &str,
+        moot_after_ms: UnixMillis,
+    ) -> Result<bool, StoreError>;
+    /// Whether a security event was received already.
+    async fn event_seen(&self, source: &str, jti: &str) -> Result<bool, StoreError>;
     /// Committed changes numbered after `after`, in order, at most `limit`.
     async fn changes_after(&self, after: ChangeSeq, limit: i64) -> Result<Vec<Change>, StoreError>;
     /// Closes idle pooled connections beyond `keep` now, rather than at their idle timeout: the
@@ -460,15 +576,11 @@ pub trait RevocationStore: Send + Sync + 'static {
     /// (or the session has none yet), atomically: of two concurrent rotations from one token,
     /// one wins and the other learns the winner.
     async fn rotate_session(&self, rotation: &Rotation<'_>) -> Result<RotationOutcome, StoreError>;
-    /// Deletes denylist rows moot before `now` and cutoffs older than `cutoffs_before` (and
-    /// session heads moot before `now`) — unless another instance sharing the store did within
-    /// `round_ms` of the fleet's time (one purger per round for the fleet; 0: always).
-    async fn purge(
-        &self,
-        now: UnixMillis,
-        cutoffs_before: UnixMillis,
-        round_ms: i64,
-    ) -> Result<Purged, StoreError>;
+    /// Deletes denylist rows moot before `horizon.moot_before` and cutoffs older than
+    /// `horizon.cutoffs_before` (and session heads and received events moot by then, and audit
+    /// rows older than `horizon.audit_before`) — unless another instance sharing the store did
+    /// within `round_ms` of the fleet's time (one purger per round for the fleet; 0: always).
+    async fn purge(&self, horizon: PurgeHorizon, round_ms: i64) -> Result<Purged, StoreError>;
 }
 
 /// Opens the store a database URL names, without running migrations, with the default pool.

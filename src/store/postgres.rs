@@ -15,8 +15,9 @@ use tokio::sync::broadcast;
 use super::announcement::{self, Announcement, FleetKey, GENESIS, Link, MIN_SECRET_BYTES};
 use super::shared::{SharedConnection, SharedLease};
 use super::{
-    Change, ChangeFeed, ChangeSeq, CutoffRecord, CutoffUpdate, DenyEntry, DenyKind, DenySink,
-    History, Purged, RevocationStore, Rotation, RotationOutcome, StoreError, sql,
+    Audit, AuditQuery, AuditRecord, Change, ChangeFeed, ChangeSeq, CutoffRecord, CutoffUpdate,
+    DenyEntry, DenyKind, DenySink, History, PurgeHorizon, Purged, RevocationStore, Rotation,
+    RotationOutcome, StoreError, sql,
 };
 use crate::clock::UnixMillis;
 
@@ -403,11 +404,14 @@ impl PostgresStore {
         &self,
         mut tx: Write,
         change: Option<Change>,
+        audited: sql::Audited<'_>,
     ) -> Result<Option<Change>, StoreError> {
         let Some(change) = change else {
             tx.session.rollback().await?;
             return Ok(None);
         };
+        sql::record_audit::<Postgres>(tx.conn().await?, self.prepared, change.seq(), audited)
+            .await?;
         let fleet = self.fleet_on(tx.conn().await?).await?;
         let nonce: [u8; 16] = rand::random();
         let (prev, link): (Vec<u8>, Vec<u8>) = sqlx::query_as(
@@ -900,6 +904,7 @@ impl RevocationStore for PostgresStore {
         &self,
         user_id: &str,
         at_least: UnixMillis,
+        audit: &Audit,
     ) -> Result<CutoffUpdate, StoreError> {
         self.bounded_write(async {
             let mut tx = self.writer().await?;
@@ -939,7 +944,13 @@ impl RevocationStore for PostgresStore {
                 user_id: user_id.to_owned(),
                 cutoff_ms,
             });
-            self.finish(tx, change).await?;
+            let audited = sql::Audited {
+                audit,
+                user_id: Some(user_id),
+                target: None,
+                until_ms: Some(cutoff_ms),
+            };
+            self.finish(tx, change, audited).await?;
             Ok(CutoffUpdate {
                 cutoff_ms,
                 seq,
@@ -953,6 +964,7 @@ impl RevocationStore for PostgresStore {
         &self,
         user_id: &str,
         now: UnixMillis,
+        audit: &Audit,
     ) -> Result<Option<ChangeSeq>, StoreError> {
         self.bounded_write(async {
             let mut tx = self.writer().await?;
@@ -978,7 +990,13 @@ impl RevocationStore for PostgresStore {
                 user_id: user_id.to_owned(),
                 cutoff_ms: now,
             });
-            Ok(self.finish(tx, change).await?.map(|c| c.seq()))
+            let audited = sql::Audited {
+                audit,
+                user_id: Some(user_id),
+                target: None,
+                until_ms: Some(now),
+            };
+            Ok(self.finish(tx, change, audited).await?.map(|c| c.seq()))
         })
         .await
     }
@@ -994,7 +1012,11 @@ impl RevocationStore for PostgresStore {
         .await
     }
 
-    async fn deny(&self, entry: &DenyEntry) -> Result<Option<ChangeSeq>, StoreError> {
+    async fn deny(
+        &self,
+        entry: &DenyEntry,
+        audit: &Audit,
+    ) -> Result<Option<ChangeSeq>, StoreError> {
         self.bounded_write(async {
             let mut tx = self.writer().await?;
             let seq: Option<(i64, i64)> = sqlx::query_as(concat!(
@@ -1022,7 +1044,13 @@ impl RevocationStore for PostgresStore {
                 id: entry.id.clone(),
                 moot_after_ms: entry.moot_after_ms,
             });
-            Ok(self.finish(tx, change).await?.map(|c| c.seq()))
+            let audited = sql::Audited {
+                audit,
+                user_id: entry.user_id.as_deref(),
+                target: Some(&entry.id),
+                until_ms: None,
+            };
+            Ok(self.finish(tx, change, audited).await?.map(|c| c.seq()))
         })
         .await
     }
@@ -1087,12 +1115,53 @@ impl RevocationStore for PostgresStore {
         Ok(answer)
     }
 
-    async fn purge(
+    async fn audit_trail(&self, query: AuditQuery<'_>) -> Result<Vec<AuditRecord>, StoreError> {
+        self.bounded_read(async {
+            let mut session = self.session().await?;
+            let answer =
+                sql::audit_trail::<Postgres>(session.conn().await?, self.prepared, query).await?;
+            session.done().await?;
+            Ok(answer)
+        })
+        .await
+    }
+
+    async fn remember_event(
         &self,
-        now: UnixMillis,
-        cutoffs_before: UnixMillis,
-        round_ms: i64,
-    ) -> Result<Purged, StoreError> {
+        source: &str,
+        jti: &str,
+        moot_after_ms: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        self.bounded_write(async {
+            let mut session = self.session().await?;
+            let answer = sql::remember_event::<Postgres>(
+                session.conn().await?,
+                self.prepared,
+                source,
+                jti,
+                moot_after_ms,
+            )
+            .await?;
+            session.done().await?;
+            Ok(answer)
+        })
+        .await
+    }
+
+    async fn event_seen(&self, source: &str, jti: &str) -> Result<bool, StoreError> {
+        self.bounded_read(async {
+            let mut session = self.session().await?;
+            let answer =
+                sql::event_seen::<Postgres>(session.conn().await?, self.prepared, source, jti)
+                    .await?;
+            session.done().await?;
+            Ok(answer)
+        })
+        .await
+    }
+
+    async fn purge(&self, horizon: PurgeHorizon, round_ms: i64) -> Result<Purged, StoreError> {
+        let now = horizon.moot_before;
         let mut session = self.session().await?;
         // One purger per round for the fleet: whoever finds the last round old enough takes it.
         // (A tick arrives a little early or late: 90 % of the round is old enough.)
@@ -1110,9 +1179,7 @@ impl RevocationStore for PostgresStore {
             session.done().await?;
             return Ok(Purged::default());
         }
-        let answer =
-            sql::purge::<Postgres>(session.conn().await?, self.prepared, now, cutoffs_before)
-                .await?;
+        let answer = sql::purge::<Postgres>(session.conn().await?, self.prepared, horizon).await?;
         // The chain's links are kept a day (an instance whose anchor is gone reloads), and the
         // newest always.
         sqlx::query(

@@ -12,8 +12,8 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Type};
 
 use super::{
-    Change, ChangeSeq, CutoffRecord, DenyKind, DenySink, Purged, Rotation, RotationOutcome,
-    SessionHead, StoreError, Superseded,
+    Audit, AuditQuery, AuditRecord, Change, ChangeSeq, CutoffRecord, DenyKind, DenySink,
+    PurgeHorizon, Purged, Rotation, RotationOutcome, SessionHead, StoreError, Superseded,
 };
 use crate::clock::UnixMillis;
 
@@ -260,13 +260,13 @@ where
     Ok(())
 }
 
-/// Deletes what can no longer refuse anything: denylist rows and session heads moot before
-/// `now`, cutoffs older than `cutoffs_before`.
+/// Deletes what can no longer refuse anything: denylist rows, session heads and received
+/// events moot before `horizon.moot_before`, cutoffs older than `horizon.cutoffs_before`, audit
+/// rows older than `horizon.audit_before`.
 pub(super) async fn purge<DB>(
     conn: &mut DB::Connection,
     prepared: bool,
-    now: UnixMillis,
-    cutoffs_before: UnixMillis,
+    horizon: PurgeHorizon,
 ) -> Result<Purged, StoreError>
 where
     DB: Database + HasStatementCache,
@@ -275,26 +275,198 @@ where
     DB::QueryResult: RowsAffected,
     i64: for<'q> Encode<'q, DB> + Type<DB>,
 {
-    sqlx::query("DELETE FROM session_heads WHERE moot_after_unix_ms < $1")
-        .persistent(prepared)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-    let denylist = sqlx::query("DELETE FROM denylist WHERE moot_after_unix_ms < $1")
-        .persistent(prepared)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-    let cutoffs = sqlx::query("DELETE FROM user_cutoffs WHERE cutoff_unix_ms < $1")
-        .persistent(prepared)
-        .bind(cutoffs_before)
-        .execute(&mut *conn)
-        .await?;
+    let delete =
+        |sql: &'static str, before: i64| sqlx::query::<DB>(sql).persistent(prepared).bind(before);
+    delete(
+        "DELETE FROM session_heads WHERE moot_after_unix_ms < $1",
+        horizon.moot_before,
+    )
+    .execute(&mut *conn)
+    .await?;
+    delete(
+        "DELETE FROM received_events WHERE moot_after_unix_ms < $1",
+        horizon.moot_before,
+    )
+    .execute(&mut *conn)
+    .await?;
+    let denylist = delete(
+        "DELETE FROM denylist WHERE moot_after_unix_ms < $1",
+        horizon.moot_before,
+    )
+    .execute(&mut *conn)
+    .await?;
+    let cutoffs = delete(
+        "DELETE FROM user_cutoffs WHERE cutoff_unix_ms < $1",
+        horizon.cutoffs_before,
+    )
+    .execute(&mut *conn)
+    .await?;
+    let audit = delete(
+        "DELETE FROM audit_log WHERE at_unix_ms < $1",
+        horizon.audit_before,
+    )
+    .execute(&mut *conn)
+    .await?;
     Ok(Purged {
         denylist: denylist.rows(),
         cutoffs: cutoffs.rows(),
+        audit: audit.rows(),
         ran: true,
     })
+}
+
+/// What a change touched, for its audit row.
+pub(super) struct Audited<'a> {
+    pub(super) audit: &'a Audit,
+    pub(super) user_id: Option<&'a str>,
+    pub(super) target: Option<&'a str>,
+    pub(super) until_ms: Option<UnixMillis>,
+}
+
+/// Writes a change's audit row, inside the change's transaction.
+pub(super) async fn record_audit<DB>(
+    conn: &mut DB::Connection,
+    prepared: bool,
+    seq: ChangeSeq,
+    row: Audited<'_>,
+) -> Result<(), StoreError>
+where
+    DB: Database + HasStatementCache,
+    DB::Arguments: IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    i64: for<'q> Encode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    Option<i64>: for<'q> Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query::<DB>(
+        "INSERT INTO audit_log (change_seq, at_unix_ms, action, user_id, target, until_unix_ms,
+                                who, why)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .persistent(prepared)
+    .bind(seq)
+    .bind(row.audit.at_ms)
+    .bind(row.audit.action.as_str())
+    .bind(row.user_id)
+    .bind(row.target)
+    .bind(row.until_ms)
+    .bind(row.audit.who.as_str())
+    .bind(row.audit.why.as_deref())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+type AuditRow = (
+    i64,
+    i64,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    String,
+    Option<String>,
+);
+
+/// A page of the audit trail, newest first.
+pub(super) async fn audit_trail<DB>(
+    conn: &mut DB::Connection,
+    prepared: bool,
+    query: AuditQuery<'_>,
+) -> Result<Vec<AuditRecord>, StoreError>
+where
+    DB: Database + HasStatementCache,
+    DB::Arguments: IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    i64: for<'q> Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    Option<i64>: for<'q> Encode<'q, DB> + Type<DB>,
+    AuditRow: for<'r> FromRow<'r, DB::Row>,
+{
+    let rows: Vec<AuditRow> = sqlx::query_as(
+        "SELECT id, at_unix_ms, action, user_id, target, until_unix_ms, who, why
+             FROM audit_log
+             WHERE (CAST($1 AS TEXT) IS NULL OR user_id = $1)
+               AND (CAST($2 AS BIGINT) IS NULL OR id < $2)
+             ORDER BY id DESC
+             LIMIT $3",
+    )
+    .persistent(prepared)
+    .bind(query.user_id)
+    .bind(query.before)
+    .bind(query.limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(id, at_ms, action, user_id, target, until_ms, who, why)| AuditRecord {
+                id,
+                at_ms,
+                action,
+                user_id,
+                target,
+                until_ms,
+                who,
+                why,
+            },
+        )
+        .collect())
+}
+
+/// Remembers a received event; false if it was remembered already.
+pub(super) async fn remember_event<DB>(
+    conn: &mut DB::Connection,
+    prepared: bool,
+    source: &str,
+    jti: &str,
+    moot_after_ms: UnixMillis,
+) -> Result<bool, StoreError>
+where
+    DB: Database + HasStatementCache,
+    DB::Arguments: IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    DB::QueryResult: RowsAffected,
+    i64: for<'q> Encode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+{
+    let inserted = sqlx::query::<DB>(
+        "INSERT INTO received_events (source, jti, moot_after_unix_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (source, jti) DO NOTHING",
+    )
+    .persistent(prepared)
+    .bind(source)
+    .bind(jti)
+    .bind(moot_after_ms)
+    .execute(&mut *conn)
+    .await?;
+    Ok(inserted.rows() == 1)
+}
+
+/// Whether an event was received already.
+pub(super) async fn event_seen<DB>(
+    conn: &mut DB::Connection,
+    prepared: bool,
+    source: &str,
+    jti: &str,
+) -> Result<bool, StoreError>
+where
+    DB: Database + HasStatementCache,
+    DB::Arguments: IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    (i64,): for<'r> FromRow<'r, DB::Row>,
+{
+    let row: Option<(i64,)> = sqlx::query_as(
+        "SELECT CAST(1 AS BIGINT) FROM received_events WHERE source = $1 AND jti = $2",
+    )
+    .persistent(prepared)
+    .bind(source)
+    .bind(jti)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.is_some())
 }
 
 /// Turns a `(kind, id, value, seq, committed)` change-feed row into a [`Change`].

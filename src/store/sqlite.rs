@@ -18,8 +18,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqlitePool};
 
 use super::{
-    Change, ChangeSeq, CutoffRecord, CutoffUpdate, DenyEntry, DenyKind, DenySink, Purged,
-    RevocationStore, Rotation, RotationOutcome, StoreError, sql,
+    Audit, AuditQuery, AuditRecord, Change, ChangeSeq, CutoffRecord, CutoffUpdate, DenyEntry,
+    DenyKind, DenySink, PurgeHorizon, Purged, RevocationStore, Rotation, RotationOutcome,
+    StoreError, sql,
 };
 use crate::clock::{UnixMillis, wall_ms};
 
@@ -171,11 +172,13 @@ impl SqliteStore {
     }
 
     async fn finish(
-        tx: Session,
+        mut tx: Session,
         seq: ChangeSeq,
         changed: bool,
+        audited: sql::Audited<'_>,
     ) -> Result<Option<ChangeSeq>, StoreError> {
         if changed {
+            sql::record_audit::<Sqlite>(&mut tx, true, seq, audited).await?;
             tx.done().await?;
             Ok(Some(seq))
         } else {
@@ -217,6 +220,7 @@ impl RevocationStore for SqliteStore {
         &self,
         user_id: &str,
         at_least: UnixMillis,
+        audit: &Audit,
     ) -> Result<CutoffUpdate, StoreError> {
         let (mut tx, seq) = self.writer().await?;
         let raised = sqlx::query(
@@ -237,8 +241,14 @@ impl RevocationStore for SqliteStore {
         .await?
         .rows_affected()
             == 1;
+        let audited = |until_ms| sql::Audited {
+            audit,
+            user_id: Some(user_id),
+            target: None,
+            until_ms: Some(until_ms),
+        };
         if raised {
-            Self::finish(tx, seq, true).await?;
+            Self::finish(tx, seq, true, audited(at_least)).await?;
             return Ok(CutoffUpdate {
                 cutoff_ms: at_least,
                 seq,
@@ -251,7 +261,7 @@ impl RevocationStore for SqliteStore {
         .bind(user_id)
         .fetch_one(&mut *tx)
         .await?;
-        Self::finish(tx, seq, false).await?;
+        Self::finish(tx, seq, false, audited(cutoff_ms)).await?;
         Ok(CutoffUpdate {
             cutoff_ms,
             seq: current_seq,
@@ -263,6 +273,7 @@ impl RevocationStore for SqliteStore {
         &self,
         user_id: &str,
         now: UnixMillis,
+        audit: &Audit,
     ) -> Result<Option<ChangeSeq>, StoreError> {
         let (mut tx, seq) = self.writer().await?;
         let lifted = sqlx::query(
@@ -279,14 +290,24 @@ impl RevocationStore for SqliteStore {
         .await?
         .rows_affected()
             == 1;
-        Self::finish(tx, seq, lifted).await
+        let audited = sql::Audited {
+            audit,
+            user_id: Some(user_id),
+            target: None,
+            until_ms: Some(now),
+        };
+        Self::finish(tx, seq, lifted, audited).await
     }
 
     async fn is_denied(&self, kind: DenyKind, id: &str) -> Result<bool, StoreError> {
         sql::is_denied::<Sqlite>(&mut *self.pool.acquire().await?, true, kind, id).await
     }
 
-    async fn deny(&self, entry: &DenyEntry) -> Result<Option<ChangeSeq>, StoreError> {
+    async fn deny(
+        &self,
+        entry: &DenyEntry,
+        audit: &Audit,
+    ) -> Result<Option<ChangeSeq>, StoreError> {
         let (mut tx, seq) = self.writer().await?;
         let inserted = sqlx::query(
             "INSERT INTO denylist (kind, id, user_id, moot_after_unix_ms, change_seq,
@@ -304,7 +325,38 @@ impl RevocationStore for SqliteStore {
         .await?
         .rows_affected()
             == 1;
-        Self::finish(tx, seq, inserted).await
+        let audited = sql::Audited {
+            audit,
+            user_id: entry.user_id.as_deref(),
+            target: Some(&entry.id),
+            until_ms: None,
+        };
+        Self::finish(tx, seq, inserted, audited).await
+    }
+
+    async fn audit_trail(&self, query: AuditQuery<'_>) -> Result<Vec<AuditRecord>, StoreError> {
+        sql::audit_trail::<Sqlite>(&mut *self.pool.acquire().await?, true, query).await
+    }
+
+    async fn remember_event(
+        &self,
+        source: &str,
+        jti: &str,
+        moot_after_ms: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        self.check_identity()?;
+        sql::remember_event::<Sqlite>(
+            &mut *self.pool.acquire().await?,
+            true,
+            source,
+            jti,
+            moot_after_ms,
+        )
+        .await
+    }
+
+    async fn event_seen(&self, source: &str, jti: &str) -> Result<bool, StoreError> {
+        sql::event_seen::<Sqlite>(&mut *self.pool.acquire().await?, true, source, jti).await
     }
 
     async fn changes_after(&self, after: ChangeSeq, limit: i64) -> Result<Vec<Change>, StoreError> {
@@ -333,11 +385,10 @@ impl RevocationStore for SqliteStore {
 
     async fn purge(
         &self,
-        now: UnixMillis,
-        cutoffs_before: UnixMillis,
+        horizon: PurgeHorizon,
         // One process owns the file: there is no fleet to share the round with.
         _round_ms: i64,
     ) -> Result<Purged, StoreError> {
-        sql::purge::<Sqlite>(&mut *self.pool.acquire().await?, true, now, cutoffs_before).await
+        sql::purge::<Sqlite>(&mut *self.pool.acquire().await?, true, horizon).await
     }
 }

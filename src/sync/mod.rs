@@ -33,7 +33,7 @@ use tracing::Instrument;
 
 use crate::revocations::Revocations;
 use crate::store::announcement::{self, Announcement, Rejected};
-use crate::store::{Change, ChangeFeed, StoreError};
+use crate::store::{Change, ChangeFeed, DenyKind, StoreError};
 use sequencer::{Offer, Sequencer};
 
 pub use nats::{NatsAuth, redacted};
@@ -168,7 +168,13 @@ async fn open(revocations: &Revocations, payload: &[u8]) -> Result<Announcement,
     let announcement = fleet.open(payload)?;
     let id_ok = match &announcement.change {
         Change::Cutoff { user_id, .. } => crate::policy::user_id_problem(user_id).is_none(),
-        // Every jti and sid is minted by us: 128 random bits, base64url.
+        // Every jti and sid is minted by us: 128 random bits, base64url; an identity
+        // provider's session id is bounded like a user id.
+        Change::Denied {
+            kind: DenyKind::IdpSession,
+            id,
+            ..
+        } => crate::policy::user_id_problem(id).is_none(),
         Change::Denied { id, .. } => crate::token::is_minted_id(id),
     };
     if !id_ok {

@@ -15,7 +15,7 @@ use crate::reason::Reason;
 
 /// Claim names that Issue's custom claims may not set.
 pub const RESERVED_CLAIMS: &[&str] = &[
-    "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "sid", "orig_iat",
+    "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "sid", "orig_iat", "idp_sid",
 ];
 
 /// The validated claims of one token.
@@ -35,6 +35,9 @@ pub struct Claims {
     pub not_before: Option<i64>,
     /// `orig_iat`: when the session's first token was issued, in milliseconds.
     pub orig_iat_ms: UnixMillis,
+    /// `idp_sid`: the identity provider's session this token was minted for (Issue's
+    /// `idp_session_id`), kept across refreshes; a back-channel logout of it revokes the token.
+    pub idp_session_id: Option<String>,
     /// Every claim that is not reserved: the custom claims given at Issue.
     pub extra: Map<String, Value>,
 }
@@ -83,6 +86,8 @@ pub(super) struct WireClaims<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     nbf: Option<i64>,
     orig_iat: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idp_sid: Option<&'a str>,
     #[serde(flatten)]
     extra: &'a Map<String, Value>,
 }
@@ -99,6 +104,7 @@ impl<'a> WireClaims<'a> {
             exp: claims.expires_at,
             nbf: claims.not_before,
             orig_iat: millis_to_numeric_date(claims.orig_iat_ms),
+            idp_sid: claims.idp_session_id.as_deref(),
             extra: &claims.extra,
         }
     }
@@ -142,6 +148,10 @@ pub(super) fn parse_payload(
             .ok_or(Reason::Malformed)?,
         Some(_) => return Err(Reason::Malformed),
     };
+    let idp_session_id = match slots.idp_sid {
+        None => None,
+        Some(value) => Some(required_string(Some(value))?),
+    };
 
     if iss != issuer {
         return Err(Reason::WrongIssuer);
@@ -165,6 +175,7 @@ pub(super) fn parse_payload(
         expires_at,
         not_before,
         orig_iat_ms,
+        idp_session_id,
         extra: slots.extra,
     })
 }
@@ -184,6 +195,7 @@ struct ClaimSlots {
     exp: Option<Value>,
     nbf: Option<Value>,
     orig_iat: Option<Value>,
+    idp_sid: Option<Value>,
     extra: Map<String, Value>,
 }
 
@@ -211,6 +223,7 @@ impl<'de> serde::Deserialize<'de> for ClaimSlots {
                         "exp" => &mut slots.exp,
                         "nbf" => &mut slots.nbf,
                         "orig_iat" => &mut slots.orig_iat,
+                        "idp_sid" => &mut slots.idp_sid,
                         _ => {
                             if slots.extra.contains_key(name.as_ref()) {
                                 return Err(serde::de::Error::custom("duplicate member"));

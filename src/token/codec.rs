@@ -259,6 +259,7 @@ mod tests {
             expires_at: 2_000,
             not_before: None,
             orig_iat_ms: 999_123,
+            idp_session_id: None,
             extra,
         }
     }

@@ -15,7 +15,7 @@ use rand::RngCore;
 const MIN_HMAC_SECRET_BYTES: usize = 32;
 
 /// Smallest RSA modulus accepted, in bits.
-const MIN_RSA_BITS: usize = 2048;
+pub const MIN_RSA_BITS: usize = 2048;
 
 /// The algorithms a key may be configured with.
 pub const SUPPORTED_ALGORITHMS: &str =

@@ -6,5 +6,6 @@ mod keys;
 pub use claims::{Claims, RESERVED_CLAIMS, is_minted_id, new_random_id};
 pub use codec::{CodecError, MAX_TOKEN_BYTES, TokenCodec};
 pub use keys::{
-    KeyError, KeySet, KeySpec, SUPPORTED_ALGORITHMS, read_key_files, warn_about_exposed_keys,
+    KeyError, KeySet, KeySpec, MIN_RSA_BITS, SUPPORTED_ALGORITHMS, read_key_files,
+    warn_about_exposed_keys,
 };

@@ -204,6 +204,7 @@ async fn invalid_arguments_are_refused_with_error_info(backend: Backend) {
             user_id,
             claims: Some(token_sidecar::api::convert::json_to_struct(map)),
             ttl: ttl_s.map(|seconds| prost_types::Duration { seconds, nanos: 0 }),
+            ..Default::default()
         })
     };
     let e = issue(String::new(), json!({}), None)
@@ -239,7 +240,10 @@ async fn invalid_arguments_are_refused_with_error_info(backend: Backend) {
     let e = app
         .client
         .clone()
-        .revoke(pb::RevokeRequest { target: None })
+        .revoke(pb::RevokeRequest {
+            target: None,
+            ..Default::default()
+        })
         .await
         .expect_err("no target");
     assert_status(&e, Code::InvalidArgument, "MISSING_TARGET");
@@ -300,6 +304,7 @@ async fn invalid_arguments_are_refused_with_error_info(backend: Backend) {
             user_id: "alice".into(),
             claims: Some(claims),
             ttl: None,
+            ..Default::default()
         })
         .await
         .expect_err("nested too deep");

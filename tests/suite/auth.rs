@@ -70,6 +70,7 @@ async fn privileged_rpcs_need_the_admin_credential_and_the_rest_stay_open() {
     ] {
         let request = pb::RevokeRequest {
             target: Some(target.clone()),
+            ..Default::default()
         };
         let e = c
             .revoke(authed(request.clone(), None))
@@ -86,6 +87,7 @@ async fn privileged_rpcs_need_the_admin_credential_and_the_rest_stay_open() {
             c.lift_ban(authed(
                 pb::LiftBanRequest {
                     user_id: "alice".into(),
+                    ..Default::default()
                 },
                 None,
             ))

@@ -60,6 +60,7 @@ async fn default_run_serves_a_session_logs_no_secrets_and_exits_0_on_sigterm() {
     api.clone()
         .revoke(pb::RevokeRequest {
             target: Some(Target::Token(issued.token.clone())),
+            ..Default::default()
         })
         .await
         .expect("revoke");
@@ -155,6 +156,7 @@ async fn logs_over_a_full_scenario_hold_no_token_key_or_credential() {
                     user_id: user.into(),
                     claims: Some(prost_types::Struct::default()),
                     ttl: None,
+                    ..Default::default()
                 },
                 credential,
             );
@@ -192,6 +194,7 @@ async fn logs_over_a_full_scenario_hold_no_token_key_or_credential() {
         api.clone()
             .revoke(pb::RevokeRequest {
                 target: Some(Target::Token(refreshed.token.clone())),
+                ..Default::default()
             })
             .await
             .expect("revoke token");
@@ -209,6 +212,7 @@ async fn logs_over_a_full_scenario_hold_no_token_key_or_credential() {
             .revoke(with_bearer(
                 pb::RevokeRequest {
                     target: Some(Target::Jti(second.jti.clone())),
+                    ..Default::default()
                 },
                 credential,
             ))
@@ -224,6 +228,7 @@ async fn logs_over_a_full_scenario_hold_no_token_key_or_credential() {
                             nanos: 0,
                         }),
                     })),
+                    ..Default::default()
                 },
                 credential,
             ))
@@ -243,6 +248,7 @@ async fn logs_over_a_full_scenario_hold_no_token_key_or_credential() {
             .lift_ban(with_bearer(
                 pb::LiftBanRequest {
                     user_id: "bob".into(),
+                    ..Default::default()
                 },
                 credential,
             ))
@@ -327,6 +333,7 @@ async fn sigterm_under_load_finishes_in_flight_rpcs_and_exits_0() {
             tokio::spawn(async move {
                 api.revoke(pb::RevokeRequest {
                     target: Some(Target::Jti(jti)),
+                    ..Default::default()
                 })
                 .await
             })

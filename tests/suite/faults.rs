@@ -233,6 +233,7 @@ async fn a_revoke_stuck_in_the_store_answers_by_the_callers_deadline() {
 
     let mut request = tonic::Request::new(pb::RevokeRequest {
         target: Some(Target::Jti(t.jti.clone())),
+        ..Default::default()
     });
     request.set_timeout(Duration::from_millis(300));
     let started = std::time::Instant::now();
@@ -303,6 +304,7 @@ async fn a_held_writers_lock_fails_writes_within_the_store_timeout() {
     for t in &tokens[..4] {
         let mut request = tonic::Request::new(pb::RevokeRequest {
             target: Some(Target::Jti(t.jti.clone())),
+            ..Default::default()
         });
         request.set_timeout(Duration::from_millis(100));
         app.client
@@ -326,6 +328,7 @@ async fn a_held_writers_lock_fails_writes_within_the_store_timeout() {
                     .clone()
                     .revoke(pb::RevokeRequest {
                         target: Some(Target::Jti(jti)),
+                        ..Default::default()
                     })
                     .await;
             })

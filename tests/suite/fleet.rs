@@ -190,6 +190,7 @@ async fn by_default_a_notify_sidecar_does_all_its_database_work_on_one_connectio
                             target: Some(token_sidecar::api::pb::revoke_request::Target::Jti(
                                 issued.jti,
                             )),
+                            ..Default::default()
                         })
                         .await
                         .expect("revoke under load");
@@ -388,6 +389,7 @@ async fn nats_stopped_and_restarted_under_revoke_load_loses_nothing() {
                 client
                     .revoke(token_sidecar::api::pb::RevokeRequest {
                         target: Some(Target::Jti(jti)),
+                        ..Default::default()
                     })
                     .await
                     .expect("an acknowledged revocation");

@@ -38,6 +38,7 @@ async fn issue(app: &TestApp, user: &str, claims: serde_json::Value) -> (String,
         user_id: user.into(),
         claims: Some(token_sidecar::api::convert::json_to_struct(map)),
         ttl: None,
+        ..Default::default()
     });
     request.metadata_mut().insert(
         "authorization",
@@ -251,6 +252,7 @@ async fn introspection_follows_rfc_7662() {
     let (revoked, revoked_jti) = issue(&app, "bob", serde_json::json!({})).await;
     let mut request = tonic::Request::new(token_sidecar::api::pb::RevokeRequest {
         target: Some(Target::Jti(revoked_jti)),
+        ..Default::default()
     });
     request
         .metadata_mut()
@@ -408,6 +410,7 @@ async fn introspection_credentials_introspect_only_and_registered_members_stay_o
         user_id: "mallory".into(),
         claims: None,
         ttl: None,
+        ..Default::default()
     });
     request
         .metadata_mut()
@@ -421,6 +424,7 @@ async fn introspection_credentials_introspect_only_and_registered_members_stay_o
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
     let mut request = tonic::Request::new(token_sidecar::api::pb::LiftBanRequest {
         user_id: "mallory".into(),
+        ..Default::default()
     });
     request
         .metadata_mut()

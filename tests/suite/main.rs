@@ -19,6 +19,7 @@ mod faults;
 mod feed_trust;
 mod fleet;
 mod http_api;
+mod idp;
 mod keys;
 mod one_clock;
 mod proxies;

@@ -227,6 +227,7 @@ async fn scenario(which: Proxy) {
             user_id: "erin".into(),
             claims: Some(token_sidecar::api::convert::json_to_struct(claims)),
             ttl: None,
+            ..Default::default()
         })
         .await
         .expect("issue");

@@ -266,7 +266,7 @@ fn captures_are_read_from_the_session() {
 
 /// What the line before a ```sh block says about it.
 #[derive(Debug)]
-enum Marker {
+pub(crate) enum Marker {
     /// `<!-- run: test_name -->`: that test runs it.
     RunBy(String),
     /// `<!-- run here -->`: [`every_shell_block_of_the_readmes_is_run_or_marked`] runs it.
@@ -276,14 +276,14 @@ enum Marker {
     Missing,
 }
 
-struct Block {
-    line: usize,
-    marker: Marker,
-    text: String,
+pub(crate) struct Block {
+    pub(crate) line: usize,
+    pub(crate) marker: Marker,
+    pub(crate) text: String,
 }
 
 /// Every ```sh block of `doc`, with its marker.
-fn shell_blocks(doc: &str) -> Vec<Block> {
+pub(crate) fn shell_blocks(doc: &str) -> Vec<Block> {
     let lines: Vec<&str> = doc.lines().collect();
     let mut blocks = Vec::new();
     let mut i = 0;
@@ -409,7 +409,7 @@ async fn every_shell_block_of_the_readmes_is_run_or_marked() {
 
 /// Runs one block's calls in `dir`, in order, like the session: each must succeed, and its `# `
 /// output lines must match.
-async fn run_block(
+pub(crate) async fn run_block(
     block: &Block,
     at: &str,
     dir: &std::path::Path,

@@ -50,6 +50,7 @@ async fn issue_then_verify_returns_the_claims(backend: Backend) {
             user_id: "alice".into(),
             claims: Some(claims.clone()),
             ttl: None,
+            ..Default::default()
         })
         .await
         .expect("issue");
@@ -98,6 +99,7 @@ async fn refresh_keeps_session_orig_iat_and_custom_claims(backend: Backend) {
             user_id: "bob".into(),
             claims: Some(claims.clone()),
             ttl: None,
+            ..Default::default()
         })
         .await
         .expect("issue");

@@ -204,6 +204,26 @@ async fn in_a_mesh_only_an_allowed_spiffe_identity_may_issue() {
         .expect("an allowed SPIFFE identity issues")
         .into_inner();
     assert!(app.verify(&issued.token).await.valid);
+    // The audit trail names the workload that revoked (issue 30).
+    admin
+        .revoke(pb::RevokeRequest {
+            target: Some(pb::revoke_request::Target::SessionId(
+                issued.session_id.clone(),
+            )),
+            reason: "incident 42".into(),
+        })
+        .await
+        .expect("revoke");
+    let trail = admin
+        .list_changes(pb::ListChangesRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .changes;
+    assert_eq!(trail.len(), 1, "{trail:?}");
+    assert_eq!(trail[0].who, "spiffe://cluster.local/ns/ops/sa/token-admin");
+    assert_eq!(trail[0].why, "incident 42");
+    assert_eq!(trail[0].target, issued.session_id);
 }
 
 #[tokio::test]

@@ -374,6 +374,7 @@ impl TestApp {
             .clone()
             .revoke(pb::RevokeRequest {
                 target: Some(target),
+                ..Default::default()
             })
             .await
             .map(|r| r.into_inner())
@@ -393,6 +394,7 @@ impl TestApp {
             .clone()
             .lift_ban(pb::LiftBanRequest {
                 user_id: user_id.into(),
+                ..Default::default()
             })
             .await
             .expect("lift ban")

@@ -1,0 +1,231 @@
+//! The checks every signed event from an identity provider passes — an OIDC logout token or a
+//! Shared Signals Security Event Token (RFC 8417): a compact JWS of bounded size, an asymmetric
+//! `alg` (never `none`, never HMAC), an allowed `typ`, a signature by a key of the issuer's
+//! JWKS, `iss` configured, our `aud`, a fresh `iat`, an unexpired `exp` if any, and a `jti`.
+//! What the event means is read by the caller ([`super::backchannel`], [`super::ssf`]); that the
+//! `jti` was not seen before is checked against the store.
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, Validation};
+use serde_json::{Map, Value};
+
+use super::jwks::{KeyLookupError, ProviderKeys};
+use crate::clock::UnixMillis;
+
+/// Largest event token accepted.
+pub const MAX_EVENT_TOKEN_BYTES: usize = 16 * 1024;
+/// How old an event's `iat` may be.
+pub const MAX_EVENT_AGE_MS: i64 = 5 * 60 * 1000;
+/// Tolerance for the sender's clock on `iat` (ahead) and `exp`.
+pub const EVENT_LEEWAY_MS: i64 = 60 * 1000;
+/// Longest `jti` accepted.
+pub const MAX_JTI_BYTES: usize = 256;
+
+/// The algorithms a provider may sign events with.
+const ACCEPTED_ALGORITHMS: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+/// Why an event token was refused. Each maps to the receiver's own error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    /// Not a JWS we can read, a forbidden `alg` or `typ`, or a missing or malformed claim.
+    #[error("{0}")]
+    Malformed(String),
+    /// `iss` is not a configured issuer.
+    #[error("the issuer is not configured here")]
+    UnknownIssuer,
+    /// No key of the issuer fits, or the signature does not verify.
+    #[error("{0}")]
+    BadKey(String),
+    /// `aud` does not name us.
+    #[error("the audience is not this receiver's")]
+    WrongAudience,
+    /// `iat` is too old or in the future, or `exp` has passed.
+    #[error("{0}")]
+    Stale(String),
+    /// The `jti` was received before.
+    #[error("the event was received before (jti replayed)")]
+    Replayed,
+    /// The issuer's keys could not be read: nothing is decided; the sender may retry.
+    #[error("{0}")]
+    KeysUnavailable(String),
+}
+
+/// The issuers trusted for one kind of event, their keys, and the audience they must name.
+pub struct EventVerifier {
+    issuers: HashMap<String, Arc<ProviderKeys>>,
+    audience: String,
+    /// The `typ` header values accepted, lowercase (absent is accepted too).
+    types: &'static [&'static str],
+}
+
+/// An event token that passed every check.
+#[derive(Debug, Clone)]
+pub struct VerifiedEvent {
+    /// `iss`.
+    pub issuer: String,
+    /// `jti`.
+    pub jti: String,
+    /// `iat`, in milliseconds.
+    pub issued_at_ms: UnixMillis,
+    /// Every claim.
+    pub claims: Map<String, Value>,
+}
+
+impl EventVerifier {
+    /// Trusts `issuers` (issuer → its keys) for events addressed to `audience` with one of
+    /// `types` as `typ` (or none).
+    pub fn new(
+        issuers: HashMap<String, Arc<ProviderKeys>>,
+        audience: String,
+        types: &'static [&'static str],
+    ) -> Self {
+        Self {
+            issuers,
+            audience,
+            types,
+        }
+    }
+
+    /// The configured issuers.
+    pub fn issuers(&self) -> impl Iterator<Item = &str> {
+        self.issuers.keys().map(String::as_str)
+    }
+
+    /// Runs every check on `token` at `now` (the fleet's clock).
+    pub async fn verify(&self, token: &str, now: UnixMillis) -> Result<VerifiedEvent, EventError> {
+        let malformed = |why: &str| EventError::Malformed(why.to_owned());
+        if token.len() > MAX_EVENT_TOKEN_BYTES {
+            return Err(malformed("the token is too large"));
+        }
+        let mut parts = token.split('.');
+        let (Some(_), Some(payload), Some(_), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(malformed("not a compact JWS (three parts)"));
+        };
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| malformed("the JOSE header is not valid (or names an unknown alg)"))?;
+        if !ACCEPTED_ALGORITHMS.contains(&header.alg) {
+            return Err(malformed(
+                "the alg is not accepted (an asymmetric signature is required)",
+            ));
+        }
+        if let Some(typ) = &header.typ {
+            let typ = typ.to_ascii_lowercase();
+            let typ = typ.strip_prefix("application/").unwrap_or(&typ);
+            if !self.types.contains(&typ) {
+                return Err(malformed("the typ header is not one this endpoint accepts"));
+            }
+        }
+        // The issuer picks the keys, so it is read before the signature is checked; nothing
+        // else is trusted until then.
+        let unverified: Map<String, Value> = URL_SAFE_NO_PAD
+            .decode(payload)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .ok_or_else(|| malformed("the payload is not a JSON object"))?;
+        let issuer = unverified
+            .get("iss")
+            .and_then(Value::as_str)
+            .ok_or_else(|| malformed("the iss claim is missing"))?;
+        let keys = self.issuers.get(issuer).ok_or(EventError::UnknownIssuer)?;
+        let candidates = keys
+            .candidates(header.kid.as_deref(), header.alg)
+            .await
+            .map_err(|e| match e {
+                KeyLookupError::NoKey => EventError::BadKey(
+                    "no key of the issuer's key set fits the token's kid and alg".into(),
+                ),
+                KeyLookupError::Unavailable(why) => EventError::KeysUnavailable(why),
+            })?;
+        let mut validation = Validation::new(header.alg);
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        validation.leeway = 0;
+        let claims = candidates
+            .iter()
+            .find_map(|key| {
+                jsonwebtoken::decode::<Map<String, Value>>(token, key.decoding(), &validation).ok()
+            })
+            .map(|data| data.claims)
+            .ok_or_else(|| EventError::BadKey("the signature does not verify".into()))?;
+        self.check_claims(claims, now)
+    }
+
+    fn check_claims(
+        &self,
+        claims: Map<String, Value>,
+        now: UnixMillis,
+    ) -> Result<VerifiedEvent, EventError> {
+        let malformed = |why: &str| EventError::Malformed(why.to_owned());
+        let issuer = claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .filter(|iss| self.issuers.contains_key(*iss))
+            .ok_or(EventError::UnknownIssuer)?
+            .to_owned();
+        let audience_named = match claims.get("aud") {
+            Some(Value::String(one)) => *one == self.audience,
+            Some(Value::Array(many)) => many.iter().any(|a| a.as_str() == Some(&self.audience)),
+            None => return Err(malformed("the aud claim is missing")),
+            Some(_) => return Err(malformed("the aud claim is malformed")),
+        };
+        if !audience_named {
+            return Err(EventError::WrongAudience);
+        }
+        let issued_at_ms = claims
+            .get("iat")
+            .and_then(Value::as_i64)
+            .filter(|s| (0..=i64::MAX / 4_000).contains(s))
+            .ok_or_else(|| malformed("the iat claim is missing or not a NumericDate"))?
+            * 1000;
+        if issued_at_ms < now - MAX_EVENT_AGE_MS {
+            return Err(EventError::Stale(format!(
+                "the event was issued more than {} s ago",
+                MAX_EVENT_AGE_MS / 1000
+            )));
+        }
+        if issued_at_ms > now + EVENT_LEEWAY_MS {
+            return Err(EventError::Stale(
+                "the event's iat lies in the future".into(),
+            ));
+        }
+        if let Some(exp) = claims.get("exp") {
+            let exp_ms = exp
+                .as_i64()
+                .filter(|s| (0..=i64::MAX / 4_000).contains(s))
+                .ok_or_else(|| malformed("the exp claim is not a NumericDate"))?
+                * 1000;
+            if now >= exp_ms + EVENT_LEEWAY_MS {
+                return Err(EventError::Stale("the event has expired".into()));
+            }
+        }
+        let jti = claims
+            .get("jti")
+            .and_then(Value::as_str)
+            .filter(|j| !j.is_empty() && j.len() <= MAX_JTI_BYTES)
+            .ok_or_else(|| malformed("the jti claim is missing or too long"))?
+            .to_owned();
+        Ok(VerifiedEvent {
+            issuer,
+            jti,
+            issued_at_ms,
+            claims,
+        })
+    }
+}

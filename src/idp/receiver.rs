@@ -1,0 +1,252 @@
+//! The use case behind both routes: verify the event, refuse a replay, act through the
+//! authority (which records who and why in the audit trail), remember the `jti`.
+//!
+//! The `jti` is remembered after the action, in the store, so that a replay is refused on every
+//! instance; an action that failed leaves nothing remembered and the provider's retry is
+//! accepted. (Two copies delivered at the same instant may both act: every action is
+//! idempotent but revoke-all, which then moves the cutoff by the milliseconds between them.)
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::event_token::{EVENT_LEEWAY_MS, EventError, EventVerifier, MAX_EVENT_AGE_MS};
+use super::jwks::ProviderKeys;
+use super::ssf::{Interpreted, SubjectMapping};
+use super::{IdpAction, TrustedIssuer, backchannel, ssf};
+use crate::authority::{AuthorityError, Cause, RevokeTarget, TokenAuthority};
+use crate::clock::Clock;
+
+/// The receivers' configuration.
+#[derive(Debug, Clone, Default)]
+pub struct IdpSettings {
+    /// Issuers whose logout tokens are accepted (`--oidc-issuer`).
+    pub oidc_issuers: Vec<TrustedIssuer>,
+    /// The `aud` logout tokens carry (`--oidc-client-id`).
+    pub oidc_client_id: Option<String>,
+    /// Transmitters whose SETs are accepted (`--ssf-transmitter`).
+    pub ssf_transmitters: Vec<TrustedIssuer>,
+    /// The `aud` SETs carry (`--ssf-audience`).
+    pub ssf_audience: Option<String>,
+    /// Whether an `email` subject names a user (`--ssf-email-subjects`).
+    pub ssf_email_subjects: bool,
+}
+
+impl IdpSettings {
+    /// Whether either receiver is configured.
+    pub fn any(&self) -> bool {
+        !self.oidc_issuers.is_empty() || !self.ssf_transmitters.is_empty()
+    }
+}
+
+/// Why an event was not acted on.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    /// The receiver is not configured.
+    #[error("this receiver is not configured")]
+    NotConfigured,
+    /// The event was refused; nothing was stored.
+    #[error(transparent)]
+    Event(#[from] EventError),
+    /// The action could not be made (the store did not answer); nothing is remembered, so the
+    /// sender's retry is accepted.
+    #[error(transparent)]
+    Authority(#[from] AuthorityError),
+}
+
+/// What an accepted event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The sender (`backchannel:<iss>` or `ssf:<iss>`).
+    pub who: String,
+    /// Each event's type and what it did (None: ignored).
+    pub effects: Vec<(String, Option<IdpAction>)>,
+}
+
+/// Receives identity providers' events.
+pub struct IdpReceiver {
+    authority: Arc<TokenAuthority>,
+    backchannel: Option<EventVerifier>,
+    ssf: Option<EventVerifier>,
+    mapping: SubjectMapping,
+}
+
+fn verifier(
+    issuers: &[TrustedIssuer],
+    audience: Option<&String>,
+    types: &'static [&'static str],
+    keys: &mut HashMap<String, Arc<ProviderKeys>>,
+    clock: &Arc<dyn Clock>,
+) -> Option<EventVerifier> {
+    let audience = audience?;
+    if issuers.is_empty() {
+        return None;
+    }
+    let trusted = issuers
+        .iter()
+        .map(|t| {
+            // One cache per key source, shared when an issuer is both an OP and a transmitter.
+            let shared = keys
+                .entry(t.source.to_string())
+                .or_insert_with(|| Arc::new(ProviderKeys::new(t.source.clone(), clock.clone())))
+                .clone();
+            (t.issuer.clone(), shared)
+        })
+        .collect();
+    Some(EventVerifier::new(trusted, audience.clone(), types))
+}
+
+impl IdpReceiver {
+    /// Receivers for what `settings` configures, acting through `authority`; key sets age on
+    /// `clock`'s monotonic time.
+    pub fn new(
+        authority: Arc<TokenAuthority>,
+        settings: &IdpSettings,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let mut keys = HashMap::new();
+        let backchannel = verifier(
+            &settings.oidc_issuers,
+            settings.oidc_client_id.as_ref(),
+            backchannel::LOGOUT_TYPES,
+            &mut keys,
+            &clock,
+        );
+        let ssf = verifier(
+            &settings.ssf_transmitters,
+            settings.ssf_audience.as_ref(),
+            ssf::SET_TYPES,
+            &mut keys,
+            &clock,
+        );
+        let mapping = SubjectMapping {
+            issuers: settings
+                .ssf_transmitters
+                .iter()
+                .chain(&settings.oidc_issuers)
+                .map(|t| t.issuer.clone())
+                .collect(),
+            email_is_user_id: settings.ssf_email_subjects,
+        };
+        Self {
+            authority,
+            backchannel,
+            ssf,
+            mapping,
+        }
+    }
+
+    /// Whether back-channel logout is configured.
+    pub fn has_backchannel(&self) -> bool {
+        self.backchannel.is_some()
+    }
+
+    /// Whether the Shared Signals receiver is configured.
+    pub fn has_ssf(&self) -> bool {
+        self.ssf.is_some()
+    }
+
+    /// An OIDC logout token (the `logout_token` form parameter).
+    pub async fn logout(&self, token: &str) -> Result<Received, ReceiveError> {
+        let verifier = self
+            .backchannel
+            .as_ref()
+            .ok_or(ReceiveError::NotConfigured)?;
+        let event = verifier.verify(token, self.authority.now_ms()).await?;
+        let action = backchannel::interpret(&event.claims)?;
+        let who = format!("backchannel:{}", event.issuer);
+        self.refuse_replay(&who, &event.jti).await?;
+        self.act(
+            &action,
+            &Cause::new(&who, Some(backchannel::LOGOUT_EVENT.into())),
+        )
+        .await?;
+        self.remember(&who, &event).await;
+        Ok(Received {
+            who,
+            effects: vec![(backchannel::LOGOUT_EVENT.to_owned(), Some(action))],
+        })
+    }
+
+    /// A Security Event Token (the body of an RFC 8935 push).
+    pub async fn security_event(&self, set: &str) -> Result<Received, ReceiveError> {
+        let verifier = self.ssf.as_ref().ok_or(ReceiveError::NotConfigured)?;
+        let event = verifier.verify(set, self.authority.now_ms()).await?;
+        let interpreted = ssf::interpret(&event.claims, &self.mapping)?;
+        let who = format!("ssf:{}", event.issuer);
+        self.refuse_replay(&who, &event.jti).await?;
+        let mut effects = Vec::with_capacity(interpreted.len());
+        for (event_type, meaning) in interpreted {
+            match meaning {
+                Interpreted::Act(action) => {
+                    self.act(&action, &Cause::new(&who, Some(event_type.clone())))
+                        .await?;
+                    effects.push((event_type, Some(action)));
+                }
+                Interpreted::Ignored(_) => {
+                    self.authority
+                        .revocations()
+                        .metrics()
+                        .idp_events_ignored
+                        .inc();
+                    effects.push((event_type, None));
+                }
+            }
+        }
+        self.remember(&who, &event).await;
+        Ok(Received { who, effects })
+    }
+
+    async fn refuse_replay(&self, who: &str, jti: &str) -> Result<(), ReceiveError> {
+        let seen = self
+            .authority
+            .revocations()
+            .event_seen(who, jti)
+            .await
+            .map_err(AuthorityError::from)?;
+        if seen {
+            return Err(EventError::Replayed.into());
+        }
+        Ok(())
+    }
+
+    /// Remembers the event for as long as it could be accepted. A failure is logged, not
+    /// answered: the action is done.
+    async fn remember(&self, who: &str, event: &super::event_token::VerifiedEvent) {
+        let moot_after_ms = event.issued_at_ms + MAX_EVENT_AGE_MS + EVENT_LEEWAY_MS;
+        if let Err(e) = self
+            .authority
+            .revocations()
+            .remember_event(who, &event.jti, moot_after_ms)
+            .await
+        {
+            tracing::warn!(error = %e, who, "a received event could not be remembered; its replay would be acted on again");
+        }
+    }
+
+    async fn act(&self, action: &IdpAction, cause: &Cause) -> Result<(), AuthorityError> {
+        match action {
+            IdpAction::RevokeIdpSession { sid, user_id } => {
+                self.authority
+                    .revoke_idp_session(sid, user_id.as_deref(), cause)
+                    .await?;
+            }
+            IdpAction::RevokeUser { user_id } => {
+                self.authority
+                    .revoke(
+                        RevokeTarget::User {
+                            user_id: user_id.clone(),
+                            until_ms: None,
+                        },
+                        cause,
+                    )
+                    .await?;
+            }
+            IdpAction::BanUser { user_id } => {
+                self.authority.ban_indefinitely(user_id, cause).await?;
+            }
+            IdpAction::LiftBan { user_id } => {
+                self.authority.lift_ban(user_id, cause).await?;
+            }
+        }
+        Ok(())
+    }
+}
