@@ -2,10 +2,10 @@
 //! (wrapping a handler that does nothing) against N direct `SidecarClient::verify` calls, both
 //! with the same token on the same running sidecar, alternated twice; prints JSON.
 //!
-//!   cargo run --release --features client --example layer_overhead -- http://127.0.0.1:50051 TOKEN
+//!   cargo run --release --example layer_overhead -- http://127.0.0.1:50051 TOKEN
 use std::time::{Duration, Instant};
 
-use token_sidecar::client::{SidecarClient, VerifyLayer};
+use token_sidecar_api::client::{SidecarClient, VerifyLayer};
 use tower::{Layer, ServiceExt};
 
 #[tokio::main]

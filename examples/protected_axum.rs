@@ -1,12 +1,12 @@
 //! An axum service protected by token-sidecar with one `.layer(...)` line: every request needs
 //! `Authorization: Bearer <token>`, and the handler reads the verified claims.
 //!
-//!   cargo run --features client --example protected_axum -- 127.0.0.1:8000 http://127.0.0.1:50051
+//!   cargo run --example protected_axum -- 127.0.0.1:8000 http://127.0.0.1:50051
 //!   curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8000/whoami
 use axum::routing::get;
 use axum::{Extension, Router};
 use token_sidecar::api::pb::TokenClaims;
-use token_sidecar::client::{SidecarClient, VerifyLayer};
+use token_sidecar_api::client::{SidecarClient, VerifyLayer};
 
 async fn whoami(Extension(claims): Extension<TokenClaims>) -> String {
     format!("hello {}", claims.user_id)

@@ -2,12 +2,12 @@
 //! health service stands in for your own): every call needs `authorization: Bearer <token>`
 //! metadata, and handlers find the verified claims in `request.extensions()` as `TokenClaims`.
 //!
-//!   cargo run --features client --example protected_tonic -- 127.0.0.1:8001 http://127.0.0.1:50051
+//!   cargo run --example protected_tonic -- 127.0.0.1:8001 http://127.0.0.1:50051
 //!   grpcurl -plaintext -H "authorization: Bearer $TOKEN" 127.0.0.1:8001 grpc.health.v1.Health/Check
 //!
 //! It serves reflection too (behind the same layer: grpcurl's `-H` goes with its reflection
 //! requests), so grpcurl needs no proto file.
-use token_sidecar::client::{SidecarClient, VerifyLayer};
+use token_sidecar_api::client::{SidecarClient, VerifyLayer};
 use tonic::transport::Server;
 
 #[tokio::main]

@@ -10,7 +10,9 @@
 //!   [`token`] codec and to revocation state from [`revocations`] — the [`cache`]s in front of
 //!   the [`store`], kept in step by [`sync`] — reading time from the [`clock`];
 //! - around them: [`metrics`], [`telemetry`], [`secret_file`], [`reason`];
-//! - for sibling services (feature `client`): `client`, a Verify layer for tonic and axum.
+//! - for sibling services: the `token-sidecar-api` crate (the contract and its client,
+//!   `SidecarClient` and the `VerifyLayer` for tonic and axum), re-exported as `client` with
+//!   feature `client`.
 //!
 //! Arrows point down: `api` knows the authority, the authority knows neither gRPC nor SQL.
 #![forbid(unsafe_code)]
@@ -20,7 +22,7 @@ pub mod api;
 pub mod authority;
 pub mod cache;
 #[cfg(feature = "client")]
-pub mod client;
+pub use token_sidecar_api::client;
 pub mod clock;
 pub mod clock_upkeep;
 pub mod config;

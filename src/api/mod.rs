@@ -24,44 +24,7 @@ pub mod idp_routes;
 pub mod token_service;
 pub mod trace;
 
-/// The generated protobuf and gRPC code for `tokensidecar.v1`.
-pub mod pb {
-    #![allow(missing_docs, clippy::all, clippy::pedantic)]
-    tonic::include_proto!("tokensidecar.v1");
+/// The generated protobuf and gRPC code for `tokensidecar.v1`, from the light api crate.
+pub use token_sidecar_api::pb;
 
-    /// The encoded descriptor set of our proto and its imports, for server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/token_sidecar_descriptor.bin"));
-}
-
-/// The credential of an `Authorization: Bearer <credential>` value. The scheme is
-/// case-insensitive (RFC 7235 §2.1) and may be followed by spaces or tabs.
-pub fn bearer_credential(value: &str) -> Option<&str> {
-    let blank = |c: char| c == ' ' || c == '\t';
-    let (scheme, rest) = value.trim_matches(blank).split_once(blank)?;
-    let credential = rest.trim_matches(blank);
-    (scheme.eq_ignore_ascii_case("bearer") && !credential.is_empty()).then_some(credential)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bearer_scheme_is_case_insensitive_and_blanks_are_spaces_or_tabs() {
-        for (value, expected) in [
-            ("Bearer abc", Some("abc")),
-            ("bearer abc", Some("abc")),
-            ("BEARER abc", Some("abc")),
-            ("Bearer\tabc", Some("abc")),
-            ("Bearer  \t abc \t", Some("abc")),
-            ("Basic abc", None),
-            ("Bearer", None),
-            ("Bearer   ", None),
-            ("Bearerabc", None),
-            ("", None),
-        ] {
-            assert_eq!(bearer_credential(value), expected, "{value:?}");
-        }
-    }
-}
+pub use token_sidecar_api::bearer_credential;

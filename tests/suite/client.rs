@@ -9,7 +9,7 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use token_sidecar::api::pb::TokenClaims;
 use token_sidecar::api::pb::revoke_request::Target;
-use token_sidecar::client::{SidecarClient, VerifyLayer};
+use token_sidecar_api::client::{SidecarClient, VerifyLayer};
 
 use crate::common::{Backend, TestApp, http_request, serve_router};
 
@@ -189,7 +189,7 @@ async fn sidecar_answering(grpc_status: &'static str) -> SocketAddr {
 
 /// A service behind `VerifyLayer` with `FailOpen`, in front of `sidecar`.
 async fn serve_fail_open(sidecar: SocketAddr) -> SocketAddr {
-    use token_sidecar::client::WhenUnreachable;
+    use token_sidecar_api::client::WhenUnreachable;
     let client = SidecarClient::connect_lazy(&format!("http://{sidecar}")).expect("uri");
     serve_router(
         Router::new()

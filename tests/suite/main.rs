@@ -10,7 +10,6 @@ mod api;
 mod attacks;
 mod auth;
 mod binary;
-#[cfg(feature = "client")]
 mod client;
 mod commands;
 mod connections;

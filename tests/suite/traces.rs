@@ -519,7 +519,7 @@ async fn a_silent_collector_never_holds_up_a_request_and_what_it_costs_is_counte
 /// Verify span is in the trace of the request the service received.
 #[tokio::test]
 async fn verify_layer_sends_the_callers_trace_on() {
-    use token_sidecar::client::{SidecarClient, VerifyLayer};
+    use token_sidecar_api::client::{SidecarClient, VerifyLayer};
     let received = Received::default();
     let collector = http_receiver(received.clone()).await;
     let dir = tempfile::tempdir().expect("dir");

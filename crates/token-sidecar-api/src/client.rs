@@ -1,4 +1,4 @@
-//! Protecting a sibling service with one line (cargo feature `client`): a [`SidecarClient`] (a
+//! Protecting a sibling service with one line: a [`SidecarClient`] (a
 //! tonic channel to the sidecar with short timeouts) and a tower layer, [`VerifyLayer`], that
 //! works for tonic and axum services alike:
 //!
@@ -19,8 +19,8 @@ use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 use tower::{Layer, Service};
 
-use crate::api::bearer_credential;
-use crate::api::pb::{self, token_service_client::TokenServiceClient};
+use crate::bearer_credential;
+use crate::pb::{self, token_service_client::TokenServiceClient};
 
 /// A connection to the sidecar (lazy: it connects on first use and reconnects by itself).
 #[derive(Clone)]
