@@ -8,11 +8,11 @@ use tokio::sync::watch;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::clock::{Clock, Reading, wall_ms};
+use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::policy::{ClockCheck, RevocationPolicy};
 use crate::shutdown::stopped;
-use crate::store::{RevocationStore, StoreError};
+use crate::store::RevocationStore;
 
 /// The health name that is SERVING while this instance's clock is within `--max-clock-skew` of
 /// the database's (and so may issue and refresh tokens).
@@ -22,36 +22,7 @@ pub const HEALTH_NAME: &str = "clock";
 pub const INTERVAL: Duration = Duration::from_secs(5);
 /// How soon it is read again after a failed reading.
 const RETRY: Duration = Duration::from_secs(1);
-/// Longest wait for one reading.
-const READ_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How many readings are taken at a time (the quickest answer is the most exact).
-const READINGS: usize = 3;
-/// More are taken, up to [`MAX_READINGS`], while the error is above [`GOOD_ENOUGH_US`] (at
-/// start, or on a busy machine).
-const MAX_READINGS: usize = 12;
-const GOOD_ENOUGH_US: i64 = 1_000;
-
-/// Takes a few readings of the fleet's clock into `clock`: the database's, or this process's
-/// own for a store with no clock of its own.
-pub async fn read(store: &dyn RevocationStore, clock: &dyn Clock) -> Result<(), StoreError> {
-    for n in 0..MAX_READINGS {
-        if n >= READINGS && clock.uncertainty_us().is_some_and(|e| e <= GOOD_ENOUGH_US) {
-            break;
-        }
-        let sent_us = clock.monotonic_us();
-        let fleet_us = match tokio::time::timeout(READ_TIMEOUT, store.clock_us()).await {
-            Ok(answer) => answer?.unwrap_or_else(|| wall_ms().saturating_mul(1000)),
-            Err(_) => return Err(StoreError::Timeout("reading the database's clock")),
-        };
-        clock.align(Reading {
-            fleet_us,
-            sent_us,
-            received_us: clock.monotonic_us(),
-        });
-    }
-    Ok(())
-}
+pub use token_sidecar_core::fleet_clock::read;
 
 /// Reads the fleet's clock every [`INTERVAL`] until shutdown, reporting the skew.
 pub async fn keep(

@@ -19,11 +19,11 @@
 #![warn(missing_docs)]
 
 pub mod api;
-pub mod authority;
-pub mod cache;
 #[cfg(feature = "client")]
 pub use token_sidecar_api::client;
-pub mod clock;
+pub use token_sidecar_core::authority;
+pub use token_sidecar_core::cache;
+pub use token_sidecar_core::clock;
 pub mod clock_upkeep;
 pub mod config;
 pub mod connections;
@@ -34,18 +34,19 @@ pub mod key_reload;
 pub mod limits;
 pub mod metrics;
 pub mod otel;
-pub mod policy;
+pub use token_sidecar_core::policy;
 pub mod preflight;
 pub mod purge;
 pub mod readiness;
-pub mod reason;
-pub mod revocations;
-pub mod secret_file;
+pub use token_sidecar_core::reason;
+pub use token_sidecar_core::revocations;
+pub use token_sidecar_core::secret_file;
 pub mod server;
 pub mod shutdown;
+pub mod startup_error;
 pub mod store;
 pub mod supervise;
 pub mod sync;
 pub mod telemetry;
 pub mod tls;
-pub mod token;
+pub use token_sidecar_core::token;

@@ -17,41 +17,17 @@ use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{
     Sampler, SdkTracer, SdkTracerProvider, Span, SpanData, SpanExporter, SpanProcessor,
 };
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use tokio::sync::mpsc;
 
-/// Whether spans are made (an endpoint is configured).
-static ENABLED: AtomicBool = AtomicBool::new(false);
 /// Whether spans may carry the user id (`--trace-user-ids`).
 static USER_IDS: AtomicBool = AtomicBool::new(false);
 
-/// What became of a finished span.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SpanOutcome {
-    /// `exported`, `export_failed` (the collector refused or did not answer in time) or
-    /// `dropped` (the queue was full).
-    pub outcome: &'static str,
-}
-
-/// `token_sidecar_trace_spans_total{outcome}`: one family for the process (tracing is global),
-/// registered by [`crate::metrics::Metrics`].
-pub fn span_counter() -> &'static Family<SpanOutcome, Counter> {
-    static SPANS: std::sync::LazyLock<Family<SpanOutcome, Counter>> =
-        std::sync::LazyLock::new(Family::default);
-    &SPANS
-}
+pub use token_sidecar_core::spans::{SpanOutcome, enabled, span_counter, store_span};
 
 fn count(outcome: &'static str, spans: u64) {
     span_counter()
         .get_or_create(&SpanOutcome { outcome })
         .inc_by(spans);
-}
-
-/// Whether tracing is on.
-pub fn enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
 }
 
 /// The ids of the current request's span (hex), while tracing is on.
@@ -87,20 +63,6 @@ pub fn current_trace_id() -> Option<String> {
     current_ids()
         .filter(|ids| ids.sampled)
         .map(|ids| ids.trace_id)
-}
-
-/// A client span for one store query (`kind`: `cutoff`, `deny`, `changes`, …), a child of the
-/// current request or catch-up; a disabled span while tracing is off.
-pub fn store_span(kind: &'static str) -> tracing::Span {
-    if !enabled() {
-        return tracing::Span::none();
-    }
-    tracing::info_span!(
-        "store",
-        otel.name = format!("store {kind}"),
-        otel.kind = "client",
-        db.operation.name = kind,
-    )
 }
 
 /// The span of one catch-up of the sync task (`why`: `poll`, `gap`, `connected`, …): a root
@@ -356,7 +318,7 @@ pub fn start(settings: &TraceSettings) -> Result<Option<(SdkTracer, Tracing)>, T
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
-    ENABLED.store(true, Ordering::Relaxed);
+    token_sidecar_core::spans::enable(current_trace_id);
     let described = describe(settings)?;
     Ok(Some((
         tracer,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::api::caller::{AdminCredential, Callers, CredentialList};
 use crate::config::Config;
 use crate::secret_file::{self, warn_if_readable_by_others};
-use crate::server::StartupError;
+use crate::startup_error::StartupError;
 use crate::store;
 use crate::tls::ReloadableTls;
 use crate::token::{KeyError, KeySet, read_key_files, warn_about_exposed_keys};

@@ -22,7 +22,6 @@ use crate::api::pb;
 use crate::api::token_service::TokenGrpc;
 use crate::api::trace::GrpcTraceLayer;
 use crate::authority::TokenAuthority;
-use crate::cache::VerifiedCache;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::connections::{ConnectionGuard, Handshake};
@@ -34,84 +33,17 @@ use crate::metrics::{self, Metrics};
 use crate::policy::RevocationPolicy;
 use crate::revocations::Revocations;
 use crate::shutdown::stopped;
-use crate::store::{self, RevocationStore, StoreError};
+use crate::store::{self, RevocationStore};
 use crate::supervise::Supervisor;
 use crate::tls::ReloadableTls;
+use crate::token::VerifiedCache;
 use crate::token::{KeyError, KeySet, TokenCodec};
 use crate::{clock_upkeep, health, preflight, purge, readiness, sync};
 
 pub use crate::health::SERVICE_NAME;
 pub use crate::preflight::{check_config, migrate};
 
-/// Why the sidecar could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartupError {
-    /// The keys could not be loaded.
-    #[error(transparent)]
-    Keys(#[from] KeyError),
-    /// PostgreSQL mode with no key configured.
-    #[error(
-        "no signing key configured: with PostgreSQL, give one with --key KID=ALG:PATH \
-         (or TOKEN_SIDECAR_KEYS); every sidecar sharing the database needs the same keys"
-    )]
-    NoKeyForPostgres,
-    /// The store could not be opened.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A listener could not be bound.
-    #[error("cannot listen on {addr}: {error}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        error: std::io::Error,
-    },
-    /// The admin credential file is unusable.
-    #[error("--admin-token-file {path}: {problem}")]
-    AdminToken {
-        /// The file.
-        path: String,
-        /// What is wrong.
-        problem: String,
-    },
-    /// The introspection credentials file is unusable.
-    #[error("--introspection-token-file {path}: {problem}")]
-    IntrospectionToken {
-        /// The file.
-        path: String,
-        /// What is wrong.
-        problem: String,
-    },
-    /// The TLS files are unusable.
-    #[error("TLS: {0}")]
-    Tls(String),
-    /// The tracing settings are unusable.
-    #[error(transparent)]
-    Traces(#[from] crate::otel::TraceError),
-    /// NATS mode with no server to talk to.
-    #[error(
-        "--sync-mode nats needs --nats-url (or TOKEN_SIDECAR_NATS_URL), e.g. nats://127.0.0.1:4222"
-    )]
-    NoNatsUrl,
-    /// Identity provider receivers are configured but no HTTP listener serves them.
-    #[error(
-        "--oidc-issuer and --ssf-transmitter are served on the HTTP listener: set --http-listen \
-         (or TOKEN_SIDECAR_HTTP_LISTEN), e.g. 127.0.0.1:8080"
-    )]
-    IdpWithoutHttp,
-    /// The API would be reachable from other hosts with no caller authentication.
-    #[error(
-        "--listen {0} is reachable from other hosts, but callers are not authenticated (TLS alone \
-         encrypts; it does not say who is calling), so anyone who reaches it could issue and \
-         revoke tokens: require the admin credential (--admin-token-file) or client certificates \
-         (--tls-client-ca with --tls-cert/--tls-key), listen on loopback, or pass \
-         --allow-insecure-remote to accept the risk"
-    )]
-    InsecureRemote(SocketAddr),
-    /// Reflection could not be built from the descriptors.
-    #[error("reflection setup failed: {0}")]
-    Reflection(String),
-}
+pub use crate::startup_error::StartupError;
 
 /// Largest request message accepted (RESOURCE_EXHAUSTED beyond). Far above any real request
 /// (a token is capped at 8 KiB, custom claims at 4 KiB) yet small enough that a flood of

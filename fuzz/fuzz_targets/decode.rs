@@ -8,7 +8,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use token_sidecar::token::{Claims, KeySet, KeySpec, TokenCodec};
+use token_sidecar_core::token::{Claims, KeySet, KeySpec, TokenCodec};
 
 struct Fixture {
     codec: TokenCodec,

@@ -54,17 +54,15 @@ pub fn grant(issued: IssuedToken) -> Grant {
 }
 
 /// One change of the audit trail, as `ListChanges` answers it.
-impl From<AuditRecord> for pb::Change {
-    fn from(record: AuditRecord) -> Self {
-        Self {
-            at: Some(timestamp(record.at_ms)),
-            kind: record.action,
-            who: record.who,
-            why: record.why.unwrap_or_default(),
-            user_id: record.user_id.unwrap_or_default(),
-            target: record.target.unwrap_or_default(),
-            until: record.until_ms.map(timestamp),
-        }
+pub fn change(record: AuditRecord) -> pb::Change {
+    pb::Change {
+        at: Some(timestamp(record.at_ms)),
+        kind: record.action,
+        who: record.who,
+        why: record.why.unwrap_or_default(),
+        user_id: record.user_id.unwrap_or_default(),
+        target: record.target.unwrap_or_default(),
+        until: record.until_ms.map(timestamp),
     }
 }
 

@@ -11,7 +11,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::api::bearer_credential;
 use crate::api::caller::{self, CallerInfo, Callers, Refusal};
 use crate::api::convert::{
-    duration_ms, grant, proto_reason, struct_to_json, timestamp, timestamp_ms, token_claims,
+    self, duration_ms, grant, proto_reason, struct_to_json, timestamp, timestamp_ms, token_claims,
 };
 use crate::api::errors::{ERROR_DOMAIN, classify, to_status};
 use crate::api::pb::{self, token_service_server::TokenService};
@@ -386,7 +386,7 @@ impl TokenService for TokenGrpc {
                 _ => String::new(),
             };
             Ok(pb::ListChangesResponse {
-                changes: records.into_iter().map(pb::Change::from).collect(),
+                changes: records.into_iter().map(convert::change).collect(),
                 next_page_token,
             })
         }

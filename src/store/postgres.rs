@@ -16,8 +16,8 @@ use super::announcement::{self, Announcement, FleetKey, GENESIS, Link, MIN_SECRE
 use super::shared::{SharedConnection, SharedLease};
 use super::{
     Audit, AuditQuery, AuditRecord, Change, ChangeFeed, ChangeSeq, CutoffRecord, CutoffUpdate,
-    DenyEntry, DenyKind, DenySink, History, PurgeHorizon, Purged, RevocationStore, Rotation,
-    RotationOutcome, StoreError, sql,
+    DbErrorKind, DenyEntry, DenyKind, DenySink, History, PurgeHorizon, Purged, RevocationStore,
+    Rotation, RotationOutcome, StoreError, sql,
 };
 use crate::clock::UnixMillis;
 
@@ -101,6 +101,11 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
+    /// The connection that LISTENs for announced changes (notify mode), if there is one.
+    pub fn listen_connection(&self) -> Option<Arc<SharedConnection>> {
+        self.listening.clone()
+    }
+
     /// A pool that connects on first use, so the sidecar can start (NOT_SERVING) before the
     /// database is up. A short acquire timeout turns an outage into a prompt UNAVAILABLE.
     pub fn connect_lazy(url: &str, settings: PoolSettings) -> Result<Self, StoreError> {
@@ -616,7 +621,7 @@ where
             changes.push(sql::change_from_row((kind, id, value, seq, committed)));
         }
     }
-    let history = history.ok_or(StoreError::Database(sqlx::Error::RowNotFound))?;
+    let history = history.ok_or(StoreError::from(sqlx::Error::RowNotFound))?;
     Ok((history, changes))
 }
 
@@ -713,17 +718,13 @@ fn lock_not_available(error: &sqlx::Error) -> bool {
 /// then unknown.
 fn connection_lost(error: &StoreError) -> bool {
     match error {
-        StoreError::Database(e) => match e {
-            sqlx::Error::Io(_)
-            | sqlx::Error::Protocol(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed => true,
-            // Class 08 (connection exception) and 57P0x (the server shutting down).
-            sqlx::Error::Database(db) => db
-                .code()
-                .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
-            _ => false,
-        },
+        StoreError::Database(db) => {
+            db.kind() == DbErrorKind::Connection
+                // Class 08 (connection exception) and 57P0x (the server shutting down).
+                || db
+                    .code()
+                    .is_some_and(|code| code.starts_with("08") || code.starts_with("57P"))
+        }
         StoreError::Timeout(_) => true,
         _ => false,
     }
@@ -853,8 +854,8 @@ impl RevocationStore for PostgresStore {
         Ok(Some(us))
     }
 
-    fn listen_connection(&self) -> Option<Arc<SharedConnection>> {
-        self.listening.clone()
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 
     async fn why_unreachable(&self) -> Option<StoreError> {

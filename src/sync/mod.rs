@@ -21,7 +21,7 @@
 //! history is compared with the one applied here; a fork (lossy failover, restore) reloads.
 mod nats;
 mod notify;
-pub mod sequencer;
+pub use token_sidecar_core::sequencer;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,9 +121,7 @@ pub async fn run(
 ) {
     let channel: Option<Box<dyn Channel>> = match settings.mode {
         SyncMode::Poll => None,
-        SyncMode::Notify => revocations
-            .store()
-            .listen_connection()
+        SyncMode::Notify => crate::store::listen_connection(revocations.store().as_ref())
             .map(|shared| Box::new(notify::Listener::new(shared)) as Box<dyn Channel>),
         SyncMode::Nats => Some(Box::new(nats::Nats::new(
             settings.nats_url.clone().unwrap_or_default(),

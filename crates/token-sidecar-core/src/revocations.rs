@@ -26,7 +26,8 @@ use crate::store::{
 };
 
 /// What to do when the caches are stale and the store cannot be reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum OutageMode {
     /// Refuse to answer (Verify returns UNAVAILABLE): no revocation is ever missed.
     FailClosed,
@@ -326,7 +327,7 @@ impl Revocations {
         query: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         // A child span of the request (or of the catch-up) while tracing is on.
-        let result = query.instrument(crate::otel::store_span(kind)).await;
+        let result = query.instrument(crate::spans::store_span(kind)).await;
         self.metrics.store_query(kind);
         if result.is_err() {
             self.metrics.store_error();
@@ -806,9 +807,9 @@ mod model {
     use super::*;
     use crate::clock::ManualClock;
     use crate::policy::RevocationPolicy;
+    use crate::sequencer::{Offer, Sequencer};
     use crate::store::announcement::FleetKey;
     use crate::store::memory::{ForeignWrite, MemoryStore};
-    use crate::sync::sequencer::{Offer, Sequencer};
     use proptest::prelude::*;
 
     const INSTANCES: usize = 3;

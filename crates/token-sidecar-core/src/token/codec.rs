@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use super::claims::{Claims, WireClaims, parse_payload};
 use super::keys::KeySet;
-use crate::cache::{VerifiedCache, digest};
+use super::verified::{VerifiedCache, digest};
 use crate::reason::Reason;
 
 /// Tokens longer than this are refused before any decoding.

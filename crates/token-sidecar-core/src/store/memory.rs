@@ -238,6 +238,10 @@ impl MemoryStore {
 
 #[async_trait]
 impl RevocationStore for MemoryStore {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn kind(&self) -> &'static str {
         "memory"
     }

@@ -16,8 +16,8 @@ use moka::sync::Cache;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
+use super::Claims;
 use crate::clock::Clock;
-use crate::token::Claims;
 
 /// A token's SHA-256 digest: collision-resistant, so one token can never answer for another.
 pub type TokenDigest = [u8; 32];

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::clock::{Clock, UnixMillis};
-use crate::clock_upkeep;
+use crate::fleet_clock;
 use crate::policy::{ClockCheck, RevocationPolicy, Superseded, TokenTimes, user_id_problem};
 use crate::reason::Reason;
 use crate::revocations::Revocations;
@@ -222,7 +222,7 @@ impl TokenAuthority {
     async fn check_clock(&self) -> Result<(), AuthorityError> {
         let mut check = self.policy.check_clock(self.clock.skew_ms());
         if check == ClockCheck::Unread {
-            clock_upkeep::read(self.revocations.store().as_ref(), self.clock.as_ref()).await?;
+            fleet_clock::read(self.revocations.store().as_ref(), self.clock.as_ref()).await?;
             check = self.policy.check_clock(self.clock.skew_ms());
         }
         match check {
