@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile([ext_authz], ["proto/third_party"])?;
     fs::write(out.join("ext_authz_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
+        .codec_path("token_sidecar_api::codec::ProtoCodec")
         .build_client(true)
         .compile_fds(fds)?;
     Ok(())

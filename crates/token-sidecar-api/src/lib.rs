@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod codec;
 
 /// The generated protobuf and gRPC code for `tokensidecar.v1`.
 pub mod pb {

@@ -205,6 +205,69 @@ struct ParsedKey {
     jwk: Option<Jwk>,
 }
 
+/// The size in bits of the modulus of an RSA private key in PEM (PKCS#8 `PRIVATE KEY`, or
+/// PKCS#1 `RSA PRIVATE KEY`); None if the PEM holds no RSA key it can read.
+fn rsa_private_key_bits(pem: &str) -> Option<usize> {
+    let body: String = pem
+        .lines()
+        .skip_while(|line| !line.starts_with("-----BEGIN"))
+        .skip(1)
+        .take_while(|line| !line.starts_with("-----END"))
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body.trim())
+        .ok()?;
+    let mut key = Der(&der).read(0x30)?;
+    key.read(0x02)?; // version
+    let mut rsa = if key.peek() == Some(0x30) {
+        // PKCS#8: AlgorithmIdentifier, then the RSAPrivateKey inside an OCTET STRING.
+        key.read(0x30)?;
+        let mut inner = Der(key.read(0x04)?.0).read(0x30)?;
+        inner.read(0x02)?; // version
+        inner
+    } else {
+        key
+    };
+    let modulus = rsa.read(0x02)?.0;
+    Some(modulus.iter().skip_while(|b| **b == 0).count() * 8)
+}
+
+/// A cursor over DER: each [`Der::read`] takes one element of the expected tag and returns its
+/// contents.
+struct Der<'a>(&'a [u8]);
+
+impl<'a> Der<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.0.first().copied()
+    }
+
+    fn read(&mut self, tag: u8) -> Option<Der<'a>> {
+        let (&found, rest) = self.0.split_first()?;
+        if found != tag {
+            return None;
+        }
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n]
+                .iter()
+                .fold(0usize, |len, b| (len << 8) | usize::from(*b));
+            (len, &rest[n..])
+        };
+        if rest.len() < len {
+            return None;
+        }
+        let (contents, after) = rest.split_at(len);
+        self.0 = after;
+        Some(Der(contents))
+    }
+}
+
 fn parse_key(spec: &KeySpec, material: &[u8]) -> Result<ParsedKey, KeyError> {
     let Some((alg, alg_name)) = algorithm(&spec.alg) else {
         return Err(KeyError::UnsupportedAlgorithm {
@@ -240,24 +303,25 @@ fn parse_key(spec: &KeySpec, material: &[u8]) -> Result<ParsedKey, KeyError> {
     let pem = std::str::from_utf8(material)
         .map_err(|_| invalid(format!("{} is not a PEM file", spec.path.display())))?;
     let (encoding, mut jwk, decoding) = if pem.contains("PRIVATE KEY-----") {
+        // Checked before the library sees the key, which refuses small RSA keys in its own
+        // words.
+        if family == AlgorithmFamily::Rsa
+            && let Some(bits) = rsa_private_key_bits(pem)
+            && bits < MIN_RSA_BITS
+        {
+            return Err(KeyError::WeakRsaKey {
+                kid: spec.kid.clone(),
+                path: spec.path.display().to_string(),
+                detail: format!("{bits} bits"),
+            });
+        }
         let encoding = match family {
             AlgorithmFamily::Rsa => EncodingKey::from_rsa_pem(material),
             AlgorithmFamily::Ec => EncodingKey::from_ec_pem(material),
             _ => EncodingKey::from_ed_pem(material),
         }
         .map_err(lib)?;
-        let jwk = Jwk::from_encoding_key(&encoding, alg).map_err(|e| {
-            // aws-lc refuses small RSA keys itself; say so in our words.
-            if family == AlgorithmFamily::Rsa && e.to_string().contains("TooSmall") {
-                KeyError::WeakRsaKey {
-                    kid: spec.kid.clone(),
-                    path: spec.path.display().to_string(),
-                    detail: "under 2048 bits".into(),
-                }
-            } else {
-                lib(e)
-            }
-        })?;
+        let jwk = Jwk::from_encoding_key(&encoding, alg).map_err(lib)?;
         let decoding = DecodingKey::from_jwk(&jwk).map_err(lib)?;
         (Some(encoding), jwk, decoding)
     } else if pem.contains("PUBLIC KEY-----") {
@@ -461,6 +525,18 @@ fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rsa_key_sizes_are_read_before_the_library_sees_the_key() {
+        let read = |name: &str| {
+            let path = format!("{}/../../tests/keys/{name}", env!("CARGO_MANIFEST_DIR"));
+            std::fs::read_to_string(path).expect("fixture")
+        };
+        assert_eq!(rsa_private_key_bits(&read("rsa.pem")), Some(2048));
+        assert_eq!(rsa_private_key_bits(&read("rsa1024.pem")), Some(1024));
+        assert_eq!(rsa_private_key_bits(&read("p256.pem")), None, "not RSA");
+        assert_eq!(rsa_private_key_bits("not a pem"), None);
+    }
 
     fn spec(kid: &str, alg: &str) -> KeySpec {
         KeySpec {
