@@ -505,6 +505,7 @@ async fn health_listen_serves_only_health(backend: Backend) {
 
 #[tokio::test]
 async fn postgres_without_a_key_refuses_to_start() {
+    crate::require!(Postgres);
     let url = crate::common::fresh_postgres_database().await;
     let config = Config::try_parse_from([
         "token-sidecar",
@@ -681,6 +682,7 @@ async fn sqlite_without_a_key_keeps_a_private_dev_key_across_restarts() {
 
 #[tokio::test]
 async fn many_sidecars_migrate_one_postgres_database_at_once() {
+    crate::require!(Postgres);
     let url = crate::common::fresh_postgres_database().await;
     let clock = ManualClock::new(T0_MS);
     let apps = futures::future::join_all((0..4).map(|_| {
@@ -716,6 +718,7 @@ async fn many_sidecars_migrate_one_postgres_database_at_once() {
 
 #[tokio::test]
 async fn an_unreachable_store_is_not_serving_and_answers_unavailable() {
+    crate::require!(Postgres);
     let app = Settings::new(Backend::Postgres)
         .database_url("postgres://postgres@127.0.0.1:1/nowhere")
         .no_wait()

@@ -22,6 +22,7 @@ fn key_file(dir: &Path, len: usize) -> String {
 
 #[tokio::test]
 async fn check_config_names_what_is_wrong() {
+    crate::require!(Postgres);
     let dir = tempfile::tempdir().expect("dir");
     let good_key = key_file(dir.path(), 32);
     let short_key = key_file(dir.path(), 8);
@@ -155,6 +156,7 @@ async fn check_config_names_what_is_wrong() {
 
 #[tokio::test]
 async fn migrate_applies_the_schema_and_exits() {
+    crate::require!(Postgres);
     let dir = tempfile::tempdir().expect("dir");
     let pg = crate::common::fresh_postgres_database().await;
     let out = sidecar(&["migrate", "--database-url", &pg], dir.path());

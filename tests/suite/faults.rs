@@ -26,6 +26,7 @@ struct Acknowledged {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_crash_under_load_loses_no_acknowledged_revocation() {
+    crate::require!(Postgres, PostgresBinaries);
     let pg = Arc::new(
         tokio::task::spawn_blocking(PrivatePostgres::start)
             .await
@@ -227,6 +228,7 @@ fn issued_len_third() -> usize {
 /// deadline and is not OK (nothing acknowledged); once the table is free a retry succeeds.
 #[tokio::test]
 async fn a_revoke_stuck_in_the_store_answers_by_the_callers_deadline() {
+    crate::require!(Postgres);
     let app = TestApp::spawn(Backend::Postgres).await;
     let t = app.issue("alice").await;
     let mut blocker = crate::common::lock_denylist(&app.database_url).await;
@@ -267,6 +269,7 @@ async fn a_revoke_stuck_in_the_store_answers_by_the_callers_deadline() {
 /// caller's deadline; reads and health stay truthful; the pool recovers once it is released.
 #[tokio::test]
 async fn a_held_writers_lock_fails_writes_within_the_store_timeout() {
+    crate::require!(Postgres);
     use sqlx::Connection;
     let app = crate::common::Settings::new(Backend::Postgres)
         .arg("--store-timeout", "1s")
@@ -366,6 +369,7 @@ async fn a_held_writers_lock_fails_writes_within_the_store_timeout() {
 /// whether the transaction committed and answers OK when it did — not "nothing was changed".
 #[tokio::test]
 async fn a_commit_whose_answer_is_lost_is_rechecked_and_acknowledged() {
+    crate::require!(Postgres);
     let proxy = crate::common::StoreProxy::start(crate::common::postgres_addr()).await;
     let direct = crate::common::fresh_postgres_database().await;
     let app = crate::common::Settings::new(Backend::Postgres)

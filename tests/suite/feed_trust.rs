@@ -58,6 +58,7 @@ fn as_user(url: &str, user: &str) -> String {
 
 #[tokio::test]
 async fn a_role_that_can_only_connect_cannot_move_an_instance_by_notify() {
+    crate::require!(Postgres);
     let url = fresh_postgres_database().await;
     let clock = ManualClock::new(T0_MS);
     let apps = instances(&url, &clock, 2, &ANNOUNCEMENTS_ONLY).await;
@@ -162,6 +163,7 @@ fn rand_suffix() -> String {
 
 #[tokio::test]
 async fn forged_oversized_and_replayed_nats_messages_move_nothing() {
+    crate::require!(Postgres, Nats, NatsServer);
     let nats = PrivateNats::start().await;
     let proxy = StoreProxy::start(postgres_addr()).await;
     let url = fresh_postgres_database().await;
@@ -269,6 +271,7 @@ async fn forged_oversized_and_replayed_nats_messages_move_nothing() {
 
 #[tokio::test]
 async fn a_copy_of_the_database_is_another_fleet_on_a_shared_nats_server() {
+    crate::require!(Postgres, Nats, NatsServer);
     let nats = PrivateNats::start().await;
     let url = fresh_postgres_database().await;
     let clock = ManualClock::new(T0_MS);
@@ -327,6 +330,7 @@ async fn a_copy_of_the_database_is_another_fleet_on_a_shared_nats_server() {
 
 #[tokio::test]
 async fn a_store_that_lost_its_last_changes_and_reuses_their_numbers_is_reloaded() {
+    crate::require!(Postgres);
     let url = fresh_postgres_database().await;
     let clock = ManualClock::new(T0_MS);
     let args = [
@@ -445,6 +449,7 @@ async fn agree_with_a_fresh_instance(
 
 #[tokio::test]
 async fn nats_as_production_runs_it_accounts_tls_and_no_credential_in_a_log() {
+    crate::require!(Postgres, Nats, NatsServer);
     let nkey = nkeys::KeyPair::new_user();
     let nats = PrivateNats::start_with_accounts_and_tls(&nkey.public_key()).await;
     let ca = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys/tls/ca.pem");
@@ -550,6 +555,7 @@ async fn nats_as_production_runs_it_accounts_tls_and_no_credential_in_a_log() {
 /// replica promoted, and the address (a TCP proxy) following the new primary.
 #[tokio::test]
 async fn a_lossy_failover_to_a_streaming_replica_is_detected_and_reloaded() {
+    crate::require!(Postgres, PostgresBinaries);
     let primary = PrivatePostgres::start();
     let replica = PrivatePostgres::replica_of(&primary);
     let proxy = StoreProxy::start(primary.addr()).await;
@@ -601,6 +607,7 @@ async fn a_lossy_failover_to_a_streaming_replica_is_detected_and_reloaded() {
 /// drop it, and no poll storm.
 #[tokio::test]
 async fn a_far_ahead_number_costs_two_catch_ups_not_a_poll_storm() {
+    crate::require!(Postgres);
     use token_sidecar::store::Change;
     use token_sidecar::store::announcement::{Announcement, FleetKey};
     let url = fresh_postgres_database().await;
@@ -677,6 +684,7 @@ async fn a_far_ahead_number_costs_two_catch_ups_not_a_poll_storm() {
 /// another secret hears nothing of theirs; a short key refuses to start.
 #[tokio::test]
 async fn a_sync_key_file_replaces_the_generated_secret() {
+    crate::require!(Postgres);
     let dir = tempfile::tempdir().expect("temp dir");
     let key = dir.path().join("sync.key");
     std::fs::write(&key, format!("{}\n", "k".repeat(48))).expect("key");

@@ -101,16 +101,19 @@ async fn an_idle_sidecar_holds_one_connection(mode: &[(&str, &str)], sync_connec
 
 #[tokio::test]
 async fn an_idle_notify_sidecar_holds_its_listen_connection_only() {
+    crate::require!(Postgres);
     an_idle_sidecar_holds_one_connection(&[], LISTENER_APPLICATION_NAME).await;
 }
 
 #[tokio::test]
 async fn an_idle_poll_sidecar_holds_its_polling_connection_only() {
+    crate::require!(Postgres);
     an_idle_sidecar_holds_one_connection(&[("--sync-mode", "poll")], FEED_APPLICATION_NAME).await;
 }
 
 #[tokio::test]
 async fn an_idle_nats_sidecar_holds_its_polling_connection_only() {
+    crate::require!(Postgres, Nats);
     let nats = shared_nats_url();
     an_idle_sidecar_holds_one_connection(
         &[("--sync-mode", "nats"), ("--nats-url", nats.as_str())],
@@ -137,11 +140,13 @@ async fn most_connections_while(load: &[tokio::task::JoinHandle<()>], db: &str) 
 
 #[tokio::test]
 async fn under_load_the_connections_stay_within_their_bound() {
+    crate::require!(Postgres);
     under_load_at_most(2).await;
 }
 
 #[tokio::test]
 async fn a_budget_of_one_connection_listens_and_queries_on_it() {
+    crate::require!(Postgres);
     under_load_at_most(1).await;
 }
 
@@ -150,6 +155,7 @@ async fn a_budget_of_one_connection_listens_and_queries_on_it() {
 /// announcements (no catch-up query).
 #[tokio::test]
 async fn by_default_a_notify_sidecar_does_all_its_database_work_on_one_connection() {
+    crate::require!(Postgres);
     let mut args = ANNOUNCEMENTS_ONLY.to_vec();
     args.push(("--cutoff-cache-ttl", "0s"));
     let apps = fleet(2, &args).await;
@@ -274,6 +280,7 @@ async fn under_load_at_most(budget: i64) {
 
 #[tokio::test]
 async fn announced_changes_are_applied_without_a_query() {
+    crate::require!(Postgres);
     let apps = fleet(3, &ANNOUNCEMENTS_ONLY).await;
     let (a, b, c) = (&apps[0], &apps[1], &apps[2]);
     for app in &apps {
@@ -298,6 +305,7 @@ async fn announced_changes_are_applied_without_a_query() {
 
 #[tokio::test]
 async fn a_missed_announcement_is_read_from_the_store() {
+    crate::require!(Postgres);
     let apps = fleet(2, &ANNOUNCEMENTS_ONLY).await;
     let (a, b) = (&apps[0], &apps[1]);
     eventually(CONVERGE, "listening", || async { channel_up(b) }).await;
@@ -341,6 +349,7 @@ async fn a_missed_announcement_is_read_from_the_store() {
 
 #[tokio::test]
 async fn revocations_reach_other_instances_through_nats() {
+    crate::require!(Postgres, Nats);
     let nats = shared_nats_url();
     let mut args = ANNOUNCEMENTS_ONLY.to_vec();
     args.extend([("--sync-mode", "nats"), ("--nats-url", nats.as_str())]);
@@ -362,6 +371,7 @@ async fn revocations_reach_other_instances_through_nats() {
 
 #[tokio::test]
 async fn nats_stopped_and_restarted_under_revoke_load_loses_nothing() {
+    crate::require!(Postgres, Nats, NatsServer);
     let mut nats = PrivateNats::start().await;
     let args = [
         ("--sync-mode", "nats"),
@@ -445,6 +455,7 @@ async fn nats_stopped_and_restarted_under_revoke_load_loses_nothing() {
 
 #[tokio::test]
 async fn a_full_database_at_start_is_retried_reported_once_and_then_served() {
+    crate::require!(PostgresBinaries);
     use sqlx::Connection;
     let pg = PrivatePostgres::start_with("-c max_connections=8");
     // Fill every slot (the test connects as a superuser, who may use the reserved ones too).
@@ -515,6 +526,7 @@ async fn a_full_database_at_start_is_retried_reported_once_and_then_served() {
 
 #[tokio::test]
 async fn poll_mode_through_pgbouncer_serves_many_sidecars_on_few_connections() {
+    crate::require!(Postgres, Pgbouncer);
     // Migrate directly (sqlx's migration lock needs a session), then leave.
     let first = Settings::new(Backend::Postgres).spawn().await;
     let url = first.database_url.clone();
@@ -559,6 +571,7 @@ async fn poll_mode_through_pgbouncer_serves_many_sidecars_on_few_connections() {
 /// the round has passed.
 #[tokio::test]
 async fn the_fleet_purges_once_per_round() {
+    crate::require!(Postgres);
     let clock = ManualClock::new(crate::common::T0_MS);
     let a = Settings::new(Backend::Postgres)
         .clock(clock.clone())

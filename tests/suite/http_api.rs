@@ -348,6 +348,7 @@ async fn revocation_follows_rfc_7009_and_bad_requests_get_400() {
 
 #[tokio::test]
 async fn revocation_answers_503_with_retry_after_when_nothing_was_committed() {
+    crate::require!(Postgres);
     let (app, store) = crate::common::behind_store_proxy(
         Settings::new(Backend::Postgres).arg("--http-listen", "127.0.0.1:0"),
     )

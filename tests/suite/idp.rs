@@ -207,6 +207,7 @@ fn now_s(app: &TestApp) -> i64 {
 
 #[tokio::test]
 async fn a_keycloak_logout_ends_the_idp_session_everywhere_and_a_sub_ends_them_all() {
+    crate::require!(Postgres, PythonJwt);
     let (a, b, _) = two_receivers(Backend::Postgres).await;
     let in_session = issue_for(&a, "alice", "kc-session-1").await.expect("issue");
     let refreshed = a.refresh(&in_session).await.expect("refresh").token;
@@ -268,6 +269,7 @@ async fn a_keycloak_logout_ends_the_idp_session_everywhere_and_a_sub_ends_them_a
 
 #[tokio::test]
 async fn every_refused_logout_token_is_answered_400_and_stores_nothing() {
+    crate::require!(Postgres, PythonJwt);
     let (a, _b, _) = two_receivers(Backend::Postgres).await;
     let token = issue_for(&a, "bob", "kc-bob").await.expect("issue");
     let now = now_s(&a);
@@ -441,6 +443,7 @@ async fn every_refused_logout_token_is_answered_400_and_stores_nothing() {
 
 #[tokio::test]
 async fn security_events_revoke_ban_and_lift_on_every_instance() {
+    crate::require!(Postgres, PythonJwt);
     let (a, b, _) = two_receivers(Backend::Postgres).await;
     let now = now_s(&a);
     let send = |claims: Value| rs256("secevent+jwt", &claims);
@@ -570,6 +573,7 @@ async fn security_events_revoke_ban_and_lift_on_every_instance() {
 
 #[tokio::test]
 async fn refused_security_events_get_rfc8935_errors_and_an_unknown_kid_refetches_the_keys() {
+    crate::require!(Postgres, PythonJwt);
     let (a, _b, jwks) = two_receivers(Backend::Postgres).await;
     let token = issue_for(&a, "erin", "").await.expect("issue");
     let now = now_s(&a);
@@ -895,6 +899,7 @@ async fn receivers_need_the_http_listener_and_an_audience() {
 /// cannot be had and the provider is told to retry (503), nothing decided.
 #[tokio::test]
 async fn key_sets_are_fetched_over_https_from_a_trusted_server_only() {
+    crate::require!(PythonJwt);
     let dir = tempfile::tempdir().expect("dir");
     write_jwks(&dir.path().join("jwks.json"), &[("k1", "rsa.pem")]);
     let port = crate::common::free_port();
@@ -987,6 +992,7 @@ async fn key_sets_are_fetched_over_https_from_a_trusted_server_only() {
 /// sidecar started with the flags it shows (on the real clock: the block stamps `date +%s`).
 #[tokio::test]
 async fn the_readme_identity_provider_walkthrough_runs() {
+    crate::require!(Grpcurl, PythonJwt);
     use crate::readme::{Marker, run_block, shell_blocks};
     const TEST: &str = "the_readme_identity_provider_walkthrough_runs";
     let root = env!("CARGO_MANIFEST_DIR");

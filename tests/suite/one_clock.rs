@@ -135,6 +135,7 @@ impl Instance {
 
 #[tokio::test]
 async fn an_instance_whose_clock_is_8s_fast_refuses_to_mint_and_says_why_everywhere() {
+    crate::require!(Postgres, Faketime);
     let database_url = crate::common::fresh_postgres_database().await;
     let fast = Instance::start(&database_url, "+8s").await;
 
@@ -219,6 +220,7 @@ async fn an_instance_whose_clock_is_8s_fast_refuses_to_mint_and_says_why_everywh
 
 #[tokio::test]
 async fn within_the_tolerance_instances_agree_on_logout_everywhere_and_on_bans() {
+    crate::require!(Postgres, Faketime);
     let database_url = crate::common::fresh_postgres_database().await;
     let fast = Instance::start(&database_url, "+0.4").await;
     let correct = Instance::start(&database_url, "").await;
@@ -300,6 +302,7 @@ async fn within_the_tolerance_instances_agree_on_logout_everywhere_and_on_bans()
 /// default), the harder case: the sidecar carries its monotonic time past the step.
 #[tokio::test]
 async fn a_clock_step_back_does_not_stretch_the_staleness_bound() {
+    crate::require!(Postgres, Faketime);
     let direct = crate::common::fresh_postgres_database().await;
     let proxy = crate::common::StoreProxy::start(crate::common::postgres_addr()).await;
     let through_proxy = proxy.url_for(&direct);

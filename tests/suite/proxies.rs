@@ -324,20 +324,24 @@ async fn scenario(which: Proxy) {
 
 #[tokio::test]
 async fn envoy_grpc_ext_authz() {
+    crate::require!(Postgres, Envoy, Nginx, Traefik);
     scenario(Proxy::EnvoyGrpc).await;
 }
 
 #[tokio::test]
 async fn envoy_http_ext_authz() {
+    crate::require!(Postgres, Envoy, Nginx, Traefik);
     scenario(Proxy::EnvoyHttp).await;
 }
 
 #[tokio::test]
 async fn nginx_auth_request() {
+    crate::require!(Postgres, Envoy, Nginx, Traefik);
     scenario(Proxy::Nginx).await;
 }
 
 #[tokio::test]
 async fn traefik_forward_auth() {
+    crate::require!(Postgres, Envoy, Nginx, Traefik);
     scenario(Proxy::Traefik).await;
 }

@@ -22,6 +22,7 @@ const README_ADDRESS: &str = "localhost:50051";
 
 #[tokio::test]
 async fn the_readme_grpcurl_session_gives_the_outputs_it_shows() {
+    crate::require!(Grpcurl);
     for tool in ["grpcurl", "jq", "bash"] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
@@ -329,6 +330,7 @@ pub(crate) fn shell_blocks(doc: &str) -> Vec<Block> {
 /// a named test, or says why it is not run here.
 #[tokio::test]
 async fn every_shell_block_of_the_readmes_is_run_or_marked() {
+    crate::require!(Grpcurl, PythonGrpc);
     let root = env!("CARGO_MANIFEST_DIR");
     let tests: String = std::fs::read_dir(format!("{root}/tests/suite"))
         .expect("tests/suite")

@@ -156,6 +156,7 @@ async fn the_session_row_is_purged_with_the_session(backend: Backend) {
 /// branch; a replay on the other instance after the interval is detected there.
 #[tokio::test]
 async fn it_works_across_instances() {
+    crate::require!(Postgres);
     let a = TestApp::spawn(Backend::Postgres).await;
     let b = Settings::new(Backend::Postgres)
         .sharing(&a)

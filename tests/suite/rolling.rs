@@ -171,6 +171,7 @@ async fn rolling_update(drain_delay: &str) -> Rolled {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_update_behind_envoy_drops_no_request() {
+    crate::require!(Postgres, Envoy);
     // A little above the 0.5 s health-check interval.
     let rolled = rolling_update("1500ms").await;
     assert!(rolled.requests > 500, "steady load: {rolled:?}");
@@ -191,6 +192,7 @@ async fn a_rolling_update_behind_envoy_drops_no_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement; run by hand"]
 async fn measure_rolling_update_with_and_without_drain_delay() {
+    crate::require!(Postgres, Envoy);
     for drain in ["0s", "1500ms"] {
         let rolled = rolling_update(drain).await;
         println!(

@@ -90,6 +90,7 @@ pub async fn revocations_reach_the_other_instance(a: &TestApp, b: &TestApp) {
 
 #[tokio::test]
 async fn revocations_reach_another_instance_through_notify() {
+    crate::require!(Postgres);
     // A slow poll, so only NOTIFY can be this fast.
     let (a, b) = pair(&[("--sync-poll-interval", "1h")]).await;
     revocations_reach_the_other_instance(&a, &b).await;
@@ -100,6 +101,7 @@ async fn revocations_reach_another_instance_through_notify() {
 
 #[tokio::test]
 async fn revocations_reach_a_poll_only_instance() {
+    crate::require!(Postgres);
     let (a, b) = pair(&[("--sync-mode", "poll"), ("--sync-poll-interval", "100ms")]).await;
     revocations_reach_the_other_instance(&a, &b).await;
 }
@@ -108,6 +110,7 @@ async fn revocations_reach_a_poll_only_instance() {
 /// not skip a revoke-all and a ban that A committed and B has not applied yet.
 #[tokio::test]
 async fn a_filter_rebuild_does_not_skip_a_revoke_all_or_a_ban() {
+    crate::require!(Postgres);
     let (a, b) = pair(&[
         ("--sync-mode", "poll"),
         // Only the explicit sync_now calls below sync B (the first tick runs at start).
@@ -166,6 +169,7 @@ async fn a_filter_rebuild_does_not_skip_a_revoke_all_or_a_ban() {
 /// verify without store queries again.
 #[tokio::test]
 async fn an_overfull_filter_is_rebuilt_at_once() {
+    crate::require!(Postgres);
     let app = Settings::new(Backend::Postgres)
         .arg("--purge-interval", "1h")
         .arg("--denylist-expected-items", "1000")
@@ -198,6 +202,7 @@ async fn an_overfull_filter_is_rebuilt_at_once() {
 
 #[tokio::test]
 async fn a_cut_listener_reconnects_and_catches_up() {
+    crate::require!(Postgres);
     let (a, b) = pair(&[("--sync-poll-interval", "1h")]).await;
     let t = a.issue("dave").await;
     assert!(b.verify(&t.token).await.valid);
@@ -237,6 +242,7 @@ async fn a_cut_listener_reconnects_and_catches_up() {
 
 #[tokio::test]
 async fn an_instance_started_later_loads_every_revocation_at_start() {
+    crate::require!(Postgres);
     let clock = ManualClock::new(T0_MS);
     let a = Settings::new(Backend::Postgres)
         .clock(clock.clone())
@@ -269,6 +275,7 @@ async fn an_instance_started_later_loads_every_revocation_at_start() {
 
 #[tokio::test]
 async fn three_instances_agree() {
+    crate::require!(Postgres);
     let clock = ManualClock::new(T0_MS);
     let a = Settings::new(Backend::Postgres)
         .clock(clock.clone())
@@ -309,6 +316,7 @@ async fn three_instances_agree() {
 
 #[tokio::test]
 async fn steady_state_verify_makes_no_store_queries() {
+    crate::require!(Postgres);
     let app = TestApp::spawn(Backend::Postgres).await;
     let mut tokens = Vec::new();
     for i in 0..200 {
@@ -374,6 +382,7 @@ async fn behind_proxy(outage: &str) -> (TestApp, StoreProxy) {
 
 #[tokio::test]
 async fn a_store_outage_fails_closed_then_recovers_by_itself() {
+    crate::require!(Postgres);
     let (app, proxy) = behind_proxy("fail-closed").await;
     let t = app.issue("alice").await;
     assert!(app.verify(&t.token).await.valid);
@@ -425,6 +434,7 @@ async fn a_store_outage_fails_closed_then_recovers_by_itself() {
 
 #[tokio::test]
 async fn serve_stale_answers_from_the_caches_during_an_outage() {
+    crate::require!(Postgres);
     let (app, proxy) = behind_proxy("serve-stale").await;
     let t = app.issue("alice").await;
     let revoked = app.issue("alice").await;
@@ -452,6 +462,7 @@ async fn serve_stale_answers_from_the_caches_during_an_outage() {
 #[tokio::test]
 #[ignore = "a measurement; run by hand"]
 async fn measure_propagation_and_filter_memory() {
+    crate::require!(Postgres);
     let filter = token_sidecar::cache::DenylistFilter::new(1_000_000, 0.01, 10);
     println!(
         "filter for 1,000,000 ids at 1% false positives: {} bits = {:.2} MiB",
@@ -499,6 +510,7 @@ async fn measure_propagation_and_filter_memory() {
 
 #[tokio::test]
 async fn a_denylist_larger_than_expected_at_start_is_sized_right_after_the_load() {
+    crate::require!(Postgres);
     let first = Settings::new(Backend::Postgres).spawn().await;
     let url = first.database_url.clone();
     let dir = first.dir.clone();

@@ -8,16 +8,12 @@ use crate::token::Claims;
 /// The longest user id accepted, in bytes.
 pub const MAX_USER_ID_BYTES: usize = 256;
 
-/// Unicode format characters (general category Cf): invisible, so an id made of them, or
-/// padded with them, looks like another id in every log and console.
+/// Unicode format characters (general category Cf, from the crate that carries the Unicode
+/// tables): invisible, so an id made of them, or padded with them, looks like another id in
+/// every log and console.
 fn is_format_char(c: char) -> bool {
-    matches!(c,
-        '\u{AD}' | '\u{600}'..='\u{605}' | '\u{61C}' | '\u{6DD}' | '\u{70F}'
-        | '\u{890}'..='\u{891}' | '\u{8E2}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
-        | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}'
-        | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}' | '\u{110BD}' | '\u{110CD}'
-        | '\u{13430}'..='\u{1343F}' | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}'
-        | '\u{E0001}' | '\u{E0020}'..='\u{E007F}')
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    c.general_category() == GeneralCategory::Format
 }
 
 fn is_invisible(c: char) -> bool {

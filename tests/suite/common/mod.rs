@@ -4,6 +4,7 @@ pub mod app;
 pub mod nats;
 pub mod postgres;
 pub mod process;
+pub mod services;
 pub mod tokens;
 
 pub use app::*;
@@ -20,6 +21,7 @@ macro_rules! on_every_backend {
             $(
                 #[tokio::test]
                 async fn $name() {
+                    $crate::require!(Postgres);
                     super::$name($crate::common::Backend::Postgres).await
                 }
             )*

@@ -17,6 +17,7 @@ const CLIENT: &str = "token-app";
 
 #[tokio::test]
 async fn logging_out_at_a_real_openid_provider_revokes_our_token_on_every_instance() {
+    crate::require!(Postgres, OidcProvider);
     let module = format!(
         "{}/target/oidc/node_modules/oidc-provider/lib/index.js",
         env!("CARGO_MANIFEST_DIR")
