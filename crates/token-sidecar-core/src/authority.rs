@@ -198,7 +198,7 @@ impl TokenAuthority {
     }
 
     /// Whether the store has been migrated and the caches loaded.
-    pub fn is_ready(&self) -> bool {
+    fn is_ready(&self) -> bool {
         self.revocations.is_loaded()
     }
 

@@ -66,7 +66,7 @@ impl Reading {
     pub const MAX_ROUND_TRIP_US: i64 = 1_000_000;
 
     /// How long the question took to be answered.
-    pub fn round_trip_us(&self) -> i64 {
+    fn round_trip_us(&self) -> i64 {
         self.received_us.saturating_sub(self.sent_us)
     }
 }
@@ -79,7 +79,7 @@ pub fn wall_ms() -> UnixMillis {
 
 /// Microseconds since this process first asked, on the monotonic clock — made to never step
 /// back (see [`Carry`]).
-pub fn process_monotonic_us() -> i64 {
+fn process_monotonic_us() -> i64 {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
     static CARRY: parking_lot::Mutex<Carry> = parking_lot::Mutex::new(Carry::new());
     let origin = *ORIGIN.get_or_init(Instant::now);
@@ -207,7 +207,7 @@ impl FleetClock {
     }
 
     /// A fleet clock over the given wall and monotonic clocks, both in µs (tests step them).
-    pub fn with_sources(wall: Source, monotonic: Source) -> Self {
+    fn with_sources(wall: Source, monotonic: Source) -> Self {
         let offset = wall().saturating_sub(monotonic());
         Self {
             wall,
@@ -295,7 +295,6 @@ impl Clock for FleetClock {
 pub struct ManualClock {
     now: Arc<AtomicI64>,
     monotonic: Arc<AtomicI64>,
-    skew: Arc<AtomicI64>,
 }
 
 impl ManualClock {
@@ -304,7 +303,6 @@ impl ManualClock {
         Self {
             now: Arc::new(AtomicI64::new(now_ms)),
             monotonic: Arc::new(AtomicI64::new(0)),
-            skew: Arc::new(AtomicI64::new(0)),
         }
     }
 
@@ -326,11 +324,6 @@ impl ManualClock {
     pub fn advance_secs(&self, secs: i64) {
         self.advance_ms(secs * 1000);
     }
-
-    /// Sets how far this instance's own clock is off the fleet's.
-    pub fn set_skew_ms(&self, skew_ms: i64) {
-        self.skew.store(skew_ms, Ordering::SeqCst);
-    }
 }
 
 impl Clock for ManualClock {
@@ -342,8 +335,9 @@ impl Clock for ManualClock {
         self.monotonic.load(Ordering::SeqCst)
     }
 
+    /// A manual clock is the fleet's: never skewed.
     fn skew_ms(&self) -> Option<i64> {
-        Some(self.skew.load(Ordering::SeqCst))
+        Some(0)
     }
 }
 

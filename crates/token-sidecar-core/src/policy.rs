@@ -221,12 +221,6 @@ impl RevocationPolicy {
         until.unwrap_or(now)
     }
 
-    /// After this instant a denylisted token can no longer be accepted anyway (it has expired),
-    /// so its row may be purged.
-    pub fn token_row_moot_at(&self, claims: &Claims) -> UnixMillis {
-        claims.expires_at * 1000 + self.leeway_ms
-    }
-
     /// After this instant no token of a session that started at `orig_iat_ms` can be accepted.
     pub fn session_row_moot_at(&self, orig_iat_ms: UnixMillis) -> UnixMillis {
         orig_iat_ms + self.refresh_window_ms + self.leeway_ms
@@ -250,7 +244,7 @@ impl RevocationPolicy {
     }
 
     /// A cutoff this old revokes nothing that could still be alive, so it may be purged.
-    pub fn cutoff_purgeable_before(&self, now: UnixMillis) -> UnixMillis {
+    fn cutoff_purgeable_before(&self, now: UnixMillis) -> UnixMillis {
         now - self.refresh_window_ms - self.leeway_ms - 1
     }
 
@@ -467,9 +461,6 @@ mod tests {
     fn denylist_rows_outlive_everything_they_refuse() {
         let mut p = policy();
         p.leeway_ms = 2 * SEC;
-        let c = claims(10 * SEC, 400);
-        assert_eq!(p.token_row_moot_at(&c), 402 * SEC);
-        assert!(p.check_lifetime(&c, p.token_row_moot_at(&c)).is_err());
         assert_eq!(
             p.session_row_moot_at(10 * SEC),
             10 * SEC + 7 * DAY + 2 * SEC

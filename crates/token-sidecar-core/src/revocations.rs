@@ -181,7 +181,7 @@ impl Revocations {
     /// Whether the caches may no longer be trusted: another instance may have written since
     /// the last sync. Measured on the monotonic clock (a step of the wall clock neither
     /// shortens nor stretches it). A store no other instance writes is never stale.
-    pub fn is_stale(&self) -> bool {
+    fn is_stale(&self) -> bool {
         if !self.store.is_shared() {
             return false;
         }
@@ -440,8 +440,9 @@ impl Revocations {
         }
     }
 
-    /// Rebuilds the filter now, whether or not it would pay off (tests and operators).
-    pub async fn rebuild_filter_now(&self) -> Result<(), StoreError> {
+    /// Rebuilds the filter now, whether or not it would pay off (for the model test).
+    #[cfg(test)]
+    async fn rebuild_filter_now(&self) -> Result<(), StoreError> {
         match &self.denylist {
             Some(filter) => self.rebuild_filter(filter).await.map(|_| ()),
             None => Ok(()),

@@ -156,7 +156,7 @@ mod tests {
     async fn failed_loads_are_not_cached() {
         let cache = CutoffCache::new(100, Duration::from_secs(60));
         let failed = cache
-            .get_or_load("u", || async { Err(StoreError::Stale) })
+            .get_or_load("u", || async { Err(StoreError::Timeout("a test's store")) })
             .await;
         assert!(failed.is_err());
         assert_eq!(cache.get("u").await, None);

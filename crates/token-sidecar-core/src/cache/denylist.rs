@@ -240,16 +240,6 @@ impl DenylistFilter {
     pub fn bits(&self) -> usize {
         self.bloom().num_bits()
     }
-
-    /// The configured expected size.
-    pub fn expected_items(&self) -> usize {
-        self.expected_items
-    }
-
-    /// The configured target false-positive rate.
-    pub fn fp_rate(&self) -> f64 {
-        self.fp_rate
-    }
 }
 
 #[cfg(test)]
@@ -335,7 +325,9 @@ mod tests {
                 .await;
             assert!(matches!(first, Ok(false)));
             let cached = filter
-                .confirm(DenyKind::Token, "x", || async { Err(StoreError::Stale) })
+                .confirm(DenyKind::Token, "x", || async {
+                    Err(StoreError::Timeout("a test's store"))
+                })
                 .await;
             assert!(matches!(cached, Ok(false)), "answered from memory");
             filter.insert(DenyKind::Token, "x", 0).await;

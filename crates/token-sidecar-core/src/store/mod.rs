@@ -330,9 +330,6 @@ pub enum StoreError {
     /// The embedded database file was deleted or replaced under the running process.
     #[error("the store's file is gone: {0}; writes are refused until a restart")]
     Lost(String),
-    /// The instance's view is too old and the store cannot refresh it.
-    #[error("the caches are stale and the store cannot be reached")]
-    Stale,
     /// A row changed under a conditional write twice in a row; the caller may retry.
     #[error("a concurrent change got in the way; retry")]
     Conflict,
