@@ -275,42 +275,43 @@ where
     DB::QueryResult: RowsAffected,
     i64: for<'q> Encode<'q, DB> + Type<DB>,
 {
-    let delete =
-        |sql: &'static str, before: i64| sqlx::query::<DB>(sql).persistent(prepared).bind(before);
-    delete(
-        "DELETE FROM session_heads WHERE moot_after_unix_ms < $1",
-        horizon.moot_before,
-    )
-    .execute(&mut *conn)
-    .await?;
-    delete(
-        "DELETE FROM received_events WHERE moot_after_unix_ms < $1",
-        horizon.moot_before,
-    )
-    .execute(&mut *conn)
-    .await?;
-    let denylist = delete(
-        "DELETE FROM denylist WHERE moot_after_unix_ms < $1",
-        horizon.moot_before,
-    )
-    .execute(&mut *conn)
-    .await?;
-    let cutoffs = delete(
-        "DELETE FROM user_cutoffs WHERE cutoff_unix_ms < $1",
-        horizon.cutoffs_before,
-    )
-    .execute(&mut *conn)
-    .await?;
-    let audit = delete(
-        "DELETE FROM audit_log WHERE at_unix_ms < $1",
-        horizon.audit_before,
-    )
-    .execute(&mut *conn)
-    .await?;
+    // Each table with the instant before which its rows may go; the counts kept in this order.
+    let statements = [
+        (
+            "DELETE FROM session_heads WHERE moot_after_unix_ms < $1",
+            horizon.moot_before,
+        ),
+        (
+            "DELETE FROM received_events WHERE moot_after_unix_ms < $1",
+            horizon.moot_before,
+        ),
+        (
+            "DELETE FROM denylist WHERE moot_after_unix_ms < $1",
+            horizon.moot_before,
+        ),
+        (
+            "DELETE FROM user_cutoffs WHERE cutoff_unix_ms < $1",
+            horizon.cutoffs_before,
+        ),
+        (
+            "DELETE FROM audit_log WHERE at_unix_ms < $1",
+            horizon.audit_before,
+        ),
+    ];
+    let mut deleted = [0u64; 5];
+    for (count, (sql, before)) in deleted.iter_mut().zip(statements) {
+        *count = sqlx::query::<DB>(sql)
+            .persistent(prepared)
+            .bind(before)
+            .execute(&mut *conn)
+            .await?
+            .rows();
+    }
+    let [_, _, denylist, cutoffs, audit] = deleted;
     Ok(Purged {
-        denylist: denylist.rows(),
-        cutoffs: cutoffs.rows(),
-        audit: audit.rows(),
+        denylist,
+        cutoffs,
+        audit,
         ran: true,
     })
 }
