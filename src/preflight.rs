@@ -40,6 +40,40 @@ pub fn check_idp(config: &Config) -> Result<(), StartupError> {
     Ok(())
 }
 
+/// Reads every identity provider's key set once (a file, or its URL): what the receivers will
+/// use, one report line per issuer.
+async fn check_idp_keys(config: &Config) -> Result<Vec<String>, StartupError> {
+    let routes = [
+        (
+            &config.oidc_issuers,
+            "oidc back-channel logout",
+            "/oidc/backchannel-logout",
+        ),
+        (&config.ssf_transmitters, "ssf transmitter", "/ssf/events"),
+    ];
+    let mut report = Vec::new();
+    for (issuers, what, path) in routes {
+        for trusted in issuers {
+            let keys = crate::idp::jwks::read_key_set(&trusted.source)
+                .await
+                .map_err(|problem| StartupError::IdpKeys {
+                    issuer: trusted.issuer.clone(),
+                    problem,
+                })?;
+            let on = config.http_listen.map_or_else(String::new, |listen| {
+                format!(", POST http://{listen}{path}")
+            });
+            report.push(format!(
+                "{what}: {} ({} key(s) from {}){on}",
+                trusted.issuer,
+                keys.len(),
+                trusted.source
+            ));
+        }
+    }
+    Ok(report)
+}
+
 /// Refuses a sync mode that lacks what it needs.
 pub fn check_sync(config: &Config) -> Result<(), StartupError> {
     if config.sync_mode == crate::sync::SyncMode::Nats && config.nats_url.is_none() {
@@ -92,6 +126,7 @@ pub async fn check_config(config: &Config) -> Result<Vec<String>, StartupError> 
         report.push("admin credential: loaded; privileged RPCs require it".into());
     }
     report.push(crate::otel::describe(&config.into())?);
+    report.extend(check_idp_keys(config).await?);
     let store = store::open_with(&config.database_url(), config.into()).await?;
     store.ping().await?;
     report.push(format!("store: {} reachable", store.kind()));

@@ -61,6 +61,15 @@ pub enum StartupError {
          (or TOKEN_SIDECAR_HTTP_LISTEN), e.g. 127.0.0.1:8080"
     )]
     IdpWithoutHttp,
+    /// An identity provider's key set (`--oidc-issuer`, `--ssf-transmitter`) cannot be read or
+    /// holds no usable key.
+    #[error("the key set of {issuer} cannot be used: {problem}")]
+    IdpKeys {
+        /// The issuer.
+        issuer: String,
+        /// What is wrong.
+        problem: String,
+    },
     /// The API would be reachable from other hosts with no caller authentication.
     #[error(
         "--listen {0} is reachable from other hosts, but callers are not authenticated (TLS alone \

@@ -317,23 +317,40 @@ impl ProviderKeys {
     }
 
     async fn read(&self) -> Result<KeySet, String> {
-        let bytes = match &self.source {
-            JwksSource::File(path) => {
-                let bytes = tokio::fs::read(path)
-                    .await
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                if bytes.len() > fetch::MAX_JWKS_BYTES {
-                    return Err(format!("{} is too large", path.display()));
-                }
-                bytes
-            }
-            JwksSource::Url(url) => fetch::get(url)
-                .await
-                .map_err(|e| format!("{url}: {e}"))?
-                .to_vec(),
-        };
-        KeySet::parse(&bytes)
+        read_key_set(&self.source).await
     }
+}
+
+impl KeySet {
+    /// How many usable keys the set holds.
+    pub fn len(&self) -> usize {
+        self.by_kid.len() + self.unnamed.len()
+    }
+
+    /// Whether the set holds no usable key (never, once parsed).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Reads and parses the key set at `source` once (also what `check-config` does).
+pub async fn read_key_set(source: &JwksSource) -> Result<KeySet, String> {
+    let bytes = match source {
+        JwksSource::File(path) => {
+            let bytes = tokio::fs::read(path)
+                .await
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            if bytes.len() > fetch::MAX_JWKS_BYTES {
+                return Err(format!("{} is too large", path.display()));
+            }
+            bytes
+        }
+        JwksSource::Url(url) => fetch::get(url)
+            .await
+            .map_err(|e| format!("{url}: {e}"))?
+            .to_vec(),
+    };
+    KeySet::parse(&bytes)
 }
 
 #[cfg(test)]

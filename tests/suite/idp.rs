@@ -1032,3 +1032,53 @@ async fn the_readme_identity_provider_walkthrough_runs() {
     }
     assert_eq!(ran, 2, "the README's walkthrough has two blocks run here");
 }
+
+/// `check-config` reads every identity provider's key set once and says what the receivers will
+/// use — or which issuer's keys cannot be used.
+#[tokio::test]
+async fn check_config_reads_the_identity_providers_key_sets() {
+    crate::require!(PythonJwt);
+    let dir = tempfile::tempdir().expect("dir");
+    let jwks = dir.path().join("jwks.json");
+    write_jwks(&jwks, &[("k1", "rsa.pem"), ("k2", "p256.pem")]);
+    let db = format!("sqlite:{}", dir.path().join("c.db").display());
+    let run = |source: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_token-sidecar"))
+            .args([
+                "check-config",
+                "--database-url",
+                &db,
+                "--http-listen",
+                "127.0.0.1:8080",
+                "--oidc-issuer",
+                &format!("{ISSUER}={source}"),
+                "--oidc-client-id",
+                CLIENT_ID,
+            ])
+            .current_dir(dir.path())
+            .env_remove("DATABASE_URL")
+            .env_remove("TOKEN_SIDECAR_KEYS")
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("binary runs")
+    };
+    let good = run(&jwks.display().to_string());
+    let out =
+        String::from_utf8_lossy(&good.stdout).into_owned() + &String::from_utf8_lossy(&good.stderr);
+    assert!(good.status.success(), "{out}");
+    assert!(
+        out.contains(&format!(
+            "oidc back-channel logout: {ISSUER} (2 key(s) from {})",
+            jwks.display()
+        )) && out.contains("POST http://127.0.0.1:8080/oidc/backchannel-logout"),
+        "{out}"
+    );
+    let missing = run("/no/such/jwks.json");
+    let out = String::from_utf8_lossy(&missing.stdout).into_owned()
+        + &String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success(), "{out}");
+    assert!(
+        out.contains(&format!("the key set of {ISSUER} cannot be used")),
+        "{out}"
+    );
+}
