@@ -24,6 +24,7 @@ pub use token_sidecar_api::client;
 pub use token_sidecar_core::authority;
 pub use token_sidecar_core::cache;
 pub use token_sidecar_core::clock;
+pub use token_sidecar_core::error_code;
 pub mod clock_upkeep;
 pub mod config;
 pub mod connections;

@@ -2,6 +2,7 @@
 //! introspection: with `--admin-token-file`, callers present `authorization: Bearer
 //! <credential>`, compared in constant time; the file is re-read like the keys. Without it they
 //! are open (loopback sidecar, or mutual TLS beyond it).
+use crate::error_code::ErrorCode;
 /// The bearer credential privileged RPCs must present; replaceable while serving (the file is
 /// re-read on SIGHUP and every `--key-reload-interval`). Its Debug output hides it.
 pub struct AdminCredential(arc_swap::ArcSwap<Vec<u8>>);
@@ -235,9 +236,9 @@ impl Refusal {
     /// The ErrorInfo reason.
     pub fn reason(self) -> &'static str {
         match self {
-            Refusal::Missing => "MISSING_CREDENTIAL",
-            Refusal::Invalid => "INVALID_CREDENTIAL",
-            Refusal::IdentityNotAllowed => "IDENTITY_NOT_ALLOWED",
+            Refusal::Missing => ErrorCode::MissingCredential.as_str(),
+            Refusal::Invalid => ErrorCode::InvalidCredential.as_str(),
+            Refusal::IdentityNotAllowed => ErrorCode::IdentityNotAllowed.as_str(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Translation between the proto and the domain: timestamps and durations (milliseconds),
 //! custom claims (`google.protobuf.Struct` ↔ JSON), reasons, and the answer shapes of Issue,
 //! Refresh and Verify.
+use crate::error_code::ErrorCode;
 use prost_types::value::Kind;
 use serde_json::{Map, Number, Value};
 
@@ -106,7 +107,7 @@ pub fn timestamp(ms: UnixMillis) -> prost_types::Timestamp {
     }
 }
 
-fn bad(field: &'static str, reason: &'static str, message: &str) -> AuthorityError {
+fn bad(field: &'static str, reason: ErrorCode, message: &str) -> AuthorityError {
     AuthorityError::InvalidArgument {
         field,
         reason,
@@ -120,24 +121,34 @@ pub fn timestamp_ms(
     field: &'static str,
 ) -> Result<UnixMillis, AuthorityError> {
     if !(0..1_000_000_000).contains(&t.nanos) {
-        return Err(bad(field, "INVALID_TIMESTAMP", "nanos out of range"));
+        return Err(bad(
+            field,
+            ErrorCode::InvalidTimestamp,
+            "nanos out of range",
+        ));
     }
     t.seconds
         .checked_mul(1000)
         .and_then(|ms| ms.checked_add(i64::from(t.nanos / 1_000_000)))
         .filter(|ms| (0..=253_402_300_799_999).contains(ms))
-        .ok_or_else(|| bad(field, "INVALID_TIMESTAMP", "must lie between 1970 and 9999"))
+        .ok_or_else(|| {
+            bad(
+                field,
+                ErrorCode::InvalidTimestamp,
+                "must lie between 1970 and 9999",
+            )
+        })
 }
 
 /// Milliseconds of a request Duration (positive).
 pub fn duration_ms(d: &prost_types::Duration, field: &'static str) -> Result<i64, AuthorityError> {
     if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
-        return Err(bad(field, "INVALID_TTL", "must be positive"));
+        return Err(bad(field, ErrorCode::InvalidTtl, "must be positive"));
     }
     d.seconds
         .checked_mul(1000)
         .and_then(|ms| ms.checked_add(i64::from(d.nanos / 1_000_000)))
-        .ok_or_else(|| bad(field, "INVALID_TTL", "is too large"))
+        .ok_or_else(|| bad(field, ErrorCode::InvalidTtl, "is too large"))
 }
 
 /// Converts a protobuf Struct to JSON; whole numbers become JSON integers.

@@ -2,6 +2,7 @@
 //! its gRPC code, metric result label and reason; [`to_status`] builds the `Status` with an
 //! AIP-193 `google.rpc.ErrorInfo` (domain [`ERROR_DOMAIN`]) and, for argument errors, a
 //! `BadRequest`.
+use crate::error_code::ErrorCode;
 use std::collections::HashMap;
 
 use tonic::{Code, Status};
@@ -31,7 +32,7 @@ pub struct Classified {
 pub fn classify(err: &AuthorityError) -> Classified {
     let (code, result, reason) = match err {
         AuthorityError::InvalidArgument { reason, .. } => {
-            (Code::InvalidArgument, "invalid_argument", *reason)
+            (Code::InvalidArgument, "invalid_argument", reason.as_str())
         }
         AuthorityError::Rejected(r) => (Code::Unauthenticated, "unauthenticated", r.code()),
         AuthorityError::InvalidToken(r) => (Code::InvalidArgument, "invalid_argument", r.code()),
@@ -43,18 +44,28 @@ pub fn classify(err: &AuthorityError) -> Classified {
         AuthorityError::IdpSessionEnded => (
             Code::PermissionDenied,
             "permission_denied",
-            "IDP_SESSION_ENDED",
+            ErrorCode::IdpSessionEnded.as_str(),
         ),
-        AuthorityError::Store(StoreError::OutcomeUnknown) => {
-            (Code::Unavailable, "unavailable", "OUTCOME_UNKNOWN")
-        }
-        AuthorityError::NotReady | AuthorityError::Store(_) => {
-            (Code::Unavailable, "unavailable", "STORE_UNAVAILABLE")
-        }
-        AuthorityError::ClockSkew { .. } | AuthorityError::ClockUnread => {
-            (Code::Unavailable, "unavailable", "CLOCK_SKEW")
-        }
-        AuthorityError::Codec(_) => (Code::Internal, "internal", "SIGNING_FAILED"),
+        AuthorityError::Store(StoreError::OutcomeUnknown) => (
+            Code::Unavailable,
+            "unavailable",
+            ErrorCode::OutcomeUnknown.as_str(),
+        ),
+        AuthorityError::NotReady | AuthorityError::Store(_) => (
+            Code::Unavailable,
+            "unavailable",
+            ErrorCode::StoreUnavailable.as_str(),
+        ),
+        AuthorityError::ClockSkew { .. } | AuthorityError::ClockUnread => (
+            Code::Unavailable,
+            "unavailable",
+            ErrorCode::ClockSkew.as_str(),
+        ),
+        AuthorityError::Codec(_) => (
+            Code::Internal,
+            "internal",
+            ErrorCode::SigningFailed.as_str(),
+        ),
     };
     Classified {
         code,
@@ -72,7 +83,7 @@ pub fn to_status(err: AuthorityError) -> Status {
             field,
             reason,
             message,
-        } => invalid_argument(field, reason, &message),
+        } => invalid_argument(field, reason.as_str(), &message),
         AuthorityError::Rejected(reason) | AuthorityError::InvalidToken(reason) => {
             token_status(code, reason)
         }
@@ -95,7 +106,11 @@ pub fn to_status(err: AuthorityError) -> Status {
         AuthorityError::IdpSessionEnded => Status::with_error_details(
             code,
             "the identity provider session was logged out: log in again (IDP_SESSION_ENDED)",
-            ErrorDetails::with_error_info("IDP_SESSION_ENDED", ERROR_DOMAIN, HashMap::new()),
+            ErrorDetails::with_error_info(
+                ErrorCode::IdpSessionEnded.as_str(),
+                ERROR_DOMAIN,
+                HashMap::new(),
+            ),
         ),
         AuthorityError::NotReady => unavailable("the store is not ready yet; retry shortly"),
         AuthorityError::ClockSkew { .. } | AuthorityError::ClockUnread => {
@@ -103,7 +118,11 @@ pub fn to_status(err: AuthorityError) -> Status {
             Status::with_error_details(
                 code,
                 message,
-                ErrorDetails::with_error_info("CLOCK_SKEW", ERROR_DOMAIN, HashMap::new()),
+                ErrorDetails::with_error_info(
+                    ErrorCode::ClockSkew.as_str(),
+                    ERROR_DOMAIN,
+                    HashMap::new(),
+                ),
             )
         }
         AuthorityError::Store(StoreError::OutcomeUnknown) => {
@@ -112,7 +131,11 @@ pub fn to_status(err: AuthorityError) -> Status {
                 code,
                 "the store did not confirm the commit: the outcome is unknown; retry (Revoke is \
                  idempotent)",
-                ErrorDetails::with_error_info("OUTCOME_UNKNOWN", ERROR_DOMAIN, HashMap::new()),
+                ErrorDetails::with_error_info(
+                    ErrorCode::OutcomeUnknown.as_str(),
+                    ERROR_DOMAIN,
+                    HashMap::new(),
+                ),
             )
         }
         AuthorityError::Store(e @ StoreError::Lost(_)) => {
@@ -128,7 +151,11 @@ pub fn to_status(err: AuthorityError) -> Status {
             Status::with_error_details(
                 code,
                 "could not sign the token",
-                ErrorDetails::with_error_info("SIGNING_FAILED", ERROR_DOMAIN, HashMap::new()),
+                ErrorDetails::with_error_info(
+                    ErrorCode::SigningFailed.as_str(),
+                    ERROR_DOMAIN,
+                    HashMap::new(),
+                ),
             )
         }
     }
@@ -139,7 +166,7 @@ pub fn overloaded(limit: usize) -> Status {
     Status::with_error_details(
         Code::ResourceExhausted,
         format!("more than {limit} requests in flight; retry with backoff"),
-        ErrorDetails::with_error_info("OVERLOADED", ERROR_DOMAIN, HashMap::new()),
+        ErrorDetails::with_error_info(ErrorCode::Overloaded.as_str(), ERROR_DOMAIN, HashMap::new()),
     )
 }
 
@@ -174,7 +201,11 @@ fn unavailable(message: &str) -> Status {
     Status::with_error_details(
         Code::Unavailable,
         message,
-        ErrorDetails::with_error_info("STORE_UNAVAILABLE", ERROR_DOMAIN, HashMap::new()),
+        ErrorDetails::with_error_info(
+            ErrorCode::StoreUnavailable.as_str(),
+            ERROR_DOMAIN,
+            HashMap::new(),
+        ),
     )
 }
 

@@ -7,6 +7,7 @@
 //!   and the reason when a token was presented, no error code when none was;
 //! - **unavailable** when the sidecar cannot answer safely (store down beyond the staleness
 //!   bound): the proxy's own fail-open/fail-closed setting decides.
+use crate::error_code::ErrorCode;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -135,10 +136,11 @@ impl ForwardAuth {
         let decision = self.decision(authorization).await;
         let (result, reason) = match &decision {
             Decision::Allow { .. } => ("ok", ""),
-            Decision::Deny { reason, .. } => {
-                ("denied", reason.map_or("MISSING_TOKEN", Reason::code))
-            }
-            Decision::Unavailable => ("unavailable", "STORE_UNAVAILABLE"),
+            Decision::Deny { reason, .. } => (
+                "denied",
+                reason.map_or(ErrorCode::MissingToken.as_str(), Reason::code),
+            ),
+            Decision::Unavailable => ("unavailable", ErrorCode::StoreUnavailable.as_str()),
         };
         self.metrics.rpc(surface, started, result, reason);
         let user_id = match &decision {

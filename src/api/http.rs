@@ -13,6 +13,7 @@
 //!
 //! A malformed request (no form body, another content type, a body over 16 KiB, a token over
 //! 8 KiB, a repeated parameter) gets a 400 with an RFC 6749-style `{"error": ...}`.
+use crate::error_code::ErrorCode;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -186,9 +187,9 @@ async fn introspect(State(api): State<HttpApi>, headers: HeaderMap, body: Body) 
         record(
             "unauthenticated",
             match (configured, presented) {
-                (false, _) => "INTROSPECTION_NOT_CONFIGURED",
-                (true, None) => "MISSING_CREDENTIAL",
-                (true, Some(_)) => "INVALID_CREDENTIAL",
+                (false, _) => ErrorCode::IntrospectionNotConfigured.as_str(),
+                (true, None) => ErrorCode::MissingCredential.as_str(),
+                (true, Some(_)) => ErrorCode::InvalidCredential.as_str(),
             },
         );
         let description = if configured {
@@ -210,14 +211,14 @@ async fn introspect(State(api): State<HttpApi>, headers: HeaderMap, body: Body) 
     let token = match form_token(&headers, body).await {
         Ok(token) => token,
         Err(response) => {
-            record("invalid_argument", "INVALID_REQUEST");
+            record("invalid_argument", ErrorCode::InvalidRequest.as_str());
             return response;
         }
     };
     let authority = api.decide.authority();
     match authority.verify(&token).await {
         Err(_) => {
-            record("unavailable", "STORE_UNAVAILABLE");
+            record("unavailable", ErrorCode::StoreUnavailable.as_str());
             unavailable()
         }
         Ok(Err(reason)) => {
@@ -264,7 +265,7 @@ async fn revoke(State(api): State<HttpApi>, headers: HeaderMap, body: Body) -> R
     let token = match form_token(&headers, body).await {
         Ok(token) => token,
         Err(response) => {
-            record("invalid_argument", "INVALID_REQUEST");
+            record("invalid_argument", ErrorCode::InvalidRequest.as_str());
             return response;
         }
     };
@@ -298,12 +299,12 @@ async fn revoke(State(api): State<HttpApi>, headers: HeaderMap, body: Body) -> R
             StatusCode::OK.into_response()
         }
         Err(AuthorityError::Store(_) | AuthorityError::NotReady) => {
-            record("unavailable", "STORE_UNAVAILABLE");
+            record("unavailable", ErrorCode::StoreUnavailable.as_str());
             unavailable()
         }
         Err(e) => {
             tracing::warn!(error = %e, "RFC 7009 revocation failed");
-            record("internal", "INTERNAL");
+            record("internal", ErrorCode::Internal.as_str());
             oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None)
         }
     }

@@ -10,6 +10,7 @@
 //! beyond it 429 with `Retry-After`) and size-bounded (16 KiB). Every refusal is counted
 //! (`rpc_requests_total{method="backchannel_logout"|"ssf_events"}`) and logged — never the
 //! token.
+use crate::error_code::ErrorCode;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -96,18 +97,18 @@ fn too_many() -> Response {
 /// The metric reason of a refusal.
 fn reason(error: &ReceiveError) -> &'static str {
     match error {
-        ReceiveError::NotConfigured => "NOT_CONFIGURED",
+        ReceiveError::NotConfigured => ErrorCode::NotConfigured.as_str(),
         ReceiveError::Event(e) => match e {
-            EventError::Malformed(_) => "MALFORMED",
-            EventError::UnknownIssuer => "UNKNOWN_ISSUER",
-            EventError::BadKey(_) => "INVALID_KEY",
-            EventError::WrongAudience => "WRONG_AUDIENCE",
-            EventError::Stale(_) => "STALE",
-            EventError::Replayed => "REPLAYED",
-            EventError::KeysUnavailable(_) => "KEYS_UNAVAILABLE",
+            EventError::Malformed(_) => ErrorCode::Malformed.as_str(),
+            EventError::UnknownIssuer => ErrorCode::UnknownIssuer.as_str(),
+            EventError::BadKey(_) => ErrorCode::InvalidKey.as_str(),
+            EventError::WrongAudience => ErrorCode::WrongAudience.as_str(),
+            EventError::Stale(_) => ErrorCode::Stale.as_str(),
+            EventError::Replayed => ErrorCode::Replayed.as_str(),
+            EventError::KeysUnavailable(_) => ErrorCode::KeysUnavailable.as_str(),
         },
-        ReceiveError::Authority(AuthorityError::InvalidArgument { reason, .. }) => reason,
-        ReceiveError::Authority(_) => "STORE_UNAVAILABLE",
+        ReceiveError::Authority(AuthorityError::InvalidArgument { reason, .. }) => reason.as_str(),
+        ReceiveError::Authority(_) => ErrorCode::StoreUnavailable.as_str(),
     }
 }
 
@@ -151,13 +152,13 @@ async fn backchannel_logout(
         trace::record_outcome(result, reason, "");
     };
     if !state.logout_bucket.take() {
-        record("resource_exhausted", "RATE_LIMITED");
+        record("resource_exhausted", ErrorCode::RateLimited.as_str());
         return too_many();
     }
     let token = match form_param(&headers, body, "logout_token", MAX_EVENT_TOKEN_BYTES).await {
         Ok(token) => token,
         Err(response) => {
-            record("invalid_argument", "INVALID_REQUEST");
+            record("invalid_argument", ErrorCode::InvalidRequest.as_str());
             tracing::warn!(
                 route = METHOD,
                 "identity provider event refused: not a logout request"
@@ -205,11 +206,11 @@ async fn ssf_events(State(state): State<IdpState>, headers: HeaderMap, body: Bod
         )
     };
     if !state.ssf_bucket.take() {
-        record("resource_exhausted", "RATE_LIMITED");
+        record("resource_exhausted", ErrorCode::RateLimited.as_str());
         return too_many();
     }
     if !content_type_is(&headers, "application/secevent+jwt") {
-        record("invalid_argument", "INVALID_REQUEST");
+        record("invalid_argument", ErrorCode::InvalidRequest.as_str());
         return refuse(
             "invalid_request",
             "the body must be application/secevent+jwt",
@@ -218,12 +219,12 @@ async fn ssf_events(State(state): State<IdpState>, headers: HeaderMap, body: Bod
     let bytes = match axum::body::to_bytes(body, MAX_EVENT_TOKEN_BYTES).await {
         Ok(bytes) => bytes,
         Err(_) => {
-            record("invalid_argument", "INVALID_REQUEST");
+            record("invalid_argument", ErrorCode::InvalidRequest.as_str());
             return refuse("invalid_request", "the body is too large");
         }
     };
     let Ok(set) = std::str::from_utf8(&bytes) else {
-        record("invalid_argument", "INVALID_REQUEST");
+        record("invalid_argument", ErrorCode::InvalidRequest.as_str());
         return refuse("invalid_request", "the body is not a compact JWS");
     };
     let outcome = state.receiver.security_event(set.trim()).await;

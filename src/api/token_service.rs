@@ -1,6 +1,7 @@
 //! `tokensidecar.v1.TokenService`: each RPC translates its request for the [`TokenAuthority`],
 //! answers through [`crate::api::convert`] and [`crate::api::errors`], and leaves one request log
 //! line and its metrics.
+use crate::error_code::ErrorCode;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -269,7 +270,7 @@ impl TokenService for TokenGrpc {
                 None => {
                     return Err(AuthorityError::InvalidArgument {
                         field: "target",
-                        reason: "MISSING_TARGET",
+                        reason: ErrorCode::MissingTarget,
                         message: "set one of token, jti, session_id or user".into(),
                     });
                 }
@@ -420,7 +421,7 @@ fn page_position(token: &str) -> Result<Option<i64>, AuthorityError> {
         .map(Some)
         .ok_or_else(|| AuthorityError::InvalidArgument {
             field: "page_token",
-            reason: "INVALID_PAGE_TOKEN",
+            reason: ErrorCode::InvalidPageToken,
             message: "is not a next_page_token this service returned".into(),
         })
 }

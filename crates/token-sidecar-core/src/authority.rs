@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::clock::{Clock, UnixMillis};
+use crate::error_code::ErrorCode;
 use crate::fleet_clock;
 use crate::policy::{ClockCheck, RevocationPolicy, Superseded, TokenTimes, user_id_problem};
 use crate::reason::Reason;
@@ -39,8 +40,8 @@ pub enum AuthorityError {
     InvalidArgument {
         /// The request field.
         field: &'static str,
-        /// A machine-readable reason, e.g. `INVALID_USER_ID`.
-        reason: &'static str,
+        /// The machine-readable reason.
+        reason: ErrorCode,
         /// What is wrong with it.
         message: String,
     },
@@ -253,12 +254,20 @@ impl TokenAuthority {
         if let Some(idp_sid) = &request.idp_session_id
             && let Some(problem) = user_id_problem(idp_sid)
         {
-            return Err(invalid("idp_session_id", "INVALID_IDP_SESSION_ID", problem));
+            return Err(invalid(
+                "idp_session_id",
+                ErrorCode::InvalidIdpSessionId,
+                problem,
+            ));
         }
         if let Some(ttl) = request.ttl_ms
             && ttl < MIN_TTL_MS
         {
-            return Err(invalid("ttl", "INVALID_TTL", "ttl must be at least 1s"));
+            return Err(invalid(
+                "ttl",
+                ErrorCode::InvalidTtl,
+                "ttl must be at least 1s",
+            ));
         }
         let store = self.store_ready()?;
         self.check_clock().await?;
@@ -280,7 +289,13 @@ impl TokenAuthority {
         let times = self
             .policy
             .token_times(orig_iat_ms, mint_at, request.ttl_ms)
-            .map_err(|_| invalid("ttl", "INVALID_TTL", "the token would expire at once"))?;
+            .map_err(|_| {
+                invalid(
+                    "ttl",
+                    ErrorCode::InvalidTtl,
+                    "the token would expire at once",
+                )
+            })?;
         self.mint(
             Minted {
                 user_id: request.user_id,
@@ -526,7 +541,7 @@ impl TokenAuthority {
         if !is_minted_id(&id) {
             return Err(invalid(
                 field,
-                "INVALID_ID",
+                ErrorCode::InvalidId,
                 "is not an id this service mints (22 base64url characters, 128 bits)",
             ));
         }
@@ -567,7 +582,7 @@ impl TokenAuthority {
         cause: &Cause,
     ) -> Result<bool, AuthorityError> {
         if let Some(problem) = user_id_problem(idp_session_id) {
-            return Err(invalid("sid", "INVALID_IDP_SESSION_ID", problem));
+            return Err(invalid("sid", ErrorCode::InvalidIdpSessionId, problem));
         }
         let store = self.store_ready()?;
         // The tokens of that session may live as long as any session that starts now.
@@ -616,7 +631,7 @@ impl TokenAuthority {
             Some(_) => {
                 return Err(invalid(
                     "page_size",
-                    "INVALID_PAGE_SIZE",
+                    ErrorCode::InvalidPageSize,
                     format!("at most {MAX_PAGE_SIZE} (0 for the default, {DEFAULT_PAGE_SIZE})"),
                 ));
             }
@@ -687,7 +702,7 @@ fn check_reason(why: Option<&str>) -> Result<(), AuthorityError> {
     if why.len() > MAX_REASON_BYTES {
         return Err(invalid(
             "reason",
-            "INVALID_REASON",
+            ErrorCode::InvalidReason,
             format!("at most {MAX_REASON_BYTES} bytes"),
         ));
     }
@@ -697,18 +712,14 @@ fn check_reason(why: Option<&str>) -> Result<(), AuthorityError> {
     {
         return Err(invalid(
             "reason",
-            "INVALID_REASON",
+            ErrorCode::InvalidReason,
             "must not hold control characters",
         ));
     }
     Ok(())
 }
 
-fn invalid(
-    field: &'static str,
-    reason: &'static str,
-    message: impl Into<String>,
-) -> AuthorityError {
+fn invalid(field: &'static str, reason: ErrorCode, message: impl Into<String>) -> AuthorityError {
     AuthorityError::InvalidArgument {
         field,
         reason,
@@ -719,7 +730,7 @@ fn invalid(
 /// User ids are compared byte for byte (callers normalise); see [`user_id_problem`].
 fn check_user_id(user_id: &str) -> Result<(), AuthorityError> {
     match user_id_problem(user_id) {
-        Some(problem) => Err(invalid("user_id", "INVALID_USER_ID", problem)),
+        Some(problem) => Err(invalid("user_id", ErrorCode::InvalidUserId, problem)),
         None => Ok(()),
     }
 }
@@ -731,7 +742,7 @@ fn check_custom_claims(claims: &Map<String, Value>) -> Result<(), AuthorityError
     {
         return Err(invalid(
             "claims",
-            "RESERVED_CLAIM",
+            ErrorCode::ReservedClaim,
             format!("{name:?} is a reserved claim and is set by the sidecar"),
         ));
     }
@@ -739,7 +750,7 @@ fn check_custom_claims(claims: &Map<String, Value>) -> Result<(), AuthorityError
     if size > MAX_CUSTOM_CLAIMS_BYTES {
         return Err(invalid(
             "claims",
-            "CLAIMS_TOO_LARGE",
+            ErrorCode::ClaimsTooLarge,
             format!(
                 "custom claims take {size} bytes; at most {MAX_CUSTOM_CLAIMS_BYTES} are allowed"
             ),

@@ -18,6 +18,7 @@
 pub mod authority;
 pub mod cache;
 pub mod clock;
+pub mod error_code;
 pub mod fleet_clock;
 pub mod metrics;
 pub mod policy;
