@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use token_sidecar::ids::UserId;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -139,8 +140,10 @@ fn verify(c: &mut Criterion) {
         let authority = rt.block_on(authority(case, dir.path()));
         let token = rt
             .block_on(authority.issue(IssueRequest {
-                user_id: "bench-user".into(),
-                ..Default::default()
+                user_id: UserId::parse("bench-user").unwrap_or_else(|e| panic!("user id: {e}")),
+                claims: Default::default(),
+                ttl_ms: None,
+                idp_session_id: None,
             }))
             .unwrap_or_else(|e| panic!("issue: {e}"))
             .token;

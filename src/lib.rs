@@ -25,6 +25,7 @@ pub use token_sidecar_core::authority;
 pub use token_sidecar_core::cache;
 pub use token_sidecar_core::clock;
 pub use token_sidecar_core::error_code;
+pub use token_sidecar_core::ids;
 pub mod clock_upkeep;
 pub mod config;
 pub mod connections;

@@ -19,6 +19,7 @@ use crate::api::pb::{self, token_service_server::TokenService};
 use crate::api::trace;
 use crate::authority::{
     AuthorityError, Cause, DEFAULT_PAGE_SIZE, IssueRequest, RevokeTarget, TokenAuthority,
+    parse_minted_id, parse_user_id,
 };
 use crate::metrics::Metrics;
 
@@ -153,7 +154,7 @@ impl TokenService for TokenGrpc {
             let issued = self
                 .authority
                 .issue(IssueRequest {
-                    user_id: req.user_id,
+                    user_id: parse_user_id("user_id", req.user_id)?,
                     claims: req.claims.map(struct_to_json).unwrap_or_default(),
                     ttl_ms,
                     idp_session_id: Some(req.idp_session_id).filter(|s| !s.is_empty()),
@@ -258,10 +259,12 @@ impl TokenService for TokenGrpc {
         let result = async {
             let target = match target {
                 Some(Target::Token(token)) => RevokeTarget::Token(token),
-                Some(Target::Jti(jti)) => RevokeTarget::Jti(jti),
-                Some(Target::SessionId(sid)) => RevokeTarget::Session(sid),
+                Some(Target::Jti(jti)) => RevokeTarget::Jti(parse_minted_id("jti", jti)?),
+                Some(Target::SessionId(sid)) => {
+                    RevokeTarget::Session(parse_minted_id("session_id", sid)?)
+                }
                 Some(Target::User(user)) => RevokeTarget::User {
-                    user_id: user.user_id,
+                    user_id: parse_user_id("user_id", user.user_id)?,
                     until_ms: user
                         .until
                         .map(|t| timestamp_ms(&t, "user.until"))
@@ -313,11 +316,12 @@ impl TokenService for TokenGrpc {
         let request = request.into_inner();
         let user_id = request.user_id;
         let cause = Cause::new(who, Some(request.reason).filter(|r| !r.is_empty()));
-        let result = self
-            .authority
-            .lift_ban(&user_id, &cause)
-            .await
-            .map(|lifted| pb::LiftBanResponse { lifted });
+        let result = async {
+            let parsed = parse_user_id("user_id", user_id.clone())?;
+            let lifted = self.authority.lift_ban(&parsed, &cause).await?;
+            Ok(pb::LiftBanResponse { lifted })
+        }
+        .await;
         let subject = Subject {
             user_id: &user_id,
             jti: "",
@@ -333,15 +337,16 @@ impl TokenService for TokenGrpc {
         let started = Instant::now();
         self.authorize(&request, "GetUserStatus", started)?;
         let user_id = request.into_inner().user_id;
-        let result =
-            self.authority
-                .user_status(&user_id)
-                .await
-                .map(|status| pb::GetUserStatusResponse {
-                    cutoff: status.cutoff_ms.map(timestamp),
-                    banned: status.banned,
-                    banned_until: status.cutoff_ms.filter(|_| status.banned).map(timestamp),
-                });
+        let result = async {
+            let parsed = parse_user_id("user_id", user_id.clone())?;
+            let status = self.authority.user_status(&parsed).await?;
+            Ok(pb::GetUserStatusResponse {
+                cutoff: status.cutoff_ms.map(timestamp),
+                banned: status.banned,
+                banned_until: status.cutoff_ms.filter(|_| status.banned).map(timestamp),
+            })
+        }
+        .await;
         let subject = Subject {
             user_id: &user_id,
             jti: "",
@@ -372,13 +377,13 @@ impl TokenService for TokenGrpc {
         let result = async {
             let before = page_position(&request.page_token)?;
             let page_size = (request.page_size != 0).then_some(i64::from(request.page_size));
+            let user = match user_id.as_str() {
+                "" => None,
+                some => Some(parse_user_id("user_id", some.to_owned())?),
+            };
             let records = self
                 .authority
-                .list_changes(
-                    Some(user_id.as_str()).filter(|u| !u.is_empty()),
-                    page_size,
-                    before,
-                )
+                .list_changes(user.as_ref(), page_size, before)
                 .await?;
             let full = i64::try_from(records.len())
                 .is_ok_and(|n| n == page_size.unwrap_or(DEFAULT_PAGE_SIZE));

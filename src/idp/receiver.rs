@@ -12,7 +12,7 @@ use super::event_token::{EVENT_LEEWAY_MS, EventError, EventVerifier, MAX_EVENT_A
 use super::jwks::ProviderKeys;
 use super::ssf::{Interpreted, SubjectMapping};
 use super::{IdpAction, TrustedIssuer, backchannel, ssf};
-use crate::authority::{AuthorityError, Cause, RevokeTarget, TokenAuthority};
+use crate::authority::{AuthorityError, Cause, RevokeTarget, TokenAuthority, parse_user_id};
 use crate::clock::Clock;
 
 /// The receivers' configuration.
@@ -223,17 +223,20 @@ impl IdpReceiver {
     }
 
     async fn act(&self, action: &IdpAction, cause: &Cause) -> Result<(), AuthorityError> {
+        // The events' ids were checked like the API's; parsed here into the use cases' types.
+        let user = |raw: &str| parse_user_id("sub", raw.to_owned());
         match action {
             IdpAction::RevokeIdpSession { sid, user_id } => {
+                let user_id = user_id.as_deref().map(user).transpose()?;
                 self.authority
-                    .revoke_idp_session(sid, user_id.as_deref(), cause)
+                    .revoke_idp_session(sid, user_id.as_ref(), cause)
                     .await?;
             }
             IdpAction::RevokeUser { user_id } => {
                 self.authority
                     .revoke(
                         RevokeTarget::User {
-                            user_id: user_id.clone(),
+                            user_id: user(user_id)?,
                             until_ms: None,
                         },
                         cause,
@@ -241,10 +244,12 @@ impl IdpReceiver {
                     .await?;
             }
             IdpAction::BanUser { user_id } => {
-                self.authority.ban_indefinitely(user_id, cause).await?;
+                self.authority
+                    .ban_indefinitely(&user(user_id)?, cause)
+                    .await?;
             }
             IdpAction::LiftBan { user_id } => {
-                self.authority.lift_ban(user_id, cause).await?;
+                self.authority.lift_ban(&user(user_id)?, cause).await?;
             }
         }
         Ok(())

@@ -31,6 +31,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::ids::{MintedId, UserId};
 use crate::revocations::Revocations;
 use crate::store::announcement::{self, Announcement, Rejected};
 use crate::store::{Change, ChangeFeed, DenyKind, StoreError};
@@ -165,15 +166,15 @@ async fn open(revocations: &Revocations, payload: &[u8]) -> Result<Announcement,
     };
     let announcement = fleet.open(payload)?;
     let id_ok = match &announcement.change {
-        Change::Cutoff { user_id, .. } => crate::policy::user_id_problem(user_id).is_none(),
+        Change::Cutoff { user_id, .. } => UserId::parse(user_id.as_str()).is_ok(),
         // Every jti and sid is minted by us: 128 random bits, base64url; an identity
         // provider's session id is bounded like a user id.
         Change::Denied {
             kind: DenyKind::IdpSession,
             id,
             ..
-        } => crate::policy::user_id_problem(id).is_none(),
-        Change::Denied { id, .. } => crate::token::is_minted_id(id),
+        } => UserId::parse(id.as_str()).is_ok(),
+        Change::Denied { id, .. } => MintedId::parse(id.as_str()).is_ok(),
     };
     if !id_ok {
         return Err(Rejected::InvalidId);

@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 use crate::clock::{Clock, UnixMillis};
 use crate::error_code::ErrorCode;
 use crate::fleet_clock;
+use crate::ids::{MintedId, UserId};
 use crate::policy::{ClockCheck, RevocationPolicy, Superseded, TokenTimes, user_id_problem};
 use crate::reason::Reason;
 use crate::revocations::Revocations;
@@ -14,7 +15,7 @@ use crate::store::{
     Audit, AuditAction, AuditQuery, AuditRecord, DenyEntry, DenyKind, Rotation, RotationOutcome,
     SessionHead, StoreError,
 };
-use crate::token::{Claims, CodecError, RESERVED_CLAIMS, TokenCodec, is_minted_id, new_random_id};
+use crate::token::{Claims, CodecError, RESERVED_CLAIMS, TokenCodec, new_random_id};
 
 /// Longest accepted user id, in bytes.
 pub use crate::policy::MAX_USER_ID_BYTES;
@@ -87,10 +88,10 @@ pub enum AuthorityError {
 }
 
 /// What Issue is asked for.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct IssueRequest {
     /// The token's subject.
-    pub user_id: String,
+    pub user_id: UserId,
     /// Custom claims to carry.
     pub claims: Map<String, Value>,
     /// Requested lifetime, capped by configuration.
@@ -138,13 +139,13 @@ pub enum RevokeTarget {
     /// The session of this token.
     Token(String),
     /// One token by id.
-    Jti(String),
+    Jti(MintedId),
     /// One session by id.
-    Session(String),
+    Session(MintedId),
     /// Every token of a user issued up to `until` (default now); a future `until` bans.
     User {
         /// The user.
-        user_id: String,
+        user_id: UserId,
         /// The new cutoff.
         until_ms: Option<UnixMillis>,
     },
@@ -249,7 +250,6 @@ impl TokenAuthority {
 
     /// Issues the first token of a new session (SPEC §4 rule 3).
     pub async fn issue(&self, request: IssueRequest) -> Result<IssuedToken, AuthorityError> {
-        check_user_id(&request.user_id)?;
         check_custom_claims(&request.claims)?;
         if let Some(idp_sid) = &request.idp_session_id
             && let Some(problem) = user_id_problem(idp_sid)
@@ -271,7 +271,7 @@ impl TokenAuthority {
         }
         let store = self.store_ready()?;
         self.check_clock().await?;
-        let cutoff = store.cutoff(&request.user_id).await?;
+        let cutoff = store.cutoff(request.user_id.as_str()).await?;
         if let Some(idp_sid) = &request.idp_session_id
             && store.is_denied(DenyKind::IdpSession, idp_sid).await?
         {
@@ -298,7 +298,7 @@ impl TokenAuthority {
             })?;
         self.mint(
             Minted {
-                user_id: request.user_id,
+                user_id: request.user_id.into(),
                 session_id: new_random_id(),
                 idp_session_id: request.idp_session_id,
                 extra: request.claims,
@@ -461,13 +461,9 @@ impl TokenAuthority {
         check_reason(cause.why.as_deref())?;
         match target {
             RevokeTarget::Token(token) => self.revoke_token_session(&token, cause).await,
-            RevokeTarget::Jti(jti) => self.revoke_by_id(DenyKind::Token, "jti", jti, cause).await,
-            RevokeTarget::Session(sid) => {
-                self.revoke_by_id(DenyKind::Session, "session_id", sid, cause)
-                    .await
-            }
+            RevokeTarget::Jti(jti) => self.revoke_by_id(DenyKind::Token, jti, cause).await,
+            RevokeTarget::Session(sid) => self.revoke_by_id(DenyKind::Session, sid, cause).await,
             RevokeTarget::User { user_id, until_ms } => {
-                check_user_id(&user_id)?;
                 let store = self.store_ready()?;
                 let now = self.clock.now_ms();
                 let wanted = RevocationPolicy::revoke_all_cutoff(until_ms, now);
@@ -477,13 +473,13 @@ impl TokenAuthority {
                     AuditAction::RevokeUser
                 };
                 let audit = self.audit(action, cause);
-                let update = store.raise_cutoff(&user_id, wanted, &audit).await?;
+                let update = store.raise_cutoff(user_id.as_str(), wanted, &audit).await?;
                 Ok(RevokeOutcome {
                     stored: update.changed,
                     revoked_until_ms: Some(update.cutoff_ms),
                     banned: RevocationPolicy::is_banned(Some(update.cutoff_ms), now),
                     session_id: None,
-                    user_id: Some(user_id),
+                    user_id: Some(user_id.into()),
                 })
             }
         }
@@ -534,23 +530,15 @@ impl TokenAuthority {
     async fn revoke_by_id(
         &self,
         kind: DenyKind,
-        field: &'static str,
-        id: String,
+        id: MintedId,
         cause: &Cause,
     ) -> Result<RevokeOutcome, AuthorityError> {
-        if !is_minted_id(&id) {
-            return Err(invalid(
-                field,
-                ErrorCode::InvalidId,
-                "is not an id this service mints (22 base64url characters, 128 bits)",
-            ));
-        }
         let store = self.store_ready()?;
         // Known only by its id, the target may still be alive for as long as any token can be.
         let entry = DenyEntry {
             kind,
             moot_after_ms: self.policy.unknown_row_moot_at(self.clock.now_ms()),
-            id,
+            id: id.into(),
             user_id: None,
         };
         let stored = store
@@ -564,12 +552,13 @@ impl TokenAuthority {
     }
 
     /// Ends a running ban now (rule 2); tokens from before stay revoked. False if no ban ran.
-    pub async fn lift_ban(&self, user_id: &str, cause: &Cause) -> Result<bool, AuthorityError> {
-        check_user_id(user_id)?;
+    pub async fn lift_ban(&self, user_id: &UserId, cause: &Cause) -> Result<bool, AuthorityError> {
         check_reason(cause.why.as_deref())?;
         let store = self.store_ready()?;
         let audit = self.audit(AuditAction::LiftBan, cause);
-        Ok(store.lift_ban(user_id, audit.at_ms, &audit).await?)
+        Ok(store
+            .lift_ban(user_id.as_str(), audit.at_ms, &audit)
+            .await?)
     }
 
     /// Revokes every token minted for an identity provider's session (a back-channel logout or
@@ -578,7 +567,7 @@ impl TokenAuthority {
     pub async fn revoke_idp_session(
         &self,
         idp_session_id: &str,
-        user_id: Option<&str>,
+        user_id: Option<&UserId>,
         cause: &Cause,
     ) -> Result<bool, AuthorityError> {
         if let Some(problem) = user_id_problem(idp_session_id) {
@@ -590,7 +579,7 @@ impl TokenAuthority {
             kind: DenyKind::IdpSession,
             moot_after_ms: self.policy.unknown_row_moot_at(self.clock.now_ms()),
             id: idp_session_id.to_owned(),
-            user_id: user_id.map(str::to_owned),
+            user_id: user_id.map(|u| u.as_str().to_owned()),
         };
         Ok(store
             .deny(&entry, &self.audit(AuditAction::RevokeIdpSession, cause))
@@ -600,13 +589,13 @@ impl TokenAuthority {
     /// Bans a user until an operator or the identity provider lifts it.
     pub async fn ban_indefinitely(
         &self,
-        user_id: &str,
+        user_id: &UserId,
         cause: &Cause,
     ) -> Result<RevokeOutcome, AuthorityError> {
         let until_ms = self.clock.now_ms().saturating_add(INDEFINITE_BAN_MS);
         self.revoke(
             RevokeTarget::User {
-                user_id: user_id.to_owned(),
+                user_id: user_id.clone(),
                 until_ms: Some(until_ms),
             },
             cause,
@@ -618,13 +607,10 @@ impl TokenAuthority {
     /// than the position `before` (from the previous page).
     pub async fn list_changes(
         &self,
-        user_id: Option<&str>,
+        user_id: Option<&UserId>,
         page_size: Option<i64>,
         before: Option<i64>,
     ) -> Result<Vec<AuditRecord>, AuthorityError> {
-        if let Some(user_id) = user_id {
-            check_user_id(user_id)?;
-        }
         let limit = match page_size {
             None => DEFAULT_PAGE_SIZE,
             Some(size) if (1..=MAX_PAGE_SIZE).contains(&size) => size,
@@ -639,7 +625,7 @@ impl TokenAuthority {
         let store = self.store_ready()?;
         Ok(store
             .audit_trail(AuditQuery {
-                user_id,
+                user_id: user_id.map(UserId::as_str),
                 before,
                 limit,
             })
@@ -657,10 +643,9 @@ impl TokenAuthority {
     }
 
     /// The user's cutoff and whether a ban is running.
-    pub async fn user_status(&self, user_id: &str) -> Result<UserStatus, AuthorityError> {
-        check_user_id(user_id)?;
+    pub async fn user_status(&self, user_id: &UserId) -> Result<UserStatus, AuthorityError> {
         let store = self.store_ready()?;
-        let cutoff_ms = store.cutoff(user_id).await?;
+        let cutoff_ms = store.cutoff(user_id.as_str()).await?;
         Ok(UserStatus {
             cutoff_ms,
             banned: RevocationPolicy::is_banned(cutoff_ms, self.clock.now_ms()),
@@ -727,12 +712,16 @@ fn invalid(field: &'static str, reason: ErrorCode, message: impl Into<String>) -
     }
 }
 
-/// User ids are compared byte for byte (callers normalise); see [`user_id_problem`].
-fn check_user_id(user_id: &str) -> Result<(), AuthorityError> {
-    match user_id_problem(user_id) {
-        Some(problem) => Err(invalid("user_id", ErrorCode::InvalidUserId, problem)),
-        None => Ok(()),
-    }
+/// A request's user id, parsed at the edge (compared byte for byte: callers normalise); the
+/// error names the request field.
+pub fn parse_user_id(field: &'static str, raw: String) -> Result<UserId, AuthorityError> {
+    UserId::parse(raw).map_err(|problem| invalid(field, ErrorCode::InvalidUserId, problem))
+}
+
+/// A request's `jti` or `session_id`, parsed at the edge: only ids of the shape this service
+/// mints ever reach the store.
+pub fn parse_minted_id(field: &'static str, raw: String) -> Result<MintedId, AuthorityError> {
+    MintedId::parse(raw).map_err(|problem| invalid(field, ErrorCode::InvalidId, problem))
 }
 
 fn check_custom_claims(claims: &Map<String, Value>) -> Result<(), AuthorityError> {
@@ -765,10 +754,10 @@ mod tests {
 
     #[test]
     fn user_ids_are_bounded_and_printable() {
-        assert!(check_user_id("alice").is_ok());
-        assert!(check_user_id(&"a".repeat(MAX_USER_ID_BYTES)).is_ok());
+        assert!(parse_user_id("user_id", "alice".into()).is_ok());
+        assert!(parse_user_id("user_id", "a".repeat(MAX_USER_ID_BYTES)).is_ok());
         assert!(
-            check_user_id("jos\u{e9} d\u{200d}x").is_ok(),
+            parse_user_id("user_id", "jos\u{e9} d\u{200d}x".into()).is_ok(),
             "inner joiners are text"
         );
         for bad in [
@@ -785,7 +774,10 @@ mod tests {
             "alice\t",
             "alice\u{3000}",
         ] {
-            assert!(check_user_id(bad).is_err(), "{bad:.20}");
+            assert!(
+                parse_user_id("user_id", bad.to_string()).is_err(),
+                "{bad:.20}"
+            );
         }
     }
 

@@ -20,6 +20,7 @@ pub mod cache;
 pub mod clock;
 pub mod error_code;
 pub mod fleet_clock;
+pub mod ids;
 pub mod metrics;
 pub mod policy;
 pub mod reason;
