@@ -1,13 +1,13 @@
 //! Translation between the proto and the domain: timestamps and durations (milliseconds),
 //! custom claims (`google.protobuf.Struct` ↔ JSON), reasons, and the answer shapes of Issue,
 //! Refresh and Verify.
-use crate::error_code::ErrorCode;
 use prost_types::value::Kind;
 use serde_json::{Map, Number, Value};
 
 use crate::api::pb;
 use crate::authority::{AuthorityError, IssuedToken};
 use crate::clock::UnixMillis;
+use crate::error_code::ErrorCode;
 use crate::reason::Reason;
 use crate::store::AuditRecord;
 use crate::token::Claims;

@@ -2,7 +2,6 @@
 //! its gRPC code, metric result label and reason; [`to_status`] builds the `Status` with an
 //! AIP-193 `google.rpc.ErrorInfo` (domain [`ERROR_DOMAIN`]) and, for argument errors, a
 //! `BadRequest`.
-use crate::error_code::ErrorCode;
 use std::collections::HashMap;
 
 use tonic::{Code, Status};
@@ -10,6 +9,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::api::convert::proto_reason;
 use crate::authority::AuthorityError;
+use crate::error_code::ErrorCode;
 use crate::reason::Reason;
 use crate::store::StoreError;
 

@@ -7,7 +7,6 @@
 //!   and the reason when a token was presented, no error code when none was;
 //! - **unavailable** when the sidecar cannot answer safely (store down beyond the staleness
 //!   bound): the proxy's own fail-open/fail-closed setting decides.
-use crate::error_code::ErrorCode;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,6 +17,7 @@ use crate::api::convert::proto_reason;
 use crate::api::token_service::loggable;
 use crate::api::trace;
 use crate::authority::TokenAuthority;
+use crate::error_code::ErrorCode;
 use crate::metrics::Metrics;
 use crate::reason::Reason;
 use crate::token::Claims;

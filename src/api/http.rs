@@ -13,9 +13,7 @@
 //!
 //! A malformed request (no form body, another content type, a body over 16 KiB, a token over
 //! 8 KiB, a repeated parameter) gets a 400 with an RFC 6749-style `{"error": ...}`.
-use crate::error_code::ErrorCode;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -29,9 +27,11 @@ use crate::api::bearer_credential;
 use crate::api::caller::{self, Callers};
 use crate::api::forward_auth::{Decision, ForwardAuth, Presented};
 use crate::api::idp_routes;
+use crate::api::outcome::{self, answered};
 use crate::api::token_service::loggable;
 use crate::api::trace;
 use crate::authority::{AuthorityError, Cause, RevokeTarget, TokenAuthority};
+use crate::error_code::ErrorCode;
 use crate::idp::IdpReceiver;
 use crate::metrics::Metrics;
 use crate::token::MAX_TOKEN_BYTES;
@@ -90,8 +90,20 @@ impl HttpApi {
         let mut router = Router::new()
             .route("/auth", any(forward_auth))
             .route("/auth/{*rest}", any(forward_auth))
-            .route("/oauth2/introspect", post(introspect))
-            .route("/oauth2/revoke", post(revoke));
+            .route(
+                "/oauth2/introspect",
+                post(introspect).layer(axum::middleware::from_fn_with_state(
+                    (self.metrics.clone(), "introspect"),
+                    outcome::counted,
+                )),
+            )
+            .route(
+                "/oauth2/revoke",
+                post(revoke).layer(axum::middleware::from_fn_with_state(
+                    (self.metrics.clone(), "http_revoke"),
+                    outcome::counted,
+                )),
+            );
         if let Some(idp) = &self.idp {
             router = router.merge(idp_routes::router(idp.clone(), self.metrics.clone()));
         }
@@ -174,24 +186,16 @@ async fn forward_auth(State(api): State<HttpApi>, headers: HeaderMap) -> Respons
 }
 
 async fn introspect(State(api): State<HttpApi>, headers: HeaderMap, body: Body) -> Response {
-    let started = Instant::now();
-    let record = |result, reason| {
-        api.metrics.rpc("introspect", started, result, reason);
-        trace::record_outcome(result, reason, "");
-    };
     // RFC 7662 §2.1: only an authorized caller may introspect. Without a configured
     // introspection or admin credential nobody is, so the endpoint answers 401 to everyone.
     let presented = authorization(&headers).and_then(bearer_credential);
     if !api.callers.admit_introspection(presented) {
         let configured = api.callers.introspection.is_some() || api.callers.admin.is_some();
-        record(
-            "unauthenticated",
-            match (configured, presented) {
-                (false, _) => ErrorCode::IntrospectionNotConfigured.as_str(),
-                (true, None) => ErrorCode::MissingCredential.as_str(),
-                (true, Some(_)) => ErrorCode::InvalidCredential.as_str(),
-            },
-        );
+        let reason = match (configured, presented) {
+            (false, _) => ErrorCode::IntrospectionNotConfigured,
+            (true, None) => ErrorCode::MissingCredential,
+            (true, Some(_)) => ErrorCode::InvalidCredential,
+        };
         let description = if configured {
             "present an introspection credential as a bearer token"
         } else {
@@ -206,27 +210,31 @@ async fn introspect(State(api): State<HttpApi>, headers: HeaderMap, body: Body) 
         response
             .headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return response;
+        return answered(response, "unauthenticated", reason.as_str());
     }
     let token = match form_token(&headers, body).await {
         Ok(token) => token,
         Err(response) => {
-            record("invalid_argument", ErrorCode::InvalidRequest.as_str());
-            return response;
+            return answered(
+                response,
+                "invalid_argument",
+                ErrorCode::InvalidRequest.as_str(),
+            );
         }
     };
     let authority = api.decide.authority();
     match authority.verify(&token).await {
-        Err(_) => {
-            record("unavailable", ErrorCode::StoreUnavailable.as_str());
-            unavailable()
-        }
-        Ok(Err(reason)) => {
-            record("inactive", reason.code());
-            json_response(StatusCode::OK, json!({"active": false}))
-        }
+        Err(_) => answered(
+            unavailable(),
+            "unavailable",
+            ErrorCode::StoreUnavailable.as_str(),
+        ),
+        Ok(Err(reason)) => answered(
+            json_response(StatusCode::OK, json!({"active": false})),
+            "inactive",
+            reason.code(),
+        ),
         Ok(Ok(claims)) => {
-            record("ok", "");
             let mut answer = Map::new();
             answer.insert("active".into(), Value::Bool(true));
             // A custom claim named like a member RFC 7662 or RFC 7519 registers is left out:
@@ -251,22 +259,24 @@ async fn introspect(State(api): State<HttpApi>, headers: HeaderMap, body: Body) 
                 answer.insert("nbf".into(), Value::from(nbf));
             }
             answer.insert("token_type".into(), Value::from("Bearer"));
-            json_response(StatusCode::OK, Value::Object(answer))
+            answered(
+                json_response(StatusCode::OK, Value::Object(answer)),
+                "ok",
+                "",
+            )
         }
     }
 }
 
 async fn revoke(State(api): State<HttpApi>, headers: HeaderMap, body: Body) -> Response {
-    let started = Instant::now();
-    let record = |result, reason| {
-        api.metrics.rpc("http_revoke", started, result, reason);
-        trace::record_outcome(result, reason, "");
-    };
     let token = match form_token(&headers, body).await {
         Ok(token) => token,
         Err(response) => {
-            record("invalid_argument", ErrorCode::InvalidRequest.as_str());
-            return response;
+            return answered(
+                response,
+                "invalid_argument",
+                ErrorCode::InvalidRequest.as_str(),
+            );
         }
     };
     match api
@@ -279,7 +289,6 @@ async fn revoke(State(api): State<HttpApi>, headers: HeaderMap, body: Body) -> R
         .await
     {
         Ok(outcome) => {
-            record("ok", "");
             // Whose session ended, as the gRPC Revoke logs it.
             let user_id = outcome.user_id.as_deref().map(loggable);
             let session_id = outcome.session_id.as_deref().map(loggable);
@@ -291,21 +300,24 @@ async fn revoke(State(api): State<HttpApi>, headers: HeaderMap, body: Body) -> R
                 session_id = session_id.as_deref(),
                 "rpc"
             );
-            StatusCode::OK.into_response()
+            answered(StatusCode::OK.into_response(), "ok", "")
         }
         // RFC 7009 §2.2: an invalid token is no error; there is nothing to revoke.
         Err(AuthorityError::InvalidToken(reason)) => {
-            record("ok", reason.code());
-            StatusCode::OK.into_response()
+            answered(StatusCode::OK.into_response(), "ok", reason.code())
         }
-        Err(AuthorityError::Store(_) | AuthorityError::NotReady) => {
-            record("unavailable", ErrorCode::StoreUnavailable.as_str());
-            unavailable()
-        }
+        Err(AuthorityError::Store(_) | AuthorityError::NotReady) => answered(
+            unavailable(),
+            "unavailable",
+            ErrorCode::StoreUnavailable.as_str(),
+        ),
         Err(e) => {
             tracing::warn!(error = %e, "RFC 7009 revocation failed");
-            record("internal", ErrorCode::Internal.as_str());
-            oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None)
+            answered(
+                oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None),
+                "internal",
+                ErrorCode::Internal.as_str(),
+            )
         }
     }
 }

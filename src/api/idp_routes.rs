@@ -7,10 +7,9 @@
 //!   accepted, 400 with `{"err", "description"}` (RFC 8935 §2.3) when refused, 503 likewise.
 //!
 //! Both are rate-limited (a token bucket per route: [`BURST`] at once, [`PER_SECOND`] after;
-//! beyond it 429 with `Retry-After`) and size-bounded (16 KiB). Every refusal is counted
-//! (`rpc_requests_total{method="backchannel_logout"|"ssf_events"}`) and logged — never the
-//! token.
-use crate::error_code::ErrorCode;
+//! beyond it 429 with `Retry-After`) and size-bounded (16 KiB). Every answer is counted by the
+//! route's [`outcome::counted`] layer (`rpc_requests_total{method="backchannel_logout"|
+//! "ssf_events"}`); refusals are logged — never the token.
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,8 +23,9 @@ use parking_lot::Mutex;
 use serde_json::json;
 
 use crate::api::http::{content_type_is, form_param, json_response, oauth_error, unavailable};
-use crate::api::trace;
+use crate::api::outcome::{self, answered};
 use crate::authority::AuthorityError;
+use crate::error_code::ErrorCode;
 use crate::idp::event_token::{EventError, MAX_EVENT_TOKEN_BYTES};
 use crate::idp::{IdpReceiver, ReceiveError, Received};
 use crate::metrics::Metrics;
@@ -38,7 +38,6 @@ pub const PER_SECOND: f64 = 50.0;
 #[derive(Clone)]
 struct IdpState {
     receiver: Arc<IdpReceiver>,
-    metrics: Arc<Metrics>,
     logout_bucket: Arc<Bucket>,
     ssf_bucket: Arc<Bucket>,
 }
@@ -49,15 +48,20 @@ pub fn router<S: Clone + Send + Sync + 'static>(
     metrics: Arc<Metrics>,
 ) -> Router<S> {
     let mut router = Router::new();
+    let counted = |method: &'static str| {
+        axum::middleware::from_fn_with_state((metrics.clone(), method), outcome::counted)
+    };
     if receiver.has_backchannel() {
-        router = router.route("/oidc/backchannel-logout", post(backchannel_logout));
+        router = router.route(
+            "/oidc/backchannel-logout",
+            post(backchannel_logout).layer(counted("backchannel_logout")),
+        );
     }
     if receiver.has_ssf() {
-        router = router.route("/ssf/events", post(ssf_events));
+        router = router.route("/ssf/events", post(ssf_events).layer(counted("ssf_events")));
     }
     router.with_state(IdpState {
         receiver,
-        metrics,
         logout_bucket: Arc::new(Bucket::new()),
         ssf_bucket: Arc::new(Bucket::new()),
     })
@@ -91,7 +95,11 @@ fn too_many() -> Response {
     response
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    response
+    answered(
+        response,
+        "resource_exhausted",
+        ErrorCode::RateLimited.as_str(),
+    )
 }
 
 /// The metric reason of a refusal.
@@ -146,100 +154,86 @@ async fn backchannel_logout(
     body: Body,
 ) -> Response {
     const METHOD: &str = "backchannel_logout";
-    let started = Instant::now();
-    let record = |result, reason| {
-        state.metrics.rpc(METHOD, started, result, reason);
-        trace::record_outcome(result, reason, "");
-    };
     if !state.logout_bucket.take() {
-        record("resource_exhausted", ErrorCode::RateLimited.as_str());
         return too_many();
     }
     let token = match form_param(&headers, body, "logout_token", MAX_EVENT_TOKEN_BYTES).await {
         Ok(token) => token,
         Err(response) => {
-            record("invalid_argument", ErrorCode::InvalidRequest.as_str());
             tracing::warn!(
                 route = METHOD,
                 "identity provider event refused: not a logout request"
             );
-            return response;
+            return answered(
+                response,
+                "invalid_argument",
+                ErrorCode::InvalidRequest.as_str(),
+            );
         }
     };
     let outcome = state.receiver.logout(&token).await;
     log_outcome(METHOD, &outcome);
     match outcome {
         Ok(_) => {
-            record("ok", "");
             let mut response = StatusCode::OK.into_response();
             response
                 .headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            response
+            answered(response, "ok", "")
         }
-        Err(error) if retryable(&error) => {
-            record("unavailable", reason(&error));
-            unavailable()
-        }
-        Err(error) => {
-            record("invalid_argument", reason(&error));
+        Err(error) if retryable(&error) => answered(unavailable(), "unavailable", reason(&error)),
+        Err(error) => answered(
             oauth_error(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 Some(&error.to_string()),
-            )
-        }
+            ),
+            "invalid_argument",
+            reason(&error),
+        ),
     }
 }
 
 async fn ssf_events(State(state): State<IdpState>, headers: HeaderMap, body: Body) -> Response {
     const METHOD: &str = "ssf_events";
-    let started = Instant::now();
-    let record = |result, reason| {
-        state.metrics.rpc(METHOD, started, result, reason);
-        trace::record_outcome(result, reason, "");
-    };
-    let refuse = |err: &str, description: &str| {
-        json_response(
-            StatusCode::BAD_REQUEST,
-            json!({"err": err, "description": description}),
+    let refuse = |err: &str, description: &str, reason: &'static str| {
+        answered(
+            json_response(
+                StatusCode::BAD_REQUEST,
+                json!({"err": err, "description": description}),
+            ),
+            "invalid_argument",
+            reason,
         )
     };
+    let bad_request = ErrorCode::InvalidRequest.as_str();
     if !state.ssf_bucket.take() {
-        record("resource_exhausted", ErrorCode::RateLimited.as_str());
         return too_many();
     }
     if !content_type_is(&headers, "application/secevent+jwt") {
-        record("invalid_argument", ErrorCode::InvalidRequest.as_str());
         return refuse(
             "invalid_request",
             "the body must be application/secevent+jwt",
+            bad_request,
         );
     }
     let bytes = match axum::body::to_bytes(body, MAX_EVENT_TOKEN_BYTES).await {
         Ok(bytes) => bytes,
-        Err(_) => {
-            record("invalid_argument", ErrorCode::InvalidRequest.as_str());
-            return refuse("invalid_request", "the body is too large");
-        }
+        Err(_) => return refuse("invalid_request", "the body is too large", bad_request),
     };
     let Ok(set) = std::str::from_utf8(&bytes) else {
-        record("invalid_argument", ErrorCode::InvalidRequest.as_str());
-        return refuse("invalid_request", "the body is not a compact JWS");
+        return refuse(
+            "invalid_request",
+            "the body is not a compact JWS",
+            bad_request,
+        );
     };
     let outcome = state.receiver.security_event(set.trim()).await;
     log_outcome(METHOD, &outcome);
     match outcome {
-        Ok(_) => {
-            record("ok", "");
-            StatusCode::ACCEPTED.into_response()
-        }
-        Err(error) if retryable(&error) => {
-            record("unavailable", reason(&error));
-            unavailable()
-        }
+        Ok(_) => answered(StatusCode::ACCEPTED.into_response(), "ok", ""),
+        Err(error) if retryable(&error) => answered(unavailable(), "unavailable", reason(&error)),
         Err(error) => {
-            record("invalid_argument", reason(&error));
             // RFC 8935 §2.4's error codes.
             let err = match &error {
                 ReceiveError::Event(EventError::UnknownIssuer) => "invalid_issuer",
@@ -247,7 +241,7 @@ async fn ssf_events(State(state): State<IdpState>, headers: HeaderMap, body: Bod
                 ReceiveError::Event(EventError::WrongAudience) => "invalid_audience",
                 _ => "invalid_request",
             };
-            refuse(err, &error.to_string())
+            refuse(err, &error.to_string(), reason(&error))
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod ext_authz;
 pub mod forward_auth;
 pub mod http;
 pub mod idp_routes;
+pub mod outcome;
 pub mod token_service;
 pub mod trace;
 

@@ -1,7 +1,6 @@
 //! `tokensidecar.v1.TokenService`: each RPC translates its request for the [`TokenAuthority`],
 //! answers through [`crate::api::convert`] and [`crate::api::errors`], and leaves one request log
 //! line and its metrics.
-use crate::error_code::ErrorCode;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,6 +20,7 @@ use crate::authority::{
     AuthorityError, Cause, DEFAULT_PAGE_SIZE, IssueRequest, RevokeTarget, TokenAuthority,
     parse_minted_id, parse_user_id,
 };
+use crate::error_code::ErrorCode;
 use crate::metrics::Metrics;
 
 /// `tokensidecar.v1.TokenService`, delegating to a [`TokenAuthority`].
