@@ -47,12 +47,14 @@ pub async fn keep(
         };
         let skew = clock.skew_ms();
         let check = policy.check_clock(skew);
-        metrics.clock_skew_ms.set(skew.unwrap_or(0));
+        metrics.clock.skew_ms.set(skew.unwrap_or(0));
         metrics
-            .clock_uncertainty_us
+            .clock
+            .uncertainty_us
             .set(clock.uncertainty_us().unwrap_or(-1));
         metrics
-            .clock_in_step
+            .clock
+            .in_step
             .set(i64::from(check == ClockCheck::InStep));
         if last != Some(check) && report(check, last, policy.max_clock_skew_ms) {
             let status = match check {

@@ -155,6 +155,16 @@ pub struct Config {
     )]
     pub introspection_token_file: Option<PathBuf>,
 
+    /// A file of credentials (one per line) with which proxy filters read the change feed
+    /// (`GET /revocations/changes` on --http-listen); they authorise nothing else. Without it
+    /// (and without --admin-token-file) the feed is open only on a loopback --http-listen.
+    #[arg(
+        help_heading = "API, TLS and proxies",
+        long,
+        env = "TOKEN_SIDECAR_FEED_TOKEN_FILE"
+    )]
+    pub feed_token_file: Option<PathBuf>,
+
     /// Accept listening beyond loopback without caller authentication: neither the admin
     /// credential nor client certificates. Anyone who reaches the port may then verify,
     /// refresh and revoke the tokens it holds; the privileged RPCs (Issue, Revoke by id or
@@ -458,8 +468,8 @@ pub struct Config {
 
     /// When the caches are stale and the store is unreachable: fail closed (Verify answers
     /// UNAVAILABLE) or serve stale answers from the caches.
-    #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_ON_STORE_OUTAGE", value_enum, default_value_t = OutageMode::FailClosed)]
-    pub on_store_outage: OutageMode,
+    #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_ON_STORE_OUTAGE", value_enum, default_value_t = OnStoreOutage::FailClosed)]
+    pub on_store_outage: OnStoreOutage,
 
     /// How often expired denylist rows and stale cutoffs are purged.
     #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_PURGE_INTERVAL", default_value = "10m", value_parser = parse_positive_duration)]
@@ -747,6 +757,24 @@ impl From<&Config> for PoolSettings {
 }
 
 /// The caches' sizes and trust the flags ask for.
+/// `--on-store-outage`: the flag's spelling of [`OutageMode`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnStoreOutage {
+    /// Refuse to answer (Verify returns UNAVAILABLE): no revocation is ever missed.
+    FailClosed,
+    /// Answer from the caches as they are (an explicit opt-in).
+    ServeStale,
+}
+
+impl From<OnStoreOutage> for OutageMode {
+    fn from(flag: OnStoreOutage) -> Self {
+        match flag {
+            OnStoreOutage::FailClosed => OutageMode::FailClosed,
+            OnStoreOutage::ServeStale => OutageMode::ServeStale,
+        }
+    }
+}
+
 impl From<&Config> for CacheSettings {
     fn from(config: &Config) -> Self {
         CacheSettings {
@@ -756,7 +784,7 @@ impl From<&Config> for CacheSettings {
             filter_expected_items: config.denylist_expected_items,
             filter_fp_rate: config.denylist_fp_rate,
             max_staleness: config.max_staleness,
-            on_outage: config.on_store_outage,
+            on_outage: config.on_store_outage.into(),
         }
     }
 }

@@ -318,7 +318,7 @@ impl ConnectionGuard {
     async fn accept_loop(self, listener: TcpListener, tx: mpsc::Sender<io::Result<Connection>>) {
         let permits = Arc::new(Semaphore::new(self.max_connections.max(1)));
         let peers = Arc::new(parking_lot::Mutex::new(std::collections::HashMap::new()));
-        let open = self.metrics.connections_open(self.listener);
+        let open = self.metrics.edge.connections_open(self.listener);
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
@@ -334,12 +334,14 @@ impl ConnectionGuard {
                 }
             };
             let Ok(permit) = permits.clone().try_acquire_owned() else {
-                self.metrics.connection_refused(self.listener, "limit");
+                self.metrics.edge.connection_refused(self.listener, "limit");
                 drop(stream);
                 continue;
             };
             let Some(slot) = PeerSlot::take(&peers, peer.ip(), self.max_per_peer.max(1)) else {
-                self.metrics.connection_refused(self.listener, "peer_limit");
+                self.metrics
+                    .edge
+                    .connection_refused(self.listener, "peer_limit");
                 drop(stream);
                 continue;
             };
@@ -379,9 +381,11 @@ impl ConnectionGuard {
                     }
                     Ok(Err(_)) => guard
                         .metrics
+                        .edge
                         .connection_refused(guard.listener, "bad_handshake"),
                     Err(_) => guard
                         .metrics
+                        .edge
                         .connection_refused(guard.listener, "handshake_timeout"),
                 }
             });

@@ -33,7 +33,7 @@ impl RequestLimits {
     /// A bound of `limit` requests in flight (at least one).
     pub fn new(limit: usize, metrics: Arc<Metrics>) -> Self {
         let limit = limit.max(1);
-        metrics.max_requests_in_flight.set(limit as i64);
+        metrics.edge.max_requests_in_flight.set(limit as i64);
         Self {
             permits: Arc::new(Semaphore::new(limit)),
             limit,
@@ -81,11 +81,11 @@ where
             return Box::pin(self.inner.call(request));
         }
         let Ok(permit) = self.bound.permits.clone().try_acquire_owned() else {
-            self.bound.metrics.shed_requests.inc();
+            self.bound.metrics.edge.shed_requests.inc();
             let response = errors::overloaded(self.bound.limit).into_http();
             return Box::pin(std::future::ready(Ok(response)));
         };
-        let guard = InFlight::new(self.bound.metrics.requests_in_flight.clone(), permit);
+        let guard = InFlight::new(self.bound.metrics.edge.requests_in_flight.clone(), permit);
         let answer = self.inner.call(request);
         Box::pin(async move {
             let mut result = answer.await;

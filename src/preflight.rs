@@ -204,31 +204,46 @@ pub fn load_callers(
     config: &Config,
     admin: Option<Arc<AdminCredential>>,
 ) -> Result<Callers, StartupError> {
-    let introspection = match &config.introspection_token_file {
-        None => None,
-        Some(path) => {
-            let problem = |problem: String| StartupError::IntrospectionToken {
-                path: path.display().to_string(),
-                problem,
-            };
-            let raw = secret_file::read(path).map_err(|e| problem(e.to_string()))?;
-            warn_if_readable_by_others(path);
-            let list = CredentialList::new(&raw).ok_or_else(|| {
-                problem(format!(
-                    "no credential, or one shorter than {} bytes",
-                    AdminCredential::MIN_LEN
-                ))
-            })?;
-            Some(Arc::new(list))
-        }
-    };
+    let introspection = credential_list(
+        config.introspection_token_file.as_deref(),
+        |path, problem| StartupError::IntrospectionToken { path, problem },
+    )?;
+    let feed = credential_list(config.feed_token_file.as_deref(), |path, problem| {
+        StartupError::FeedToken { path, problem }
+    })?;
     Ok(Callers {
         // SPEC §12: open only on a loopback-only API with no caller authentication configured.
         open: config.listen.ip().is_loopback() && admin.is_none() && config.tls_client_ca.is_none(),
-        admin,
         identities: config.admin_identities.clone().into(),
+        feed_open: config
+            .http_listen
+            .is_some_and(|http| http.ip().is_loopback())
+            && admin.is_none()
+            && feed.is_none(),
+        admin,
         introspection,
+        feed,
     })
+}
+
+/// A file of credentials, one per line, if configured.
+fn credential_list(
+    path: Option<&std::path::Path>,
+    error: impl Fn(String, String) -> StartupError,
+) -> Result<Option<Arc<CredentialList>>, StartupError> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let problem = |problem: String| error(path.display().to_string(), problem);
+    let raw = secret_file::read(path).map_err(|e| problem(e.to_string()))?;
+    warn_if_readable_by_others(path);
+    let list = CredentialList::new(&raw).ok_or_else(|| {
+        problem(format!(
+            "no credential, or one shorter than {} bytes",
+            AdminCredential::MIN_LEN
+        ))
+    })?;
+    Ok(Some(Arc::new(list)))
 }
 
 /// The API's TLS, if --tls-cert and --tls-key are set.

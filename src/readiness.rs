@@ -109,7 +109,7 @@ impl NotReady {
             "error"
         };
         let reason = cause.to_string();
-        revocations.metrics().store_not_ready(kind);
+        revocations.metrics().store.not_ready(kind);
         if self.last_reason.as_deref() != Some(reason.as_str()) {
             tracing::warn!(
                 error = %reason,

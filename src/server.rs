@@ -334,7 +334,7 @@ fn authority(
         codec = codec.with_verified_cache(VerifiedCache::new(
             config.verified_cache_capacity,
             clock.clone(),
-            metrics.verified_cache(),
+            metrics.caches.verified(),
         ));
     }
     TokenAuthority::new(codec, config.into(), revocations.clone(), clock.clone())

@@ -44,6 +44,14 @@ pub enum StartupError {
         /// What is wrong.
         problem: String,
     },
+    /// The feed credentials file is unusable.
+    #[error("--feed-token-file {path}: {problem}")]
+    FeedToken {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        problem: String,
+    },
     /// The TLS files are unusable.
     #[error("TLS: {0}")]
     Tls(String),

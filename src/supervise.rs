@@ -105,7 +105,7 @@ impl Supervisor {
                     Err(e) if e.is_panic() => "panicked",
                     _ => "stopped",
                 };
-                this.metrics.task_restarted(name);
+                this.metrics.tasks.restarted(name);
                 tracing::warn!(task = name, how, backoff = ?backoff, "task ended: restarting it");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -164,7 +164,11 @@ mod tests {
         // 1 s + 2 s + 4 s of backoff.
         tokio::time::sleep(Duration::from_secs(8)).await;
         assert_eq!(starts.load(Ordering::SeqCst), 4);
-        assert_eq!(metrics.task_restarts_of("purge"), 3);
+        assert!(
+            metrics
+                .render()
+                .contains(r#"token_sidecar_task_restarts_total{task="purge"} 3"#)
+        );
         task.abort();
     }
 

@@ -219,6 +219,11 @@ pub struct Callers {
     pub open: bool,
     /// `--introspection-token-file`.
     pub introspection: Option<std::sync::Arc<CredentialList>>,
+    /// `--feed-token-file`.
+    pub feed: Option<std::sync::Arc<CredentialList>>,
+    /// Whether the change feed is open to every caller: only on a loopback-only HTTP listener
+    /// with neither the admin nor a feed credential configured (a proxy in the same pod).
+    pub feed_open: bool,
 }
 
 /// Why a caller may not call a privileged RPC.
@@ -289,6 +294,24 @@ impl Callers {
         })
     }
 
+    /// Whether a caller presenting `bearer` may read the change feed: a feed credential, the
+    /// admin's, or anyone while the feed is open.
+    pub fn admit_feed(&self, bearer: Option<&str>) -> bool {
+        if self.feed_open {
+            return true;
+        }
+        let Some(credential) = bearer else {
+            return false;
+        };
+        self.feed
+            .as_ref()
+            .is_some_and(|list| list.matches(credential.as_bytes()))
+            || self
+                .admin
+                .as_ref()
+                .is_some_and(|admin| admin.matches(credential.as_bytes()))
+    }
+
     /// Whether `bearer` may introspect: an introspection credential or the admin credential.
     pub fn admit_introspection(&self, bearer: Option<&str>) -> bool {
         let Some(credential) = bearer else {
@@ -342,6 +365,8 @@ mod tests {
             identities: vec![IdentityPattern::parse("spiffe://td/ns/ops/sa/*").expect("ok")].into(),
             open: false,
             introspection: CredentialList::new(b"introspection-credential-0001\n").map(Into::into),
+            feed: CredentialList::new(b"feed-credential-00000000001\n").map(Into::into),
+            feed_open: false,
         };
         let other = ["spiffe://td/ns/other/sa/some-workload".to_owned()];
         assert_eq!(
@@ -365,6 +390,15 @@ mod tests {
         );
         assert!(callers.admit_introspection(Some("introspection-credential-0001")));
         assert!(!callers.admit_introspection(Some("introspection-credential-0002")));
+        // A feed credential reads the feed and nothing else; an introspection one does not.
+        assert!(callers.admit_feed(Some("feed-credential-00000000001")));
+        assert!(!callers.admit_feed(Some("introspection-credential-0001")));
+        assert!(!callers.admit_feed(None));
+        assert!(!callers.admit_introspection(Some("feed-credential-00000000001")));
+        assert_eq!(
+            callers.admit_privileged(Some("feed-credential-00000000001"), None),
+            Err(Refusal::Invalid)
+        );
         // A loopback API with no caller authentication configured (a sidecar): open.
         let sidecar = Callers {
             open: true,

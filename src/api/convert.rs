@@ -48,8 +48,8 @@ pub fn grant(issued: IssuedToken) -> Grant {
         token: issued.token,
         jti: issued.jti,
         session_id: issued.session_id,
-        issued_at: Some(timestamp(issued.times.issued_at * 1000)),
-        expires_at: Some(timestamp(issued.times.expires_at * 1000)),
+        issued_at: Some(timestamp(issued.times.issued_at.as_millis())),
+        expires_at: Some(timestamp(issued.times.expires_at.as_millis())),
         refresh_expires_at: Some(timestamp(issued.times.refresh_expires_ms)),
     }
 }
@@ -73,9 +73,9 @@ pub fn token_claims(claims: Claims) -> pb::TokenClaims {
         user_id: claims.user_id,
         jti: claims.jti,
         session_id: claims.session_id,
-        issued_at: Some(timestamp(claims.issued_at * 1000)),
+        issued_at: Some(timestamp(claims.issued_at.as_millis())),
         original_issued_at: Some(timestamp(claims.orig_iat_ms)),
-        expires_at: Some(timestamp(claims.expires_at * 1000)),
+        expires_at: Some(timestamp(claims.expires_at.as_millis())),
         extra: Some(json_to_struct(claims.extra)),
         idp_session_id: claims.idp_session_id.unwrap_or_default(),
     }
@@ -101,10 +101,8 @@ pub fn proto_reason(reason: Reason) -> pb::Reason {
 
 /// A protobuf Timestamp for a time in milliseconds.
 pub fn timestamp(ms: UnixMillis) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
+    let (seconds, nanos) = token_sidecar_core::clock::seconds_and_nanos(ms);
+    prost_types::Timestamp { seconds, nanos }
 }
 
 fn bad(field: &'static str, reason: ErrorCode, message: &str) -> AuthorityError {

@@ -9,7 +9,8 @@
 //! - `POST /oauth2/revoke` (RFC 7009): revokes the token's session like `Revoke{token}`; 200
 //!   for an invalid or unknown token too; 503 with `Retry-After` when nothing was committed.
 //!
-//! On the metrics port it also serves the JWKS ([`jwks_routes`]).
+//! - `GET /revocations/changes`: the change feed for proxy filters ([`crate::api::feed`]);
+//! - `GET /.well-known/jwks.json`: the public keys, as on the metrics port ([`jwks_routes`]).
 //!
 //! A malformed request (no form body, another content type, a body over 16 KiB, a token over
 //! 8 KiB, a repeated parameter) gets a 400 with an RFC 6749-style `{"error": ...}`.
@@ -20,11 +21,12 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, post};
+use axum::routing::{any, get, post};
 use serde_json::{Map, Value, json};
 
 use crate::api::bearer_credential;
 use crate::api::caller::{self, Callers};
+use crate::api::feed;
 use crate::api::forward_auth::{Decision, ForwardAuth, Presented};
 use crate::api::idp_routes;
 use crate::api::outcome::{self, answered};
@@ -85,6 +87,14 @@ impl HttpApi {
         self
     }
 
+    pub(crate) fn callers(&self) -> &Callers {
+        &self.callers
+    }
+
+    pub(crate) fn authority(&self) -> &std::sync::Arc<TokenAuthority> {
+        self.decide.authority()
+    }
+
     /// The routes.
     pub fn router(self) -> Router {
         let mut router = Router::new()
@@ -96,6 +106,17 @@ impl HttpApi {
                     (self.metrics.clone(), "introspect"),
                     outcome::counted,
                 )),
+            )
+            .route(
+                "/revocations/changes",
+                get(feed::changes).layer(axum::middleware::from_fn_with_state(
+                    (self.metrics.clone(), "feed"),
+                    outcome::counted,
+                )),
+            )
+            .route(
+                "/.well-known/jwks.json",
+                get(|State(api): State<HttpApi>| async move { jwks(api.authority()) }),
             )
             .route(
                 "/oauth2/revoke",
@@ -118,20 +139,24 @@ impl HttpApi {
 pub fn jwks_routes(authority: Arc<TokenAuthority>) -> Router {
     Router::new().route(
         "/.well-known/jwks.json",
-        axum::routing::get(move || {
+        get(move || {
             let authority = authority.clone();
-            async move {
-                (
-                    [
-                        (header::CONTENT_TYPE, "application/json"),
-                        // Short enough that a rotation reaches verifiers within a minute.
-                        (header::CACHE_CONTROL, "public, max-age=60"),
-                    ],
-                    authority.jwks_json(),
-                )
-            }
+            async move { jwks(&authority) }
         }),
     )
+}
+
+/// The public keys (RFC 7517), also on the HTTP listener for proxy filters.
+fn jwks(authority: &TokenAuthority) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            // Short enough that a rotation reaches verifiers within a minute.
+            (header::CACHE_CONTROL, "public, max-age=60"),
+        ],
+        authority.jwks_json(),
+    )
+        .into_response()
 }
 
 fn authorization(headers: &HeaderMap) -> Option<&str> {

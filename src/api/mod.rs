@@ -18,6 +18,7 @@ pub mod caller;
 pub mod convert;
 pub mod errors;
 pub mod ext_authz;
+pub mod feed;
 pub mod forward_auth;
 pub mod http;
 pub mod idp_routes;
@@ -28,4 +29,4 @@ pub mod trace;
 /// The generated protobuf and gRPC code for `tokensidecar.v1`, from the light api crate.
 pub use token_sidecar_api::pb;
 
-pub use token_sidecar_api::bearer_credential;
+pub use crate::decision::bearer_credential;

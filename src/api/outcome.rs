@@ -47,7 +47,9 @@ pub async fn counted(
         .get::<Outcome>()
         .copied()
         .unwrap_or_else(|| by_status(response.status()));
-    metrics.rpc(method, started, outcome.result, outcome.reason);
+    metrics
+        .rpc
+        .record(method, started, outcome.result, outcome.reason);
     trace::record_outcome(outcome.result, outcome.reason, "");
     response
 }

@@ -60,7 +60,7 @@ impl TokenGrpc {
             Refusal::IdentityNotAllowed => (Code::PermissionDenied, "permission_denied"),
             Refusal::Missing | Refusal::Invalid => (Code::Unauthenticated, "unauthenticated"),
         };
-        self.metrics.rpc(method, started, result, reason);
+        self.metrics.rpc.record(method, started, result, reason);
         trace::record_outcome(result, reason, "");
         tracing::warn!(method, reason, "privileged RPC refused");
         Err(Status::with_error_details(
@@ -96,7 +96,7 @@ impl TokenGrpc {
         reason: &'static str,
         subject: Subject<'_>,
     ) {
-        self.metrics.rpc(method, started, result, reason);
+        self.metrics.rpc.record(method, started, result, reason);
         let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         // A refused request may carry megabytes in these fields: log a short prefix only.
         let (user_id, jti) = (loggable(subject.user_id), loggable(subject.jti));

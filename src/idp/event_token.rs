@@ -13,14 +13,14 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
 use super::jwks::{KeyLookupError, ProviderKeys};
-use crate::clock::UnixMillis;
+use crate::clock::{UnixMillis, UnixSeconds, millis_in_seconds};
 
 /// Largest event token accepted.
 pub const MAX_EVENT_TOKEN_BYTES: usize = 16 * 1024;
 /// How old an event's `iat` may be.
-pub const MAX_EVENT_AGE_MS: i64 = 5 * 60 * 1000;
+pub const MAX_EVENT_AGE_MS: i64 = millis_in_seconds(5 * 60);
 /// Tolerance for the sender's clock on `iat` (ahead) and `exp`.
-pub const EVENT_LEEWAY_MS: i64 = 60 * 1000;
+pub const EVENT_LEEWAY_MS: i64 = millis_in_seconds(60);
 /// Longest `jti` accepted.
 pub const MAX_JTI_BYTES: usize = 256;
 
@@ -192,12 +192,12 @@ impl EventVerifier {
             .get("iat")
             .and_then(Value::as_i64)
             .filter(|s| (0..=i64::MAX / 4_000).contains(s))
-            .ok_or_else(|| malformed("the iat claim is missing or not a NumericDate"))?
-            * 1000;
+            .map(|s| UnixSeconds(s).as_millis())
+            .ok_or_else(|| malformed("the iat claim is missing or not a NumericDate"))?;
         if issued_at_ms < now - MAX_EVENT_AGE_MS {
             return Err(EventError::Stale(format!(
                 "the event was issued more than {} s ago",
-                MAX_EVENT_AGE_MS / 1000
+                std::time::Duration::from_millis(MAX_EVENT_AGE_MS.unsigned_abs()).as_secs()
             )));
         }
         if issued_at_ms > now + EVENT_LEEWAY_MS {
@@ -209,8 +209,8 @@ impl EventVerifier {
             let exp_ms = exp
                 .as_i64()
                 .filter(|s| (0..=i64::MAX / 4_000).contains(s))
-                .ok_or_else(|| malformed("the exp claim is not a NumericDate"))?
-                * 1000;
+                .map(|s| UnixSeconds(s).as_millis())
+                .ok_or_else(|| malformed("the exp claim is not a NumericDate"))?;
             if now >= exp_ms + EVENT_LEEWAY_MS {
                 return Err(EventError::Stale("the event has expired".into()));
             }

@@ -185,6 +185,7 @@ impl IdpReceiver {
                     self.authority
                         .revocations()
                         .metrics()
+                        .security
                         .idp_events_ignored
                         .inc();
                     effects.push((event_type, None));

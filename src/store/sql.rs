@@ -15,7 +15,7 @@ use super::{
     Audit, AuditQuery, AuditRecord, Change, ChangeSeq, CutoffRecord, DenyKind, DenySink,
     PurgeHorizon, Purged, Rotation, RotationOutcome, SessionHead, StoreError, Superseded,
 };
-use crate::clock::UnixMillis;
+use crate::clock::{UnixMillis, UnixSeconds};
 
 /// How many rows a statement changed; each backend has it, under no common trait.
 pub(super) trait RowsAffected {
@@ -550,8 +550,8 @@ where
             .bind(rotation.user_id)
             .bind(rotation.new.jti.as_str())
             .bind(rotation.new.minted_ms)
-            .bind(rotation.new.issued_at)
-            .bind(rotation.new.expires_at)
+            .bind(rotation.new.issued_at.get())
+            .bind(rotation.new.expires_at.get())
             .bind(rotation.moot_after_ms)
             .bind(rotation.presented_jti)
             .bind(rotation.presented_minted_ms)
@@ -570,8 +570,8 @@ where
                 newest: SessionHead {
                     jti,
                     minted_ms,
-                    issued_at,
-                    expires_at,
+                    issued_at: UnixSeconds(issued_at),
+                    expires_at: UnixSeconds(expires_at),
                 },
                 parent_jti,
                 parent_minted_ms,

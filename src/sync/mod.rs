@@ -225,7 +225,7 @@ struct Rejections {
 impl Rejections {
     fn record(&mut self, revocations: &Revocations, why: Rejected) {
         let why = why.as_str();
-        revocations.metrics().sync_announcement_rejected(why);
+        revocations.metrics().sync.announcement_rejected(why);
         let now = Instant::now();
         let first = !self.logged.contains_key(why);
         let (last, since) = self.logged.entry(why).or_insert((now, 0));
@@ -313,7 +313,8 @@ impl Driver {
         self.up = up;
         self.revocations
             .metrics()
-            .sync_channel_up
+            .sync
+            .channel_up
             .set(i64::from(up));
     }
 
@@ -462,7 +463,7 @@ impl Driver {
     }
 
     async fn catch_up_traced(&mut self, why: &'static str) {
-        self.revocations.metrics().sync_catch_up(why);
+        self.revocations.metrics().sync.catch_up(why);
         self.last_catch_up = Instant::now();
         self.gap_deadline = None;
         let result = match self.read_feed().await {

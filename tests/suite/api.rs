@@ -778,13 +778,13 @@ async fn silent_connections_are_bounded_and_closed_while_health_answers() {
     crate::common::eventually(
         Duration::from_secs(10),
         "over the bound: closed",
-        || async { app.metrics.connections_refused_of("api", "limit") >= 1_800 },
+        || async {
+            app.counter(r#"connections_refused_total{listener="api",why="limit"}"#) >= 1_800
+        },
     )
     .await;
     crate::common::eventually(Duration::from_secs(10), "silent ones timed out", || async {
-        app.metrics
-            .connections_refused_of("api", "handshake_timeout")
-            >= 99
+        app.counter(r#"connections_refused_total{listener="api",why="handshake_timeout"}"#) >= 99
     })
     .await;
     assert_eq!(check().await.ok(), Some(ServingStatus::Serving as i32));
@@ -820,8 +820,7 @@ async fn silent_connections_are_bounded_and_closed_while_health_answers() {
     let read = tokio::time::timeout(Duration::from_secs(5), partial.read(&mut byte)).await;
     assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed: {read:?}");
     assert_eq!(
-        app.metrics
-            .connections_refused_of("metrics", "handshake_timeout"),
+        app.counter(r#"connections_refused_total{listener="metrics",why="handshake_timeout"}"#),
         1
     );
 }

@@ -68,7 +68,7 @@ fn unsigned(header: Value) -> String {
     format!("{}.{}.", b64(&header), b64(&payload()))
 }
 
-fn catalogue(valid: &str) -> Vec<(&'static str, String, Reason)> {
+pub(crate) fn catalogue(valid: &str) -> Vec<(&'static str, String, Reason)> {
     let t0 = T0_MS / 1000;
     let rsa_pub = std::fs::read(fixture("rsa.pub.pem")).expect("rsa pub");
     let ec_pub = std::fs::read(fixture("p256.pub.pem")).expect("ec pub");
@@ -385,12 +385,15 @@ fn catalogue(valid: &str) -> Vec<(&'static str, String, Reason)> {
     ]
 }
 
-#[tokio::test]
-async fn every_attack_in_the_catalogue_gets_its_reason() {
+/// The sidecar the catalogue is made for: the HS256 `main` key signs; RS256 and ES256 keys
+/// verify too; audience `api`.
+pub(crate) async fn catalogue_app(
+    settings: Settings,
+) -> (crate::common::TestApp, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("dir");
     let main_key = dir.path().join("main.key");
     std::fs::write(&main_key, TEST_SECRET).expect("write key");
-    let app = Settings::new(Backend::Sqlite)
+    let settings = settings
         .arg("--key", &format!("main=HS256:{}", main_key.display()))
         .arg(
             "--key",
@@ -401,9 +404,13 @@ async fn every_attack_in_the_catalogue_gets_its_reason() {
             &format!("es=ES256:{}", fixture("p256.pem").display()),
         )
         .arg("--signing-kid", "main")
-        .arg("--audience", "api")
-        .spawn()
-        .await;
+        .arg("--audience", "api");
+    (settings.spawn().await, dir)
+}
+
+#[tokio::test]
+async fn every_attack_in_the_catalogue_gets_its_reason() {
+    let (app, _keys) = catalogue_app(Settings::new(Backend::Sqlite)).await;
     let valid = app.issue("alice").await.token;
     assert!(app.verify(&valid).await.valid);
     assert!(

@@ -199,8 +199,8 @@ async fn excess_load_is_shed_with_resource_exhausted_and_counted() {
         health.iter().all(|h| h.is_ok()),
         "health checks are never shed"
     );
-    assert_eq!(app.metrics.shed_requests.get(), shed.len() as u64);
-    assert_eq!(app.metrics.requests_in_flight.get(), 0);
+    assert_eq!(app.metrics.edge.shed_requests.get(), shed.len() as u64);
+    assert_eq!(app.metrics.edge.requests_in_flight.get(), 0);
 }
 
 /// The admin credential is re-read like the keys: a rotated credential replaces the old one at

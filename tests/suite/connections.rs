@@ -174,7 +174,7 @@ async fn one_peer_cannot_take_every_slot() {
         "a third connection from one address is closed at once"
     );
     crate::common::eventually(Duration::from_secs(2), "counted", || async {
-        app.metrics.connections_refused_of("api", "peer_limit") >= 1
+        app.counter(r#"connections_refused_total{listener="api",why="peer_limit"}"#) >= 1
     })
     .await;
     drop(held);

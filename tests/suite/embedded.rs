@@ -62,7 +62,7 @@ async fn the_sqlite_file_deleted_under_a_running_process_turns_it_not_serving_an
         refused.message()
     );
     app.wait_for_health(ServingStatus::NotServing).await;
-    assert!(app.metrics.store_write_failures_of("file_lost") >= 1);
+    assert!(app.counter(r#"store_write_failures_total{why="file_lost"}"#) >= 1);
 
     // A file put in its place is another file: still refused.
     std::fs::write(&file, b"").expect("replace");
@@ -147,7 +147,7 @@ async fn sqlite_on_a_full_disk_never_acknowledges_a_revocation_a_restart_forgets
         }
     }
     assert!(refused >= 1, "the full disk refused a write");
-    assert!(app.metrics.store_write_failures_of("error") >= 1);
+    assert!(app.counter(r#"store_write_failures_total{why="error"}"#) >= 1);
 
     // Space again: what is acknowledged now must be durable too (before, the connection that
     // failed went back to the pool and its "commits" released only a savepoint).

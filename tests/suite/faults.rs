@@ -317,7 +317,7 @@ async fn a_held_writers_lock_fails_writes_within_the_store_timeout() {
             .expect_err("cancelled by the caller's deadline");
     }
     assert!(
-        app.metrics.store_write_failures_of("timeout") >= 5,
+        app.counter(r#"store_write_failures_total{why="timeout"}"#) >= 5,
         "failing writes show in token_sidecar_store_write_failures_total"
     );
     // Reads never wait behind the writers' lock, not even while every writer waits on it.

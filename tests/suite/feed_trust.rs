@@ -25,11 +25,14 @@ const ANNOUNCEMENTS_ONLY: [(&str, &str); 3] = [
 ];
 
 fn rejected(app: &TestApp, why: &'static str) -> u64 {
-    app.metrics.sync_announcements_rejected(why)
+    app.counter(&format!(
+        "sync_announcements_rejected_total{{why=\"{}\"}}",
+        why
+    ))
 }
 
 fn watermark(app: &TestApp) -> i64 {
-    app.metrics.sync_watermark.get()
+    app.metrics.sync.watermark.get()
 }
 
 async fn instances(
@@ -72,7 +75,7 @@ async fn a_role_that_can_only_connect_cannot_move_an_instance_by_notify() {
     })
     .await;
     let before = watermark(b);
-    let queries = b.metrics.store_queries_of("changes");
+    let queries = b.counter(r#"store_queries_total{kind="changes"}"#);
 
     // A role with LOGIN only: it cannot read a table, but it can NOTIFY on any channel.
     let role = format!("ts_spray_{}", rand_suffix());
@@ -117,7 +120,7 @@ async fn a_role_that_can_only_connect_cannot_move_an_instance_by_notify() {
     .await;
     assert_eq!(watermark(b), before, "no forged number moved the watermark");
     assert_eq!(
-        b.metrics.store_queries_of("changes"),
+        b.counter(r#"store_queries_total{kind="changes"}"#),
         queries,
         "forgeries are dropped without a query"
     );
@@ -186,7 +189,7 @@ async fn forged_oversized_and_replayed_nats_messages_move_nothing() {
     }
     let b = b.spawn().await;
     eventually(SETTLE, "both on NATS", || async {
-        a.metrics.sync_channel_up.get() == 1 && b.metrics.sync_channel_up.get() == 1
+        a.metrics.sync.channel_up.get() == 1 && b.metrics.sync.channel_up.get() == 1
     })
     .await;
 
@@ -424,7 +427,7 @@ async fn revoked_after_the_fork_reach_the_other(
         )
         .await;
     }
-    assert!(b.metrics.sync_forks.get() >= 1, "b noticed the fork");
+    assert!(b.metrics.sync.forks.get() >= 1, "b noticed the fork");
 }
 
 /// Every one of `apps` comes to give, for every token, the verdict of an instance started now.
@@ -470,10 +473,10 @@ async fn nats_as_production_runs_it_accounts_tls_and_no_credential_in_a_log() {
     let apps = instances(&url, &clock, 2, &args).await;
     let (a, b) = (&apps[0], &apps[1]);
     eventually(SETTLE, "both on NATS over TLS", || async {
-        a.metrics.sync_channel_up.get() == 1 && b.metrics.sync_channel_up.get() == 1
+        a.metrics.sync.channel_up.get() == 1 && b.metrics.sync.channel_up.get() == 1
     })
     .await;
-    let queries = b.metrics.store_queries_of("changes");
+    let queries = b.counter(r#"store_queries_total{kind="changes"}"#);
     let t = a.issue("kim").await;
     assert!(b.verify(&t.token).await.valid);
     a.revoke(Target::Token(t.token.clone()))
@@ -487,7 +490,7 @@ async fn nats_as_production_runs_it_accounts_tls_and_no_credential_in_a_log() {
     )
     .await;
     assert_eq!(
-        b.metrics.store_queries_of("changes"),
+        b.counter(r#"store_queries_total{kind="changes"}"#),
         queries,
         "it came in its announcement"
     );
@@ -536,7 +539,7 @@ async fn nats_as_production_runs_it_accounts_tls_and_no_credential_in_a_log() {
     .await
     .remove(0);
     eventually(SETTLE, "the nkey instance on NATS", || async {
-        by_nkey.metrics.sync_channel_up.get() == 1
+        by_nkey.metrics.sync.channel_up.get() == 1
     })
     .await;
     // A wrong password is refused by the server, and the log names the URL without it.
@@ -643,7 +646,7 @@ async fn a_far_ahead_number_costs_two_catch_ups_not_a_poll_storm() {
             .sum::<f64>()
     };
     eventually(SETTLE, "listening", || async {
-        b.metrics.sync_channel_up.get() == 1
+        b.metrics.sync.channel_up.get() == 1
     })
     .await;
     let before = catch_ups();
@@ -707,7 +710,7 @@ async fn a_sync_key_file_replaces_the_generated_secret() {
     let stranger = instances(&url, &clock, 1, &args).await.remove(0);
     for app in apps.iter().chain([&stranger]) {
         eventually(SETTLE, "listening", || async {
-            app.metrics.sync_channel_up.get() == 1
+            app.metrics.sync.channel_up.get() == 1
         })
         .await;
     }

@@ -25,7 +25,7 @@ const ANNOUNCEMENTS_ONLY: [(&str, &str); 3] = [
 ];
 
 fn changes_queries(app: &TestApp) -> u64 {
-    app.metrics.store_queries_of("changes")
+    app.counter(r#"store_queries_total{kind="changes"}"#)
 }
 
 fn propagations(app: &TestApp) -> f64 {
@@ -37,7 +37,7 @@ fn propagations(app: &TestApp) -> f64 {
 }
 
 fn channel_up(app: &TestApp) -> bool {
-    app.metrics.sync_channel_up.get() == 1
+    app.metrics.sync.channel_up.get() == 1
 }
 
 /// `count` instances on one fresh database sharing a clock, each with `args`.
@@ -275,7 +275,7 @@ async fn under_load_at_most(budget: i64) {
         most <= budget,
         "{most} connections: at most --database-max-connections {budget}, the listener's included"
     );
-    assert!(app.metrics.store_queries_of("cutoff") >= 32 * 40);
+    assert!(app.counter(r#"store_queries_total{kind="cutoff"}"#) >= 32 * 40);
 }
 
 #[tokio::test]
@@ -413,8 +413,10 @@ async fn nats_stopped_and_restarted_under_revoke_load_loses_nothing() {
     let load = async {
         tokio::join!(revoke_on(&apps[0], first), revoke_on(&apps[1], second));
     };
-    let denied =
-        || apps[0].metrics.store_queries_of("deny") + apps[1].metrics.store_queries_of("deny");
+    let denied = || {
+        apps[0].counter(r#"store_queries_total{kind="deny"}"#)
+            + apps[1].counter(r#"store_queries_total{kind="deny"}"#)
+    };
     let outage = async {
         // NATS dies after some revocations, stays dead while more are acknowledged, comes back
         // while the writers are still at it.

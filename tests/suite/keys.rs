@@ -204,7 +204,7 @@ async fn a_cached_token_whose_key_was_rotated_away_is_refused() {
         .spawn()
         .await;
     let token = app.issue("alice").await.token;
-    let hits = app.metrics.verified_cache().hits;
+    let hits = app.metrics.caches.verified().hits;
     assert!(app.verify(&token).await.valid);
     let before = hits.get();
     assert!(app.verify(&token).await.valid);

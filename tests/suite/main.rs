@@ -15,6 +15,7 @@ mod commands;
 mod connections;
 mod embedded;
 mod faults;
+mod feed;
 mod feed_trust;
 mod fleet;
 mod http_api;

@@ -18,9 +18,23 @@ use token_sidecar::api::pb::revoke_request::Target;
 enum Proxy {
     EnvoyGrpc,
     EnvoyHttp,
+    /// Envoy judging tokens itself with the Wasm filter, fed by the sidecar's HTTP listener.
+    EnvoyWasm,
     Nginx,
     Traefik,
 }
+
+impl Proxy {
+    /// The filter answers from its own copy of the revocation state and the fleet's clock as
+    /// its last read of the feed said: a change reaches it within its poll interval.
+    fn eventually(self) -> bool {
+        self == Proxy::EnvoyWasm
+    }
+}
+
+/// The Wasm filter's poll interval and staleness bound in these tests (ms).
+const WASM_POLL_MS: u64 = 100;
+const WASM_STALENESS_MS: u64 = 1_500;
 
 type Seen = Arc<Mutex<Vec<BTreeMap<String, Vec<String>>>>>;
 
@@ -65,7 +79,12 @@ impl Drop for Running {
     }
 }
 
-fn config(name: &str, ports: &[(&str, u16)], dir: &std::path::Path) -> std::path::PathBuf {
+fn config(
+    name: &str,
+    ports: &[(&str, u16)],
+    dir: &std::path::Path,
+    audience: Option<&str>,
+) -> std::path::PathBuf {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/proxies")
         .join(name);
@@ -73,26 +92,45 @@ fn config(name: &str, ports: &[(&str, u16)], dir: &std::path::Path) -> std::path
     for (name, port) in ports {
         text = text.replace(name, &port.to_string());
     }
-    text = text.replace("DIR", &dir.display().to_string());
+    text = text
+        .replace("DIR", &dir.display().to_string())
+        .replace(
+            "WASM_FILE",
+            &crate::common::services::wasm_filter().display().to_string(),
+        )
+        .replace("POLL_MS", &WASM_POLL_MS.to_string())
+        .replace("STALENESS_MS", &WASM_STALENESS_MS.to_string())
+        .replace("WHEN_STALE", "fail_closed")
+        .replace("LOCAL_JWKS", &test_key_jwks())
+        .replace("AUDIENCE", &json_text(audience));
     let out = dir.join(name);
     std::fs::write(&out, text).expect("write config");
     out
 }
 
+fn json_text(text: Option<&str>) -> String {
+    serde_json::to_string(&text).unwrap_or_default()
+}
+
 fn start(proxy: Proxy, app: u16, sidecar: u16) -> Running {
+    start_with(proxy, app, sidecar, None)
+}
+
+/// [`start`], the Wasm filter expecting `audience`.
+fn start_with(proxy: Proxy, app: u16, sidecar: u16, audience: Option<&str>) -> Running {
     let dir = tempfile::tempdir().expect("dir");
     let listen = crate::common::free_port();
     let ports = [("LISTEN", listen), ("APP", app), ("SIDECAR", sidecar)];
     let mut command = match proxy {
-        Proxy::EnvoyGrpc | Proxy::EnvoyHttp => {
-            let name = if proxy == Proxy::EnvoyGrpc {
-                "envoy-grpc.yaml"
-            } else {
-                "envoy-http.yaml"
+        Proxy::EnvoyGrpc | Proxy::EnvoyHttp | Proxy::EnvoyWasm => {
+            let name = match proxy {
+                Proxy::EnvoyGrpc => "envoy-grpc.yaml",
+                Proxy::EnvoyHttp => "envoy-http.yaml",
+                _ => "envoy-wasm.yaml",
             };
             let mut c = std::process::Command::new("envoy");
             c.arg("-c")
-                .arg(config(name, &ports, dir.path()))
+                .arg(config(name, &ports, dir.path(), audience))
                 .args(["--disable-hot-restart", "--concurrency", "1", "-l", "error"])
                 .args(["--base-id", &listen.to_string()]);
             c
@@ -104,7 +142,7 @@ fn start(proxy: Proxy, app: u16, sidecar: u16) -> Running {
                 .arg("-e")
                 .arg(dir.path().join("error.log"))
                 .arg("-c")
-                .arg(config("nginx.conf", &ports, dir.path()));
+                .arg(config("nginx.conf", &ports, dir.path(), audience));
             c
         }
         Proxy::Traefik => {
@@ -112,7 +150,7 @@ fn start(proxy: Proxy, app: u16, sidecar: u16) -> Running {
             c.arg(format!("--entryPoints.web.address=127.0.0.1:{listen}"))
                 .arg(format!(
                     "--providers.file.filename={}",
-                    config("traefik.yaml", &ports, dir.path()).display()
+                    config("traefik.yaml", &ports, dir.path(), audience).display()
                 ))
                 .args([
                     "--log.level=ERROR",
@@ -136,10 +174,54 @@ fn start(proxy: Proxy, app: u16, sidecar: u16) -> Running {
     }
 }
 
+/// The test sidecars' HS256 `main` key as a private JWKS, for the Wasm filter.
+fn test_key_jwks() -> String {
+    use base64::Engine;
+    let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(crate::common::TEST_SECRET);
+    format!(r#"{{"keys":[{{"kty":"oct","kid":"main","alg":"HS256","k":"{k}"}}]}}"#)
+}
+
 async fn get(proxy: &Running, headers: &[(&str, &str)]) -> HttpResponse {
     http_request(proxy.addr, "GET", "/hello", headers, None)
         .await
         .expect("the proxy answers")
+}
+
+/// For the Wasm filter: waits (bounded) until it has read the feed again after whatever the
+/// test just changed — four more reads, as the main thread's and the worker's root contexts
+/// each read. The ext_authz proxies ask the sidecar on every request: nothing to wait for.
+async fn settle(app: &TestApp, which: Proxy) {
+    if !which.eventually() {
+        return;
+    }
+    let reads = || app.counter(r#"rpc_requests_total{method="feed",result="ok",reason=""}"#);
+    let wanted = reads() + 4;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while reads() < wanted {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the filter stopped reading the feed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// [`get`] until `done` holds: at once for a proxy that asks the sidecar, within a bound for
+/// the Wasm filter (its poll interval, or its staleness bound, and some slack).
+async fn get_until(
+    proxy: &Running,
+    which: Proxy,
+    headers: &[(&str, &str)],
+    done: impl Fn(&HttpResponse) -> bool,
+) -> HttpResponse {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(WASM_STALENESS_MS + 3_000);
+    loop {
+        let r = get(proxy, headers).await;
+        if done(&r) || !which.eventually() || tokio::time::Instant::now() >= deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Waits until the proxy routes: it answers (401, as no token is sent) instead of refusing.
@@ -178,6 +260,16 @@ async fn scenario(which: Proxy) {
     };
     let proxy = start(which, app_addr.port(), sidecar_port);
     wait_ready(&proxy, which).await;
+    if which.eventually() {
+        // The filter has read the feed and the keys once: a token is judged, not 503.
+        let t = app.issue("warm-up").await;
+        let auth = bearer(&t.token);
+        let r = get_until(&proxy, which, &[("authorization", &auth)], |r| {
+            r.status == 200
+        })
+        .await;
+        assert_eq!(r.status, 200, "{which:?} never got in step: {r:?}");
+    }
     let reached = || seen.lock().map(|s| s.len()).unwrap_or_default();
 
     // A valid token reaches the app with the identity headers, and only the sidecar's.
@@ -280,6 +372,7 @@ async fn scenario(which: Proxy) {
     app.revoke(Target::Jti(revoked.jti.clone()))
         .await
         .expect("revoke");
+    settle(&app, which).await;
     let r = get(&proxy, &[("authorization", &bearer(&revoked.token))]).await;
     assert_eq!(r.status, 401, "{which:?}: revoked: {r:?}");
     assert!(
@@ -291,6 +384,7 @@ async fn scenario(which: Proxy) {
 
     let soon = app.issue("carol").await;
     app.clock.advance_ms(5 * MIN);
+    settle(&app, which).await;
     let r = get(&proxy, &[("authorization", &bearer(&soon.token))]).await;
     assert_eq!(r.status, 401, "{which:?}: expired: {r:?}");
     assert!(
@@ -312,6 +406,11 @@ async fn scenario(which: Proxy) {
     );
     store.cut();
     app.clock.advance_ms(3 * SEC);
+    if which.eventually() {
+        // The filter measures its staleness on Envoy's own monotonic clock, which no test can
+        // move: its bound is waited out.
+        tokio::time::sleep(Duration::from_millis(WASM_STALENESS_MS + 500)).await;
+    }
     let before = reached();
     let r = get(&proxy, &[("authorization", &bearer(&fresh.token))]).await;
     assert!(
@@ -334,6 +433,15 @@ async fn envoy_http_ext_authz() {
     scenario(Proxy::EnvoyHttp).await;
 }
 
+/// The Wasm filter judges every case the ext_authz surfaces do, in Envoy, from its own copy of
+/// the revocation state: the same headers, the same challenges, a revocation within its poll
+/// interval, and 503 once the sidecar cannot be read for longer than its staleness bound.
+#[tokio::test]
+async fn envoy_wasm_filter() {
+    crate::require!(Postgres, Envoy, WasmFilter);
+    scenario(Proxy::EnvoyWasm).await;
+}
+
 #[tokio::test]
 async fn nginx_auth_request() {
     crate::require!(Postgres, Envoy, Nginx, Traefik);
@@ -344,4 +452,61 @@ async fn nginx_auth_request() {
 async fn traefik_forward_auth() {
     crate::require!(Postgres, Envoy, Nginx, Traefik);
     scenario(Proxy::Traefik).await;
+}
+
+/// The attack catalogue (tests/suite/attacks.rs) through Envoy and the Wasm filter: every hostile
+/// token a header can carry is refused 401 with the reason Verify gives it.
+#[tokio::test]
+async fn the_wasm_filter_refuses_the_attack_catalogue() {
+    crate::require!(Envoy, WasmFilter);
+    let (app, _keys) = crate::attacks::catalogue_app(
+        Settings::new(Backend::Sqlite).arg("--http-listen", "127.0.0.1:0"),
+    )
+    .await;
+    let (app_addr, seen) = upstream().await;
+    let sidecar = app.http_addr.expect("--http-listen").port();
+    let proxy = start_with(Proxy::EnvoyWasm, app_addr.port(), sidecar, Some("api"));
+    wait_ready(&proxy, Proxy::EnvoyWasm).await;
+    let valid = app.issue("alice").await.token;
+    let auth = bearer(&valid);
+    let r = get_until(&proxy, Proxy::EnvoyWasm, &[("authorization", &auth)], |r| {
+        r.status == 200
+    })
+    .await;
+    assert_eq!(r.status, 200, "the filter never got in step: {r:?}");
+    let reached = seen.lock().map(|s| s.len()).unwrap_or_default();
+
+    let cases = crate::attacks::catalogue(&valid);
+    let mut failures = Vec::new();
+    let mut sent = 0;
+    for (name, token, expected) in &cases {
+        let header = bearer(token);
+        if token.is_empty() || axum::http::HeaderValue::from_str(&header).is_err() {
+            continue;
+        }
+        sent += 1;
+        let r = get(&proxy, &[("authorization", &header)]).await;
+        let challenge = r.header("www-authenticate").unwrap_or_default();
+        // Envoy refuses headers over its 60 KiB limit itself (431) before any filter runs.
+        let refused_by_envoy = header.len() > 60 * 1024 && r.status == 431;
+        if !refused_by_envoy && (r.status != 401 || !challenge.contains(expected.as_str_name())) {
+            failures.push(format!("{name}: {} {challenge}", r.status));
+        }
+    }
+    assert!(
+        sent >= 25,
+        "{sent} of {} cases fit in a header",
+        cases.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert_eq!(
+        seen.lock().map(|s| s.len()).unwrap_or_default(),
+        reached,
+        "no attack reached the app"
+    );
 }

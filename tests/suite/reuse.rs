@@ -53,7 +53,7 @@ async fn a_replay_after_the_interval_revokes_the_session(backend: Backend) {
     // The thief refreshes the old copy: two parties hold the session.
     let refused = app.refresh(&stolen.token).await.expect_err("reuse");
     assert_status(&refused, Code::Unauthenticated, "REASON_REFRESH_REUSED");
-    assert_eq!(app.metrics.refresh_reuse_detected.get(), 1);
+    assert_eq!(app.metrics.security.refresh_reuse_detected.get(), 1);
     // The whole session is revoked: the client's newest token and the stolen one.
     assert_eq!(app.verdict(&client.token).await, Reason::TokenRevoked);
     assert_eq!(app.verdict(&stolen.token).await, Reason::TokenRevoked);
@@ -76,7 +76,7 @@ async fn a_retry_within_the_interval_gets_the_same_new_token(backend: Backend) {
     assert_eq!(retry.session_id, answer.session_id);
     assert_eq!(seconds(&retry.issued_at), seconds(&answer.issued_at));
     assert_eq!(seconds(&retry.expires_at), seconds(&answer.expires_at));
-    assert_eq!(app.metrics.refresh_reuse_detected.get(), 0);
+    assert_eq!(app.metrics.security.refresh_reuse_detected.get(), 0);
     let claims = app.verify(&retry.token).await.claims.expect("valid");
     assert_eq!(claims.jti, answer.jti);
     // The newest token keeps rotating the session forward.

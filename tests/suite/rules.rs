@@ -127,7 +127,7 @@ async fn a_cached_decode_never_skips_a_rule(backend: Backend) {
         .arg("--key", &format!("es=ES256:{p256}"))
         .spawn()
         .await;
-    let hits = app.metrics.verified_cache().hits;
+    let hits = app.metrics.caches.verified().hits;
     let cached = |user: &'static str| {
         let app = &app;
         async move {
@@ -180,7 +180,7 @@ async fn a_cached_decode_never_skips_a_rule(backend: Backend) {
     for _ in 0..3 {
         assert!(hmac.verify(&token).await.valid);
     }
-    let lookups = hmac.metrics.verified_cache();
+    let lookups = hmac.metrics.caches.verified();
     assert_eq!((lookups.hits.get(), lookups.misses.get()), (0, 0));
 }
 

@@ -131,8 +131,8 @@ async fn a_filter_rebuild_does_not_skip_a_revoke_all_or_a_ban() {
             .expect("revoke");
     }
     b.sync_now().await;
-    assert_eq!(b.metrics.filter_items.get(), 999);
-    let rebuilds = b.metrics.filter_rebuilds.get();
+    assert_eq!(b.metrics.caches.filter_items.get(), 999);
+    let rebuilds = b.metrics.caches.filter_rebuilds.get();
 
     a.revoke_user("victim", None).await;
     let now = {
@@ -147,7 +147,7 @@ async fn a_filter_rebuild_does_not_skip_a_revoke_all_or_a_ban() {
             .expect("revoke");
     }
     eventually(PROPAGATION, "b rebuilds its overfull filter", || async {
-        b.metrics.filter_rebuilds.get() > rebuilds
+        b.metrics.caches.filter_rebuilds.get() > rebuilds
     })
     .await;
 
@@ -181,7 +181,7 @@ async fn an_overfull_filter_is_rebuilt_at_once() {
             .expect("revoke");
     }
     eventually(PROPAGATION, "the filter is resized", || async {
-        app.metrics.filter_bits.get() > 3_000 * 8
+        app.metrics.caches.filter_bits.get() > 3_000 * 8
     })
     .await;
     let tokens: Vec<_> = futures::future::join_all((0..200).map(|i| {
@@ -189,11 +189,11 @@ async fn an_overfull_filter_is_rebuilt_at_once() {
         async move { app.issue(&format!("fresh-{i}")).await.token }
     }))
     .await;
-    let before = app.metrics.store_queries_of("denied");
+    let before = app.counter(r#"store_queries_total{kind="denied"}"#);
     for token in &tokens {
         assert!(app.verify(token).await.valid);
     }
-    let queries = app.metrics.store_queries_of("denied") - before;
+    let queries = app.counter(r#"store_queries_total{kind="denied"}"#) - before;
     assert!(
         queries < 40,
         "{queries} denylist queries for 200 fresh tokens (2 ids each)"
@@ -333,7 +333,8 @@ async fn steady_state_verify_makes_no_store_queries() {
         app.verify(t).await;
     }
     let queries = |app: &TestApp| {
-        app.metrics.store_queries_of("cutoff") + app.metrics.store_queries_of("denied")
+        app.counter(r#"store_queries_total{kind="cutoff"}"#)
+            + app.counter(r#"store_queries_total{kind="denied"}"#)
     };
     let before = queries(&app);
     let mut revoked = 0;
@@ -538,20 +539,20 @@ async fn a_denylist_larger_than_expected_at_start_is_sized_right_after_the_load(
     settings.dir = Some(dir);
     let app = settings.spawn().await;
     assert!(
-        app.metrics.filter_bits.get() > 20_000 * 8,
+        app.metrics.caches.filter_bits.get() > 20_000 * 8,
         "sized for what it loaded at once: {} bits",
-        app.metrics.filter_bits.get()
+        app.metrics.caches.filter_bits.get()
     );
     let tokens: Vec<_> = futures::future::join_all((0..100).map(|i| {
         let app = &app;
         async move { app.issue(&format!("fresh-{i}")).await.token }
     }))
     .await;
-    let before = app.metrics.store_queries_of("denied");
+    let before = app.counter(r#"store_queries_total{kind="denied"}"#);
     for token in &tokens {
         assert!(app.verify(token).await.valid);
     }
-    let queries = app.metrics.store_queries_of("denied") - before;
+    let queries = app.counter(r#"store_queries_total{kind="denied"}"#) - before;
     assert!(
         queries < 20,
         "{queries} denylist queries for 100 fresh tokens"

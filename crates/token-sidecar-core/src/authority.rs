@@ -231,7 +231,7 @@ impl TokenAuthority {
             ClockCheck::InStep => Ok(()),
             ClockCheck::Unread => Err(AuthorityError::ClockUnread),
             ClockCheck::Skewed { skew_ms } => {
-                self.revocations.metrics().clock_refusals.inc();
+                self.revocations.metrics().clock.refusals.inc();
                 Err(AuthorityError::ClockSkew {
                     skew_ms,
                     max_ms: self.policy.max_clock_skew_ms,
@@ -349,8 +349,8 @@ impl TokenAuthority {
         // The session keeps the lifetime it was issued with (rule 4), capped by the config.
         let session_ttl_ms = claims
             .expires_at
-            .saturating_sub(claims.issued_at)
-            .saturating_mul(1000);
+            .as_millis()
+            .saturating_sub(claims.issued_at.as_millis());
         let times = self
             .policy
             .token_times(claims.orig_iat_ms, now, Some(session_ttl_ms))
@@ -371,7 +371,7 @@ impl TokenAuthority {
             session_id: &claims.session_id,
             user_id: &claims.user_id,
             presented_jti: &claims.jti,
-            presented_minted_ms: claims.issued_at.saturating_mul(1000),
+            presented_minted_ms: claims.issued_at.as_millis(),
             new: SessionHead {
                 jti: jti.clone(),
                 minted_ms: now,
@@ -413,7 +413,7 @@ impl TokenAuthority {
                     at_ms: self.clock.now_ms(),
                 };
                 store.deny(&entry, &audit).await?;
-                store.metrics().refresh_reuse_detected.inc();
+                store.metrics().security.refresh_reuse_detected.inc();
                 tracing::warn!(
                     session_id = %claims.session_id,
                     user_id = %claims.user_id,

@@ -15,6 +15,70 @@ use std::time::Instant;
 /// Milliseconds since the Unix epoch: the one time unit inside the sidecar.
 pub type UnixMillis = i64;
 
+/// Whole seconds since the Unix epoch: a JWT NumericDate (`iat`, `exp`, `nbf`). A type of its
+/// own, so that a token's seconds and the sidecar's milliseconds are never mixed up; this module
+/// is the one place that converts between them.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct UnixSeconds(pub i64);
+
+impl UnixSeconds {
+    /// The whole second `ms` falls in (rounded down, also before the epoch).
+    pub const fn floor_of(ms: UnixMillis) -> Self {
+        Self(ms.div_euclid(1000))
+    }
+
+    /// The start of this second, in milliseconds (saturating).
+    pub const fn as_millis(self) -> UnixMillis {
+        self.0.saturating_mul(1000)
+    }
+
+    /// The raw number of seconds.
+    pub const fn get(self) -> i64 {
+        self.0
+    }
+}
+
+impl From<UnixSeconds> for serde_json::Value {
+    fn from(seconds: UnixSeconds) -> Self {
+        seconds.0.into()
+    }
+}
+
+impl std::fmt::Display for UnixSeconds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// `ms` split into whole seconds and the nanoseconds past them (a protobuf `Timestamp`).
+pub const fn seconds_and_nanos(ms: UnixMillis) -> (i64, i32) {
+    (
+        ms.div_euclid(1000),
+        (ms.rem_euclid(1000) * 1_000_000) as i32,
+    )
+}
+
+/// `ms` as a fractional NumericDate (`orig_iat`): exact for every millisecond within
+/// ±285,000 years, as an f64 holds 53 bits.
+pub fn fractional_seconds(ms: UnixMillis) -> f64 {
+    ms as f64 / 1000.0
+}
+
+/// A fractional NumericDate rounded to the millisecond; `None` when it is not finite, negative
+/// or absurdly far away.
+pub fn millis_of_fractional_seconds(seconds: f64) -> Option<UnixMillis> {
+    let ms = (seconds * 1000.0).round();
+    (ms.is_finite() && (0.0..=(i64::MAX / 2) as f64).contains(&ms)).then_some(ms as i64)
+}
+
+/// Whole seconds as a duration in milliseconds (saturating).
+pub const fn millis_in_seconds(seconds: i64) -> i64 {
+    seconds.saturating_mul(1000)
+}
+
 /// A source of the current time.
 pub trait Clock: Send + Sync + 'static {
     /// The fleet's current time, in milliseconds since the Unix epoch.
@@ -77,6 +141,11 @@ pub fn wall_ms() -> UnixMillis {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// This process's own wall clock, in microseconds since the Unix epoch.
+pub fn wall_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
 /// Microseconds since this process first asked, on the monotonic clock — made to never step
 /// back (see [`Carry`]).
 fn process_monotonic_us() -> i64 {
@@ -126,10 +195,6 @@ impl Default for Carry {
     fn default() -> Self {
         Self::new()
     }
-}
-
-fn wall_us() -> i64 {
-    chrono::Utc::now().timestamp_micros()
 }
 
 /// The local wall clock as the fleet's: for a store no other instance shares (and tools).

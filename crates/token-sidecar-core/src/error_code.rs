@@ -74,6 +74,8 @@ pub enum ErrorCode {
     KeysUnavailable,
     /// A receiver that is not configured.
     NotConfigured,
+    /// The change feed's reader followed another history: it must start again from 0.
+    HistoryChanged,
 }
 
 impl ErrorCode {
@@ -114,6 +116,7 @@ impl ErrorCode {
             ErrorCode::Replayed => "REPLAYED",
             ErrorCode::KeysUnavailable => "KEYS_UNAVAILABLE",
             ErrorCode::NotConfigured => "NOT_CONFIGURED",
+            ErrorCode::HistoryChanged => "HISTORY_CHANGED",
         }
     }
 }

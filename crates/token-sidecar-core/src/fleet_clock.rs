@@ -3,7 +3,7 @@
 //! repeats it every few seconds; the authority reads once when it must mint before that.
 use std::time::Duration;
 
-use crate::clock::{Clock, Reading, wall_ms};
+use crate::clock::{Clock, Reading, wall_us};
 use crate::store::{RevocationStore, StoreError};
 
 /// Longest wait for one reading.
@@ -25,7 +25,7 @@ pub async fn read(store: &dyn RevocationStore, clock: &dyn Clock) -> Result<(), 
         }
         let sent_us = clock.monotonic_us();
         let fleet_us = match tokio::time::timeout(READ_TIMEOUT, store.clock_us()).await {
-            Ok(answer) => answer?.unwrap_or_else(|| wall_ms().saturating_mul(1000)),
+            Ok(answer) => answer?.unwrap_or_else(wall_us),
             Err(_) => return Err(StoreError::Timeout("reading the database's clock")),
         };
         clock.align(Reading {

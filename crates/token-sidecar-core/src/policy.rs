@@ -1,7 +1,7 @@
 //! The revocation policy: SPEC §4 as pure rules over claims, the user's cutoff and the clock.
 //!
 //! Nothing here knows about gRPC, SQL or caches; every rule is unit-tested below.
-use crate::clock::UnixMillis;
+use crate::clock::{UnixMillis, UnixSeconds};
 use crate::reason::Reason;
 use crate::token::Claims;
 
@@ -59,9 +59,9 @@ pub struct TokenTimes {
     /// `orig_iat`, in milliseconds.
     pub orig_iat_ms: UnixMillis,
     /// `iat`, in seconds.
-    pub issued_at: i64,
+    pub issued_at: UnixSeconds,
     /// `exp`, in seconds.
-    pub expires_at: i64,
+    pub expires_at: UnixSeconds,
     /// The end of the session's refresh window, in milliseconds.
     pub refresh_expires_ms: UnixMillis,
 }
@@ -83,6 +83,21 @@ pub struct RevocationPolicy {
     pub max_clock_skew_ms: i64,
     /// How long the audit trail keeps a change (independent of the denylist's purge).
     pub audit_retention_ms: i64,
+}
+
+impl Default for RevocationPolicy {
+    /// SPEC §7's defaults: a 5-minute TTL, a 7-day refresh window, no leeway, a 10-second reuse
+    /// interval, 500 ms of clock skew, 90 days of audit trail.
+    fn default() -> Self {
+        Self {
+            token_ttl_ms: 5 * 60_000,
+            refresh_window_ms: 7 * 86_400_000,
+            leeway_ms: 0,
+            refresh_reuse_interval_ms: Some(10_000),
+            max_clock_skew_ms: 500,
+            audit_retention_ms: 90 * 86_400_000,
+        }
+    }
 }
 
 /// Where the purge stops (all on the fleet's clock, less a margin of the tolerated skew).
@@ -124,16 +139,13 @@ impl RevocationPolicy {
     /// Rules 6 and 8: `exp` and `nbf` with leeway, and no `iat` from the future beyond it (only a
     /// signer with a wrong clock mints one, and it would outlive a revoke-all made now).
     pub fn check_lifetime(&self, claims: &Claims, now: UnixMillis) -> Result<(), Reason> {
-        if now
-            >= claims
-                .expires_at
-                .saturating_mul(1000)
-                .saturating_add(self.leeway_ms)
-        {
+        if now >= claims.expires_at.as_millis().saturating_add(self.leeway_ms) {
             return Err(Reason::Expired);
         }
-        let not_before = claims.not_before.unwrap_or(i64::MIN).max(claims.issued_at);
-        if now.saturating_add(self.leeway_ms) < not_before.saturating_mul(1000) {
+        let not_before = claims
+            .not_before
+            .map_or(claims.issued_at, |nbf| nbf.max(claims.issued_at));
+        if now.saturating_add(self.leeway_ms) < not_before.as_millis() {
             return Err(Reason::NotYetValid);
         }
         Ok(())
@@ -193,8 +205,8 @@ impl RevocationPolicy {
         let ttl = ttl_ms.map_or(self.token_ttl_ms, |t| t.min(self.token_ttl_ms));
         let refresh_expires_ms = orig_iat_ms + self.refresh_window_ms;
         // exp is a whole second; rounding down keeps it inside both limits.
-        let expires_at = (now + ttl).min(refresh_expires_ms).div_euclid(1000);
-        let issued_at = now.div_euclid(1000);
+        let expires_at = UnixSeconds::floor_of((now + ttl).min(refresh_expires_ms));
+        let issued_at = UnixSeconds::floor_of(now);
         if expires_at <= issued_at {
             return Err(Reason::RefreshExpired);
         }
@@ -297,8 +309,8 @@ mod tests {
             user_id: "u".into(),
             jti: "j".into(),
             session_id: "s".into(),
-            issued_at: orig_iat_ms / 1000,
-            expires_at: exp_s,
+            issued_at: UnixSeconds::floor_of(orig_iat_ms),
+            expires_at: UnixSeconds(exp_s),
             not_before: None,
             orig_iat_ms,
             idp_session_id: None,
@@ -383,13 +395,13 @@ mod tests {
         );
         // Far from the window's end, exp = now + ttl.
         let t = p.token_times(orig, orig + DAY, None).expect("times");
-        assert_eq!(t.expires_at, (orig + DAY + 5 * MIN) / 1000);
+        assert_eq!(t.expires_at, UnixSeconds::floor_of(orig + DAY + 5 * MIN));
         assert_eq!(t.refresh_expires_ms, orig + 7 * DAY);
         // Near it, exp is clamped to the window (rounded down to the second).
         let near = orig + 7 * DAY - 2 * MIN;
         let t = p.token_times(orig, near, None).expect("times");
-        assert_eq!(t.expires_at, (orig + 7 * DAY) / 1000);
-        assert!(t.expires_at * 1000 <= orig + 7 * DAY);
+        assert_eq!(t.expires_at, UnixSeconds::floor_of(orig + 7 * DAY));
+        assert!(t.expires_at.as_millis() <= orig + 7 * DAY);
         // Less than a second left: nothing worth minting.
         assert_eq!(
             p.token_times(orig, orig + 7 * DAY - 100, None),
@@ -401,9 +413,9 @@ mod tests {
     fn requested_ttl_is_capped_by_configuration() {
         let p = policy();
         let t = p.token_times(0, 0, Some(DAY)).expect("times");
-        assert_eq!(t.expires_at, 300);
+        assert_eq!(t.expires_at, UnixSeconds(300));
         let t = p.token_times(0, 0, Some(30 * SEC)).expect("times");
-        assert_eq!(t.expires_at, 30);
+        assert_eq!(t.expires_at, UnixSeconds(30));
     }
 
     #[test]
@@ -416,7 +428,7 @@ mod tests {
         assert_eq!(p.check_lifetime(&c, 104 * SEC), Ok(()));
         assert_eq!(p.check_lifetime(&c, 105 * SEC), Err(Reason::Expired));
         let mut early = claims(0, 100);
-        early.not_before = Some(50);
+        early.not_before = Some(UnixSeconds(50));
         assert_eq!(p.check_lifetime(&early, 44 * SEC), Err(Reason::NotYetValid));
         assert_eq!(p.check_lifetime(&early, 45 * SEC), Ok(()));
         // Neither the cutoff nor the refresh window gets leeway.
@@ -443,7 +455,7 @@ mod tests {
     fn rule8_an_iat_from_the_future_beyond_the_leeway_is_not_yet_valid() {
         let mut p = policy();
         let mut c = claims(0, 1_000);
-        c.issued_at = 100;
+        c.issued_at = UnixSeconds(100);
         assert_eq!(p.check_lifetime(&c, 100 * SEC), Ok(()));
         assert_eq!(
             p.check_lifetime(&c, 100 * SEC - 1),
@@ -452,8 +464,8 @@ mod tests {
         p.leeway_ms = 5 * SEC;
         assert_eq!(p.check_lifetime(&c, 95 * SEC), Ok(()));
         assert_eq!(p.check_lifetime(&c, 95 * SEC - 1), Err(Reason::NotYetValid));
-        c.issued_at = i64::MAX;
-        c.expires_at = i64::MAX;
+        c.issued_at = UnixSeconds(i64::MAX);
+        c.expires_at = UnixSeconds(i64::MAX);
         assert_eq!(p.check_lifetime(&c, 0), Err(Reason::NotYetValid));
     }
 

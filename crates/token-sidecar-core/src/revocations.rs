@@ -16,7 +16,8 @@ use tracing::Instrument;
 
 use crate::cache::{CutoffCache, DenylistFilter};
 use crate::clock::{Clock, UnixMillis};
-use crate::metrics::Metrics;
+use crate::metrics::{Cache, Lookup, Metrics};
+use crate::model::LinkTag;
 use crate::policy::DenyStatus;
 use crate::policy::PurgeHorizon;
 use crate::store::announcement::{Announcement, Link, Rejected};
@@ -25,9 +26,23 @@ use crate::store::{
     DenyKind, History, Purged, RevocationStore, Rotation, RotationOutcome, StoreError,
 };
 
+/// A page of the change feed, as [`Revocations::feed_page`] read it.
+#[derive(Debug)]
+pub enum FeedPage {
+    /// The changes after the reader's position, in order.
+    Changes {
+        /// The changes.
+        changes: Vec<Change>,
+        /// The history's link at the last of them (at the reader's position when there are
+        /// none): the anchor of the next page. None from a store that keeps no chain.
+        link: Option<LinkTag>,
+    },
+    /// The store's history is not the one the reader followed: start again from 0.
+    Forked,
+}
+
 /// What to do when the caches are stale and the store cannot be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum OutageMode {
     /// Refuse to answer (Verify returns UNAVAILABLE): no revocation is ever missed.
     FailClosed,
@@ -130,9 +145,11 @@ impl Revocations {
             )
         });
         metrics
+            .caches
             .filter_expected_items
             .set(settings.filter_expected_items as i64);
         metrics
+            .caches
             .filter_target_fp_ppm
             .set((settings.filter_fp_rate * 1e6) as i64);
         Self {
@@ -289,19 +306,19 @@ impl Revocations {
             filter.clear_confirmed();
         }
         self.store.forget_fleet();
-        self.metrics.sync_forks.inc();
-        self.metrics.sync_watermark.set(0);
+        self.metrics.sync.forks.inc();
+        self.metrics.sync.watermark.set(0);
     }
 
     fn mark_synced(&self) {
         let now = self.clock.monotonic_ms();
         self.last_sync_mono_ms.fetch_max(now, Ordering::AcqRel);
-        self.metrics.sync_lag_ms.set(0);
+        self.metrics.sync.lag_ms.set(0);
     }
 
     /// Publishes the current sync lag (for the metrics endpoint).
     pub fn observe_lag(&self) {
-        self.metrics.sync_lag_ms.set(self.sync_age_ms().max(0));
+        self.metrics.sync.lag_ms.set(self.sync_age_ms().max(0));
     }
 
     /// Rotates a session forward in the store (SPEC §11); no cache is involved.
@@ -328,9 +345,9 @@ impl Revocations {
     ) -> Result<T, StoreError> {
         // A child span of the request (or of the catch-up) while tracing is on.
         let result = query.instrument(crate::spans::store_span(kind)).await;
-        self.metrics.store_query(kind);
+        self.metrics.store.query(kind);
         if result.is_err() {
-            self.metrics.store_error();
+            self.metrics.store.error();
         }
         result
     }
@@ -344,7 +361,7 @@ impl Revocations {
     ) -> Result<T, StoreError> {
         let result = self.query(kind, write).await;
         if let Err(e) = &result {
-            self.metrics.store_write_failed(e.write_failure());
+            self.metrics.store.write_failed(e.write_failure());
         }
         result
     }
@@ -380,7 +397,7 @@ impl Revocations {
         };
         *self.anchor.lock() = history.and_then(|h| h.newest);
         self.watermark.fetch_max(snapshot, Ordering::AcqRel);
-        self.metrics.sync_watermark.set(self.watermark());
+        self.metrics.sync.watermark.set(self.watermark());
         self.loaded.store(true, Ordering::Release);
         self.mark_synced();
         // Anything committed between the snapshot and now. The snapshot is loaded either way:
@@ -417,9 +434,9 @@ impl Revocations {
         {
             Ok(snapshot) => {
                 filter.finish_rebuild(build);
-                self.metrics.filter_rebuilds.inc();
-                self.metrics.filter_items.set(filter.items() as i64);
-                self.metrics.filter_bits.set(filter.bits() as i64);
+                self.metrics.caches.filter_rebuilds.inc();
+                self.metrics.caches.filter_items.set(filter.items() as i64);
+                self.metrics.caches.filter_bits.set(filter.bits() as i64);
                 Ok(snapshot)
             }
             Err(e) => {
@@ -457,10 +474,52 @@ impl Revocations {
     }
 
     fn filter_inserted(&self, filter: &DenylistFilter) {
-        self.metrics.filter_items.set(filter.items() as i64);
+        self.metrics.caches.filter_items.set(filter.items() as i64);
         if filter.is_overfull() {
             self.rebuild_wanted.notify_one();
         }
+    }
+
+    /// A page of the store's change feed for a proxy filter that keeps its own copy of the
+    /// revocation state (`GET /revocations/changes`): the committed changes after `after`, at
+    /// most `limit`, read from the store (not from this instance's caches). `anchor` is the link
+    /// the reader was given at `after`; a store whose history is not the reader's — another
+    /// change at `after`, or a head below it (a lossy failover, a restore) — answers
+    /// [`FeedPage::Forked`], and the reader starts again from 0.
+    pub async fn feed_page(
+        &self,
+        after: ChangeSeq,
+        anchor: Option<LinkTag>,
+        limit: i64,
+    ) -> Result<FeedPage, StoreError> {
+        let (history, changes) = self
+            .query(
+                "feed",
+                self.store.history_and_changes(after, &[], after, limit),
+            )
+            .await?;
+        let Some(history) = history else {
+            return Ok(FeedPage::Changes {
+                changes,
+                link: None,
+            });
+        };
+        let anchored = match anchor {
+            Some(tag) => history.at == Some(tag),
+            None => after == 0 || history.at.is_none(),
+        };
+        if history.head < after || !anchored {
+            return Ok(FeedPage::Forked);
+        }
+        let last = changes.last().map_or(after, Change::seq);
+        let link = if last == after {
+            history.at
+        } else {
+            self.query("feed", self.store.history(last, &[]))
+                .await?
+                .and_then(|h| h.at)
+        };
+        Ok(FeedPage::Changes { changes, link })
     }
 
     /// Applies every committed change after the watermark; marks the instance in sync.
@@ -524,7 +583,7 @@ impl Revocations {
             // Everything up to the head read before the pages is applied, including numbers
             // whose rows were superseded or purged since.
             self.watermark.fetch_max(history.head, Ordering::AcqRel);
-            self.metrics.sync_watermark.set(self.watermark());
+            self.metrics.sync.watermark.set(self.watermark());
             let mut anchor = self.anchor.lock();
             if let Some(newest) = history.newest
                 && anchor.is_none_or(|a| a.seq <= newest.seq)
@@ -568,8 +627,8 @@ impl Revocations {
         }
         let seq = change.seq();
         let before = self.watermark.fetch_max(seq, Ordering::AcqRel);
-        self.metrics.sync_watermark.set(self.watermark());
-        self.metrics.sync_changes.inc();
+        self.metrics.sync.watermark.set(self.watermark());
+        self.metrics.sync.changes.inc();
         if before < seq && change.committed_ms() > 0 {
             // Both on the fleet's clock: the writer's database stamped the commit.
             let took_ms = self
@@ -578,8 +637,9 @@ impl Revocations {
                 .saturating_sub(change.committed_ms())
                 .max(0);
             self.metrics
-                .sync_propagation
-                .observe(took_ms as f64 / 1000.0);
+                .sync
+                .propagation
+                .observe(std::time::Duration::from_millis(took_ms.unsigned_abs()).as_secs_f64());
         }
     }
 
@@ -607,10 +667,10 @@ impl Revocations {
             };
         }
         if let Some(cached) = cache.get(user_id).await {
-            self.metrics.cache("cutoff", "hit");
+            self.metrics.caches.lookup(Cache::Cutoff, Lookup::Hit);
             return Ok(cached);
         }
-        self.metrics.cache("cutoff", "miss");
+        self.metrics.caches.lookup(Cache::Cutoff, Lookup::Miss);
         cache
             .get_or_load(user_id, || async {
                 let record = self.query("cutoff", self.store.cutoff(user_id)).await?;
@@ -656,10 +716,12 @@ impl Revocations {
             };
         }
         if !maybe {
-            self.metrics.cache("denylist", "negative");
+            self.metrics
+                .caches
+                .lookup(Cache::Denylist, Lookup::Negative);
             return Ok(false);
         }
-        self.metrics.cache("denylist", "maybe");
+        self.metrics.caches.lookup(Cache::Denylist, Lookup::Maybe);
         filter.confirm(kind, id, ask_store).await
     }
 
@@ -906,7 +968,7 @@ mod model {
     fn foreign(w: &Write, now: UnixMillis) -> ForeignWrite {
         match *w {
             Write::RaiseCutoff { user: u, ahead_s } => {
-                ForeignWrite::RaiseCutoff(user(u), now + ahead_s * 1000)
+                ForeignWrite::RaiseCutoff(user(u), now + crate::clock::millis_in_seconds(ahead_s))
             }
             Write::LiftBan { user: u } => ForeignWrite::LiftBan(user(u), now),
             Write::Deny {
@@ -919,7 +981,7 @@ mod model {
                     kind,
                     id,
                     user_id: None,
-                    moot_after_ms: now + live_s * 1000,
+                    moot_after_ms: now + crate::clock::millis_in_seconds(live_s),
                 })
             }
         }
@@ -1092,9 +1154,9 @@ mod model {
                     }
                 }
                 Op::Advance(s) => {
-                    clock.advance_ms(s * 1000);
+                    clock.advance_secs(s);
                     for c in &clocks {
-                        c.advance_ms(s * 1000);
+                        c.advance_secs(s);
                     }
                 }
             }

@@ -37,6 +37,9 @@ pub fn warn_if_readable_by_others(path: &Path) {
             );
         }
     }
+    // Elsewhere (WebAssembly) there are no Unix permission bits to look at.
+    #[cfg(not(unix))]
+    let _ = path;
 }
 
 #[cfg(test)]

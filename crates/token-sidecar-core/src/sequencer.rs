@@ -9,7 +9,7 @@
 //! waiting for it would only repeat catch-ups.
 use std::collections::BTreeMap;
 
-use crate::store::ChangeSeq;
+use crate::model::ChangeSeq;
 use crate::store::announcement::Announcement;
 
 /// The most early changes held before giving up and catching up from the store.
@@ -90,7 +90,7 @@ impl Sequencer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Change, DenyKind};
+    use crate::model::{Change, DenyKind};
 
     fn change(seq: ChangeSeq) -> Announcement {
         Announcement {

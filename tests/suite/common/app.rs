@@ -215,6 +215,13 @@ impl TestApp {
         Settings::new(backend).spawn().await
     }
 
+    /// A counter as `/metrics` shows it, e.g. `store_queries_total{kind="changes"}` (the
+    /// `token_sidecar_` prefix added); 0 while the series has not been counted.
+    pub fn counter(&self, series: &str) -> u64 {
+        let name = format!("token_sidecar_{series}");
+        crate::common::process::metric_value(&self.metrics.render(), &name).unwrap_or(0.0) as u64
+    }
+
     /// Waits (through the health Watch stream, with a deadline) for a status.
     pub async fn wait_for_health(&self, wanted: ServingStatus) {
         let mut health = self.health.clone();

@@ -9,6 +9,11 @@ use std::net::ToSocketAddrs;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+/// Where `scripts/build-wasm` leaves the Envoy filter.
+pub fn wasm_filter() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/wasm/token_sidecar_wasm.wasm")
+}
+
 /// What a test may need besides the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Service {
@@ -38,6 +43,8 @@ pub enum Service {
     PythonJwt,
     /// Node with oidc-provider under target/oidc.
     OidcProvider,
+    /// The Envoy filter built by `scripts/build-wasm`.
+    WasmFilter,
 }
 
 impl Service {
@@ -67,6 +74,8 @@ impl Service {
             Service::Faketime => tool("faketime", "faketime (libfaketime)"),
             Service::PythonGrpc => python("import grpc_tools, grpc_status", "grpcio-tools"),
             Service::PythonJwt => python("import jwt, cryptography", "PyJWT[crypto]"),
+            Service::WasmFilter => (!wasm_filter().exists())
+                .then(|| "the Envoy filter (scripts/build-wasm)".to_owned()),
             Service::OidcProvider => {
                 let module = format!(
                     "{}/target/oidc/node_modules/oidc-provider/package.json",

@@ -6,7 +6,8 @@ use moka::future::Cache;
 use moka::ops::compute::{CompResult, Op};
 
 use crate::clock::UnixMillis;
-use crate::store::{ChangeSeq, CutoffRecord, StoreError};
+use crate::model::{ChangeSeq, CutoffRecord};
+use crate::store::StoreError;
 
 /// A cached cutoff with the number of the change that set it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

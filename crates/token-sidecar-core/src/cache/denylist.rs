@@ -18,10 +18,11 @@ use moka::future::Cache;
 use moka::ops::compute::{CompResult, Op};
 
 use crate::clock::UnixMillis;
-use crate::store::{DenyKind, StoreError};
+use crate::model::DenyKind;
+use crate::store::StoreError;
 
 /// Width of the buckets that count filter entries by the time their rows become moot.
-const MOOT_BUCKET_MS: i64 = 60 * 60 * 1000;
+const MOOT_BUCKET_MS: i64 = crate::clock::millis_in_seconds(60 * 60);
 
 /// What the filter hashes: the kind keeps a `jti` and a `sid` with one text apart.
 fn key(kind: DenyKind, id: &str) -> (u8, &str) {

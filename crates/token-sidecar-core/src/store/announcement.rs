@@ -37,10 +37,7 @@ pub const MAX_ANNOUNCEMENT_BYTES: usize = 1024;
 /// The shortest secret accepted (`--sync-key-file`): 256 bits.
 pub const MIN_SECRET_BYTES: usize = 32;
 
-/// One link of the store's history chain: each change's link is a digest of the link before it
-/// and a random nonce, so two histories that share a number but not a change never share its
-/// link.
-pub type LinkTag = [u8; 16];
+pub use crate::model::LinkTag;
 
 /// The link before the first one.
 pub const GENESIS: LinkTag = [0; 16];

@@ -7,10 +7,10 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
-use serde::Serialize;
+
 use serde_json::{Map, Value};
 
-use crate::clock::UnixMillis;
+use crate::clock::{UnixMillis, UnixSeconds};
 use crate::reason::Reason;
 
 /// Claim names that Issue's custom claims may not set.
@@ -28,11 +28,11 @@ pub struct Claims {
     /// `sid`: the session id, shared by every token refreshed from the first one.
     pub session_id: String,
     /// `iat`, in seconds.
-    pub issued_at: i64,
+    pub issued_at: UnixSeconds,
     /// `exp`, in seconds.
-    pub expires_at: i64,
+    pub expires_at: UnixSeconds,
     /// `nbf`, in seconds, if present.
-    pub not_before: Option<i64>,
+    pub not_before: Option<UnixSeconds>,
     /// `orig_iat`: when the session's first token was issued, in milliseconds.
     pub orig_iat_ms: UnixMillis,
     /// `idp_sid`: the identity provider's session this token was minted for (Issue's
@@ -73,7 +73,8 @@ pub fn is_minted_id(id: &str) -> bool {
 }
 
 /// The JSON shape written into a token's payload.
-#[derive(Serialize)]
+#[derive(serde::Serialize)]
+#[cfg(feature = "runtime")]
 pub(super) struct WireClaims<'a> {
     iss: &'a str,
     sub: &'a str,
@@ -81,10 +82,10 @@ pub(super) struct WireClaims<'a> {
     aud: Option<&'a str>,
     jti: &'a str,
     sid: &'a str,
-    iat: i64,
-    exp: i64,
+    iat: UnixSeconds,
+    exp: UnixSeconds,
     #[serde(skip_serializing_if = "Option::is_none")]
-    nbf: Option<i64>,
+    nbf: Option<UnixSeconds>,
     orig_iat: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     idp_sid: Option<&'a str>,
@@ -92,6 +93,7 @@ pub(super) struct WireClaims<'a> {
     extra: &'a Map<String, Value>,
 }
 
+#[cfg(feature = "runtime")]
 impl<'a> WireClaims<'a> {
     pub(super) fn new(claims: &'a Claims, issuer: &'a str, audience: Option<&'a str>) -> Self {
         Self {
@@ -103,21 +105,11 @@ impl<'a> WireClaims<'a> {
             iat: claims.issued_at,
             exp: claims.expires_at,
             nbf: claims.not_before,
-            orig_iat: millis_to_numeric_date(claims.orig_iat_ms),
+            orig_iat: crate::clock::fractional_seconds(claims.orig_iat_ms),
             idp_sid: claims.idp_session_id.as_deref(),
             extra: &claims.extra,
         }
     }
-}
-
-fn millis_to_numeric_date(ms: UnixMillis) -> f64 {
-    // Exact for every millisecond within ±285,000 years: f64 holds 53 bits.
-    ms as f64 / 1000.0
-}
-
-fn numeric_date_to_millis(seconds: f64) -> Option<UnixMillis> {
-    let ms = (seconds * 1000.0).round();
-    (ms.is_finite() && (0.0..=(i64::MAX / 2) as f64).contains(&ms)).then_some(ms as i64)
 }
 
 /// Reads the claims out of a payload (JSON bytes) whose signature has already been checked.
@@ -144,7 +136,7 @@ pub(super) fn parse_payload(
         None => return Err(Reason::MissingClaim),
         Some(Value::Number(n)) => n
             .as_f64()
-            .and_then(numeric_date_to_millis)
+            .and_then(crate::clock::millis_of_fractional_seconds)
             .ok_or(Reason::Malformed)?,
         Some(_) => return Err(Reason::Malformed),
     };
@@ -280,11 +272,12 @@ fn required_string(value: Option<Value>) -> Result<String, Reason> {
 }
 
 /// An integer NumericDate: non-negative, and small enough that milliseconds do not overflow.
-fn as_numeric_date(value: &Value) -> Result<i64, Reason> {
+fn as_numeric_date(value: &Value) -> Result<UnixSeconds, Reason> {
     const MAX_SECONDS: i64 = i64::MAX / 4_000;
     value
         .as_i64()
         .filter(|s| (0..=MAX_SECONDS).contains(s))
+        .map(UnixSeconds)
         .ok_or(Reason::Malformed)
 }
 
@@ -329,16 +322,21 @@ mod tests {
     fn orig_iat_round_trips_every_millisecond() {
         let base = 1_764_405_892_000_i64;
         for ms in (base..base + 5_000).chain([0, 1, 999, 4_102_444_800_123]) {
-            let text = serde_json::to_string(&millis_to_numeric_date(ms)).unwrap_or_default();
+            let text =
+                serde_json::to_string(&crate::clock::fractional_seconds(ms)).unwrap_or_default();
             let back: f64 = serde_json::from_str(&text).unwrap_or(f64::NAN);
-            assert_eq!(numeric_date_to_millis(back), Some(ms), "{ms} -> {text}");
+            assert_eq!(
+                crate::clock::millis_of_fractional_seconds(back),
+                Some(ms),
+                "{ms} -> {text}"
+            );
         }
     }
 
     #[test]
     fn orig_iat_is_written_as_seconds_with_milliseconds() {
-        let text =
-            serde_json::to_string(&millis_to_numeric_date(1_764_405_892_123)).unwrap_or_default();
+        let text = serde_json::to_string(&crate::clock::fractional_seconds(1_764_405_892_123))
+            .unwrap_or_default();
         assert_eq!(text, "1764405892.123");
     }
 

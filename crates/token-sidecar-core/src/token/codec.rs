@@ -1,28 +1,15 @@
-//! The one decode-and-validate path, and the encoder.
-//!
-//! Verify, Refresh and Revoke(token) all call [`TokenCodec::decode`]; there is no other decoder.
-//! It checks, in order: the size cap, the compact shape, the header (`alg` must be the `kid`'s
-//! key's algorithm; `crit` and duplicate members are refused), the payload's base64url, the
-//! signature, then the claims (a JSON object without duplicate members; types, required claims,
-//! issuer, audience). Time-dependent checks (`exp`, `nbf`) belong to the revocation policy, which
-//! reads the injected clock.
-use std::borrow::Cow;
+//! The sidecar's codec: the decode path ([`decode_token`]) with the current key set (swapped
+//! on reload) and the verified-token cache in front of it, and the encoder.
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::Header;
-use serde::Deserialize;
-use serde_json::Value;
 
-use super::claims::{Claims, WireClaims, parse_payload};
+use super::claims::{Claims, WireClaims};
+use super::decode::{MAX_TOKEN_BYTES, decode_token};
 use super::keys::KeySet;
 use super::verified::{VerifiedCache, digest};
 use crate::reason::Reason;
-
-/// Tokens longer than this are refused before any decoding.
-pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 /// Why a token could not be produced.
 #[derive(Debug, thiserror::Error)]
@@ -30,17 +17,6 @@ pub enum CodecError {
     /// The crypto library refused to sign.
     #[error("signing failed: {0}")]
     Signing(String),
-}
-
-/// The fields of a JOSE header that decide how a token is checked. Every other header field
-/// (`jwk`, `jku`, `x5u`, `x5c`, ...) is ignored: keys come only from our own key set.
-#[derive(Deserialize)]
-struct JoseHeader<'a> {
-    #[serde(borrow)]
-    alg: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    kid: Option<Cow<'a, str>>,
-    crit: Option<Value>,
 }
 
 /// A key set and the decodes made with it: swapped together, so that a decode checked with a
@@ -141,82 +117,34 @@ impl TokenCodec {
             return Err(Reason::Malformed);
         }
         let current = self.current.load();
+        let decode = |token| {
+            decode_token(
+                &current.keys.verifiers,
+                &self.issuer,
+                self.audience.as_deref(),
+                token,
+            )
+        };
         let Some(verified) = &current.verified else {
-            return self.decode_with(&current.keys, token);
+            return decode(token);
         };
         let digest = digest(token);
         if let Some(claims) = verified.get(&digest) {
             return Ok(Claims::clone(&claims));
         }
-        let claims = self.decode_with(&current.keys, token)?;
+        let claims = decode(token)?;
         verified.insert(digest, Arc::new(claims.clone()));
         Ok(claims)
     }
-
-    fn decode_with(&self, keys: &KeySet, token: &str) -> Result<Claims, Reason> {
-        let mut parts = token.split('.');
-        let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(Reason::Malformed);
-        };
-        let header_json = URL_SAFE_NO_PAD
-            .decode(header_b64)
-            .map_err(|_| Reason::Malformed)?;
-        let header: JoseHeader =
-            serde_json::from_slice(&header_json).map_err(|_| Reason::Malformed)?;
-        if header.crit.is_some() {
-            // We implement no JWS extensions, so a critical one can never be understood.
-            return Err(Reason::Malformed);
-        }
-        let alg = header.alg.ok_or(Reason::Malformed)?;
-        let key = header
-            .kid
-            .and_then(|kid| keys.verifiers.get(kid.as_ref()))
-            .ok_or(Reason::BadSignature)?;
-        if alg != key.alg_name {
-            return Err(Reason::BadSignature);
-        }
-        if signature_b64.is_empty() {
-            return Err(Reason::BadSignature);
-        }
-        // The payload's encoding is checked before any cryptography: a format error is reported
-        // as such, and garbage costs no signature check.
-        let payload = URL_SAFE_NO_PAD
-            .decode(payload_b64)
-            .map_err(|_| Reason::Malformed)?;
-        let signed_len = header_b64.len() + 1 + payload_b64.len();
-        let message = &token.as_bytes()[..signed_len];
-        let verified = match &key.hmac {
-            Some(hmac) => verify_hmac(hmac, message, signature_b64),
-            None => jsonwebtoken::crypto::verify(signature_b64, message, &key.decoding, key.alg)
-                .map_err(|_| ()),
-        };
-        match verified {
-            Ok(true) => {}
-            Ok(false) => return Err(Reason::BadSignature),
-            Err(()) => return Err(Reason::Malformed),
-        }
-        parse_payload(&payload, &self.issuer, self.audience.as_deref())
-    }
-}
-
-/// HMAC check with the prepared key, in constant time; `Err` when the signature is not base64url,
-/// exactly as `jsonwebtoken::crypto::verify` answers for the other algorithms.
-fn verify_hmac(
-    key: &aws_lc_rs::hmac::Key,
-    message: &[u8],
-    signature_b64: &str,
-) -> Result<bool, ()> {
-    let signature = URL_SAFE_NO_PAD.decode(signature_b64).map_err(|_| ())?;
-    Ok(aws_lc_rs::hmac::verify(key, message, &signature).is_ok())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::token::KeySpec;
-    use serde_json::{Map, json};
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use serde_json::{Map, Value, json};
 
     fn decode_json<T: serde::de::DeserializeOwned>(segment: &str) -> Result<T, Reason> {
         let bytes = URL_SAFE_NO_PAD
@@ -255,8 +183,8 @@ mod tests {
             user_id: "alice".into(),
             jti: "jti-1".into(),
             session_id: "sid-1".into(),
-            issued_at: 1_000,
-            expires_at: 2_000,
+            issued_at: crate::clock::UnixSeconds(1_000),
+            expires_at: crate::clock::UnixSeconds(2_000),
             not_before: None,
             orig_iat_ms: 999_123,
             idp_session_id: None,

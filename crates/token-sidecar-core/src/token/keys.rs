@@ -135,10 +135,189 @@ pub(super) struct VerificationKey {
     pub(super) alg_name: &'static str,
     pub(super) decoding: DecodingKey,
     /// For HS* keys, the HMAC key prepared once (jsonwebtoken would rebuild it on every check).
+    #[cfg(feature = "aws-lc")]
     pub(super) hmac: Option<aws_lc_rs::hmac::Key>,
 }
 
+impl VerificationKey {
+    fn hmac(alg: Algorithm, alg_name: &'static str, secret: &[u8]) -> Result<Self, String> {
+        Ok(Self {
+            alg,
+            alg_name,
+            decoding: DecodingKey::from_secret(secret).map_err(|e| e.to_string())?,
+            #[cfg(feature = "aws-lc")]
+            hmac: Some(aws_lc_rs::hmac::Key::new(hmac_algorithm(alg), secret)),
+        })
+    }
+
+    fn public(alg: Algorithm, alg_name: &'static str, decoding: DecodingKey) -> Self {
+        Self {
+            alg,
+            alg_name,
+            decoding,
+            #[cfg(feature = "aws-lc")]
+            hmac: None,
+        }
+    }
+}
+
+/// The keys that verify, by `kid`: all the one decode path needs. A [`KeySet`] holds them
+/// beside its signer; a proxy filter holds them alone, read from a JWKS.
+#[derive(Default)]
+pub struct VerifyingKeys {
+    by_kid: HashMap<String, VerificationKey>,
+}
+
+impl VerifyingKeys {
+    pub(super) fn get(&self, kid: &str) -> Option<&VerificationKey> {
+        self.by_kid.get(kid)
+    }
+
+    /// The number of keys.
+    pub fn len(&self) -> usize {
+        self.by_kid.len()
+    }
+
+    /// Whether there is no key (every token then fails `BAD_SIGNATURE`).
+    pub fn is_empty(&self) -> bool {
+        self.by_kid.is_empty()
+    }
+
+    /// The key ids, sorted.
+    pub fn kids(&self) -> Vec<&str> {
+        let mut kids: Vec<&str> = self.by_kid.keys().map(String::as_str).collect();
+        kids.sort_unstable();
+        kids
+    }
+
+    fn insert(&mut self, kid: String, key: VerificationKey) -> Result<(), KeyError> {
+        match self.by_kid.entry(kid) {
+            std::collections::hash_map::Entry::Occupied(taken) => {
+                Err(KeyError::DuplicateKid(taken.key().clone()))
+            }
+            std::collections::hash_map::Entry::Vacant(free) => {
+                free.insert(key);
+                Ok(())
+            }
+        }
+    }
+
+    /// The keys of one or more RFC 7517 key sets (JSON), held to the rules `--key` files are:
+    /// every key names its `kid` and one of our algorithms (`alg`), RSA keys have at least
+    /// 2048 bits, an EC key is on its algorithm's curve, and an `oct` key (an HMAC secret, which
+    /// only a set kept private can carry) has at least 32 bytes. Keys meant only for
+    /// encryption (`"use": "enc"`) are skipped.
+    pub fn from_jwks<'a>(sets: impl IntoIterator<Item = &'a str>) -> Result<Self, KeyError> {
+        let mut keys = Self::default();
+        for json in sets {
+            let set: JwkSet = serde_json::from_str(json).map_err(|e| KeyError::Invalid {
+                kid: String::new(),
+                message: format!("not a JSON Web Key Set: {e}"),
+            })?;
+            for jwk in set.keys {
+                if jwk.common.public_key_use == Some(PublicKeyUse::Encryption) {
+                    continue;
+                }
+                let kid = jwk.common.key_id.clone().ok_or_else(|| KeyError::Invalid {
+                    kid: String::new(),
+                    message: "a key without a kid".into(),
+                })?;
+                let invalid = |message: String| KeyError::Invalid {
+                    kid: kid.clone(),
+                    message,
+                };
+                let named = jwk
+                    .common
+                    .key_algorithm
+                    .map(|a| a.to_string())
+                    .ok_or_else(|| invalid("no alg".into()))?;
+                let (alg, alg_name) =
+                    algorithm(&named).ok_or_else(|| KeyError::UnsupportedAlgorithm {
+                        kid: kid.clone(),
+                        alg: named.clone(),
+                    })?;
+                let key = match &jwk.algorithm {
+                    AlgorithmParameters::OctetKey(oct) if alg.family() == AlgorithmFamily::Hmac => {
+                        let secret = URL_SAFE_NO_PAD
+                            .decode(&oct.value)
+                            .map_err(|_| invalid("the secret is not base64url".into()))?;
+                        if secret.len() < MIN_HMAC_SECRET_BYTES {
+                            return Err(KeyError::WeakSecret {
+                                kid: kid.clone(),
+                                path: "the key set".into(),
+                                len: secret.len(),
+                            });
+                        }
+                        VerificationKey::hmac(alg, alg_name, &secret).map_err(invalid)?
+                    }
+                    AlgorithmParameters::OctetKey(_) => {
+                        return Err(invalid(format!("an oct key cannot be {alg_name}")));
+                    }
+                    _ if alg.family() == AlgorithmFamily::Hmac => {
+                        return Err(invalid(format!("{alg_name} needs an oct key")));
+                    }
+                    _ => {
+                        check_public_jwk(&jwk, alg, alg_name).map_err(|problem| match problem {
+                            PublicKeyProblem::WeakRsa(detail) => KeyError::WeakRsaKey {
+                                kid: kid.clone(),
+                                path: "the key set".into(),
+                                detail,
+                            },
+                            PublicKeyProblem::Other(message) => invalid(message),
+                        })?;
+                        let decoding =
+                            DecodingKey::from_jwk(&jwk).map_err(|e| invalid(e.to_string()))?;
+                        VerificationKey::public(alg, alg_name, decoding)
+                    }
+                };
+                keys.insert(kid, key)?;
+            }
+        }
+        Ok(keys)
+    }
+}
+
+/// Why a public key is refused.
+enum PublicKeyProblem {
+    WeakRsa(String),
+    Other(String),
+}
+
+/// A public JWK is strong enough and matches its algorithm: RSA ≥ 2048 bits, EC on the
+/// algorithm's curve, an OKP key for EdDSA.
+fn check_public_jwk(jwk: &Jwk, alg: Algorithm, alg_name: &str) -> Result<(), PublicKeyProblem> {
+    match (&jwk.algorithm, alg.family()) {
+        (AlgorithmParameters::RSA(rsa), AlgorithmFamily::Rsa) => {
+            let bits = URL_SAFE_NO_PAD
+                .decode(&rsa.n)
+                .map_or(0, |n| n.iter().skip_while(|b| **b == 0).count() * 8);
+            if bits < MIN_RSA_BITS {
+                return Err(PublicKeyProblem::WeakRsa(format!("{bits} bits")));
+            }
+            Ok(())
+        }
+        (AlgorithmParameters::EllipticCurve(ec), AlgorithmFamily::Ec) => {
+            let wanted = if alg == Algorithm::ES256 {
+                EllipticCurve::P256
+            } else {
+                EllipticCurve::P384
+            };
+            if ec.curve != wanted {
+                return Err(PublicKeyProblem::Other(format!(
+                    "{alg_name} needs a {wanted:?} key"
+                )));
+            }
+            Ok(())
+        }
+        (AlgorithmParameters::OctetKeyPair(_), AlgorithmFamily::Ed) => Ok(()),
+        _ => Err(PublicKeyProblem::Other(format!(
+            "the key's type does not fit {alg_name}"
+        ))),
+    }
+}
+
 /// The key new tokens are signed with.
+#[cfg_attr(not(feature = "runtime"), allow(dead_code))]
 pub(super) struct SigningKey {
     pub(super) kid: String,
     pub(super) alg: Algorithm,
@@ -147,7 +326,7 @@ pub(super) struct SigningKey {
 
 /// Every configured key, by `kid`, and the JWKS of the public ones.
 pub struct KeySet {
-    pub(super) verifiers: HashMap<String, VerificationKey>,
+    pub(super) verifiers: VerifyingKeys,
     pub(super) signer: SigningKey,
     jwks: String,
 }
@@ -156,14 +335,16 @@ impl KeySet {
     /// Whether every key is an HMAC secret: then a signature check costs about what a cache
     /// lookup does (a digest and a probe), and the verified-token cache is not worth asking.
     pub fn only_hmac(&self) -> bool {
-        self.verifiers.values().all(|k| k.hmac.is_some())
+        self.verifiers
+            .by_kid
+            .values()
+            .all(|k| k.alg.family() == AlgorithmFamily::Hmac)
     }
 }
 
 impl fmt::Debug for KeySet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut kids: Vec<&String> = self.verifiers.keys().collect();
-        kids.sort();
+        let kids = self.verifiers.kids();
         f.debug_struct("KeySet")
             .field("kids", &kids)
             .field("signing_kid", &self.signer.kid)
@@ -190,6 +371,7 @@ fn algorithm(alg: &str) -> Option<(Algorithm, &'static str)> {
     })
 }
 
+#[cfg(feature = "aws-lc")]
 fn hmac_algorithm(alg: Algorithm) -> aws_lc_rs::hmac::Algorithm {
     match alg {
         Algorithm::HS384 => aws_lc_rs::hmac::HMAC_SHA384,
@@ -290,12 +472,7 @@ fn parse_key(spec: &KeySpec, material: &[u8]) -> Result<ParsedKey, KeyError> {
             });
         }
         return Ok(ParsedKey {
-            verification: VerificationKey {
-                alg,
-                alg_name,
-                decoding: DecodingKey::from_secret(material).map_err(lib)?,
-                hmac: Some(aws_lc_rs::hmac::Key::new(hmac_algorithm(alg), material)),
-            },
+            verification: VerificationKey::hmac(alg, alg_name, material).map_err(invalid)?,
             encoding: Some(EncodingKey::from_secret(material).map_err(lib)?),
             jwk: None,
         });
@@ -341,40 +518,18 @@ fn parse_key(spec: &KeySpec, material: &[u8]) -> Result<ParsedKey, KeyError> {
             spec.path.display()
         )));
     };
-    match &jwk.algorithm {
-        AlgorithmParameters::RSA(rsa) => {
-            let bits = URL_SAFE_NO_PAD
-                .decode(&rsa.n)
-                .map_or(0, |n| n.iter().skip_while(|b| **b == 0).count() * 8);
-            if bits < MIN_RSA_BITS {
-                return Err(KeyError::WeakRsaKey {
-                    kid: spec.kid.clone(),
-                    path: spec.path.display().to_string(),
-                    detail: format!("{bits} bits"),
-                });
-            }
-        }
-        AlgorithmParameters::EllipticCurve(ec) => {
-            let wanted = if alg == Algorithm::ES256 {
-                EllipticCurve::P256
-            } else {
-                EllipticCurve::P384
-            };
-            if ec.curve != wanted {
-                return Err(invalid(format!("{alg_name} needs a {wanted:?} key")));
-            }
-        }
-        _ => {}
-    }
+    check_public_jwk(&jwk, alg, alg_name).map_err(|problem| match problem {
+        PublicKeyProblem::WeakRsa(detail) => KeyError::WeakRsaKey {
+            kid: spec.kid.clone(),
+            path: spec.path.display().to_string(),
+            detail,
+        },
+        PublicKeyProblem::Other(message) => invalid(message),
+    })?;
     jwk.common.key_id = Some(spec.kid.clone());
     jwk.common.public_key_use = Some(PublicKeyUse::Signature);
     Ok(ParsedKey {
-        verification: VerificationKey {
-            alg,
-            alg_name,
-            decoding,
-            hmac: None,
-        },
+        verification: VerificationKey::public(alg, alg_name, decoding),
         encoding,
         jwk: Some(jwk),
     })
@@ -398,7 +553,7 @@ impl KeySet {
                 .map(|(s, _)| s.kid.clone())
                 .ok_or(KeyError::Empty)?,
         };
-        let mut verifiers = HashMap::new();
+        let mut verifiers = VerifyingKeys::default();
         let mut signer = None;
         let mut jwks = JwkSet { keys: Vec::new() };
         for (spec, material) in keys {
@@ -414,12 +569,7 @@ impl KeySet {
                 });
             }
             jwks.keys.extend(parsed.jwk);
-            if verifiers
-                .insert(spec.kid.clone(), parsed.verification)
-                .is_some()
-            {
-                return Err(KeyError::DuplicateKid(spec.kid));
-            }
+            verifiers.insert(spec.kid, parsed.verification)?;
         }
         let signer = signer.ok_or(KeyError::UnknownSigningKid(signing_kid))?;
         let jwks = serde_json::to_string(&jwks).map_err(|e| KeyError::Invalid {
@@ -474,9 +624,7 @@ impl KeySet {
 
     /// The key ids, sorted.
     pub fn kids(&self) -> Vec<&str> {
-        let mut kids: Vec<&str> = self.verifiers.keys().map(String::as_str).collect();
-        kids.sort_unstable();
-        kids
+        self.verifiers.kids()
     }
 }
 
@@ -671,10 +819,63 @@ mod tests {
             sig,
             "hgyY0il_MGCjP0JzlnLWG1PPOt7-09PGcvMg3AIbQR6dWbhijcNR4ki4iylGjg5BhVsPt9g7sVvpAr_MuM0KAg"
         );
-        let key = &set.verifiers["ed"];
+        let key = set.verifiers.get("ed").expect("ed");
         assert_eq!(
             jsonwebtoken::crypto::verify(&sig, input.as_bytes(), &key.decoding, key.alg).ok(),
             Some(true)
+        );
+    }
+
+    /// The published key set, read back as a filter reads it: every public key verifies what
+    /// the key set signed; `oct` keys (private sets only) are HMAC secrets held to 32 bytes.
+    #[test]
+    fn a_jwks_reads_back_into_the_same_verifying_keys() {
+        let read = |name: &str| {
+            let path = format!("{}/../../tests/keys/{name}", env!("CARGO_MANIFEST_DIR"));
+            std::fs::read(path).expect("fixture")
+        };
+        let set = KeySet::from_material(
+            vec![
+                (spec("ec", "ES256"), read("p256.pem")),
+                (spec("rsa", "RS256"), read("rsa.pem")),
+                (spec("hs", "HS256"), vec![7; 32]),
+            ],
+            None,
+        )
+        .expect("keys");
+        let secret = URL_SAFE_NO_PAD.encode([7u8; 32]);
+        let private =
+            format!(r#"{{"keys":[{{"kty":"oct","kid":"hs","alg":"HS256","k":"{secret}"}}]}}"#);
+        let keys = VerifyingKeys::from_jwks([set.jwks_json(), private.as_str()]).expect("jwks");
+        assert_eq!(keys.kids(), vec!["ec", "hs", "rsa"]);
+        let message = b"header.payload";
+        // The signer ("ec", the first key) signs; the key read back from the JWKS verifies.
+        let signer = &set.signer;
+        let sig = jsonwebtoken::crypto::sign(message, &signer.encoding, signer.alg).expect("sign");
+        let key = keys.get("ec").expect("kid");
+        assert_eq!(
+            jsonwebtoken::crypto::verify(&sig, message, &key.decoding, key.alg).ok(),
+            Some(true)
+        );
+
+        let short = URL_SAFE_NO_PAD.encode([7u8; 31]);
+        let refused = [
+            format!(r#"{{"keys":[{{"kty":"oct","kid":"hs","alg":"HS256","k":"{short}"}}]}}"#),
+            format!(r#"{{"keys":[{{"kty":"oct","alg":"HS256","k":"{secret}"}}]}}"#),
+            format!(r#"{{"keys":[{{"kty":"oct","kid":"hs","k":"{secret}"}}]}}"#),
+            format!(r#"{{"keys":[{{"kty":"oct","kid":"hs","alg":"ES256","k":"{secret}"}}]}}"#),
+            "not json".to_owned(),
+        ];
+        for jwks in &refused {
+            assert!(VerifyingKeys::from_jwks([jwks.as_str()]).is_err(), "{jwks}");
+        }
+        let twice = VerifyingKeys::from_jwks([private.as_str(), private.as_str()]);
+        assert!(matches!(twice, Err(KeyError::DuplicateKid(_))));
+        let small_rsa =
+            KeySet::from_material(vec![(spec("r", "RS256"), read("rsa1024.pem"))], None);
+        assert!(
+            small_rsa.is_err(),
+            "the 1024-bit fixture is refused at load already"
         );
     }
 

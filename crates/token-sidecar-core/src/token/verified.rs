@@ -53,7 +53,7 @@ impl Expiry<TokenDigest, Arc<Claims>> for UntilExp {
     ) -> Option<Duration> {
         let left_ms = claims
             .expires_at
-            .saturating_mul(1000)
+            .as_millis()
             .saturating_sub(self.0.now_ms());
         Some(Duration::from_millis(u64::try_from(left_ms).unwrap_or(0)))
     }

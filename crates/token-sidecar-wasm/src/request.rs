@@ -1,0 +1,163 @@
+//! One request: the verdict applied. Allowed: the identity headers set (replacing the client's)
+//! and the forwarded-claim headers this token does not set removed. Denied: 401 with the
+//! challenge. Stale: 503, or — with `when_stale: ask_sidecar` — the request paused while the
+//! sidecar's `/auth` decides.
+use std::time::Duration;
+
+use log::warn;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+use token_sidecar_core::decision::{Decision, IDENTITY_HEADERS, Presented};
+
+use crate::config::WhenStale;
+use crate::state::Verdict;
+use crate::{SharedState, monotonic_ms, wall_ms};
+
+const ASK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The HTTP context of one request.
+pub struct Request {
+    shared: SharedState,
+    asked: Option<u32>,
+    /// The headers a sidecar's `/auth` answer may set (identity and forwarded claims).
+    owned: Vec<String>,
+}
+
+impl Request {
+    pub(crate) fn new(shared: SharedState) -> Self {
+        Self {
+            shared,
+            asked: None,
+            owned: Vec::new(),
+        }
+    }
+
+    fn authorizations(&self) -> Vec<String> {
+        self.get_http_request_headers_bytes()
+            .into_iter()
+            .filter(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+            // A value that is not text counts too (and is no bearer token).
+            .map(|(_, value)| String::from_utf8(value).unwrap_or_default())
+            .collect()
+    }
+
+    fn apply(&mut self, decision: Decision) -> Action {
+        match decision {
+            Decision::Allow { set, remove, .. } => {
+                for (name, value) in &set {
+                    self.set_http_request_header(name, Some(value));
+                }
+                for name in &remove {
+                    self.set_http_request_header(name, None);
+                }
+                Action::Continue
+            }
+            Decision::Deny { challenge, .. } => {
+                self.send_http_response(
+                    401,
+                    vec![
+                        ("www-authenticate", challenge.as_str()),
+                        ("cache-control", "no-store"),
+                    ],
+                    Some(b"unauthorized\n"),
+                );
+                Action::Pause
+            }
+            Decision::Unavailable => self.unavailable(),
+        }
+    }
+
+    fn unavailable(&self) -> Action {
+        self.send_http_response(
+            503,
+            vec![("retry-after", "1"), ("cache-control", "no-store")],
+            Some(b"the revocation state is not in step with token-sidecar\n"),
+        );
+        Action::Pause
+    }
+
+    fn ask_sidecar(&mut self, authorizations: &[String]) -> Action {
+        let Some((cluster, authority, owned)) = self.shared.borrow().as_ref().map(|s| {
+            let c = &s.checked.config;
+            let mut owned: Vec<String> = IDENTITY_HEADERS.iter().map(|h| (*h).to_owned()).collect();
+            owned.extend(s.checked.forwarded.iter().map(|f| f.header.clone()));
+            (
+                c.sidecar_cluster.clone(),
+                c.sidecar_authority.clone(),
+                owned,
+            )
+        }) else {
+            return self.unavailable();
+        };
+        let mut headers = vec![
+            (":method", "GET"),
+            (":path", "/auth"),
+            (":authority", authority.as_str()),
+        ];
+        headers.extend(authorizations.iter().map(|v| ("authorization", v.as_str())));
+        match self.dispatch_http_call(&cluster, headers, None, vec![], ASK_TIMEOUT) {
+            Ok(token) => {
+                self.asked = Some(token);
+                self.owned = owned;
+                Action::Pause
+            }
+            Err(status) => {
+                warn!("token-sidecar: cannot ask the sidecar: {status:?}");
+                self.unavailable()
+            }
+        }
+    }
+}
+
+impl Context for Request {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, _body: usize, _: usize) {
+        if self.asked != Some(token) {
+            return;
+        }
+        self.asked = None;
+        match self.get_http_call_response_header(":status").as_deref() {
+            Some("200") => {
+                for name in std::mem::take(&mut self.owned) {
+                    let value = self.get_http_call_response_header(&name);
+                    self.set_http_request_header(&name, value.as_deref());
+                }
+                self.resume_http_request();
+            }
+            Some("401") => {
+                let challenge = self
+                    .get_http_call_response_header("www-authenticate")
+                    .unwrap_or_else(|| "Bearer".into());
+                self.send_http_response(
+                    401,
+                    vec![
+                        ("www-authenticate", challenge.as_str()),
+                        ("cache-control", "no-store"),
+                    ],
+                    Some(b"unauthorized\n"),
+                );
+            }
+            _ => {
+                self.unavailable();
+            }
+        }
+    }
+}
+
+impl HttpContext for Request {
+    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        let authorizations = self.authorizations();
+        let presented = Presented::from_values(authorizations.iter().map(String::as_str));
+        let now = wall_ms(self.get_current_time());
+        let verdict = self.shared.borrow().as_ref().map(|s| {
+            (
+                s.judge(presented, now, monotonic_ms()),
+                s.checked.config.when_stale,
+            )
+        });
+        match verdict {
+            Some((Verdict::Decided(decision), _)) => self.apply(decision),
+            Some((Verdict::Stale, WhenStale::AskSidecar)) => self.ask_sidecar(&authorizations),
+            Some((Verdict::Stale, WhenStale::FailClosed)) | None => self.unavailable(),
+        }
+    }
+}

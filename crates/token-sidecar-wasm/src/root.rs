@@ -1,0 +1,189 @@
+//! The root context: configured once, then on every tick it reads the sidecar's change feed
+//! (paging on at once while pages come back full) and, every minute or until it has them, the
+//! sidecar's public keys. Every call has a timeout; a failed read changes nothing, so the state
+//! only ages until `max_staleness_ms` makes the requests' verdicts `Stale`.
+use std::rc::Rc;
+use std::time::Duration;
+
+use log::{info, warn};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::ContextType;
+use token_sidecar_core::feed::{FeedPage, MAX_PAGE};
+
+use crate::config::FilterConfig;
+use crate::state::Shared;
+use crate::{SharedState, monotonic_ms, wall_ms};
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+const JWKS_EVERY_MS: u64 = 60_000;
+/// Sooner after a token failed its signature check (a rotation), but not more often than this.
+const JWKS_AT_MOST_EVERY_MS: u64 = 5_000;
+/// Largest feed page or key set read (a full page of long ids stays well under it).
+const MAX_BODY: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Feed,
+    Jwks,
+}
+
+/// The root context.
+#[derive(Default)]
+pub struct Root {
+    shared: SharedState,
+    feed_call: Option<u32>,
+    jwks_call: Option<u32>,
+    jwks_at: Option<u64>,
+}
+
+impl Root {
+    fn with_state<T>(&self, f: impl FnOnce(&mut Shared) -> T) -> Option<T> {
+        self.shared.borrow_mut().as_mut().map(f)
+    }
+
+    fn call(&mut self, what: Call, path: &str) {
+        let Some((cluster, authority, credential)) = self.with_state(|s| {
+            let c = &s.checked.config;
+            (
+                c.sidecar_cluster.clone(),
+                c.sidecar_authority.clone(),
+                c.feed_credential.clone(),
+            )
+        }) else {
+            return;
+        };
+        let bearer = credential.map(|c| format!("Bearer {c}"));
+        let mut headers = vec![
+            (":method", "GET"),
+            (":path", path),
+            (":authority", authority.as_str()),
+        ];
+        if let (Call::Feed, Some(bearer)) = (what, &bearer) {
+            headers.push(("authorization", bearer.as_str()));
+        }
+        match self.dispatch_http_call(&cluster, headers, None, vec![], CALL_TIMEOUT) {
+            Ok(token) => match what {
+                Call::Feed => self.feed_call = Some(token),
+                Call::Jwks => self.jwks_call = Some(token),
+            },
+            Err(status) => warn!("token-sidecar: cannot call cluster {cluster}: {status:?}"),
+        }
+    }
+
+    fn read_feed(&mut self) {
+        if self.feed_call.is_none()
+            && let Some(path) = self.with_state(|s| s.next_query(MAX_PAGE))
+        {
+            self.call(Call::Feed, &path);
+        }
+    }
+
+    fn read_keys(&mut self) {
+        let (wanted, soon) = self
+            .with_state(|s| (s.checked.config.fetch_jwks, s.keys_wanted()))
+            .unwrap_or_default();
+        let every = if soon {
+            JWKS_AT_MOST_EVERY_MS
+        } else {
+            JWKS_EVERY_MS
+        };
+        let due = self
+            .jwks_at
+            .is_none_or(|at| monotonic_ms().saturating_sub(at) >= every);
+        if wanted && due && self.jwks_call.is_none() {
+            self.with_state(|s| s.keys_asked());
+            self.call(Call::Jwks, "/.well-known/jwks.json");
+        }
+    }
+
+    fn on_feed(&mut self, status: Option<&str>, body: Option<Vec<u8>>) {
+        match status {
+            Some("200") => {
+                let page = body.as_deref().map(serde_json::from_slice::<FeedPage>);
+                let Some(Ok(page)) = page else {
+                    warn!("token-sidecar: the feed answered a page that does not parse");
+                    return;
+                };
+                let wall = wall_ms(self.get_current_time());
+                let more = self
+                    .with_state(|s| s.apply_page(&page, wall, monotonic_ms()))
+                    .unwrap_or(false);
+                if more {
+                    self.read_feed();
+                }
+            }
+            Some("409") => {
+                info!("token-sidecar: the store's history changed; reloading the revocation state");
+                self.with_state(Shared::restart);
+                self.read_feed();
+            }
+            other => warn!("token-sidecar: the feed answered {other:?}; the state ages"),
+        }
+    }
+
+    fn on_jwks(&mut self, status: Option<&str>, body: Option<Vec<u8>>) {
+        let text = body.and_then(|b| String::from_utf8(b).ok());
+        match (status, text) {
+            (Some("200"), Some(jwks)) => match self.with_state(|s| s.set_fetched_keys(&jwks)) {
+                Some(Ok(())) => self.jwks_at = Some(monotonic_ms()),
+                Some(Err(e)) => warn!("token-sidecar: the sidecar's key set is refused: {e}"),
+                None => {}
+            },
+            (other, _) => warn!("token-sidecar: the key set answered {other:?}"),
+        }
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
+        let status = self.get_http_call_response_header(":status");
+        let body = (body_size <= MAX_BODY)
+            .then(|| self.get_http_call_response_body(0, body_size))
+            .flatten();
+        if self.feed_call == Some(token) {
+            self.feed_call = None;
+            self.on_feed(status.as_deref(), body);
+        } else if self.jwks_call == Some(token) {
+            self.jwks_call = None;
+            self.on_jwks(status.as_deref(), body);
+        }
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let checked = match FilterConfig::parse(&bytes) {
+            Ok(checked) => checked,
+            Err(e) => {
+                warn!("token-sidecar: refusing the plugin configuration: {e}");
+                return false;
+            }
+        };
+        let poll = Duration::from_millis(checked.config.poll_interval_ms);
+        match Shared::new(checked) {
+            Ok(state) => *self.shared.borrow_mut() = Some(state),
+            Err(e) => {
+                warn!("token-sidecar: refusing local_jwks: {e}");
+                return false;
+            }
+        }
+        self.set_tick_period(poll);
+        true
+    }
+
+    fn on_tick(&mut self) {
+        self.read_keys();
+        self.read_feed();
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(crate::request::Request::new(Rc::clone(
+            &self.shared,
+        ))))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}

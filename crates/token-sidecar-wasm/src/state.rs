@@ -1,0 +1,294 @@
+//! What one worker knows — the keys, the copy of the revocation state, how fresh it is — and the
+//! verdict on a request, decided from it alone. Pure (no host calls), so it is tested natively.
+use token_sidecar_core::clock::UnixMillis;
+use token_sidecar_core::decision::{Decision, Presented};
+use token_sidecar_core::feed::{FeedPage, Mirror, MirrorError, link_from_hex};
+use token_sidecar_core::model::{ChangeSeq, LinkTag};
+use token_sidecar_core::policy::RevocationPolicy;
+use token_sidecar_core::reason::Reason;
+use token_sidecar_core::token::{KeyError, VerifyingKeys, decode_token};
+
+use crate::config::Checked;
+
+/// What the filter answers a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Decided here, as the sidecar would.
+    Decided(Decision),
+    /// The token decodes, but the revocation state is not in step: `when_stale` decides.
+    Stale,
+}
+
+/// One worker's state.
+pub struct Shared {
+    /// The configuration.
+    pub checked: Checked,
+    policy: RevocationPolicy,
+    keys: VerifyingKeys,
+    mirror: Mirror,
+    /// Where the next feed page starts.
+    after: ChangeSeq,
+    anchor: Option<LinkTag>,
+    /// Whether the first full read (from 0 to a page that was not full) has finished.
+    loaded: bool,
+    /// When the feed was last read to its end, on the monotonic clock (ms).
+    in_step_at: Option<u64>,
+    /// The fleet's clock minus this worker's wall clock, as the last page said.
+    offset_ms: i64,
+    /// Why the state cannot be trusted, besides age (it outgrew `max_entries`).
+    broken: Option<String>,
+    /// A token failed its signature check: the keys may have rotated, read them again soon.
+    keys_wanted: std::cell::Cell<bool>,
+}
+
+impl Shared {
+    /// A worker with no state yet: not in step until the feed has been read.
+    pub fn new(checked: Checked) -> Result<Self, KeyError> {
+        let keys = VerifyingKeys::from_jwks(checked.local_jwks.as_deref())?;
+        let policy = RevocationPolicy {
+            leeway_ms: checked.config.leeway_seconds * 1_000,
+            ..RevocationPolicy::default()
+        };
+        let mirror = Mirror::new(checked.config.max_entries);
+        Ok(Self {
+            checked,
+            policy,
+            keys,
+            mirror,
+            after: 0,
+            anchor: None,
+            loaded: false,
+            in_step_at: None,
+            offset_ms: 0,
+            broken: None,
+            keys_wanted: std::cell::Cell::new(false),
+        })
+    }
+
+    /// The sidecar's published keys (its JWKS), with the local ones.
+    pub fn set_fetched_keys(&mut self, jwks: &str) -> Result<(), KeyError> {
+        let local = self.checked.local_jwks.as_deref();
+        self.keys = VerifyingKeys::from_jwks(local.into_iter().chain([jwks]))?;
+        Ok(())
+    }
+
+    /// Whether a token failed its signature check since the keys were last asked for.
+    pub fn keys_wanted(&self) -> bool {
+        self.keys_wanted.get()
+    }
+
+    /// The keys are being asked for.
+    pub fn keys_asked(&self) {
+        self.keys_wanted.set(false);
+    }
+
+    /// The query of the next feed request.
+    pub fn next_query(&self, limit: i64) -> String {
+        let mut path = format!("/revocations/changes?after={}&limit={limit}", self.after);
+        if let Some(anchor) = &self.anchor {
+            path.push_str("&anchor=");
+            path.push_str(&token_sidecar_core::feed::link_hex(anchor));
+        }
+        path
+    }
+
+    /// Applies a page read at `wall_ms` (this worker's clock) and `monotonic_ms`; answers
+    /// whether the next page should be asked for at once.
+    pub fn apply_page(&mut self, page: &FeedPage, wall_ms: UnixMillis, monotonic_ms: u64) -> bool {
+        self.offset_ms = page.now_ms - wall_ms;
+        for change in &page.changes {
+            match self.mirror.apply(change, page.now_ms) {
+                Ok(()) => {}
+                Err(MirrorError::Full(n)) => {
+                    self.broken = Some(format!("the revocation state outgrew max_entries ({n})"));
+                    return false;
+                }
+                // A kind this build does not know refuses nothing here; a newer sidecar's.
+                Err(MirrorError::UnknownKind(_)) => {}
+            }
+        }
+        self.after = page.next;
+        self.anchor = page.anchor.as_deref().and_then(link_from_hex);
+        if !page.more {
+            self.loaded = true;
+            self.in_step_at = Some(monotonic_ms);
+            self.mirror.purge(page.now_ms);
+        }
+        page.more
+    }
+
+    /// The sidecar said the store's history is not the one followed: start again from 0.
+    pub fn restart(&mut self) {
+        self.mirror = Mirror::new(self.checked.config.max_entries);
+        self.after = 0;
+        self.anchor = None;
+        self.loaded = false;
+        self.broken = None;
+    }
+
+    /// Whether the state may be trusted at `monotonic_ms`.
+    pub fn in_step(&self, monotonic_ms: u64) -> bool {
+        self.loaded
+            && self.broken.is_none()
+            && self.in_step_at.is_some_and(|at| {
+                monotonic_ms.saturating_sub(at) <= self.checked.config.max_staleness_ms
+            })
+    }
+
+    /// Held entries, for the log.
+    pub fn entries(&self) -> usize {
+        self.mirror.len()
+    }
+
+    /// The verdict on a request carrying `presented`, at this worker's `wall_ms` and
+    /// `monotonic_ms`: the sidecar's decode path and rules, in Verify's order (a token that
+    /// fails its own checks is refused whatever the state's freshness).
+    pub fn judge(
+        &self,
+        presented: Presented<'_>,
+        wall_ms: UnixMillis,
+        monotonic_ms: u64,
+    ) -> Verdict {
+        let token = match presented.token() {
+            Ok(token) => token,
+            Err(decided) => return Verdict::Decided(decided),
+        };
+        let now = wall_ms.saturating_add(self.offset_ms);
+        let config = &self.checked.config;
+        let claims = match decode_token(
+            &self.keys,
+            &config.issuer,
+            config.audience.as_deref(),
+            token,
+        )
+        .and_then(|c| self.policy.check_lifetime(&c, now).map(|()| c))
+        {
+            Ok(claims) => claims,
+            Err(reason) => {
+                if reason == Reason::BadSignature {
+                    self.keys_wanted.set(true);
+                }
+                return Verdict::Decided(Decision::deny(reason));
+            }
+        };
+        if !self.in_step(monotonic_ms) {
+            return Verdict::Stale;
+        }
+        match self.mirror.check(&claims, now) {
+            Ok(()) => Verdict::Decided(Decision::allow(claims, &self.checked.forwarded)),
+            Err(reason) => Verdict::Decided(Decision::deny(reason)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FilterConfig;
+    use token_sidecar_core::feed::FeedChange;
+
+    const SECRET: [u8; 32] = [42; 32];
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn shared() -> Shared {
+        let k = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio";
+        let config = format!(
+            r#"{{"sidecar_cluster":"s","fetch_jwks":false,"max_staleness_ms":2000,
+                "local_jwks":{{"keys":[{{"kty":"oct","kid":"main","alg":"HS256","k":"{k}"}}]}}}}"#
+        );
+        Shared::new(FilterConfig::parse(config.as_bytes()).expect("config")).expect("keys")
+    }
+
+    fn token(sub: &str, jti: &str, orig_iat_ms: i64) -> String {
+        signed(sub, jti, orig_iat_ms, &SECRET)
+    }
+
+    fn signed(sub: &str, jti: &str, orig_iat_ms: i64, secret: &[u8]) -> String {
+        let claims = serde_json::json!({
+            "iss": "token-sidecar", "sub": sub, "jti": jti, "sid": "s1",
+            "iat": orig_iat_ms / 1000, "exp": orig_iat_ms / 1000 + 300,
+            "orig_iat": orig_iat_ms as f64 / 1000.0,
+        });
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = Some("main".into());
+        let key = jsonwebtoken::EncodingKey::from_secret(secret).expect("key");
+        jsonwebtoken::encode(&header, &claims, &key).expect("sign")
+    }
+
+    fn page(changes: Vec<FeedChange>, more: bool) -> FeedPage {
+        FeedPage {
+            next: changes.len() as i64,
+            changes,
+            anchor: None,
+            more,
+            now_ms: NOW,
+        }
+    }
+
+    fn verdict(s: &Shared, token: &str, monotonic: u64) -> Verdict {
+        let auth = format!("Bearer {token}");
+        s.judge(Presented::One(&auth), NOW, monotonic)
+    }
+
+    #[test]
+    fn requests_are_judged_by_the_sidecars_rules_on_the_fed_state() {
+        let mut s = shared();
+        let good = token("alice", "j1", NOW - 1_000);
+        // Not loaded yet: a token that decodes waits for the state; a forged one does not.
+        assert_eq!(verdict(&s, &good, 0), Verdict::Stale);
+        let forged = signed("alice", "j1", NOW - 1_000, &[7; 32]);
+        assert!(matches!(
+            verdict(&s, &forged, 0),
+            Verdict::Decided(Decision::Deny {
+                reason: Some(Reason::BadSignature),
+                ..
+            })
+        ));
+        assert!(s.keys_wanted(), "a bad signature asks for the keys again");
+
+        // A snapshot in two pages: in step only after the last.
+        assert!(s.apply_page(&page(vec![], true), NOW, 10));
+        assert_eq!(verdict(&s, &good, 10), Verdict::Stale);
+        let revoked = vec![FeedChange::Denied {
+            seq: 1,
+            kind: "jti".into(),
+            id: "j2".into(),
+            moot_after_ms: NOW + 60_000,
+        }];
+        assert!(!s.apply_page(&page(revoked, false), NOW, 20));
+        match verdict(&s, &good, 30) {
+            Verdict::Decided(Decision::Allow { set, .. }) => {
+                assert!(set.contains(&("x-user-id".to_owned(), "alice".to_owned())));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            verdict(&s, &token("bob", "j2", NOW - 1_000), 30),
+            Verdict::Decided(Decision::Deny {
+                reason: Some(Reason::TokenRevoked),
+                ..
+            })
+        ));
+        // Older than the staleness bound: stale again; a history change starts over.
+        assert_eq!(verdict(&s, &good, 20 + 2_001), Verdict::Stale);
+        s.restart();
+        assert_eq!(verdict(&s, &good, 30), Verdict::Stale);
+        assert_eq!(s.next_query(10), "/revocations/changes?after=0&limit=10");
+    }
+
+    #[test]
+    fn the_state_beyond_its_bound_is_not_trusted() {
+        let config = br#"{"sidecar_cluster":"s","max_entries":1,
+            "local_jwks":{"keys":[]}}"#;
+        let mut s = Shared::new(FilterConfig::parse(config).expect("config")).expect("keys");
+        let two = (1..=2)
+            .map(|seq| FeedChange::Cutoff {
+                seq,
+                user_id: format!("u{seq}"),
+                cutoff_ms: NOW,
+            })
+            .collect();
+        assert!(!s.apply_page(&page(two, false), NOW, 1));
+        assert!(!s.in_step(1));
+    }
+}

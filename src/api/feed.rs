@@ -1,0 +1,151 @@
+//! `GET /revocations/changes` on the HTTP listener: the change feed, for proxy filters that keep
+//! their own copy of the revocation state (the Envoy filter, `crates/token-sidecar-wasm`).
+//!
+//! Query: `after` (a change number, default 0: from the start, which is the whole current
+//! state), `anchor` (the hex link the previous page gave at `after`), `limit` (1 to
+//! 10,000, default 1,000). Answers: 200 with a [`FeedPage`] (JSON); 409 `history_changed` when
+//! the store's history is not the one the reader followed (start again from 0); 400 for a bad
+//! parameter; 401 without the feed or admin credential (the feed is open only on a loopback
+//! listener with neither configured); 503 with `Retry-After` when the store cannot be read.
+//! Read from the store, never from this instance's caches: a page is as fresh as the database.
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+
+use crate::api::bearer_credential;
+use crate::api::http::{HttpApi, json_response, oauth_error, unavailable};
+use crate::api::outcome::answered;
+use crate::error_code::ErrorCode;
+use crate::feed::{FeedChange, FeedPage, MAX_PAGE, link_from_hex, link_hex};
+use crate::revocations::FeedPage as StorePage;
+
+const DEFAULT_PAGE: i64 = 1_000;
+
+/// The query's parameters, each at most once.
+#[derive(Debug, Default)]
+struct FeedQuery {
+    after: Option<String>,
+    anchor: Option<String>,
+    limit: Option<String>,
+}
+
+impl FeedQuery {
+    fn parse(raw: Option<&str>) -> Option<Self> {
+        let mut query = Self::default();
+        for (name, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+            let slot = match name.as_ref() {
+                "after" => &mut query.after,
+                "anchor" => &mut query.anchor,
+                "limit" => &mut query.limit,
+                _ => continue,
+            };
+            if slot.replace(value.into_owned()).is_some() {
+                return None;
+            }
+        }
+        Some(query)
+    }
+}
+
+pub(crate) async fn changes(
+    State(api): State<HttpApi>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_credential);
+    if !api.callers().admit_feed(presented) {
+        let reason = match presented {
+            None => ErrorCode::MissingCredential,
+            Some(_) => ErrorCode::InvalidCredential,
+        };
+        let mut response = oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            Some("present a feed credential (--feed-token-file) or the admin credential"),
+        );
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return answered(response, "unauthenticated", reason.as_str());
+    }
+    let bad = |what: &str| {
+        answered(
+            oauth_error(StatusCode::BAD_REQUEST, "invalid_request", Some(what)),
+            "invalid_argument",
+            ErrorCode::InvalidRequest.as_str(),
+        )
+    };
+    if raw.as_ref().is_some_and(|q| q.len() > 1024) {
+        return bad("the query is too long");
+    }
+    let Some(query) = FeedQuery::parse(raw.as_deref()) else {
+        return bad("a parameter is repeated");
+    };
+    let Some(after) = number(query.after.as_deref(), 0).filter(|a| *a >= 0) else {
+        return bad("after: a change number (0 or more)");
+    };
+    let Some(limit) =
+        number(query.limit.as_deref(), DEFAULT_PAGE).filter(|l| (1..=MAX_PAGE).contains(l))
+    else {
+        return bad("limit: 1 to 10000");
+    };
+    let anchor = match query.anchor.as_deref() {
+        None | Some("") => None,
+        Some(text) => match link_from_hex(text) {
+            Some(tag) => Some(tag),
+            None => return bad("anchor: the hex link a previous page gave"),
+        },
+    };
+    let revocations = api.authority().revocations();
+    match revocations.feed_page(after, anchor, limit).await {
+        Err(e) => {
+            tracing::warn!(error = %e, "the change feed could not be read");
+            answered(
+                unavailable(),
+                "unavailable",
+                ErrorCode::StoreUnavailable.as_str(),
+            )
+        }
+        Ok(StorePage::Forked) => answered(
+            oauth_error(
+                StatusCode::CONFLICT,
+                "history_changed",
+                Some("the store's history is not the one followed: start again from after=0"),
+            ),
+            "failed_precondition",
+            ErrorCode::HistoryChanged.as_str(),
+        ),
+        Ok(StorePage::Changes { changes, link }) => {
+            let next = changes.last().map_or(after, |c| c.seq());
+            let page = FeedPage {
+                more: changes.len() as i64 == limit,
+                changes: changes.iter().map(FeedChange::from).collect(),
+                next,
+                anchor: link.map(|tag| link_hex(&tag)),
+                now_ms: revocations.now_ms(),
+            };
+            match serde_json::to_value(&page) {
+                Ok(body) => answered(json_response(StatusCode::OK, body), "ok", ""),
+                Err(_) => answered(
+                    oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None),
+                    "internal",
+                    ErrorCode::Internal.as_str(),
+                ),
+            }
+        }
+    }
+}
+
+/// A decimal parameter, `default` when absent; None when it is not a number.
+fn number(text: Option<&str>, default: i64) -> Option<i64> {
+    match text {
+        None => Some(default),
+        Some(t) if t.len() <= 19 && !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => {
+            t.parse().ok()
+        }
+        Some(_) => None,
+    }
+}
