@@ -297,33 +297,24 @@ impl Callers {
     /// Whether a caller presenting `bearer` may read the change feed: a feed credential, the
     /// admin's, or anyone while the feed is open.
     pub fn admit_feed(&self, bearer: Option<&str>) -> bool {
-        if self.feed_open {
-            return true;
-        }
-        let Some(credential) = bearer else {
-            return false;
-        };
-        self.feed
-            .as_ref()
-            .is_some_and(|list| list.matches(credential.as_bytes()))
-            || self
-                .admin
-                .as_ref()
-                .is_some_and(|admin| admin.matches(credential.as_bytes()))
+        self.feed_open || self.on_list_or_admin(self.feed.as_deref(), bearer)
     }
 
     /// Whether `bearer` may introspect: an introspection credential or the admin credential.
     pub fn admit_introspection(&self, bearer: Option<&str>) -> bool {
-        let Some(credential) = bearer else {
+        self.on_list_or_admin(self.introspection.as_deref(), bearer)
+    }
+
+    /// Whether `bearer` is on `list` or is the admin credential.
+    fn on_list_or_admin(&self, list: Option<&CredentialList>, bearer: Option<&str>) -> bool {
+        let Some(credential) = bearer.map(str::as_bytes) else {
             return false;
         };
-        self.introspection
-            .as_ref()
-            .is_some_and(|list| list.matches(credential.as_bytes()))
+        list.is_some_and(|list| list.matches(credential))
             || self
                 .admin
                 .as_ref()
-                .is_some_and(|admin| admin.matches(credential.as_bytes()))
+                .is_some_and(|admin| admin.matches(credential))
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 use crate::common::{Backend, HttpResponse, MIN, SEC, Settings, StoreProxy, TestApp, http_request};
 use axum::http::HeaderMap;
 use token_sidecar::api::pb::revoke_request::Target;
+use token_sidecar::clock::Clock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Proxy {
@@ -79,11 +80,27 @@ impl Drop for Running {
     }
 }
 
+/// The Wasm filter's settings that vary between tests.
+#[derive(Debug, Clone, Copy)]
+struct WasmOptions {
+    audience: Option<&'static str>,
+    when_stale: &'static str,
+}
+
+impl Default for WasmOptions {
+    fn default() -> Self {
+        Self {
+            audience: None,
+            when_stale: "fail_closed",
+        }
+    }
+}
+
 fn config(
     name: &str,
     ports: &[(&str, u16)],
     dir: &std::path::Path,
-    audience: Option<&str>,
+    wasm: WasmOptions,
 ) -> std::path::PathBuf {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/proxies")
@@ -100,9 +117,9 @@ fn config(
         )
         .replace("POLL_MS", &WASM_POLL_MS.to_string())
         .replace("STALENESS_MS", &WASM_STALENESS_MS.to_string())
-        .replace("WHEN_STALE", "fail_closed")
+        .replace("WHEN_STALE", wasm.when_stale)
         .replace("LOCAL_JWKS", &test_key_jwks())
-        .replace("AUDIENCE", &json_text(audience));
+        .replace("AUDIENCE", &json_text(wasm.audience));
     let out = dir.join(name);
     std::fs::write(&out, text).expect("write config");
     out
@@ -113,11 +130,11 @@ fn json_text(text: Option<&str>) -> String {
 }
 
 fn start(proxy: Proxy, app: u16, sidecar: u16) -> Running {
-    start_with(proxy, app, sidecar, None)
+    start_with(proxy, app, sidecar, WasmOptions::default())
 }
 
-/// [`start`], the Wasm filter expecting `audience`.
-fn start_with(proxy: Proxy, app: u16, sidecar: u16, audience: Option<&str>) -> Running {
+/// [`start`], with the Wasm filter's `wasm` settings.
+fn start_with(proxy: Proxy, app: u16, sidecar: u16, wasm: WasmOptions) -> Running {
     let dir = tempfile::tempdir().expect("dir");
     let listen = crate::common::free_port();
     let ports = [("LISTEN", listen), ("APP", app), ("SIDECAR", sidecar)];
@@ -130,7 +147,7 @@ fn start_with(proxy: Proxy, app: u16, sidecar: u16, audience: Option<&str>) -> R
             };
             let mut c = std::process::Command::new("envoy");
             c.arg("-c")
-                .arg(config(name, &ports, dir.path(), audience))
+                .arg(config(name, &ports, dir.path(), wasm))
                 .args(["--disable-hot-restart", "--concurrency", "1", "-l", "error"])
                 .args(["--base-id", &listen.to_string()]);
             c
@@ -142,7 +159,7 @@ fn start_with(proxy: Proxy, app: u16, sidecar: u16, audience: Option<&str>) -> R
                 .arg("-e")
                 .arg(dir.path().join("error.log"))
                 .arg("-c")
-                .arg(config("nginx.conf", &ports, dir.path(), audience));
+                .arg(config("nginx.conf", &ports, dir.path(), wasm));
             c
         }
         Proxy::Traefik => {
@@ -150,7 +167,7 @@ fn start_with(proxy: Proxy, app: u16, sidecar: u16, audience: Option<&str>) -> R
             c.arg(format!("--entryPoints.web.address=127.0.0.1:{listen}"))
                 .arg(format!(
                     "--providers.file.filename={}",
-                    config("traefik.yaml", &ports, dir.path(), audience).display()
+                    config("traefik.yaml", &ports, dir.path(), wasm).display()
                 ))
                 .args([
                     "--log.level=ERROR",
@@ -382,6 +399,37 @@ async fn scenario(which: Proxy) {
         "{which:?}"
     );
 
+    // Rule 1 on every surface: "logout everywhere" and a ban.
+    let everywhere = app.issue("frank").await;
+    let banned = app.issue("grace").await;
+    app.revoke(Target::User(token_sidecar::api::pb::UserRevocation {
+        user_id: "frank".into(),
+        until: None,
+    }))
+    .await
+    .expect("revoke all");
+    let ban_end = app.clock.now_ms() + 60 * MIN;
+    app.revoke(Target::User(token_sidecar::api::pb::UserRevocation {
+        user_id: "grace".into(),
+        until: Some(token_sidecar::api::convert::timestamp(ban_end)),
+    }))
+    .await
+    .expect("ban");
+    settle(&app, which).await;
+    for (token, reason) in [
+        (&everywhere.token, "REASON_USER_REVOKED"),
+        (&banned.token, "REASON_USER_BANNED"),
+    ] {
+        let r = get(&proxy, &[("authorization", &bearer(token))]).await;
+        assert_eq!(r.status, 401, "{which:?}: {reason}: {r:?}");
+        assert!(
+            r.header("www-authenticate")
+                .unwrap_or_default()
+                .contains(reason),
+            "{which:?}: {r:?}"
+        );
+    }
+
     let soon = app.issue("carol").await;
     app.clock.advance_ms(5 * MIN);
     settle(&app, which).await;
@@ -465,7 +513,11 @@ async fn the_wasm_filter_refuses_the_attack_catalogue() {
     .await;
     let (app_addr, seen) = upstream().await;
     let sidecar = app.http_addr.expect("--http-listen").port();
-    let proxy = start_with(Proxy::EnvoyWasm, app_addr.port(), sidecar, Some("api"));
+    let options = WasmOptions {
+        audience: Some("api"),
+        ..WasmOptions::default()
+    };
+    let proxy = start_with(Proxy::EnvoyWasm, app_addr.port(), sidecar, options);
     wait_ready(&proxy, Proxy::EnvoyWasm).await;
     let valid = app.issue("alice").await.token;
     let auth = bearer(&valid);
@@ -508,5 +560,75 @@ async fn the_wasm_filter_refuses_the_attack_catalogue() {
         seen.lock().map(|s| s.len()).unwrap_or_default(),
         reached,
         "no attack reached the app"
+    );
+}
+
+/// `when_stale: ask_sidecar`: a filter that cannot read the feed (here: the sidecar wants a feed
+/// credential the filter does not have) pauses each request while the sidecar's `/auth`
+/// decides — the identity headers are the sidecar's, revoked tokens are refused at once.
+#[tokio::test]
+async fn a_wasm_filter_out_of_step_can_ask_the_sidecar() {
+    crate::require!(Envoy, WasmFilter);
+    let dir = tempfile::tempdir().expect("dir");
+    let feed = dir.path().join("feed");
+    std::fs::write(&feed, "a-feed-credential-the-filter-lacks\n").expect("write");
+    std::fs::set_permissions(&feed, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    // The filter has read no page, so it has no offset to the fleet's clock: it judges `exp`
+    // on Envoy's own clock, which the sidecar's clock is set to here.
+    let now = token_sidecar::clock::wall_ms();
+    let app = Settings::new(Backend::Sqlite)
+        .clock(token_sidecar::clock::ManualClock::new(now))
+        .arg("--http-listen", "127.0.0.1:0")
+        .arg("--feed-token-file", &feed.display().to_string())
+        .spawn()
+        .await;
+    let (app_addr, seen) = upstream().await;
+    let sidecar = app.http_addr.expect("--http-listen").port();
+    let options = WasmOptions {
+        when_stale: "ask_sidecar",
+        ..WasmOptions::default()
+    };
+    let proxy = start_with(Proxy::EnvoyWasm, app_addr.port(), sidecar, options);
+    wait_ready(&proxy, Proxy::EnvoyWasm).await;
+
+    let t = app.issue("alice").await;
+    let auth = bearer(&t.token);
+    let r = get_until(
+        &proxy,
+        Proxy::EnvoyWasm,
+        &[("authorization", &auth), ("x-user-id", "mallory")],
+        |r| r.status == 200,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let headers = seen.lock().expect("seen").last().cloned().expect("reached");
+    assert_eq!(
+        headers.get("x-user-id").cloned().unwrap_or_default(),
+        vec!["alice".to_string()]
+    );
+    assert_eq!(
+        headers.get("x-token-jti").cloned().unwrap_or_default(),
+        vec![t.jti.clone()]
+    );
+
+    app.revoke(Target::Jti(t.jti.clone()))
+        .await
+        .expect("revoke");
+    let r = get(&proxy, &[("authorization", &auth)]).await;
+    assert_eq!(r.status, 401, "the sidecar answered at once: {r:?}");
+    assert!(
+        r.header("www-authenticate")
+            .unwrap_or_default()
+            .contains("REASON_TOKEN_REVOKED")
+    );
+    let refused = |reason: &str| {
+        app.counter(&format!(
+            r#"rpc_requests_total{{method="feed",result="unauthenticated",reason="{reason}"}}"#
+        ))
+    };
+    assert!(
+        refused("INVALID_CREDENTIAL") + refused("MISSING_CREDENTIAL") > 0,
+        "the filter did try the feed"
     );
 }

@@ -57,6 +57,11 @@ pub struct FilterConfig {
     /// Most cutoffs and denied ids held per worker; beyond it the filter is not in step.
     #[serde(default = "default_max_entries")]
     pub max_entries: usize,
+    /// Successful decodes remembered per worker (SPEC §8: keyed by the exact token, only valid
+    /// signatures, every rule still checked on each request, emptied when the keys change);
+    /// 0 turns it off.
+    #[serde(default = "default_verified_cache")]
+    pub verified_cache_entries: usize,
     /// Custom claims forwarded as headers (the sidecar's `--forward-claim`).
     #[serde(default)]
     pub forward_claims: Vec<ClaimHeader>,
@@ -89,6 +94,9 @@ fn default_staleness_ms() -> u64 {
 }
 fn default_max_entries() -> usize {
     1_000_000
+}
+fn default_verified_cache() -> usize {
+    10_000
 }
 
 /// A configuration checked for use.

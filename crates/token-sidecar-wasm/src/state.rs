@@ -1,12 +1,18 @@
 //! What one worker knows — the keys, the copy of the revocation state, how fresh it is — and the
 //! verdict on a request, decided from it alone. Pure (no host calls), so it is tested natively.
+use std::rc::Rc;
+
+// Entries are only ever inserted for tokens whose signature verified and compared on their full
+// text, so a fast non-cryptographic hash is safe for the index.
+use rustc_hash::FxHashMap;
+
 use token_sidecar_core::clock::UnixMillis;
 use token_sidecar_core::decision::{Decision, Presented};
 use token_sidecar_core::feed::{FeedPage, Mirror, MirrorError, link_from_hex};
 use token_sidecar_core::model::{ChangeSeq, LinkTag};
 use token_sidecar_core::policy::RevocationPolicy;
 use token_sidecar_core::reason::Reason;
-use token_sidecar_core::token::{KeyError, VerifyingKeys, decode_token};
+use token_sidecar_core::token::{Claims, KeyError, MAX_TOKEN_BYTES, VerifyingKeys, decode_token};
 
 use crate::config::Checked;
 
@@ -39,6 +45,8 @@ pub struct Shared {
     broken: Option<String>,
     /// A token failed its signature check: the keys may have rotated, read them again soon.
     keys_wanted: std::cell::Cell<bool>,
+    /// Successful decodes with the current keys, by the token's exact text (SPEC §8).
+    verified: std::cell::RefCell<FxHashMap<Box<str>, Rc<Claims>>>,
 }
 
 impl Shared {
@@ -62,6 +70,7 @@ impl Shared {
             offset_ms: 0,
             broken: None,
             keys_wanted: std::cell::Cell::new(false),
+            verified: std::cell::RefCell::default(),
         })
     }
 
@@ -69,6 +78,8 @@ impl Shared {
     pub fn set_fetched_keys(&mut self, jwks: &str) -> Result<(), KeyError> {
         let local = self.checked.local_jwks.as_deref();
         self.keys = VerifyingKeys::from_jwks(local.into_iter().chain([jwks]))?;
+        // A decode checked with a key that may be gone is never answered from memory.
+        self.verified.borrow_mut().clear();
         Ok(())
     }
 
@@ -140,6 +151,37 @@ impl Shared {
         self.mirror.len()
     }
 
+    /// The one decode path, answered from the verified-token cache when this exact token
+    /// decoded before with these keys (SPEC §8: keyed by the token itself, so no other token can
+    /// hit its entry; bounded by emptying it when full). In a Wasm VM even an HMAC check and the
+    /// JSON parse cost far more than the lookup, so every algorithm is remembered.
+    fn decode(&self, token: &str) -> Result<Rc<Claims>, Reason> {
+        let config = &self.checked.config;
+        let decode = || {
+            decode_token(
+                &self.keys,
+                &config.issuer,
+                config.audience.as_deref(),
+                token,
+            )
+            .map(Rc::new)
+        };
+        let capacity = config.verified_cache_entries;
+        if capacity == 0 || token.len() > MAX_TOKEN_BYTES {
+            return decode();
+        }
+        if let Some(claims) = self.verified.borrow().get(token) {
+            return Ok(Rc::clone(claims));
+        }
+        let claims = decode()?;
+        let mut verified = self.verified.borrow_mut();
+        if verified.len() >= capacity {
+            verified.clear();
+        }
+        verified.insert(token.into(), Rc::clone(&claims));
+        Ok(claims)
+    }
+
     /// The verdict on a request carrying `presented`, at this worker's `wall_ms` and
     /// `monotonic_ms`: the sidecar's decode path and rules, in Verify's order (a token that
     /// fails its own checks is refused whatever the state's freshness).
@@ -154,19 +196,19 @@ impl Shared {
             Err(decided) => return Verdict::Decided(decided),
         };
         let now = wall_ms.saturating_add(self.offset_ms);
-        let config = &self.checked.config;
-        let claims = match decode_token(
-            &self.keys,
-            &config.issuer,
-            config.audience.as_deref(),
-            token,
-        )
-        .and_then(|c| self.policy.check_lifetime(&c, now).map(|()| c))
+        let claims = match self
+            .decode(token)
+            .and_then(|c| self.policy.check_lifetime(&c, now).map(|()| c))
         {
             Ok(claims) => claims,
             Err(reason) => {
-                if reason == Reason::BadSignature {
-                    self.keys_wanted.set(true);
+                match reason {
+                    Reason::BadSignature => self.keys_wanted.set(true),
+                    // An entry never outlives its token.
+                    Reason::Expired => {
+                        self.verified.borrow_mut().remove(token);
+                    }
+                    _ => {}
                 }
                 return Verdict::Decided(Decision::deny(reason));
             }
@@ -175,7 +217,10 @@ impl Shared {
             return Verdict::Stale;
         }
         match self.mirror.check(&claims, now) {
-            Ok(()) => Verdict::Decided(Decision::allow(claims, &self.checked.forwarded)),
+            Ok(()) => Verdict::Decided(Decision::allow(
+                Claims::clone(&claims),
+                &self.checked.forwarded,
+            )),
             Err(reason) => Verdict::Decided(Decision::deny(reason)),
         }
     }
@@ -274,6 +319,59 @@ mod tests {
         s.restart();
         assert_eq!(verdict(&s, &good, 30), Verdict::Stale);
         assert_eq!(s.next_query(10), "/revocations/changes?after=0&limit=10");
+    }
+
+    /// With a public-key algorithm a decode is remembered: the same token is answered without
+    /// a second signature check, every rule still applies, and new keys empty the memory.
+    #[test]
+    fn verified_decodes_are_remembered_until_the_keys_change() {
+        let pem = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/keys/p256.pem"
+        ))
+        .expect("fixture");
+        let encoding = jsonwebtoken::EncodingKey::from_ec_pem(&pem).expect("pem");
+        let mut jwk =
+            jsonwebtoken::jwk::Jwk::from_encoding_key(&encoding, jsonwebtoken::Algorithm::ES256)
+                .expect("jwk");
+        jwk.common.key_id = Some("ec".into());
+        let jwks = serde_json::json!({ "keys": [jwk] });
+        let config = format!(r#"{{"sidecar_cluster":"s","local_jwks":{jwks}}}"#);
+        let mut s =
+            Shared::new(FilterConfig::parse(config.as_bytes()).expect("config")).expect("keys");
+        assert!(!s.apply_page(&page(vec![], false), NOW, 1));
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some("ec".into());
+        let claims = serde_json::json!({
+            "iss": "token-sidecar", "sub": "alice", "jti": "j1", "sid": "s1",
+            "iat": NOW / 1000, "exp": NOW / 1000 + 60, "orig_iat": NOW as f64 / 1000.0,
+        });
+        let token = jsonwebtoken::encode(&header, &claims, &encoding).expect("sign");
+        assert!(matches!(
+            verdict(&s, &token, 2),
+            Verdict::Decided(Decision::Allow { .. })
+        ));
+        assert_eq!(s.verified.borrow().len(), 1);
+        assert!(matches!(
+            verdict(&s, &token, 3),
+            Verdict::Decided(Decision::Allow { .. })
+        ));
+        // Expired on the fleet's clock: refused though remembered, and forgotten.
+        let later = s.judge(Presented::One(&format!("Bearer {token}")), NOW + 61_000, 4);
+        assert!(matches!(
+            later,
+            Verdict::Decided(Decision::Deny {
+                reason: Some(Reason::Expired),
+                ..
+            })
+        ));
+        assert!(s.verified.borrow().is_empty());
+        assert!(matches!(
+            verdict(&s, &token, 5),
+            Verdict::Decided(Decision::Allow { .. })
+        ));
+        s.set_fetched_keys(r#"{"keys":[]}"#).expect("keys");
+        assert!(s.verified.borrow().is_empty(), "new keys, empty memory");
     }
 
     #[test]

@@ -183,6 +183,14 @@ impl VerifyingKeys {
         self.by_kid.is_empty()
     }
 
+    /// Whether every key is an HMAC secret (a signature check then costs about what a cache
+    /// lookup does).
+    pub fn only_hmac(&self) -> bool {
+        self.by_kid
+            .values()
+            .all(|k| k.alg.family() == AlgorithmFamily::Hmac)
+    }
+
     /// The key ids, sorted.
     pub fn kids(&self) -> Vec<&str> {
         let mut kids: Vec<&str> = self.by_kid.keys().map(String::as_str).collect();
@@ -335,10 +343,7 @@ impl KeySet {
     /// Whether every key is an HMAC secret: then a signature check costs about what a cache
     /// lookup does (a digest and a probe), and the verified-token cache is not worth asking.
     pub fn only_hmac(&self) -> bool {
-        self.verifiers
-            .by_kid
-            .values()
-            .all(|k| k.alg.family() == AlgorithmFamily::Hmac)
+        self.verifiers.only_hmac()
     }
 }
 
