@@ -21,7 +21,8 @@ pub struct KeyReloader {
     loaded: parking_lot::Mutex<Vec<Vec<u8>>>,
     tls: Option<Arc<ReloadableTls>>,
     admin: Option<(PathBuf, Arc<AdminCredential>)>,
-    introspection: Option<(PathBuf, Arc<CredentialList>)>,
+    /// Credential lists by what they admit: introspection, the change feed.
+    lists: Vec<(&'static str, PathBuf, Arc<CredentialList>)>,
 }
 
 impl KeyReloader {
@@ -43,10 +44,17 @@ impl KeyReloader {
             loaded: parking_lot::Mutex::new(loaded),
             tls,
             admin: config.admin_token_file.clone().zip(callers.admin.clone()),
-            introspection: config
-                .introspection_token_file
-                .clone()
-                .zip(callers.introspection.clone()),
+            lists: [
+                (
+                    "introspection",
+                    &config.introspection_token_file,
+                    &callers.introspection,
+                ),
+                ("feed", &config.feed_token_file, &callers.feed),
+            ]
+            .into_iter()
+            .filter_map(|(what, path, list)| Some((what, path.clone()?, list.clone()?)))
+            .collect(),
         }
     }
 
@@ -73,18 +81,16 @@ impl KeyReloader {
                 Err(e) => problems.push(format!("admin credential {}: {e}", path.display())),
             }
         }
-        if let Some((path, list)) = &self.introspection {
+        for (what, path, list) in &self.lists {
             match secret_file::read(path).map(|raw| list.replace(&raw)) {
-                Ok(Some(true)) => tracing::info!("introspection credentials reloaded"),
+                Ok(Some(true)) => tracing::info!(credentials = what, "credentials reloaded"),
                 Ok(Some(false)) => {}
                 Ok(None) => problems.push(format!(
-                    "introspection credentials {}: none, or one shorter than {} bytes",
+                    "{what} credentials {}: none, or one shorter than {} bytes",
                     path.display(),
                     AdminCredential::MIN_LEN
                 )),
-                Err(e) => {
-                    problems.push(format!("introspection credentials {}: {e}", path.display()))
-                }
+                Err(e) => problems.push(format!("{what} credentials {}: {e}", path.display())),
             }
         }
         problems

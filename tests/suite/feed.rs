@@ -119,6 +119,22 @@ async fn the_feed_pages_from_the_start_for_its_credential_only() {
     }
 }
 
+/// A rotated feed credential takes effect on the reload (SIGHUP or the periodic one), like the
+/// admin and introspection files.
+#[tokio::test]
+async fn a_rotated_feed_credential_is_reloaded() {
+    let (app, dir) = app(Backend::Sqlite, true).await;
+    const NEXT: &str = "the-next-feed-credential-000";
+    std::fs::write(dir.path().join("feed"), format!("{NEXT}\n")).expect("rotate");
+    assert_eq!(app.reload_secrets(), Vec::<String>::new());
+    assert_eq!(read(&app, "", Some(NEXT)).await.status, 200);
+    assert_eq!(
+        read(&app, "", Some(FEED)).await.status,
+        401,
+        "the old one is gone"
+    );
+}
+
 #[tokio::test]
 async fn on_a_loopback_listener_with_no_credential_configured_the_feed_is_open() {
     let (app, _dir) = app(Backend::Sqlite, false).await;
