@@ -537,11 +537,25 @@ async fn the_wasm_filter_refuses_the_attack_catalogue() {
             continue;
         }
         sent += 1;
-        let r = get(&proxy, &[("authorization", &header)]).await;
+        let answer = http_request(
+            proxy.addr,
+            "GET",
+            "/hello",
+            &[("authorization", &header)],
+            None,
+        )
+        .await;
+        // Envoy refuses headers over its 60 KiB limit itself before any filter runs: a 431, or
+        // the connection reset while the client is still sending.
+        if header.len() > 60 * 1024 {
+            if answer.as_ref().is_ok_and(|r| r.status != 431) {
+                failures.push(format!("{name}: {answer:?}"));
+            }
+            continue;
+        }
+        let r = answer.expect("the proxy answers");
         let challenge = r.header("www-authenticate").unwrap_or_default();
-        // Envoy refuses headers over its 60 KiB limit itself (431) before any filter runs.
-        let refused_by_envoy = header.len() > 60 * 1024 && r.status == 431;
-        if !refused_by_envoy && (r.status != 401 || !challenge.contains(expected.as_str_name())) {
+        if r.status != 401 || !challenge.contains(expected.as_str_name()) {
             failures.push(format!("{name}: {} {challenge}", r.status));
         }
     }
