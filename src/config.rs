@@ -277,11 +277,19 @@ pub struct Config {
     #[arg(help_heading = "Identity providers and audit", long, env = "TOKEN_SIDECAR_AUDIT_RETENTION", default_value = "90d", value_parser = parse_positive_duration)]
     pub audit_retention: Duration,
 
-    /// An OpenID Provider whose back-channel logout tokens are accepted, as ISSUER=JWKS_SOURCE
-    /// (a JWKS file, or an https:// URL fetched and cached); repeatable. Served on
-    /// --http-listen at POST /oidc/backchannel-logout. Needs --oidc-client-id.
-    #[arg(help_heading = "Identity providers and audit", long = "oidc-issuer", env = "TOKEN_SIDECAR_OIDC_ISSUERS", value_delimiter = ',', value_parser = crate::idp::TrustedIssuer::parse, requires = "oidc_client_id")]
-    pub oidc_issuers: Vec<crate::idp::TrustedIssuer>,
+    /// An OpenID Provider whose back-channel logout tokens are accepted, as
+    /// ISSUER=JWKS_SOURCE[,subject-prefix=P] (a JWKS file, or an https:// URL fetched and
+    /// cached; user id = P + the token's sub, and IdP session ids are scoped by P); repeatable.
+    /// With several identity providers each needs its own prefix. Served on --http-listen at
+    /// POST /oidc/backchannel-logout. Needs --oidc-client-id.
+    #[arg(
+        help_heading = "Identity providers and audit",
+        long = "oidc-issuer",
+        env = "TOKEN_SIDECAR_OIDC_ISSUERS",
+        value_delimiter = ',',
+        requires = "oidc_client_id"
+    )]
+    pub oidc_issuers: Vec<String>,
 
     /// The client id a logout token must name in its `aud`.
     #[arg(
@@ -292,10 +300,17 @@ pub struct Config {
     pub oidc_client_id: Option<String>,
 
     /// A Shared Signals transmitter whose Security Event Tokens are accepted, as
-    /// ISSUER=JWKS_SOURCE; repeatable. Served on --http-listen at POST /ssf/events (RFC 8935
-    /// push). Needs --ssf-audience.
-    #[arg(help_heading = "Identity providers and audit", long = "ssf-transmitter", env = "TOKEN_SIDECAR_SSF_TRANSMITTERS", value_delimiter = ',', value_parser = crate::idp::TrustedIssuer::parse, requires = "ssf_audience")]
-    pub ssf_transmitters: Vec<crate::idp::TrustedIssuer>,
+    /// ISSUER=JWKS_SOURCE[,subject-prefix=P] (user id = P + the subject); repeatable. With
+    /// several identity providers each needs its own prefix. Served on --http-listen at POST
+    /// /ssf/events (RFC 8935 push). Needs --ssf-audience.
+    #[arg(
+        help_heading = "Identity providers and audit",
+        long = "ssf-transmitter",
+        env = "TOKEN_SIDECAR_SSF_TRANSMITTERS",
+        value_delimiter = ',',
+        requires = "ssf_audience"
+    )]
+    pub ssf_transmitters: Vec<String>,
 
     /// The `aud` a Security Event Token must name (this receiver, as the stream's audience).
     #[arg(
@@ -567,15 +582,26 @@ pub enum LogFormat {
 }
 
 impl Config {
-    /// The identity provider receivers' settings.
-    pub fn idp_settings(&self) -> crate::idp::IdpSettings {
-        crate::idp::IdpSettings {
-            oidc_issuers: self.oidc_issuers.clone(),
+    /// The identity provider receivers' settings, parsed and checked (every issuer's subjects
+    /// map to users of its own).
+    pub fn idp_settings(
+        &self,
+    ) -> Result<crate::idp::IdpSettings, crate::startup_error::StartupError> {
+        use crate::idp::TrustedIssuer;
+        use crate::startup_error::StartupError;
+        let oidc_issuers = TrustedIssuer::parse_list(&self.oidc_issuers)
+            .map_err(|e| StartupError::IdpConfig(format!("--oidc-issuer: {e}")))?;
+        let ssf_transmitters = TrustedIssuer::parse_list(&self.ssf_transmitters)
+            .map_err(|e| StartupError::IdpConfig(format!("--ssf-transmitter: {e}")))?;
+        let all: Vec<&TrustedIssuer> = oidc_issuers.iter().chain(&ssf_transmitters).collect();
+        crate::idp::check_subject_prefixes(&all).map_err(StartupError::IdpConfig)?;
+        Ok(crate::idp::IdpSettings {
+            oidc_issuers,
             oidc_client_id: self.oidc_client_id.clone(),
-            ssf_transmitters: self.ssf_transmitters.clone(),
+            ssf_transmitters,
             ssf_audience: self.ssf_audience.clone(),
             ssf_email_subjects: self.ssf_email_subjects,
-        }
+        })
     }
 
     /// The database URL in force: the configured one, or the embedded SQLite default.

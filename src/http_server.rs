@@ -55,7 +55,19 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
             () = stopped(shutdown.clone()) => break,
         };
-        let service = TowerToHyperService::new(router.clone());
+        // Handlers that bound what one sender may cost (the identity providers' receivers)
+        // read who is calling from the request.
+        let caller = {
+            use tonic::transport::server::Connected as _;
+            io.connect_info()
+        };
+        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+            router.clone(),
+            move |mut request: Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(caller.clone());
+                request
+            },
+        ));
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();

@@ -34,7 +34,7 @@ pub fn load_keys(config: &Config) -> Result<KeySet, StartupError> {
 
 /// Refuses identity provider receivers with nowhere to be served.
 pub fn check_idp(config: &Config) -> Result<(), StartupError> {
-    if config.idp_settings().any() && config.http_listen.is_none() {
+    if config.idp_settings()?.any() && config.http_listen.is_none() {
         return Err(StartupError::IdpWithoutHttp);
     }
     Ok(())
@@ -43,13 +43,14 @@ pub fn check_idp(config: &Config) -> Result<(), StartupError> {
 /// Reads every identity provider's key set once (a file, or its URL): what the receivers will
 /// use, one report line per issuer.
 async fn check_idp_keys(config: &Config) -> Result<Vec<String>, StartupError> {
+    let settings = config.idp_settings()?;
     let routes = [
         (
-            &config.oidc_issuers,
+            &settings.oidc_issuers,
             "oidc back-channel logout",
             "/oidc/backchannel-logout",
         ),
-        (&config.ssf_transmitters, "ssf transmitter", "/ssf/events"),
+        (&settings.ssf_transmitters, "ssf transmitter", "/ssf/events"),
     ];
     let mut report = Vec::new();
     for (issuers, what, path) in routes {
@@ -63,8 +64,13 @@ async fn check_idp_keys(config: &Config) -> Result<Vec<String>, StartupError> {
             let on = config.http_listen.map_or_else(String::new, |listen| {
                 format!(", POST http://{listen}{path}")
             });
+            let prefix = if trusted.subject_prefix.is_empty() {
+                String::new()
+            } else {
+                format!(", user id = {:?} + subject", trusted.subject_prefix)
+            };
             report.push(format!(
-                "{what}: {} ({} key(s) from {}){on}",
+                "{what}: {} ({} key(s) from {}{prefix}){on}",
                 trusted.issuer,
                 keys.len(),
                 trusted.source

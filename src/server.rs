@@ -174,7 +174,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
         metrics.clone(),
         (&config).into(),
     ));
-    let authority = Arc::new(authority(&config, keys, &revocations, &metrics, &clock));
+    let authority = Arc::new(authority(&config, keys, &revocations, &metrics, &clock)?);
     let (draining, draining_rx) = watch::channel(false);
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (watches_end, watches_end_rx) = watch::channel(false);
@@ -204,7 +204,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
         )
         .await?;
     let health_addr = listeners.health_only(health_service, &mut tasks).await?;
-    let idp_settings = config.idp_settings();
+    let idp_settings = config.idp_settings()?;
     let idp = idp_settings.any().then(|| {
         Arc::new(IdpReceiver::new(
             authority.clone(),
@@ -328,7 +328,7 @@ fn authority(
     revocations: &Arc<Revocations>,
     metrics: &Metrics,
     clock: &Arc<dyn Clock>,
-) -> TokenAuthority {
+) -> Result<TokenAuthority, StartupError> {
     let mut codec = TokenCodec::new(keys, config.issuer.clone(), config.audience.clone());
     if config.verified_cache_capacity > 0 {
         codec = codec.with_verified_cache(VerifiedCache::new(
@@ -337,7 +337,17 @@ fn authority(
             metrics.caches.verified(),
         ));
     }
-    TokenAuthority::new(codec, config.into(), revocations.clone(), clock.clone())
+    let idp = config.idp_settings()?;
+    let idp_prefixes = idp
+        .oidc_issuers
+        .iter()
+        .chain(&idp.ssf_transmitters)
+        .map(|t| t.subject_prefix.clone())
+        .collect();
+    Ok(
+        TokenAuthority::new(codec, config.into(), revocations.clone(), clock.clone())
+            .with_idp_prefixes(idp_prefixes),
+    )
 }
 
 /// Binds and serves each listener, guarded by `--max-connections` and `--handshake-timeout`.

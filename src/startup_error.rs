@@ -69,6 +69,9 @@ pub enum StartupError {
          (or TOKEN_SIDECAR_HTTP_LISTEN), e.g. 127.0.0.1:8080"
     )]
     IdpWithoutHttp,
+    /// The identity providers' settings are not usable (`--oidc-issuer`, `--ssf-transmitter`).
+    #[error("identity providers: {0}")]
+    IdpConfig(String),
     /// An identity provider's key set (`--oidc-issuer`, `--ssf-transmitter`) cannot be read or
     /// holds no usable key.
     #[error("the key set of {issuer} cannot be used: {problem}")]

@@ -6,22 +6,29 @@
 //! - `POST /ssf/events` (RFC 8935 push): an `application/secevent+jwt` body; 202 when
 //!   accepted, 400 with `{"err", "description"}` (RFC 8935 §2.3) when refused, 503 likewise.
 //!
-//! Both are rate-limited (a token bucket per route: [`BURST`] at once, [`PER_SECOND`] after;
-//! beyond it 429 with `Retry-After`) and size-bounded (16 KiB). Every answer is counted by the
-//! route's [`outcome::counted`] layer (`rpc_requests_total{method="backchannel_logout"|
-//! "ssf_events"}`); refusals are logged — never the token.
+//! Both are size-bounded (16 KiB). A request pays nothing for the cheap checks; a refused key
+//! or signature is charged to its source's budget and to a shared one, and once either is spent
+//! such refusals are answered 429 with `Retry-After` (see [`crate::idp`]'s budget: a verified
+//! event is never answered 429). When the provider's key set cannot settle a new `kid` yet, the
+//! answer is 503 with `Retry-After` (the provider retries), never a final 400. Every answer is
+//! counted by the route's [`outcome::counted`] layer (`rpc_requests_total{method=
+//! "backchannel_logout"|"ssf_events", reason}`); refusals are logged once per reason per minute
+//! per route — never the token.
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use parking_lot::Mutex;
 use serde_json::json;
 
+use crate::api::caller::CallerInfo;
 use crate::api::http::{content_type_is, form_param, json_response, oauth_error, unavailable};
 use crate::api::outcome::{self, answered};
 use crate::authority::AuthorityError;
@@ -30,16 +37,13 @@ use crate::idp::event_token::{EventError, MAX_EVENT_TOKEN_BYTES};
 use crate::idp::{IdpReceiver, ReceiveError, Received};
 use crate::metrics::Metrics;
 
-/// Requests a route takes at once.
-pub const BURST: f64 = 100.0;
-/// Requests a route takes per second, sustained.
-pub const PER_SECOND: f64 = 50.0;
+/// How often one route logs a refusal of one reason.
+const LOG_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 struct IdpState {
     receiver: Arc<IdpReceiver>,
-    logout_bucket: Arc<Bucket>,
-    ssf_bucket: Arc<Bucket>,
+    log: Arc<RefusalLog>,
 }
 
 /// The configured routes.
@@ -62,30 +66,38 @@ pub fn router<S: Clone + Send + Sync + 'static>(
     }
     router.with_state(IdpState {
         receiver,
-        logout_bucket: Arc::new(Bucket::new()),
-        ssf_bucket: Arc::new(Bucket::new()),
+        log: Arc::new(RefusalLog::default()),
     })
 }
 
-/// A token bucket.
-struct Bucket(Mutex<(f64, Instant)>);
+/// Refusals are logged once per route and reason per [`LOG_EVERY`], with the number passed over
+/// since: a flood of junk cannot flood the log (every refusal is counted in the metrics).
+#[derive(Default)]
+struct RefusalLog(Mutex<HashMap<RouteReason, LastLine>>);
 
-impl Bucket {
-    fn new() -> Self {
-        Self(Mutex::new((BURST, Instant::now())))
-    }
+/// A route and a refusal's reason.
+type RouteReason = (&'static str, &'static str);
+/// When the last line was written, and how many refusals were passed over since.
+type LastLine = (Instant, u64);
 
-    fn take(&self) -> bool {
+impl RefusalLog {
+    /// Whether to log now, and how many were passed over since the last line.
+    fn due(&self, route: &'static str, reason: &'static str) -> Option<u64> {
         let mut state = self.0.lock();
         let now = Instant::now();
-        let refill = now.duration_since(state.1).as_secs_f64() * PER_SECOND;
-        state.0 = (state.0 + refill).min(BURST);
-        state.1 = now;
-        if state.0 >= 1.0 {
-            state.0 -= 1.0;
-            true
-        } else {
-            false
+        match state.get_mut(&(route, reason)) {
+            Some((at, skipped)) if now.duration_since(*at) < LOG_EVERY => {
+                *skipped += 1;
+                None
+            }
+            Some((at, skipped)) => {
+                *at = now;
+                Some(std::mem::take(skipped))
+            }
+            None => {
+                state.insert((route, reason), (now, 0));
+                Some(0)
+            }
         }
     }
 }
@@ -102,6 +114,33 @@ fn too_many() -> Response {
     )
 }
 
+/// 503 with `Retry-After`: nothing was decided; the sender retries.
+fn retry_later(error: &ReceiveError) -> Response {
+    let mut response = unavailable();
+    if let ReceiveError::Event(EventError::KeysUnavailable {
+        retry_after_secs, ..
+    }) = error
+    {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        if let Some(body) = keys_unavailable_body() {
+            *response.body_mut() = body;
+        }
+    }
+    answered(response, "unavailable", reason(error))
+}
+
+fn keys_unavailable_body() -> Option<Body> {
+    serde_json::to_vec(&json!({
+        "error": "temporarily_unavailable",
+        "error_description": "the issuer's key set cannot settle this kid yet; retry after \
+                              Retry-After seconds",
+    }))
+    .ok()
+    .map(Body::from)
+}
+
 /// The metric reason of a refusal.
 fn reason(error: &ReceiveError) -> &'static str {
     match error {
@@ -113,8 +152,9 @@ fn reason(error: &ReceiveError) -> &'static str {
             EventError::WrongAudience => ErrorCode::WrongAudience.as_str(),
             EventError::Stale(_) => ErrorCode::Stale.as_str(),
             EventError::Replayed => ErrorCode::Replayed.as_str(),
-            EventError::KeysUnavailable(_) => ErrorCode::KeysUnavailable.as_str(),
+            EventError::KeysUnavailable { .. } => ErrorCode::KeysUnavailable.as_str(),
         },
+        ReceiveError::RateLimited => ErrorCode::RateLimited.as_str(),
         ReceiveError::Authority(AuthorityError::InvalidArgument { reason, .. }) => reason.as_str(),
         ReceiveError::Authority(_) => ErrorCode::StoreUnavailable.as_str(),
     }
@@ -124,14 +164,14 @@ fn reason(error: &ReceiveError) -> &'static str {
 /// provider's key set could not be reached).
 fn retryable(error: &ReceiveError) -> bool {
     match error {
-        ReceiveError::Event(EventError::KeysUnavailable(_)) => true,
+        ReceiveError::Event(EventError::KeysUnavailable { .. }) => true,
         ReceiveError::Authority(AuthorityError::InvalidArgument { .. }) => false,
         ReceiveError::Authority(_) => true,
-        ReceiveError::Event(_) | ReceiveError::NotConfigured => false,
+        ReceiveError::Event(_) | ReceiveError::NotConfigured | ReceiveError::RateLimited => false,
     }
 }
 
-fn log_outcome(route: &'static str, outcome: &Result<Received, ReceiveError>) {
+fn log_outcome(log: &RefusalLog, route: &'static str, outcome: &Result<Received, ReceiveError>) {
     match outcome {
         Ok(received) => {
             for (event_type, action) in &received.effects {
@@ -144,26 +184,46 @@ fn log_outcome(route: &'static str, outcome: &Result<Received, ReceiveError>) {
                 );
             }
         }
-        Err(error) => tracing::warn!(route, error = %error, "identity provider event refused"),
+        Err(error) => {
+            let why = reason(error);
+            if let Some(passed_over) = log.due(route, why) {
+                tracing::warn!(
+                    route,
+                    reason = why,
+                    error = %error,
+                    passed_over,
+                    "identity provider event refused (one line per reason per minute; \
+                     passed_over: how many since the last)"
+                );
+            }
+        }
     }
+}
+
+/// The sender's address, as the listener's guard saw it.
+fn source(caller: Option<Extension<CallerInfo>>) -> Option<IpAddr> {
+    caller.and_then(|Extension(caller)| caller.remote_addr.map(|addr| addr.ip()))
 }
 
 async fn backchannel_logout(
     State(state): State<IdpState>,
+    caller: Option<Extension<CallerInfo>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     const METHOD: &str = "backchannel_logout";
-    if !state.logout_bucket.take() {
-        return too_many();
-    }
     let token = match form_param(&headers, body, "logout_token", MAX_EVENT_TOKEN_BYTES).await {
         Ok(token) => token,
         Err(response) => {
-            tracing::warn!(
-                route = METHOD,
-                "identity provider event refused: not a logout request"
-            );
+            let why = ErrorCode::InvalidRequest.as_str();
+            if let Some(passed_over) = state.log.due(METHOD, why) {
+                tracing::warn!(
+                    route = METHOD,
+                    reason = why,
+                    passed_over,
+                    "identity provider event refused: not a logout request"
+                );
+            }
             return answered(
                 response,
                 "invalid_argument",
@@ -171,8 +231,8 @@ async fn backchannel_logout(
             );
         }
     };
-    let outcome = state.receiver.logout(&token).await;
-    log_outcome(METHOD, &outcome);
+    let outcome = state.receiver.logout(&token, source(caller)).await;
+    log_outcome(&state.log, METHOD, &outcome);
     match outcome {
         Ok(_) => {
             let mut response = StatusCode::OK.into_response();
@@ -181,7 +241,8 @@ async fn backchannel_logout(
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             answered(response, "ok", "")
         }
-        Err(error) if retryable(&error) => answered(unavailable(), "unavailable", reason(&error)),
+        Err(error) if retryable(&error) => retry_later(&error),
+        Err(ReceiveError::RateLimited) => too_many(),
         Err(error) => answered(
             oauth_error(
                 StatusCode::BAD_REQUEST,
@@ -194,7 +255,12 @@ async fn backchannel_logout(
     }
 }
 
-async fn ssf_events(State(state): State<IdpState>, headers: HeaderMap, body: Body) -> Response {
+async fn ssf_events(
+    State(state): State<IdpState>,
+    caller: Option<Extension<CallerInfo>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     const METHOD: &str = "ssf_events";
     let refuse = |err: &str, description: &str, reason: &'static str| {
         answered(
@@ -207,9 +273,6 @@ async fn ssf_events(State(state): State<IdpState>, headers: HeaderMap, body: Bod
         )
     };
     let bad_request = ErrorCode::InvalidRequest.as_str();
-    if !state.ssf_bucket.take() {
-        return too_many();
-    }
     if !content_type_is(&headers, "application/secevent+jwt") {
         return refuse(
             "invalid_request",
@@ -228,11 +291,15 @@ async fn ssf_events(State(state): State<IdpState>, headers: HeaderMap, body: Bod
             bad_request,
         );
     };
-    let outcome = state.receiver.security_event(set.trim()).await;
-    log_outcome(METHOD, &outcome);
+    let outcome = state
+        .receiver
+        .security_event(set.trim(), source(caller))
+        .await;
+    log_outcome(&state.log, METHOD, &outcome);
     match outcome {
         Ok(_) => answered(StatusCode::ACCEPTED.into_response(), "ok", ""),
-        Err(error) if retryable(&error) => answered(unavailable(), "unavailable", reason(&error)),
+        Err(error) if retryable(&error) => retry_later(&error),
+        Err(ReceiveError::RateLimited) => too_many(),
         Err(error) => {
             // RFC 8935 §2.4's error codes.
             let err = match &error {

@@ -344,6 +344,7 @@ impl TokenService for TokenGrpc {
                 cutoff: status.cutoff_ms.map(timestamp),
                 banned: status.banned,
                 banned_until: status.cutoff_ms.filter(|_| status.banned).map(timestamp),
+                banned_by: status.banned_by.unwrap_or_default(),
             })
         }
         .await;

@@ -18,8 +18,9 @@ pub const LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logo
 /// The `typ` header values a logout token may carry (or none).
 pub const LOGOUT_TYPES: &[&str] = &["logout+jwt", "jwt"];
 
-/// What a logout token asks for.
-pub fn interpret(claims: &Map<String, Value>) -> Result<IdpAction, EventError> {
+/// What a logout token asks for; the provider's `sub` and `sid` are scoped by its subject
+/// `prefix` (SPEC §13).
+pub fn interpret(claims: &Map<String, Value>, prefix: &str) -> Result<IdpAction, EventError> {
     let malformed = |why: &str| EventError::Malformed(why.to_owned());
     let event = claims
         .get("events")
@@ -37,10 +38,13 @@ pub fn interpret(claims: &Map<String, Value>) -> Result<IdpAction, EventError> {
     let text = |name: &str| -> Result<Option<String>, EventError> {
         match claims.get(name) {
             None => Ok(None),
-            Some(Value::String(s)) => match user_id_problem(s) {
-                None => Ok(Some(s.clone())),
-                Some(problem) => Err(EventError::Malformed(format!("{name} {problem}"))),
-            },
+            Some(Value::String(s)) => {
+                let scoped = format!("{prefix}{s}");
+                match user_id_problem(&scoped) {
+                    None => Ok(Some(scoped)),
+                    Some(problem) => Err(EventError::Malformed(format!("{name} {problem}"))),
+                }
+            }
             Some(_) => Err(EventError::Malformed(format!("{name} is not a string"))),
         }
     };
@@ -61,11 +65,30 @@ mod tests {
         value.as_object().cloned().unwrap_or_default()
     }
 
+    fn interpret_plain(claims: &Map<String, Value>) -> Result<IdpAction, EventError> {
+        interpret(claims, "")
+    }
+
+    #[test]
+    fn the_providers_prefix_scopes_its_subjects_and_sessions() {
+        let events = json!({ LOGOUT_EVENT: {} });
+        assert_eq!(
+            interpret(
+                &claims(json!({"events": events, "sid": "s1", "sub": "alice"})),
+                "kc:"
+            ),
+            Ok(IdpAction::RevokeIdpSession {
+                sid: "kc:s1".into(),
+                user_id: Some("kc:alice".into())
+            })
+        );
+    }
+
     #[test]
     fn a_sid_ends_one_idp_session_and_a_sub_alone_ends_them_all() {
         let events = json!({ LOGOUT_EVENT: {} });
         assert_eq!(
-            interpret(&claims(
+            interpret_plain(&claims(
                 json!({"events": events, "sid": "s1", "sub": "alice"})
             )),
             Ok(IdpAction::RevokeIdpSession {
@@ -74,14 +97,14 @@ mod tests {
             })
         );
         assert_eq!(
-            interpret(&claims(json!({"events": events, "sub": "alice"}))),
+            interpret_plain(&claims(json!({"events": events, "sub": "alice"}))),
             Ok(IdpAction::RevokeUser {
                 user_id: "alice".into()
             })
         );
         // Keycloak's extra member inside the event.
         let keycloak = json!({ LOGOUT_EVENT: {"revoke_offline_access": true} });
-        assert!(interpret(&claims(json!({"events": keycloak, "sid": "s"}))).is_ok());
+        assert!(interpret_plain(&claims(json!({"events": keycloak, "sid": "s"}))).is_ok());
     }
 
     #[test]
@@ -96,7 +119,7 @@ mod tests {
             json!({"events": events, "sub": ""}),
             json!({"events": events, "sid": 7}),
         ] {
-            assert!(interpret(&claims(bad.clone())).is_err(), "{bad}");
+            assert!(interpret_plain(&claims(bad.clone())).is_err(), "{bad}");
         }
     }
 }

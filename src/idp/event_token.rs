@@ -58,9 +58,26 @@ pub enum EventError {
     /// The `jti` was received before.
     #[error("the event was received before (jti replayed)")]
     Replayed,
-    /// The issuer's keys could not be read: nothing is decided; the sender may retry.
-    #[error("{0}")]
-    KeysUnavailable(String),
+    /// The issuer's keys could not be read: nothing is decided; the sender retries after
+    /// `retry_after_secs`.
+    #[error("{why}")]
+    KeysUnavailable {
+        /// Why, for the log.
+        why: String,
+        /// When to retry, in whole seconds.
+        retry_after_secs: u64,
+    },
+}
+
+/// A token that passed the cheap checks: nothing in it is verified yet, but it has the shape
+/// of an event from a configured issuer, signed with an asymmetric `alg`, and a current `iat` — what a request must show before it may cost a signature check or a key
+/// read.
+pub struct Unverified<'a> {
+    token: &'a str,
+    header: jsonwebtoken::Header,
+    keys: Arc<ProviderKeys>,
+    /// The `iat` the token claims (unverified), in milliseconds.
+    claimed_iat_ms: UnixMillis,
 }
 
 /// The issuers trusted for one kind of event, their keys, and the audience they must name.
@@ -106,6 +123,17 @@ impl EventVerifier {
 
     /// Runs every check on `token` at `now` (the fleet's clock).
     pub async fn verify(&self, token: &str, now: UnixMillis) -> Result<VerifiedEvent, EventError> {
+        let unverified = self.precheck(token, now)?;
+        self.verify_signature(unverified, now).await
+    }
+
+    /// The cheap checks, in this order: size, a compact JWS, a JOSE header with an accepted
+    /// (asymmetric) `alg` and `typ`, a JSON payload whose `iss` is configured, a current `iat`. Nothing here reads a key set or checks a signature.
+    pub fn precheck<'a>(
+        &self,
+        token: &'a str,
+        now: UnixMillis,
+    ) -> Result<Unverified<'a>, EventError> {
         let malformed = |why: &str| EventError::Malformed(why.to_owned());
         if token.len() > MAX_EVENT_TOKEN_BYTES {
             return Err(malformed("the token is too large"));
@@ -131,7 +159,7 @@ impl EventVerifier {
             }
         }
         // The issuer picks the keys, so it is read before the signature is checked; nothing
-        // else is trusted until then.
+        // read here is trusted until then.
         let unverified: Map<String, Value> = URL_SAFE_NO_PAD
             .decode(payload)
             .ok()
@@ -141,15 +169,45 @@ impl EventVerifier {
             .get("iss")
             .and_then(Value::as_str)
             .ok_or_else(|| malformed("the iss claim is missing"))?;
+        // (Whether this issuer's keys sign with the token's asymmetric alg is left to the key
+        // lookup: a provider may move to another alg with a rotation.)
         let keys = self.issuers.get(issuer).ok_or(EventError::UnknownIssuer)?;
+        let claimed_iat_ms = issued_at(&unverified, now)?;
+        Ok(Unverified {
+            token,
+            header,
+            keys: keys.clone(),
+            claimed_iat_ms,
+        })
+    }
+
+    /// The signature by a key of the issuer's (read again within its bounds when the `kid` is
+    /// new), then the claims.
+    pub async fn verify_signature(
+        &self,
+        unverified: Unverified<'_>,
+        now: UnixMillis,
+    ) -> Result<VerifiedEvent, EventError> {
+        let Unverified {
+            token,
+            header,
+            keys,
+            claimed_iat_ms,
+        } = unverified;
         let candidates = keys
-            .candidates(header.kid.as_deref(), header.alg)
+            .candidates(header.kid.as_deref(), header.alg, claimed_iat_ms)
             .await
             .map_err(|e| match e {
                 KeyLookupError::NoKey => EventError::BadKey(
                     "no key of the issuer's key set fits the token's kid and alg".into(),
                 ),
-                KeyLookupError::Unavailable(why) => EventError::KeysUnavailable(why),
+                KeyLookupError::Unavailable {
+                    why,
+                    retry_after_secs,
+                } => EventError::KeysUnavailable {
+                    why,
+                    retry_after_secs,
+                },
             })?;
         let mut validation = Validation::new(header.alg);
         validation.validate_exp = false;
@@ -188,23 +246,7 @@ impl EventVerifier {
         if !audience_named {
             return Err(EventError::WrongAudience);
         }
-        let issued_at_ms = claims
-            .get("iat")
-            .and_then(Value::as_i64)
-            .filter(|s| (0..=i64::MAX / 4_000).contains(s))
-            .map(|s| UnixSeconds(s).as_millis())
-            .ok_or_else(|| malformed("the iat claim is missing or not a NumericDate"))?;
-        if issued_at_ms < now - MAX_EVENT_AGE_MS {
-            return Err(EventError::Stale(format!(
-                "the event was issued more than {} s ago",
-                std::time::Duration::from_millis(MAX_EVENT_AGE_MS.unsigned_abs()).as_secs()
-            )));
-        }
-        if issued_at_ms > now + EVENT_LEEWAY_MS {
-            return Err(EventError::Stale(
-                "the event's iat lies in the future".into(),
-            ));
-        }
+        let issued_at_ms = issued_at(&claims, now)?;
         if let Some(exp) = claims.get("exp") {
             let exp_ms = exp
                 .as_i64()
@@ -228,4 +270,29 @@ impl EventVerifier {
             claims,
         })
     }
+}
+
+/// The `iat` of an event in milliseconds, refused when missing, too old or ahead of `now` by
+/// more than the leeway.
+fn issued_at(claims: &Map<String, Value>, now: UnixMillis) -> Result<UnixMillis, EventError> {
+    let issued_at_ms = claims
+        .get("iat")
+        .and_then(Value::as_i64)
+        .filter(|s| (0..=i64::MAX / 4_000).contains(s))
+        .map(|s| UnixSeconds(s).as_millis())
+        .ok_or_else(|| {
+            EventError::Malformed("the iat claim is missing or not a NumericDate".into())
+        })?;
+    if issued_at_ms < now - MAX_EVENT_AGE_MS {
+        return Err(EventError::Stale(format!(
+            "the event was issued more than {} s ago",
+            std::time::Duration::from_millis(MAX_EVENT_AGE_MS.unsigned_abs()).as_secs()
+        )));
+    }
+    if issued_at_ms > now + EVENT_LEEWAY_MS {
+        return Err(EventError::Stale(
+            "the event's iat lies in the future".into(),
+        ));
+    }
+    Ok(issued_at_ms)
 }

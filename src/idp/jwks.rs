@@ -1,25 +1,24 @@
 //! An identity provider's signing keys: a JWKS file, or an `https://` URL fetched and cached.
 //!
 //! A token naming a `kid` the cached set does not hold makes the set be read again (a key
-//! rotation at the provider); reads are budgeted — [`READ_BURST`] at once, one more every
-//! [`READ_EVERY_MS`] — so that a sender of made-up `kid`s cannot make us hammer the provider,
-//! while a rotation (even one announced by a first token a moment before the new key is
-//! published) is picked up at once. A set older than [`MAX_AGE_MS`] is read again on use. A
-//! failed read keeps the keys already held.
+//! rotation at the provider) unless the set was read after the token was issued; at most one
+//! read begins every [`READ_INTERVAL_MS`] per provider, whoever asks (SPEC §13: nothing a
+//! stranger sends spends what the provider needs). A set older than [`MAX_AGE_MS`] is read
+//! again on use, under the same interval. A failed read keeps the keys already held.
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::fetch;
-use crate::clock::Clock;
+use crate::clock::{Clock, UnixMillis};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
 
-/// Reads of a set that may follow one another at once.
-pub const READ_BURST: f64 = 5.0;
-/// After the burst, one more read every this many milliseconds.
-pub const READ_EVERY_MS: i64 = 2_000;
+/// At most one read of a provider's set begins in this many milliseconds.
+pub const READ_INTERVAL_MS: i64 = 1_000;
+/// A token's `iat` is in whole seconds.
+const IAT_RESOLUTION_MS: i64 = 1_000;
 /// A set older than this (milliseconds) is read again when used.
 pub const MAX_AGE_MS: i64 = 600_000;
 
@@ -216,20 +215,36 @@ fn provider_key(jwk: &Jwk) -> Option<ProviderKey> {
 /// Why no key could be had.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyLookupError {
-    /// The set (read just now, or within [`REFETCH_EVERY_MS`]) holds no key for the token.
+    /// A key set read after the token was issued holds no key for its `kid` and `alg`: final.
     #[error("no key of the issuer's key set fits the token's kid and alg")]
     NoKey,
-    /// The set could never be read.
-    #[error("the issuer's key set could not be read: {0}")]
-    Unavailable(String),
+    /// No key set that could settle the question can be had now (never read, unreadable, or
+    /// not read since the token was issued and no read is allowed yet): the sender retries
+    /// after `retry_after_secs`.
+    #[error("the issuer's key set cannot be read now: {why}")]
+    Unavailable {
+        /// Why, for the log.
+        why: String,
+        /// When a read will be allowed again, in whole seconds (at least 1).
+        retry_after_secs: u64,
+    },
 }
 
 /// A provider's keys, read on first use and again as needed.
+///
+/// Reads are bounded per provider, never per sender: at most one starts every
+/// [`READ_INTERVAL_MS`], whoever asks, and every read serves every request after it. A sender
+/// of made-up `kid`s can therefore only make reads happen (once an interval), never keep them
+/// from happening: the set it makes us read is the one the provider's own token needs. A `kid`
+/// is known to be absent only from a set whose read began at or after the token's `iat` (the
+/// provider publishes a key before it signs with it); until such a read, the answer is
+/// "retry", never "no such key".
 pub struct ProviderKeys {
     source: JwksSource,
-    /// Ages are measured on its monotonic clock (the injected one: tests move it).
+    /// Ages are measured on its monotonic clock, and read times compared with `iat` on its
+    /// fleet clock (the injected one: tests move it).
     clock: Arc<dyn Clock>,
-    state: tokio::sync::Mutex<Held>,
+    state: parking_lot::Mutex<Held>,
 }
 
 #[derive(Default)]
@@ -237,22 +252,77 @@ struct Held {
     set: Option<Arc<KeySet>>,
     /// Monotonic milliseconds of the last successful read.
     read_at: Option<i64>,
-    /// Reads spent from the budget, as of `spent_at` (monotonic milliseconds).
-    spent: f64,
-    spent_at: i64,
+    /// The fleet-clock time at which the last successful read began.
+    read_began_ms: Option<UnixMillis>,
+    /// Monotonic milliseconds at which the last read (successful or not) began.
+    attempted_at: Option<i64>,
 }
 
 impl Held {
-    /// Takes one read from the budget, if there is one left at `now`.
-    fn take_read(&mut self, now: i64) -> bool {
-        let refilled = now.saturating_sub(self.spent_at) as f64 / READ_EVERY_MS as f64;
-        self.spent = (self.spent - refilled).max(0.0);
-        self.spent_at = now;
-        if self.spent + 1.0 > READ_BURST {
+    /// Claims the read slot at `now` if the interval since the last attempt has passed.
+    fn claim_read(&mut self, now: i64) -> bool {
+        if self
+            .attempted_at
+            .is_some_and(|at| now.saturating_sub(at) < READ_INTERVAL_MS)
+        {
             return false;
         }
-        self.spent += 1.0;
+        self.attempted_at = Some(now);
         true
+    }
+
+    /// Whole seconds until a read may begin again (at least 1).
+    fn retry_after_secs(&self, now: i64) -> u64 {
+        let wait = self
+            .attempted_at
+            .map_or(0, |at| READ_INTERVAL_MS - now.saturating_sub(at))
+            .max(1)
+            .unsigned_abs();
+        wait.div_ceil(1_000).max(1)
+    }
+
+    /// Whether a read must be asked for to judge a token with `kid` issued at `iat_ms`.
+    fn wants_read(&self, kid: Option<&str>, iat_ms: UnixMillis, now: i64) -> bool {
+        let Some(set) = &self.set else { return true };
+        let old = self
+            .read_at
+            .is_none_or(|at| now.saturating_sub(at) >= MAX_AGE_MS);
+        let unknown = kid.is_some_and(|kid| !set.has_kid(kid));
+        old || (unknown && !self.read_after(iat_ms))
+    }
+
+    /// Whether the set held was read after a token issued at `iat_ms`: after the whole second
+    /// `iat` names, since the token may have been signed (and its key published) anywhere in it.
+    fn read_after(&self, iat_ms: UnixMillis) -> bool {
+        self.read_began_ms
+            .is_some_and(|began| began >= iat_ms.saturating_add(IAT_RESOLUTION_MS))
+    }
+
+    /// The keys for `kid` and `alg` in what is held, or why there are none.
+    fn lookup(
+        &self,
+        kid: Option<&str>,
+        alg: Algorithm,
+        iat_ms: UnixMillis,
+        now: i64,
+    ) -> Result<Vec<ProviderKey>, KeyLookupError> {
+        let retry = |why: &str| KeyLookupError::Unavailable {
+            why: why.to_owned(),
+            retry_after_secs: self.retry_after_secs(now),
+        };
+        let Some(set) = &self.set else {
+            return Err(retry("not read yet"));
+        };
+        let found = set.candidates(kid, alg);
+        if !found.is_empty() {
+            return Ok(found);
+        }
+        match kid {
+            Some(kid) if !set.has_kid(kid) && !self.read_after(iat_ms) => Err(retry(
+                "the key set has not been read since the token was issued (a key rotation?)",
+            )),
+            _ => Err(KeyLookupError::NoKey),
+        }
     }
 }
 
@@ -262,7 +332,7 @@ impl ProviderKeys {
         Self {
             source,
             clock,
-            state: tokio::sync::Mutex::new(Held::default()),
+            state: parking_lot::Mutex::new(Held::default()),
         }
     }
 
@@ -271,53 +341,47 @@ impl ProviderKeys {
         &self.source
     }
 
-    /// The keys that may check a token with header `kid` and `alg`, reading the set again if
-    /// it is old or holds no such `kid` (within the read budget).
+    /// The keys that may check a token with header `kid` and `alg`, issued at `iat_ms` (as the
+    /// token says, on the fleet clock), reading the set again if it is old, or if it lacks the
+    /// `kid` and was read before the token was issued — at most one read per interval.
     pub async fn candidates(
         &self,
         kid: Option<&str>,
         alg: Algorithm,
+        iat_ms: UnixMillis,
     ) -> Result<Vec<ProviderKey>, KeyLookupError> {
-        let mut held = self.state.lock().await;
         let now = self.clock.monotonic_ms();
-        let since = |at: i64| now.saturating_sub(at);
-        let old = held.read_at.is_none_or(|at| since(at) >= MAX_AGE_MS);
-        let unknown = match (&held.set, kid) {
-            (Some(set), Some(kid)) => !set.has_kid(kid),
-            (Some(_), None) => false,
-            (None, _) => true,
+        let claimed = {
+            let mut held = self.state.lock();
+            if !held.wants_read(kid, iat_ms, now) || !held.claim_read(now) {
+                return held.lookup(kid, alg, iat_ms, now);
+            }
+            self.clock.now_ms()
         };
-        if (old || unknown) && held.take_read(now) {
-            match self.read().await {
-                Ok(set) => {
+        // No lock is held while reading: requests that need no read never wait on one.
+        let read = read_key_set(&self.source).await;
+        let mut held = self.state.lock();
+        match read {
+            Ok(set) => {
+                // A slower read that began earlier does not replace a newer one.
+                if held.read_began_ms.is_none_or(|began| began <= claimed) {
                     held.set = Some(Arc::new(set));
-                    held.read_at = Some(now);
+                    held.read_at = Some(self.clock.monotonic_ms());
+                    held.read_began_ms = Some(claimed);
                 }
-                Err(why) => {
-                    tracing::warn!(source = %self.source, error = %why, "an identity provider's key set could not be read; the keys held are kept");
-                    if held.set.is_none() {
-                        return Err(KeyLookupError::Unavailable(why));
-                    }
+            }
+            Err(why) => {
+                // At most one attempt per interval, so at most one line per interval.
+                tracing::warn!(source = %self.source, error = %why, "an identity provider's key set could not be read; the keys held are kept");
+                if held.set.is_none() {
+                    return Err(KeyLookupError::Unavailable {
+                        why,
+                        retry_after_secs: held.retry_after_secs(self.clock.monotonic_ms()),
+                    });
                 }
             }
         }
-        match &held.set {
-            Some(set) => {
-                let found = set.candidates(kid, alg);
-                if found.is_empty() {
-                    Err(KeyLookupError::NoKey)
-                } else {
-                    Ok(found)
-                }
-            }
-            None => Err(KeyLookupError::Unavailable(
-                "not read yet (reads are budgeted: retry shortly)".into(),
-            )),
-        }
-    }
-
-    async fn read(&self) -> Result<KeySet, String> {
-        read_key_set(&self.source).await
+        held.lookup(kid, alg, iat_ms, self.clock.monotonic_ms())
     }
 }
 
@@ -357,17 +421,114 @@ pub async fn read_key_set(source: &JwksSource) -> Result<KeySet, String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn reads_are_budgeted_a_burst_then_one_every_two_seconds() {
-        let mut held = Held::default();
-        for _ in 0..5 {
-            assert!(held.take_read(0));
+    const EC_A: &str = r#"{"kty":"EC","crv":"P-256","kid":"a","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}"#;
+    const EC_B: &str = r#"{"kty":"EC","crv":"P-256","kid":"b","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}"#;
+
+    struct Provider {
+        dir: std::path::PathBuf,
+        clock: crate::clock::ManualClock,
+        keys: ProviderKeys,
+    }
+
+    impl Provider {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("ts-jwks-{name}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("a temporary folder");
+            let clock = crate::clock::ManualClock::new(1_700_000_000_000);
+            let keys = ProviderKeys::new(
+                JwksSource::File(dir.join("jwks.json")),
+                Arc::new(clock.clone()),
+            );
+            let this = Self { dir, clock, keys };
+            this.publish(&[EC_A]);
+            this
         }
-        assert!(!held.take_read(0), "a sender of made-up kids is held back");
-        assert!(!held.take_read(READ_EVERY_MS - 1));
-        assert!(held.take_read(READ_EVERY_MS));
-        assert!(!held.take_read(READ_EVERY_MS));
-        assert!(held.take_read(READ_EVERY_MS * 20));
+
+        fn publish(&self, keys: &[&str]) {
+            std::fs::write(
+                self.dir.join("jwks.json"),
+                format!("{{\"keys\":[{}]}}", keys.join(",")),
+            )
+            .expect("the key set is written");
+        }
+
+        async fn lookup(&self, kid: &str, iat_ms: UnixMillis) -> Result<usize, KeyLookupError> {
+            self.keys
+                .candidates(Some(kid), Algorithm::ES256, iat_ms)
+                .await
+                .map(|found| found.len())
+        }
+    }
+
+    impl Drop for Provider {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    #[tokio::test]
+    async fn made_up_kids_cannot_hide_a_rotation() {
+        let provider = Provider::new("rotation");
+        let now = || provider.clock.now_ms();
+        assert_eq!(provider.lookup("a", now()).await, Ok(1));
+        // A stranger's made-up kid, issued "now": the set was read before it, so one read is
+        // asked for; none is allowed within the interval, so the answer is "retry", not 400.
+        provider.clock.advance_ms(10);
+        let made_up = provider.lookup("made-up", now() + 5).await;
+        assert!(
+            matches!(
+                made_up,
+                Err(KeyLookupError::Unavailable {
+                    retry_after_secs: 1,
+                    ..
+                })
+            ),
+            "{made_up:?}"
+        );
+        // The provider rotates and signs with its new key while the stranger keeps sending.
+        provider.publish(&[EC_A, EC_B]);
+        let issued = now();
+        provider.clock.advance_ms(2 * READ_INTERVAL_MS);
+        for _ in 0..50 {
+            let _ = provider.lookup("made-up", now() + 59_000).await;
+        }
+        // Whoever's request read the set, it was read after the provider's token was issued.
+        assert_eq!(provider.lookup("b", issued).await, Ok(1));
+        // A kid absent from a set read after the token was issued is final.
+        assert_eq!(
+            provider.lookup("gone", issued).await,
+            Err(KeyLookupError::NoKey)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_old_set_is_read_again_and_a_failed_read_keeps_the_keys() {
+        let provider = Provider::new("age");
+        assert_eq!(provider.lookup("a", 0).await, Ok(1));
+        provider.publish(&[EC_B]);
+        provider.clock.advance_ms(MAX_AGE_MS);
+        // The refresh by age happens on use, whatever strangers did with the interval.
+        assert_eq!(provider.lookup("a", 0).await, Err(KeyLookupError::NoKey));
+        assert_eq!(provider.lookup("b", 0).await, Ok(1));
+        std::fs::write(provider.dir.join("jwks.json"), "not json").expect("written");
+        provider.clock.advance_ms(MAX_AGE_MS);
+        assert_eq!(provider.lookup("b", 0).await, Ok(1), "keys kept");
+    }
+
+    #[tokio::test]
+    async fn a_set_never_read_answers_retry() {
+        let provider = Provider::new("never");
+        std::fs::remove_file(provider.dir.join("jwks.json")).expect("removed");
+        let first = provider.lookup("a", 0).await;
+        assert!(
+            matches!(first, Err(KeyLookupError::Unavailable { .. })),
+            "{first:?}"
+        );
+        provider.publish(&[EC_A]);
+        // Within the interval no second read begins: still "retry".
+        assert!(provider.lookup("a", 0).await.is_err());
+        provider.clock.advance_ms(READ_INTERVAL_MS);
+        assert_eq!(provider.lookup("a", 0).await, Ok(1));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`receiver`]: the use case — verify, refuse a replayed `jti` fleet-wide, apply the action
 //!   through the authority with `who` = `backchannel:<iss>` or `ssf:<iss>` (the audit trail).
 pub mod backchannel;
+mod budget;
 pub mod event_token;
 mod fetch;
 pub mod jwks;
@@ -59,31 +60,125 @@ impl IdpAction {
     }
 }
 
-/// An issuer whose events are trusted, and where its keys are: `ISSUER=JWKS_SOURCE`
-/// (`--oidc-issuer`, `--ssf-transmitter`).
+/// An issuer whose events are trusted, where its keys are, and how its subjects name our
+/// users: `ISSUER=JWKS_SOURCE[,subject-prefix=P]` (`--oidc-issuer`, `--ssf-transmitter`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrustedIssuer {
     /// The `iss` its events carry.
     pub issuer: String,
     /// Where its keys are.
     pub source: JwksSource,
+    /// What is put before its subjects (and its session ids) to make our user ids (SPEC §13:
+    /// subjects belong to their issuer). Empty only while it is the one issuer configured.
+    pub subject_prefix: String,
 }
 
+/// The option that may follow an issuer, in the flag's value or as the next comma-separated
+/// item of the environment variable.
+const PREFIX_OPTION: &str = "subject-prefix=";
+
 impl TrustedIssuer {
-    /// Parses `ISSUER=JWKS_SOURCE` (split at the first `=`).
+    /// Parses `ISSUER=JWKS_SOURCE[,subject-prefix=P]` (the issuer ends at the first `=`).
     pub fn parse(text: &str) -> Result<Self, String> {
-        let (issuer, source) = text
-            .split_once('=')
-            .ok_or_else(|| format!("{text:?} is not ISSUER=JWKS_SOURCE"))?;
-        let issuer = issuer.trim();
-        if issuer.is_empty() {
-            return Err(format!("{text:?}: the issuer is empty"));
-        }
-        Ok(Self {
-            issuer: issuer.to_owned(),
-            source: JwksSource::parse(source)?,
-        })
+        Self::parse_list(&[text.to_owned()])?
+            .pop()
+            .ok_or_else(|| format!("{text:?} is not ISSUER=JWKS_SOURCE"))
     }
+
+    /// Parses a list as clap splits it at commas: an item `subject-prefix=P` belongs to the
+    /// issuer before it.
+    pub fn parse_list(items: &[String]) -> Result<Vec<Self>, String> {
+        let mut parsed: Vec<Self> = Vec::new();
+        for item in items.iter().flat_map(|item| item.split(',')) {
+            if let Some(prefix) = item.trim().strip_prefix(PREFIX_OPTION) {
+                let last = parsed
+                    .last_mut()
+                    .ok_or_else(|| format!("{item:?} must follow ISSUER=JWKS_SOURCE"))?;
+                if user_id_problem_of_prefix(prefix).is_some() {
+                    return Err(format!(
+                        "{item:?}: a subject prefix is printable text without spaces, at most \
+                         {MAX_PREFIX_BYTES} bytes"
+                    ));
+                }
+                last.subject_prefix = prefix.to_owned();
+                continue;
+            }
+            let (issuer, source) = item
+                .split_once('=')
+                .ok_or_else(|| format!("{item:?} is not ISSUER=JWKS_SOURCE"))?;
+            let issuer = issuer.trim();
+            if issuer.is_empty() {
+                return Err(format!("{item:?}: the issuer is empty"));
+            }
+            parsed.push(Self {
+                issuer: issuer.to_owned(),
+                source: JwksSource::parse(source)?,
+                subject_prefix: String::new(),
+            });
+        }
+        Ok(parsed)
+    }
+
+    /// Our user id for a subject `sub` of this issuer's.
+    pub fn user_id(&self, sub: &str) -> String {
+        format!("{}{sub}", self.subject_prefix)
+    }
+}
+
+/// Longest subject prefix.
+pub const MAX_PREFIX_BYTES: usize = 64;
+
+fn user_id_problem_of_prefix(prefix: &str) -> Option<&'static str> {
+    if prefix.len() > MAX_PREFIX_BYTES {
+        return Some("too long");
+    }
+    prefix
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+        .then_some("holds white space or control characters")
+}
+
+/// Checks that every issuer's subjects map to users of their own (SPEC §13): one issuer may go
+/// without a prefix; with several, each names one, distinct, and none starts another (else
+/// `P1 + sub1` could equal `P2 + sub2`). The same issuer may be both an OpenID Provider and a
+/// transmitter, with the same prefix.
+pub fn check_subject_prefixes(issuers: &[&TrustedIssuer]) -> Result<(), String> {
+    let mut by_issuer: Vec<(&str, &str)> = Vec::new();
+    for trusted in issuers {
+        match by_issuer.iter().find(|(iss, _)| *iss == trusted.issuer) {
+            Some((_, prefix)) if *prefix != trusted.subject_prefix => {
+                return Err(format!(
+                    "{} is configured twice with different subject prefixes",
+                    trusted.issuer
+                ));
+            }
+            Some(_) => {}
+            None => by_issuer.push((&trusted.issuer, &trusted.subject_prefix)),
+        }
+    }
+    if by_issuer.len() < 2 {
+        return Ok(());
+    }
+    for (i, (issuer, prefix)) in by_issuer.iter().enumerate() {
+        if prefix.is_empty() {
+            return Err(format!(
+                "{} identity providers are configured, so each needs its own subject prefix \
+                 (ISSUER=JWKS,subject-prefix=P): {issuer} has none, and its subjects could name \
+                 another provider's users",
+                by_issuer.len()
+            ));
+        }
+        for (other, other_prefix) in &by_issuer[i + 1..] {
+            if prefix.starts_with(other_prefix) || other_prefix.starts_with(prefix) {
+                return Err(format!(
+                    "the subject prefixes of {issuer} ({prefix:?}) and {other} \
+                     ({other_prefix:?}) overlap: each must be distinct and none the start of \
+                     another"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -107,8 +202,48 @@ mod tests {
             "=jwks.json",
             "https://idp=",
             "https://idp=http://idp.example.com/jwks",
+            "https://idp=jwks.json,subject-prefix=a b",
         ] {
             assert!(TrustedIssuer::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_prefix_follows_its_issuer_in_the_flag_and_in_the_list() {
+        let one = TrustedIssuer::parse("https://a=/a.json,subject-prefix=a:").expect("one");
+        assert_eq!(one.subject_prefix, "a:");
+        assert_eq!(one.user_id("alice"), "a:alice");
+        let env: Vec<String> = "https://a=/a.json,subject-prefix=a:,https://b=/b.json"
+            .split(',')
+            .map(str::to_owned)
+            .collect();
+        let list = TrustedIssuer::parse_list(&env).expect("a list");
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].subject_prefix, "a:");
+        assert_eq!(list[1].subject_prefix, "");
+        assert!(TrustedIssuer::parse_list(&["subject-prefix=a:".into()]).is_err());
+    }
+
+    #[test]
+    fn several_issuers_need_distinct_prefixes() {
+        let parse = |text: &str| TrustedIssuer::parse(text).expect("parses");
+        let plain_a = parse("https://a=/a.json");
+        let plain_b = parse("https://b=/b.json");
+        let a = parse("https://a=/a.json,subject-prefix=a:");
+        let b = parse("https://b=/b.json,subject-prefix=b:");
+        let nested = parse("https://c=/c.json,subject-prefix=a:x");
+        assert!(check_subject_prefixes(&[&plain_a]).is_ok());
+        assert!(
+            check_subject_prefixes(&[&plain_a, &plain_a]).is_ok(),
+            "one issuer, twice"
+        );
+        assert!(check_subject_prefixes(&[&plain_a, &plain_b]).is_err());
+        assert!(check_subject_prefixes(&[&a, &plain_b]).is_err());
+        assert!(check_subject_prefixes(&[&a, &b]).is_ok());
+        assert!(check_subject_prefixes(&[&a, &nested]).is_err());
+        assert!(
+            check_subject_prefixes(&[&a, &plain_a]).is_err(),
+            "two prefixes for one"
+        );
     }
 }

@@ -6,14 +6,19 @@
 //! accepted. (Two copies delivered at the same instant may both act: every action is
 //! idempotent but revoke-all, which then moves the cutoff by the milliseconds between them.)
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
+use super::budget::SenderBudget;
 use super::event_token::{EVENT_LEEWAY_MS, EventError, EventVerifier, MAX_EVENT_AGE_MS};
 use super::jwks::ProviderKeys;
 use super::ssf::{Interpreted, SubjectMapping};
 use super::{IdpAction, TrustedIssuer, backchannel, ssf};
-use crate::authority::{AuthorityError, Cause, RevokeTarget, TokenAuthority, parse_user_id};
+use crate::authority::{
+    AuthorityError, Cause, LiftOutcome, RevokeTarget, TokenAuthority, parse_user_id,
+};
 use crate::clock::Clock;
+use crate::metrics::Ignored;
 
 /// The receivers' configuration.
 #[derive(Debug, Clone, Default)]
@@ -50,6 +55,9 @@ pub enum ReceiveError {
     /// sender's retry is accepted.
     #[error(transparent)]
     Authority(#[from] AuthorityError),
+    /// The sender's key or signature was refused once too often: slow down.
+    #[error("too many refused events from this source; retry later")]
+    RateLimited,
 }
 
 /// What an accepted event did.
@@ -66,7 +74,11 @@ pub struct IdpReceiver {
     authority: Arc<TokenAuthority>,
     backchannel: Option<EventVerifier>,
     ssf: Option<EventVerifier>,
-    mapping: SubjectMapping,
+    /// Each issuer's subject prefix.
+    prefixes: HashMap<String, String>,
+    email_is_user_id: bool,
+    logout_budget: SenderBudget,
+    ssf_budget: SenderBudget,
 }
 
 fn verifier(
@@ -117,20 +129,48 @@ impl IdpReceiver {
             &mut keys,
             &clock,
         );
-        let mapping = SubjectMapping {
-            issuers: settings
-                .ssf_transmitters
-                .iter()
-                .chain(&settings.oidc_issuers)
-                .map(|t| t.issuer.clone())
-                .collect(),
-            email_is_user_id: settings.ssf_email_subjects,
-        };
+        let prefixes = settings
+            .ssf_transmitters
+            .iter()
+            .chain(&settings.oidc_issuers)
+            .map(|t| (t.issuer.clone(), t.subject_prefix.clone()))
+            .collect();
         Self {
             authority,
             backchannel,
             ssf,
-            mapping,
+            prefixes,
+            email_is_user_id: settings.ssf_email_subjects,
+            logout_budget: SenderBudget::new(clock.clone()),
+            ssf_budget: SenderBudget::new(clock),
+        }
+    }
+
+    fn prefix(&self, issuer: &str) -> &str {
+        self.prefixes.get(issuer).map_or("", String::as_str)
+    }
+
+    /// The cheap checks (free), then the signature; a refused key or signature is charged to
+    /// the sender's budget, and answered [`ReceiveError::RateLimited`] once it is spent. A
+    /// verified event is never limited.
+    async fn verified(
+        verifier: &EventVerifier,
+        budget: &SenderBudget,
+        token: &str,
+        source: Option<IpAddr>,
+        now: crate::clock::UnixMillis,
+    ) -> Result<super::event_token::VerifiedEvent, ReceiveError> {
+        let unverified = verifier.precheck(token, now)?;
+        match verifier.verify_signature(unverified, now).await {
+            Ok(event) => Ok(event),
+            Err(refused @ EventError::BadKey(_)) => {
+                if budget.charge(source) {
+                    Err(refused.into())
+                } else {
+                    Err(ReceiveError::RateLimited)
+                }
+            }
+            Err(other) => Err(other.into()),
         }
     }
 
@@ -144,14 +184,19 @@ impl IdpReceiver {
         self.ssf.is_some()
     }
 
-    /// An OIDC logout token (the `logout_token` form parameter).
-    pub async fn logout(&self, token: &str) -> Result<Received, ReceiveError> {
+    /// An OIDC logout token (the `logout_token` form parameter) sent from `source`.
+    pub async fn logout(
+        &self,
+        token: &str,
+        source: Option<IpAddr>,
+    ) -> Result<Received, ReceiveError> {
         let verifier = self
             .backchannel
             .as_ref()
             .ok_or(ReceiveError::NotConfigured)?;
-        let event = verifier.verify(token, self.authority.now_ms()).await?;
-        let action = backchannel::interpret(&event.claims)?;
+        let now = self.authority.now_ms();
+        let event = Self::verified(verifier, &self.logout_budget, token, source, now).await?;
+        let action = backchannel::interpret(&event.claims, self.prefix(&event.issuer))?;
         let who = format!("backchannel:{}", event.issuer);
         self.refuse_replay(&who, &event.jti).await?;
         self.act(
@@ -166,28 +211,34 @@ impl IdpReceiver {
         })
     }
 
-    /// A Security Event Token (the body of an RFC 8935 push).
-    pub async fn security_event(&self, set: &str) -> Result<Received, ReceiveError> {
+    /// A Security Event Token (the body of an RFC 8935 push) sent from `source`.
+    pub async fn security_event(
+        &self,
+        set: &str,
+        source: Option<IpAddr>,
+    ) -> Result<Received, ReceiveError> {
         let verifier = self.ssf.as_ref().ok_or(ReceiveError::NotConfigured)?;
-        let event = verifier.verify(set, self.authority.now_ms()).await?;
-        let interpreted = ssf::interpret(&event.claims, &self.mapping)?;
+        let now = self.authority.now_ms();
+        let event = Self::verified(verifier, &self.ssf_budget, set, source, now).await?;
+        let mapping = SubjectMapping {
+            issuer: event.issuer.clone(),
+            prefix: self.prefix(&event.issuer).to_owned(),
+            email_is_user_id: self.email_is_user_id,
+        };
+        let interpreted = ssf::interpret(&event.claims, &mapping)?;
         let who = format!("ssf:{}", event.issuer);
         self.refuse_replay(&who, &event.jti).await?;
         let mut effects = Vec::with_capacity(interpreted.len());
         for (event_type, meaning) in interpreted {
             match meaning {
                 Interpreted::Act(action) => {
-                    self.act(&action, &Cause::new(&who, Some(event_type.clone())))
+                    let acted = self
+                        .act(&action, &Cause::new(&who, Some(event_type.clone())))
                         .await?;
-                    effects.push((event_type, Some(action)));
+                    effects.push((event_type, acted.then_some(action)));
                 }
                 Interpreted::Ignored(_) => {
-                    self.authority
-                        .revocations()
-                        .metrics()
-                        .security
-                        .idp_events_ignored
-                        .inc();
+                    self.ignored(Ignored::EventType);
                     effects.push((event_type, None));
                 }
             }
@@ -223,7 +274,17 @@ impl IdpReceiver {
         }
     }
 
-    async fn act(&self, action: &IdpAction, cause: &Cause) -> Result<(), AuthorityError> {
+    fn ignored(&self, why: Ignored) {
+        self.authority
+            .revocations()
+            .metrics()
+            .security
+            .idp_event_ignored(why);
+    }
+
+    /// Makes the change `action` asks for; false when it was not the sender's to make (a ban
+    /// lifted by a transmitter that did not set it: counted, logged, and left in place).
+    async fn act(&self, action: &IdpAction, cause: &Cause) -> Result<bool, AuthorityError> {
         // The events' ids were checked like the API's; parsed here into the use cases' types.
         let user = |raw: &str| parse_user_id("sub", raw.to_owned());
         match action {
@@ -250,9 +311,18 @@ impl IdpReceiver {
                     .await?;
             }
             IdpAction::LiftBan { user_id } => {
-                self.authority.lift_ban(&user(user_id)?, cause).await?;
+                let lifted = self.authority.lift_own_ban(&user(user_id)?, cause).await?;
+                if lifted == LiftOutcome::NotOwner {
+                    self.ignored(Ignored::NotOwner);
+                    tracing::warn!(
+                        who = %cause.who,
+                        "identity provider event ignored: account-enabled for a ban another \
+                         party set (the operator's LiftBan lifts it)"
+                    );
+                    return Ok(false);
+                }
             }
         }
-        Ok(())
+        Ok(true)
     }
 }

@@ -11,9 +11,10 @@
 //! | SSF `verification`, anything else | accepted and ignored (counted) |
 //!
 //! The subject is SSF 1.0's top-level `sub_id`, or (earlier drafts) the event's own `subject`.
-//! Formats: `iss_sub` (the `sub` is our user id; its `iss` must be one we trust), `opaque` (the
-//! `id` is our user id), `email` only with `--ssf-email-subjects` (our user ids are addresses),
-//! `complex` with a `user` and optionally a `session`.
+//! Formats: `iss_sub` (its `iss` must be the transmitter's own), `opaque` (the `id`), `email`
+//! only with `--ssf-email-subjects` (our user ids are addresses), `complex` with a `user` and
+//! optionally a `session`. The user id is the transmitter's subject prefix + the subject, and a
+//! session id is scoped the same way (SPEC §13: subjects belong to their issuer).
 use serde_json::{Map, Value};
 
 use super::IdpAction;
@@ -26,13 +27,27 @@ pub const SET_TYPES: &[&str] = &["secevent+jwt"];
 const CAEP: &str = "https://schemas.openid.net/secevent/caep/event-type/";
 const RISC: &str = "https://schemas.openid.net/secevent/risc/event-type/";
 
-/// How subjects map to our user ids.
+/// How one transmitter's subjects map to our user ids.
 #[derive(Debug, Clone, Default)]
 pub struct SubjectMapping {
-    /// Issuers whose `iss_sub` subjects are ours (the transmitters and the OIDC issuers).
-    pub issuers: Vec<String>,
+    /// The transmitter's own `iss`: the only one an `iss_sub` subject may name.
+    pub issuer: String,
+    /// What is put before its subjects and session ids.
+    pub prefix: String,
     /// Whether an `email` subject names a user (our user ids are addresses).
     pub email_is_user_id: bool,
+}
+
+impl SubjectMapping {
+    fn scoped(&self, id: &str) -> Result<String, EventError> {
+        let scoped = format!("{}{id}", self.prefix);
+        match user_id_problem(&scoped) {
+            None => Ok(scoped),
+            Some(problem) => Err(EventError::Malformed(format!(
+                "the subject with its prefix {problem}"
+            ))),
+        }
+    }
 }
 
 /// What one event of a SET asks for.
@@ -125,7 +140,7 @@ impl Subject {
                     None => None,
                 };
                 let session = match object.get("session") {
-                    Some(session) => Some(opaque_id(session)?),
+                    Some(session) => Some(mapping.scoped(&opaque_id(session)?)?),
                     None => None,
                 };
                 if user.is_none() && session.is_none() {
@@ -139,7 +154,7 @@ impl Subject {
                 })
             }
             _ => Ok(Subject {
-                user_id: Some(user_of(object, mapping)?),
+                user_id: Some(mapping.scoped(&user_of(object, mapping)?)?),
                 session: None,
             }),
         }
@@ -163,9 +178,11 @@ fn user_of(object: &Map<String, Value>, mapping: &SubjectMapping) -> Result<Stri
     match object.get("format").and_then(Value::as_str) {
         Some("iss_sub") => {
             let iss = member(object, "iss")?;
-            if !mapping.issuers.iter().any(|trusted| trusted == iss) {
+            if iss != mapping.issuer {
                 return Err(EventError::Malformed(
-                    "the subject's iss is not an issuer whose subjects are ours".into(),
+                    "the subject's iss is not the transmitter's own: a transmitter speaks only \
+                     for its own subjects"
+                        .into(),
                 ));
             }
             Ok(member(object, "sub")?.to_owned())
@@ -202,7 +219,8 @@ mod tests {
 
     fn mapping() -> SubjectMapping {
         SubjectMapping {
-            issuers: vec!["https://idp".into()],
+            issuer: "https://idp".into(),
+            prefix: String::new(),
             email_is_user_id: false,
         }
     }
@@ -301,5 +319,33 @@ mod tests {
         );
         assert!(interpret(&with(json!({"format": "opaque", "id": ""})), &mapping()).is_err());
         assert!(interpret(&set(json!({"events": { revoke.clone(): {} }})), &mapping()).is_err());
+    }
+
+    #[test]
+    fn subjects_and_sessions_take_the_transmitters_prefix() {
+        let prefixed = SubjectMapping {
+            prefix: "a:".into(),
+            ..mapping()
+        };
+        let revoked = format!("{CAEP}session-revoked");
+        let subject = json!({"format": "complex",
+            "user": {"format": "iss_sub", "iss": "https://idp", "sub": "alice"},
+            "session": {"format": "opaque", "id": "s1"}});
+        let claims = set(json!({"sub_id": subject, "events": { revoked.clone(): {} }}));
+        assert_eq!(
+            interpret(&claims, &prefixed),
+            Ok(vec![(
+                revoked,
+                Interpreted::Act(IdpAction::RevokeIdpSession {
+                    sid: "a:s1".into(),
+                    user_id: Some("a:alice".into())
+                })
+            )])
+        );
+        // Another trusted issuer's subject, named by this transmitter: refused.
+        let other = json!({"format": "iss_sub", "iss": "https://other-trusted", "sub": "bob"});
+        let change = format!("{CAEP}credential-change");
+        let claims = set(json!({"sub_id": other, "events": { change: {} }}));
+        assert!(interpret(&claims, &prefixed).is_err());
     }
 }

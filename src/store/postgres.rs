@@ -917,14 +917,15 @@ impl RevocationStore for PostgresStore {
                     next_seq!(),
                     "),
              up AS (
-                 INSERT INTO user_cutoffs (user_id, cutoff_unix_ms, change_seq, changed_unix_ms)
+                 INSERT INTO user_cutoffs (user_id, cutoff_unix_ms, change_seq, changed_unix_ms, set_by)
                      VALUES ($1, $2, (SELECT seq FROM next), ",
                     db_now_ms!(),
-                    ")
+                    ", $3)
                  ON CONFLICT (user_id) DO UPDATE
                      SET cutoff_unix_ms = EXCLUDED.cutoff_unix_ms,
                          change_seq = EXCLUDED.change_seq,
                          changed_unix_ms = EXCLUDED.changed_unix_ms,
+                         set_by = EXCLUDED.set_by,
                          updated_at = now()
                      WHERE user_cutoffs.cutoff_unix_ms < EXCLUDED.cutoff_unix_ms
                  RETURNING cutoff_unix_ms, change_seq, changed_unix_ms
@@ -937,6 +938,7 @@ impl RevocationStore for PostgresStore {
                 .persistent(self.prepared)
                 .bind(user_id)
                 .bind(at_least)
+                .bind(&audit.who)
                 .fetch_one(tx.conn().await?)
                 .await?;
             let change = changed.then(|| Change::Cutoff {
@@ -965,6 +967,7 @@ impl RevocationStore for PostgresStore {
         &self,
         user_id: &str,
         now: UnixMillis,
+        only_owner: Option<&str>,
         audit: &Audit,
     ) -> Result<Option<ChangeSeq>, StoreError> {
         self.bounded_write(async {
@@ -976,13 +979,16 @@ impl RevocationStore for PostgresStore {
                 "),
                      changed_unix_ms = ",
                 db_now_ms!(),
-                ", updated_at = now()
+                ", updated_at = now(), set_by = $3
                  WHERE user_id = $1 AND cutoff_unix_ms > $2
+                     AND ($4::text IS NULL OR set_by = $4)
                  RETURNING change_seq, changed_unix_ms"
             ))
             .persistent(self.prepared)
             .bind(user_id)
             .bind(now)
+            .bind(&audit.who)
+            .bind(only_owner)
             .fetch_optional(tx.conn().await?)
             .await?;
             let change = seq.map(|(seq, committed_ms)| Change::Cutoff {
@@ -998,6 +1004,18 @@ impl RevocationStore for PostgresStore {
                 until_ms: Some(now),
             };
             Ok(self.finish(tx, change, audited).await?.map(|c| c.seq()))
+        })
+        .await
+    }
+
+    async fn cutoff_owner(&self, user_id: &str) -> Result<Option<String>, StoreError> {
+        self.bounded_read(async {
+            let mut session = self.session().await?;
+            let owner =
+                sql::cutoff_owner::<Postgres>(session.conn().await?, self.prepared, user_id)
+                    .await?;
+            session.done().await?;
+            Ok(owner)
         })
         .await
     }

@@ -153,6 +153,28 @@ where
     Ok(())
 }
 
+/// Who set the user's cutoff in force, if recorded.
+pub(super) async fn cutoff_owner<DB>(
+    conn: &mut DB::Connection,
+    prepared: bool,
+    user_id: &str,
+) -> Result<Option<String>, StoreError>
+where
+    DB: Database + HasStatementCache,
+    DB::Arguments: IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    (Option<String>,): for<'r> FromRow<'r, DB::Row>,
+{
+    let row: Option<(Option<String>,)> =
+        sqlx::query_as("SELECT set_by FROM user_cutoffs WHERE user_id = $1")
+            .persistent(prepared)
+            .bind(user_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(row.and_then(|(owner,)| owner))
+}
+
 /// The user's cutoff, with the change that set it.
 pub(super) async fn cutoff<DB>(
     conn: &mut DB::Connection,

@@ -228,12 +228,13 @@ impl RevocationStore for SqliteStore {
     ) -> Result<CutoffUpdate, StoreError> {
         let (mut tx, seq) = self.writer().await?;
         let raised = sqlx::query(
-            "INSERT INTO user_cutoffs (user_id, cutoff_unix_ms, change_seq, changed_unix_ms)
-                 VALUES (?1, ?2, ?3, ?4)
+            "INSERT INTO user_cutoffs (user_id, cutoff_unix_ms, change_seq, changed_unix_ms, set_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (user_id) DO UPDATE
                      SET cutoff_unix_ms = excluded.cutoff_unix_ms,
                          change_seq = excluded.change_seq,
                          changed_unix_ms = excluded.changed_unix_ms,
+                         set_by = excluded.set_by,
                          updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
                      WHERE user_cutoffs.cutoff_unix_ms < excluded.cutoff_unix_ms",
         )
@@ -241,6 +242,7 @@ impl RevocationStore for SqliteStore {
         .bind(at_least)
         .bind(seq)
         .bind(wall_ms())
+        .bind(&audit.who)
         .execute(&mut *tx)
         .await?
         .rows_affected()
@@ -277,19 +279,23 @@ impl RevocationStore for SqliteStore {
         &self,
         user_id: &str,
         now: UnixMillis,
+        only_owner: Option<&str>,
         audit: &Audit,
     ) -> Result<Option<ChangeSeq>, StoreError> {
         let (mut tx, seq) = self.writer().await?;
         let lifted = sqlx::query(
             "UPDATE user_cutoffs
-                 SET cutoff_unix_ms = ?2, change_seq = ?3, changed_unix_ms = ?4,
+                 SET cutoff_unix_ms = ?2, change_seq = ?3, changed_unix_ms = ?4, set_by = ?5,
                      updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-                 WHERE user_id = ?1 AND cutoff_unix_ms > ?2",
+                 WHERE user_id = ?1 AND cutoff_unix_ms > ?2
+                     AND (?6 IS NULL OR set_by = ?6)",
         )
         .bind(user_id)
         .bind(now)
         .bind(seq)
         .bind(wall_ms())
+        .bind(&audit.who)
+        .bind(only_owner)
         .execute(&mut *tx)
         .await?
         .rows_affected()
@@ -301,6 +307,10 @@ impl RevocationStore for SqliteStore {
             until_ms: Some(now),
         };
         Self::finish(tx, seq, lifted, audited).await
+    }
+
+    async fn cutoff_owner(&self, user_id: &str) -> Result<Option<String>, StoreError> {
+        sql::cutoff_owner::<Sqlite>(&mut *self.pool.acquire().await?, true, user_id).await
     }
 
     async fn is_denied(&self, kind: DenyKind, id: &str) -> Result<bool, StoreError> {

@@ -14,10 +14,13 @@ use crate::common::{
 };
 
 mod provider;
+mod trust;
 
 const ISSUER: &str = "https://keycloak.test/realms/app";
 const CLIENT_ID: &str = "token-app";
-const TRANSMITTER: &str = "https://ssf.test";
+/// The same provider as the OpenID Provider: one issuer, so no subject prefix is needed (the
+/// prefixes of several are tested in `several_providers_each_name_their_own_users`).
+const TRANSMITTER: &str = ISSUER;
 const AUDIENCE: &str = "https://sidecar.test/ssf";
 const LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 const CAEP: &str = "https://schemas.openid.net/secevent/caep/event-type/";
@@ -353,12 +356,14 @@ async fn every_refused_logout_token_is_answered_400_and_stores_nothing() {
             ),
         ),
         (
+            // Issued before the key set was read: the kid is known to be absent (final; a
+            // token issued since is answered 503 until a read settles it).
             "unknown kid",
             sign(
                 "ES256",
                 Some("p256.pem"),
                 json!({"kid": "k9"}),
-                &with(&|_| ()),
+                &with(&|c| c["iat"] = json!(now - 5)),
             ),
         ),
         (
@@ -550,7 +555,10 @@ async fn security_events_revoke_ban_and_lift_on_every_instance() {
     assert_eq!(push(&a, &send(unknown)).await.status, 202);
     let metrics = crate::common::http_get(a.metrics_addr, "/metrics").await.1;
     assert_eq!(
-        crate::common::metric_value(&metrics, "token_sidecar_idp_events_ignored_total"),
+        crate::common::metric_value(
+            &metrics,
+            "token_sidecar_idp_events_ignored_total{why=\"event_type\"}"
+        ),
         Some(2.0),
         "{metrics}"
     );
@@ -612,12 +620,13 @@ async fn refused_security_events_get_rfc8935_errors_and_an_unknown_kid_refetches
             "invalid_request",
         ),
         (
+            // Issued before the key set was last read: the kid is known to be absent (final).
             "unknown kid",
             sign(
                 "ES256",
                 Some("p256.pem"),
                 json!({"kid": "k2", "typ": "secevent+jwt"}),
-                &claims(),
+                &with(&|c| c["iat"] = json!(now - 5)),
             ),
             "invalid_key",
         ),
@@ -672,7 +681,8 @@ async fn refused_security_events_get_rfc8935_errors_and_an_unknown_kid_refetches
     assert_eq!(a.count_rows("audit_log").await, 0);
 
     // The transmitter rotates to a new key: a SET under the unknown kid makes the sidecar read
-    // the key set again (within its read budget).
+    // the key set again once a read is allowed (one per second per provider, whoever asks);
+    // until then the answer is 503 with Retry-After — never a final 400 — and the retry works.
     write_jwks(&jwks, &[("k1", "rsa.pem"), ("k2", "p256.pem")]);
     let rotated = sign(
         "ES256",
@@ -680,7 +690,15 @@ async fn refused_security_events_get_rfc8935_errors_and_an_unknown_kid_refetches
         json!({"kid": "k2", "typ": "secevent+jwt"}),
         &claims(),
     );
-    let answer = push(&a, &rotated).await;
+    let mut answer = push(&a, &rotated).await;
+    if answer.status == 503 {
+        let wait: i64 = answer
+            .header("retry-after")
+            .and_then(|v| v.parse().ok())
+            .expect("a 503 says when to retry");
+        a.clock.advance_ms(wait * SEC);
+        answer = push(&a, &rotated).await;
+    }
     assert_eq!(answer.status, 202, "{answer:?}");
     assert_eq!(a.verdict(&token).await, pb::Reason::UserRevoked);
     let replayed = push(&a, &rotated).await;

@@ -167,12 +167,25 @@ pub struct RevokeOutcome {
 }
 
 /// A user's revocation state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserStatus {
     /// The cutoff, if any.
     pub cutoff_ms: Option<UnixMillis>,
     /// Whether the cutoff lies in the future.
     pub banned: bool,
+    /// While banned: who set the ban (the audit trail's `who`), if recorded.
+    pub banned_by: Option<String>,
+}
+
+/// What an identity provider's lifting of a ban did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiftOutcome {
+    /// The ban was the sender's own, and is lifted.
+    Lifted,
+    /// A ban set by someone else runs, and stays.
+    NotOwner,
+    /// No ban ran.
+    NoBan,
 }
 
 /// Issues, verifies, refreshes and revokes tokens.
@@ -181,6 +194,9 @@ pub struct TokenAuthority {
     policy: RevocationPolicy,
     revocations: Arc<Revocations>,
     clock: Arc<dyn Clock>,
+    /// The identity providers' subject prefixes: an IdP session id given to Issue is scoped
+    /// by the prefix its user id starts with (SPEC §13). Empty: no identity provider.
+    idp_prefixes: Vec<String>,
 }
 
 impl TokenAuthority {
@@ -196,6 +212,44 @@ impl TokenAuthority {
             policy,
             revocations,
             clock,
+            idp_prefixes: Vec::new(),
+        }
+    }
+
+    /// Scopes IdP session ids by the identity providers' subject prefixes (`""` for a single
+    /// provider without one): Issue's `idp_session_id` for user `P + sub` is kept as `P + sid`,
+    /// what that provider's logout revokes, so that two providers' session ids never collide.
+    pub fn with_idp_prefixes(mut self, prefixes: Vec<String>) -> Self {
+        self.idp_prefixes = prefixes;
+        self
+    }
+
+    /// The IdP session id a token of `user_id` carries for the provider's `sid`.
+    fn scoped_idp_session(&self, user_id: &UserId, sid: String) -> Result<String, AuthorityError> {
+        if self.idp_prefixes.is_empty() {
+            return Ok(sid);
+        }
+        let prefix = self
+            .idp_prefixes
+            .iter()
+            .filter(|p| user_id.as_str().starts_with(p.as_str()))
+            .max_by_key(|p| p.len())
+            .ok_or_else(|| {
+                invalid(
+                    "idp_session_id",
+                    ErrorCode::InvalidIdpSessionId,
+                    "the user id starts with no identity provider's subject prefix, so the \
+                     session cannot be theirs",
+                )
+            })?;
+        let scoped = format!("{prefix}{sid}");
+        match user_id_problem(&scoped) {
+            None => Ok(scoped),
+            Some(problem) => Err(invalid(
+                "idp_session_id",
+                ErrorCode::InvalidIdpSessionId,
+                problem,
+            )),
         }
     }
 
@@ -249,7 +303,7 @@ impl TokenAuthority {
     }
 
     /// Issues the first token of a new session (SPEC §4 rule 3).
-    pub async fn issue(&self, request: IssueRequest) -> Result<IssuedToken, AuthorityError> {
+    pub async fn issue(&self, mut request: IssueRequest) -> Result<IssuedToken, AuthorityError> {
         check_custom_claims(&request.claims)?;
         if let Some(idp_sid) = &request.idp_session_id
             && let Some(problem) = user_id_problem(idp_sid)
@@ -259,6 +313,9 @@ impl TokenAuthority {
                 ErrorCode::InvalidIdpSessionId,
                 problem,
             ));
+        }
+        if let Some(idp_sid) = request.idp_session_id.take() {
+            request.idp_session_id = Some(self.scoped_idp_session(&request.user_id, idp_sid)?);
         }
         if let Some(ttl) = request.ttl_ms
             && ttl < MIN_TTL_MS
@@ -551,14 +608,40 @@ impl TokenAuthority {
         })
     }
 
-    /// Ends a running ban now (rule 2); tokens from before stay revoked. False if no ban ran.
+    /// Ends a running ban now, whoever set it (rule 2; the operator's LiftBan); tokens from
+    /// before stay revoked. False if no ban ran.
     pub async fn lift_ban(&self, user_id: &UserId, cause: &Cause) -> Result<bool, AuthorityError> {
         check_reason(cause.why.as_deref())?;
         let store = self.store_ready()?;
         let audit = self.audit(AuditAction::LiftBan, cause);
         Ok(store
-            .lift_ban(user_id.as_str(), audit.at_ms, &audit)
+            .lift_ban(user_id.as_str(), audit.at_ms, None, &audit)
             .await?)
+    }
+
+    /// Ends a running ban only if `cause.who` set it (SPEC §13: a transmitter's RISC
+    /// `account-enabled` lifts only its own ban; an operator's or another transmitter's stays).
+    pub async fn lift_own_ban(
+        &self,
+        user_id: &UserId,
+        cause: &Cause,
+    ) -> Result<LiftOutcome, AuthorityError> {
+        check_reason(cause.why.as_deref())?;
+        let store = self.store_ready()?;
+        let audit = self.audit(AuditAction::LiftBan, cause);
+        if store
+            .lift_ban(user_id.as_str(), audit.at_ms, Some(&cause.who), &audit)
+            .await?
+        {
+            return Ok(LiftOutcome::Lifted);
+        }
+        // Not lifted: say whether a ban of someone else's runs, or none does.
+        let cutoff = store.cutoff(user_id.as_str()).await?;
+        if RevocationPolicy::is_banned(cutoff, self.clock.now_ms()) {
+            Ok(LiftOutcome::NotOwner)
+        } else {
+            Ok(LiftOutcome::NoBan)
+        }
     }
 
     /// Revokes every token minted for an identity provider's session (a back-channel logout or
@@ -642,13 +725,20 @@ impl TokenAuthority {
         }
     }
 
-    /// The user's cutoff and whether a ban is running.
+    /// The user's cutoff, whether a ban is running, and who set it.
     pub async fn user_status(&self, user_id: &UserId) -> Result<UserStatus, AuthorityError> {
         let store = self.store_ready()?;
         let cutoff_ms = store.cutoff(user_id.as_str()).await?;
+        let banned = RevocationPolicy::is_banned(cutoff_ms, self.clock.now_ms());
+        let banned_by = if banned {
+            store.cutoff_owner(user_id.as_str()).await?
+        } else {
+            None
+        };
         Ok(UserStatus {
             cutoff_ms,
-            banned: RevocationPolicy::is_banned(cutoff_ms, self.clock.now_ms()),
+            banned,
+            banned_by,
         })
     }
 

@@ -761,10 +761,14 @@ impl Revocations {
         &self,
         user_id: &str,
         now: UnixMillis,
+        only_owner: Option<&str>,
         audit: &Audit,
     ) -> Result<bool, StoreError> {
         match self
-            .write("lift_ban", self.store.lift_ban(user_id, now, audit))
+            .write(
+                "lift_ban",
+                self.store.lift_ban(user_id, now, only_owner, audit),
+            )
             .await?
         {
             Some(seq) => {
@@ -777,6 +781,13 @@ impl Revocations {
             }
             None => Ok(false),
         }
+    }
+
+    /// Who set the user's cutoff in force (always read from the store: it is asked only by
+    /// GetUserStatus and by an identity provider lifting a ban).
+    pub async fn cutoff_owner(&self, user_id: &str) -> Result<Option<String>, StoreError> {
+        self.query("cutoff_owner", self.store.cutoff_owner(user_id))
+            .await
     }
 
     /// Denylists a token or session and applies it here before returning.
@@ -993,7 +1004,9 @@ mod model {
                 .raise_cutoff(&u, at_least, &audit())
                 .await
                 .map(|_| ()),
-            ForeignWrite::LiftBan(u, now) => instance.lift_ban(&u, now, &audit()).await.map(|_| ()),
+            ForeignWrite::LiftBan(u, now) => {
+                instance.lift_ban(&u, now, None, &audit()).await.map(|_| ())
+            }
             ForeignWrite::Deny(entry) => instance.deny(&entry, &audit()).await.map(|_| ()),
         };
         assert!(done.is_ok(), "the memory store always answers");

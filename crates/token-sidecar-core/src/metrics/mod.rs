@@ -27,7 +27,7 @@ pub use caches::{Cache, CacheMetrics, Lookup};
 pub use clock::ClockMetrics;
 pub use edge::EdgeMetrics;
 pub use rpc::{RpcMetrics, TraceExemplar};
-pub use security::SecurityMetrics;
+pub use security::{Ignored, SecurityMetrics};
 pub use store::StoreMetrics;
 pub use sync::SyncMetrics;
 pub use tasks::TaskMetrics;

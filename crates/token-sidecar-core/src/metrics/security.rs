@@ -1,14 +1,31 @@
 //! Security events: refresh tokens reused after the interval, IdP events not acted on.
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-/// `refresh_reuse_detected_total`, `idp_events_ignored_total`.
+use super::label_enum;
+
+label_enum! {
+    /// Why an identity provider's event was accepted and not acted on.
+    Ignored {
+        /// An event type the sidecar does not act on (SSF's verification event included).
+        EventType => "event_type",
+        /// RISC `account-enabled` for a ban another party set (SPEC §13: a ban has an owner).
+        NotOwner => "not_owner",
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IgnoredLabels {
+    why: Ignored,
+}
+
+/// `refresh_reuse_detected_total`, `idp_events_ignored_total{why}`.
 pub struct SecurityMetrics {
     /// Refreshes of a superseded token after the reuse interval (sessions revoked, SPEC §11).
     pub refresh_reuse_detected: Counter,
-    /// Security events from identity providers accepted but not acted on (an event type we do
-    /// not act on, SSF's verification event).
-    pub idp_events_ignored: Counter,
+    idp_events_ignored: Family<IgnoredLabels, Counter>,
 }
 
 impl SecurityMetrics {
@@ -16,7 +33,7 @@ impl SecurityMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let this = Self {
             refresh_reuse_detected: Counter::default(),
-            idp_events_ignored: Counter::default(),
+            idp_events_ignored: Family::default(),
         };
         registry.register(
             "refresh_reuse_detected",
@@ -26,10 +43,18 @@ impl SecurityMetrics {
         );
         registry.register(
             "idp_events_ignored",
-            "Security events from identity providers (Shared Signals) accepted and not acted on: \
-             an event type the sidecar does not act on, or a stream verification",
+            "Security events from identity providers accepted and not acted on, by why: an \
+             event type the sidecar does not act on (or a stream verification), or a ban lifted \
+             by a transmitter that did not set it",
             this.idp_events_ignored.clone(),
         );
         this
+    }
+
+    /// Counts an identity provider's event accepted and not acted on.
+    pub fn idp_event_ignored(&self, why: Ignored) {
+        self.idp_events_ignored
+            .get_or_create(&IgnoredLabels { why })
+            .inc();
     }
 }

@@ -34,6 +34,8 @@ struct State {
     /// Every change as it was announced, in order.
     announced: Vec<Announcement>,
     cutoffs: HashMap<String, (UnixMillis, ChangeSeq)>,
+    /// Who set each cutoff in force.
+    owners: HashMap<String, String>,
     denylist: HashMap<(DenyKind, String), (UnixMillis, ChangeSeq)>,
     heads: HashMap<String, Superseded>,
     audit: Vec<AuditRecord>,
@@ -284,6 +286,7 @@ impl RevocationStore for MemoryStore {
             let mut state = self.state();
             let update = state.raise_cutoff(user_id, at_least);
             if update.changed {
+                state.owners.insert(user_id.to_owned(), audit.who.clone());
                 state.record(audit, Some(user_id), None, Some(update.cutoff_ms));
             }
             update
@@ -298,18 +301,29 @@ impl RevocationStore for MemoryStore {
         &self,
         user_id: &str,
         now: UnixMillis,
+        only_owner: Option<&str>,
         audit: &Audit,
     ) -> Result<Option<ChangeSeq>, StoreError> {
         let lifted = {
             let mut state = self.state();
+            if only_owner
+                .is_some_and(|owner| state.owners.get(user_id).map(String::as_str) != Some(owner))
+            {
+                return Ok(None);
+            }
             let lifted = state.lift_ban(user_id, now);
             if lifted.is_some() {
+                state.owners.insert(user_id.to_owned(), audit.who.clone());
                 state.record(audit, Some(user_id), None, Some(now));
             }
             lifted
         };
         lifted.inspect(|&seq| self.wrote(seq));
         Ok(lifted)
+    }
+
+    async fn cutoff_owner(&self, user_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.state().owners.get(user_id).cloned())
     }
 
     async fn is_denied(&self, kind: DenyKind, id: &str) -> Result<bool, StoreError> {

@@ -294,21 +294,27 @@ pub trait RevocationStore: Send + Sync + 'static {
     }
     /// The user's cutoff, if any, with the change that set it.
     async fn cutoff(&self, user_id: &str) -> Result<CutoffRecord, StoreError>;
-    /// Atomically sets `C := max(C, at_least)` (SPEC §4 rule 2); a change records `audit`.
+    /// Atomically sets `C := max(C, at_least)` (SPEC §4 rule 2); a change records `audit`, and
+    /// its `who` becomes the cutoff's owner.
     async fn raise_cutoff(
         &self,
         user_id: &str,
         at_least: UnixMillis,
         audit: &Audit,
     ) -> Result<CutoffUpdate, StoreError>;
-    /// Atomically sets `C := now` if `C > now` (lifting a running ban); the change if it did,
-    /// recording `audit`.
+    /// Atomically sets `C := now` if `C > now` (lifting a running ban) — and, with
+    /// `only_owner`, only if that is who set the ban (SPEC §13) — the change if it did,
+    /// recording `audit` (whose `who` becomes the cutoff's owner).
     async fn lift_ban(
         &self,
         user_id: &str,
         now: UnixMillis,
+        only_owner: Option<&str>,
         audit: &Audit,
     ) -> Result<Option<ChangeSeq>, StoreError>;
+    /// Who set the user's cutoff in force (the audit trail's `who` of that change); None with
+    /// no cutoff, or one set before owners were recorded.
+    async fn cutoff_owner(&self, user_id: &str) -> Result<Option<String>, StoreError>;
     /// Whether one token or session is denied.
     async fn is_denied(&self, kind: DenyKind, id: &str) -> Result<bool, StoreError>;
     /// Adds a denylist row, recording `audit`; its change number, or None if it was there
