@@ -374,10 +374,7 @@ impl BoundedExport {
                 if !batch.is_empty() {
                     let spans_in = batch.len() as u64;
                     let sent = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-                    let outcome = match tokio::time::timeout(timeout, exporter.export(sent)).await {
-                        Ok(Ok(())) => "exported",
-                        _ => "export_failed",
-                    };
+                    let outcome = export_with_retries(&exporter, sent, timeout).await;
                     count(outcome, spans_in);
                 }
                 if let Some(done) = done {
@@ -390,6 +387,33 @@ impl BoundedExport {
         });
         Self { queue, flush }
     }
+}
+
+/// Attempts at exporting one batch before it is dropped (and counted `export_failed`).
+const EXPORT_ATTEMPTS: u32 = 3;
+/// The pause before a failed batch is tried again (doubled each time).
+const RETRY_DELAY: Duration = Duration::from_millis(200);
+
+/// Exports `batch`, trying again after a failure: the exporter's connection is opened on its
+/// first export, and a process's first batch — the first requests' spans — must not be lost to
+/// a connection still being set up or a collector a moment late. (Spans that arrive meanwhile
+/// wait in the bounded queue.)
+async fn export_with_retries<E: SpanExporter>(
+    exporter: &E,
+    batch: Vec<SpanData>,
+    timeout: Duration,
+) -> &'static str {
+    let mut delay = RETRY_DELAY;
+    for attempt in 1..=EXPORT_ATTEMPTS {
+        if let Ok(Ok(())) = tokio::time::timeout(timeout, exporter.export(batch.clone())).await {
+            return "exported";
+        }
+        if attempt < EXPORT_ATTEMPTS {
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+    }
+    "export_failed"
 }
 
 impl SpanProcessor for BoundedExport {

@@ -51,6 +51,11 @@ pub fn classify(err: &AuthorityError) -> Classified {
             "unavailable",
             ErrorCode::OutcomeUnknown.as_str(),
         ),
+        AuthorityError::Store(StoreError::Overloaded) => (
+            Code::Unavailable,
+            "unavailable",
+            ErrorCode::Overloaded.as_str(),
+        ),
         AuthorityError::NotReady | AuthorityError::Store(_) => (
             Code::Unavailable,
             "unavailable",
@@ -138,6 +143,17 @@ pub fn to_status(err: AuthorityError) -> Status {
                 ),
             )
         }
+        // Not logged per request: a flood is what produces it (counted as the RPC's reason).
+        AuthorityError::Store(StoreError::Overloaded) => Status::with_error_details(
+            code,
+            "too many requests of this kind wait for the store; retry with backoff \
+             (nothing was changed)",
+            ErrorDetails::with_error_info(
+                ErrorCode::Overloaded.as_str(),
+                ERROR_DOMAIN,
+                HashMap::new(),
+            ),
+        ),
         AuthorityError::Store(e @ StoreError::Lost(_)) => {
             tracing::error!(error = %e, "write refused");
             unavailable(&format!("{e}; nothing was changed or acknowledged"))

@@ -49,9 +49,16 @@ impl FeedQuery {
 
 pub(crate) async fn changes(
     State(api): State<HttpApi>,
+    caller: Option<axum::extract::Extension<crate::api::caller::CallerInfo>>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
+    // Any feed reader is served in the store's open lane (no reader crowds out the others).
+    let caller = caller.and_then(|axum::extract::Extension(c)| c.remote_addr.map(|a| a.ip()));
+    let Some(_admitted) = api.admit_open(caller) else {
+        return crate::api::http::overloaded();
+    };
+    let lane = crate::store::Lane::Open(caller);
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -100,7 +107,10 @@ pub(crate) async fn changes(
         },
     };
     let revocations = api.authority().revocations();
-    match revocations.feed_page(after, anchor, limit).await {
+    match lane
+        .scope(revocations.feed_page(after, anchor, limit))
+        .await
+    {
         Err(e) => {
             tracing::warn!(error = %e, "the change feed could not be read");
             answered(

@@ -25,10 +25,11 @@ use axum::routing::{any, get, post};
 use serde_json::{Map, Value, json};
 
 use crate::api::bearer_credential;
-use crate::api::caller::{self, Callers};
+use crate::api::caller::{self, CallerInfo, Callers};
 use crate::api::feed;
 use crate::api::forward_auth::{Decision, ForwardAuth, Presented};
 use crate::api::idp_routes;
+use crate::api::open_gate::OpenGate;
 use crate::api::outcome::{self, answered};
 use crate::api::token_service::loggable;
 use crate::api::trace;
@@ -36,6 +37,7 @@ use crate::authority::{AuthorityError, Cause, RevokeTarget, TokenAuthority};
 use crate::error_code::ErrorCode;
 use crate::idp::IdpReceiver;
 use crate::metrics::Metrics;
+use crate::store::Lane;
 use crate::token::MAX_TOKEN_BYTES;
 
 /// Envoy's HTTP ext_authz: the headers to remove from the upstream request.
@@ -67,6 +69,8 @@ pub struct HttpApi {
     callers: Callers,
     metrics: Arc<Metrics>,
     idp: Option<Arc<IdpReceiver>>,
+    /// RFC 7009 revocations and feed reads, a few at a time per caller.
+    open: OpenGate,
 }
 
 impl HttpApi {
@@ -78,6 +82,7 @@ impl HttpApi {
             callers,
             metrics,
             idp: None,
+            open: OpenGate::default(),
         }
     }
 
@@ -89,6 +94,14 @@ impl HttpApi {
 
     pub(crate) fn callers(&self) -> &Callers {
         &self.callers
+    }
+
+    /// Admits one open request of `caller` (see [`OpenGate`]); None: answer [`overloaded`].
+    pub(crate) fn admit_open(
+        &self,
+        caller: Option<std::net::IpAddr>,
+    ) -> Option<crate::api::open_gate::Admitted> {
+        self.open.admit(caller)
     }
 
     pub(crate) fn authority(&self) -> &std::sync::Arc<TokenAuthority> {
@@ -293,7 +306,17 @@ async fn introspect(State(api): State<HttpApi>, headers: HeaderMap, body: Body) 
     }
 }
 
-async fn revoke(State(api): State<HttpApi>, headers: HeaderMap, body: Body) -> Response {
+async fn revoke(
+    State(api): State<HttpApi>,
+    caller: Option<axum::extract::Extension<CallerInfo>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let caller = caller.and_then(|axum::extract::Extension(c)| c.remote_addr.map(|a| a.ip()));
+    let Some(_admitted) = api.admit_open(caller) else {
+        return overloaded();
+    };
+    let lane = Lane::Open(caller);
     let token = match form_token(&headers, body).await {
         Ok(token) => token,
         Err(response) => {
@@ -304,12 +327,12 @@ async fn revoke(State(api): State<HttpApi>, headers: HeaderMap, body: Body) -> R
             );
         }
     };
-    match api
-        .decide
-        .authority()
-        .revoke(
-            RevokeTarget::Token(token),
-            &Cause::new(caller::TOKEN_HOLDER, Some("RFC 7009 revocation".into())),
+    let cause = Cause::new(caller::TOKEN_HOLDER, Some("RFC 7009 revocation".into()));
+    match lane
+        .scope(
+            api.decide
+                .authority()
+                .revoke(RevokeTarget::Token(token), &cause),
         )
         .await
     {
@@ -345,6 +368,11 @@ async fn revoke(State(api): State<HttpApi>, headers: HeaderMap, body: Body) -> R
             )
         }
     }
+}
+
+/// 503 `OVERLOADED` with `Retry-After`: the caller has its share of open requests in progress.
+pub(crate) fn overloaded() -> Response {
+    answered(unavailable(), "unavailable", ErrorCode::Overloaded.as_str())
 }
 
 /// The `token` parameter of a form body, or the 400 to answer.

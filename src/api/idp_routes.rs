@@ -36,6 +36,7 @@ use crate::error_code::ErrorCode;
 use crate::idp::event_token::{EventError, MAX_EVENT_TOKEN_BYTES};
 use crate::idp::{IdpReceiver, ReceiveError, Received};
 use crate::metrics::Metrics;
+use crate::store::Lane;
 
 /// How often one route logs a refusal of one reason.
 const LOG_EVERY: Duration = Duration::from_secs(60);
@@ -231,7 +232,10 @@ async fn backchannel_logout(
             );
         }
     };
-    let outcome = state.receiver.logout(&token, source(caller)).await;
+    let source = source(caller);
+    let outcome = Lane::Open(source)
+        .scope(state.receiver.logout(&token, source))
+        .await;
     log_outcome(&state.log, METHOD, &outcome);
     match outcome {
         Ok(_) => {
@@ -291,9 +295,9 @@ async fn ssf_events(
             bad_request,
         );
     };
-    let outcome = state
-        .receiver
-        .security_event(set.trim(), source(caller))
+    let source = source(caller);
+    let outcome = Lane::Open(source)
+        .scope(state.receiver.security_event(set.trim(), source))
         .await;
     log_outcome(&state.log, METHOD, &outcome);
     match outcome {

@@ -8,6 +8,9 @@
 //!   revocation — [`http`]; the identity providers' back-channel logout and Shared Signals
 //!   receivers — [`idp_routes`] (the use case is `crate::idp`).
 //!
+//! What any caller can ask without privilege is admitted a few at a time per caller address at
+//! the door ([`open_gate`]).
+//!
 //! The proxy surfaces share one decision, [`forward_auth`]: Verify's decode path and rules, turned
 //! into "allow with these identity headers", "deny with this `WWW-Authenticate`" or "cannot
 //! answer safely". A new surface gets a file here and calls the [`TokenAuthority`]
@@ -22,6 +25,7 @@ pub mod feed;
 pub mod forward_auth;
 pub mod http;
 pub mod idp_routes;
+pub mod open_gate;
 pub mod outcome;
 pub mod token_service;
 pub mod trace;

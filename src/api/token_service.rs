@@ -14,6 +14,7 @@ use crate::api::convert::{
     self, duration_ms, grant, proto_reason, struct_to_json, timestamp, timestamp_ms, token_claims,
 };
 use crate::api::errors::{ERROR_DOMAIN, classify, to_status};
+use crate::api::open_gate::OpenGate;
 use crate::api::pb::{self, token_service_server::TokenService};
 use crate::api::trace;
 use crate::authority::{
@@ -22,6 +23,7 @@ use crate::authority::{
 };
 use crate::error_code::ErrorCode;
 use crate::metrics::Metrics;
+use crate::store::{Lane, StoreError};
 
 /// `tokensidecar.v1.TokenService`, delegating to a [`TokenAuthority`].
 #[derive(Clone)]
@@ -29,6 +31,8 @@ pub struct TokenGrpc {
     authority: Arc<TokenAuthority>,
     metrics: Arc<Metrics>,
     callers: Callers,
+    /// Refresh and Revoke of a held token, a few at a time per caller.
+    open: OpenGate,
 }
 
 impl TokenGrpc {
@@ -39,6 +43,7 @@ impl TokenGrpc {
             authority,
             metrics,
             callers,
+            open: OpenGate::default(),
         }
     }
 
@@ -149,20 +154,21 @@ impl TokenService for TokenGrpc {
         self.authorize(&request, "Issue", started)?;
         let req = request.into_inner();
         let user_id = req.user_id.clone();
-        let result = async {
-            let ttl_ms = req.ttl.map(|d| duration_ms(&d, "ttl")).transpose()?;
-            let issued = self
-                .authority
-                .issue(IssueRequest {
-                    user_id: parse_user_id("user_id", req.user_id)?,
-                    claims: req.claims.map(struct_to_json).unwrap_or_default(),
-                    ttl_ms,
-                    idp_session_id: Some(req.idp_session_id).filter(|s| !s.is_empty()),
-                })
-                .await?;
-            Ok(pb::IssueResponse::from(grant(issued)))
-        }
-        .await;
+        let result = Lane::Privileged
+            .scope(async {
+                let ttl_ms = req.ttl.map(|d| duration_ms(&d, "ttl")).transpose()?;
+                let issued = self
+                    .authority
+                    .issue(IssueRequest {
+                        user_id: parse_user_id("user_id", req.user_id)?,
+                        claims: req.claims.map(struct_to_json).unwrap_or_default(),
+                        ttl_ms,
+                        idp_session_id: Some(req.idp_session_id).filter(|s| !s.is_empty()),
+                    })
+                    .await?;
+                Ok(pb::IssueResponse::from(grant(issued)))
+            })
+            .await;
         let jti = result.as_ref().map(|r| r.jti.clone()).unwrap_or_default();
         let subject = Subject {
             user_id: &user_id,
@@ -178,7 +184,7 @@ impl TokenService for TokenGrpc {
     ) -> Result<Response<pb::VerifyResponse>, Status> {
         let started = Instant::now();
         let token = request.into_inner().token;
-        let verdict = match self.authority.verify(&token).await {
+        let verdict = match Lane::Read.scope(self.authority.verify(&token)).await {
             Ok(verdict) => verdict,
             Err(e) => return self.finish("Verify", started, Err(e), Subject::default()),
         };
@@ -219,12 +225,15 @@ impl TokenService for TokenGrpc {
         request: Request<pb::RefreshRequest>,
     ) -> Result<Response<pb::RefreshResponse>, Status> {
         let started = Instant::now();
+        let caller = peer(&request);
         let token = request.into_inner().token;
-        let result = self
-            .authority
-            .refresh(&token)
-            .await
-            .map(|issued| pb::RefreshResponse::from(grant(issued)));
+        let result = match self.open.admit(caller) {
+            Some(_admitted) => Lane::Open(caller)
+                .scope(self.authority.refresh(&token))
+                .await
+                .map(|issued| pb::RefreshResponse::from(grant(issued))),
+            None => Err(AuthorityError::Store(StoreError::Overloaded)),
+        };
         let jti = result.as_ref().map(|r| r.jti.clone()).unwrap_or_default();
         let subject = Subject {
             user_id: "",
@@ -241,11 +250,29 @@ impl TokenService for TokenGrpc {
         use pb::revoke_request::Target;
         let started = Instant::now();
         // Revoking a token one holds is open (like Verify); every other target is privileged.
-        let who = if matches!(request.get_ref().target, Some(Target::Token(_))) {
-            self.admit(&request)
-                .unwrap_or_else(|_| caller::TOKEN_HOLDER.to_owned())
+        // (The store serves the open kind in its own lane: no caller can crowd out the others.)
+        let (who, lane, admitted) = if matches!(request.get_ref().target, Some(Target::Token(_))) {
+            match self.admit(&request) {
+                Ok(who) => (who, Lane::Privileged, None),
+                Err(_) => {
+                    let caller = peer(&request);
+                    let Some(admitted) = self.open.admit(caller) else {
+                        let refused = Err(AuthorityError::Store(StoreError::Overloaded));
+                        return self.finish("Revoke", started, refused, Subject::default());
+                    };
+                    (
+                        caller::TOKEN_HOLDER.to_owned(),
+                        Lane::Open(caller),
+                        Some(admitted),
+                    )
+                }
+            }
         } else {
-            self.authorize(&request, "Revoke", started)?
+            (
+                self.authorize(&request, "Revoke", started)?,
+                Lane::Privileged,
+                None,
+            )
         };
         let request = request.into_inner();
         let cause = Cause::new(who, Some(request.reason).filter(|r| !r.is_empty()));
@@ -256,41 +283,43 @@ impl TokenService for TokenGrpc {
             Some(Target::SessionId(sid)) => (String::new(), String::new(), Some(sid.clone())),
             _ => Default::default(),
         };
-        let result = async {
-            let target = match target {
-                Some(Target::Token(token)) => RevokeTarget::Token(token),
-                Some(Target::Jti(jti)) => RevokeTarget::Jti(parse_minted_id("jti", jti)?),
-                Some(Target::SessionId(sid)) => {
-                    RevokeTarget::Session(parse_minted_id("session_id", sid)?)
-                }
-                Some(Target::User(user)) => RevokeTarget::User {
-                    user_id: parse_user_id("user_id", user.user_id)?,
-                    until_ms: user
-                        .until
-                        .map(|t| timestamp_ms(&t, "user.until"))
-                        .transpose()?,
-                },
-                None => {
-                    return Err(AuthorityError::InvalidArgument {
-                        field: "target",
-                        reason: ErrorCode::MissingTarget,
-                        message: "set one of token, jti, session_id or user".into(),
-                    });
-                }
-            };
-            let outcome = self.authority.revoke(target, &cause).await?;
-            Ok((
-                outcome.user_id.clone(),
-                outcome.session_id.clone(),
-                pb::RevokeResponse {
-                    stored: outcome.stored,
-                    revoked_until: outcome.revoked_until_ms.map(timestamp),
-                    banned: outcome.banned,
-                    session_id: outcome.session_id.unwrap_or_default(),
-                },
-            ))
-        }
-        .await;
+        let result = lane
+            .scope(async {
+                let target = match target {
+                    Some(Target::Token(token)) => RevokeTarget::Token(token),
+                    Some(Target::Jti(jti)) => RevokeTarget::Jti(parse_minted_id("jti", jti)?),
+                    Some(Target::SessionId(sid)) => {
+                        RevokeTarget::Session(parse_minted_id("session_id", sid)?)
+                    }
+                    Some(Target::User(user)) => RevokeTarget::User {
+                        user_id: parse_user_id("user_id", user.user_id)?,
+                        until_ms: user
+                            .until
+                            .map(|t| timestamp_ms(&t, "user.until"))
+                            .transpose()?,
+                    },
+                    None => {
+                        return Err(AuthorityError::InvalidArgument {
+                            field: "target",
+                            reason: ErrorCode::MissingTarget,
+                            message: "set one of token, jti, session_id or user".into(),
+                        });
+                    }
+                };
+                let outcome = self.authority.revoke(target, &cause).await?;
+                Ok((
+                    outcome.user_id.clone(),
+                    outcome.session_id.clone(),
+                    pb::RevokeResponse {
+                        stored: outcome.stored,
+                        revoked_until: outcome.revoked_until_ms.map(timestamp),
+                        banned: outcome.banned,
+                        session_id: outcome.session_id.unwrap_or_default(),
+                    },
+                ))
+            })
+            .await;
+        drop(admitted);
         // Revoke{token}: whose session ended is known only once the token is read.
         let result = result.map(|(owner, session, response)| {
             if let Some(owner) = owner {
@@ -316,12 +345,13 @@ impl TokenService for TokenGrpc {
         let request = request.into_inner();
         let user_id = request.user_id;
         let cause = Cause::new(who, Some(request.reason).filter(|r| !r.is_empty()));
-        let result = async {
-            let parsed = parse_user_id("user_id", user_id.clone())?;
-            let lifted = self.authority.lift_ban(&parsed, &cause).await?;
-            Ok(pb::LiftBanResponse { lifted })
-        }
-        .await;
+        let result = Lane::Privileged
+            .scope(async {
+                let parsed = parse_user_id("user_id", user_id.clone())?;
+                let lifted = self.authority.lift_ban(&parsed, &cause).await?;
+                Ok(pb::LiftBanResponse { lifted })
+            })
+            .await;
         let subject = Subject {
             user_id: &user_id,
             jti: "",
@@ -337,17 +367,18 @@ impl TokenService for TokenGrpc {
         let started = Instant::now();
         self.authorize(&request, "GetUserStatus", started)?;
         let user_id = request.into_inner().user_id;
-        let result = async {
-            let parsed = parse_user_id("user_id", user_id.clone())?;
-            let status = self.authority.user_status(&parsed).await?;
-            Ok(pb::GetUserStatusResponse {
-                cutoff: status.cutoff_ms.map(timestamp),
-                banned: status.banned,
-                banned_until: status.cutoff_ms.filter(|_| status.banned).map(timestamp),
-                banned_by: status.banned_by.unwrap_or_default(),
+        let result = Lane::Privileged
+            .scope(async {
+                let parsed = parse_user_id("user_id", user_id.clone())?;
+                let status = self.authority.user_status(&parsed).await?;
+                Ok(pb::GetUserStatusResponse {
+                    cutoff: status.cutoff_ms.map(timestamp),
+                    banned: status.banned,
+                    banned_until: status.cutoff_ms.filter(|_| status.banned).map(timestamp),
+                    banned_by: status.banned_by.unwrap_or_default(),
+                })
             })
-        }
-        .await;
+            .await;
         let subject = Subject {
             user_id: &user_id,
             jti: "",
@@ -375,29 +406,30 @@ impl TokenService for TokenGrpc {
         self.authorize(&request, "ListChanges", started)?;
         let request = request.into_inner();
         let user_id = request.user_id;
-        let result = async {
-            let before = page_position(&request.page_token)?;
-            let page_size = (request.page_size != 0).then_some(i64::from(request.page_size));
-            let user = match user_id.as_str() {
-                "" => None,
-                some => Some(parse_user_id("user_id", some.to_owned())?),
-            };
-            let records = self
-                .authority
-                .list_changes(user.as_ref(), page_size, before)
-                .await?;
-            let full = i64::try_from(records.len())
-                .is_ok_and(|n| n == page_size.unwrap_or(DEFAULT_PAGE_SIZE));
-            let next_page_token = match records.last() {
-                Some(last) if full => page_token(last.id),
-                _ => String::new(),
-            };
-            Ok(pb::ListChangesResponse {
-                changes: records.into_iter().map(convert::change).collect(),
-                next_page_token,
+        let result = Lane::Privileged
+            .scope(async {
+                let before = page_position(&request.page_token)?;
+                let page_size = (request.page_size != 0).then_some(i64::from(request.page_size));
+                let user = match user_id.as_str() {
+                    "" => None,
+                    some => Some(parse_user_id("user_id", some.to_owned())?),
+                };
+                let records = self
+                    .authority
+                    .list_changes(user.as_ref(), page_size, before)
+                    .await?;
+                let full = i64::try_from(records.len())
+                    .is_ok_and(|n| n == page_size.unwrap_or(DEFAULT_PAGE_SIZE));
+                let next_page_token = match records.last() {
+                    Some(last) if full => page_token(last.id),
+                    _ => String::new(),
+                };
+                Ok(pb::ListChangesResponse {
+                    changes: records.into_iter().map(convert::change).collect(),
+                    next_page_token,
+                })
             })
-        }
-        .await;
+            .await;
         let subject = Subject {
             user_id: &user_id,
             jti: "",
@@ -435,16 +467,41 @@ fn page_position(token: &str) -> Result<Option<i64>, AuthorityError> {
 /// Longest prefix of a caller's value written to a log line, in bytes.
 const LOGGED_VALUE_BYTES: usize = 64;
 
-/// `value`, or its first [`LOGGED_VALUE_BYTES`] bytes (cut at a character boundary) and `…`.
+/// `value` as a log line may carry it: its first [`LOGGED_VALUE_BYTES`] bytes (cut at a
+/// character boundary, then `…`), with every control or format character escaped (`\n`,
+/// `\u{1b}`…) so that a caller's value can never end the line, start a forged one or colour
+/// a terminal. (These fields are written with `%` in plain-text logs, where nothing else would
+/// escape them.)
 pub(crate) fn loggable(value: &str) -> std::borrow::Cow<'_, str> {
-    if value.len() <= LOGGED_VALUE_BYTES {
+    let unsafe_char = |c: char| c.is_control() || crate::policy::is_format_char(c);
+    if value.len() <= LOGGED_VALUE_BYTES && !value.chars().any(unsafe_char) {
         return value.into();
     }
-    let mut end = LOGGED_VALUE_BYTES;
+    let mut end = LOGGED_VALUE_BYTES.min(value.len());
     while !value.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}…", &value[..end]).into()
+    let mut shown = String::with_capacity(end + 8);
+    for c in value[..end].chars() {
+        if unsafe_char(c) {
+            shown.extend(c.escape_default());
+        } else {
+            shown.push(c);
+        }
+    }
+    if end < value.len() {
+        shown.push('…');
+    }
+    shown.into()
+}
+
+/// The caller's address (the store's open lane is shared out by it).
+fn peer<T>(request: &Request<T>) -> Option<std::net::IpAddr> {
+    request
+        .extensions()
+        .get::<CallerInfo>()
+        .and_then(|caller| caller.remote_addr)
+        .map(|addr| addr.ip())
 }
 
 /// Who an RPC was about, for the request log.
@@ -463,6 +520,10 @@ mod tests {
     #[test]
     fn logged_values_are_cut_short_at_a_character_boundary() {
         assert_eq!(loggable("alice"), "alice");
+        assert_eq!(
+            loggable("eve\n2026 INFO forged\r\u{1b}[31m\u{202e}"),
+            "eve\\n2026 INFO forged\\r\\u{1b}[31m\\u{202e}"
+        );
         let long = "é".repeat(1_000_000);
         let cut = loggable(&long);
         assert!(cut.len() <= LOGGED_VALUE_BYTES + "…".len());

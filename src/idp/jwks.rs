@@ -177,7 +177,7 @@ fn provider_key(jwk: &Jwk) -> Option<ProviderKey> {
             // The same floor as our own keys.
             let bits =
                 base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &rsa.n)
-                    .map_or(0, |n| n.iter().skip_while(|b| **b == 0).count() * 8);
+                    .map_or(0, |n| crate::token::rsa_modulus_bits(&n));
             if bits < crate::token::MIN_RSA_BITS {
                 return None;
             }

@@ -7,6 +7,7 @@ mod postgres;
 mod shared;
 mod sql;
 mod sqlite;
+mod turnstile;
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ pub use postgres::{
 };
 pub use shared::{Heard, LISTENER_APPLICATION_NAME, SharedConnection, SharedFeed};
 pub use sqlite::SqliteStore;
+pub use turnstile::{Lane, OPEN_PER_CALLER};
 
 /// The connection that LISTENs for announced changes (PostgreSQL in notify mode: one of the
 /// `--database-max-connections` budget, with a budget of one the only one); None for other

@@ -14,6 +14,7 @@ use tokio::sync::broadcast;
 
 use super::announcement::{self, Announcement, FleetKey, GENESIS, Link, MIN_SECRET_BYTES};
 use super::shared::{SharedConnection, SharedLease};
+use super::turnstile::{Turn, Turnstile};
 use super::{
     Audit, AuditQuery, AuditRecord, Change, ChangeFeed, ChangeSeq, CutoffRecord, CutoffUpdate,
     DbErrorKind, DenyEntry, DenyKind, DenySink, History, PurgeHorizon, Purged, RevocationStore,
@@ -92,6 +93,8 @@ pub struct PostgresStore {
     /// Turns to write: fewer than the pool's connections, so that writes waiting on a lock
     /// never take the connection reads need.
     writers: Arc<tokio::sync::Semaphore>,
+    /// Whose operation gets a pooled connection next (by lane; see [`Turnstile`]).
+    turnstile: Arc<Turnstile>,
     /// The same in milliseconds, as PostgreSQL's settings take it.
     store_timeout_ms: String,
     /// Every announcement committed through this store (for NATS).
@@ -165,6 +168,7 @@ impl PostgresStore {
             writers: Arc::new(tokio::sync::Semaphore::new(
                 (pooled as usize).saturating_sub(1).max(1),
             )),
+            turnstile: Turnstile::new(pooled as usize),
             store_timeout_ms: settings.store_timeout.as_millis().max(1).to_string(),
             announced: broadcast::channel(4096).0,
             written: Arc::new(parking_lot::Mutex::new(None)),
@@ -181,7 +185,11 @@ impl PostgresStore {
         {
             return Ok(PgLease::Shared(listening.lease().await?));
         }
-        Ok(PgLease::Pooled(self.pooled().await?))
+        let turn = self.turnstile.turn(ACQUIRE_TIMEOUT).await?;
+        Ok(PgLease::Pooled {
+            conn: self.pooled().await?,
+            _turn: turn,
+        })
     }
 
     /// A connection of the pool (see [`PostgresStore::conn`]).
@@ -673,7 +681,12 @@ impl ChangeFeed for Feed {
 
 /// The connection one operation holds: the pool's, or the listening one (a budget of one).
 enum PgLease {
-    Pooled(PoolConnection<Postgres>),
+    /// A pooled connection, and the turn it was taken in (held for the lease: dropped after
+    /// it, it lets the next in line have a connection).
+    Pooled {
+        conn: PoolConnection<Postgres>,
+        _turn: Turn,
+    },
     Shared(SharedLease),
 }
 
@@ -682,14 +695,14 @@ impl sql::Lease for PgLease {
 
     async fn conn(&mut self) -> Result<&mut PgConnection, StoreError> {
         match self {
-            PgLease::Pooled(conn) => Ok(&mut **conn),
+            PgLease::Pooled { conn, .. } => Ok(&mut **conn),
             PgLease::Shared(lease) => lease.conn().await,
         }
     }
 
     fn discard(&mut self) {
         match self {
-            PgLease::Pooled(conn) => conn.close_on_drop(),
+            PgLease::Pooled { conn, .. } => conn.close_on_drop(),
             PgLease::Shared(lease) => lease.discard(),
         }
     }

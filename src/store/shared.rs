@@ -5,9 +5,12 @@
 //! The listening side ([`SharedConnection::next`]) holds the connection while it waits for a
 //! notification and gives way as soon as an operation asks for it ([`SharedConnection::lease`]).
 //! That is safe because sqlx's wait for the next message is cancel-safe (a message is consumed
-//! only once it is whole), and notifications that arrive while a statement runs are buffered by
-//! the driver and handed out first when listening resumes. Operations take the connection in
-//! the order they asked for it (tokio's mutex is fair), each for at most its own bound.
+//! only once it is whole). Notifications that arrive while statements run are buffered by the
+//! driver; every lease hands them to the listening side as it ends, so however many operations
+//! queue, an announcement waits at most for the statement in progress (the listener has
+//! priority, not leftovers). Operations take the connection by lane ([`Turnstile`]): reads
+//! first, then privileged writes, then what any caller can cause, round-robin by caller and
+//! bounded — each for at most its own bound.
 //!
 //! A lease that ends uncleanly (cancelled, or its statement failed) closes the connection: the
 //! next user opens a new one, and the listening side reports that announcements may have been
@@ -21,7 +24,15 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{Acquire, Connection, PgConnection, Postgres};
 use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
 
+use super::turnstile::{Turn, Turnstile};
 use super::{CHANGE_CHANNEL, Change, ChangeFeed, ChangeSeq, History, StoreError, postgres, sql};
+
+/// Announcements heard during operations and not yet taken by the listening side, at most;
+/// beyond, the oldest are dropped and the listening side catches up from the store.
+const HEARD_BOUND: usize = 4_096;
+/// The longest the listening side sleeps while operations hold the connection before it looks
+/// again for announcements they heard.
+const LOOK_AGAIN: Duration = Duration::from_millis(5);
 
 /// The `application_name` of the listening connection (operators see it in pg_stat_activity).
 pub const LISTENER_APPLICATION_NAME: &str = "token-sidecar-listener";
@@ -38,6 +49,19 @@ pub struct SharedConnection {
     wanted: Notify,
     /// The longest an operation waits for its turn, or for a new connection.
     acquire_timeout: Duration,
+    /// Whose operation goes next.
+    turnstile: Arc<Turnstile>,
+    /// Announcements the driver buffered while operations ran, handed over as each ended.
+    heard: parking_lot::Mutex<Overheard>,
+    /// Wakes the listening side when something was heard for it.
+    heard_some: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Overheard {
+    payloads: std::collections::VecDeque<Vec<u8>>,
+    /// Some were dropped (the bound): the listening side must catch up.
+    lost: bool,
 }
 
 #[derive(Debug)]
@@ -71,7 +95,40 @@ impl SharedConnection {
             waiting: AtomicUsize::new(0),
             wanted: Notify::new(),
             acquire_timeout,
+            turnstile: Turnstile::new(1),
+            heard: parking_lot::Mutex::new(Overheard::default()),
+            heard_some: Notify::new(),
         })
+    }
+
+    /// Keeps what the driver buffered during an operation for the listening side.
+    fn overheard(&self, listener: &mut PgListener) {
+        let mut any = false;
+        let mut heard = self.heard.lock();
+        while let Some(notification) = listener.next_buffered() {
+            if heard.payloads.len() >= HEARD_BOUND {
+                heard.payloads.pop_front();
+                heard.lost = true;
+            }
+            heard
+                .payloads
+                .push_back(notification.payload().as_bytes().to_vec());
+            any = true;
+        }
+        drop(heard);
+        if any {
+            self.heard_some.notify_one();
+        }
+    }
+
+    /// What operations heard, oldest first.
+    fn take_overheard(&self) -> Option<Heard> {
+        let mut heard = self.heard.lock();
+        if std::mem::take(&mut heard.lost) {
+            heard.payloads.clear();
+            return Some(Heard::Reconnected);
+        }
+        heard.payloads.pop_front().map(Heard::Announced)
     }
 
     /// A new connection that LISTENs. (PgListener takes its connection from a pool: one of its
@@ -105,21 +162,26 @@ impl SharedConnection {
         Ok(slot.epoch)
     }
 
-    /// The connection for one operation, in turn: the listening side gives way.
+    /// The connection for one operation, in its lane's turn: the listening side gives way.
     pub async fn lease(self: &Arc<Self>) -> Result<SharedLease, StoreError> {
         self.waiting.fetch_add(1, Ordering::SeqCst);
         self.wanted.notify_one();
-        let guard =
-            tokio::time::timeout(self.acquire_timeout, self.slot.clone().lock_owned()).await;
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
-        match guard {
-            Ok(guard) => Ok(SharedLease {
-                guard,
-                shared: self.clone(),
-                checked: false,
-            }),
-            Err(_) => Err(sqlx::Error::PoolTimedOut.into()),
+        let leased = async {
+            let turn = self.turnstile.turn(self.acquire_timeout).await?;
+            match tokio::time::timeout(self.acquire_timeout, self.slot.clone().lock_owned()).await {
+                Ok(guard) => Ok((guard, turn)),
+                Err(_) => Err(StoreError::from(sqlx::Error::PoolTimedOut)),
+            }
         }
+        .await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        let (guard, turn) = leased?;
+        Ok(SharedLease {
+            guard,
+            _turn: turn,
+            shared: self.clone(),
+            checked: false,
+        })
     }
 
     /// The next thing heard on the connection, `epoch` being the connection the caller last
@@ -127,16 +189,23 @@ impl SharedConnection {
     /// operation that asks.
     pub async fn next(&self, epoch: &mut u64) -> Heard {
         loop {
+            if let Some(heard) = self.take_overheard() {
+                return heard;
+            }
             if self.waiting.load(Ordering::SeqCst) > 0 {
-                // An operation is about to queue for the connection: let it go first.
-                tokio::task::yield_now().await;
+                // Operations hold the connection: what they hear is handed over as each ends.
+                tokio::select! {
+                    () = self.heard_some.notified() => {}
+                    () = tokio::time::sleep(LOOK_AGAIN) => {}
+                }
                 continue;
             }
             let mut slot = self.slot.lock().await;
             if self.waiting.load(Ordering::SeqCst) > 0 {
-                drop(slot);
-                tokio::task::yield_now().await;
                 continue;
+            }
+            if let Some(heard) = self.take_overheard() {
+                return heard;
             }
             if slot.epoch != *epoch && slot.listener.is_some() {
                 *epoch = slot.epoch;
@@ -171,10 +240,20 @@ impl SharedConnection {
 /// The shared connection, held for one operation.
 #[derive(Debug)]
 pub struct SharedLease {
+    // Dropped in this order: the connection first, then the turn (to the next in line).
     guard: OwnedMutexGuard<Slot>,
+    _turn: Turn,
     shared: Arc<SharedConnection>,
     /// Whether the connection was found alive for this lease.
     checked: bool,
+}
+
+impl Drop for SharedLease {
+    fn drop(&mut self) {
+        if let Some(listener) = self.guard.listener.as_mut() {
+            self.shared.overheard(listener);
+        }
+    }
 }
 
 impl sql::Lease for SharedLease {

@@ -40,13 +40,19 @@ pub struct SqliteStore {
     owner: Option<Arc<Owner>>,
 }
 
-/// This process's claim on a database file, and the identity the file had when it was opened.
+/// This process's claim on a database file, and the identity the file (and its write-ahead
+/// log) had when it was opened.
 #[derive(Debug)]
 struct Owner {
     /// Holds the exclusive lock while open.
     _lock: std::fs::File,
     file: PathBuf,
     identity: (u64, u64),
+    /// `<file>-wal`, and its identity once it has been seen. The pool keeps a connection open
+    /// for the process's life, so SQLite never deletes or recreates it by itself: missing or
+    /// replaced, someone else did.
+    wal: PathBuf,
+    wal_identity: parking_lot::Mutex<Option<(u64, u64)>>,
 }
 
 impl Owner {
@@ -108,19 +114,33 @@ impl Owner {
         std::fs::metadata(file).map(|m| (m.dev(), m.ino()))
     }
 
-    /// Whether the file this process opened is still the one at its path.
+    /// Whether the file this process opened, and its write-ahead log, are still the ones at
+    /// their paths.
     fn check(&self) -> Result<(), StoreError> {
-        match Self::identity_of(&self.file) {
-            Ok(identity) if identity == self.identity => Ok(()),
+        Self::check_one(&self.file, self.identity)?;
+        let mut wal = self.wal_identity.lock();
+        match *wal {
+            Some(identity) => Self::check_one(&self.wal, identity),
+            None => {
+                // Not created yet (no write so far): remembered from the first time it exists.
+                *wal = Self::identity_of(&self.wal).ok();
+                Ok(())
+            }
+        }
+    }
+
+    fn check_one(path: &Path, identity: (u64, u64)) -> Result<(), StoreError> {
+        match Self::identity_of(path) {
+            Ok(found) if found == identity => Ok(()),
             Ok(_) => Err(StoreError::Lost(format!(
                 "{} was replaced under the running process",
-                self.file.display()
+                path.display()
             ))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::Lost(format!(
                 "{} was deleted under the running process",
-                self.file.display()
+                path.display()
             ))),
-            Err(e) => Err(StoreError::Lost(format!("{}: {e}", self.file.display()))),
+            Err(e) => Err(StoreError::Lost(format!("{}: {e}", path.display()))),
         }
     }
 }
@@ -140,17 +160,29 @@ impl SqliteStore {
             true => None,
             false => Some(Owner::claim(&file).await?),
         };
+        // Connections are kept for the process's life: SQLite deletes the write-ahead log when
+        // its last connection closes, and a log that comes and goes could not be watched.
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
             .connect_with(options)
             .await?;
         let owner = match lock {
-            Some(lock) => Some(Arc::new(Owner {
-                _lock: lock,
-                identity: Owner::identity_of(&file)
-                    .map_err(|e| StoreError::Owner(format!("{}: {e}", file.display())))?,
-                file,
-            })),
+            Some(lock) => {
+                let mut wal = file.as_os_str().to_owned();
+                wal.push("-wal");
+                let wal = PathBuf::from(wal);
+                Some(Arc::new(Owner {
+                    _lock: lock,
+                    identity: Owner::identity_of(&file)
+                        .map_err(|e| StoreError::Owner(format!("{}: {e}", file.display())))?,
+                    wal_identity: parking_lot::Mutex::new(Owner::identity_of(&wal).ok()),
+                    wal,
+                    file,
+                }))
+            }
             None => None,
         };
         Ok(Self { pool, owner })
@@ -172,6 +204,7 @@ impl SqliteStore {
     }
 
     async fn finish(
+        &self,
         mut tx: Session,
         seq: ChangeSeq,
         changed: bool,
@@ -180,11 +213,33 @@ impl SqliteStore {
         if changed {
             sql::record_audit::<Sqlite>(&mut tx, true, seq, audited).await?;
             tx.done().await?;
+            self.checkpoint().await?;
             Ok(Some(seq))
         } else {
             tx.rollback().await?;
             Ok(None)
         }
+    }
+}
+
+impl SqliteStore {
+    /// Copies the write-ahead log into the main file before a write is acknowledged, so that
+    /// an acknowledged revocation survives even the log's deletion under the running process
+    /// (then a crash): the main file alone holds it. (One more sync per write: the embedded
+    /// store is for one instance and development, where that is cheap.)
+    async fn checkpoint(&self) -> Result<(), StoreError> {
+        if self.owner.is_none() {
+            return Ok(());
+        }
+        let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(FULL)")
+            .fetch_one(&mut *self.pool.acquire().await?)
+            .await?;
+        if busy != 0 {
+            // A reader held the log: the write is committed (and synced) in it, and the next
+            // write's checkpoint copies it; say so rather than fail the committed write.
+            tracing::debug!("the SQLite checkpoint after a write was partial (a reader held it)");
+        }
+        self.check_identity()
     }
 }
 
@@ -254,7 +309,7 @@ impl RevocationStore for SqliteStore {
             until_ms: Some(until_ms),
         };
         if raised {
-            Self::finish(tx, seq, true, audited(at_least)).await?;
+            self.finish(tx, seq, true, audited(at_least)).await?;
             return Ok(CutoffUpdate {
                 cutoff_ms: at_least,
                 seq,
@@ -267,7 +322,7 @@ impl RevocationStore for SqliteStore {
         .bind(user_id)
         .fetch_one(&mut *tx)
         .await?;
-        Self::finish(tx, seq, false, audited(cutoff_ms)).await?;
+        self.finish(tx, seq, false, audited(cutoff_ms)).await?;
         Ok(CutoffUpdate {
             cutoff_ms,
             seq: current_seq,
@@ -306,7 +361,7 @@ impl RevocationStore for SqliteStore {
             target: None,
             until_ms: Some(now),
         };
-        Self::finish(tx, seq, lifted, audited).await
+        self.finish(tx, seq, lifted, audited).await
     }
 
     async fn cutoff_owner(&self, user_id: &str) -> Result<Option<String>, StoreError> {
@@ -345,7 +400,7 @@ impl RevocationStore for SqliteStore {
             target: Some(&entry.id),
             until_ms: None,
         };
-        Self::finish(tx, seq, inserted, audited).await
+        self.finish(tx, seq, inserted, audited).await
     }
 
     async fn audit_trail(&self, query: AuditQuery<'_>) -> Result<Vec<AuditRecord>, StoreError> {
@@ -394,7 +449,11 @@ impl RevocationStore for SqliteStore {
     }
 
     async fn rotate_session(&self, rotation: &Rotation<'_>) -> Result<RotationOutcome, StoreError> {
-        sql::rotate_with::<Sqlite>(&mut *self.pool.acquire().await?, true, rotation).await
+        self.check_identity()?;
+        let outcome =
+            sql::rotate_with::<Sqlite>(&mut *self.pool.acquire().await?, true, rotation).await?;
+        self.checkpoint().await?;
+        Ok(outcome)
     }
 
     async fn purge(

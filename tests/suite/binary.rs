@@ -590,3 +590,92 @@ async fn during_the_drain_delay_requests_are_still_answered() {
     );
     assert!(log.contains("drain delay"), "{log}");
 }
+
+#[tokio::test]
+async fn a_callers_newlines_and_escapes_never_forge_a_log_line() {
+    // Values a privileged caller controls, shaped to forge an `audit` line and colour a
+    // terminal; refused (INVALID_ARGUMENT) or stored, they are logged only escaped.
+    const FORGED: &str = "FORGED-LINE";
+    let hostile = format!("eve\n2026-12-07T00:00:00Z INFO audit: {FORGED} who=admin\r\u{1b}[31m");
+    for format in ["text", "json"] {
+        let dir = tempfile::tempdir().expect("dir");
+        let sidecar =
+            SidecarProcess::start(dir.path(), &[("TOKEN_SIDECAR_LOG_FORMAT", format)]).await;
+        let api = Api::new(sidecar.connect().await);
+        let refused = api
+            .clone()
+            .issue(pb::IssueRequest {
+                user_id: hostile.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("an id with control characters");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        let lifted = api
+            .clone()
+            .lift_ban(pb::LiftBanRequest {
+                user_id: hostile.clone(),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(
+            lifted.expect_err("refused").code(),
+            tonic::Code::InvalidArgument
+        );
+        for target in [
+            Target::Jti(hostile.clone()),
+            Target::SessionId(hostile.clone()),
+            Target::User(pb::UserRevocation {
+                user_id: hostile.clone(),
+                until: None,
+            }),
+        ] {
+            let answer = api
+                .clone()
+                .revoke(pb::RevokeRequest {
+                    target: Some(target),
+                    ..Default::default()
+                })
+                .await;
+            assert_eq!(
+                answer.expect_err("refused").code(),
+                tonic::Code::InvalidArgument
+            );
+        }
+        // A reason may hold a newline (it is prose); the audit line still holds it escaped.
+        api.clone()
+            .revoke(pb::RevokeRequest {
+                target: Some(Target::User(pb::UserRevocation {
+                    user_id: "frank".into(),
+                    until: None,
+                })),
+                reason: format!("fraud\n{FORGED} action=LIFT_BAN"),
+            })
+            .await
+            .expect("revoke-all with a multi-line reason");
+        sidecar.signal("-TERM");
+        let (status, log) = sidecar.wait().await;
+        assert!(status.success(), "{log}");
+        assert!(
+            log.contains(FORGED),
+            "{format}: the values were logged:\n{log}"
+        );
+        for line in log.lines() {
+            assert!(
+                !line.trim_start().starts_with("2026-12-07T00:00:00Z") && !line.starts_with(FORGED),
+                "{format}: a forged line: {line:?}"
+            );
+            assert!(!line.contains('\u{1b}'), "{format}: a raw escape: {line:?}");
+            assert!(
+                !line.contains('\r'),
+                "{format}: a raw carriage return: {line:?}"
+            );
+            if format == "json" {
+                assert!(
+                    serde_json::from_str::<serde_json::Value>(line).is_ok(),
+                    "one JSON object per line: {line:?}"
+                );
+            }
+        }
+    }
+}

@@ -174,3 +174,65 @@ async fn sqlite_on_a_full_disk_never_acknowledges_a_revocation_a_restart_forgets
         );
     }
 }
+
+#[tokio::test]
+async fn a_write_ahead_log_deleted_under_a_running_process_loses_no_acknowledged_revocation() {
+    let dir = tempfile::tempdir().expect("dir");
+    let first = SidecarProcess::start(dir.path(), &[]).await;
+    let api = pb::token_service_client::TokenServiceClient::new(first.connect().await);
+    let issue = |user: &'static str| {
+        let mut api = api.clone();
+        async move {
+            api.issue(pb::IssueRequest {
+                user_id: user.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("issue")
+            .into_inner()
+        }
+    };
+    let revoke = |jti: String| {
+        let mut api = api.clone();
+        async move {
+            api.revoke(pb::RevokeRequest {
+                target: Some(Target::Jti(jti)),
+                ..Default::default()
+            })
+            .await
+        }
+    };
+    let before = issue("alice").await;
+    let after = issue("bob").await;
+    revoke(before.jti.clone())
+        .await
+        .expect("acknowledged before the log is deleted");
+    let wal = dir.path().join("token-sidecar.db-wal");
+    assert!(wal.exists(), "the embedded store runs in WAL mode");
+    std::fs::remove_file(&wal).expect("delete the write-ahead log");
+    let answer = revoke(after.jti.clone()).await;
+    let refused = answer
+        .as_ref()
+        .expect_err("a write after the log is gone is refused");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("-wal"), "{}", refused.message());
+
+    // A crash: no shutdown, no checkpoint on exit.
+    first.signal("-KILL");
+    let _ = first.wait().await;
+    let second = SidecarProcess::start(dir.path(), &[]).await;
+    let api = pb::token_service_client::TokenServiceClient::new(second.connect().await);
+    let verdict = api
+        .clone()
+        .verify(pb::VerifyRequest {
+            token: before.token,
+        })
+        .await
+        .expect("verify")
+        .into_inner();
+    assert_eq!(
+        verdict.reason,
+        Reason::TokenRevoked as i32,
+        "the revocation acknowledged before the crash survived it"
+    );
+}

@@ -433,3 +433,65 @@ mod interop {
         }
     }
 }
+
+/// An RSA key of exactly `bits` bits, made by openssl.
+fn openssl_rsa(dir: &Path, bits: u32) -> PathBuf {
+    let path = dir.join(format!("rsa{bits}.pem"));
+    let status = std::process::Command::new("openssl")
+        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt"])
+        .arg(format!("rsa_keygen_bits:{bits}"))
+        .arg("-out")
+        .arg(&path)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl runs");
+    assert!(status.success(), "openssl genpkey {bits}");
+    path
+}
+
+#[tokio::test]
+async fn an_rsa_key_is_measured_in_bits_in_every_place_that_reads_one() {
+    // 2,041 and 2,047 bits fill 256 bytes like 2,048 does: counted as bytes × 8 they passed.
+    crate::require!(PythonJwt);
+    let dir = tempfile::tempdir().expect("dir");
+    for bits in [2041, 2047, 2048] {
+        let pem = openssl_rsa(dir.path(), bits);
+        let strong = bits >= 2048;
+        // As our signing key.
+        let started = Settings::new(Backend::Sqlite)
+            .arg("--key", &format!("k=RS256:{}", pem.display()))
+            .no_wait()
+            .try_spawn()
+            .await;
+        match started {
+            Ok(app) => {
+                assert!(strong, "a {bits}-bit --key was accepted");
+                app.shutdown().await;
+            }
+            Err(e) => {
+                assert!(!strong, "{bits}: {e}");
+                assert!(e.to_string().contains("at least 2048"), "{e}");
+            }
+        }
+        // In a JWKS, made by PyJWT: the Envoy filter's (and our verify-only) reading, and an
+        // identity provider's key set.
+        let out = std::process::Command::new("python3")
+            .arg(fixture("../idp/sign.py"))
+            .arg("jwks")
+            .arg(format!("k={}", pem.display()))
+            .output()
+            .expect("sign.py");
+        assert!(out.status.success());
+        let mut jwks: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JWKS");
+        jwks["keys"][0]["alg"] = serde_json::json!("RS256");
+        let jwks = jwks.to_string();
+        let filter = token_sidecar::token::VerifyingKeys::from_jwks([jwks.as_str()]);
+        assert_eq!(filter.is_ok(), strong, "{bits} bits in a JWKS (the filter)");
+        let idp = token_sidecar::idp::jwks::KeySet::parse(jwks.as_bytes());
+        assert_eq!(
+            idp.is_ok(),
+            strong,
+            "{bits} bits in an identity provider's key set"
+        );
+    }
+}

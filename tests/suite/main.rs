@@ -14,6 +14,7 @@ mod client;
 mod commands;
 mod connections;
 mod embedded;
+mod fair;
 mod faults;
 mod feed;
 mod feed_trust;

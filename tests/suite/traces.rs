@@ -562,3 +562,47 @@ async fn verify_layer_sends_the_callers_trace_on() {
     assert_eq!(spans[0].1.name, "tokensidecar.v1.TokenService/Verify");
     assert_eq!(hex(&spans[0].1.parent_span_id), CALLER_PARENT);
 }
+
+#[tokio::test]
+async fn the_first_rpc_after_serving_is_exported_every_time() {
+    // A process's first batch goes out on a connection the exporter has not opened yet: 20
+    // starts (10 over OTLP/gRPC, 10 over OTLP/HTTP), and every first Issue's server span
+    // reaches the collector.
+    let received = Received::default();
+    let (grpc, _stop) = grpc_receiver(received.clone()).await;
+    let http = http_receiver(received.clone()).await;
+    for run in 0..20 {
+        let (endpoint, protocol) = if run % 2 == 0 {
+            (format!("http://{grpc}"), "grpc")
+        } else {
+            (format!("http://{http}"), "http/protobuf")
+        };
+        let dir = tempfile::tempdir().expect("dir");
+        let sidecar = SidecarProcess::start(
+            dir.path(),
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+            ],
+        )
+        .await;
+        let channel = sidecar.connect().await;
+        issue(&channel, &format!("first-{run}")).await;
+        eventually(
+            Duration::from_secs(15),
+            "the first Issue's span at the collector",
+            || {
+                let received = received.clone();
+                async move {
+                    let spans = received.0.lock();
+                    spans
+                        .iter()
+                        .filter(|(_, s)| s.name == "tokensidecar.v1.TokenService/Issue")
+                        .count()
+                        > run
+                }
+            },
+        )
+        .await;
+    }
+}

@@ -11,7 +11,7 @@ pub const MAX_USER_ID_BYTES: usize = 256;
 /// Unicode format characters (general category Cf, from the crate that carries the Unicode
 /// tables): invisible, so an id made of them, or padded with them, looks like another id in
 /// every log and console.
-fn is_format_char(c: char) -> bool {
+pub fn is_format_char(c: char) -> bool {
     use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
     c.general_category() == GeneralCategory::Format
 }

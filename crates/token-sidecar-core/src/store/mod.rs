@@ -51,6 +51,10 @@ pub enum StoreError {
     /// must load again.
     #[error("the store's history forked from the one applied here; reloading")]
     Forked,
+    /// Too many operations of the kind any caller can cause wait for the database already
+    /// (one caller's, or all of them): refused at once rather than queued (issue 40).
+    #[error("too many requests wait for the store; retry shortly")]
+    Overloaded,
     /// The fleet's announcement secret cannot be had (`--sync-key-file` unreadable or short, or
     /// the table the migrations fill is unreadable to this role).
     #[error("the sync key is unusable: {0}")]
@@ -70,6 +74,7 @@ impl StoreError {
             StoreError::Timeout(_) => "timeout",
             StoreError::OutcomeUnknown => "outcome_unknown",
             StoreError::Lost(_) => "file_lost",
+            StoreError::Overloaded => "overloaded",
             // lock_not_available (lock_timeout), query_canceled (statement_timeout),
             // idle_in_transaction_session_timeout: a wait beyond --store-timeout.
             StoreError::Database(db)

@@ -17,6 +17,20 @@ const MIN_HMAC_SECRET_BYTES: usize = 32;
 /// Smallest RSA modulus accepted, in bits.
 pub const MIN_RSA_BITS: usize = 2048;
 
+/// The size in bits of an RSA modulus given as big-endian bytes: its bit length, not its byte
+/// count × 8 (a 2,041-bit modulus fills 256 bytes yet is below 2,048 bits). The one count used
+/// by `--key`, our JWKS, the identity providers' key sets and the Envoy filter.
+pub fn rsa_modulus_bits(modulus: &[u8]) -> usize {
+    let significant = modulus
+        .iter()
+        .position(|b| *b != 0)
+        .map_or(&[][..], |first| &modulus[first..]);
+    match significant.first() {
+        None => 0,
+        Some(top) => (significant.len() - 1) * 8 + (8 - top.leading_zeros() as usize),
+    }
+}
+
 /// The algorithms a key may be configured with.
 pub const SUPPORTED_ALGORITHMS: &str =
     "HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA";
@@ -298,7 +312,7 @@ fn check_public_jwk(jwk: &Jwk, alg: Algorithm, alg_name: &str) -> Result<(), Pub
         (AlgorithmParameters::RSA(rsa), AlgorithmFamily::Rsa) => {
             let bits = URL_SAFE_NO_PAD
                 .decode(&rsa.n)
-                .map_or(0, |n| n.iter().skip_while(|b| **b == 0).count() * 8);
+                .map_or(0, |n| rsa_modulus_bits(&n));
             if bits < MIN_RSA_BITS {
                 return Err(PublicKeyProblem::WeakRsa(format!("{bits} bits")));
             }
@@ -416,7 +430,7 @@ fn rsa_private_key_bits(pem: &str) -> Option<usize> {
         key
     };
     let modulus = rsa.read(0x02)?.0;
-    Some(modulus.iter().skip_while(|b| **b == 0).count() * 8)
+    Some(rsa_modulus_bits(modulus))
 }
 
 /// A cursor over DER: each [`Der::read`] takes one element of the expected tag and returns its
@@ -678,6 +692,30 @@ fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_rsa_modulus_counts_its_bits_not_its_bytes() {
+        let mut modulus = vec![0u8; 256];
+        modulus[0] = 0x80;
+        assert_eq!(rsa_modulus_bits(&modulus), 2048);
+        modulus[0] = 0x01;
+        assert_eq!(
+            rsa_modulus_bits(&modulus),
+            2041,
+            "256 bytes, yet 2,041 bits"
+        );
+        modulus[0] = 0x7f;
+        assert_eq!(rsa_modulus_bits(&modulus), 2047);
+        let mut signed = vec![0u8];
+        signed.extend(std::iter::repeat_n(0xff, 256));
+        assert_eq!(
+            rsa_modulus_bits(&signed),
+            2048,
+            "DER's leading zero is not counted"
+        );
+        assert_eq!(rsa_modulus_bits(&[]), 0);
+        assert_eq!(rsa_modulus_bits(&[0, 0]), 0);
+    }
 
     #[test]
     fn rsa_key_sizes_are_read_before_the_library_sees_the_key() {

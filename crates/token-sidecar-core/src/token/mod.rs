@@ -14,7 +14,7 @@ pub use codec::{CodecError, TokenCodec};
 pub use decode::{MAX_TOKEN_BYTES, decode_token};
 pub use keys::{
     KeyError, KeySet, KeySpec, MIN_RSA_BITS, SUPPORTED_ALGORITHMS, VerifyingKeys, read_key_files,
-    warn_about_exposed_keys,
+    rsa_modulus_bits, warn_about_exposed_keys,
 };
 #[cfg(feature = "runtime")]
 pub use verified::{TokenDigest, VerifiedCache, VerifiedCacheMetrics, digest};
