@@ -176,6 +176,14 @@ pub struct CallerInfo {
     pub identities: Option<std::sync::Arc<[String]>>,
 }
 
+/// The caller's IP address from the `CallerInfo` a listener put in the request, if any: what
+/// per-caller budgets and the store's open lane are keyed by.
+pub fn caller_ip(caller: Option<&CallerInfo>) -> Option<std::net::IpAddr> {
+    caller
+        .and_then(|caller| caller.remote_addr)
+        .map(|addr| addr.ip())
+}
+
 /// The URI and DNS subject alternative names of a DER certificate (none if it cannot be read).
 pub fn certificate_identities(der: &[u8]) -> Vec<String> {
     use x509_parser::extensions::GeneralName;

@@ -54,7 +54,8 @@ pub(crate) async fn changes(
     RawQuery(raw): RawQuery,
 ) -> Response {
     // Any feed reader is served in the store's open lane (no reader crowds out the others).
-    let caller = caller.and_then(|axum::extract::Extension(c)| c.remote_addr.map(|a| a.ip()));
+    let caller =
+        crate::api::caller::caller_ip(caller.as_ref().map(|axum::extract::Extension(c)| c));
     let Some(_admitted) = api.admit_open(caller) else {
         return crate::api::http::overloaded();
     };

@@ -312,7 +312,7 @@ async fn revoke(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let caller = caller.and_then(|axum::extract::Extension(c)| c.remote_addr.map(|a| a.ip()));
+    let caller = caller::caller_ip(caller.as_ref().map(|axum::extract::Extension(c)| c));
     let Some(_admitted) = api.admit_open(caller) else {
         return overloaded();
     };

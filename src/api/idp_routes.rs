@@ -203,7 +203,7 @@ fn log_outcome(log: &RefusalLog, route: &'static str, outcome: &Result<Received,
 
 /// The sender's address, as the listener's guard saw it.
 fn source(caller: Option<Extension<CallerInfo>>) -> Option<IpAddr> {
-    caller.and_then(|Extension(caller)| caller.remote_addr.map(|addr| addr.ip()))
+    crate::api::caller::caller_ip(caller.as_ref().map(|Extension(caller)| caller))
 }
 
 async fn backchannel_logout(

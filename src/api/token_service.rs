@@ -497,11 +497,7 @@ pub(crate) fn loggable(value: &str) -> std::borrow::Cow<'_, str> {
 
 /// The caller's address (the store's open lane is shared out by it).
 fn peer<T>(request: &Request<T>) -> Option<std::net::IpAddr> {
-    request
-        .extensions()
-        .get::<CallerInfo>()
-        .and_then(|caller| caller.remote_addr)
-        .map(|addr| addr.ip())
+    caller::caller_ip(request.extensions().get::<CallerInfo>())
 }
 
 /// Who an RPC was about, for the request log.

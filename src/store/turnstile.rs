@@ -30,10 +30,12 @@ use super::StoreError;
 
 /// Reads and upkeep served in a row while a write waits.
 pub const READ_STREAK: u32 = 4;
-/// Operations of one caller waiting in the open lane at most.
-pub const OPEN_PER_CALLER: usize = 4;
+/// Operations of one caller waiting in the open lane at most. (In a pod every caller of the
+/// sidecar is on loopback, one address: a burst of an application's own Refreshes must queue,
+/// not fail; a queue this long is served in well under a second.)
+pub const OPEN_PER_CALLER: usize = 64;
 /// Operations waiting in the open lane at most, all callers together.
-pub const OPEN_WAITING: usize = 64;
+pub const OPEN_WAITING: usize = 512;
 
 /// Whose operation it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

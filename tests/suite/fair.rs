@@ -224,21 +224,17 @@ async fn flooded_instance_hears_the_fleet(kind: Flood) {
     b.wait_for_health(tonic_health::pb::health_check_response::ServingStatus::Serving)
         .await;
     // Before issue 40 a 64-stream Refresh flood held revocations back until the 5 s safety
-    // poll (2.3–5 s). The bounds below hold for this test's debug build with the flood's client
-    // in the same process on two cores; scripts/bench-flood reports the figures.
-    let bound = match kind {
-        Flood::Refresh => Duration::from_millis(100),
-        // A new TCP connection per feed read: the flood costs the machine more CPU.
-        Flood::Feed => Duration::from_millis(300),
-    };
-    assert!(
-        p99 <= bound,
-        "propagation to the flooded instance: p99 {p99:?} (bound {bound:?})"
-    );
+    // poll (2.3–5 s). The bounds hold for this test's debug build with the flood's client in
+    // the same process on two cores (twice the issue's Verify target, for a noisy machine);
+    // a wider flood (FLOOD_STREAMS) is a measurement: scripts/bench-flood reports it.
     if streams <= 64 {
+        assert!(
+            p99 <= Duration::from_millis(100),
+            "propagation to the flooded instance: p99 {p99:?}"
+        );
         assert_eq!(unavailable, 0, "no Verify is refused");
         assert!(
-            v99 <= Duration::from_millis(500),
+            v99 <= Duration::from_millis(100),
             "uncached Verify p99 {v99:?}"
         );
     }
