@@ -133,9 +133,11 @@ pub async fn check_config(config: &Config) -> Result<Vec<String>, StartupError> 
     }
     report.push(crate::otel::describe(&config.into())?);
     report.extend(check_idp_keys(config).await?);
-    let store = store::open_with(&config.database_url(), config.into()).await?;
-    store.ping().await?;
-    report.push(format!("store: {} reachable", store.kind()));
+    let contradictions = contradictions(config);
+    if !contradictions.is_empty() {
+        return Err(StartupError::Contradictory(contradictions.join("; ")));
+    }
+    report.push(check_store(config).await?);
     report.push(format!(
         "token ttl {}, refresh window {}, leeway {}, issuer {}, audience {}",
         human(config.token_ttl),
@@ -145,6 +147,66 @@ pub async fn check_config(config: &Config) -> Result<Vec<String>, StartupError> 
         config.audience.as_deref().unwrap_or("none (not checked)"),
     ));
     Ok(report)
+}
+
+/// Settings that each parse but contradict each other: what a start would run with, and not
+/// what the operator meant. `check-config` refuses them; a start says so in its log.
+pub fn contradictions(config: &Config) -> Vec<String> {
+    let mut found = Vec::new();
+    if config.token_ttl > config.refresh_window {
+        found.push(format!(
+            "--token-ttl {} is longer than --refresh-window {}: no token could live longer than \
+             the window, so every one would be cut to it",
+            human(config.token_ttl),
+            human(config.refresh_window)
+        ));
+    }
+    if config.sync_poll_interval >= config.max_staleness {
+        found.push(format!(
+            "--sync-poll-interval {} is not shorter than --max-staleness {}: polling alone, an \
+             instance would go stale between two polls",
+            human(config.sync_poll_interval),
+            human(config.max_staleness)
+        ));
+    }
+    if config.leeway >= config.token_ttl {
+        found.push(format!(
+            "--leeway {} is not shorter than --token-ttl {}: an expired token would be accepted \
+             for longer than it lived",
+            human(config.leeway),
+            human(config.token_ttl)
+        ));
+    }
+    found
+}
+
+/// Whether the store a start would use is there, without changing anything: an embedded file
+/// is looked at, not opened (opening creates it and its lock file); PostgreSQL is asked, and a
+/// refused connection is reported in the server's words.
+async fn check_store(config: &Config) -> Result<String, StartupError> {
+    let url = config.database_url();
+    if let Some(path) = url.strip_prefix("sqlite:") {
+        let path = path.split('?').next().unwrap_or(path);
+        let path = std::path::Path::new(path.trim_start_matches("//"));
+        return Ok(match std::fs::metadata(path) {
+            Ok(meta) if meta.is_file() => format!("store: sqlite file {} exists", path.display()),
+            Ok(_) => {
+                return Err(StartupError::Store(store::StoreError::Owner(format!(
+                    "{} is not a file",
+                    path.display()
+                ))));
+            }
+            Err(_) => format!(
+                "store: sqlite file {} does not exist yet (a start creates it)",
+                path.display()
+            ),
+        });
+    }
+    let store = store::open_with(&url, config.into()).await?;
+    if let Err(e) = store.ping().await {
+        return Err(store.why_unreachable().await.unwrap_or(e).into());
+    }
+    Ok(format!("store: {} reachable", store.kind()))
 }
 
 /// A duration as the flags take it: `7d`, `5m`, `1500ms`, `0s`.

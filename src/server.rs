@@ -162,6 +162,9 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
     preflight::check_exposure(&config)?;
     preflight::check_sync(&config)?;
     preflight::check_idp(&config)?;
+    for contradiction in preflight::contradictions(&config) {
+        tracing::warn!(%contradiction, "settings contradict each other (check-config refuses them)");
+    }
     let keys = preflight::load_keys(&config)?;
     let admin = preflight::load_admin(&config)?;
     let callers = preflight::load_callers(&config, admin)?;

@@ -69,6 +69,9 @@ pub enum StartupError {
          (or TOKEN_SIDECAR_HTTP_LISTEN), e.g. 127.0.0.1:8080"
     )]
     IdpWithoutHttp,
+    /// Settings that each parse but contradict each other (`check-config`).
+    #[error("settings contradict each other: {0}")]
+    Contradictory(String),
     /// The identity providers' settings are not usable (`--oidc-issuer`, `--ssf-transmitter`).
     #[error("identity providers: {0}")]
     IdpConfig(String),

@@ -178,3 +178,59 @@ async fn migrate_applies_the_schema_and_exits() {
     let again = sidecar(&["migrate", "--database-url", &pg], dir.path());
     assert!(again.status.success());
 }
+
+#[tokio::test]
+async fn check_config_creates_nothing_and_refuses_contradictions() {
+    // With default flags in an empty folder: the report, and the folder stays empty (no
+    // database file, lock file or development key).
+    let dir = tempfile::tempdir().expect("dir");
+    let out = sidecar(&["check-config"], dir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("does not exist yet"), "{stdout}");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("read dir")
+        .map(|entry| entry.map(|e| e.file_name()))
+        .collect();
+    assert!(left.is_empty(), "check-config created {left:?}");
+
+    let good_key = key_file(dir.path(), 32);
+    for (args, expected) in [
+        (
+            vec!["--token-ttl", "30d", "--refresh-window", "1h"],
+            "--token-ttl 30d is longer than --refresh-window 1h",
+        ),
+        (
+            vec!["--leeway", "10m", "--token-ttl", "5m"],
+            "--leeway 10m is not shorter than --token-ttl 5m",
+        ),
+    ] {
+        let mut argv = vec!["check-config", "--key", &good_key];
+        argv.extend(args);
+        let out = sidecar(&argv, dir.path());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{argv:?} passed");
+        assert!(stderr.contains("contradict"), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+    }
+
+    // A refused connection is said in the server's words, not as a pool timeout.
+    let out = sidecar(
+        &[
+            "check-config",
+            "--database-url",
+            "postgres://postgres@127.0.0.1:1/none",
+            "--key",
+            &good_key,
+        ],
+        dir.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+    assert!(!stderr.contains("pool timed out"), "{stderr}");
+}
