@@ -16,7 +16,7 @@
 //! next user opens a new one, and the listening side reports that announcements may have been
 //! missed meanwhile, so the sync task catches up from the store.
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -55,6 +55,9 @@ pub struct SharedConnection {
     heard: parking_lot::Mutex<Overheard>,
     /// Wakes the listening side when something was heard for it.
     heard_some: Notify,
+    /// The slot's epoch, readable without the slot: an operation that reopened the connection
+    /// while a flood keeps the listening side off the slot is still reported at once.
+    epoch_now: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -98,6 +101,7 @@ impl SharedConnection {
             turnstile: Turnstile::new(1),
             heard: parking_lot::Mutex::new(Overheard::default()),
             heard_some: Notify::new(),
+            epoch_now: AtomicU64::new(0),
         })
     }
 
@@ -158,6 +162,7 @@ impl SharedConnection {
         if slot.listener.is_none() {
             slot.listener = Some(self.connect().await?);
             slot.epoch += 1;
+            self.epoch_now.store(slot.epoch, Ordering::SeqCst);
         }
         Ok(slot.epoch)
     }
@@ -189,6 +194,12 @@ impl SharedConnection {
     /// operation that asks.
     pub async fn next(&self, epoch: &mut u64) -> Heard {
         loop {
+            // A connection reopened by an operation: what was sent meanwhile may be lost.
+            let now = self.epoch_now.load(Ordering::SeqCst);
+            if now != *epoch {
+                *epoch = now;
+                return Heard::Reconnected;
+            }
             if let Some(heard) = self.take_overheard() {
                 return heard;
             }
@@ -278,6 +289,9 @@ impl sql::Lease for SharedLease {
         if self.guard.listener.is_none() {
             self.guard.listener = Some(self.shared.connect().await?);
             self.guard.epoch += 1;
+            self.shared
+                .epoch_now
+                .store(self.guard.epoch, Ordering::SeqCst);
         }
         match self.guard.listener.as_mut() {
             Some(listener) => Ok(listener.acquire().await?),

@@ -138,8 +138,24 @@ pub struct SidecarProcess {
 
 impl SidecarProcess {
     /// Starts the binary with `env` (plus a free API port) in `dir`, and waits (bounded) until
-    /// it says it listens.
+    /// it says it listens. A start that lost its port to another test between `free_port` and
+    /// the bind (tests run in parallel) is tried again on another port.
     pub async fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> Self {
+        for _ in 0..3 {
+            let mut process = Self::spawn(dir, env);
+            match process
+                .seen_line("token-sidecar listening", Duration::from_secs(30))
+                .await
+            {
+                Ok(()) => return process,
+                Err(seen) if seen.contains("in use") => continue,
+                Err(seen) => panic!("the sidecar never logged it listens; it logged:\n{seen}"),
+            }
+        }
+        panic!("the sidecar lost its port three times");
+    }
+
+    fn spawn(dir: &std::path::Path, env: &[(&str, &str)]) -> Self {
         use std::io::BufRead;
         let port = free_port();
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_token-sidecar"));
@@ -167,31 +183,39 @@ impl SidecarProcess {
             }
             all
         });
-        let mut process = Self {
+        Self {
             pid: child.id(),
             child: Some(child),
             port,
             lines,
             reader: Some(reader),
-        };
-        process
-            .wait_for_line("token-sidecar listening", Duration::from_secs(30))
-            .await;
-        process
+        }
     }
 
-    /// Waits (bounded) for a log line containing `text`.
-    pub async fn wait_for_line(&mut self, text: &str, deadline: Duration) {
+    /// Waits (bounded) for a line containing `text`; the lines seen if it never comes.
+    async fn seen_line(&mut self, text: &str, deadline: Duration) -> Result<(), String> {
+        let mut seen = Vec::new();
         let found = tokio::time::timeout(deadline, async {
             while let Some(line) = self.lines.recv().await {
                 if line.contains(text) {
                     return true;
                 }
+                seen.push(line);
             }
             false
         })
         .await;
-        assert_eq!(found, Ok(true), "the sidecar never logged {text:?}");
+        match found {
+            Ok(true) => Ok(()),
+            _ => Err(seen.join("\n")),
+        }
+    }
+
+    /// Waits (bounded) for a log line containing `text`.
+    pub async fn wait_for_line(&mut self, text: &str, deadline: Duration) {
+        if let Err(seen) = self.seen_line(text, deadline).await {
+            panic!("the sidecar never logged {text:?}; it logged:\n{seen}");
+        }
     }
 
     /// A channel to the API, once health says SERVING.
