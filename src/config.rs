@@ -388,6 +388,15 @@ pub struct Config {
     #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_STORE_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
     pub store_timeout: Duration,
 
+    /// Whether a start applies missing PostgreSQL migrations. auto: yes on a direct
+    /// connection; never through a transaction pooler (a URL with statement-cache-capacity=0,
+    /// as PgBouncer's transaction mode needs — sqlx's migrator needs a session), where the
+    /// sidecar waits NOT_SERVING and says what to run (`token-sidecar migrate` with a direct
+    /// URL, or the migrate Job). never: always wait for that. (The embedded SQLite file is
+    /// always migrated: one process owns it.)
+    #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_MIGRATE", value_enum, default_value_t = MigrateAtStart::Auto)]
+    pub migrate: MigrateAtStart,
+
     /// How changes made by other instances arrive: PostgreSQL LISTEN/NOTIFY, NATS
     /// (--nats-url), or polling only (behind transaction-pooling PgBouncer).
     #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_SYNC_MODE", value_enum, default_value_t = SyncMode::Notify)]
@@ -778,8 +787,21 @@ impl From<&Config> for PoolSettings {
             store_timeout: config.store_timeout,
             sync_key_file: config.sync_key_file.clone(),
             listen: config.sync_mode == SyncMode::Notify,
+            migrate: config.migrate,
         }
     }
+}
+
+/// `--migrate`: whether a start applies missing migrations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MigrateAtStart {
+    /// On a direct connection; not through a transaction pooler.
+    Auto,
+    /// Never: the schema is the migrate Job's (or `token-sidecar migrate`'s) to apply.
+    Never,
+    /// Always, wherever the URL leads (what `token-sidecar migrate` does; not a flag value).
+    #[value(skip)]
+    Always,
 }
 
 /// The caches' sizes and trust the flags ask for.

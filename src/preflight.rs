@@ -95,7 +95,11 @@ pub fn check_sync(config: &Config) -> Result<(), StartupError> {
 
 /// Applies the migrations of the configured store and returns its kind.
 pub async fn migrate(config: &Config) -> Result<&'static str, StartupError> {
-    let store = store::open_with(&config.database_url(), config.into()).await?;
+    // Asked for explicitly: applied wherever the URL leads (a direct URL, as the log of a
+    // waiting sidecar says).
+    let mut settings = store::PoolSettings::from(config);
+    settings.migrate = crate::config::MigrateAtStart::Always;
+    let store = store::open_with(&config.database_url(), settings).await?;
     store.migrate().await?;
     Ok(store.kind())
 }

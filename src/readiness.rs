@@ -92,7 +92,12 @@ pub async fn keep(
 struct NotReady {
     attempts: u32,
     last_reason: Option<String>,
+    /// When the reason was last logged: a reason that lasts is said again once a minute.
+    logged_at: Option<std::time::Instant>,
 }
+
+/// How often a lasting reason is logged again.
+const SAY_AGAIN: Duration = Duration::from_secs(60);
 
 impl NotReady {
     async fn record(&mut self, revocations: &Revocations, error: StoreError) {
@@ -103,6 +108,8 @@ impl NotReady {
         let cause = refusal.as_ref().unwrap_or(&error);
         let kind = if cause.is_database_full() {
             "too_many_connections"
+        } else if matches!(cause, StoreError::SchemaBehind(_)) {
+            "schema_behind"
         } else if matches!(cause, StoreError::Database(_)) {
             "unreachable"
         } else {
@@ -110,12 +117,14 @@ impl NotReady {
         };
         let reason = cause.to_string();
         revocations.metrics().store.not_ready(kind);
-        if self.last_reason.as_deref() != Some(reason.as_str()) {
+        let said_long_ago = self.logged_at.is_none_or(|at| at.elapsed() >= SAY_AGAIN);
+        if self.last_reason.as_deref() != Some(reason.as_str()) || said_long_ago {
             tracing::warn!(
                 error = %reason,
                 "store not ready: health is NOT_SERVING; retrying until it is"
             );
             self.last_reason = Some(reason);
+            self.logged_at = Some(std::time::Instant::now());
         } else {
             tracing::debug!(attempts = self.attempts, error = %error, "store still not ready");
         }

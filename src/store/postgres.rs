@@ -21,6 +21,7 @@ use super::{
     Rotation, RotationOutcome, StoreError, sql,
 };
 use crate::clock::UnixMillis;
+use crate::config::MigrateAtStart;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -58,6 +59,8 @@ pub struct PoolSettings {
     /// Whether the instance LISTENs for changes (notify mode). With one connection, that
     /// connection then carries every query and write as well.
     pub listen: bool,
+    /// Whether missing migrations are applied (`--migrate`; `token-sidecar migrate` always).
+    pub migrate: MigrateAtStart,
 }
 
 impl Default for PoolSettings {
@@ -68,6 +71,7 @@ impl Default for PoolSettings {
             store_timeout: Duration::from_secs(5),
             sync_key_file: None,
             listen: true,
+            migrate: MigrateAtStart::Auto,
         }
     }
 }
@@ -101,6 +105,9 @@ pub struct PostgresStore {
     announced: broadcast::Sender<String>,
     /// The newest change committed through this store.
     written: Arc<parking_lot::Mutex<Option<Link>>>,
+    /// Why missing migrations are not applied here, if they are not (a transaction pooler, or
+    /// `--migrate never`).
+    no_migrations: Option<&'static str>,
 }
 
 impl PostgresStore {
@@ -172,6 +179,14 @@ impl PostgresStore {
             store_timeout_ms: settings.store_timeout.as_millis().max(1).to_string(),
             announced: broadcast::channel(4096).0,
             written: Arc::new(parking_lot::Mutex::new(None)),
+            no_migrations: match (settings.migrate, prepared) {
+                (MigrateAtStart::Always, _) | (MigrateAtStart::Auto, true) => None,
+                (MigrateAtStart::Auto, false) => Some(
+                    "the URL leads through a transaction pooler (statement-cache-capacity=0), \
+                     which cannot carry the migrator's session",
+                ),
+                (MigrateAtStart::Never, _) => Some("--migrate never"),
+            },
         })
     }
 
@@ -784,12 +799,31 @@ impl RevocationStore for PostgresStore {
         } else {
             drop(session);
         }
-        if let Ok(applied) = applied
+        if let Ok(applied) = &applied
             && MIGRATOR
                 .iter()
                 .all(|m| applied.iter().any(|(v,)| *v == m.version))
         {
             return Ok(());
+        }
+        if let Some(why) = self.no_migrations {
+            let missing: Vec<i64> = MIGRATOR
+                .iter()
+                .map(|m| m.version)
+                .filter(|v| {
+                    applied
+                        .as_ref()
+                        .is_ok_and(|applied| !applied.iter().any(|(a,)| a == v))
+                        || applied.is_err()
+                })
+                .collect();
+            return Err(StoreError::SchemaBehind(format!(
+                "the schema lacks {} migration(s) (up to {}); this sidecar does not migrate ({why}): \
+                 run `token-sidecar migrate --database-url <a direct URL>` (or the migrate Job); it \
+                 becomes SERVING when the schema arrives",
+                missing.len(),
+                missing.last().copied().unwrap_or_default()
+            )));
         }
         // sqlx holds a PostgreSQL advisory lock while migrating: concurrent starts serialise.
         let mut session = Session::start(self.conn().await?, None).await?;

@@ -606,3 +606,61 @@ async fn the_fleet_purges_once_per_round() {
         "the next round is the first ticker's again"
     );
 }
+
+/// Issue 46: no migration through a transaction pooler, ever. On an empty database a sidecar
+/// behind PgBouncer (transaction mode) — or any sidecar told `--migrate never` — does not run
+/// the migrator: it stays NOT_SERVING, says what to run, and becomes SERVING without a restart
+/// once `token-sidecar migrate` ran on a direct URL.
+#[tokio::test]
+async fn behind_a_transaction_pooler_a_sidecar_waits_for_the_schema_instead_of_migrating() {
+    crate::require!(Postgres, Pgbouncer);
+    let direct = crate::common::fresh_postgres_database().await;
+    let bouncer = PgBouncer::start(2).await;
+    let through = bouncer.url_for(&direct);
+    let pooled = Settings::new(Backend::Postgres)
+        .database_url(&through)
+        .arg("--sync-mode", "poll")
+        .arg("--health-interval", "1s")
+        .no_wait()
+        .spawn()
+        .await;
+    let told = Settings::new(Backend::Postgres)
+        .database_url(&direct)
+        .arg("--migrate", "never")
+        .arg("--health-interval", "1s")
+        .no_wait()
+        .spawn()
+        .await;
+    for app in [&pooled, &told] {
+        eventually(
+            Duration::from_secs(20),
+            "the sidecar says the schema is behind",
+            || async { app.counter(r#"store_not_ready_total{reason="schema_behind"}"#) >= 1 },
+        )
+        .await;
+    }
+    let admin = sqlx::PgPool::connect(&direct).await.expect("direct");
+    let (table,): (Option<String>,) =
+        sqlx::query_as("SELECT to_regclass('_sqlx_migrations')::text")
+            .fetch_one(&admin)
+            .await
+            .expect("query");
+    assert_eq!(table, None, "nothing was migrated");
+    // What the log says to run, with a direct URL.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_token-sidecar"))
+        .args(["migrate", "--database-url", &direct])
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("migrate runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for app in [&pooled, &told] {
+        app.wait_for_health(tonic_health::pb::health_check_response::ServingStatus::Serving)
+            .await;
+        let t = app.issue("after-the-job").await;
+        assert!(app.verify(&t.token).await.valid);
+    }
+}

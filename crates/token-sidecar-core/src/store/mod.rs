@@ -24,6 +24,10 @@ pub enum StoreError {
     /// message, not chained as a source, so that it is printed once.)
     #[error("the store is unavailable: {0}")]
     Database(DbError),
+    /// The schema lacks migrations this instance may not apply itself (through a transaction
+    /// pooler, or `--migrate never`): what to run instead.
+    #[error("{0}")]
+    SchemaBehind(String),
     /// The schema could not be brought up to date.
     #[error("database migration failed: {0}")]
     Migration(Box<dyn std::error::Error + Send + Sync>),
