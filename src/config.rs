@@ -388,14 +388,19 @@ pub struct Config {
     #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_STORE_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
     pub store_timeout: Duration,
 
-    /// Whether a start applies missing PostgreSQL migrations. auto: yes on a direct
-    /// connection; never through a transaction pooler (a URL with statement-cache-capacity=0,
-    /// as PgBouncer's transaction mode needs — sqlx's migrator needs a session), where the
-    /// sidecar waits NOT_SERVING and says what to run (`token-sidecar migrate` with a direct
-    /// URL, or the migrate Job). never: always wait for that. (The embedded SQLite file is
-    /// always migrated: one process owns it.)
+    /// Whether a start applies missing PostgreSQL migrations. auto: yes, unless
+    /// --database-pooler says the URL leads through a transaction pooler (sqlx's migrator needs
+    /// a session): there the sidecar waits NOT_SERVING and says what to run (`token-sidecar
+    /// migrate` with a direct URL, or the migrate Job). never: always wait for that. (The
+    /// embedded SQLite file is always migrated: one process owns it.)
     #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_MIGRATE", value_enum, default_value_t = MigrateAtStart::Auto)]
     pub migrate: MigrateAtStart,
+
+    /// What stands between the sidecar and PostgreSQL: none, or a transaction pooler
+    /// (PgBouncer in transaction mode): then statements are sent unnamed (as the URL's
+    /// statement-cache-capacity=0 also asks) and a start never runs the migrator through it.
+    #[arg(help_heading = "Store and sync", long, env = "TOKEN_SIDECAR_DATABASE_POOLER", value_enum, default_value_t = DatabasePooler::None)]
+    pub database_pooler: DatabasePooler,
 
     /// How changes made by other instances arrive: PostgreSQL LISTEN/NOTIFY, NATS
     /// (--nats-url), or polling only (behind transaction-pooling PgBouncer).
@@ -788,8 +793,18 @@ impl From<&Config> for PoolSettings {
             sync_key_file: config.sync_key_file.clone(),
             listen: config.sync_mode == SyncMode::Notify,
             migrate: config.migrate,
+            transaction_pooler: config.database_pooler == DatabasePooler::Transaction,
         }
     }
+}
+
+/// `--database-pooler`: what stands between the sidecar and PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DatabasePooler {
+    /// A direct connection (or a session pooler).
+    None,
+    /// A transaction pooler: no session survives a transaction.
+    Transaction,
 }
 
 /// `--migrate`: whether a start applies missing migrations.

@@ -61,6 +61,8 @@ pub struct PoolSettings {
     pub listen: bool,
     /// Whether missing migrations are applied (`--migrate`; `token-sidecar migrate` always).
     pub migrate: MigrateAtStart,
+    /// Whether the URL leads through a transaction pooler (`--database-pooler transaction`).
+    pub transaction_pooler: bool,
 }
 
 impl Default for PoolSettings {
@@ -72,6 +74,7 @@ impl Default for PoolSettings {
             sync_key_file: None,
             listen: true,
             migrate: MigrateAtStart::Auto,
+            transaction_pooler: false,
         }
     }
 }
@@ -122,7 +125,7 @@ impl PostgresStore {
         // `statement-cache-capacity=0` is how a URL says "behind a transaction pooler": sqlx
         // still names its statements then, which collide on a shared server connection, so
         // every statement is sent unnamed instead.
-        let prepared = !url.contains("statement-cache-capacity=0");
+        let prepared = !url.contains("statement-cache-capacity=0") && !settings.transaction_pooler;
         let mut options = PgConnectOptions::from_str(url)?;
         if prepared {
             // The server notices a sidecar whose host vanished (and frees its locks) within
@@ -179,11 +182,11 @@ impl PostgresStore {
             store_timeout_ms: settings.store_timeout.as_millis().max(1).to_string(),
             announced: broadcast::channel(4096).0,
             written: Arc::new(parking_lot::Mutex::new(None)),
-            no_migrations: match (settings.migrate, prepared) {
-                (MigrateAtStart::Always, _) | (MigrateAtStart::Auto, true) => None,
-                (MigrateAtStart::Auto, false) => Some(
-                    "the URL leads through a transaction pooler (statement-cache-capacity=0), \
-                     which cannot carry the migrator's session",
+            no_migrations: match (settings.migrate, settings.transaction_pooler) {
+                (MigrateAtStart::Always, _) | (MigrateAtStart::Auto, false) => None,
+                (MigrateAtStart::Auto, true) => Some(
+                    "--database-pooler transaction: a transaction pooler cannot carry the \
+                     migrator's session",
                 ),
                 (MigrateAtStart::Never, _) => Some("--migrate never"),
             },

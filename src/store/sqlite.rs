@@ -46,6 +46,8 @@ pub struct SqliteStore {
 struct Owner {
     /// Holds the exclusive lock while open.
     _lock: std::fs::File,
+    /// The connection that keeps the write-ahead log in place (see [`SqliteStore::open`]).
+    _keeper: parking_lot::Mutex<Option<sqlx::SqliteConnection>>,
     file: PathBuf,
     identity: (u64, u64),
     /// `<file>-wal`, and its identity once it has been seen. The pool keeps a connection open
@@ -160,15 +162,17 @@ impl SqliteStore {
             true => None,
             false => Some(Owner::claim(&file).await?),
         };
-        // Connections are kept for the process's life: SQLite deletes the write-ahead log when
-        // its last connection closes, and a log that comes and goes could not be watched.
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
+        // One connection is held for the process's life (opened after the pool's first, so
+        // they never race to switch the file to WAL): SQLite deletes the write-ahead log when
+        // its last connection closes, and a log that comes and goes could not be watched.
+        let keeper = match lock {
+            Some(_) => Some(sqlx::ConnectOptions::connect(&options).await?),
+            None => None,
+        };
         let owner = match lock {
             Some(lock) => {
                 let mut wal = file.as_os_str().to_owned();
@@ -176,6 +180,7 @@ impl SqliteStore {
                 let wal = PathBuf::from(wal);
                 Some(Arc::new(Owner {
                     _lock: lock,
+                    _keeper: parking_lot::Mutex::new(keeper),
                     identity: Owner::identity_of(&file)
                         .map_err(|e| StoreError::Owner(format!("{}: {e}", file.display())))?,
                     wal_identity: parking_lot::Mutex::new(Owner::identity_of(&wal).ok()),

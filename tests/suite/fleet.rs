@@ -619,6 +619,7 @@ async fn behind_a_transaction_pooler_a_sidecar_waits_for_the_schema_instead_of_m
     let through = bouncer.url_for(&direct);
     let pooled = Settings::new(Backend::Postgres)
         .database_url(&through)
+        .arg("--database-pooler", "transaction")
         .arg("--sync-mode", "poll")
         .arg("--health-interval", "1s")
         .no_wait()
