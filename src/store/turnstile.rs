@@ -1,12 +1,13 @@
 //! Who gets a database connection next (issue 40: the fleet's ear is never for sale).
 //!
 //! Every operation on PostgreSQL asks for a turn in a lane, set by the surface that serves the
-//! request ([`Lane::scope`]); work no request asked for (the sync task's catch-ups, health
-//! pings, clock readings, purges) runs in [`Lane::Upkeep`]:
+//! request ([`Lane::scope`]); outside any scope it is [`Lane::First`]:
 //!
-//! - [`Lane::Upkeep`] and [`Lane::Read`] (Verify, Check, `/auth`, introspection cache misses) go
-//!   first, but after [`READ_STREAK`] turns in a row a waiting write gets one: a read waits
-//!   behind at most the operation in progress and one write;
+//! - [`Lane::First`] — the instance's own work (catch-ups, health pings, clock readings,
+//!   purges) and the verification surfaces' cache-miss reads (Verify, Check, `/auth`,
+//!   introspection: no scope, so the hot path pays nothing for it) — goes first, but after
+//!   [`READ_STREAK`] turns in a row a waiting write gets one: a read waits behind at most the
+//!   operation in progress and one write;
 //! - [`Lane::Privileged`] (the admin's Issue, revocations, LiftBan) next;
 //! - [`Lane::Open`] — what any caller can cause without privilege (Refresh, Revoke of a token it
 //!   holds, RFC 7009, the identity providers' events, feed reads) — last, round-robin by the
@@ -40,10 +41,8 @@ pub const OPEN_WAITING: usize = 512;
 /// Whose operation it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lane {
-    /// The instance's own work (sync, health, clock, purge).
-    Upkeep,
-    /// A read on behalf of a verification surface.
-    Read,
+    /// The instance's own work and verification reads: what runs outside any scope.
+    First,
     /// A privileged caller's RPC.
     Privileged,
     /// What any caller (by its address) can cause without privilege.
@@ -60,9 +59,9 @@ impl Lane {
         LANE.scope(self, future).await
     }
 
-    /// The lane of the current task: [`Lane::Upkeep`] outside any scope.
+    /// The lane of the current task: [`Lane::First`] outside any scope.
     pub fn current() -> Self {
-        LANE.try_with(|lane| *lane).unwrap_or(Lane::Upkeep)
+        LANE.try_with(|lane| *lane).unwrap_or(Lane::First)
     }
 }
 
@@ -122,7 +121,7 @@ impl Turnstile {
             }
             let (tx, rx) = oneshot::channel();
             match lane {
-                Lane::Upkeep | Lane::Read => queues.first.push_back(tx),
+                Lane::First => queues.first.push_back(tx),
                 Lane::Privileged => queues.privileged.push_back(tx),
                 Lane::Open(caller) => {
                     let mine = queues.open.get(&caller).map_or(0, VecDeque::len);
@@ -244,17 +243,14 @@ mod tests {
     async fn reads_pass_queued_writes_and_callers_take_turns() {
         let turnstile = Turnstile::new(1);
         let served = Arc::new(Mutex::new(Vec::new()));
-        let held = Lane::Upkeep
-            .scope(turnstile.turn(WAIT))
-            .await
-            .expect("free");
+        let held = Lane::First.scope(turnstile.turn(WAIT)).await.expect("free");
         let mut tasks = Vec::new();
         for name in ["a1", "a2", "a3"] {
             tasks.push(queue(&turnstile, caller(1), name, &served));
         }
         tasks.push(queue(&turnstile, caller(2), "b1", &served));
         settle().await;
-        tasks.push(queue(&turnstile, Lane::Read, "read", &served));
+        tasks.push(queue(&turnstile, Lane::First, "read", &served));
         tasks.push(queue(&turnstile, Lane::Privileged, "admin", &served));
         settle().await;
         drop(held);
@@ -303,7 +299,7 @@ mod tests {
         let held = turnstile.turn(WAIT).await.expect("free");
         let mut tasks = vec![queue(&turnstile, caller(1), "write", &served)];
         for _ in 0..(READ_STREAK + 2) {
-            tasks.push(queue(&turnstile, Lane::Read, "read", &served));
+            tasks.push(queue(&turnstile, Lane::First, "read", &served));
         }
         settle().await;
         drop(held);
@@ -319,12 +315,12 @@ mod tests {
     async fn a_caller_that_gives_up_passes_its_turn_on() {
         let turnstile = Turnstile::new(1);
         let held = turnstile.turn(WAIT).await.expect("free");
-        let impatient = Lane::Read
+        let impatient = Lane::First
             .scope(turnstile.turn(Duration::from_millis(10)))
             .await;
         assert!(impatient.is_err());
         let served = Arc::new(Mutex::new(Vec::new()));
-        let next = queue(&turnstile, Lane::Read, "next", &served);
+        let next = queue(&turnstile, Lane::First, "next", &served);
         settle().await;
         drop(held);
         next.await.expect("joined").expect("the turn was not lost");

@@ -170,8 +170,14 @@ async fn flooded_instance_hears_the_fleet(kind: Flood) {
     let holder = b.issue("flooder").await;
     let flood = Running::start(kind, streams, b.addr, b.http_addr, holder.token);
     let flooding = Instant::now();
-    // Let the flood fill the queue.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Measure once the flood is under way (bounded).
+    if streams > 0 {
+        crate::common::eventually(Duration::from_secs(10), "the flood is under way", || {
+            let sent = flood.sent.clone();
+            async move { sent.load(Ordering::Relaxed) >= streams as u64 }
+        })
+        .await;
+    }
 
     let mut propagation = Vec::new();
     let mut verify = Vec::new();

@@ -107,6 +107,20 @@ impl Flood {
         Self { stop, sent, task }
     }
 
+    /// Waits (bounded) until the flood has sent `more` requests beyond what it had.
+    async fn sends(&self, more: usize) {
+        let target = self.sent.load(Ordering::Relaxed) + more;
+        crate::common::eventually(
+            std::time::Duration::from_secs(10),
+            "the flood sends",
+            || {
+                let sent = self.sent.clone();
+                async move { sent.load(Ordering::Relaxed) >= target }
+            },
+        )
+        .await;
+    }
+
     async fn stop(self) -> usize {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.task.await;
@@ -151,7 +165,7 @@ async fn made_up_kids_cannot_freeze_a_key_rotation() {
         )
     });
     for _ in 0..5 {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        flood.sends(5).await;
         a.clock.advance_ms(SEC);
     }
     // The provider rotates to a new key and signs its real logout with it.
@@ -202,7 +216,7 @@ async fn junk_from_one_or_many_addresses_never_rate_limits_a_real_logout() {
     let many: Vec<IpAddr> = (2..22).map(|i| IpAddr::from([127, 0, 0, i])).collect();
     for (round, sources) in [one, many].into_iter().enumerate() {
         let flood = Flood::start(to, sources, junk);
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        flood.sends(30).await;
         let mut tokens = Vec::new();
         for i in 0..10 {
             let sid = format!("kc-junk-{round}-{i}");
