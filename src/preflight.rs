@@ -99,7 +99,9 @@ pub async fn migrate(config: &Config) -> Result<&'static str, StartupError> {
     // waiting sidecar says).
     let mut settings = store::PoolSettings::from(config);
     settings.migrate = crate::config::MigrateAtStart::Always;
-    let store = store::open_with(&config.database_url(), settings).await?;
+    let store = store::open_with(&config.database_url(), settings)
+        .await?
+        .store;
     store.migrate().await?;
     Ok(store.kind())
 }
@@ -206,7 +208,7 @@ async fn check_store(config: &Config) -> Result<String, StartupError> {
             ),
         });
     }
-    let store = store::open_with(&url, config.into()).await?;
+    let store = store::open_with(&url, config.into()).await?.store;
     if let Err(e) = store.ping().await {
         return Err(store.why_unreachable().await.unwrap_or(e).into());
     }

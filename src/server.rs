@@ -33,7 +33,7 @@ use crate::metrics::{self, Metrics};
 use crate::policy::RevocationPolicy;
 use crate::revocations::Revocations;
 use crate::shutdown::stopped;
-use crate::store::{self, RevocationStore};
+use crate::store;
 use crate::supervise::Supervisor;
 use crate::tls::ReloadableTls;
 use crate::token::VerifiedCache;
@@ -170,7 +170,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
     let callers = preflight::load_callers(&config, admin)?;
     let tls = preflight::tls(&config)?.map(Arc::new);
     let metrics = Arc::new(Metrics::new());
-    let store = open_store(&config).await?;
+    let store::Opened { store, transport } = open_store(&config).await?;
     let revocations = Arc::new(Revocations::new(
         store.clone(),
         clock.clone(),
@@ -278,6 +278,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
             "the change feed",
             ended(sync::run(
                 revocations,
+                transport,
                 (&config).into(),
                 shutdown_rx.clone(),
             )),
@@ -312,7 +313,7 @@ fn optional(addr: Option<SocketAddr>) -> String {
 
 /// The configured store (not migrated yet: health does that, so that a slow database delays
 /// readiness instead of the start).
-async fn open_store(config: &Config) -> Result<Arc<dyn RevocationStore>, StartupError> {
+async fn open_store(config: &Config) -> Result<store::Opened, StartupError> {
     let url = config.database_url();
     if config.database_url.is_none() {
         tracing::warn!(

@@ -1,12 +1,12 @@
-//! The stores behind the core's [`RevocationStore`] trait: PostgreSQL, the production store, and
-//! SQLite, the embedded default for trying the sidecar out. Both run their migrations at start
-//! (PostgreSQL under sqlx's advisory lock, so many sidecars starting at once are safe). The
-//! vocabulary (changes, denylist entries, the audit trail, `StoreError`) is the core's, re-exported
-//! here.
+//! The stores behind the core's roles ([`RevocationStore`]): PostgreSQL, the production store;
+//! SQLite, the embedded default for trying the sidecar out; and the core's memory store
+//! (`memory:`, for tests). PostgreSQL and SQLite run their migrations at start (PostgreSQL under
+//! sqlx's advisory lock, so many sidecars starting at once are safe). The vocabulary (changes,
+//! denylist entries, the audit trail, `StoreError`) is the core's, re-exported here.
 mod postgres;
-mod shared;
 mod sql;
 mod sqlite;
+mod transport;
 mod turnstile;
 
 use std::sync::Arc;
@@ -14,36 +14,45 @@ use std::sync::Arc;
 pub use token_sidecar_core::store::*;
 
 pub use postgres::{
-    CHANGE_CHANNEL, FEED_APPLICATION_NAME, PoolSettings, PostgresStore, read_sync_key,
+    CHANGE_CHANNEL, FEED_APPLICATION_NAME, Heard, LISTENER_APPLICATION_NAME, ListenerFeed,
+    ListeningConnection, PoolSettings, PostgresStore, read_sync_key,
 };
-pub use shared::{Heard, LISTENER_APPLICATION_NAME, SharedConnection, SharedFeed};
 pub use sqlite::SqliteStore;
+pub use transport::{NoTransport, SyncTransport};
 pub use turnstile::{Lane, OPEN_PER_CALLER};
 
-/// The connection that LISTENs for announced changes (PostgreSQL in notify mode: one of the
-/// `--database-max-connections` budget, with a budget of one the only one); None for other
-/// stores and modes.
-pub fn listen_connection(store: &dyn RevocationStore) -> Option<Arc<SharedConnection>> {
-    store
-        .as_any()
-        .downcast_ref::<PostgresStore>()?
-        .listen_connection()
+/// A store as the server opens it: its roles, and its sync transport.
+#[derive(Clone)]
+pub struct Opened {
+    /// The store's roles.
+    pub store: Arc<dyn RevocationStore>,
+    /// How other instances' news reaches this one.
+    pub transport: Arc<dyn SyncTransport>,
 }
 
 /// Opens the store a database URL names, without running migrations, with the default pool.
 pub async fn open(url: &str) -> Result<Arc<dyn RevocationStore>, StoreError> {
-    open_with(url, PoolSettings::default()).await
+    Ok(open_with(url, PoolSettings::default()).await?.store)
 }
 
 /// Opens the store a database URL names, without running migrations; `pool` bounds PostgreSQL's.
-pub async fn open_with(
-    url: &str,
-    pool: PoolSettings,
-) -> Result<Arc<dyn RevocationStore>, StoreError> {
+pub async fn open_with(url: &str, pool: PoolSettings) -> Result<Opened, StoreError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PostgresStore::connect_lazy(url, pool)?))
+        let store = Arc::new(PostgresStore::connect_lazy(url, pool)?);
+        Ok(Opened {
+            store: store.clone(),
+            transport: store,
+        })
     } else if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::open(url).await?))
+        Ok(Opened {
+            store: Arc::new(SqliteStore::open(url).await?),
+            transport: Arc::new(NoTransport),
+        })
+    } else if url == "memory:" {
+        Ok(Opened {
+            store: Arc::new(memory::MemoryStore::default()),
+            transport: Arc::new(NoTransport),
+        })
     } else {
         Err(StoreError::UnsupportedUrl)
     }

@@ -11,9 +11,10 @@ use sqlx::database::HasStatementCache;
 use sqlx::pool::PoolConnection;
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Type};
 
+use super::pipeline::Audited;
 use super::{
-    Audit, AuditQuery, AuditRecord, Change, ChangeSeq, CutoffRecord, DenyKind, DenySink,
-    PurgeHorizon, Purged, Rotation, RotationOutcome, SessionHead, StoreError, Superseded,
+    AuditQuery, AuditRecord, Change, ChangeSeq, CutoffRecord, DenyKind, DenySink, PurgeHorizon,
+    Purged, Rotation, RotationOutcome, SessionHead, StoreError, Superseded,
 };
 use crate::clock::{UnixMillis, UnixSeconds};
 
@@ -252,7 +253,7 @@ where
         .bind(limit)
         .fetch_all(executor)
         .await?;
-    Ok(rows.into_iter().map(change_from_row).collect())
+    rows.into_iter().map(change_from_row).collect()
 }
 
 /// Feeds every denylist row live at `now` to `sink`, inside the caller's snapshot.
@@ -277,7 +278,7 @@ where
     .bind(now)
     .fetch(executor);
     while let Some((kind, id, moot)) = rows.try_next().await? {
-        sink(DenyKind::from_column(&kind), &id, moot);
+        sink(DenyKind::from_column(&kind)?, &id, moot);
     }
     Ok(())
 }
@@ -338,20 +339,12 @@ where
     })
 }
 
-/// What a change touched, for its audit row.
-pub(super) struct Audited<'a> {
-    pub(super) audit: &'a Audit,
-    pub(super) user_id: Option<&'a str>,
-    pub(super) target: Option<&'a str>,
-    pub(super) until_ms: Option<UnixMillis>,
-}
-
 /// Writes a change's audit row, inside the change's transaction.
 pub(super) async fn record_audit<DB>(
     conn: &mut DB::Connection,
     prepared: bool,
     seq: ChangeSeq,
-    row: Audited<'_>,
+    row: &Audited<'_>,
 ) -> Result<(), StoreError>
 where
     DB: Database + HasStatementCache,
@@ -495,8 +488,8 @@ where
 /// Turns a `(kind, id, value, seq, committed)` change-feed row into a [`Change`].
 pub(super) fn change_from_row(
     (kind, id, value, seq, committed_ms): (String, String, i64, i64, i64),
-) -> Change {
-    if kind == "cutoff" {
+) -> Result<Change, StoreError> {
+    Ok(if kind == "cutoff" {
         Change::Cutoff {
             seq,
             committed_ms,
@@ -507,11 +500,11 @@ pub(super) fn change_from_row(
         Change::Denied {
             seq,
             committed_ms,
-            kind: DenyKind::from_column(&kind),
+            kind: DenyKind::from_column(&kind)?,
             id,
             moot_after_ms: value,
         }
-    }
+    })
 }
 
 /// The change feed: both tables' rows changed after a number, as

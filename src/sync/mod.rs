@@ -34,7 +34,7 @@ use tracing::Instrument;
 use crate::ids::{MintedId, UserId};
 use crate::revocations::Revocations;
 use crate::store::announcement::{self, Announcement, Rejected};
-use crate::store::{Change, ChangeFeed, DenyKind, StoreError};
+use crate::store::{Change, ChangeFeed, DenyKind, StoreError, SyncTransport};
 use sequencer::{Offer, Sequencer};
 
 pub use nats::{NatsAuth, redacted};
@@ -117,18 +117,21 @@ trait Channel: Send {
 /// Runs until `shutdown` turns true.
 pub async fn run(
     revocations: Arc<Revocations>,
+    transport: Arc<dyn SyncTransport>,
     settings: SyncSettings,
     shutdown: watch::Receiver<bool>,
 ) {
     let channel: Option<Box<dyn Channel>> = match settings.mode {
         SyncMode::Poll => None,
-        SyncMode::Notify => crate::store::listen_connection(revocations.store().as_ref())
+        SyncMode::Notify => transport
+            .listen_connection()
             .map(|shared| Box::new(notify::Listener::new(shared)) as Box<dyn Channel>),
         SyncMode::Nats => Some(Box::new(nats::Nats::new(
             settings.nats_url.clone().unwrap_or_default(),
             settings.nats_subject.clone(),
             settings.nats_auth.clone(),
             revocations.clone(),
+            transport.clone(),
         ))),
     };
     // In order on one connection, NOTIFY never delivers a number early: a gap is a loss. NATS
@@ -139,6 +142,7 @@ pub async fn run(
     };
     Driver {
         revocations,
+        transport,
         settings,
         channel,
         sequencer: Sequencer::default(),
@@ -174,7 +178,11 @@ async fn open(revocations: &Revocations, payload: &[u8]) -> Result<Announcement,
             id,
             ..
         } => UserId::parse(id.as_str()).is_ok(),
-        Change::Denied { id, .. } => MintedId::parse(id.as_str()).is_ok(),
+        Change::Denied {
+            kind: DenyKind::Token | DenyKind::Session,
+            id,
+            ..
+        } => MintedId::parse(id.as_str()).is_ok(),
     };
     if !id_ok {
         return Err(Rejected::InvalidId);
@@ -202,6 +210,7 @@ impl From<StoreError> for CatchUpError {
 
 struct Driver {
     revocations: Arc<Revocations>,
+    transport: Arc<dyn SyncTransport>,
     settings: SyncSettings,
     channel: Option<Box<dyn Channel>>,
     sequencer: Sequencer,
@@ -270,7 +279,7 @@ impl Driver {
                     self.catch_up("connected").await;
                     last_poll = Instant::now();
                     // The channel's connection carries the polls: the pool's are not needed.
-                    self.revocations.store().release_idle(0).await;
+                    self.transport.release_idle(0).await;
                 }
                 self.set_up(up);
             }
@@ -400,13 +409,13 @@ impl Driver {
             None => {
                 let retry_due = self.feed_retry_at.is_none_or(|at| at <= Instant::now());
                 if self.own_feed.is_none() && retry_due {
-                    match self.revocations.store().open_feed().await {
+                    match self.transport.open_feed().await {
                         Ok(feed) => {
                             self.feed_error = None;
                             self.feed_retry_at = None;
                             if feed.is_some() {
                                 // The pool's connections are not needed while idle.
-                                self.revocations.store().release_idle(0).await;
+                                self.transport.release_idle(0).await;
                             }
                             self.own_feed = feed;
                         }
@@ -471,7 +480,7 @@ impl Driver {
             None => {
                 // Before the poll, when the last one's connection is surely back in the pool:
                 // keep one, so that first-in-first-out reuse cannot keep several alive.
-                self.revocations.store().release_idle(1).await;
+                self.transport.release_idle(1).await;
                 self.revocations
                     .catch_up()
                     .await

@@ -17,8 +17,8 @@ use tokio::sync::{broadcast, watch};
 
 use super::{Channel, Event};
 use crate::revocations::Revocations;
-use crate::store::ChangeFeed;
 use crate::store::announcement::MAX_ANNOUNCEMENT_BYTES;
+use crate::store::{ChangeFeed, SyncTransport};
 
 /// Announcements buffered per subscription before the client drops messages (then a gap shows
 /// and the store is asked): bounds what a flood of large messages can hold in memory.
@@ -126,6 +126,7 @@ pub(super) struct Nats {
     subject: String,
     auth: NatsAuth,
     revocations: Arc<Revocations>,
+    transport: Arc<dyn SyncTransport>,
     connection: Option<Connection>,
     last_error: Option<String>,
 }
@@ -150,12 +151,14 @@ impl Nats {
         subject: String,
         auth: NatsAuth,
         revocations: Arc<Revocations>,
+        transport: Arc<dyn SyncTransport>,
     ) -> Self {
         Self {
             url,
             subject,
             auth,
             revocations,
+            transport,
             connection: None,
             last_error: None,
         }
@@ -169,7 +172,8 @@ impl Nats {
             .await
             .map_err(|e| e.to_string())?
             .ok_or("this store has no fleet")?;
-        let announcements = store
+        let announcements = self
+            .transport
             .announcements()
             .ok_or("this store announces nothing")?;
         let subject = format!("{}.{}", self.subject, fleet.fleet());

@@ -1,19 +1,19 @@
 //! The PostgreSQL channel: the instance's listening connection, which also carries its
 //! safety-net polls (and, with a budget of one connection, every query and write: see
-//! `store::SharedConnection`), so that a sidecar holds one connection.
+//! `store::ListeningConnection`), so that a sidecar holds one connection.
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
 use super::{Channel, Event};
-use crate::store::{ChangeFeed, Heard, SharedConnection, SharedFeed};
+use crate::store::{ChangeFeed, Heard, ListenerFeed, ListeningConnection};
 
 pub use crate::store::LISTENER_APPLICATION_NAME;
 
 /// LISTEN on the store's change channel, on the store's listening connection.
 pub(super) struct Listener {
-    shared: Arc<SharedConnection>,
-    feed: SharedFeed,
+    connection: Arc<ListeningConnection>,
+    feed: ListenerFeed,
     /// The connection last known to be listening; None while it is not.
     epoch: Option<u64>,
     /// The last reason opening failed, so that a database that stays full is logged once.
@@ -21,10 +21,10 @@ pub(super) struct Listener {
 }
 
 impl Listener {
-    pub(super) fn new(shared: Arc<SharedConnection>) -> Self {
+    pub(super) fn new(connection: Arc<ListeningConnection>) -> Self {
         Self {
-            feed: SharedFeed(shared.clone()),
-            shared,
+            feed: ListenerFeed(connection.clone()),
+            connection,
             epoch: None,
             last_error: None,
         }
@@ -42,7 +42,7 @@ impl Channel for Listener {
     }
 
     async fn open(&mut self) {
-        match self.shared.open().await {
+        match self.connection.open().await {
             Ok(epoch) => {
                 if self.last_error.take().is_some() {
                     tracing::info!("listening for changes again");
@@ -63,7 +63,7 @@ impl Channel for Listener {
         let Some(epoch) = self.epoch.as_mut() else {
             return std::future::pending().await;
         };
-        match self.shared.next(epoch).await {
+        match self.connection.next(epoch).await {
             Heard::Announced(payload) => Event::Announced(payload),
             Heard::Reconnected => Event::Up,
             Heard::Lost(reason) => {

@@ -12,6 +12,7 @@ mod auth;
 mod binary;
 mod client;
 mod commands;
+mod conformance;
 mod connections;
 mod embedded;
 mod fair;

@@ -24,6 +24,20 @@ pub enum DenyKind {
 }
 
 impl DenyKind {
+    /// Every kind, in the order the store's `kind` column check lists them: what a copy of the
+    /// denylist sizes itself by (the Envoy filter's mirror), what an announcement's kind is
+    /// checked against, and what the migrations' check must allow.
+    pub const ALL: [DenyKind; 3] = [DenyKind::Token, DenyKind::Session, DenyKind::IdpSession];
+
+    /// This kind's place in [`DenyKind::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            DenyKind::Token => 0,
+            DenyKind::Session => 1,
+            DenyKind::IdpSession => 2,
+        }
+    }
+
     /// The value stored in the `kind` column.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -35,19 +49,20 @@ impl DenyKind {
 
     /// The kind a `kind` column (or an announcement) names, if any.
     pub fn from_name(kind: &str) -> Option<Self> {
-        match kind {
-            "jti" => Some(DenyKind::Token),
-            "sid" => Some(DenyKind::Session),
-            "idp" => Some(DenyKind::IdpSession),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|k| k.as_str() == kind)
     }
 
-    /// The kind a stored `kind` column names (an unknown one reads as a session).
-    pub fn from_column(kind: &str) -> Self {
-        Self::from_name(kind).unwrap_or(DenyKind::Session)
+    /// The kind a stored `kind` column names. An unknown one (a row a newer version wrote) is
+    /// an error, never read as some other kind: it could refuse nothing it was meant to.
+    pub fn from_column(kind: &str) -> Result<Self, UnknownKind> {
+        Self::from_name(kind).ok_or_else(|| UnknownKind(kind.chars().take(16).collect()))
     }
 }
+
+/// A denylist row of a kind this version does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the denylist holds a row of unknown kind {0:?} (written by a newer version?)")]
+pub struct UnknownKind(pub String);
 
 /// One denylist row.
 #[derive(Debug, Clone, PartialEq, Eq)]

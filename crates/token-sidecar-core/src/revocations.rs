@@ -1059,7 +1059,7 @@ mod model {
     const MAX_SKEW_MS: i64 = 500;
 
     async fn run(ops: Vec<Op>, offsets: [i64; INSTANCES]) -> Result<(), TestCaseError> {
-        let store = Arc::new(MemoryStore::default());
+        let store = Arc::new(MemoryStore::shared());
         // The fleet's time, and each instance's reading of it: off by up to the tolerance.
         let clock = ManualClock::new(T0);
         let clocks: Vec<ManualClock> = offsets.iter().map(|o| ManualClock::new(T0 + o)).collect();
@@ -1220,7 +1220,7 @@ mod model {
             ops in proptest::collection::vec(op(), 1..40),
             offsets in proptest::array::uniform3(-MAX_SKEW_MS..=MAX_SKEW_MS),
         ) {
-            let rt = tokio::runtime::Builder::new_current_thread().build();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_time().build();
             let Ok(rt) = rt else { panic!("runtime") };
             rt.block_on(run(ops, offsets))?;
         }
@@ -1230,7 +1230,7 @@ mod model {
     /// snapshot, not yet applied, must still arrive through the change feed.
     #[tokio::test]
     async fn a_rebuild_does_not_skip_an_unapplied_cutoff() {
-        let store = Arc::new(MemoryStore::default());
+        let store = Arc::new(MemoryStore::shared());
         let clock = ManualClock::new(T0);
         let b = Revocations::new(
             store.clone(),

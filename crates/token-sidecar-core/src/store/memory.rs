@@ -1,17 +1,26 @@
-//! An in-memory store with the semantics of the SQL ones (one change sequence, "changes after
-//! N" returning rows' current state, snapshots), for model tests of the caches and their sync.
-//! It can commit queued writes while a snapshot is being read, as another instance would, and
-//! fail over to a replica that missed the last changes (a forked history, with its own chain).
+//! The memory backend: a real store of the write pipeline (one change sequence, a history
+//! chain, audit rows, "changes after N" returning rows' current state, snapshots), held in this
+//! process. It serves tests (a `memory:` database URL, the store conformance suite, the model
+//! test of the caches and their sync) and the Envoy filter's unit tests; nothing survives the
+//! process, so it is never a production store.
+//!
+//! For the model test it can also act as the rest of a fleet: commit writes of instances the test
+//! does not model ([`ForeignWrite`]), commit queued writes while a snapshot is read, and fail over
+//! to a replica that missed the last changes (a forked history, with its own chain).
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::announcement::{Announcement, GENESIS, Link, LinkTag};
+use super::announcement::{Announcement, FleetKey, GENESIS, Link, LinkTag};
+use super::pipeline::{Applied, Audited, Pipeline, WriteBackend, WriteOp, WriteTx};
 use super::{
-    Audit, AuditQuery, AuditRecord, Change, ChangeSeq, CutoffRecord, CutoffUpdate, DenyEntry,
-    DenyKind, DenySink, History, PurgeHorizon, Purged, RevocationStore, Rotation, RotationOutcome,
-    StoreError, Superseded,
+    AuditLog, AuditQuery, AuditRecord, Backend, Change, ChangeSeq, CutoffRecord, CutoffUpdate,
+    DenyEntry, DenyKind, DenySink, EventLedger, History, Maintenance, PurgeHorizon, Purged,
+    RevocationLog, RevocationReads, Rotation, RotationOutcome, SessionHeads, StoreError,
+    Superseded,
 };
 use crate::clock::UnixMillis;
 
@@ -28,6 +37,9 @@ pub enum ForeignWrite {
 
 #[derive(Default, Clone)]
 struct State {
+    /// Moves with every committed write, so that a transaction knows whether another write got
+    /// in since it began.
+    version: u64,
     seq: ChangeSeq,
     /// The history chain: each change's link (random here: only equality matters).
     links: BTreeMap<ChangeSeq, LinkTag>,
@@ -44,133 +56,240 @@ struct State {
 }
 
 impl State {
-    /// Takes the next change number, with a link of its own.
-    fn next(&mut self) -> ChangeSeq {
-        self.seq += 1;
-        self.links.insert(self.seq, rand::random());
-        self.seq
+    /// Applies `op` as the SQL stores' statements do, numbering a change it makes with the next
+    /// number (not taken until the write commits).
+    fn apply(&mut self, op: &WriteOp<'_>, who: &str) -> Applied {
+        let seq = self.seq + 1;
+        let change = match *op {
+            WriteOp::RaiseCutoff { user_id, at_least } => match self.cutoffs.get(user_id) {
+                Some(&(cutoff_ms, seq)) if cutoff_ms >= at_least => {
+                    return Applied {
+                        change: None,
+                        in_force: Some((cutoff_ms, seq)),
+                    };
+                }
+                _ => {
+                    self.cutoffs.insert(user_id.to_owned(), (at_least, seq));
+                    self.owners.insert(user_id.to_owned(), who.to_owned());
+                    Change::Cutoff {
+                        seq,
+                        committed_ms: crate::clock::wall_ms(),
+                        user_id: user_id.to_owned(),
+                        cutoff_ms: at_least,
+                    }
+                }
+            },
+            WriteOp::LiftBan {
+                user_id,
+                now,
+                only_owner,
+            } => {
+                let running = self.cutoffs.get(user_id).is_some_and(|c| c.0 > now);
+                let owned = only_owner.is_none_or(|owner| {
+                    self.owners.get(user_id).map(String::as_str) == Some(owner)
+                });
+                if !running || !owned {
+                    return Applied::default();
+                }
+                self.cutoffs.insert(user_id.to_owned(), (now, seq));
+                self.owners.insert(user_id.to_owned(), who.to_owned());
+                Change::Cutoff {
+                    seq,
+                    committed_ms: crate::clock::wall_ms(),
+                    user_id: user_id.to_owned(),
+                    cutoff_ms: now,
+                }
+            }
+            WriteOp::Deny(entry) => {
+                let key = (entry.kind, entry.id.clone());
+                if self.denylist.contains_key(&key) {
+                    return Applied::default();
+                }
+                self.denylist.insert(key, (entry.moot_after_ms, seq));
+                Change::Denied {
+                    seq,
+                    committed_ms: crate::clock::wall_ms(),
+                    kind: entry.kind,
+                    id: entry.id.clone(),
+                    moot_after_ms: entry.moot_after_ms,
+                }
+            }
+        };
+        Applied {
+            change: Some(change),
+            in_force: None,
+        }
     }
 
-    /// Records how `change` (numbered by [`State::next`]) was announced.
-    fn announce(&mut self, change: Change) {
-        let seq = change.seq();
+    /// Links change `seq` into the chain with `tag`: the previous link and this one.
+    fn link(&mut self, seq: ChangeSeq, tag: LinkTag) -> (LinkTag, LinkTag) {
         let prev = self
             .links
             .range(..seq)
             .next_back()
             .map_or(GENESIS, |(_, tag)| *tag);
-        let link = self.links.get(&seq).copied().unwrap_or(GENESIS);
-        self.announced.push(Announcement { change, prev, link });
+        self.links.insert(seq, tag);
+        (prev, tag)
     }
 
-    fn raise_cutoff(&mut self, user_id: &str, at_least: UnixMillis) -> CutoffUpdate {
-        match self.cutoffs.get(user_id) {
-            Some(&(cutoff_ms, seq)) if cutoff_ms >= at_least => CutoffUpdate {
-                cutoff_ms,
-                seq,
-                changed: false,
-            },
-            _ => {
-                let seq = self.next();
-                self.cutoffs.insert(user_id.to_owned(), (at_least, seq));
-                self.announce(Change::Cutoff {
-                    seq,
-                    committed_ms: 0,
-                    user_id: user_id.to_owned(),
-                    cutoff_ms: at_least,
-                });
-                CutoffUpdate {
-                    cutoff_ms: at_least,
-                    seq,
-                    changed: true,
-                }
-            }
-        }
-    }
-
-    fn lift_ban(&mut self, user_id: &str, now: UnixMillis) -> Option<ChangeSeq> {
-        if self.cutoffs.get(user_id)?.0 <= now {
-            return None;
-        }
-        let seq = self.next();
-        self.cutoffs.insert(user_id.to_owned(), (now, seq));
-        self.announce(Change::Cutoff {
-            seq,
-            committed_ms: 0,
-            user_id: user_id.to_owned(),
-            cutoff_ms: now,
-        });
-        Some(seq)
-    }
-
-    fn deny(&mut self, entry: &DenyEntry) -> Option<ChangeSeq> {
-        let key = (entry.kind, entry.id.clone());
-        if self.denylist.contains_key(&key) {
-            return None;
-        }
-        let seq = self.next();
-        self.denylist.insert(key, (entry.moot_after_ms, seq));
-        self.announce(Change::Denied {
-            seq,
-            committed_ms: 0,
-            kind: entry.kind,
-            id: entry.id.clone(),
-            moot_after_ms: entry.moot_after_ms,
-        });
-        Some(seq)
-    }
-
-    fn record(
-        &mut self,
-        audit: &Audit,
-        user_id: Option<&str>,
-        target: Option<&str>,
-        until_ms: Option<UnixMillis>,
-    ) {
+    fn record(&mut self, seq: ChangeSeq, row: &Audited<'_>) {
         let id = self.audit.len() as i64 + 1;
+        let _ = seq;
         self.audit.push(AuditRecord {
             id,
-            at_ms: audit.at_ms,
-            action: audit.action.as_str().to_owned(),
-            user_id: user_id.map(str::to_owned),
-            target: target.map(str::to_owned),
-            until_ms,
-            who: audit.who.clone(),
-            why: audit.why.clone(),
+            at_ms: row.audit.at_ms,
+            action: row.audit.action.as_str().to_owned(),
+            user_id: row.user_id.map(str::to_owned),
+            target: row.target.map(str::to_owned),
+            until_ms: row.until_ms,
+            who: row.audit.who.clone(),
+            why: row.audit.why.clone(),
         });
     }
 
+    /// A write of an instance the test does not model: committed at once, with a link and an
+    /// announcement of its own.
     fn commit(&mut self, write: &ForeignWrite) {
-        match write {
-            ForeignWrite::RaiseCutoff(user, at_least) => {
-                self.raise_cutoff(user, *at_least);
-            }
-            ForeignWrite::LiftBan(user, now) => {
-                self.lift_ban(user, *now);
-            }
-            ForeignWrite::Deny(entry) => {
-                self.deny(entry);
-            }
+        let op = match write {
+            ForeignWrite::RaiseCutoff(user_id, at_least) => WriteOp::RaiseCutoff {
+                user_id,
+                at_least: *at_least,
+            },
+            ForeignWrite::LiftBan(user_id, now) => WriteOp::LiftBan {
+                user_id,
+                now: *now,
+                only_owner: None,
+            },
+            ForeignWrite::Deny(entry) => WriteOp::Deny(entry),
+        };
+        if let Some(change) = self.apply(&op, "another instance").change {
+            let seq = change.seq();
+            let (prev, link) = self.link(seq, rand::random());
+            self.seq = seq;
+            self.version += 1;
+            self.announced.push(Announcement { change, prev, link });
         }
     }
 }
 
-/// The store double.
-#[derive(Default)]
+/// The memory backend.
 pub struct MemoryStore {
     state: Mutex<State>,
+    /// Writers one at a time, as the SQL stores' write lock makes them.
+    writers: Arc<tokio::sync::Mutex<()>>,
     /// An asynchronous replica: a copy of the state as it was when last refreshed.
     replica: Mutex<Option<State>>,
-    /// The newest change written through the trait (an instance's own write).
-    written: Mutex<Option<Link>>,
+    /// Whether it plays a store other instances share (the model test), so that staleness and
+    /// the history chain are checked as on PostgreSQL.
+    shared: bool,
+    pipeline: Pipeline,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self {
+            state: Mutex::default(),
+            writers: Arc::default(),
+            replica: Mutex::default(),
+            shared: false,
+            pipeline: Pipeline::new(Duration::from_secs(5), None),
+        }
+    }
+}
+
+/// A write transaction on a copy of the state, which replaces the state at commit unless
+/// another write committed meanwhile.
+struct MemoryWrite<'a> {
+    store: &'a MemoryStore,
+    staged: State,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+#[async_trait]
+impl WriteTx for MemoryWrite<'_> {
+    async fn apply(&mut self, op: &WriteOp<'_>, who: &str) -> Result<Applied, StoreError> {
+        Ok(self.staged.apply(op, who))
+    }
+
+    async fn record_audit(&mut self, seq: ChangeSeq, row: &Audited<'_>) -> Result<(), StoreError> {
+        self.staged.record(seq, row);
+        Ok(())
+    }
+
+    async fn link(
+        &mut self,
+        seq: ChangeSeq,
+        nonce: [u8; 16],
+    ) -> Result<Option<(LinkTag, LinkTag)>, StoreError> {
+        Ok(Some(self.staged.link(seq, nonce)))
+    }
+
+    async fn fleet(&mut self) -> Result<Option<Arc<FleetKey>>, StoreError> {
+        Ok(None)
+    }
+
+    async fn announce(
+        &mut self,
+        announcement: &Announcement,
+        _sealed: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.staged.seq = announcement.change.seq();
+        self.staged.announced.push(announcement.clone());
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        let mut state = self.store.state();
+        if state.version != self.staged.version {
+            return Err(StoreError::Conflict);
+        }
+        let mut staged = self.staged;
+        staged.version += 1;
+        // Announcements made meanwhile on another history (a failover) stay announced.
+        *state = staged;
+        Ok(())
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl WriteBackend for MemoryStore {
+    async fn begin(&self) -> Result<Box<dyn WriteTx + '_>, StoreError> {
+        let turn = self.writers.clone().lock_owned().await;
+        let staged = self.state().clone();
+        Ok(Box::new(MemoryWrite {
+            store: self,
+            staged,
+            _turn: turn,
+        }))
+    }
+
+    async fn committed(&self, written: Link) -> Result<bool, StoreError> {
+        Ok(self.state().links.get(&written.seq) == Some(&written.tag))
+    }
+
+    fn answer_lost(&self, _error: &StoreError) -> bool {
+        false
+    }
 }
 
 impl MemoryStore {
+    /// A memory store that plays one other instances share (for the model test of the sync).
+    pub fn shared() -> Self {
+        Self {
+            shared: true,
+            ..Self::default()
+        }
+    }
+
     fn state(&self) -> parking_lot::MutexGuard<'_, State> {
         self.state.lock()
     }
 
-    /// Commits a write now.
+    /// Commits a write of another instance now.
     pub fn commit(&self, write: &ForeignWrite) {
         self.state().commit(write);
     }
@@ -178,11 +297,6 @@ impl MemoryStore {
     /// Commits `write` while the next snapshot is read: after the snapshot, before it returns.
     pub fn commit_during_next_snapshot(&self, write: ForeignWrite) {
         self.state().during_next_snapshot.push(write);
-    }
-
-    fn wrote(&self, seq: ChangeSeq) {
-        let tag = self.state().links.get(&seq).copied().unwrap_or(GENESIS);
-        *self.written.lock() = Some(Link { seq, tag });
     }
 
     /// The replica catches up with the primary (it will miss what is committed after this).
@@ -198,6 +312,7 @@ impl MemoryStore {
         let mut state = self.state();
         // What was announced stays announced: a channel may deliver it late.
         promoted.announced = std::mem::take(&mut state.announced);
+        promoted.version = state.version + 1;
         *state = promoted;
     }
 
@@ -239,17 +354,13 @@ impl MemoryStore {
 }
 
 #[async_trait]
-impl RevocationStore for MemoryStore {
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
+impl Backend for MemoryStore {
     fn kind(&self) -> &'static str {
         "memory"
     }
 
     fn is_shared(&self) -> bool {
-        true
+        self.shared
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -259,42 +370,19 @@ impl RevocationStore for MemoryStore {
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
+}
 
-    async fn cutoff(&self, user_id: &str) -> Result<CutoffRecord, StoreError> {
-        let state = self.state();
-        Ok(match state.cutoffs.get(user_id) {
-            Some(&(cutoff, seq)) => CutoffRecord {
-                cutoff_ms: Some(cutoff),
-                seq,
-                link: state.links.get(&seq).copied(),
-            },
-            None => CutoffRecord {
-                cutoff_ms: None,
-                seq: 0,
-                link: None,
-            },
-        })
-    }
-
+#[async_trait]
+impl RevocationLog for MemoryStore {
     async fn raise_cutoff(
         &self,
         user_id: &str,
         at_least: UnixMillis,
-        audit: &Audit,
+        audit: &super::Audit,
     ) -> Result<CutoffUpdate, StoreError> {
-        let update = {
-            let mut state = self.state();
-            let update = state.raise_cutoff(user_id, at_least);
-            if update.changed {
-                state.owners.insert(user_id.to_owned(), audit.who.clone());
-                state.record(audit, Some(user_id), None, Some(update.cutoff_ms));
-            }
-            update
-        };
-        if update.changed {
-            self.wrote(update.seq);
-        }
-        Ok(update)
+        self.pipeline
+            .raise_cutoff(self, user_id, at_least, audit)
+            .await
     }
 
     async fn lift_ban(
@@ -302,92 +390,23 @@ impl RevocationStore for MemoryStore {
         user_id: &str,
         now: UnixMillis,
         only_owner: Option<&str>,
-        audit: &Audit,
+        audit: &super::Audit,
     ) -> Result<Option<ChangeSeq>, StoreError> {
-        let lifted = {
-            let mut state = self.state();
-            if only_owner
-                .is_some_and(|owner| state.owners.get(user_id).map(String::as_str) != Some(owner))
-            {
-                return Ok(None);
-            }
-            let lifted = state.lift_ban(user_id, now);
-            if lifted.is_some() {
-                state.owners.insert(user_id.to_owned(), audit.who.clone());
-                state.record(audit, Some(user_id), None, Some(now));
-            }
-            lifted
-        };
-        lifted.inspect(|&seq| self.wrote(seq));
-        Ok(lifted)
-    }
-
-    async fn cutoff_owner(&self, user_id: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.state().owners.get(user_id).cloned())
-    }
-
-    async fn is_denied(&self, kind: DenyKind, id: &str) -> Result<bool, StoreError> {
-        Ok(self.state().denylist.contains_key(&(kind, id.to_owned())))
+        self.pipeline
+            .lift_ban(self, user_id, now, only_owner, audit)
+            .await
     }
 
     async fn deny(
         &self,
         entry: &DenyEntry,
-        audit: &Audit,
+        audit: &super::Audit,
     ) -> Result<Option<ChangeSeq>, StoreError> {
-        let denied = {
-            let mut state = self.state();
-            let denied = state.deny(entry);
-            if denied.is_some() {
-                state.record(audit, entry.user_id.as_deref(), Some(&entry.id), None);
-            }
-            denied
-        };
-        denied.inspect(|&seq| self.wrote(seq));
-        Ok(denied)
-    }
-
-    async fn audit_trail(&self, query: AuditQuery<'_>) -> Result<Vec<AuditRecord>, StoreError> {
-        let state = self.state();
-        Ok(state
-            .audit
-            .iter()
-            .rev()
-            .filter(|r| {
-                query
-                    .user_id
-                    .is_none_or(|u| r.user_id.as_deref() == Some(u))
-            })
-            .filter(|r| query.before.is_none_or(|before| r.id < before))
-            .take(usize::try_from(query.limit).unwrap_or(0))
-            .cloned()
-            .collect())
-    }
-
-    async fn remember_event(
-        &self,
-        source: &str,
-        jti: &str,
-        moot_after_ms: UnixMillis,
-    ) -> Result<bool, StoreError> {
-        let key = (source.to_owned(), jti.to_owned());
-        let mut state = self.state();
-        if state.events.contains_key(&key) {
-            return Ok(false);
-        }
-        state.events.insert(key, moot_after_ms);
-        Ok(true)
-    }
-
-    async fn event_seen(&self, source: &str, jti: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .state()
-            .events
-            .contains_key(&(source.to_owned(), jti.to_owned())))
+        self.pipeline.deny(self, entry, audit).await
     }
 
     fn last_written(&self) -> Option<Link> {
-        *self.written.lock()
+        self.pipeline.last_written()
     }
 
     async fn history(
@@ -461,7 +480,82 @@ impl RevocationStore for MemoryStore {
         }
         Ok(snapshot)
     }
+}
 
+#[async_trait]
+impl RevocationReads for MemoryStore {
+    async fn cutoff(&self, user_id: &str) -> Result<CutoffRecord, StoreError> {
+        let state = self.state();
+        Ok(match state.cutoffs.get(user_id) {
+            Some(&(cutoff, seq)) => CutoffRecord {
+                cutoff_ms: Some(cutoff),
+                seq,
+                link: state.links.get(&seq).copied(),
+            },
+            None => CutoffRecord {
+                cutoff_ms: None,
+                seq: 0,
+                link: None,
+            },
+        })
+    }
+
+    async fn cutoff_owner(&self, user_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.state().owners.get(user_id).cloned())
+    }
+
+    async fn is_denied(&self, kind: DenyKind, id: &str) -> Result<bool, StoreError> {
+        Ok(self.state().denylist.contains_key(&(kind, id.to_owned())))
+    }
+}
+
+#[async_trait]
+impl AuditLog for MemoryStore {
+    async fn audit_trail(&self, query: AuditQuery<'_>) -> Result<Vec<AuditRecord>, StoreError> {
+        let state = self.state();
+        Ok(state
+            .audit
+            .iter()
+            .rev()
+            .filter(|r| {
+                query
+                    .user_id
+                    .is_none_or(|u| r.user_id.as_deref() == Some(u))
+            })
+            .filter(|r| query.before.is_none_or(|before| r.id < before))
+            .take(usize::try_from(query.limit).unwrap_or(0))
+            .cloned()
+            .collect())
+    }
+}
+
+#[async_trait]
+impl EventLedger for MemoryStore {
+    async fn remember_event(
+        &self,
+        source: &str,
+        jti: &str,
+        moot_after_ms: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let key = (source.to_owned(), jti.to_owned());
+        let mut state = self.state();
+        if state.events.contains_key(&key) {
+            return Ok(false);
+        }
+        state.events.insert(key, moot_after_ms);
+        Ok(true)
+    }
+
+    async fn event_seen(&self, source: &str, jti: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .state()
+            .events
+            .contains_key(&(source.to_owned(), jti.to_owned())))
+    }
+}
+
+#[async_trait]
+impl SessionHeads for MemoryStore {
     async fn rotate_session(&self, rotation: &Rotation<'_>) -> Result<RotationOutcome, StoreError> {
         let mut state = self.state();
         let (parent_jti, parent_minted_ms) = match state.heads.get(rotation.session_id) {
@@ -482,7 +576,10 @@ impl RevocationStore for MemoryStore {
         state.heads.insert(rotation.session_id.to_owned(), head);
         Ok(RotationOutcome::Rotated)
     }
+}
 
+#[async_trait]
+impl Maintenance for MemoryStore {
     async fn purge(&self, horizon: PurgeHorizon, _round_ms: i64) -> Result<Purged, StoreError> {
         let mut state = self.state();
         let (rows, users, audit) = (state.denylist.len(), state.cutoffs.len(), state.audit.len());

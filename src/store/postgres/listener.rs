@@ -2,8 +2,8 @@
 //! announcements and, between them, carries every query and write the instance makes, so that
 //! a fleet of N sidecars holds N connections under any load.
 //!
-//! The listening side ([`SharedConnection::next`]) holds the connection while it waits for a
-//! notification and gives way as soon as an operation asks for it ([`SharedConnection::lease`]).
+//! The listening side ([`ListeningConnection::next`]) holds the connection while it waits for a
+//! notification and gives way as soon as an operation asks for it ([`ListeningConnection::lease`]).
 //! That is safe because sqlx's wait for the next message is cancel-safe (a message is consumed
 //! only once it is whole). Notifications that arrive while statements run are buffered by the
 //! driver; every lease hands them to the listening side as it ends, so however many operations
@@ -24,8 +24,10 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{Acquire, Connection, PgConnection, Postgres};
 use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
 
-use super::turnstile::{Turn, Turnstile};
-use super::{CHANGE_CHANNEL, Change, ChangeFeed, ChangeSeq, History, StoreError, postgres, sql};
+use super::history::history_and_changes_on;
+use super::write::CHANGE_CHANNEL;
+use crate::store::turnstile::{Turn, Turnstile};
+use crate::store::{Change, ChangeFeed, ChangeSeq, History, StoreError, sql};
 
 /// Announcements heard during operations and not yet taken by the listening side, at most;
 /// beyond, the oldest are dropped and the listening side catches up from the store.
@@ -39,7 +41,7 @@ pub const LISTENER_APPLICATION_NAME: &str = "token-sidecar-listener";
 
 /// The connection that listens, and the operations queued for it.
 #[derive(Debug)]
-pub struct SharedConnection {
+pub struct ListeningConnection {
     options: PgConnectOptions,
     slot: Arc<Mutex<Slot>>,
     /// Operations waiting for the connection: the listening side does not take it back while
@@ -86,7 +88,7 @@ pub enum Heard {
     Lost(String),
 }
 
-impl SharedConnection {
+impl ListeningConnection {
     /// Connects on first use, with `options`; every wait is bounded by `acquire_timeout`.
     pub fn new(options: PgConnectOptions, acquire_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
@@ -168,7 +170,7 @@ impl SharedConnection {
     }
 
     /// The connection for one operation, in its lane's turn: the listening side gives way.
-    pub async fn lease(self: &Arc<Self>) -> Result<SharedLease, StoreError> {
+    pub async fn lease(self: &Arc<Self>) -> Result<ListenerLease, StoreError> {
         self.waiting.fetch_add(1, Ordering::SeqCst);
         self.wanted.notify_one();
         let leased = async {
@@ -181,10 +183,10 @@ impl SharedConnection {
         .await;
         self.waiting.fetch_sub(1, Ordering::SeqCst);
         let (guard, turn) = leased?;
-        Ok(SharedLease {
+        Ok(ListenerLease {
             guard,
             _turn: turn,
-            shared: self.clone(),
+            connection: self.clone(),
             checked: false,
         })
     }
@@ -248,26 +250,26 @@ impl SharedConnection {
     }
 }
 
-/// The shared connection, held for one operation.
+/// The listening connection, held for one operation.
 #[derive(Debug)]
-pub struct SharedLease {
+pub struct ListenerLease {
     // Dropped in this order: the connection first, then the turn (to the next in line).
     guard: OwnedMutexGuard<Slot>,
     _turn: Turn,
-    shared: Arc<SharedConnection>,
+    connection: Arc<ListeningConnection>,
     /// Whether the connection was found alive for this lease.
     checked: bool,
 }
 
-impl Drop for SharedLease {
+impl Drop for ListenerLease {
     fn drop(&mut self) {
         if let Some(listener) = self.guard.listener.as_mut() {
-            self.shared.overheard(listener);
+            self.connection.overheard(listener);
         }
     }
 }
 
-impl sql::Lease for SharedLease {
+impl sql::Lease for ListenerLease {
     type Db = Postgres;
 
     /// The connection, opened anew if the last one was closed or is found dead. (As sqlx's
@@ -287,9 +289,9 @@ impl sql::Lease for SharedLease {
         }
         self.checked = true;
         if self.guard.listener.is_none() {
-            self.guard.listener = Some(self.shared.connect().await?);
+            self.guard.listener = Some(self.connection.connect().await?);
             self.guard.epoch += 1;
-            self.shared
+            self.connection
                 .epoch_now
                 .store(self.guard.epoch, Ordering::SeqCst);
         }
@@ -305,11 +307,11 @@ impl sql::Lease for SharedLease {
     }
 }
 
-/// The sync task's catch-ups, read on the shared connection in turn with everything else.
-pub struct SharedFeed(pub Arc<SharedConnection>);
+/// The sync task's catch-ups, read on the listening connection in turn with everything else.
+pub struct ListenerFeed(pub Arc<ListeningConnection>);
 
 #[async_trait]
-impl ChangeFeed for SharedFeed {
+impl ChangeFeed for ListenerFeed {
     async fn changes_after(
         &mut self,
         after: ChangeSeq,
@@ -330,8 +332,7 @@ impl ChangeFeed for SharedFeed {
     ) -> Result<(Option<History>, Vec<Change>), StoreError> {
         let mut session = sql::Session::start(self.0.lease().await?, None).await?;
         let (history, changes) =
-            postgres::history_and_changes_on(session.conn().await?, true, at, own, after, limit)
-                .await?;
+            history_and_changes_on(session.conn().await?, true, at, own, after, limit).await?;
         session.done().await?;
         Ok((Some(history), changes))
     }
