@@ -107,17 +107,10 @@ pub enum MirrorError {
 #[derive(Debug)]
 pub struct Mirror {
     cutoffs: HashMap<String, (ChangeSeq, UnixMillis)>,
-    denied: [HashMap<String, UnixMillis>; 3],
+    /// One map per kind, sized by [`DenyKind::ALL`] (a new kind needs no change here).
+    denied: [HashMap<String, UnixMillis>; DenyKind::ALL.len()],
     watermark: ChangeSeq,
     max_entries: usize,
-}
-
-fn slot(kind: DenyKind) -> usize {
-    match kind {
-        DenyKind::Token => 0,
-        DenyKind::Session => 1,
-        DenyKind::IdpSession => 2,
-    }
 }
 
 impl Mirror {
@@ -173,11 +166,11 @@ impl Mirror {
                 let kind = DenyKind::from_name(kind)
                     .ok_or_else(|| MirrorError::UnknownKind(kind.clone()))?;
                 if *moot_after_ms >= now {
-                    let ids = &self.denied[slot(kind)];
+                    let ids = &self.denied[kind.index()];
                     if !ids.contains_key(id) {
                         self.make_room()?;
                     }
-                    let ids = &mut self.denied[slot(kind)];
+                    let ids = &mut self.denied[kind.index()];
                     let held = ids.entry(id.clone()).or_insert(*moot_after_ms);
                     *held = (*held).max(*moot_after_ms);
                 }
@@ -206,7 +199,7 @@ impl Mirror {
     pub fn check(&self, claims: &Claims, now: UnixMillis) -> Result<(), Reason> {
         let cutoff = self.cutoffs.get(&claims.user_id).map(|(_, c)| *c);
         RevocationPolicy::check_cutoff(cutoff, claims.orig_iat_ms, now)?;
-        let denied = |kind: DenyKind, id: &str| self.denied[slot(kind)].contains_key(id);
+        let denied = |kind: DenyKind, id: &str| self.denied[kind.index()].contains_key(id);
         RevocationPolicy::check_denylist(DenyStatus {
             jti: denied(DenyKind::Token, &claims.jti),
             session: denied(DenyKind::Session, &claims.session_id),
