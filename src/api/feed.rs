@@ -8,15 +8,23 @@
 //! parameter; 401 without the feed or admin credential (the feed is open only on a loopback
 //! listener with neither configured); 503 with `Retry-After` when the store cannot be read.
 //! Read from the store, never from this instance's caches: a page is as fresh as the database.
+use std::sync::Arc;
+
+use axum::Router;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
+use axum::routing::get;
 
 use crate::api::bearer_credential;
-use crate::api::http::{HttpApi, json_response, oauth_error, unavailable};
-use crate::api::outcome::answered;
+use crate::api::caller::Callers;
+use crate::api::open_gate::OpenGate;
+use crate::api::outcome::{self, answered};
+use crate::api::responses::{json_response, oauth_error, overloaded, unavailable};
+use crate::authority::TokenAuthority;
 use crate::error_code::ErrorCode;
 use crate::feed::{FeedChange, FeedPage, MAX_PAGE, link_from_hex, link_hex};
+use crate::metrics::Metrics;
 use crate::revocations::FeedPage as StorePage;
 
 const DEFAULT_PAGE: i64 = 1_000;
@@ -47,8 +55,43 @@ impl FeedQuery {
     }
 }
 
-pub(crate) async fn changes(
-    State(api): State<HttpApi>,
+/// What the feed route needs: the revocation state, who may read, and the open gate it shares
+/// with the other open routes of the listener.
+#[derive(Clone)]
+pub(crate) struct FeedState {
+    authority: Arc<TokenAuthority>,
+    callers: Callers,
+    open: OpenGate,
+}
+
+impl FeedState {
+    pub(crate) fn new(authority: Arc<TokenAuthority>, callers: Callers, open: OpenGate) -> Self {
+        Self {
+            authority,
+            callers,
+            open,
+        }
+    }
+}
+
+/// `GET /revocations/changes`, counted as `feed`.
+pub(crate) fn router<S: Clone + Send + Sync + 'static>(
+    state: FeedState,
+    metrics: Arc<Metrics>,
+) -> Router<S> {
+    Router::new()
+        .route(
+            "/revocations/changes",
+            get(changes).layer(axum::middleware::from_fn_with_state(
+                (metrics, "feed"),
+                outcome::counted,
+            )),
+        )
+        .with_state(state)
+}
+
+async fn changes(
+    State(api): State<FeedState>,
     caller: Option<axum::extract::Extension<crate::api::caller::CallerInfo>>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
@@ -56,15 +99,15 @@ pub(crate) async fn changes(
     // Any feed reader is served in the store's open lane (no reader crowds out the others).
     let caller =
         crate::api::caller::caller_ip(caller.as_ref().map(|axum::extract::Extension(c)| c));
-    let Some(_admitted) = api.admit_open(caller) else {
-        return crate::api::http::overloaded();
+    let Some(_admitted) = api.open.admit(caller) else {
+        return overloaded();
     };
     let lane = crate::store::Lane::Open(caller);
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_credential);
-    if !api.callers().admit_feed(presented) {
+    if !api.callers.admit_feed(presented) {
         let reason = match presented {
             None => ErrorCode::MissingCredential,
             Some(_) => ErrorCode::InvalidCredential,
@@ -107,7 +150,7 @@ pub(crate) async fn changes(
             None => return bad("anchor: the hex link a previous page gave"),
         },
     };
-    let revocations = api.authority().revocations();
+    let revocations = api.authority.revocations();
     match lane
         .scope(revocations.feed_page(after, anchor, limit))
         .await

@@ -29,8 +29,8 @@ use parking_lot::Mutex;
 use serde_json::json;
 
 use crate::api::caller::CallerInfo;
-use crate::api::http::{content_type_is, form_param, json_response, oauth_error, unavailable};
 use crate::api::outcome::{self, answered};
+use crate::api::responses::{content_type_is, form_param, json_response, oauth_error, unavailable};
 use crate::authority::AuthorityError;
 use crate::error_code::ErrorCode;
 use crate::idp::event_token::{EventError, MAX_EVENT_TOKEN_BYTES};

@@ -5,8 +5,9 @@
 //!   listener — [`ext_authz`];
 //! - HTTP on `--http-listen`: forward-auth for nginx `auth_request`, ingress-nginx, Traefik
 //!   `ForwardAuth` and Envoy's HTTP ext_authz (`/auth`), RFC 7662 introspection and RFC 7009
-//!   revocation — [`http`]; the identity providers' back-channel logout and Shared Signals
-//!   receivers — [`idp_routes`] (the use case is `crate::idp`).
+//!   revocation — [`http`]; the change feed for proxy filters — [`feed`]; the identity
+//!   providers' back-channel logout and Shared Signals receivers — [`idp_routes`] (the use case
+//!   is `crate::idp`); the answers they share — [`responses`].
 //!
 //! What any caller can ask without privilege is admitted a few at a time per caller address at
 //! the door ([`open_gate`]).
@@ -27,6 +28,7 @@ pub mod http;
 pub mod idp_routes;
 pub mod open_gate;
 pub mod outcome;
+pub mod responses;
 pub mod token_service;
 pub mod trace;
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use super::postgres::ListeningConnection;
+use super::postgres::{ListeningConnection, PostgresStore};
 use super::{ChangeFeed, StoreError};
 
 /// What the sync task needs of a store beyond its roles.
@@ -38,3 +38,22 @@ pub trait SyncTransport: Send + Sync {
 pub struct NoTransport;
 
 impl SyncTransport for NoTransport {}
+
+#[async_trait]
+impl SyncTransport for PostgresStore {
+    fn listen_connection(&self) -> Option<Arc<ListeningConnection>> {
+        PostgresStore::listen_connection(self)
+    }
+
+    fn announcements(&self) -> Option<broadcast::Receiver<String>> {
+        Some(PostgresStore::announcements(self))
+    }
+
+    async fn open_feed(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
+        PostgresStore::open_feed(self).await
+    }
+
+    async fn release_idle(&self, keep: usize) {
+        PostgresStore::release_idle(self, keep).await
+    }
+}

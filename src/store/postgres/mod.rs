@@ -21,7 +21,6 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Postgres};
 
 use super::pipeline::Pipeline;
-use super::transport::SyncTransport;
 use super::turnstile::{Turn, Turnstile};
 use super::{Backend, ChangeFeed, StoreError, sql};
 use crate::config::MigrateAtStart;
@@ -391,17 +390,20 @@ impl Backend for PostgresStore {
     }
 }
 
-#[async_trait]
-impl SyncTransport for PostgresStore {
-    fn listen_connection(&self) -> Option<Arc<ListeningConnection>> {
+/// What the sync task needs of PostgreSQL (see `SyncTransport`).
+impl PostgresStore {
+    /// The connection that LISTENs for announced changes (notify mode), if there is one.
+    pub fn listen_connection(&self) -> Option<Arc<ListeningConnection>> {
         self.listening.clone()
     }
 
-    fn announcements(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
-        Some(self.pipeline.subscribe())
+    /// Every announcement committed through this store, sealed.
+    pub fn announcements(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.pipeline.subscribe()
     }
 
-    async fn release_idle(&self, keep: usize) {
+    /// Closes idle pooled connections beyond `keep` now.
+    pub async fn release_idle(&self, keep: usize) {
         while self.pool.num_idle() > keep {
             let Some(conn) = self.pool.try_acquire() else {
                 return;
@@ -410,7 +412,8 @@ impl SyncTransport for PostgresStore {
         }
     }
 
-    async fn open_feed(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
+    /// The sync task's own polling connection, when the budget leaves one.
+    pub async fn open_feed(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
         if !self.own_sync_connection {
             return Ok(None);
         }
