@@ -30,7 +30,11 @@ pub(super) fn check_reason(why: Option<&str>) -> Result<(), AuthorityError> {
     Ok(())
 }
 
-pub(super) fn invalid(field: &'static str, reason: ErrorCode, message: impl Into<String>) -> AuthorityError {
+pub(super) fn invalid(
+    field: &'static str,
+    reason: ErrorCode,
+    message: impl Into<String>,
+) -> AuthorityError {
     AuthorityError::InvalidArgument {
         field,
         reason,
@@ -73,7 +77,6 @@ pub(super) fn check_custom_claims(claims: &Map<String, Value>) -> Result<(), Aut
     }
     Ok(())
 }
-
 
 #[cfg(test)]
 #[path = "input_tests.rs"]

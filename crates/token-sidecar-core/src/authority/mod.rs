@@ -21,8 +21,8 @@ mod input;
 mod revoke;
 mod types;
 
-pub use input::{parse_minted_id, parse_user_id};
 use input::{check_custom_claims, check_reason, invalid};
+pub use input::{parse_minted_id, parse_user_id};
 pub use types::*;
 
 /// Issues, verifies, refreshes and revokes tokens.
@@ -373,4 +373,3 @@ struct Minted {
     idp_session_id: Option<String>,
     extra: Map<String, Value>,
 }
-

@@ -4,9 +4,9 @@ use serde_json::{Map, Value};
 use crate::clock::UnixMillis;
 use crate::error_code::ErrorCode;
 use crate::ids::{MintedId, UserId};
+use crate::policy::TokenTimes;
 use crate::reason::Reason;
 use crate::store::StoreError;
-use crate::policy::TokenTimes;
 use crate::token::CodecError;
 
 /// Longest accepted user id, in bytes.
@@ -179,4 +179,3 @@ pub enum LiftOutcome {
     /// No ban ran.
     NoBan,
 }
-

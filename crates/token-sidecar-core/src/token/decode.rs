@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::claims::{Claims, parse_payload};
-use super::keys::{VerificationKey, VerifyingKeys};
+use super::verifying::{VerificationKey, VerifyingKeys};
 use crate::reason::Reason;
 
 /// Tokens longer than this are refused before any decoding.
