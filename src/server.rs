@@ -19,6 +19,7 @@ use crate::api::ext_authz::ExtAuthz;
 use crate::api::forward_auth::ForwardAuth;
 use crate::api::http::{HttpApi, jwks_routes};
 use crate::api::pb;
+use crate::api::rpc_layer::RpcLayer;
 use crate::api::token_service::TokenGrpc;
 use crate::api::trace::GrpcTraceLayer;
 use crate::authority::TokenAuthority;
@@ -433,7 +434,7 @@ impl Listeners<'_> {
             .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
             .build_v1alpha()
             .map_err(|e| StartupError::Reflection(e.to_string()))?;
-        let token_service = TokenGrpc::new(authority.clone(), self.metrics.clone(), callers);
+        let token_service = TokenGrpc::new(authority.clone());
         let serve = self
             .grpc_server()
             .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
@@ -442,6 +443,7 @@ impl Listeners<'_> {
                 self.metrics.clone(),
             ))
             .layer(GrpcTraceLayer)
+            .layer(RpcLayer::new(callers, self.metrics.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

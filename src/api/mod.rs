@@ -1,6 +1,7 @@
 //! The surfaces the sidecar is asked through, one file each:
 //! - `tokensidecar.v1.TokenService` — [`token_service`], with [`convert`] (proto ↔ domain),
-//!   [`errors`] (the one error table) and [`caller`] (the admin credential);
+//!   [`errors`] (the one error table), [`caller`] (the admin credential) and [`rpc_layer`] (who
+//!   may call which method, its count, trace outcome and request log, as one tower layer);
 //! - Envoy/Istio external authorization, `envoy.service.auth.v3.Authorization/Check` on the API
 //!   listener — [`ext_authz`];
 //! - HTTP on `--http-listen`: forward-auth for nginx `auth_request`, ingress-nginx, Traefik
@@ -29,6 +30,7 @@ pub mod idp_routes;
 pub mod open_gate;
 pub mod outcome;
 pub mod responses;
+pub mod rpc_layer;
 pub mod token_service;
 pub mod trace;
 

@@ -1,147 +1,69 @@
 //! `tokensidecar.v1.TokenService`: each RPC translates its request for the [`TokenAuthority`],
 //! answers through [`crate::api::convert`] and [`crate::api::errors`], and leaves one request log
 //! line and its metrics.
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
-use tonic::{Code, Request, Response, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic::{Request, Response, Status};
 
-use crate::api::bearer_credential;
-use crate::api::caller::{self, CallerInfo, Callers, Refusal};
+use crate::api::caller::{self, CallerInfo, Refusal};
 use crate::api::convert::{
     self, duration_ms, grant, proto_reason, struct_to_json, timestamp, timestamp_ms, token_claims,
 };
-use crate::api::errors::{ERROR_DOMAIN, classify, to_status};
+use crate::api::errors::{classify, to_status};
 use crate::api::open_gate::OpenGate;
 use crate::api::pb::{self, token_service_server::TokenService};
-use crate::api::trace;
+use crate::api::rpc_layer::{Admission, Outcome, OutcomeSlot, refusal_status};
 use crate::authority::{
     AuthorityError, Cause, DEFAULT_PAGE_SIZE, IssueRequest, RevokeTarget, TokenAuthority,
     parse_minted_id, parse_user_id,
 };
 use crate::error_code::ErrorCode;
-use crate::metrics::Metrics;
 use crate::store::{Lane, StoreError};
 
-/// `tokensidecar.v1.TokenService`, delegating to a [`TokenAuthority`].
+/// `tokensidecar.v1.TokenService`, delegating to a [`TokenAuthority`]. Who may call what, the
+/// counting and the request log are [`RpcLayer`](crate::api::rpc_layer::RpcLayer)'s.
 #[derive(Clone)]
 pub struct TokenGrpc {
     authority: Arc<TokenAuthority>,
-    metrics: Arc<Metrics>,
-    callers: Callers,
     /// Refresh and Revoke of a held token, a few at a time per caller.
     open: OpenGate,
 }
 
 impl TokenGrpc {
-    /// Serves `authority` over gRPC, counting RPCs in `metrics`; privileged RPCs require
-    /// `admin` when it is set.
-    pub fn new(authority: Arc<TokenAuthority>, metrics: Arc<Metrics>, callers: Callers) -> Self {
+    /// Serves `authority` over gRPC.
+    pub fn new(authority: Arc<TokenAuthority>) -> Self {
         Self {
             authority,
-            metrics,
-            callers,
             open: OpenGate::default(),
         }
     }
+}
 
-    /// Checks that the caller may call a privileged RPC (SPEC §12): the admin credential, or a
-    /// client certificate naming an allowed identity.
-    fn authorize<T>(
-        &self,
-        request: &Request<T>,
-        method: &'static str,
-        started: Instant,
-    ) -> Result<String, Status> {
-        let refusal = match self.admit(request) {
-            Ok(who) => return Ok(who),
-            Err(refusal) => refusal,
-        };
-        let (reason, message) = (refusal.reason(), refusal.message());
-        // A caller whose certificate is good but not allowed is known, just not permitted.
-        let (code, result) = match refusal {
-            Refusal::IdentityNotAllowed => (Code::PermissionDenied, "permission_denied"),
-            Refusal::Missing | Refusal::Invalid => (Code::Unauthenticated, "unauthenticated"),
-        };
-        self.metrics.rpc.record(method, started, result, reason);
-        trace::record_outcome(result, reason, "");
-        tracing::warn!(method, reason, "privileged RPC refused");
-        Err(Status::with_error_details(
-            code,
-            message,
-            ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new()),
-        ))
-    }
+/// Where the layer wants this RPC's outcome (a default slot when served without the layer, as
+/// in a unit test: the outcome is then dropped).
+fn slot<T>(request: &Request<T>) -> OutcomeSlot {
+    request
+        .extensions()
+        .get::<OutcomeSlot>()
+        .cloned()
+        .unwrap_or_default()
+}
 
-    /// Who the caller is, if it may call a privileged RPC: `loopback`, `admin` or its mutual-TLS
-    /// identity.
-    fn admit<T>(&self, request: &Request<T>) -> Result<String, Refusal> {
-        let presented = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer_credential);
-        let identities = request
-            .extensions()
-            .get::<CallerInfo>()
-            .and_then(|caller| caller.identities.clone());
-        self.callers
-            .admit_privileged(presented, identities.as_deref())
-    }
-
-    /// Counts the RPC and writes its request log line: method, result, reason, latency, user
-    /// and jti — never the token. Verify logs at debug (it is the hot path), the rest at info.
-    fn record(
-        &self,
-        method: &'static str,
-        started: Instant,
-        result: &'static str,
-        reason: &'static str,
-        subject: Subject<'_>,
-    ) {
-        self.metrics.rpc.record(method, started, result, reason);
-        let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        // A refused request may carry megabytes in these fields: log a short prefix only.
-        let (user_id, jti) = (loggable(subject.user_id), loggable(subject.jti));
-        trace::record_outcome(result, reason, &user_id);
-        if method == "Verify" {
-            // The hot path: the trace ids are looked up only when the line is written.
-            if tracing::enabled!(tracing::Level::DEBUG) {
-                let (trace_id, span_id) = trace::log_ids();
-                let (trace_id, span_id) = (trace_id.as_deref(), span_id.as_deref());
-                tracing::debug!(method, result, reason, latency_us, user_id = %user_id, jti = %jti, trace_id, span_id, "rpc");
-            }
-        } else {
-            let (trace_id, span_id) = trace::log_ids();
-            let (trace_id, span_id) = (trace_id.as_deref(), span_id.as_deref());
-            let session_id = subject.session_id.map(loggable);
-            let session_id = session_id.as_deref();
-            tracing::info!(method, result, reason, latency_us, user_id = %user_id, jti = %jti, session_id, trace_id, span_id, "rpc");
+/// Leaves the RPC's outcome for the layer and maps its error to a `Status`.
+fn answer<T>(
+    slot: &OutcomeSlot,
+    result: Result<T, AuthorityError>,
+    subject: Subject<'_>,
+) -> Result<Response<T>, Status> {
+    let (result, reason, answer) = match result {
+        Ok(value) => ("ok", "", Ok(Response::new(value))),
+        Err(e) => {
+            let class = classify(&e);
+            (class.result, class.reason, Err(to_status(e)))
         }
-    }
-
-    /// Records the RPC and maps its error to a `Status`.
-    fn finish<T>(
-        &self,
-        method: &'static str,
-        started: Instant,
-        result: Result<T, AuthorityError>,
-        subject: Subject<'_>,
-    ) -> Result<Response<T>, Status> {
-        match result {
-            Ok(value) => {
-                self.record(method, started, "ok", "", subject);
-                Ok(Response::new(value))
-            }
-            Err(e) => {
-                let class = classify(&e);
-                self.record(method, started, class.result, class.reason, subject);
-                Err(to_status(e))
-            }
-        }
-    }
+    };
+    slot.set(subject.outcome(result, reason));
+    answer
 }
 
 #[tonic::async_trait]
@@ -150,8 +72,8 @@ impl TokenService for TokenGrpc {
         &self,
         request: Request<pb::IssueRequest>,
     ) -> Result<Response<pb::IssueResponse>, Status> {
-        let started = Instant::now();
-        self.authorize(&request, "Issue", started)?;
+        let slot = slot(&request);
+        admitted(&request, &slot, "Issue")?;
         let req = request.into_inner();
         let user_id = req.user_id.clone();
         let result = Lane::Privileged
@@ -175,18 +97,18 @@ impl TokenService for TokenGrpc {
             jti: &jti,
             session_id: None,
         };
-        self.finish("Issue", started, result, subject)
+        answer(&slot, result, subject)
     }
 
     async fn verify(
         &self,
         request: Request<pb::VerifyRequest>,
     ) -> Result<Response<pb::VerifyResponse>, Status> {
-        let started = Instant::now();
+        let slot = slot(&request);
         let token = request.into_inner().token;
         let verdict = match self.authority.verify(&token).await {
             Ok(verdict) => verdict,
-            Err(e) => return self.finish("Verify", started, Err(e), Subject::default()),
+            Err(e) => return answer(&slot, Err(e), Subject::default()),
         };
         let response = match verdict {
             Ok(claims) => {
@@ -195,7 +117,7 @@ impl TokenService for TokenGrpc {
                     jti: &claims.jti,
                     session_id: None,
                 };
-                self.record("Verify", started, "ok", "", subject);
+                slot.set(subject.outcome("ok", ""));
                 pb::VerifyResponse {
                     valid: true,
                     reason: pb::Reason::Unspecified as i32,
@@ -203,13 +125,7 @@ impl TokenService for TokenGrpc {
                 }
             }
             Err(reason) => {
-                self.record(
-                    "Verify",
-                    started,
-                    "invalid",
-                    reason.code(),
-                    Subject::default(),
-                );
+                slot.set(Subject::default().outcome("invalid", reason.code()));
                 pb::VerifyResponse {
                     valid: false,
                     reason: proto_reason(reason) as i32,
@@ -224,7 +140,7 @@ impl TokenService for TokenGrpc {
         &self,
         request: Request<pb::RefreshRequest>,
     ) -> Result<Response<pb::RefreshResponse>, Status> {
-        let started = Instant::now();
+        let slot = slot(&request);
         let caller = peer(&request);
         let token = request.into_inner().token;
         let result = match self.open.admit(caller) {
@@ -240,7 +156,7 @@ impl TokenService for TokenGrpc {
             jti: &jti,
             session_id: None,
         };
-        self.finish("Refresh", started, result, subject)
+        answer(&slot, result, subject)
     }
 
     async fn revoke(
@@ -248,31 +164,28 @@ impl TokenService for TokenGrpc {
         request: Request<pb::RevokeRequest>,
     ) -> Result<Response<pb::RevokeResponse>, Status> {
         use pb::revoke_request::Target;
-        let started = Instant::now();
+        let slot = slot(&request);
         // Revoking a token one holds is open (like Verify); every other target is privileged.
         // (The store serves the open kind in its own lane: no caller can crowd out the others.)
-        let (who, lane, admitted) = if matches!(request.get_ref().target, Some(Target::Token(_))) {
-            match self.admit(&request) {
-                Ok(who) => (who, Lane::Privileged, None),
-                Err(_) => {
-                    let caller = peer(&request);
-                    let Some(admitted) = self.open.admit(caller) else {
-                        let refused = Err(AuthorityError::Store(StoreError::Overloaded));
-                        return self.finish("Revoke", started, refused, Subject::default());
-                    };
-                    (
-                        caller::TOKEN_HOLDER.to_owned(),
-                        Lane::Open(caller),
-                        Some(admitted),
-                    )
-                }
+        let admission = request
+            .extensions()
+            .get::<Admission>()
+            .map_or(Err(Refusal::Missing), |a| a.0.clone());
+        let (who, lane, admitted) = match admission {
+            Ok(who) => (who, Lane::Privileged, None),
+            Err(_) if matches!(request.get_ref().target, Some(Target::Token(_))) => {
+                let caller = peer(&request);
+                let Some(admitted) = self.open.admit(caller) else {
+                    let refused = Err(AuthorityError::Store(StoreError::Overloaded));
+                    return answer(&slot, refused, Subject::default());
+                };
+                (
+                    caller::TOKEN_HOLDER.to_owned(),
+                    Lane::Open(caller),
+                    Some(admitted),
+                )
             }
-        } else {
-            (
-                self.authorize(&request, "Revoke", started)?,
-                Lane::Privileged,
-                None,
-            )
+            Err(refusal) => return Err(refused(&slot, "Revoke", refusal)),
         };
         let request = request.into_inner();
         let cause = Cause::new(who, Some(request.reason).filter(|r| !r.is_empty()));
@@ -333,15 +246,15 @@ impl TokenService for TokenGrpc {
             jti: &jti,
             session_id: session_id.as_deref(),
         };
-        self.finish("Revoke", started, result, subject)
+        answer(&slot, result, subject)
     }
 
     async fn lift_ban(
         &self,
         request: Request<pb::LiftBanRequest>,
     ) -> Result<Response<pb::LiftBanResponse>, Status> {
-        let started = Instant::now();
-        let who = self.authorize(&request, "LiftBan", started)?;
+        let slot = slot(&request);
+        let who = admitted(&request, &slot, "LiftBan")?;
         let request = request.into_inner();
         let user_id = request.user_id;
         let cause = Cause::new(who, Some(request.reason).filter(|r| !r.is_empty()));
@@ -357,15 +270,15 @@ impl TokenService for TokenGrpc {
             jti: "",
             session_id: None,
         };
-        self.finish("LiftBan", started, result, subject)
+        answer(&slot, result, subject)
     }
 
     async fn get_user_status(
         &self,
         request: Request<pb::GetUserStatusRequest>,
     ) -> Result<Response<pb::GetUserStatusResponse>, Status> {
-        let started = Instant::now();
-        self.authorize(&request, "GetUserStatus", started)?;
+        let slot = slot(&request);
+        admitted(&request, &slot, "GetUserStatus")?;
         let user_id = request.into_inner().user_id;
         let result = Lane::Privileged
             .scope(async {
@@ -384,26 +297,25 @@ impl TokenService for TokenGrpc {
             jti: "",
             session_id: None,
         };
-        self.finish("GetUserStatus", started, result, subject)
+        answer(&slot, result, subject)
     }
 
     async fn get_jwks(
         &self,
-        _request: Request<pb::GetJwksRequest>,
+        request: Request<pb::GetJwksRequest>,
     ) -> Result<Response<pb::GetJwksResponse>, Status> {
-        let started = Instant::now();
         let result = Ok(pb::GetJwksResponse {
             jwks_json: self.authority.jwks_json(),
         });
-        self.finish("GetJwks", started, result, Subject::default())
+        answer(&slot(&request), result, Subject::default())
     }
 
     async fn list_changes(
         &self,
         request: Request<pb::ListChangesRequest>,
     ) -> Result<Response<pb::ListChangesResponse>, Status> {
-        let started = Instant::now();
-        self.authorize(&request, "ListChanges", started)?;
+        let slot = slot(&request);
+        admitted(&request, &slot, "ListChanges")?;
         let request = request.into_inner();
         let user_id = request.user_id;
         let result = Lane::Privileged
@@ -435,7 +347,7 @@ impl TokenService for TokenGrpc {
             jti: "",
             session_id: None,
         };
-        self.finish("ListChanges", started, result, subject)
+        answer(&slot, result, subject)
     }
 }
 
@@ -507,6 +419,39 @@ struct Subject<'a> {
     jti: &'a str,
     /// The session a Revoke ended, if it names one.
     session_id: Option<&'a str>,
+}
+
+impl Subject<'_> {
+    fn outcome(self, result: &'static str, reason: &'static str) -> Outcome {
+        Outcome {
+            result,
+            reason,
+            user_id: self.user_id.to_owned(),
+            jti: self.jti.to_owned(),
+            session_id: self.session_id.map(str::to_owned),
+        }
+    }
+}
+
+/// Who the layer admitted to a privileged RPC. The layer refuses the others before the handler
+/// runs; served without it, every privileged RPC is refused (fail closed).
+fn admitted<T>(
+    request: &Request<T>,
+    slot: &OutcomeSlot,
+    method: &'static str,
+) -> Result<String, Status> {
+    match request.extensions().get::<Admission>() {
+        Some(Admission(Ok(who))) => Ok(who.clone()),
+        Some(Admission(Err(refusal))) => Err(refused(slot, method, *refusal)),
+        None => Err(refused(slot, method, Refusal::Missing)),
+    }
+}
+
+/// A privileged target refused: its status, with the outcome left for the layer.
+fn refused(slot: &OutcomeSlot, method: &'static str, refusal: Refusal) -> Status {
+    let (status, outcome) = refusal_status(method, refusal);
+    slot.set(outcome);
+    status
 }
 
 #[cfg(test)]
