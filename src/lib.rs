@@ -50,6 +50,7 @@ pub mod shutdown;
 pub mod startup_error;
 pub mod store;
 pub mod supervise;
+pub mod surfaces;
 pub mod sync;
 pub mod telemetry;
 pub mod tls;

@@ -8,35 +8,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 
-use crate::api::caller::Callers;
-use crate::api::ext_authz::ExtAuthz;
 use crate::api::forward_auth::ForwardAuth;
-use crate::api::http::{HttpApi, jwks_routes};
-use crate::api::pb;
-use crate::api::rpc_layer::RpcLayer;
-use crate::api::token_service::TokenGrpc;
-use crate::api::trace::GrpcTraceLayer;
 use crate::authority::TokenAuthority;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::connections::{ConnectionGuard, Handshake};
-use crate::http_server::{self, HttpBounds};
 use crate::idp::IdpReceiver;
 use crate::key_reload::{self, KeyReloader};
-use crate::limits::RequestLimits;
 use crate::metrics::{self, Metrics};
 use crate::policy::RevocationPolicy;
 use crate::revocations::Revocations;
-use crate::shutdown::stopped;
 use crate::store;
 use crate::supervise::Supervisor;
-use crate::tls::ReloadableTls;
+use crate::surfaces::Listeners;
 use crate::token::VerifiedCache;
 use crate::token::{KeyError, KeySet, TokenCodec};
 use crate::{clock_upkeep, health, preflight, purge, readiness, sync};
@@ -46,13 +33,7 @@ pub use crate::preflight::{check_config, migrate};
 
 pub use crate::startup_error::StartupError;
 
-/// Largest request message accepted (RESOURCE_EXHAUSTED beyond). Far above any real request
-/// (a token is capped at 8 KiB, custom claims at 4 KiB) yet small enough that a flood of
-/// maximal requests cannot exhaust memory: 1024 in flight × 4 MiB.
-pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
-
-/// Largest request header list (metadata) accepted, made explicit rather than left to hyper.
-pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+pub use crate::surfaces::{MAX_HEADER_LIST_BYTES, MAX_MESSAGE_BYTES};
 
 /// A started sidecar: where it listens and how to stop it.
 pub struct RunningSidecar {
@@ -144,11 +125,6 @@ impl RunningSidecar {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.metrics_task).await;
     }
 }
-
-/// How long requests in flight may still run after a connection's GOAWAY at its maximum age.
-const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
-
-type ServerTask = JoinHandle<()>;
 
 /// A background loop as a critical task: it should never end (see [`crate::supervise`]).
 async fn ended(task: impl std::future::Future<Output = ()>) -> Result<(), String> {
@@ -353,236 +329,4 @@ fn authority(
         TokenAuthority::new(codec, config.into(), revocations.clone(), clock.clone())
             .with_idp_prefixes(idp_prefixes),
     )
-}
-
-/// Binds and serves each listener, guarded by `--max-connections` and `--handshake-timeout`.
-struct Listeners<'a> {
-    config: &'a Config,
-    metrics: &'a Arc<Metrics>,
-    shutdown: &'a watch::Receiver<bool>,
-    supervisor: &'a Supervisor,
-}
-
-impl Listeners<'_> {
-    fn guard(&self, listener: &'static str, handshake: Handshake) -> ConnectionGuard {
-        ConnectionGuard {
-            listener,
-            max_connections: self.config.max_connections,
-            max_per_peer: self.config.max_connections_per_peer,
-            handshake_timeout: self.config.handshake_timeout,
-            handshake,
-            metrics: self.metrics.clone(),
-            tls: None,
-        }
-    }
-
-    /// The bounds of the HTTP/1 listeners' connections.
-    fn http_bounds(&self) -> HttpBounds {
-        let config = self.config;
-        HttpBounds {
-            idle_timeout: config.idle_timeout,
-            request_timeout: config.request_timeout,
-            max_age: config.max_connection_age,
-            grace: config.shutdown_grace,
-        }
-    }
-
-    /// A gRPC server whose connections are bounded after their first request: HTTP/2 PINGs
-    /// every `--keepalive-interval` (no answer within half of it closes the connection), a
-    /// graceful GOAWAY at `--max-connection-age`, and `--request-timeout` on every request.
-    fn grpc_server(&self) -> Server {
-        let config = self.config;
-        Server::builder()
-            .http2_keepalive_interval(Some(config.keepalive_interval))
-            .http2_keepalive_timeout(Some(config.keepalive_interval / 2))
-            .max_connection_age(config.max_connection_age)
-            .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
-            .timeout(config.request_timeout)
-    }
-
-    /// The gRPC API: TokenService, ext_authz, health and reflection, behind the request limits.
-    async fn api<H>(
-        &self,
-        authority: &Arc<TokenAuthority>,
-        decide: &ForwardAuth,
-        callers: Callers,
-        tls: Option<&ReloadableTls>,
-        health_service: H,
-        tasks: &mut Vec<ServerTask>,
-    ) -> Result<SocketAddr, StartupError>
-    where
-        H: GrpcService,
-        H::Future: Send + 'static,
-    {
-        let config = self.config;
-        let (listener, addr) = bind(config.listen).await?;
-        let mut guard = self.guard("api", Handshake::Http2);
-        if let Some(tls) = tls {
-            guard = self.guard("api", Handshake::Tls).with_tls(tls.acceptor());
-            tracing::info!(
-                mutual = config.tls_client_ca.is_some(),
-                "the API speaks TLS"
-            );
-        }
-        let reflection_v1 = reflection_builder()
-            .register_encoded_file_descriptor_set(
-                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-            )
-            .build_v1()
-            .map_err(|e| StartupError::Reflection(e.to_string()))?;
-        let reflection_v1alpha = reflection_builder()
-            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()
-            .map_err(|e| StartupError::Reflection(e.to_string()))?;
-        let token_service = TokenGrpc::new(authority.clone());
-        let serve = self
-            .grpc_server()
-            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
-            .layer(RequestLimits::new(
-                config.max_concurrent_requests,
-                self.metrics.clone(),
-            ))
-            .layer(GrpcTraceLayer)
-            .layer(RpcLayer::new(callers, self.metrics.clone()))
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(
-                pb::token_service_server::TokenServiceServer::new(token_service)
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .add_service(
-                ExtAuthz::new(decide.clone())
-                    .into_service()
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .serve_with_incoming_shutdown(guard.incoming(listener), stopped(self.shutdown.clone()));
-        tasks.push(self.supervisor.critical("the API listener", async move {
-            serve.await.map_err(|e| e.to_string())
-        }));
-        Ok(addr)
-    }
-
-    /// `--health-listen`: only `grpc.health.v1`, for kubelet probes on the Pod IP.
-    async fn health_only<H>(
-        &self,
-        health_service: H,
-        tasks: &mut Vec<ServerTask>,
-    ) -> Result<Option<SocketAddr>, StartupError>
-    where
-        H: GrpcService,
-        H::Future: Send + 'static,
-    {
-        let Some(listen) = self.config.health_listen else {
-            return Ok(None);
-        };
-        let (listener, addr) = bind(listen).await?;
-        let serve = self
-            .grpc_server()
-            .add_service(health_service)
-            .serve_with_incoming_shutdown(
-                self.guard("health", Handshake::Http2).incoming(listener),
-                stopped(self.shutdown.clone()),
-            );
-        tasks.push(self.supervisor.critical("the health listener", async move {
-            serve.await.map_err(|e| e.to_string())
-        }));
-        Ok(Some(addr))
-    }
-
-    /// `--http-listen`: forward-auth, introspection and revocation.
-    async fn http(
-        &self,
-        decide: &ForwardAuth,
-        callers: Callers,
-        idp: Option<Arc<IdpReceiver>>,
-        tasks: &mut Vec<ServerTask>,
-    ) -> Result<Option<SocketAddr>, StartupError> {
-        let Some(listen) = self.config.http_listen else {
-            return Ok(None);
-        };
-        let (listener, addr) = bind(listen).await?;
-        let listener = self
-            .guard("http", Handshake::Http1)
-            .axum_listener(listener)
-            .map_err(|error| StartupError::Bind { addr, error })?;
-        let routes = HttpApi::new(decide.clone(), callers, self.metrics.clone())
-            .with_idp(idp)
-            .router();
-        let served =
-            http_server::serve(listener, routes, self.http_bounds(), self.shutdown.clone());
-        tasks.push(self.supervisor.critical("the HTTP listener", async move {
-            served.await;
-            Ok(())
-        }));
-        Ok(Some(addr))
-    }
-
-    /// `--metrics-listen`: `/metrics` and the JWKS.
-    async fn metrics(
-        &self,
-        authority: &Arc<TokenAuthority>,
-        stop: watch::Receiver<bool>,
-    ) -> Result<(SocketAddr, JoinHandle<()>), StartupError> {
-        let (listener, addr) = bind(self.config.metrics_listen).await?;
-        let listener = self
-            .guard("metrics", Handshake::Http1)
-            .axum_listener(listener)
-            .map_err(|error| StartupError::Bind { addr, error })?;
-        let routes = metrics::routes(self.metrics.clone()).merge(jwks_routes(authority.clone()));
-        let served = http_server::serve(listener, routes, self.http_bounds(), stop);
-        let task = self
-            .supervisor
-            .critical("the metrics listener", async move {
-                served.await;
-                Ok(())
-            });
-        Ok((addr, task))
-    }
-}
-
-/// A gRPC service as tonic's router takes it (the health service, served on two listeners).
-trait GrpcService:
-    tower::Service<
-        http::Request<tonic::body::Body>,
-        Response = http::Response<tonic::body::Body>,
-        Error = std::convert::Infallible,
-    > + tonic::server::NamedService
-    + Clone
-    + Send
-    + Sync
-    + 'static
-{
-}
-
-impl<T> GrpcService for T where
-    T: tower::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + tonic::server::NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static
-{
-}
-
-/// Reflection, v1 and v1alpha, over our descriptors, health's, Envoy ext_authz's and those of the
-/// error details we send (so `grpcurl -format-error` decodes them). Each version lists the other
-/// too, so `list` shows every service whichever a client uses.
-fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(crate::api::ext_authz::pb::FILE_DESCRIPTOR_SET)
-        // The messages we put in status details, so `grpcurl -format-error` decodes them.
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-}
-
-async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartupError> {
-    let bound = |error| StartupError::Bind { addr, error };
-    let listener = TcpListener::bind(addr).await.map_err(bound)?;
-    let local = listener.local_addr().map_err(bound)?;
-    Ok((listener, local))
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::api::token_service::loggable;
+use crate::api::log_value::loggable;
 use crate::api::trace;
 use crate::authority::TokenAuthority;
 pub use crate::decision::{

@@ -27,6 +27,7 @@ pub mod feed;
 pub mod forward_auth;
 pub mod http;
 pub mod idp_routes;
+pub mod log_value;
 pub mod open_gate;
 pub mod outcome;
 pub mod responses;

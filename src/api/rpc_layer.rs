@@ -15,7 +15,7 @@ use tower::{Layer, Service};
 use crate::api::bearer_credential;
 use crate::api::caller::{CallerInfo, Callers, Refusal};
 use crate::api::errors::ERROR_DOMAIN;
-use crate::api::token_service::loggable;
+use crate::api::log_value::loggable;
 use crate::api::trace;
 use crate::metrics::Metrics;
 
