@@ -21,6 +21,7 @@
 //! history is compared with the one applied here; a fork (lossy failover, restore) reloads.
 mod nats;
 mod notify;
+mod untrusted;
 pub use token_sidecar_core::sequencer;
 
 use std::sync::Arc;
@@ -31,11 +32,11 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::ids::{MintedId, UserId};
 use crate::revocations::Revocations;
-use crate::store::announcement::{self, Announcement, Rejected};
-use crate::store::{Change, ChangeFeed, DenyKind, StoreError, SyncTransport};
+use crate::store::announcement::Announcement;
+use crate::store::{ChangeFeed, StoreError, SyncTransport};
 use sequencer::{Offer, Sequencer};
+use untrusted::{Rejections, open};
 
 pub use nats::{NatsAuth, redacted};
 pub use notify::LISTENER_APPLICATION_NAME;
@@ -78,9 +79,6 @@ const FEED_RETRY: Duration = Duration::from_secs(10);
 /// The soonest a catch-up asked for by announcements (a gap, an overflow, another history)
 /// follows the previous one: however many arrive, they cost the store one query per interval.
 const ANNOUNCED_CATCH_UP_SPACING: Duration = Duration::from_millis(250);
-
-/// How often each reason for dropping announcements is logged at most.
-const REJECTION_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How long a catch-up on the channel's own connection may take before the connection is
 /// deemed dead (a silently dropped TCP connection would otherwise hang the poll).
@@ -159,37 +157,6 @@ pub async fn run(
     .await;
 }
 
-/// Opens an announcement: the fleet's, authentic, well formed, with ids the API accepts.
-async fn open(revocations: &Revocations, payload: &[u8]) -> Result<Announcement, Rejected> {
-    if payload.len() > announcement::MAX_ANNOUNCEMENT_BYTES {
-        return Err(Rejected::Oversized);
-    }
-    // The key is read when the caches load; before that nothing is applied anyway.
-    let Ok(Some(fleet)) = revocations.store().fleet().await else {
-        return Err(Rejected::Unauthenticated);
-    };
-    let announcement = fleet.open(payload)?;
-    let id_ok = match &announcement.change {
-        Change::Cutoff { user_id, .. } => UserId::parse(user_id.as_str()).is_ok(),
-        // Every jti and sid is minted by us: 128 random bits, base64url; an identity
-        // provider's session id is bounded like a user id.
-        Change::Denied {
-            kind: DenyKind::IdpSession,
-            id,
-            ..
-        } => UserId::parse(id.as_str()).is_ok(),
-        Change::Denied {
-            kind: DenyKind::Token | DenyKind::Session,
-            id,
-            ..
-        } => MintedId::parse(id.as_str()).is_ok(),
-    };
-    if !id_ok {
-        return Err(Rejected::InvalidId);
-    }
-    Ok(announcement)
-}
-
 /// Why a catch-up did not complete.
 enum CatchUpError {
     /// The store is on another history: reload.
@@ -223,33 +190,6 @@ struct Driver {
     feed_retry_at: Option<Instant>,
     last_catch_up: Instant,
     rejections: Rejections,
-}
-
-/// Counts dropped announcements and logs each reason at most once a minute.
-#[derive(Default)]
-struct Rejections {
-    logged: std::collections::HashMap<&'static str, (Instant, u64)>,
-}
-
-impl Rejections {
-    fn record(&mut self, revocations: &Revocations, why: Rejected) {
-        let why = why.as_str();
-        revocations.metrics().sync.announcement_rejected(why);
-        let now = Instant::now();
-        let first = !self.logged.contains_key(why);
-        let (last, since) = self.logged.entry(why).or_insert((now, 0));
-        *since += 1;
-        if first || now.duration_since(*last) >= REJECTION_LOG_INTERVAL {
-            tracing::warn!(
-                why,
-                dropped = *since,
-                "change announcements dropped without a query (the channel is untrusted: a \
-                 forger, another fleet, or another history); logged at most once a minute"
-            );
-            *last = now;
-            *since = 0;
-        }
-    }
 }
 
 impl Driver {
