@@ -34,23 +34,27 @@ impl KeyReloader {
         tls: Option<Arc<ReloadableTls>>,
         callers: &Callers,
     ) -> Self {
-        let loaded = read_key_files(&config.keys)
+        let loaded = read_key_files(&config.tokens.keys)
             .map(|files| files.into_iter().map(|(_, m)| m).collect())
             .unwrap_or_default();
         Self {
-            specs: config.keys.clone(),
-            signing_kid: config.signing_kid.clone(),
+            specs: config.tokens.keys.clone(),
+            signing_kid: config.tokens.signing_kid.clone(),
             authority,
             loaded: parking_lot::Mutex::new(loaded),
             tls,
-            admin: config.admin_token_file.clone().zip(callers.admin.clone()),
+            admin: config
+                .api
+                .admin_token_file
+                .clone()
+                .zip(callers.admin.clone()),
             lists: [
                 (
                     "introspection",
-                    &config.introspection_token_file,
+                    &config.api.introspection_token_file,
                     &callers.introspection,
                 ),
-                ("feed", &config.feed_token_file, &callers.feed),
+                ("feed", &config.api.feed_token_file, &callers.feed),
             ]
             .into_iter()
             .filter_map(|(what, path, list)| Some((what, path.clone()?, list.clone()?)))

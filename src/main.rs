@@ -38,13 +38,13 @@ async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Migrate(config)) => {
-            telemetry::init(config.log_format);
+            telemetry::init(config.telemetry.log_format);
             let kind = server::migrate(&config).await.context("migration failed")?;
             println!("migrations applied ({kind})");
             return Ok(());
         }
         Some(Command::CheckConfig(config)) => {
-            telemetry::init(config.log_format);
+            telemetry::init(config.telemetry.log_format);
             let report = server::check_config(&config)
                 .await
                 .context("configuration check failed")?;
@@ -57,7 +57,7 @@ async fn run() -> anyhow::Result<()> {
         None => {}
     }
     let config = cli.config;
-    let traces = telemetry::init_with_traces(config.log_format, &(&config).into())
+    let traces = telemetry::init_with_traces(config.telemetry.log_format, &(&config).into())
         .context("could not start tracing")?;
     let mut running = server::start(config, Arc::new(FleetClock::new()))
         .await

@@ -13,10 +13,13 @@ use crate::token::{KeyError, KeySet, read_key_files, warn_about_exposed_keys};
 
 /// Builds the key set for `config`, generating the development key in SQLite mode.
 pub fn load_keys(config: &Config) -> Result<KeySet, StartupError> {
-    if !config.keys.is_empty() {
-        let files = read_key_files(&config.keys)?;
+    if !config.tokens.keys.is_empty() {
+        let files = read_key_files(&config.tokens.keys)?;
         warn_about_exposed_keys(&files);
-        return Ok(KeySet::from_material(files, config.signing_kid.as_deref())?);
+        return Ok(KeySet::from_material(
+            files,
+            config.tokens.signing_kid.as_deref(),
+        )?);
     }
     if !config.is_sqlite() {
         return Err(StartupError::NoKeyForPostgres);
@@ -34,7 +37,7 @@ pub fn load_keys(config: &Config) -> Result<KeySet, StartupError> {
 
 /// Refuses identity provider receivers with nowhere to be served.
 pub fn check_idp(config: &Config) -> Result<(), StartupError> {
-    if config.idp_settings()?.any() && config.http_listen.is_none() {
+    if config.idp_settings()?.any() && config.api.http_listen.is_none() {
         return Err(StartupError::IdpWithoutHttp);
     }
     Ok(())
@@ -61,7 +64,7 @@ async fn check_idp_keys(config: &Config) -> Result<Vec<String>, StartupError> {
                     issuer: trusted.issuer.clone(),
                     problem,
                 })?;
-            let on = config.http_listen.map_or_else(String::new, |listen| {
+            let on = config.api.http_listen.map_or_else(String::new, |listen| {
                 format!(", POST http://{listen}{path}")
             });
             let prefix = if trusted.subject_prefix.is_empty() {
@@ -82,11 +85,11 @@ async fn check_idp_keys(config: &Config) -> Result<Vec<String>, StartupError> {
 
 /// Refuses a sync mode that lacks what it needs.
 pub fn check_sync(config: &Config) -> Result<(), StartupError> {
-    if config.sync_mode == crate::sync::SyncMode::Nats && config.nats_url.is_none() {
+    if config.store.sync_mode == crate::sync::SyncMode::Nats && config.store.nats_url.is_none() {
         return Err(StartupError::NoNatsUrl);
     }
     // An unusable sync key would leave the instance NOT_SERVING for ever: say so at start.
-    if let Some(path) = &config.sync_key_file {
+    if let Some(path) = &config.store.sync_key_file {
         store::read_sync_key(path)?;
         crate::secret_file::warn_if_readable_by_others(path);
     }
@@ -113,8 +116,8 @@ pub async fn check_config(config: &Config) -> Result<Vec<String>, StartupError> 
     check_exposure(config)?;
     check_sync(config)?;
     check_idp(config)?;
-    report.push(format!("listen: {}", config.listen));
-    if config.keys.is_empty() {
+    report.push(format!("listen: {}", config.api.listen));
+    if config.tokens.keys.is_empty() {
         if !config.is_sqlite() {
             return Err(StartupError::NoKeyForPostgres);
         }
@@ -124,7 +127,7 @@ pub async fn check_config(config: &Config) -> Result<Vec<String>, StartupError> 
             path.display()
         ));
     } else {
-        let keys = KeySet::load(&config.keys, config.signing_kid.as_deref())?;
+        let keys = KeySet::load(&config.tokens.keys, config.tokens.signing_kid.as_deref())?;
         report.push(format!(
             "keys: {} (signing: {})",
             keys.kids().join(", "),
@@ -146,11 +149,15 @@ pub async fn check_config(config: &Config) -> Result<Vec<String>, StartupError> 
     report.push(check_store(config).await?);
     report.push(format!(
         "token ttl {}, refresh window {}, leeway {}, issuer {}, audience {}",
-        human(config.token_ttl),
-        human(config.refresh_window),
-        human(config.leeway),
-        config.issuer,
-        config.audience.as_deref().unwrap_or("none (not checked)"),
+        human(config.tokens.token_ttl),
+        human(config.tokens.refresh_window),
+        human(config.tokens.leeway),
+        config.tokens.issuer,
+        config
+            .tokens
+            .audience
+            .as_deref()
+            .unwrap_or("none (not checked)"),
     ));
     Ok(report)
 }
@@ -159,28 +166,28 @@ pub async fn check_config(config: &Config) -> Result<Vec<String>, StartupError> 
 /// what the operator meant. `check-config` refuses them; a start says so in its log.
 pub fn contradictions(config: &Config) -> Vec<String> {
     let mut found = Vec::new();
-    if config.token_ttl > config.refresh_window {
+    if config.tokens.token_ttl > config.tokens.refresh_window {
         found.push(format!(
             "--token-ttl {} is longer than --refresh-window {}: no token could live longer than \
              the window, so every one would be cut to it",
-            human(config.token_ttl),
-            human(config.refresh_window)
+            human(config.tokens.token_ttl),
+            human(config.tokens.refresh_window)
         ));
     }
-    if config.sync_poll_interval >= config.max_staleness {
+    if config.store.sync_poll_interval >= config.store.max_staleness {
         found.push(format!(
             "--sync-poll-interval {} is not shorter than --max-staleness {}: polling alone, an \
              instance would go stale between two polls",
-            human(config.sync_poll_interval),
-            human(config.max_staleness)
+            human(config.store.sync_poll_interval),
+            human(config.store.max_staleness)
         ));
     }
-    if config.leeway >= config.token_ttl {
+    if config.tokens.leeway >= config.tokens.token_ttl {
         found.push(format!(
             "--leeway {} is not shorter than --token-ttl {}: an expired token would be accepted \
              for longer than it lived",
-            human(config.leeway),
-            human(config.token_ttl)
+            human(config.tokens.leeway),
+            human(config.tokens.token_ttl)
         ));
     }
     found
@@ -240,25 +247,25 @@ fn human(d: std::time::Duration) -> String {
 /// server-side TLS alone only encrypts. The health-only and metrics listeners are exempt: they
 /// serve nothing that changes state.
 pub fn check_exposure(config: &Config) -> Result<(), StartupError> {
-    let mutual_tls = config.tls_cert.is_some() && config.tls_client_ca.is_some();
-    let protected = mutual_tls || config.admin_token_file.is_some();
-    if config.listen.ip().is_loopback() || protected {
+    let mutual_tls = config.api.tls_cert.is_some() && config.api.tls_client_ca.is_some();
+    let protected = mutual_tls || config.api.admin_token_file.is_some();
+    if config.api.listen.ip().is_loopback() || protected {
         return Ok(());
     }
-    if config.allow_insecure_remote {
+    if config.api.allow_insecure_remote {
         tracing::warn!(
-            listen = %config.listen,
+            listen = %config.api.listen,
             "the API is reachable from other hosts and callers are not authenticated \
              (--allow-insecure-remote)"
         );
         return Ok(());
     }
-    Err(StartupError::InsecureRemote(config.listen))
+    Err(StartupError::InsecureRemote(config.api.listen))
 }
 
 /// Reads the admin credential, if one is configured.
 pub fn load_admin(config: &Config) -> Result<Option<Arc<AdminCredential>>, StartupError> {
-    let Some(path) = &config.admin_token_file else {
+    let Some(path) = &config.api.admin_token_file else {
         return Ok(None);
     };
     let problem = |problem: String| StartupError::AdminToken {
@@ -279,17 +286,20 @@ pub fn load_callers(
     admin: Option<Arc<AdminCredential>>,
 ) -> Result<Callers, StartupError> {
     let introspection = credential_list(
-        config.introspection_token_file.as_deref(),
+        config.api.introspection_token_file.as_deref(),
         |path, problem| StartupError::IntrospectionToken { path, problem },
     )?;
-    let feed = credential_list(config.feed_token_file.as_deref(), |path, problem| {
+    let feed = credential_list(config.api.feed_token_file.as_deref(), |path, problem| {
         StartupError::FeedToken { path, problem }
     })?;
     Ok(Callers {
         // SPEC §12: open only on a loopback-only API with no caller authentication configured.
-        open: config.listen.ip().is_loopback() && admin.is_none() && config.tls_client_ca.is_none(),
-        identities: config.admin_identities.clone().into(),
+        open: config.api.listen.ip().is_loopback()
+            && admin.is_none()
+            && config.api.tls_client_ca.is_none(),
+        identities: config.api.admin_identities.clone().into(),
         feed_open: config
+            .api
             .http_listen
             .is_some_and(|http| http.ip().is_loopback())
             && admin.is_none()
@@ -322,10 +332,10 @@ fn credential_list(
 
 /// The API's TLS, if --tls-cert and --tls-key are set.
 pub fn tls(config: &Config) -> Result<Option<ReloadableTls>, StartupError> {
-    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+    let (Some(cert), Some(key)) = (&config.api.tls_cert, &config.api.tls_key) else {
         return Ok(None);
     };
-    ReloadableTls::load(cert.clone(), key.clone(), config.tls_client_ca.clone())
+    ReloadableTls::load(cert.clone(), key.clone(), config.api.tls_client_ca.clone())
         .map(Some)
         .map_err(|e| StartupError::Tls(e.to_string()))
 }

@@ -169,7 +169,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
     };
     let decide = ForwardAuth::new(
         authority.clone(),
-        config.forward_claims.clone(),
+        config.api.forward_claims.clone(),
         metrics.clone(),
     );
     let mut tasks = Vec::new();
@@ -205,7 +205,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
         "token-sidecar listening"
     );
 
-    let watch_secrets = !config.keys.is_empty()
+    let watch_secrets = !config.tokens.keys.is_empty()
         || tls.is_some()
         || callers.admin.is_some()
         || callers.introspection.is_some();
@@ -218,7 +218,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
             ended(readiness::keep(
                 revocations.clone(),
                 reporter.clone(),
-                config.health_interval,
+                config.store.health_interval,
                 draining_rx.clone(),
             )),
         ),
@@ -238,14 +238,14 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
         let (revocations, policy, interval) = (
             revocations.clone(),
             RevocationPolicy::from(&config),
-            config.purge_interval,
+            config.store.purge_interval,
         );
         background.push(supervisor.restartable("purge", move || {
             purge::run(revocations.clone(), policy, clock.clone(), interval)
         }));
     }
     if watch_secrets {
-        let (reloader, interval) = (key_reloader.clone(), config.key_reload_interval);
+        let (reloader, interval) = (key_reloader.clone(), config.tokens.key_reload_interval);
         background.push(supervisor.restartable("secret_reload", move || {
             key_reload::watch(reloader.clone(), interval)
         }));
@@ -273,8 +273,8 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
         watches_end,
         metrics_stop,
         reporter,
-        drain_delay: config.drain_delay,
-        grace: config.shutdown_grace,
+        drain_delay: config.limits.drain_delay,
+        grace: config.limits.shutdown_grace,
         keys: key_reloader,
         tasks,
         background,
@@ -292,7 +292,7 @@ fn optional(addr: Option<SocketAddr>) -> String {
 /// readiness instead of the start).
 async fn open_store(config: &Config) -> Result<store::Opened, StartupError> {
     let url = config.database_url();
-    if config.database_url.is_none() {
+    if config.store.database_url.is_none() {
         tracing::warn!(
             database = %url,
             "no --database-url: using an embedded SQLite file (single instance only; \
@@ -310,10 +310,14 @@ fn authority(
     metrics: &Metrics,
     clock: &Arc<dyn Clock>,
 ) -> Result<TokenAuthority, StartupError> {
-    let mut codec = TokenCodec::new(keys, config.issuer.clone(), config.audience.clone());
-    if config.verified_cache_capacity > 0 {
+    let mut codec = TokenCodec::new(
+        keys,
+        config.tokens.issuer.clone(),
+        config.tokens.audience.clone(),
+    );
+    if config.caches.verified_cache_capacity > 0 {
         codec = codec.with_verified_cache(VerifiedCache::new(
-            config.verified_cache_capacity,
+            config.caches.verified_cache_capacity,
             clock.clone(),
             metrics.caches.verified(),
         ));

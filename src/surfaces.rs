@@ -107,9 +107,9 @@ impl Listeners<'_> {
     fn guard(&self, listener: &'static str, handshake: Handshake) -> ConnectionGuard {
         ConnectionGuard {
             listener,
-            max_connections: self.config.max_connections,
-            max_per_peer: self.config.max_connections_per_peer,
-            handshake_timeout: self.config.handshake_timeout,
+            max_connections: self.config.limits.max_connections,
+            max_per_peer: self.config.limits.max_connections_per_peer,
+            handshake_timeout: self.config.limits.handshake_timeout,
             handshake,
             metrics: self.metrics.clone(),
             tls: None,
@@ -120,10 +120,10 @@ impl Listeners<'_> {
     fn http_bounds(&self) -> HttpBounds {
         let config = self.config;
         HttpBounds {
-            idle_timeout: config.idle_timeout,
-            request_timeout: config.request_timeout,
-            max_age: config.max_connection_age,
-            grace: config.shutdown_grace,
+            idle_timeout: config.limits.idle_timeout,
+            request_timeout: config.limits.request_timeout,
+            max_age: config.limits.max_connection_age,
+            grace: config.limits.shutdown_grace,
         }
     }
 
@@ -133,11 +133,11 @@ impl Listeners<'_> {
     fn grpc_server(&self) -> Server {
         let config = self.config;
         Server::builder()
-            .http2_keepalive_interval(Some(config.keepalive_interval))
-            .http2_keepalive_timeout(Some(config.keepalive_interval / 2))
-            .max_connection_age(config.max_connection_age)
+            .http2_keepalive_interval(Some(config.limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(config.limits.keepalive_interval / 2))
+            .max_connection_age(config.limits.max_connection_age)
             .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
-            .timeout(config.request_timeout)
+            .timeout(config.limits.request_timeout)
     }
 
     /// The gRPC API: TokenService (behind its RPC layer), ext_authz, health and reflection,
@@ -160,7 +160,7 @@ impl Listeners<'_> {
         if let Some(tls) = tls {
             guard = self.guard("api", Handshake::Tls).with_tls(tls.acceptor());
             tracing::info!(
-                mutual = config.tls_client_ca.is_some(),
+                mutual = config.api.tls_client_ca.is_some(),
                 "the API speaks TLS"
             );
         }
@@ -178,7 +178,7 @@ impl Listeners<'_> {
             .grpc_server()
             .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
             .layer(RequestLimits::new(
-                config.max_concurrent_requests,
+                config.limits.max_concurrent_requests,
                 self.metrics.clone(),
             ))
             .layer(GrpcTraceLayer)
@@ -199,7 +199,7 @@ impl Listeners<'_> {
             );
         let surface = Surface {
             task: "the API listener",
-            addr: config.listen,
+            addr: config.api.listen,
             guard,
             app: App::Grpc(Box::new(move |incoming, stop| {
                 Box::pin(async move {
@@ -225,7 +225,7 @@ impl Listeners<'_> {
         H: GrpcService,
         H::Future: Send + 'static,
     {
-        let Some(listen) = self.config.health_listen else {
+        let Some(listen) = self.config.api.health_listen else {
             return Ok(None);
         };
         let router = self.grpc_server().add_service(health_service);
@@ -256,7 +256,7 @@ impl Listeners<'_> {
         idp: Option<Arc<IdpReceiver>>,
         tasks: &mut Vec<JoinHandle<()>>,
     ) -> Result<Option<SocketAddr>, StartupError> {
-        let Some(listen) = self.config.http_listen else {
+        let Some(listen) = self.config.api.http_listen else {
             return Ok(None);
         };
         let routes = HttpApi::new(decide.clone(), callers, self.metrics.clone())
@@ -282,7 +282,7 @@ impl Listeners<'_> {
         let routes = metrics::routes(self.metrics.clone()).merge(jwks_routes(authority.clone()));
         let surface = Surface {
             task: "the metrics listener",
-            addr: self.config.metrics_listen,
+            addr: self.config.api.metrics_listen,
             guard: self.guard("metrics", Handshake::Http1),
             app: App::Http(routes),
         };

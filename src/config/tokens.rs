@@ -1,0 +1,69 @@
+//! Tokens and the keys that sign and verify them.
+use std::time::Duration;
+
+use super::parse::{parse_duration, parse_key, parse_positive_duration};
+use super::values::Toggle;
+use crate::token::KeySpec;
+
+/// Tokens and the keys that sign and verify them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TokenArgs {
+    /// A key as KID=ALG:PATH (repeatable). HS* keys: PATH holds the secret's bytes (at least 32).
+    /// Without any key, SQLite mode generates one beside the database; PostgreSQL mode refuses
+    /// to start.
+    #[arg(help_heading = "Tokens and keys", long = "key", env = "TOKEN_SIDECAR_KEYS", value_delimiter = ',', value_parser = parse_key)]
+    pub keys: Vec<KeySpec>,
+
+    /// The key id that signs new tokens. Default: the first key.
+    #[arg(
+        help_heading = "Tokens and keys",
+        long,
+        env = "TOKEN_SIDECAR_SIGNING_KID"
+    )]
+    pub signing_kid: Option<String>,
+
+    /// How often the key files, the TLS certificate and key, and the admin credential are
+    /// checked for changes (mounted Secrets change in place); SIGHUP reloads at once.
+    #[arg(help_heading = "Tokens and keys", long, env = "TOKEN_SIDECAR_KEY_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_positive_duration)]
+    pub key_reload_interval: Duration,
+
+    /// The `iss` written into and required of every token.
+    #[arg(
+        help_heading = "Tokens and keys",
+        long,
+        env = "TOKEN_SIDECAR_ISSUER",
+        default_value = "token-sidecar"
+    )]
+    pub issuer: String,
+
+    /// The `aud` written into and required of every token. None if unset.
+    #[arg(help_heading = "Tokens and keys", long, env = "TOKEN_SIDECAR_AUDIENCE")]
+    pub audience: Option<String>,
+
+    /// Default and maximum token lifetime (e.g. 30s, 5m, 1h).
+    #[arg(help_heading = "Tokens and keys", long, env = "TOKEN_SIDECAR_TOKEN_TTL", default_value = "5m", value_parser = parse_positive_duration)]
+    pub token_ttl: Duration,
+
+    /// How long after a session's first token it may still be refreshed.
+    #[arg(help_heading = "Tokens and keys", long, env = "TOKEN_SIDECAR_REFRESH_WINDOW", default_value = "7d", value_parser = parse_positive_duration)]
+    pub refresh_window: Duration,
+
+    /// Clock-skew tolerance applied to `exp` and `nbf` only.
+    #[arg(help_heading = "Tokens and keys", long, env = "TOKEN_SIDECAR_LEEWAY", default_value = "0s", value_parser = parse_duration)]
+    pub leeway: Duration,
+
+    /// Refresh reuse detection (SPEC §11): refreshing a token older than its session's newest,
+    /// after --refresh-reuse-interval, revokes the session (REASON_REFRESH_REUSED).
+    #[arg(help_heading = "Tokens and keys", long, env = "TOKEN_SIDECAR_REFRESH_REUSE_DETECTION", value_enum, default_value_t = Toggle::On)]
+    pub refresh_reuse_detection: Toggle,
+
+    /// How long after a session's newest token was minted a Refresh of an older one is a retry
+    /// (answered with the same new token) rather than reuse.
+    #[arg(help_heading = "Tokens and keys", long, env = "TOKEN_SIDECAR_REFRESH_REUSE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub refresh_reuse_interval: Duration,
+
+    /// How far this process's clock may be off the database's (the fleet's one clock, SPEC §4
+    /// rule 9) before Issue and Refresh answer UNAVAILABLE; the purge keeps as much margin.
+    #[arg(help_heading = "Tokens and keys", long, env = "TOKEN_SIDECAR_MAX_CLOCK_SKEW", default_value = "500ms", value_parser = parse_duration)]
+    pub max_clock_skew: Duration,
+}
