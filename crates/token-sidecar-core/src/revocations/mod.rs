@@ -16,8 +16,10 @@ mod filter;
 mod instrumented;
 mod sync;
 
+use sync::Replica;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -28,7 +30,6 @@ use crate::metrics::{Cache, Lookup, Metrics};
 use crate::model::LinkTag;
 use crate::policy::DenyStatus;
 use crate::policy::PurgeHorizon;
-use crate::store::announcement::Link;
 use crate::store::{
     Audit, AuditLog, AuditQuery, AuditRecord, Change, ChangeSeq, CutoffUpdate, DenyEntry, DenyKind,
     EventLedger, Maintenance, Purged, RevocationLog, RevocationReads, RevocationStore, Rotation,
@@ -95,19 +96,8 @@ pub struct Revocations {
     cutoffs: Option<CutoffCache>,
     denylist: Option<DenylistFilter>,
     settings: CacheSettings,
-    watermark: AtomicI64,
-    /// The store history's link at the last change applied whose link is known: checked
-    /// against the store at every contact (see [`History::continues`]).
-    anchor: parking_lot::Mutex<Option<Link>>,
-    /// This instance's own writes not yet covered by the anchor: checked likewise, so that a
-    /// write the store lost in a failover is not kept in the caches (at most [`MAX_OWN`]).
-    own: parking_lot::Mutex<std::collections::BTreeMap<ChangeSeq, Link>>,
-    /// The newest change number this instance has seen in any form (applied, written, read).
-    seen: AtomicI64,
-    last_sync_mono_ms: AtomicI64,
-    loaded: AtomicBool,
-    /// Loads run one at a time (health's and the sync task's after a forked history).
-    loading: tokio::sync::Mutex<()>,
+    /// Where this instance stands in the store's numbered log.
+    replica: Replica,
     rebuild_wanted: Notify,
 }
 
@@ -143,13 +133,7 @@ impl Revocations {
             cutoffs,
             denylist,
             settings,
-            watermark: AtomicI64::new(0),
-            anchor: parking_lot::Mutex::new(None),
-            own: parking_lot::Mutex::new(std::collections::BTreeMap::new()),
-            seen: AtomicI64::new(0),
-            last_sync_mono_ms: AtomicI64::new(i64::MIN / 2),
-            loaded: AtomicBool::new(false),
-            loading: tokio::sync::Mutex::new(()),
+            replica: Replica::default(),
             rebuild_wanted: Notify::new(),
         }
     }
@@ -171,12 +155,12 @@ impl Revocations {
 
     /// Whether the denylist filter has been loaded.
     pub fn is_loaded(&self) -> bool {
-        self.loaded.load(Ordering::Acquire)
+        self.replica.loaded.load(Ordering::Acquire)
     }
 
     /// The last change number applied.
     pub fn watermark(&self) -> ChangeSeq {
-        self.watermark.load(Ordering::Acquire)
+        self.replica.watermark.load(Ordering::Acquire)
     }
 
     /// Rotates a session forward in the store (SPEC §11); no cache is involved.

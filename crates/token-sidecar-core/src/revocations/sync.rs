@@ -1,7 +1,8 @@
 //! The replica: how the caches follow the store's numbered log — the first load, catch-ups,
 //! authenticated announcements, and the checks that the store's history is still the one
 //! applied here (a lossy failover, a restore or a re-created database is not).
-use std::sync::atomic::Ordering;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use async_trait::async_trait;
 
@@ -10,6 +11,39 @@ use crate::store::announcement::{Announcement, Link, Rejected};
 use crate::store::{
     Backend, Change, ChangeFeed, ChangeSeq, History, RevocationLog, RevocationStore, StoreError,
 };
+
+/// Where this instance stands in the store's numbered log: what it applied, the history it
+/// applied it on, what it wrote itself, and when it was last in step.
+pub(super) struct Replica {
+    pub(super) watermark: AtomicI64,
+    /// The store history's link at the last change applied whose link is known: checked
+    /// against the store at every contact (see [`History::continues`]).
+    pub(super) anchor: parking_lot::Mutex<Option<Link>>,
+    /// This instance's own writes not yet covered by the anchor: checked likewise, so that a
+    /// write the store lost in a failover is not kept in the caches (at most [`MAX_OWN`]).
+    pub(super) own: parking_lot::Mutex<BTreeMap<ChangeSeq, Link>>,
+    /// The newest change number this instance has seen in any form (applied, written, read).
+    pub(super) seen: AtomicI64,
+    /// When it was last in step, on the monotonic clock.
+    pub(super) last_sync_mono_ms: AtomicI64,
+    pub(super) loaded: AtomicBool,
+    /// Loads run one at a time (health's and the sync task's after a forked history).
+    pub(super) loading: tokio::sync::Mutex<()>,
+}
+
+impl Default for Replica {
+    fn default() -> Self {
+        Self {
+            watermark: AtomicI64::new(0),
+            anchor: parking_lot::Mutex::new(None),
+            own: parking_lot::Mutex::new(BTreeMap::new()),
+            seen: AtomicI64::new(0),
+            last_sync_mono_ms: AtomicI64::new(i64::MIN / 2),
+            loaded: AtomicBool::new(false),
+            loading: tokio::sync::Mutex::new(()),
+        }
+    }
+}
 
 struct StoreFeed<'a>(&'a dyn RevocationStore);
 
@@ -50,7 +84,7 @@ impl Revocations {
     ) -> Result<(), Rejected> {
         let seq = announcement.change.seq();
         {
-            let anchor = self.anchor.lock();
+            let anchor = self.replica.anchor.lock();
             if let Some(anchor) = *anchor
                 && anchor.seq + 1 == seq
                 && anchor.tag != announcement.prev
@@ -61,7 +95,7 @@ impl Revocations {
         let before = self.watermark();
         self.apply(&announcement.change).await;
         if seq > before {
-            let mut anchor = self.anchor.lock();
+            let mut anchor = self.replica.anchor.lock();
             if anchor.is_none_or(|a| a.seq < seq) {
                 *anchor = Some(announcement.link());
             }
@@ -78,8 +112,8 @@ impl Revocations {
     /// caches must be reloaded. What the anchor covers needs no note (the chain vouches for
     /// every change before a link).
     pub(super) fn seen(&self, record: &crate::store::CutoffRecord) {
-        self.seen.fetch_max(record.seq, Ordering::AcqRel);
-        let anchored = self.anchor.lock().map_or(0, |a| a.seq);
+        self.replica.seen.fetch_max(record.seq, Ordering::AcqRel);
+        let anchored = self.replica.anchor.lock().map_or(0, |a| a.seq);
         if let Some(tag) = record.link
             && record.seq > anchored
         {
@@ -91,7 +125,7 @@ impl Revocations {
     }
 
     pub(super) fn note(&self, link: Link) {
-        let mut known = self.own.lock();
+        let mut known = self.replica.own.lock();
         // A number met twice is kept as first met: the check then finds the store's history
         // changed under it.
         known.entry(link.seq).or_insert(link);
@@ -104,7 +138,7 @@ impl Revocations {
     /// the store's history at the next contact.
     pub(super) fn wrote(&self) {
         if let Some(link) = self.store.last_written() {
-            self.seen.fetch_max(link.seq, Ordering::AcqRel);
+            self.replica.seen.fetch_max(link.seq, Ordering::AcqRel);
             self.note(link);
         }
     }
@@ -114,12 +148,13 @@ impl Revocations {
     /// [`Revocations::load`] reads it all again, as at start. Sequence-guarded caches would
     /// otherwise refuse the new history's changes under numbers already seen.
     pub(super) fn forget_history(&self) {
-        self.loaded.store(false, Ordering::Release);
-        self.watermark.store(0, Ordering::Release);
-        *self.anchor.lock() = None;
-        self.own.lock().clear();
-        self.seen.store(0, Ordering::Release);
-        self.last_sync_mono_ms
+        self.replica.loaded.store(false, Ordering::Release);
+        self.replica.watermark.store(0, Ordering::Release);
+        *self.replica.anchor.lock() = None;
+        self.replica.own.lock().clear();
+        self.replica.seen.store(0, Ordering::Release);
+        self.replica
+            .last_sync_mono_ms
             .store(i64::MIN / 2, Ordering::Release);
         if let Some(cache) = &self.cutoffs {
             cache.clear();
@@ -134,7 +169,9 @@ impl Revocations {
 
     pub(super) fn mark_synced(&self) {
         let now = self.clock.monotonic_ms();
-        self.last_sync_mono_ms.fetch_max(now, Ordering::AcqRel);
+        self.replica
+            .last_sync_mono_ms
+            .fetch_max(now, Ordering::AcqRel);
         self.metrics.sync.lag_ms.set(0);
     }
 
@@ -157,7 +194,7 @@ impl Revocations {
     /// (and so nothing is cached) before it, so every change up to the snapshot is reflected in
     /// the filter or will be read from the store on the first cutoff miss.
     pub async fn load(&self) -> Result<(), StoreError> {
-        let _one_at_a_time = self.loading.lock().await;
+        let _one_at_a_time = self.replica.loading.lock().await;
         if self.is_loaded() {
             return self.catch_up().await.map(|_| ());
         }
@@ -180,10 +217,10 @@ impl Revocations {
             }
             None => self.snapshot_watermark().await?,
         };
-        *self.anchor.lock() = history.and_then(|h| h.newest);
-        self.watermark.fetch_max(snapshot, Ordering::AcqRel);
+        *self.replica.anchor.lock() = history.and_then(|h| h.newest);
+        self.replica.watermark.fetch_max(snapshot, Ordering::AcqRel);
         self.metrics.sync.watermark.set(self.watermark());
-        self.loaded.store(true, Ordering::Release);
+        self.replica.loaded.store(true, Ordering::Release);
         self.mark_synced();
         // Anything committed between the snapshot and now. The snapshot is loaded either way:
         // if this read fails (a full database), the sync task's next poll brings it, within the
@@ -213,9 +250,9 @@ impl Revocations {
         // What this instance knows is read before the store is asked: a write that commits
         // while the question is in flight is not in the store's answer.
         let watermark = self.watermark();
-        let seen = self.seen.load(Ordering::Acquire);
-        let anchor = *self.anchor.lock();
-        let own: Vec<Link> = self.own.lock().values().copied().collect();
+        let seen = self.replica.seen.load(Ordering::Acquire);
+        let anchor = *self.replica.anchor.lock();
+        let own: Vec<Link> = self.replica.own.lock().values().copied().collect();
         let own_seqs: Vec<ChangeSeq> = own.iter().map(|o| o.seq).collect();
         let first = feed.history_and_changes(
             anchor.map_or(0, |a| a.seq),
@@ -260,9 +297,11 @@ impl Revocations {
         if let Some(history) = history {
             // Everything up to the head read before the pages is applied, including numbers
             // whose rows were superseded or purged since.
-            self.watermark.fetch_max(history.head, Ordering::AcqRel);
+            self.replica
+                .watermark
+                .fetch_max(history.head, Ordering::AcqRel);
             self.metrics.sync.watermark.set(self.watermark());
-            let mut anchor = self.anchor.lock();
+            let mut anchor = self.replica.anchor.lock();
             if let Some(newest) = history.newest
                 && anchor.is_none_or(|a| a.seq <= newest.seq)
             {
@@ -270,7 +309,7 @@ impl Revocations {
             }
             // Own writes the store showed are part of what the anchor vouches for now.
             let covered = anchor.map_or(0, |a| a.seq);
-            let mut own = self.own.lock();
+            let mut own = self.replica.own.lock();
             own.retain(|seq, _| *seq > covered);
         }
         self.mark_synced();
@@ -304,7 +343,7 @@ impl Revocations {
             }
         }
         let seq = change.seq();
-        let before = self.watermark.fetch_max(seq, Ordering::AcqRel);
+        let before = self.replica.watermark.fetch_max(seq, Ordering::AcqRel);
         self.metrics.sync.watermark.set(self.watermark());
         self.metrics.sync.changes.inc();
         if before < seq && change.committed_ms() > 0 {
@@ -335,7 +374,7 @@ impl Revocations {
     pub(super) fn sync_age_ms(&self) -> i64 {
         self.clock
             .monotonic_ms()
-            .saturating_sub(self.last_sync_mono_ms.load(Ordering::Acquire))
+            .saturating_sub(self.replica.last_sync_mono_ms.load(Ordering::Acquire))
     }
 
     /// Whether this instance can answer (for health).
