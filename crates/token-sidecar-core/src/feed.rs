@@ -199,15 +199,11 @@ impl Mirror {
     pub fn check(&self, claims: &Claims, now: UnixMillis) -> Result<(), Reason> {
         let cutoff = self.cutoffs.get(&claims.user_id).map(|(_, c)| *c);
         RevocationPolicy::check_cutoff(cutoff, claims.orig_iat_ms, now)?;
-        let denied = |kind: DenyKind, id: &str| self.denied[kind.index()].contains_key(id);
-        RevocationPolicy::check_denylist(DenyStatus {
-            jti: denied(DenyKind::Token, &claims.jti),
-            session: denied(DenyKind::Session, &claims.session_id),
-            idp_session: claims
-                .idp_session_id
-                .as_deref()
-                .is_some_and(|idp| denied(DenyKind::IdpSession, idp)),
-        })
+        let denied_by = claims
+            .deny_ids()
+            .find(|(kind, id)| self.denied[kind.index()].contains_key(*id))
+            .map(|(kind, _)| kind);
+        RevocationPolicy::check_denylist(DenyStatus { denied_by })
     }
 }
 

@@ -2,6 +2,7 @@
 //!
 //! Nothing here knows about gRPC, SQL or caches; every rule is unit-tested below.
 use crate::clock::{UnixMillis, UnixSeconds};
+use crate::model::DenyKind;
 use crate::reason::Reason;
 use crate::token::Claims;
 
@@ -42,15 +43,14 @@ pub fn user_id_problem(user_id: &str) -> Option<String> {
     None
 }
 
-/// Whether a token's `jti` or session is on the denylist.
+/// Whether a denylist row refuses a token, and by which of its ids ([`Claims::deny_ids`]):
+/// the token itself, its session, or the identity provider's session it was minted for.
+///
+/// [`Claims::deny_ids`]: crate::token::Claims::deny_ids
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DenyStatus {
-    /// The token itself was revoked.
-    pub jti: bool,
-    /// The token's session was revoked.
-    pub session: bool,
-    /// The identity provider's session the token was minted for was logged out.
-    pub idp_session: bool,
+    /// The first kind of row found refusing it; None: no row does.
+    pub denied_by: Option<DenyKind>,
 }
 
 /// When a freshly minted token starts and ends.
@@ -166,7 +166,7 @@ impl RevocationPolicy {
 
     /// Rule 5: a revoked token or session is refused.
     pub fn check_denylist(deny: DenyStatus) -> Result<(), Reason> {
-        if deny.jti || deny.session || deny.idp_session {
+        if deny.denied_by.is_some() {
             Err(Reason::TokenRevoked)
         } else {
             Ok(())
@@ -480,16 +480,13 @@ mod tests {
         assert!(p.unknown_row_moot_at(0) > p.session_row_moot_at(0));
         assert_eq!(
             RevocationPolicy::check_denylist(DenyStatus {
-                jti: false,
-                session: true,
-                idp_session: false,
+                denied_by: Some(DenyKind::Session),
             }),
             Err(Reason::TokenRevoked)
         );
         assert_eq!(
             RevocationPolicy::check_denylist(DenyStatus {
-                idp_session: true,
-                ..DenyStatus::default()
+                denied_by: Some(DenyKind::IdpSession),
             }),
             Err(Reason::TokenRevoked)
         );

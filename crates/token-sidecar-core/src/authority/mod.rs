@@ -219,13 +219,7 @@ impl TokenAuthority {
         if let Err(reason) = RevocationPolicy::check_cutoff(cutoff, claims.orig_iat_ms, now) {
             return Ok(Err(reason));
         }
-        let deny = store
-            .deny_status(
-                &claims.jti,
-                &claims.session_id,
-                claims.idp_session_id.as_deref(),
-            )
-            .await?;
+        let deny = store.deny_status(&claims).await?;
         Ok(RevocationPolicy::check_denylist(deny).map(|()| claims))
     }
 

@@ -35,6 +35,7 @@ use crate::store::{
     EventLedger, Maintenance, Purged, RevocationLog, RevocationReads, RevocationStore, Rotation,
     RotationOutcome, SessionHeads, StoreError,
 };
+use crate::token::Claims;
 pub use instrumented::Instrumented;
 
 /// A page of the change feed, as [`Revocations::feed_page`] read it.
@@ -205,22 +206,16 @@ impl Revocations {
             .await
     }
 
-    /// Whether a token (`jti`), its session (`sid`) or the identity provider's session it was
-    /// minted for (`idp_sid`) is denied.
-    pub async fn deny_status(
-        &self,
-        jti: &str,
-        sid: &str,
-        idp_sid: Option<&str>,
-    ) -> Result<DenyStatus, StoreError> {
-        Ok(DenyStatus {
-            jti: self.is_denied(DenyKind::Token, jti).await?,
-            session: self.is_denied(DenyKind::Session, sid).await?,
-            idp_session: match idp_sid {
-                Some(id) => self.is_denied(DenyKind::IdpSession, id).await?,
-                None => false,
-            },
-        })
+    /// Whether a denylist row refuses the token `claims` describe, by any of its ids.
+    pub async fn deny_status(&self, claims: &Claims) -> Result<DenyStatus, StoreError> {
+        for (kind, id) in claims.deny_ids() {
+            if self.is_denied(kind, id).await? {
+                return Ok(DenyStatus {
+                    denied_by: Some(kind),
+                });
+            }
+        }
+        Ok(DenyStatus::default())
     }
 
     /// Whether one token, session or identity provider session is denied.

@@ -11,6 +11,7 @@ use rand::RngCore;
 use serde_json::{Map, Value};
 
 use crate::clock::{UnixMillis, UnixSeconds};
+use crate::model::DenyKind;
 use crate::reason::Reason;
 
 /// Claim names that Issue's custom claims may not set.
@@ -43,6 +44,27 @@ pub struct Claims {
 }
 
 // Claims carry user data and ids that let a reader correlate sessions; keep Debug terse.
+impl Claims {
+    /// The id this token is denied by under `kind`, if it has one: its `jti`, its session, or
+    /// the identity provider's session it was minted for. (An exhaustive match: a new kind of
+    /// denylist row is answered here, or the compiler asks.)
+    pub fn id_for(&self, kind: DenyKind) -> Option<&str> {
+        match kind {
+            DenyKind::Token => Some(&self.jti),
+            DenyKind::Session => Some(&self.session_id),
+            DenyKind::IdpSession => self.idp_session_id.as_deref(),
+        }
+    }
+
+    /// Every `(kind, id)` a denylist row could refuse this token by, for each of
+    /// [`DenyKind::ALL`]: what Verify, the proxy filter's mirror and the policy look up.
+    pub fn deny_ids(&self) -> impl Iterator<Item = (DenyKind, &str)> {
+        DenyKind::ALL
+            .into_iter()
+            .filter_map(|kind| Some((kind, self.id_for(kind)?)))
+    }
+}
+
 impl std::fmt::Debug for Claims {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Claims")
@@ -285,6 +307,28 @@ fn as_numeric_date(value: &Value) -> Result<UnixSeconds, Reason> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_token_is_denied_by_an_id_of_every_kind_it_has() {
+        let mut claims = Claims {
+            user_id: "alice".into(),
+            jti: "j".into(),
+            session_id: "s".into(),
+            issued_at: UnixSeconds(0),
+            expires_at: UnixSeconds(1),
+            not_before: None,
+            orig_iat_ms: 0,
+            idp_session_id: None,
+            extra: Map::new(),
+        };
+        let ids: Vec<_> = claims.deny_ids().collect();
+        assert_eq!(ids, [(DenyKind::Token, "j"), (DenyKind::Session, "s")]);
+        claims.idp_session_id = Some("idp:x".into());
+        assert_eq!(claims.deny_ids().count(), DenyKind::ALL.len());
+        for kind in DenyKind::ALL {
+            assert!(claims.id_for(kind).is_some(), "{kind:?}");
+        }
+    }
 
     fn payload(value: Value) -> Map<String, Value> {
         match value {
