@@ -12,7 +12,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use token_sidecar::authority::{IssueRequest, TokenAuthority};
 use token_sidecar::clock::SystemClock;
-use token_sidecar::metrics::Metrics;
+use token_sidecar::metrics::CoreMetrics;
 use token_sidecar::policy::RevocationPolicy;
 use token_sidecar::revocations::{CacheSettings, OutageMode, Revocations};
 use token_sidecar::store::{self, RevocationStore};
@@ -98,7 +98,7 @@ async fn authority(case: &Case, dir: &Path) -> Arc<TokenAuthority> {
     let revocations = Arc::new(Revocations::new(
         store,
         clock.clone(),
-        Arc::new(Metrics::new()),
+        Arc::new(CoreMetrics::new()),
         settings,
     ));
     revocations

@@ -151,7 +151,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
     let revocations = Arc::new(Revocations::new(
         store.clone(),
         clock.clone(),
-        metrics.clone(),
+        metrics.core().clone(),
         (&config).into(),
     ));
     let authority = Arc::new(authority(&config, keys, &revocations, &metrics, &clock)?);

@@ -2,7 +2,6 @@
 //! denylist entries, cutoffs, session rotations, purges and the audit trail. Plain data: the
 //! caches apply it, the store persists it, the sync carries it.
 use crate::clock::{UnixMillis, UnixSeconds};
-pub use crate::policy::PurgeHorizon;
 /// One link of the store's history chain: each change's link is a digest of the link before it
 /// and a random nonce, so two histories that share a number but not a change never share its
 /// link.

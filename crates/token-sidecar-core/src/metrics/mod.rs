@@ -1,42 +1,32 @@
-//! Prometheus metrics. Each part of the sidecar owns one group of families and registers it
-//! itself (`XMetrics::register`); [`Metrics`] is the registry plus those groups, built once per
-//! instance and rendered by the server's `/metrics` route (on `--metrics-listen`).
+//! Prometheus metrics the core counts itself. Each part owns one group of families and
+//! registers it itself (`XMetrics::register`); [`Metrics`] is the registry plus those groups,
+//! built once per instance. The server registers its own groups (RPCs, listeners, tasks) into
+//! the same registry ([`Metrics::with_groups`]) and renders it on `/metrics`.
 //!
 //! | group | counted by |
 //! |---|---|
-//! | [`RpcMetrics`] `rpc_*` | the gRPC service and the HTTP surfaces, once per call |
 //! | [`CacheMetrics`] `cache_lookups`, `denylist_filter_*`, `verified_cache_entries` | the caches |
 //! | [`StoreMetrics`] `store_*` | every store call of the revocation state |
 //! | [`SyncMetrics`] `sync_*` | the change feed: watermark, lag, announcements, forks |
 //! | [`ClockMetrics`] `clock_*` | the fleet clock upkeep and the refusals it causes |
-//! | [`EdgeMetrics`] `connections_*`, `*requests_in_flight`, `shed_requests` | the listeners |
-//! | [`TaskMetrics`] `task_restarts` | the supervisor of background tasks |
 //! | [`SecurityMetrics`] `refresh_reuse_detected`, `idp_events_ignored` | security events |
 mod caches;
 mod clock;
-mod edge;
-mod rpc;
 mod security;
 mod store;
 mod sync;
-mod tasks;
 
 use prometheus_client::registry::Registry;
 
 pub use caches::{Cache, CacheMetrics, Lookup};
 pub use clock::ClockMetrics;
-pub use edge::EdgeMetrics;
-pub use rpc::{RpcMetrics, TraceExemplar};
 pub use security::{Ignored, SecurityMetrics};
 pub use store::StoreMetrics;
 pub use sync::SyncMetrics;
-pub use tasks::TaskMetrics;
 
-/// Every metric of one sidecar instance, by the part that counts it.
+/// The core's metrics of one sidecar instance, by the part that counts it.
 pub struct Metrics {
     registry: Registry,
-    /// Calls on every surface.
-    pub rpc: RpcMetrics,
     /// The cutoff cache, the denylist filter and the verified-token cache.
     pub caches: CacheMetrics,
     /// Calls to the store.
@@ -45,10 +35,6 @@ pub struct Metrics {
     pub sync: SyncMetrics,
     /// The fleet's one clock.
     pub clock: ClockMetrics,
-    /// Connections and load on the listeners.
-    pub edge: EdgeMetrics,
-    /// Background tasks.
-    pub tasks: TaskMetrics,
     /// Security events.
     pub security: SecurityMetrics,
 }
@@ -60,26 +46,30 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// A fresh registry (prefix `token_sidecar`) with every group registered.
+    /// A fresh registry (prefix `token_sidecar`) with every group of the core registered.
     pub fn new() -> Self {
+        Self::with_groups(|_| ()).0
+    }
+
+    /// The same, with the groups `register` adds (the server's own) in the same registry,
+    /// registered first.
+    pub fn with_groups<T>(register: impl FnOnce(&mut Registry) -> T) -> (Self, T) {
         let mut registry = Registry::with_prefix("token_sidecar");
-        let rpc = RpcMetrics::register(&mut registry);
+        let groups = register(&mut registry);
         registry.register(
             "trace_spans",
             "Finished trace spans by outcome: exported, export_failed, dropped (queue full)",
             crate::spans::span_counter().clone(),
         );
-        Self {
-            rpc,
+        let metrics = Self {
             caches: CacheMetrics::register(&mut registry),
             store: StoreMetrics::register(&mut registry),
             sync: SyncMetrics::register(&mut registry),
             clock: ClockMetrics::register(&mut registry),
-            edge: EdgeMetrics::register(&mut registry),
-            tasks: TaskMetrics::register(&mut registry),
             security: SecurityMetrics::register(&mut registry),
             registry,
-        }
+        };
+        (metrics, groups)
     }
 
     /// The OpenMetrics text exposition.

@@ -31,6 +31,7 @@ use async_trait::async_trait;
 
 use crate::clock::UnixMillis;
 pub use crate::model::*;
+pub use crate::policy::PurgeHorizon;
 use announcement::{FleetKey, Link};
 pub use error::{DbError, DbErrorKind, StoreError};
 pub use history::{ChangeFeed, DenySink, History};

@@ -80,7 +80,8 @@ impl RpcMetrics {
     ) {
         let seconds = started.elapsed().as_secs_f64();
         // While tracing is on, the latency names the request's trace (an OpenMetrics exemplar).
-        let exemplar = crate::spans::current_trace_id().map(|trace_id| TraceExemplar { trace_id });
+        let exemplar = token_sidecar_core::spans::current_trace_id()
+            .map(|trace_id| TraceExemplar { trace_id });
         if method == "Verify" {
             if result == "ok" {
                 self.verify_ok.inc();
