@@ -44,6 +44,7 @@ on_every_store!(
     a_revoke_all_never_lowers_a_cutoff,
     a_ban_is_lifted_to_now_only_while_it_runs_and_only_by_its_owner_when_asked,
     a_denylist_row_is_stored_once,
+    every_kind_of_denylist_row_is_stored_and_read_back_as_itself,
     changes_are_numbered_in_order_and_a_write_that_changes_nothing_leaves_no_gap,
     the_history_chain_links_every_change_to_the_one_before,
     every_change_writes_one_audit_row_and_a_no_op_none,
@@ -232,6 +233,35 @@ async fn a_denylist_row_is_stored_once(s: &Store) {
             );
         }
     }
+}
+
+/// The schema (its `kind` check) and the store's column mapping accept every kind the code
+/// knows: `DenyKind::ALL` is the one list.
+async fn every_kind_of_denylist_row_is_stored_and_read_back_as_itself(s: &Store) {
+    let store = &s.store;
+    let revoke = audit(AuditAction::RevokeSession, "admin");
+    for (n, kind) in DenyKind::ALL.into_iter().enumerate() {
+        let entry = deny_entry(kind, &format!("aWQtAAAAAAAAAAAAAAAAA{n}"), T0 + 60_000);
+        assert!(
+            store.deny(&entry, &revoke).await.expect("deny").is_some(),
+            "{kind:?}"
+        );
+        assert!(
+            store.is_denied(kind, &entry.id).await.expect("denied"),
+            "{kind:?}"
+        );
+    }
+    let kinds: Vec<DenyKind> = store
+        .changes_after(0, 100)
+        .await
+        .expect("changes")
+        .into_iter()
+        .filter_map(|change| match change {
+            Change::Denied { kind, .. } => Some(kind),
+            Change::Cutoff { .. } => None,
+        })
+        .collect();
+    assert_eq!(kinds, DenyKind::ALL, "read back as the kind written");
 }
 
 /// A mix of writes, some of which change nothing.

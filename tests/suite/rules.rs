@@ -1,5 +1,5 @@
-//! SPEC §4 rules and the §2 worked example, end to end through gRPC, on PostgreSQL and on
-//! SQLite, with the manual clock moved instead of sleeping.
+//! SPEC §4 rules and the §2 worked example, end to end through gRPC, on PostgreSQL, on
+//! SQLite and on the memory store, with the manual clock moved instead of sleeping.
 use crate::common::{Backend, DAY, MIN, SEC, Settings, T0_MS, TestApp, assert_status};
 use futures::{StreamExt, stream};
 use token_sidecar::api::pb::{self, Reason, revoke_request::Target};
@@ -14,7 +14,7 @@ fn claims_of(v: &pb::VerifyResponse) -> &pb::TokenClaims {
     v.claims.as_ref().expect("claims of a valid token")
 }
 
-on_every_backend!(
+on_every_store!(
     issue_then_verify_returns_the_claims,
     orig_iat_keeps_millisecond_precision,
     refresh_keeps_session_orig_iat_and_custom_claims,

@@ -30,6 +30,8 @@ pub const DAY: i64 = 24 * 60 * MIN;
 pub enum Backend {
     Postgres,
     Sqlite,
+    /// The core's memory store (`memory:`): one process, nothing kept.
+    Memory,
 }
 
 /// One running sidecar and a client for it.
@@ -90,6 +92,7 @@ impl Settings {
     pub fn sharing(mut self, other: &TestApp) -> Self {
         self.database_url = Some(match self.backend {
             Backend::Postgres => other.database_url.clone(),
+            Backend::Memory => "memory:".to_owned(),
             Backend::Sqlite => {
                 static NEXT: std::sync::atomic::AtomicUsize =
                     std::sync::atomic::AtomicUsize::new(0);
@@ -147,6 +150,7 @@ impl Settings {
             (Some(url), _) => url,
             (None, Backend::Postgres) => fresh_postgres_database().await,
             (None, Backend::Sqlite) => format!("sqlite:{}", dir.path().join("test.db").display()),
+            (None, Backend::Memory) => "memory:".to_owned(),
         };
         let key = dir.path().join("main.key");
         if !key.exists() {
@@ -436,6 +440,40 @@ impl TestApp {
                     .expect("count");
                 pool.close().await;
                 n
+            }
+            Backend::Memory => {
+                // No tables to read: the store's own answers count its rows (a change per
+                // current row, an audit record per change).
+                let store = self
+                    .running
+                    .as_ref()
+                    .expect("a running sidecar")
+                    .authority
+                    .revocations()
+                    .store()
+                    .clone();
+                let changes = store.changes_after(0, i64::MAX).await.expect("changes");
+                let n = match table {
+                    "user_cutoffs" => changes
+                        .iter()
+                        .filter(|c| matches!(c, token_sidecar::store::Change::Cutoff { .. }))
+                        .count(),
+                    "denylist" => changes
+                        .iter()
+                        .filter(|c| matches!(c, token_sidecar::store::Change::Denied { .. }))
+                        .count(),
+                    "audit_log" => store
+                        .audit_trail(token_sidecar::store::AuditQuery {
+                            user_id: None,
+                            before: None,
+                            limit: i64::MAX,
+                        })
+                        .await
+                        .expect("audit")
+                        .len(),
+                    other => panic!("the memory store has no table {other}"),
+                };
+                i64::try_from(n).expect("count")
             }
             Backend::Sqlite => {
                 let pool = sqlx::SqlitePool::connect(&self.database_url)

@@ -36,3 +36,19 @@ macro_rules! on_every_backend {
         }
     };
 }
+
+/// [`on_every_backend!`], and on the core's memory store as well (the rules every store
+/// backend must keep; `conformance.rs` proves the stores alike below the API).
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        on_every_backend!($($name),*);
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Memory).await
+                }
+            )*
+        }
+    };
+}
