@@ -10,7 +10,8 @@ use crate::sync::SyncMode;
 /// The store and how instances keep in step.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StoreArgs {
-    /// PostgreSQL URL (postgres://...) or sqlite:PATH. Default: an embedded SQLite file,
+    /// PostgreSQL URL (postgres://...), sqlite:PATH, or memory: (nothing kept; for tests).
+    /// Default: an embedded SQLite file,
     /// ./token-sidecar.db (single instance only).
     #[arg(
         help_heading = "Store and sync",
