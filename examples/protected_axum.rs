@@ -5,8 +5,8 @@
 //!   curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8000/whoami
 use axum::routing::get;
 use axum::{Extension, Router};
-use token_sidecar::api::pb::TokenClaims;
 use token_sidecar_api::client::{SidecarClient, VerifyLayer};
+use token_sidecar_api::pb::TokenClaims;
 
 async fn whoami(Extension(claims): Extension<TokenClaims>) -> String {
     format!("hello {}", claims.user_id)

@@ -55,6 +55,9 @@ impl FeedQuery {
     }
 }
 
+/// The feed's route.
+pub const CHANGES: &str = "/revocations/changes";
+
 /// What the feed route needs: the revocation state, who may read, and the open gate it shares
 /// with the other open routes of the listener.
 #[derive(Clone)]
@@ -81,7 +84,7 @@ pub(crate) fn router<S: Clone + Send + Sync + 'static>(
 ) -> Router<S> {
     Router::new()
         .route(
-            "/revocations/changes",
+            CHANGES,
             get(changes).layer(axum::middleware::from_fn_with_state(
                 (metrics, "feed"),
                 outcome::counted,

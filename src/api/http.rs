@@ -60,6 +60,27 @@ const REGISTERED_MEMBERS: [&str; 12] = [
     "jti",
 ];
 
+/// `--http-listen`'s forward-auth route (and everything below `/auth/`).
+pub const AUTH: &str = "/auth";
+/// RFC 7662 introspection.
+pub const INTROSPECT: &str = "/oauth2/introspect";
+/// RFC 7009 revocation.
+pub const REVOKE: &str = "/oauth2/revoke";
+/// The public keys (RFC 7517), also on `--metrics-listen`.
+pub const JWKS: &str = "/.well-known/jwks.json";
+
+/// Every route `--http-listen` serves (the identity providers' when they are configured): what
+/// `--help` and the README must name (a test reads this list).
+pub const ROUTES: [&str; 7] = [
+    AUTH,
+    INTROSPECT,
+    REVOKE,
+    JWKS,
+    feed::CHANGES,
+    idp_routes::BACKCHANNEL_LOGOUT,
+    idp_routes::SSF_EVENTS,
+];
+
 /// What the HTTP routes need.
 #[derive(Clone)]
 pub struct HttpApi {
@@ -105,21 +126,21 @@ impl HttpApi {
     /// The routes.
     pub fn router(self) -> Router {
         let mut router = Router::new()
-            .route("/auth", any(forward_auth))
+            .route(AUTH, any(forward_auth))
             .route("/auth/{*rest}", any(forward_auth))
             .route(
-                "/oauth2/introspect",
+                INTROSPECT,
                 post(introspect).layer(axum::middleware::from_fn_with_state(
                     (self.metrics.clone(), "introspect"),
                     outcome::counted,
                 )),
             )
             .route(
-                "/.well-known/jwks.json",
+                JWKS,
                 get(|State(api): State<HttpApi>| async move { jwks(api.authority()) }),
             )
             .route(
-                "/oauth2/revoke",
+                REVOKE,
                 post(revoke).layer(axum::middleware::from_fn_with_state(
                     (self.metrics.clone(), "http_revoke"),
                     outcome::counted,
@@ -146,7 +167,7 @@ impl HttpApi {
 /// metrics port, for verifiers that check tokens themselves.
 pub fn jwks_routes(authority: Arc<TokenAuthority>) -> Router {
     Router::new().route(
-        "/.well-known/jwks.json",
+        JWKS,
         get(move || {
             let authority = authority.clone();
             async move { jwks(&authority) }

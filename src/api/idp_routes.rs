@@ -47,6 +47,11 @@ struct IdpState {
     log: Arc<RefusalLog>,
 }
 
+/// OpenID Connect Back-Channel Logout 1.0's route.
+pub const BACKCHANNEL_LOGOUT: &str = "/oidc/backchannel-logout";
+/// Shared Signals push delivery (RFC 8935)'s route.
+pub const SSF_EVENTS: &str = "/ssf/events";
+
 /// The configured routes.
 pub fn router<S: Clone + Send + Sync + 'static>(
     receiver: Arc<IdpReceiver>,
@@ -58,12 +63,12 @@ pub fn router<S: Clone + Send + Sync + 'static>(
     };
     if receiver.has_backchannel() {
         router = router.route(
-            "/oidc/backchannel-logout",
+            BACKCHANNEL_LOGOUT,
             post(backchannel_logout).layer(counted("backchannel_logout")),
         );
     }
     if receiver.has_ssf() {
-        router = router.route("/ssf/events", post(ssf_events).layer(counted("ssf_events")));
+        router = router.route(SSF_EVENTS, post(ssf_events).layer(counted("ssf_events")));
     }
     router.with_state(IdpState {
         receiver,

@@ -19,9 +19,12 @@ pub struct ApiArgs {
     #[arg(help_heading = "API, TLS and proxies", long, env = "TOKEN_SIDECAR_HEALTH_LISTEN", value_parser = parse_listen)]
     pub health_listen: Option<SocketAddr>,
 
-    /// The HTTP listener for proxies and OAuth clients: forward-auth at `/auth` (nginx
-    /// auth_request, Traefik ForwardAuth, Envoy HTTP ext_authz), RFC 7662 introspection and RFC
-    /// 7009 revocation. Off unless set.
+    /// The HTTP listener for proxies, OAuth clients and identity providers: forward-auth at
+    /// `/auth` (nginx auth_request, Traefik ForwardAuth, Envoy HTTP ext_authz), RFC 7662
+    /// introspection at `/oauth2/introspect`, RFC 7009 revocation at `/oauth2/revoke`, the
+    /// public keys at `/.well-known/jwks.json`, the change feed for proxy filters at
+    /// `/revocations/changes`, and the identity providers' `/oidc/backchannel-logout` and
+    /// `/ssf/events` (when configured). Off unless set.
     #[arg(help_heading = "API, TLS and proxies", long, env = "TOKEN_SIDECAR_HTTP_LISTEN", value_parser = parse_listen)]
     pub http_listen: Option<SocketAddr>,
 

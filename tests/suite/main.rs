@@ -14,6 +14,7 @@ mod client;
 mod commands;
 mod conformance;
 mod connections;
+mod docs;
 mod embedded;
 mod fair;
 mod faults;

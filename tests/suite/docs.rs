@@ -1,0 +1,110 @@
+//! Docs that cannot drift (issue 42): what the documents say is read against the code and the
+//! repository — the routes `--help` names against the router's list, the algorithms against
+//! the key parser's, the files SECURITY.md names against the tree, and the deploy README's
+//! hooks against the manifests.
+use std::path::Path;
+
+use clap::CommandFactory;
+use token_sidecar::api::http::ROUTES;
+use token_sidecar::config::Cli;
+use token_sidecar::token::SUPPORTED_ALGORITHMS;
+
+fn read(path: &str) -> String {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("read {}: {e}", full.display()))
+}
+
+#[test]
+fn the_http_listeners_help_names_every_route_it_serves() {
+    let help = Cli::command().render_long_help().to_string();
+    let described = help
+        .split("--http-listen")
+        .nth(1)
+        .and_then(|rest| rest.split("[env: TOKEN_SIDECAR_HTTP_LISTEN").next())
+        .expect("--http-listen in --help");
+    let described = described.split_whitespace().collect::<Vec<_>>().join(" ");
+    for route in ROUTES {
+        assert!(
+            described.contains(route),
+            "--http-listen's help does not name {route}: {described}"
+        );
+    }
+}
+
+#[test]
+fn every_supported_algorithm_is_in_the_contract_and_the_readme() {
+    let contract = read("docs/contract.md")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let readme = read("README.md");
+    for alg in SUPPORTED_ALGORITHMS.split(", ") {
+        assert!(
+            contract.contains(alg),
+            "docs/contract.md does not list {alg}"
+        );
+        assert!(readme.contains(alg), "README.md does not list {alg}");
+    }
+}
+
+#[test]
+fn security_md_names_only_files_that_exist_and_a_private_route() {
+    let security = read("SECURITY.md");
+    assert!(
+        security.contains("private vulnerability") && security.contains("Report a"),
+        "SECURITY.md gives a private reporting route"
+    );
+    for (i, quoted) in security.split('`').enumerate() {
+        let looks_like_a_file = i % 2 == 1
+            && !quoted.starts_with('-')
+            && (quoted.ends_with(".md") || quoted.contains('/'))
+            && !quoted.contains(' ');
+        if looks_like_a_file {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(quoted);
+            assert!(
+                path.exists(),
+                "SECURITY.md names {quoted}, which does not exist"
+            );
+        }
+    }
+    for missing in ["SPEC.md", "CODEOWNERS"] {
+        if security.contains(missing) {
+            assert!(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join(missing).exists(),
+                "SECURITY.md cites {missing}, which the repository does not have"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_deploy_readme_speaks_of_a_pre_stop_hook_only_where_a_manifest_has_one() {
+    let readme = read("deploy/README.md");
+    let mut manifests = String::new();
+    let mut stack = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("deploy/") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                manifests.push_str(&std::fs::read_to_string(&path).expect("manifest"));
+            }
+        }
+    }
+    let hooked = manifests
+        .lines()
+        .any(|line| line.trim_start().starts_with("preStop:"));
+    if !hooked {
+        assert!(
+            !readme.contains("preStop"),
+            "deploy/README.md speaks of a preStop hook, and no manifest has one"
+        );
+    }
+    let drain = manifests.contains("TOKEN_SIDECAR_DRAIN_DELAY")
+        || read("deploy/k8s/base/settings.env").contains("TOKEN_SIDECAR_DRAIN_DELAY");
+    assert!(
+        !readme.contains("drain delay") || drain,
+        "deploy/README.md speaks of a drain delay no manifest sets"
+    );
+}
