@@ -108,3 +108,28 @@ fn the_deploy_readme_speaks_of_a_pre_stop_hook_only_where_a_manifest_has_one() {
         "deploy/README.md speaks of a drain delay no manifest sets"
     );
 }
+
+#[test]
+fn the_readme_names_no_release_tag_the_repository_does_not_have() {
+    let readme = read("README.md");
+    let named: Vec<&str> = readme
+        .split("tag =")
+        .skip(1)
+        .filter_map(|rest| rest.trim_start().strip_prefix('"')?.split('"').next())
+        .collect();
+    if named.is_empty() {
+        return;
+    }
+    let tags = std::process::Command::new("git")
+        .args(["tag", "--list"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("git tag --list");
+    let tags = String::from_utf8_lossy(&tags.stdout);
+    for tag in named {
+        assert!(
+            tags.lines().any(|t| t == tag),
+            "README.md pins tag {tag:?}, which the repository does not have"
+        );
+    }
+}
