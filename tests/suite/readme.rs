@@ -484,3 +484,61 @@ pub(crate) async fn run_block(
         }
     }
 }
+
+/// Issue 42: the README's client program compiles as pasted, with its `cargo add` line, in a
+/// fresh project that depends on the light crate by path (as the block before it shows).
+#[tokio::test]
+async fn the_readmes_client_program_compiles_as_pasted() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).expect("README");
+    let marker = "<!-- run: the_readmes_client_program_compiles_as_pasted -->";
+    let after = &readme[readme.find(marker).expect("the marker") + marker.len()..];
+    let add = after
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("the cargo add block")
+        .to_owned();
+    let program = after
+        .split("```rust\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("the program")
+        .to_owned();
+    let dir = tempfile::tempdir().expect("dir");
+    let project = dir.path().join("orders");
+    let api = format!("{root}/crates/token-sidecar-api");
+    let script = format!(
+        "set -e\ncargo new --vcs none --quiet orders\ncd orders\n\
+         cargo add --quiet token-sidecar-api --path {api}\ncp {root}/Cargo.lock .\n{add}\n"
+    );
+    let target = format!("{root}/target");
+    let run = |script: String, cwd: std::path::PathBuf, target: String| {
+        tokio::task::spawn_blocking(move || {
+            Command::new("bash")
+                .args(["-c", &script])
+                .current_dir(cwd)
+                .env("CARGO_TARGET_DIR", target)
+                .output()
+        })
+    };
+    let made = run(script, dir.path().to_path_buf(), target.clone())
+        .await
+        .expect("bash ran")
+        .expect("bash starts");
+    assert!(
+        made.status.success(),
+        "the project and the README's cargo add: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    std::fs::write(project.join("src/main.rs"), program).expect("main.rs");
+    let checked = run("cargo check --quiet".into(), project, target)
+        .await
+        .expect("bash ran")
+        .expect("bash starts");
+    assert!(
+        checked.status.success(),
+        "the README's program does not compile as pasted:\n{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}
