@@ -46,6 +46,28 @@ pub(crate) fn wall_ms(now: std::time::SystemTime) -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// An HTTP answer as a log line says it: `HTTP 503`, or that none came.
+pub(crate) fn answer_words(status: Option<&str>) -> String {
+    match status {
+        Some(code) if code.len() <= 3 && code.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("HTTP {code}")
+        }
+        Some(_) => "an answer with no valid status".to_owned(),
+        None => "no answer (the call failed or timed out)".to_owned(),
+    }
+}
+
+/// Why Envoy refused to make a call, in words an operator can act on.
+pub(crate) fn refusal_words(status: proxy_wasm::types::Status) -> &'static str {
+    use proxy_wasm::types::Status;
+    match status {
+        Status::NotFound => "Envoy has no such cluster (check the filter's cluster names)",
+        Status::BadArgument => "Envoy refused the call's arguments",
+        Status::InternalFailure => "Envoy failed to make the call",
+        _ => "Envoy refused the call",
+    }
+}
+
 /// Milliseconds on this worker's monotonic clock (WASI `clock_time_get`, monotonic), for
 /// staleness: a step of the wall clock never makes stale state look fresh.
 pub(crate) fn monotonic_ms() -> u64 {
@@ -53,4 +75,23 @@ pub(crate) fn monotonic_ms() -> u64 {
     static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
     let origin = *ORIGIN.get_or_init(std::time::Instant::now);
     u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_say_what_happened_in_words() {
+        assert_eq!(answer_words(Some("503")), "HTTP 503");
+        assert_eq!(
+            answer_words(None),
+            "no answer (the call failed or timed out)"
+        );
+        assert_eq!(
+            answer_words(Some("5\n3x")),
+            "an answer with no valid status"
+        );
+        assert!(refusal_words(proxy_wasm::types::Status::NotFound).contains("cluster"));
+    }
 }

@@ -11,7 +11,7 @@ use token_sidecar_core::decision::{Decision, IDENTITY_HEADERS, Presented};
 
 use crate::config::WhenStale;
 use crate::state::Verdict;
-use crate::{SharedState, monotonic_ms, wall_ms};
+use crate::{SharedState, monotonic_ms, refusal_words, wall_ms};
 
 const ASK_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -104,7 +104,10 @@ impl Request {
                 Action::Pause
             }
             Err(status) => {
-                warn!("token-sidecar: cannot ask the sidecar: {status:?}");
+                warn!(
+                    "token-sidecar: cannot ask the sidecar: {}",
+                    refusal_words(status)
+                );
                 self.unavailable()
             }
         }

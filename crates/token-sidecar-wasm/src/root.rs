@@ -12,7 +12,7 @@ use token_sidecar_core::feed::{FeedPage, MAX_PAGE};
 
 use crate::config::FilterConfig;
 use crate::state::Shared;
-use crate::{SharedState, monotonic_ms, wall_ms};
+use crate::{SharedState, answer_words, monotonic_ms, refusal_words, wall_ms};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const JWKS_EVERY_MS: u64 = 60_000;
@@ -66,7 +66,10 @@ impl Root {
                 Call::Feed => self.feed_call = Some(token),
                 Call::Jwks => self.jwks_call = Some(token),
             },
-            Err(status) => warn!("token-sidecar: cannot call cluster {cluster}: {status:?}"),
+            Err(status) => warn!(
+                "token-sidecar: cannot call cluster {cluster}: {}",
+                refusal_words(status)
+            ),
         }
     }
 
@@ -117,7 +120,10 @@ impl Root {
                 self.with_state(Shared::restart);
                 self.read_feed();
             }
-            other => warn!("token-sidecar: the feed answered {other:?}; the state ages"),
+            other => warn!(
+                "token-sidecar: the feed answered {}; the revocation state ages until it answers",
+                answer_words(other)
+            ),
         }
     }
 
@@ -129,7 +135,10 @@ impl Root {
                 Some(Err(e)) => warn!("token-sidecar: the sidecar's key set is refused: {e}"),
                 None => {}
             },
-            (other, _) => warn!("token-sidecar: the key set answered {other:?}"),
+            (other, _) => warn!(
+                "token-sidecar: the key set answered {}; the keys read before stay",
+                answer_words(other)
+            ),
         }
     }
 }
