@@ -215,6 +215,12 @@ impl RpcLayer {
     }
 }
 
+/// Whether a Verify's subject (user and jti) will be written anywhere: its debug log line (in
+/// this module's target) or a span that records user ids. Verify copies it only then.
+pub(crate) fn verify_subject_wanted() -> bool {
+    tracing::enabled!(tracing::Level::DEBUG) || crate::otel::user_ids()
+}
+
 /// A refused privileged call, logged: its status, and its outcome for the count. A caller whose
 /// certificate is good but not allowed is known, just not permitted.
 pub(crate) fn refusal_status(method: &'static str, refusal: Refusal) -> (Status, Outcome) {
