@@ -16,7 +16,9 @@ def load(name):
 
 
 def criterion(group, name):
-    path = os.path.join("target", "criterion", group, name, "new", "estimates.json")
+    # Criterion writes under cargo's target directory, which scripts/bench passes on.
+    target = os.environ.get("CARGO_TARGET_DIR_RESOLVED", "target")
+    path = os.path.join(target, "criterion", group, name, "new", "estimates.json")
     with open(path) as f:
         return json.load(f)["mean"]["point_estimate"] / 1000.0  # ns -> us
 

@@ -98,3 +98,10 @@ apt_install() {
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
+
+# Where cargo puts what it builds (CARGO_TARGET_DIR, a config's build.target-dir, or target/):
+# cargo says. Scripts run binaries from "$RELEASE", never from a guessed ./target.
+cargo_target_dir() {
+  cargo metadata --locked --format-version 1 --no-deps |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])'
+}

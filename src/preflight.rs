@@ -13,6 +13,12 @@ use crate::token::{KeyError, KeySet, read_key_files, warn_about_exposed_keys};
 
 /// Builds the key set for `config`, generating the development key in SQLite mode.
 pub fn load_keys(config: &Config) -> Result<KeySet, StartupError> {
+    check_verify_only(config)?;
+    if config.tokens.verify_only {
+        // The issuer's published set is read by the key reloader, before health says SERVING.
+        let files = read_key_files(&config.tokens.keys)?;
+        return Ok(KeySet::verify_only(files, None)?);
+    }
     if !config.tokens.keys.is_empty() {
         let files = read_key_files(&config.tokens.keys)?;
         warn_about_exposed_keys(&files);
@@ -33,6 +39,30 @@ pub fn load_keys(config: &Config) -> Result<KeySet, StartupError> {
          configure real keys for anything but local use"
     );
     Ok(keys)
+}
+
+/// A verify-only sidecar needs public keys (or where to read them); --issuer-jwks only makes
+/// sense for one.
+fn check_verify_only(config: &Config) -> Result<(), StartupError> {
+    let tokens = &config.tokens;
+    if tokens.issuer_jwks.is_some() && !tokens.verify_only {
+        return Err(StartupError::VerifyOnly(
+            "--issuer-jwks is for --verify-only sidecars (a sidecar that signs publishes its own \
+             keys)",
+        ));
+    }
+    if tokens.verify_only && tokens.keys.is_empty() && tokens.issuer_jwks.is_none() {
+        return Err(StartupError::VerifyOnly(
+            "--verify-only needs the issuing service's public keys: --issuer-jwks URL, or \
+             --key KID=ALG:PATH with a PEM public key",
+        ));
+    }
+    if tokens.verify_only && tokens.signing_kid.is_some() {
+        return Err(StartupError::VerifyOnly(
+            "--signing-kid names a signing key, and a --verify-only sidecar signs nothing",
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses identity provider receivers with nowhere to be served.
@@ -117,7 +147,30 @@ pub async fn check_config(config: &Config) -> Result<Vec<String>, StartupError> 
     check_sync(config)?;
     check_idp(config)?;
     report.push(format!("listen: {}", config.api.listen));
-    if config.tokens.keys.is_empty() {
+    if config.tokens.verify_only {
+        let keys = load_keys(config)?;
+        report.push(format!(
+            "keys: verify-only, {} public key(s) from files{}",
+            keys.kids().len(),
+            config
+                .tokens
+                .issuer_jwks
+                .as_ref()
+                .map(|source| format!("; the issuer's key set is read from {source}"))
+                .unwrap_or_default()
+        ));
+        if let Some(source) = &config.tokens.issuer_jwks {
+            let published = crate::key_reload::read_published(source)
+                .await
+                .map_err(StartupError::IssuerKeys)?;
+            let keys = KeySet::verify_only(read_key_files(&config.tokens.keys)?, Some(&published))?;
+            report.push(format!(
+                "issuer key set {source}: {} key(s): {}",
+                keys.kids().len(),
+                keys.kids().join(", ")
+            ));
+        }
+    } else if config.tokens.keys.is_empty() {
         if !config.is_sqlite() {
             return Err(StartupError::NoKeyForPostgres);
         }
@@ -131,7 +184,7 @@ pub async fn check_config(config: &Config) -> Result<Vec<String>, StartupError> 
         report.push(format!(
             "keys: {} (signing: {})",
             keys.kids().join(", "),
-            keys.signing_kid()
+            keys.signing_kid().unwrap_or_default()
         ));
     }
     if tls(config)?.is_some() {

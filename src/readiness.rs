@@ -11,6 +11,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::health::set_status;
+use crate::key_reload::KeyReloader;
 use crate::revocations::Revocations;
 use crate::shutdown::stopped;
 use crate::store::StoreError;
@@ -25,6 +26,7 @@ use crate::store::StoreError;
 /// caches are stale: an instance in step needs no connection of its own for health (SPEC §10).
 pub async fn keep(
     revocations: Arc<Revocations>,
+    keys: Arc<KeyReloader>,
     reporter: HealthReporter,
     interval: Duration,
     shutdown: watch::Receiver<bool>,
@@ -65,6 +67,13 @@ pub async fn keep(
                 }
             }
         };
+        let answering = answering && {
+            let ready = keys.ready();
+            if !ready && serving != Some(false) {
+                tracing::warn!("the issuer's key set has not been read yet: NOT_SERVING");
+            }
+            ready
+        };
         if serving != Some(answering) {
             let status = if answering {
                 ServingStatus::Serving
@@ -74,7 +83,7 @@ pub async fn keep(
             set_status(&reporter, status).await;
             serving = Some(answering);
         }
-        let pause = if revocations.is_loaded() {
+        let pause = if revocations.is_loaded() && keys.ready() {
             interval
         } else {
             not_ready.next_delay(interval)

@@ -75,6 +75,12 @@ impl RunningSidecar {
         self.keys.reload()
     }
 
+    /// Reads the issuing service's key set now (a verify-only sidecar's `--issuer-jwks`):
+    /// Ok(true) when a new set is in use; a set that cannot be used keeps the keys held.
+    pub async fn read_issuer_keys(&self) -> Result<bool, String> {
+        self.keys.read_issuer_keys().await
+    }
+
     /// Re-reads every secret file (keys, TLS certificate, admin credential), as SIGHUP does;
     /// the problems, one line each (empty: all fine, changed or not).
     pub fn reload_secrets(&self) -> Vec<String> {
@@ -205,11 +211,8 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
         "token-sidecar listening"
     );
 
-    let watch_secrets = !config.tokens.keys.is_empty()
-        || tls.is_some()
-        || callers.admin.is_some()
-        || callers.introspection.is_some();
     let key_reloader = Arc::new(KeyReloader::new(&config, authority.clone(), tls, &callers));
+    let watch_secrets = key_reloader.watches_anything();
     // Readiness and the clock's upkeep stop on SIGTERM (health then says NOT_SERVING for good);
     // the change feed keeps the caches current while requests are still answered.
     let mut background = vec![
@@ -217,6 +220,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
             "readiness",
             ended(readiness::keep(
                 revocations.clone(),
+                key_reloader.clone(),
                 reporter.clone(),
                 config.store.health_interval,
                 draining_rx.clone(),
@@ -329,8 +333,11 @@ fn authority(
         .chain(&idp.ssf_transmitters)
         .map(|t| t.subject_prefix.clone())
         .collect();
-    Ok(
-        TokenAuthority::new(codec, config.into(), revocations.clone(), clock.clone())
-            .with_idp_prefixes(idp_prefixes),
-    )
+    let authority = TokenAuthority::new(codec, config.into(), revocations.clone(), clock.clone())
+        .with_idp_prefixes(idp_prefixes);
+    Ok(if config.tokens.verify_only {
+        authority.verify_only(config.issuing_service())
+    } else {
+        authority
+    })
 }

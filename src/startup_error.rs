@@ -17,6 +17,12 @@ pub enum StartupError {
          (or TOKEN_SIDECAR_KEYS); every sidecar sharing the database needs the same keys"
     )]
     NoKeyForPostgres,
+    /// --verify-only with nothing to verify with, or --issuer-jwks without --verify-only.
+    #[error("{0}")]
+    VerifyOnly(&'static str),
+    /// The issuing service's key set could not be read (check-config).
+    #[error("the issuer's key set: {0}")]
+    IssuerKeys(String),
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),

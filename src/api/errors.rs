@@ -46,6 +46,21 @@ pub fn classify(err: &AuthorityError) -> Classified {
             "permission_denied",
             ErrorCode::IdpSessionEnded.as_str(),
         ),
+        // Issue and Refresh need a key this sidecar does not hold; the privileged writes are
+        // not this sidecar's to make, whoever asks.
+        AuthorityError::VerifyOnly {
+            operation: "Issue" | "Refresh",
+            ..
+        } => (
+            Code::FailedPrecondition,
+            "failed_precondition",
+            ErrorCode::VerifyOnly.as_str(),
+        ),
+        AuthorityError::VerifyOnly { .. } => (
+            Code::PermissionDenied,
+            "permission_denied",
+            ErrorCode::VerifyOnly.as_str(),
+        ),
         AuthorityError::Store(StoreError::OutcomeUnknown) => (
             Code::Unavailable,
             "unavailable",
@@ -115,6 +130,21 @@ pub fn to_status(err: AuthorityError) -> Status {
                 ErrorCode::IdpSessionEnded.as_str(),
                 ERROR_DOMAIN,
                 HashMap::new(),
+            ),
+        ),
+        AuthorityError::VerifyOnly {
+            operation,
+            ref issuing_service,
+        } => Status::with_error_details(
+            code,
+            err.to_string(),
+            ErrorDetails::with_error_info(
+                ErrorCode::VerifyOnly.as_str(),
+                ERROR_DOMAIN,
+                HashMap::from([
+                    ("operation".to_owned(), operation.to_owned()),
+                    ("issuing_service".to_owned(), issuing_service.clone()),
+                ]),
             ),
         ),
         AuthorityError::NotReady => unavailable("the store is not ready yet; retry shortly"),

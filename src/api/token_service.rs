@@ -179,7 +179,15 @@ impl TokenService for TokenGrpc {
             .get::<Admission>()
             .map_or(Err(Refusal::Missing), |a| a.0.clone());
         let (who, lane, admitted) = match admission {
-            Ok(who) => (who, Lane::Privileged, None),
+            Ok(who) => {
+                // Revoking by id or user is the issuing service's in a verify-only sidecar.
+                if !matches!(request.get_ref().target, Some(Target::Token(_)) | None)
+                    && let Err(refused) = self.authority.refuse_if_verify_only("Revoke")
+                {
+                    return answer(&slot, Err(refused), Subject::default());
+                }
+                (who, Lane::Privileged, None)
+            }
             Err(_) if matches!(request.get_ref().target, Some(Target::Token(_))) => {
                 let caller = peer(&request);
                 let Some(admitted) = self.open.admit(caller) else {
@@ -262,6 +270,9 @@ impl TokenService for TokenGrpc {
     ) -> Result<Response<pb::LiftBanResponse>, Status> {
         let slot = slot(&request);
         let who = admitted(&request, &slot, "LiftBan")?;
+        if let Err(refused) = self.authority.refuse_if_verify_only("LiftBan") {
+            return answer(&slot, Err(refused), Subject::default());
+        }
         let request = request.into_inner();
         let user_id = request.user_id;
         let cause = Cause::new(who, Some(request.reason).filter(|r| !r.is_empty()));

@@ -125,6 +125,15 @@ impl Config {
         self.database_url().starts_with("sqlite:")
     }
 
+    /// Who issues for a verify-only sidecar, as its refusals name it: the `iss` it accepts and
+    /// where it reads the issuer's keys.
+    pub fn issuing_service(&self) -> String {
+        match &self.tokens.issuer_jwks {
+            Some(source) => format!("iss {:?}, keys at {source}", self.tokens.issuer),
+            None => format!("iss {:?}", self.tokens.issuer),
+        }
+    }
+
     /// Where the generated development key lives: beside the SQLite database file.
     pub fn dev_key_path(&self) -> Option<PathBuf> {
         let url = self.database_url();

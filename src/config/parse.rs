@@ -79,3 +79,8 @@ pub(super) fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     }
     Ok(d)
 }
+
+/// An `--issuer-jwks` value: a URL (checked as the identity providers' are) or a file.
+pub(super) fn parse_jwks_source(s: &str) -> Result<crate::idp::jwks::JwksSource, String> {
+    crate::idp::jwks::JwksSource::parse(s)
+}

@@ -1,8 +1,9 @@
 //! Tokens and the keys that sign and verify them.
 use std::time::Duration;
 
-use super::parse::{parse_duration, parse_key, parse_positive_duration};
+use super::parse::{parse_duration, parse_jwks_source, parse_key, parse_positive_duration};
 use super::values::Toggle;
+use crate::idp::jwks::JwksSource;
 use crate::token::KeySpec;
 
 /// Tokens and the keys that sign and verify them.
@@ -13,6 +14,26 @@ pub struct TokenArgs {
     /// to start.
     #[arg(help_heading = "Tokens and keys", long = "key", env = "TOKEN_SIDECAR_KEYS", value_delimiter = ',', value_parser = parse_key)]
     pub keys: Vec<KeySpec>,
+
+    /// Holds no signing key: verifies (Verify, Check, /auth, introspection, the feed) and
+    /// revokes a held token, but refuses Issue and Refresh (FAILED_PRECONDITION) and LiftBan and
+    /// Revoke by jti, session or user (PERMISSION_DENIED), naming the issuing service. Its keys
+    /// are public: PEM public keys (--key) and/or --issuer-jwks. A private key or an HMAC secret
+    /// is refused.
+    #[arg(
+        help_heading = "Tokens and keys",
+        long,
+        env = "TOKEN_SIDECAR_VERIFY_ONLY",
+        default_value_t = false
+    )]
+    pub verify_only: bool,
+
+    /// The issuing service's key set (its /.well-known/jwks.json: an https:// URL, http:// to a
+    /// loopback address, or a file), for --verify-only: read at start, again every
+    /// --key-reload-interval and, at most once a second, when a token names a kid it lacks.
+    /// NOT_SERVING until it has been read once; a failed read keeps the keys held.
+    #[arg(help_heading = "Tokens and keys", long, env = "TOKEN_SIDECAR_ISSUER_JWKS", value_parser = parse_jwks_source)]
+    pub issuer_jwks: Option<JwksSource>,
 
     /// The key id that signs new tokens. Default: the first key.
     #[arg(

@@ -12,7 +12,7 @@
 pub mod backchannel;
 mod budget;
 pub mod event_token;
-mod fetch;
+pub(crate) mod fetch;
 pub mod jwks;
 mod receiver;
 pub mod ssf;

@@ -133,3 +133,28 @@ fn the_readme_names_no_release_tag_the_repository_does_not_have() {
         );
     }
 }
+
+/// A runner that sets CARGO_TARGET_DIR (or a config's build.target-dir) builds elsewhere: every
+/// script asks cargo where (`cargo_target_dir` in scripts/lib.sh), none guesses `./target`.
+#[test]
+fn no_script_guesses_where_cargo_puts_its_output() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts");
+    let mut guesses = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("scripts/") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split(" #").next().unwrap_or_default();
+            if code.trim_start().starts_with('#') {
+                continue;
+            }
+            for guess in ["target/release", "target/debug", "\"target\", \"criterion\""] {
+                if code.contains(guess) {
+                    guesses.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(guesses.is_empty(), "{}", guesses.join("\n"));
+    assert!(read("scripts/lib.sh").contains("cargo metadata"));
+}

@@ -16,7 +16,7 @@ use token_sidecar::api::pb::revoke_request::Target;
 use token_sidecar::clock::Clock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Proxy {
+pub(crate) enum Proxy {
     EnvoyGrpc,
     EnvoyHttp,
     /// Envoy judging tokens itself with the Wasm filter, fed by the sidecar's HTTP listener.
@@ -37,10 +37,10 @@ impl Proxy {
 const WASM_POLL_MS: u64 = 100;
 const WASM_STALENESS_MS: u64 = 1_500;
 
-type Seen = Arc<Mutex<Vec<BTreeMap<String, Vec<String>>>>>;
+pub(crate) type Seen = Arc<Mutex<Vec<BTreeMap<String, Vec<String>>>>>;
 
 /// The app behind the proxy: answers 200 and remembers every request's headers.
-async fn upstream() -> (SocketAddr, Seen) {
+pub(crate) async fn upstream() -> (SocketAddr, Seen) {
     let seen: Seen = Arc::default();
     let record = seen.clone();
     let app = axum::Router::new().fallback(move |headers: HeaderMap| {
@@ -67,7 +67,7 @@ async fn upstream() -> (SocketAddr, Seen) {
 }
 
 /// A proxy process, killed on drop.
-struct Running {
+pub(crate) struct Running {
     child: std::process::Child,
     addr: SocketAddr,
     dir: tempfile::TempDir,
@@ -129,7 +129,7 @@ fn json_text(text: Option<&str>) -> String {
     serde_json::to_string(&text).unwrap_or_default()
 }
 
-fn start(proxy: Proxy, app: u16, sidecar: u16) -> Running {
+pub(crate) fn start(proxy: Proxy, app: u16, sidecar: u16) -> Running {
     start_with(proxy, app, sidecar, WasmOptions::default())
 }
 
@@ -198,7 +198,7 @@ fn test_key_jwks() -> String {
     format!(r#"{{"keys":[{{"kty":"oct","kid":"main","alg":"HS256","k":"{k}"}}]}}"#)
 }
 
-async fn get(proxy: &Running, headers: &[(&str, &str)]) -> HttpResponse {
+pub(crate) async fn get(proxy: &Running, headers: &[(&str, &str)]) -> HttpResponse {
     http_request(proxy.addr, "GET", "/hello", headers, None)
         .await
         .expect("the proxy answers")
@@ -242,7 +242,7 @@ async fn get_until(
 }
 
 /// Waits until the proxy routes: it answers (401, as no token is sent) instead of refusing.
-async fn wait_ready(proxy: &Running, which: Proxy) {
+pub(crate) async fn wait_ready(proxy: &Running, which: Proxy) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(r) = http_request(proxy.addr, "GET", "/hello", &[], None).await

@@ -41,6 +41,8 @@ pub enum ErrorCode {
     IdpSessionEnded,
     /// Too many requests in flight.
     Overloaded,
+    /// Issue, Refresh or a privileged write asked of a verify-only sidecar.
+    VerifyOnly,
     /// A privileged call without a credential.
     MissingCredential,
     /// A privileged call with a wrong credential.
@@ -100,6 +102,7 @@ impl ErrorCode {
             ErrorCode::SigningFailed => "SIGNING_FAILED",
             ErrorCode::IdpSessionEnded => "IDP_SESSION_ENDED",
             ErrorCode::Overloaded => "OVERLOADED",
+            ErrorCode::VerifyOnly => "VERIFY_ONLY",
             ErrorCode::MissingCredential => "MISSING_CREDENTIAL",
             ErrorCode::InvalidCredential => "INVALID_CREDENTIAL",
             ErrorCode::IdentityNotAllowed => "IDENTITY_NOT_ALLOWED",

@@ -288,6 +288,13 @@ impl TestApp {
         }
     }
 
+    pub async fn read_issuer_keys(&self) -> Result<bool, String> {
+        match &self.running {
+            Some(running) => running.read_issuer_keys().await,
+            None => Ok(false),
+        }
+    }
+
     pub fn reload_keys(&self) -> Result<bool, token_sidecar::token::KeyError> {
         match &self.running {
             Some(running) => running.reload_keys(),

@@ -34,6 +34,8 @@ pub struct TokenAuthority {
     /// The identity providers' subject prefixes: an IdP session id given to Issue is scoped
     /// by the prefix its user id starts with (SPEC §13). Empty: no identity provider.
     idp_prefixes: Vec<String>,
+    /// Set in a verify-only sidecar: who issues instead (said in every refusal).
+    issuing_service: Option<String>,
 }
 
 impl TokenAuthority {
@@ -50,6 +52,25 @@ impl TokenAuthority {
             revocations,
             clock,
             idp_prefixes: Vec::new(),
+            issuing_service: None,
+        }
+    }
+
+    /// Makes this a verify-only authority: Issue and Refresh (and, at the API, the privileged
+    /// writes) are refused, naming `issuing_service` as where to go instead.
+    pub fn verify_only(mut self, issuing_service: String) -> Self {
+        self.issuing_service = Some(issuing_service);
+        self
+    }
+
+    /// Refuses `operation` in a verify-only sidecar.
+    pub fn refuse_if_verify_only(&self, operation: &'static str) -> Result<(), AuthorityError> {
+        match &self.issuing_service {
+            None => Ok(()),
+            Some(issuing_service) => Err(AuthorityError::VerifyOnly {
+                operation,
+                issuing_service: issuing_service.clone(),
+            }),
         }
     }
 
@@ -141,6 +162,7 @@ impl TokenAuthority {
 
     /// Issues the first token of a new session (SPEC §4 rule 3).
     pub async fn issue(&self, mut request: IssueRequest) -> Result<IssuedToken, AuthorityError> {
+        self.refuse_if_verify_only("Issue")?;
         check_custom_claims(&request.claims)?;
         if let Some(idp_sid) = &request.idp_session_id
             && let Some(problem) = user_id_problem(idp_sid)
@@ -225,6 +247,7 @@ impl TokenAuthority {
 
     /// Exchanges a valid token for a new one of the same session (SPEC §4 rule 4).
     pub async fn refresh(&self, token: &str) -> Result<IssuedToken, AuthorityError> {
+        self.refuse_if_verify_only("Refresh")?;
         let claims = self
             .verify(token)
             .await?
@@ -352,6 +375,11 @@ impl TokenAuthority {
     /// The public keys as an RFC 7517 key set.
     pub fn jwks_json(&self) -> String {
         self.codec.keys().jwks_json().to_owned()
+    }
+
+    /// The key set in use.
+    pub fn keys(&self) -> Arc<crate::token::KeySet> {
+        self.codec.keys()
     }
 
     /// Swaps in a new key set (hot reload); tokens signed by keys it still holds stay valid.

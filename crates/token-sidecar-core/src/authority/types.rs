@@ -53,6 +53,18 @@ pub enum AuthorityError {
     /// Issue for an identity provider session that was logged out.
     #[error("the identity provider session has ended (logged out)")]
     IdpSessionEnded,
+    /// This sidecar only verifies (it holds no signing key, SPEC §7): minting and the
+    /// privileged writes are the issuing service's.
+    #[error(
+        "this sidecar is verify-only: {operation} is done by the issuing service \
+         ({issuing_service})"
+    )]
+    VerifyOnly {
+        /// The refused RPC.
+        operation: &'static str,
+        /// Who does it, as configured (its `iss`, and where its keys are read).
+        issuing_service: String,
+    },
     /// The store is still starting up.
     #[error("the store is not ready yet")]
     NotReady,

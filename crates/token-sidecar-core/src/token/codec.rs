@@ -17,6 +17,9 @@ pub enum CodecError {
     /// The crypto library refused to sign.
     #[error("signing failed: {0}")]
     Signing(String),
+    /// A verify-only key set holds no private key.
+    #[error("this sidecar holds no signing key (verify-only)")]
+    NoSigningKey,
 }
 
 /// A key set and the decodes made with it: swapped together, so that a decode checked with a
@@ -102,7 +105,11 @@ impl TokenCodec {
     /// Signs `claims` with the signing key.
     pub fn encode(&self, claims: &Claims) -> Result<String, CodecError> {
         let current = self.current.load();
-        let signer = &current.keys.signer;
+        let signer = current
+            .keys
+            .signer
+            .as_ref()
+            .ok_or(CodecError::NoSigningKey)?;
         let mut header = Header::new(signer.alg);
         header.kid = Some(signer.kid.clone());
         let wire = WireClaims::new(claims, &self.issuer, self.audience.as_deref());
@@ -204,9 +211,12 @@ mod tests {
             URL_SAFE_NO_PAD.encode(payload)
         );
         let keys = codec.keys();
-        let sig =
-            jsonwebtoken::crypto::sign(message.as_bytes(), &keys.signer.encoding, keys.signer.alg)
-                .expect("sign");
+        let sig = jsonwebtoken::crypto::sign(
+            message.as_bytes(),
+            &keys.signer.as_ref().expect("signer").encoding,
+            keys.signer.as_ref().expect("signer").alg,
+        )
+        .expect("sign");
         format!("{message}.{sig}")
     }
 

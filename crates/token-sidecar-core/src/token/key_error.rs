@@ -53,6 +53,12 @@ pub enum KeyError {
     /// The signing key can only verify.
     #[error("--signing-kid {0:?} names a public (verify-only) key; signing needs a private key")]
     VerifyOnlySigner(String),
+    /// A private key or an HMAC secret given to a verify-only sidecar.
+    #[error(
+        "key {0:?} can sign (a private key or an HMAC secret); a --verify-only sidecar holds only \
+         public keys: give it the issuer's public key (a PEM public key, or --issuer-jwks)"
+    )]
+    SecretInVerifyOnly(String),
     /// Two keys with one `kid`.
     #[error("key id {0:?} is configured twice")]
     DuplicateKid(String),

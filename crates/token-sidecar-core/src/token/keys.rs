@@ -61,7 +61,8 @@ pub(super) struct SigningKey {
 /// Every configured key, by `kid`, and the JWKS of the public ones.
 pub struct KeySet {
     pub(super) verifiers: VerifyingKeys,
-    pub(super) signer: SigningKey,
+    /// None in a verify-only sidecar: it holds public keys only.
+    pub(super) signer: Option<SigningKey>,
     jwks: String,
 }
 
@@ -78,7 +79,7 @@ impl fmt::Debug for KeySet {
         let kids = self.verifiers.kids();
         f.debug_struct("KeySet")
             .field("kids", &kids)
-            .field("signing_kid", &self.signer.kid)
+            .field("signing_kid", &self.signing_kid())
             .finish()
     }
 }
@@ -212,14 +213,62 @@ impl KeySet {
             verifiers.insert(spec.kid, parsed.verification)?;
         }
         let signer = signer.ok_or(KeyError::UnknownSigningKid(signing_kid))?;
-        let jwks = serde_json::to_string(&jwks).map_err(|e| KeyError::Invalid {
-            kid: signer.kid.clone(),
-            message: e.to_string(),
-        })?;
         Ok(Self {
             verifiers,
-            signer,
-            jwks,
+            jwks: publish(&jwks)?,
+            signer: Some(signer),
+        })
+    }
+
+    /// The key set of a verify-only sidecar: public keys only, from `files` (PEM public keys)
+    /// and from `published`, the issuing service's JWKS (`--issuer-jwks`), whose keys a file
+    /// already names by `kid` are skipped. A private key or an HMAC secret is refused: a
+    /// verify-only sidecar must not be able to mint. Both may be empty (the issuer's set not
+    /// read yet): every token then fails `BAD_SIGNATURE` until keys arrive.
+    pub fn verify_only(
+        files: Vec<(KeySpec, Vec<u8>)>,
+        published: Option<&str>,
+    ) -> Result<Self, KeyError> {
+        let mut verifiers = VerifyingKeys::default();
+        let mut jwks = JwkSet { keys: Vec::new() };
+        for (spec, material) in files {
+            let parsed = parse_key(&spec, &material)?;
+            if parsed.encoding.is_some() {
+                return Err(KeyError::SecretInVerifyOnly(spec.kid));
+            }
+            jwks.keys.extend(parsed.jwk);
+            verifiers.insert(spec.kid, parsed.verification)?;
+        }
+        if let Some(published) = published {
+            let set: JwkSet = serde_json::from_str(published).map_err(|e| KeyError::Invalid {
+                kid: String::new(),
+                message: format!("the issuer's key set is not a JSON Web Key Set: {e}"),
+            })?;
+            let fresh: Vec<Jwk> = set
+                .keys
+                .into_iter()
+                .filter(|jwk| jwk.common.public_key_use != Some(PublicKeyUse::Encryption))
+                .filter(|jwk| {
+                    jwk.common
+                        .key_id
+                        .as_deref()
+                        .is_none_or(|kid| !verifiers.contains(kid))
+                })
+                .collect();
+            let fresh_json = publish(&JwkSet {
+                keys: fresh.clone(),
+            })?;
+            let keys = VerifyingKeys::from_jwks([fresh_json.as_str()])?;
+            if let Some(kid) = keys.hmac_kid() {
+                return Err(KeyError::SecretInVerifyOnly(kid.to_owned()));
+            }
+            verifiers.absorb(keys)?;
+            jwks.keys.extend(fresh);
+        }
+        Ok(Self {
+            verifiers,
+            jwks: publish(&jwks)?,
+            signer: None,
         })
     }
 
@@ -251,9 +300,15 @@ impl KeySet {
         Ok((Self::load(&[spec], None)?, created))
     }
 
-    /// The key id new tokens are signed with.
-    pub fn signing_kid(&self) -> &str {
-        &self.signer.kid
+    /// The key id new tokens are signed with; None in a verify-only sidecar.
+    pub fn signing_kid(&self) -> Option<&str> {
+        self.signer.as_ref().map(|s| s.kid.as_str())
+    }
+
+    /// Whether a token naming a `kid` this set lacks was presented since the last call (and
+    /// forget it): the hint a verify-only sidecar reads its issuer's key set again on.
+    pub fn take_unknown_kid(&self) -> bool {
+        self.verifiers.take_unknown_kid()
     }
 
     /// The RFC 7517 JSON Web Key Set of the public keys. HMAC secrets are never published, so
@@ -266,6 +321,14 @@ impl KeySet {
     pub fn kids(&self) -> Vec<&str> {
         self.verifiers.kids()
     }
+}
+
+/// A key set as the JSON that `/.well-known/jwks.json` serves.
+fn publish(jwks: &JwkSet) -> Result<String, KeyError> {
+    serde_json::to_string(jwks).map_err(|e| KeyError::Invalid {
+        kid: String::new(),
+        message: e.to_string(),
+    })
 }
 
 /// Reads the material of every key.

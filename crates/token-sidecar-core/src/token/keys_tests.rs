@@ -72,9 +72,9 @@ fn the_first_key_signs_unless_told_otherwise() {
         (spec("b", "HS512"), vec![2; 64]),
     ];
     let set = KeySet::from_material(keys.clone(), None).expect("valid");
-    assert_eq!(set.signing_kid(), "a");
+    assert_eq!(set.signing_kid(), Some("a"));
     let set = KeySet::from_material(keys, Some("b")).expect("valid");
-    assert_eq!(set.signing_kid(), "b");
+    assert_eq!(set.signing_kid(), Some("b"));
     assert_eq!(set.verifiers.len(), 2);
 }
 
@@ -115,7 +115,7 @@ fn dev_key_is_created_once_with_private_mode() {
     assert!(created);
     let (_, created_again) = KeySet::load_or_create_dev_key(&path).expect("loaded");
     assert!(!created_again);
-    assert_eq!(first.signing_kid(), "dev");
+    assert_eq!(first.signing_kid(), Some("dev"));
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -133,8 +133,12 @@ fn rfc7515_a1_hs256_vector() {
         .expect("k");
     let set = KeySet::from_material(vec![(spec("a", "HS256"), k)], None).expect("key");
     let input = "eyJ0eXAiOiJKV1QiLA0KICJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ";
-    let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &set.signer.encoding, set.signer.alg)
-        .expect("sign");
+    let sig = jsonwebtoken::crypto::sign(
+        input.as_bytes(),
+        &set.signer.as_ref().expect("signer").encoding,
+        set.signer.as_ref().expect("signer").alg,
+    )
+    .expect("sign");
     assert_eq!(sig, "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk");
 }
 
@@ -165,8 +169,12 @@ fn rfc8037_ed25519_vector() {
     assert_eq!(jwks["keys"][0]["kid"], "ed");
     assert!(jwks["keys"][0].get("d").is_none(), "no private part");
     let input = "eyJhbGciOiJFZERTQSJ9.RXhhbXBsZSBvZiBFZDI1NTE5IHNpZ25pbmc";
-    let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &set.signer.encoding, set.signer.alg)
-        .expect("sign");
+    let sig = jsonwebtoken::crypto::sign(
+        input.as_bytes(),
+        &set.signer.as_ref().expect("signer").encoding,
+        set.signer.as_ref().expect("signer").alg,
+    )
+    .expect("sign");
     assert_eq!(
         sig,
         "hgyY0il_MGCjP0JzlnLWG1PPOt7-09PGcvMg3AIbQR6dWbhijcNR4ki4iylGjg5BhVsPt9g7sVvpAr_MuM0KAg"
@@ -202,7 +210,7 @@ fn a_jwks_reads_back_into_the_same_verifying_keys() {
     assert_eq!(keys.kids(), vec!["ec", "hs", "rsa"]);
     let message = b"header.payload";
     // The signer ("ec", the first key) signs; the key read back from the JWKS verifies.
-    let signer = &set.signer;
+    let signer = set.signer.as_ref().expect("signer");
     let sig = jsonwebtoken::crypto::sign(message, &signer.encoding, signer.alg).expect("sign");
     let key = keys.get("ec").expect("kid");
     assert_eq!(
@@ -232,4 +240,63 @@ fn a_jwks_reads_back_into_the_same_verifying_keys() {
 
 fn new_suffix() -> String {
     crate::token::new_random_id()
+}
+
+#[test]
+fn a_verify_only_set_holds_public_keys_only_and_hints_at_unknown_kids() {
+    let fixture = |name: &str| {
+        let path = std::path::PathBuf::from(format!(
+            "{}/../../tests/keys/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ));
+        std::fs::read(&path).map(|m| (path, m)).expect("fixture")
+    };
+    let spec = |kid: &str, alg: &str, path: std::path::PathBuf| KeySpec {
+        kid: kid.into(),
+        alg: alg.into(),
+        path,
+    };
+    let (path, material) = fixture("p256.pem");
+    let refused = KeySet::verify_only(vec![(spec("k", "ES256", path), material)], None);
+    assert!(matches!(refused, Err(KeyError::SecretInVerifyOnly(kid)) if kid == "k"));
+    let (path, material) = fixture("hs384.key");
+    let refused = KeySet::verify_only(vec![(spec("h", "HS384", path), material)], None);
+    assert!(matches!(refused, Err(KeyError::SecretInVerifyOnly(kid)) if kid == "h"));
+    let secret = r#"{"keys":[{"kty":"oct","kid":"s","alg":"HS256","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA"}]}"#;
+    assert!(matches!(
+        KeySet::verify_only(Vec::new(), Some(secret)),
+        Err(KeyError::SecretInVerifyOnly(kid)) if kid == "s"
+    ));
+
+    // A file key and the issuer's set: a kid both name is the file's; the set's others join.
+    let (path, material) = fixture("p256.pub.pem");
+    let issuer = KeySet::from_material(
+        vec![
+            (
+                spec("a", "ES256", fixture("p256.pem").0),
+                fixture("p256.pem").1,
+            ),
+            (
+                spec("b", "EdDSA", fixture("ed25519.pem").0),
+                fixture("ed25519.pem").1,
+            ),
+        ],
+        None,
+    )
+    .expect("issuer");
+    let set = KeySet::verify_only(
+        vec![(spec("a", "ES256", path), material)],
+        Some(issuer.jwks_json()),
+    )
+    .expect("verify-only");
+    assert_eq!(set.kids(), ["a", "b"]);
+    assert_eq!(set.signing_kid(), None);
+    let published: serde_json::Value = serde_json::from_str(set.jwks_json()).expect("json");
+    assert_eq!(published["keys"].as_array().map(Vec::len), Some(2));
+    assert!(!set.take_unknown_kid());
+    assert!(set.verifiers.get("a").is_some());
+    assert!(!set.take_unknown_kid(), "a known kid is no hint");
+    assert!(set.verifiers.get("made-up").is_none());
+    assert!(set.take_unknown_kid());
+    assert!(!set.take_unknown_kid(), "taken once");
 }

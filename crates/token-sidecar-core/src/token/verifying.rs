@@ -1,5 +1,6 @@
 //! Keys that verify: one per `kid`, from our configured keys or from a published key set.
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
@@ -54,11 +55,44 @@ impl VerificationKey {
 #[derive(Default)]
 pub struct VerifyingKeys {
     by_kid: HashMap<String, VerificationKey>,
+    /// Set when a token named a `kid` not held: a hint to read a published set again (read
+    /// and cleared by whoever refreshes it, at its own bounded pace).
+    unknown_kid: AtomicBool,
 }
 
 impl VerifyingKeys {
     pub(super) fn get(&self, kid: &str) -> Option<&VerificationKey> {
-        self.by_kid.get(kid)
+        let found = self.by_kid.get(kid);
+        // Loaded first: a flood of made-up kids reads a shared line, it does not write it.
+        if found.is_none() && !self.unknown_kid.load(Ordering::Relaxed) {
+            self.unknown_kid.store(true, Ordering::Relaxed);
+        }
+        found
+    }
+
+    pub(super) fn contains(&self, kid: &str) -> bool {
+        self.by_kid.contains_key(kid)
+    }
+
+    /// Whether a token named a `kid` not held since the last call.
+    pub fn take_unknown_kid(&self) -> bool {
+        self.unknown_kid.load(Ordering::Relaxed) && self.unknown_kid.swap(false, Ordering::Relaxed)
+    }
+
+    /// The `kid` of an HMAC key, if any is held.
+    pub(super) fn hmac_kid(&self) -> Option<&str> {
+        self.by_kid
+            .iter()
+            .find(|(_, k)| k.alg.family() == AlgorithmFamily::Hmac)
+            .map(|(kid, _)| kid.as_str())
+    }
+
+    /// Moves every key of `other` in (a `kid` held twice is an error).
+    pub(super) fn absorb(&mut self, other: VerifyingKeys) -> Result<(), KeyError> {
+        for (kid, key) in other.by_kid {
+            self.insert(kid, key)?;
+        }
+        Ok(())
     }
 
     /// The number of keys.
