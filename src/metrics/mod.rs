@@ -13,8 +13,8 @@ pub use edge::EdgeMetrics;
 pub use rpc::{RpcMetrics, TraceExemplar};
 pub use tasks::TaskMetrics;
 pub use token_sidecar_core::metrics::{
-    Cache, CacheMetrics, ClockMetrics, Ignored, Lookup, Metrics as CoreMetrics, SecurityMetrics,
-    StoreMetrics, SyncMetrics,
+    Cache, CacheMetrics, ClockMetrics, Described, Ignored, Lookup, Metrics as CoreMetrics,
+    SecurityMetrics, StoreMetrics, SyncMetrics,
 };
 
 /// Every metric of one sidecar instance: the core's groups and the server's own.

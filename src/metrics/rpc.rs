@@ -7,7 +7,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::exponential_buckets;
-use prometheus_client::registry::Registry;
+use token_sidecar_core::metrics::Registrar;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabels {
@@ -44,7 +44,7 @@ pub struct RpcMetrics {
 
 impl RpcMetrics {
     /// Registers the families.
-    pub fn register(registry: &mut Registry) -> Self {
+    pub fn register(registry: &mut Registrar) -> Self {
         let requests = Family::<RpcLabels, Counter>::default();
         let seconds = Family::<MethodLabels, Latencies>::new_with_constructor(|| {
             HistogramWithExemplars::new(exponential_buckets(0.000_05, 2.0, 18))

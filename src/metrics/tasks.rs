@@ -2,7 +2,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::registry::Registry;
+use token_sidecar_core::metrics::Registrar;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TaskLabels {
@@ -17,7 +17,7 @@ pub struct TaskMetrics {
 
 impl TaskMetrics {
     /// Registers the family.
-    pub fn register(registry: &mut Registry) -> Self {
+    pub fn register(registry: &mut Registrar) -> Self {
         let restarts = Family::default();
         registry.register(
             "task_restarts",

@@ -3,9 +3,9 @@
 //! role do everything they do (issue, verify, refresh, every revocation, a ban and its lifting,
 //! the fleet's sync, the purge, the audit trail); DDL is refused to them.
 use sqlx::Connection;
-use tonic_health::pb::health_check_response::ServingStatus;
-use token_sidecar::clock::Clock;
 use token_sidecar::api::pb::{self, Reason, revoke_request::Target};
+use token_sidecar::clock::Clock;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::common::{Backend, MIN, Settings, postgres_admin_url};
 
@@ -20,7 +20,9 @@ impl Roles {
     fn url(&self, role: &str) -> String {
         let admin = postgres_admin_url();
         let (_, host_and_db) = admin.split_once('@').expect("admin URL names a user");
-        let (host, _) = host_and_db.split_once('/').expect("admin URL names a database");
+        let (host, _) = host_and_db
+            .split_once('/')
+            .expect("admin URL names a database");
         format!("postgres://{role}@{host}/{}", self.database)
     }
 
@@ -47,7 +49,14 @@ impl Roles {
         let file = dir.path().join("roles.sql");
         std::fs::write(&file, script).expect("write");
         let out = std::process::Command::new("psql")
-            .args(["-q", "-v", "ON_ERROR_STOP=1", "-d", &postgres_admin_url(), "-f"])
+            .args([
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                &postgres_admin_url(),
+                "-f",
+            ])
             .arg(&file)
             .output()
             .expect("psql runs");

@@ -32,18 +32,18 @@ fn the_http_listeners_help_names_every_route_it_serves() {
 }
 
 #[test]
-fn every_supported_algorithm_is_in_the_contract_and_the_readme() {
+fn every_supported_algorithm_is_in_the_contract_and_the_guide() {
     let contract = read("docs/contract.md")
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ");
-    let readme = read("README.md");
+    let guide = read("docs/guide.md");
     for alg in SUPPORTED_ALGORITHMS.split(", ") {
         assert!(
             contract.contains(alg),
             "docs/contract.md does not list {alg}"
         );
-        assert!(readme.contains(alg), "README.md does not list {alg}");
+        assert!(guide.contains(alg), "docs/guide.md does not list {alg}");
     }
 }
 
@@ -110,8 +110,14 @@ fn the_deploy_readme_speaks_of_a_pre_stop_hook_only_where_a_manifest_has_one() {
 }
 
 #[test]
-fn the_readme_names_no_release_tag_the_repository_does_not_have() {
-    let readme = read("README.md");
+fn the_docs_name_no_release_tag_the_repository_does_not_have() {
+    let readme = [
+        "README.md",
+        "docs/guide.md",
+        "crates/token-sidecar-api/README.md",
+    ]
+    .map(read)
+    .join("\n");
     let named: Vec<&str> = readme
         .split("tag =")
         .skip(1)
@@ -129,7 +135,7 @@ fn the_readme_names_no_release_tag_the_repository_does_not_have() {
     for tag in named {
         assert!(
             tags.lines().any(|t| t == tag),
-            "README.md pins tag {tag:?}, which the repository does not have"
+            "the docs pin tag {tag:?}, which the repository does not have"
         );
     }
 }
@@ -148,7 +154,11 @@ fn no_script_guesses_where_cargo_puts_its_output() {
             if code.trim_start().starts_with('#') {
                 continue;
             }
-            for guess in ["target/release", "target/debug", "\"target\", \"criterion\""] {
+            for guess in [
+                "target/release",
+                "target/debug",
+                "\"target\", \"criterion\"",
+            ] {
                 if code.contains(guess) {
                     guesses.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
                 }
@@ -157,4 +167,22 @@ fn no_script_guesses_where_cargo_puts_its_output() {
     }
     assert!(guesses.is_empty(), "{}", guesses.join("\n"));
     assert!(read("scripts/lib.sh").contains("cargo metadata"));
+}
+
+/// The README is a quick start a stranger reads in one sitting; the rest is the guide's and the
+/// reference's (docs/).
+#[test]
+fn the_readme_is_a_quick_start_of_at_most_200_lines() {
+    let readme = read("README.md");
+    assert!(
+        readme.lines().count() <= 200,
+        "README.md has {} lines: move what is not the quick start to docs/guide.md",
+        readme.lines().count()
+    );
+    for link in ["docs/guide.md", "docs/reference.md", "deploy/README.md"] {
+        assert!(
+            readme.contains(&format!("]({link}")),
+            "README.md links {link}"
+        );
+    }
 }

@@ -1006,7 +1006,7 @@ async fn key_sets_are_fetched_over_https_from_a_trusted_server_only() {
     let _ = server.wait();
 }
 
-/// The README's "Your identity provider revokes for you" walkthrough, block by block, against a
+/// The guide's "Your identity provider revokes for you" walkthrough, block by block, against a
 /// sidecar started with the flags it shows (on the real clock: the block stamps `date +%s`).
 #[tokio::test]
 async fn the_readme_identity_provider_walkthrough_runs() {
@@ -1014,7 +1014,7 @@ async fn the_readme_identity_provider_walkthrough_runs() {
     use crate::readme::{Marker, run_block, shell_blocks};
     const TEST: &str = "the_readme_identity_provider_walkthrough_runs";
     let root = env!("CARGO_MANIFEST_DIR");
-    let doc = std::fs::read_to_string(format!("{root}/README.md")).expect("README");
+    let doc = std::fs::read_to_string(format!("{root}/docs/guide.md")).expect("the guide");
     let dir = tempfile::tempdir().expect("dir");
     for linked in ["proto", "tests"] {
         std::os::unix::fs::symlink(format!("{root}/{linked}"), dir.path().join(linked))
@@ -1039,7 +1039,7 @@ async fn the_readme_identity_provider_walkthrough_runs() {
         if matches!(&block.marker, Marker::RunBy(test) if test == TEST) {
             run_block(
                 &block,
-                &format!("README.md:{}", block.line),
+                &format!("docs/guide.md:{}", block.line),
                 dir.path(),
                 &path,
                 Some(&app),
@@ -1048,7 +1048,7 @@ async fn the_readme_identity_provider_walkthrough_runs() {
             ran += 1;
         }
     }
-    assert_eq!(ran, 2, "the README's walkthrough has two blocks run here");
+    assert_eq!(ran, 2, "the guide's walkthrough has two blocks run here");
 }
 
 /// `check-config` reads every identity provider's key set once and says what the receivers will

@@ -324,7 +324,7 @@ pub(crate) fn shell_blocks(doc: &str) -> Vec<Block> {
     blocks
 }
 
-/// Issue 31: every shell block of README.md and deploy/README.md parses (`bash -n`) and is
+/// Issue 31: every shell block of README.md, docs/guide.md and deploy/README.md parses (`bash -n`) and is
 /// either run — here, in order, in a fresh folder with the real tools and a fresh sidecar for
 /// the addresses the README uses, each call's `# ` output compared as in the session — or run by
 /// a named test, or says why it is not run here.
@@ -346,7 +346,7 @@ async fn every_shell_block_of_the_readmes_is_run_or_marked() {
         std::env::var("PATH").unwrap_or_default()
     );
     let mut ran = 0;
-    for name in ["README.md", "deploy/README.md"] {
+    for name in ["README.md", "docs/guide.md", "deploy/README.md"] {
         let doc = std::fs::read_to_string(format!("{root}/{name}")).expect("read the README");
         // A fresh folder, as a clone has it: the proto and the test scripts the README uses.
         let dir = tempfile::tempdir().expect("dir");
@@ -485,12 +485,12 @@ pub(crate) async fn run_block(
     }
 }
 
-/// Issue 42: the README's client program compiles as pasted, with its `cargo add` line, in a
+/// Issue 42: the guide's client program compiles as pasted, with its `cargo add` line, in a
 /// fresh project that depends on the light crate by path (as the block before it shows).
 #[tokio::test]
 async fn the_readmes_client_program_compiles_as_pasted() {
     let root = env!("CARGO_MANIFEST_DIR");
-    let readme = std::fs::read_to_string(format!("{root}/README.md")).expect("README");
+    let readme = std::fs::read_to_string(format!("{root}/docs/guide.md")).expect("the guide");
     let marker = "<!-- run: the_readmes_client_program_compiles_as_pasted -->";
     let after = &readme[readme.find(marker).expect("the marker") + marker.len()..];
     let add = after

@@ -81,6 +81,47 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order: a new variant joins it (docs/reference.md lists each,
+    /// and a test compares the two).
+    pub const ALL: [ErrorCode; 36] = [
+        ErrorCode::InvalidUserId,
+        ErrorCode::ReservedClaim,
+        ErrorCode::ClaimsTooLarge,
+        ErrorCode::InvalidTtl,
+        ErrorCode::InvalidId,
+        ErrorCode::InvalidTimestamp,
+        ErrorCode::InvalidDuration,
+        ErrorCode::MissingTarget,
+        ErrorCode::InvalidIdpSessionId,
+        ErrorCode::InvalidReason,
+        ErrorCode::InvalidPageSize,
+        ErrorCode::InvalidPageToken,
+        ErrorCode::StoreUnavailable,
+        ErrorCode::OutcomeUnknown,
+        ErrorCode::ClockSkew,
+        ErrorCode::SigningFailed,
+        ErrorCode::IdpSessionEnded,
+        ErrorCode::Overloaded,
+        ErrorCode::VerifyOnly,
+        ErrorCode::MissingCredential,
+        ErrorCode::InvalidCredential,
+        ErrorCode::IdentityNotAllowed,
+        ErrorCode::IntrospectionNotConfigured,
+        ErrorCode::InvalidRequest,
+        ErrorCode::RateLimited,
+        ErrorCode::Internal,
+        ErrorCode::MissingToken,
+        ErrorCode::Malformed,
+        ErrorCode::UnknownIssuer,
+        ErrorCode::InvalidKey,
+        ErrorCode::WrongAudience,
+        ErrorCode::Stale,
+        ErrorCode::Replayed,
+        ErrorCode::KeysUnavailable,
+        ErrorCode::NotConfigured,
+        ErrorCode::HistoryChanged,
+    ];
+
     /// The code as answered and counted.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -127,5 +168,20 @@ impl ErrorCode {
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_holds_every_code_once_in_order() {
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(*code as usize, i, "{code}");
+        }
+        let names: std::collections::HashSet<_> =
+            ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(names.len(), ErrorCode::ALL.len());
     }
 }

@@ -1,10 +1,10 @@
 //! The caches: lookups by cache and result, the denylist filter's shape and rebuilds, the
 //! verified-token cache's size.
+use super::Registrar;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 
 use super::label_enum;
 use crate::token::VerifiedCacheMetrics;
@@ -62,14 +62,14 @@ pub struct CacheMetrics {
 
 impl CacheMetrics {
     /// Registers the families.
-    pub fn register(registry: &mut Registry) -> Self {
+    pub fn register(registry: &mut Registrar) -> Self {
         let lookups = Family::<CacheLabels, Counter>::default();
         registry.register(
             "cache_lookups",
             "Cache lookups by cache and result",
             lookups.clone(),
         );
-        let gauge = |registry: &mut Registry, name, help| {
+        let gauge = |registry: &mut Registrar, name, help| {
             let g = Gauge::default();
             registry.register(name, help, g.clone());
             g

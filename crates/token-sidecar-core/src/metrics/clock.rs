@@ -1,8 +1,8 @@
 //! The fleet's one clock (SPEC §4 rule 9): this process's skew from the database's clock, how
 //! sure that reading is, and the Issue/Refresh it refused while off.
+use super::Registrar;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 
 /// `clock_*`.
 pub struct ClockMetrics {
@@ -18,7 +18,7 @@ pub struct ClockMetrics {
 
 impl ClockMetrics {
     /// Registers the families.
-    pub fn register(registry: &mut Registry) -> Self {
+    pub fn register(registry: &mut Registrar) -> Self {
         let this = Self {
             skew_ms: Gauge::default(),
             uncertainty_us: Gauge::default(),

@@ -16,7 +16,8 @@ mod security;
 mod store;
 mod sync;
 
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::{Metric, Registry};
 
 pub use caches::{Cache, CacheMetrics, Lookup};
 pub use clock::ClockMetrics;
@@ -24,9 +25,56 @@ pub use security::{Ignored, SecurityMetrics};
 pub use store::StoreMetrics;
 pub use sync::SyncMetrics;
 
+/// One registered family, as the reference documentation lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Described {
+    /// The family's name with the prefix (counters show `_total` in the exposition).
+    pub name: String,
+    /// `counter`, `gauge`, `histogram` …
+    pub kind: &'static str,
+    /// Its help text.
+    pub help: String,
+}
+
+/// The registry every group registers into, which also keeps what was registered: an empty
+/// labelled family renders nothing, yet the reference (docs/reference.md) lists every family.
+pub struct Registrar {
+    registry: Registry,
+    catalogue: Vec<Described>,
+}
+
+impl Registrar {
+    const PREFIX: &'static str = "token_sidecar";
+
+    fn new() -> Self {
+        Self {
+            registry: Registry::with_prefix(Self::PREFIX),
+            catalogue: Vec::new(),
+        }
+    }
+
+    /// Registers `metric` as `name` (prefixed) with `help`.
+    pub fn register<M: Metric + TypedMetric>(&mut self, name: &str, help: &str, metric: M) {
+        let kind = match M::TYPE {
+            MetricType::Counter => "counter",
+            MetricType::Gauge => "gauge",
+            MetricType::Histogram => "histogram",
+            MetricType::Info => "info",
+            _ => "unknown",
+        };
+        self.catalogue.push(Described {
+            name: format!("{}_{name}", Self::PREFIX),
+            kind,
+            help: help.to_owned(),
+        });
+        self.registry.register(name, help, metric);
+    }
+}
+
 /// The core's metrics of one sidecar instance, by the part that counts it.
 pub struct Metrics {
     registry: Registry,
+    catalogue: Vec<Described>,
     /// The cutoff cache, the denylist filter and the verified-token cache.
     pub caches: CacheMetrics,
     /// Calls to the store.
@@ -53,23 +101,34 @@ impl Metrics {
 
     /// The same, with the groups `register` adds (the server's own) in the same registry,
     /// registered first.
-    pub fn with_groups<T>(register: impl FnOnce(&mut Registry) -> T) -> (Self, T) {
-        let mut registry = Registry::with_prefix("token_sidecar");
+    pub fn with_groups<T>(register: impl FnOnce(&mut Registrar) -> T) -> (Self, T) {
+        let mut registry = Registrar::new();
         let groups = register(&mut registry);
         registry.register(
             "trace_spans",
             "Finished trace spans by outcome: exported, export_failed, dropped (queue full)",
             crate::spans::span_counter().clone(),
         );
+        let caches = CacheMetrics::register(&mut registry);
+        let store = StoreMetrics::register(&mut registry);
+        let sync = SyncMetrics::register(&mut registry);
+        let clock = ClockMetrics::register(&mut registry);
+        let security = SecurityMetrics::register(&mut registry);
         let metrics = Self {
-            caches: CacheMetrics::register(&mut registry),
-            store: StoreMetrics::register(&mut registry),
-            sync: SyncMetrics::register(&mut registry),
-            clock: ClockMetrics::register(&mut registry),
-            security: SecurityMetrics::register(&mut registry),
-            registry,
+            caches,
+            store,
+            sync,
+            clock,
+            security,
+            registry: registry.registry,
+            catalogue: registry.catalogue,
         };
         (metrics, groups)
+    }
+
+    /// Every registered family, in registration order.
+    pub fn catalogue(&self) -> &[Described] {
+        &self.catalogue
     }
 
     /// The OpenMetrics text exposition.

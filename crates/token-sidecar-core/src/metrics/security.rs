@@ -1,8 +1,8 @@
 //! Security events: refresh tokens reused after the interval, IdP events not acted on.
+use super::Registrar;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::registry::Registry;
 
 use super::label_enum;
 
@@ -30,7 +30,7 @@ pub struct SecurityMetrics {
 
 impl SecurityMetrics {
     /// Registers the families.
-    pub fn register(registry: &mut Registry) -> Self {
+    pub fn register(registry: &mut Registrar) -> Self {
         let this = Self {
             refresh_reuse_detected: Counter::default(),
             idp_events_ignored: Family::default(),

@@ -1,9 +1,9 @@
 //! Calls to the store: queries by purpose, failures, writes not acknowledged, and the times it
 //! could not be prepared at start.
+use super::Registrar;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueryLabels {
@@ -33,7 +33,7 @@ pub struct StoreMetrics {
 
 impl StoreMetrics {
     /// Registers the families.
-    pub fn register(registry: &mut Registry) -> Self {
+    pub fn register(registry: &mut Registrar) -> Self {
         let this = Self {
             queries: Family::default(),
             errors: Counter::default(),

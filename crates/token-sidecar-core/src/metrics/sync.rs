@@ -1,11 +1,11 @@
 //! The change feed: what was applied and how fast, how far behind, why the store was read,
 //! which announcements were dropped, and forked histories.
+use super::Registrar;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WhyLabels {
@@ -32,7 +32,7 @@ pub struct SyncMetrics {
 
 impl SyncMetrics {
     /// Registers the families.
-    pub fn register(registry: &mut Registry) -> Self {
+    pub fn register(registry: &mut Registrar) -> Self {
         let this = Self {
             lag_ms: Gauge::default(),
             watermark: Gauge::default(),
