@@ -646,3 +646,29 @@ async fn a_wasm_filter_out_of_step_can_ask_the_sidecar() {
         "the filter did try the feed"
     );
 }
+
+/// Issue 42: `scripts/try-envoy-filter` is one command that shows the filter at work: a curl that
+/// passes, then the same curl refused after a revocation (run here with the test build).
+#[tokio::test]
+async fn the_try_envoy_filter_script_shows_a_pass_then_a_refusal() {
+    crate::require!(Envoy, WasmFilter, Grpcurl);
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(format!("{root}/scripts/try-envoy-filter"))
+            .env("TOKEN_SIDECAR_BIN", env!("CARGO_BIN_EXE_token-sidecar"))
+            .output()
+            .expect("scripts/try-envoy-filter runs")
+    })
+    .await
+    .expect("joined");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let passed = stdout.find("hello alice (HTTP 200)").expect(&stdout);
+    let refused = stdout.find("(HTTP 401)").expect(&stdout);
+    assert!(passed < refused, "{stdout}");
+    assert!(stdout.contains("REASON_TOKEN_REVOKED"), "{stdout}");
+}
