@@ -105,3 +105,13 @@ cargo_target_dir() {
   cargo metadata --locked --format-version 1 --no-deps |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])'
 }
+
+# The databases a script created for itself, dropped when it exits: call drop_at_exit NAME after
+# creating one, and drop_databases_now from the script's EXIT trap.
+DROP_AT_EXIT=()
+drop_at_exit() { DROP_AT_EXIT+=("$@"); }
+drop_databases_now() {
+  for db in "${DROP_AT_EXIT[@]}"; do
+    psql -q -d "$TEST_DATABASE_URL" -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
+  done
+}

@@ -186,3 +186,26 @@ fn the_readme_is_a_quick_start_of_at_most_200_lines() {
         );
     }
 }
+
+/// A script that creates a database for itself drops it when it exits (scripts/lib.sh,
+/// `drop_at_exit` and `drop_databases_now` in its EXIT trap); scripts/test drops the tests' own.
+#[test]
+fn every_script_drops_the_databases_it_creates() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts");
+    for entry in std::fs::read_dir(&dir).expect("scripts/") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if !text.contains("CREATE DATABASE") || path.ends_with("test") {
+            continue;
+        }
+        let trap = text
+            .lines()
+            .find(|l| l.starts_with("trap ") && l.ends_with(" EXIT"))
+            .unwrap_or_default();
+        assert!(
+            text.contains("drop_at_exit") && trap.contains("drop_databases_now"),
+            "{} creates a database and does not drop it at exit",
+            path.display()
+        );
+    }
+}
