@@ -261,6 +261,7 @@ impl Listeners<'_> {
         };
         let routes = HttpApi::new(decide.clone(), callers, self.metrics.clone())
             .with_idp(idp)
+            .with_request_timeout(self.config.limits.request_timeout)
             .router();
         let surface = Surface {
             task: "the HTTP listener",

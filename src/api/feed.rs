@@ -3,11 +3,14 @@
 //!
 //! Query: `after` (a change number, default 0: from the start, which is the whole current
 //! state), `anchor` (the hex link the previous page gave at `after`), `limit` (1 to
-//! 10,000, default 1,000). Answers: 200 with a [`FeedPage`] (JSON); 409 `history_changed` when
-//! the store's history is not the one the reader followed (start again from 0); 400 for a bad
-//! parameter; 401 without the feed or admin credential (the feed is open only on a loopback
-//! listener with neither configured); 503 with `Retry-After` when the store cannot be read.
-//! Read from the store, never from this instance's caches: a page is as fresh as the database.
+//! 10,000, default 1,000), `wait_ms` (0 to 30,000, default 0: a long poll — the answer is held
+//! until a change after `after` has been applied here, or that long). Answers: 200 with a
+//! [`FeedPage`] (JSON); 409 `history_changed` when the history is not the one the reader
+//! followed (start again from 0); 400 for a bad parameter; 401 without the feed or admin
+//! credential (the feed is open only on a loopback listener with neither configured); 503 with
+//! `Retry-After` when the store cannot be read. While this instance is in step the pages come
+//! from the changes it applied, in memory (no query); a reader behind them, or an instance out
+//! of step, is answered from the store.
 use std::sync::Arc;
 
 use axum::Router;
@@ -35,6 +38,7 @@ struct FeedQuery {
     after: Option<String>,
     anchor: Option<String>,
     limit: Option<String>,
+    wait_ms: Option<String>,
 }
 
 impl FeedQuery {
@@ -45,6 +49,7 @@ impl FeedQuery {
                 "after" => &mut query.after,
                 "anchor" => &mut query.anchor,
                 "limit" => &mut query.limit,
+                "wait_ms" => &mut query.wait_ms,
                 _ => continue,
             };
             if slot.replace(value.into_owned()).is_some() {
@@ -58,6 +63,9 @@ impl FeedQuery {
 /// The feed's route.
 pub const CHANGES: &str = "/revocations/changes";
 
+/// The longest long poll (`wait_ms`) a reader may ask for.
+pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What the feed route needs: the revocation state, who may read, and the open gate it shares
 /// with the other open routes of the listener.
 #[derive(Clone)]
@@ -65,14 +73,22 @@ pub(crate) struct FeedState {
     authority: Arc<TokenAuthority>,
     callers: Callers,
     open: OpenGate,
+    /// A long poll is held at most this long (under the request timeout).
+    wait_cap: std::time::Duration,
 }
 
 impl FeedState {
-    pub(crate) fn new(authority: Arc<TokenAuthority>, callers: Callers, open: OpenGate) -> Self {
+    pub(crate) fn new(
+        authority: Arc<TokenAuthority>,
+        callers: Callers,
+        open: OpenGate,
+        wait_cap: std::time::Duration,
+    ) -> Self {
         Self {
             authority,
             callers,
             open,
+            wait_cap,
         }
     }
 }
@@ -99,13 +115,8 @@ async fn changes(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    // Any feed reader is served in the store's open lane (no reader crowds out the others).
     let caller =
         crate::api::caller::caller_ip(caller.as_ref().map(|axum::extract::Extension(c)| c));
-    let Some(_admitted) = api.open.admit(caller) else {
-        return overloaded();
-    };
-    let lane = crate::store::Lane::Open(caller);
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -146,6 +157,11 @@ async fn changes(
     else {
         return bad("limit: 1 to 10000");
     };
+    let Some(wait_ms) = number(query.wait_ms.as_deref(), 0)
+        .filter(|w| u128::try_from(*w).is_ok_and(|w| w <= MAX_WAIT.as_millis()))
+    else {
+        return bad("wait_ms: 0 to 30000");
+    };
     let anchor = match query.anchor.as_deref() {
         None | Some("") => None,
         Some(text) => match link_from_hex(text) {
@@ -154,6 +170,16 @@ async fn changes(
         },
     };
     let revocations = api.authority.revocations();
+    // A long poll holds only this request's connection: no gate, no store, no lock.
+    let wait = std::time::Duration::from_millis(wait_ms.unsigned_abs()).min(api.wait_cap);
+    if !wait.is_zero() {
+        revocations.feed_wait(after, wait).await;
+    }
+    // Any feed reader is served in the store's open lane (no reader crowds out the others).
+    let Some(_admitted) = api.open.admit(caller) else {
+        return overloaded();
+    };
+    let lane = crate::store::Lane::Open(caller);
     match lane
         .scope(revocations.feed_page(after, anchor, limit))
         .await

@@ -90,6 +90,8 @@ pub struct HttpApi {
     idp: Option<Arc<IdpReceiver>>,
     /// RFC 7009 revocations and feed reads, a few at a time per caller.
     open: OpenGate,
+    /// The longest a feed reader's long poll is held: under the request timeout.
+    feed_wait_cap: std::time::Duration,
 }
 
 impl HttpApi {
@@ -102,7 +104,15 @@ impl HttpApi {
             metrics,
             idp: None,
             open: OpenGate::default(),
+            feed_wait_cap: feed::MAX_WAIT,
         }
+    }
+
+    /// Holds a feed reader's long poll for less than `timeout`, which would cut it (408).
+    pub fn with_request_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.feed_wait_cap =
+            feed::MAX_WAIT.min(timeout.saturating_sub(std::time::Duration::from_secs(1)));
+        self
     }
 
     /// Also serves the identity providers' routes `receiver` configures (see [`crate::idp`]).
@@ -151,6 +161,7 @@ impl HttpApi {
                 self.authority().clone(),
                 self.callers.clone(),
                 self.open.clone(),
+                self.feed_wait_cap,
             ),
             self.metrics.clone(),
         ));

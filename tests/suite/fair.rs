@@ -230,12 +230,18 @@ async fn flooded_instance_hears_the_fleet(kind: Flood) {
     b.wait_for_health(tonic_health::pb::health_check_response::ServingStatus::Serving)
         .await;
     // Before issue 40 a 64-stream Refresh flood held revocations back until the 5 s safety
-    // poll (2.3–5 s). The bounds hold for this test's debug build with the flood's client in
-    // the same process on two cores (twice the issue's Verify target, for a noisy machine);
-    // a wider flood (FLOOD_STREAMS) is a measurement: scripts/bench-flood reports it.
+    // poll (2.3–5 s): every revocation, so the median. The bounds hold for this test's debug
+    // build with the flood's client in the same process on two cores: the median within 25 ms,
+    // the slowest of the twenty within 250 ms (the machine's noise alone put it at 100–130 ms
+    // on 2026-12-07, with the code of the day before); a wider flood (FLOOD_STREAMS) is a
+    // measurement: scripts/bench-flood reports it.
     if streams <= 64 {
         assert!(
-            p99 <= Duration::from_millis(100),
+            p50 <= Duration::from_millis(25),
+            "propagation to the flooded instance: p50 {p50:?}"
+        );
+        assert!(
+            p99 <= Duration::from_millis(250),
             "propagation to the flooded instance: p99 {p99:?}"
         );
         assert_eq!(unavailable, 0, "no Verify is refused");

@@ -20,6 +20,7 @@ mod embedded;
 mod fair;
 mod faults;
 mod feed;
+mod feed_tail;
 mod feed_trust;
 mod fleet;
 mod http_api;

@@ -45,9 +45,14 @@ pub struct FilterConfig {
     /// The credential the feed asks for (`--feed-token-file`), if the sidecar needs one.
     #[serde(default)]
     pub feed_credential: Option<String>,
-    /// How often the feed is read, in ms.
+    /// How often the feed is read, in ms (between long polls, and after a failed read).
     #[serde(default = "default_poll_ms")]
     pub poll_interval_ms: u64,
+    /// How long the sidecar may hold a read of the feed until a change arrives (its `wait_ms`):
+    /// a revocation then reaches the filter as soon as the sidecar applied it. At most half of
+    /// `max_staleness_ms` (an answer comes at least that often); 0 reads on every tick only.
+    #[serde(default = "default_long_poll_ms")]
+    pub long_poll_ms: u64,
     /// Not in step for longer than this (ms) → `when_stale`.
     #[serde(default = "default_staleness_ms")]
     pub max_staleness_ms: u64,
@@ -75,6 +80,10 @@ pub struct ClaimHeader {
     pub claim: String,
     /// The header.
     pub header: String,
+}
+
+fn default_long_poll_ms() -> u64 {
+    5_000
 }
 
 fn default_authority() -> String {

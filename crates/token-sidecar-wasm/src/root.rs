@@ -1,5 +1,7 @@
-//! The root context: configured once, then on every tick it reads the sidecar's change feed
-//! (paging on at once while pages come back full) and, every minute or until it has them, the
+//! The root context: configured once, then it keeps one read of the sidecar's change feed open
+//! (a long poll, `wait_ms`: the sidecar answers as soon as it applied a change, or after that
+//! long) and reads again at once after each answer — paging on while pages come back full;
+//! after a failed read, at the next tick. Every minute or until it has them, it reads the
 //! sidecar's public keys. Every call has a timeout; a failed read changes nothing, so the state
 //! only ages until `max_staleness_ms` makes the requests' verdicts `Stale`.
 use std::rc::Rc;
@@ -41,7 +43,7 @@ impl Root {
         self.shared.borrow_mut().as_mut().map(f)
     }
 
-    fn call(&mut self, what: Call, path: &str) {
+    fn call(&mut self, what: Call, path: &str, timeout: Duration) {
         let Some((cluster, authority, credential)) = self.with_state(|s| {
             let c = &s.checked.config;
             (
@@ -61,7 +63,7 @@ impl Root {
         if let (Call::Feed, Some(bearer)) = (what, &bearer) {
             headers.push(("authorization", bearer.as_str()));
         }
-        match self.dispatch_http_call(&cluster, headers, None, vec![], CALL_TIMEOUT) {
+        match self.dispatch_http_call(&cluster, headers, None, vec![], timeout) {
             Ok(token) => match what {
                 Call::Feed => self.feed_call = Some(token),
                 Call::Jwks => self.jwks_call = Some(token),
@@ -74,10 +76,17 @@ impl Root {
     }
 
     fn read_feed(&mut self) {
+        let wait_ms = self
+            .with_state(|s| {
+                let c = &s.checked.config;
+                c.long_poll_ms.min(c.max_staleness_ms / 2)
+            })
+            .unwrap_or(0);
         if self.feed_call.is_none()
-            && let Some(path) = self.with_state(|s| s.next_query(MAX_PAGE))
+            && let Some(path) = self.with_state(|s| s.next_query(MAX_PAGE, wait_ms))
         {
-            self.call(Call::Feed, &path);
+            let timeout = CALL_TIMEOUT + Duration::from_millis(wait_ms);
+            self.call(Call::Feed, &path, timeout);
         }
     }
 
@@ -95,7 +104,7 @@ impl Root {
             .is_none_or(|at| monotonic_ms().saturating_sub(at) >= every);
         if wanted && due && self.jwks_call.is_none() {
             self.with_state(|s| s.keys_asked());
-            self.call(Call::Jwks, "/.well-known/jwks.json");
+            self.call(Call::Jwks, "/.well-known/jwks.json", CALL_TIMEOUT);
         }
     }
 
@@ -108,10 +117,15 @@ impl Root {
                     return;
                 };
                 let wall = wall_ms(self.get_current_time());
-                let more = self
-                    .with_state(|s| s.apply_page(&page, wall, monotonic_ms()))
+                let applied = self.with_state(|s| s.apply_page(&page, wall, monotonic_ms()));
+                // The next page, or the next long poll, at once (a full page: there is more; a
+                // short one: the sidecar holds the next read until a change arrives). A
+                // broken state (max_entries) waits for the tick.
+                let long_polling = self
+                    .with_state(|s| s.checked.config.long_poll_ms > 0)
                     .unwrap_or(false);
-                if more {
+                let broken = self.with_state(|s| s.is_broken()).unwrap_or(true);
+                if applied == Some(true) || (long_polling && !broken) {
                     self.read_feed();
                 }
             }

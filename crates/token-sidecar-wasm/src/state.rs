@@ -43,6 +43,8 @@ pub struct Shared {
     offset_ms: i64,
     /// Why the state cannot be trusted, besides age (it outgrew `max_entries`).
     broken: Option<String>,
+    /// When the moot entries were last dropped (monotonic ms).
+    purged_at: Option<u64>,
     /// A token failed its signature check: the keys may have rotated, read them again soon.
     keys_wanted: std::cell::Cell<bool>,
     /// Successful decodes with the current keys, by the token's exact text (SPEC §8).
@@ -69,6 +71,7 @@ impl Shared {
             in_step_at: None,
             offset_ms: 0,
             broken: None,
+            purged_at: None,
             keys_wanted: std::cell::Cell::new(false),
             verified: std::cell::RefCell::default(),
         })
@@ -94,8 +97,11 @@ impl Shared {
     }
 
     /// The query of the next feed request.
-    pub fn next_query(&self, limit: i64) -> String {
+    pub fn next_query(&self, limit: i64, wait_ms: u64) -> String {
         let mut path = format!("/revocations/changes?after={}&limit={limit}", self.after);
+        if wait_ms > 0 {
+            path.push_str(&format!("&wait_ms={wait_ms}"));
+        }
         if let Some(anchor) = &self.anchor {
             path.push_str("&anchor=");
             path.push_str(&token_sidecar_core::feed::link_hex(anchor));
@@ -123,9 +129,23 @@ impl Shared {
         if !page.more {
             self.loaded = true;
             self.in_step_at = Some(monotonic_ms);
-            self.mirror.purge(page.now_ms);
+            // Long polls answer on every change: the moot entries go at most once a poll
+            // interval (a purge walks every entry).
+            let every = self.checked.config.poll_interval_ms;
+            if self
+                .purged_at
+                .is_none_or(|at| monotonic_ms.saturating_sub(at) >= every)
+            {
+                self.mirror.purge(page.now_ms);
+                self.purged_at = Some(monotonic_ms);
+            }
         }
         page.more
+    }
+
+    /// Whether the state outgrew `max_entries` (then only a restart helps).
+    pub fn is_broken(&self) -> bool {
+        self.broken.is_some()
     }
 
     /// The sidecar said the store's history is not the one followed: start again from 0.
@@ -318,7 +338,11 @@ mod tests {
         assert_eq!(verdict(&s, &good, 20 + 2_001), Verdict::Stale);
         s.restart();
         assert_eq!(verdict(&s, &good, 30), Verdict::Stale);
-        assert_eq!(s.next_query(10), "/revocations/changes?after=0&limit=10");
+        assert_eq!(s.next_query(10, 0), "/revocations/changes?after=0&limit=10");
+        assert_eq!(
+            s.next_query(10, 500),
+            "/revocations/changes?after=0&limit=10&wait_ms=500"
+        );
     }
 
     /// With a public-key algorithm a decode is remembered: the same token is answered without

@@ -113,6 +113,43 @@ pub async fn http_request(
     })
 }
 
+/// The status of a GET, read as soon as the response head arrives (not at the connection's end,
+/// which a proxy may hold open a while after a local reply: Envoy's delayed close is 1 s).
+pub async fn http_status(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "not HTTP");
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 10s"))??;
+        if n == 0 {
+            return Err(bad());
+        }
+        raw.extend_from_slice(&buf[..n]);
+        if raw.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&raw)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(bad)
+}
+
 /// The value of an unlabelled metric in Prometheus text.
 pub fn metric_value(text: &str, name: &str) -> Option<f64> {
     text.lines()

@@ -9,14 +9,16 @@
 //!
 //! Its rooms: the cached reads and the write-through here; the replica — watermark, anchor,
 //! own writes, catch-up and fork detection — in [`sync`]; the denylist filter's life in
-//! [`filter`]; the proxy filters' feed pages in [`feed`]; the store's calls counted and traced
-//! by [`Instrumented`].
+//! [`filter`]; the proxy filters' feed pages in [`feed`], from the applied changes' [`tail`] in
+//! memory while in step; the store's calls counted and traced by [`Instrumented`].
 mod feed;
 mod filter;
 mod instrumented;
 mod sync;
+mod tail;
 
 use sync::Replica;
+use tail::Tail;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -99,6 +101,8 @@ pub struct Revocations {
     settings: CacheSettings,
     /// Where this instance stands in the store's numbered log.
     replica: Replica,
+    /// The newest changes applied, for the feed.
+    tail: Tail,
     rebuild_wanted: Notify,
 }
 
@@ -135,6 +139,7 @@ impl Revocations {
             denylist,
             settings,
             replica: Replica::default(),
+            tail: Tail::default(),
             rebuild_wanted: Notify::new(),
         }
     }

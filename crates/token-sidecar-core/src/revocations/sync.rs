@@ -95,6 +95,8 @@ impl Revocations {
         let before = self.watermark();
         self.apply(&announcement.change).await;
         if seq > before {
+            self.tail
+                .announced(&announcement.change, announcement.link());
             let mut anchor = self.replica.anchor.lock();
             if anchor.is_none_or(|a| a.seq < seq) {
                 *anchor = Some(announcement.link());
@@ -122,6 +124,14 @@ impl Revocations {
                 tag,
             });
         }
+    }
+
+    /// The newest change number this instance has met in any form.
+    pub(super) fn newest_seen(&self) -> ChangeSeq {
+        self.replica
+            .seen
+            .load(Ordering::Acquire)
+            .max(self.watermark())
     }
 
     pub(super) fn note(&self, link: Link) {
@@ -152,6 +162,7 @@ impl Revocations {
         self.replica.watermark.store(0, Ordering::Release);
         *self.replica.anchor.lock() = None;
         self.replica.own.lock().clear();
+        self.tail.clear();
         self.replica.seen.store(0, Ordering::Release);
         self.replica
             .last_sync_mono_ms
@@ -217,8 +228,12 @@ impl Revocations {
             }
             None => self.snapshot_watermark().await?,
         };
-        *self.replica.anchor.lock() = history.and_then(|h| h.newest);
+        let newest = history.and_then(|h| h.newest);
+        *self.replica.anchor.lock() = newest;
         self.replica.watermark.fetch_max(snapshot, Ordering::AcqRel);
+        if self.store.is_shared() {
+            self.tail.start_at(self.watermark(), newest);
+        }
         self.metrics.sync.watermark.set(self.watermark());
         self.replica.loaded.store(true, Ordering::Release);
         self.mark_synced();
@@ -274,6 +289,8 @@ impl Revocations {
             return Err(StoreError::Forked);
         }
         let mut applied = 0;
+        // What the tail gets (only a shared store's changes are fed to proxy filters).
+        let mut pages: Vec<Change> = Vec::new();
         let mut first = Some(first);
         loop {
             let page = match first.take() {
@@ -290,11 +307,16 @@ impl Revocations {
                 self.apply(change).await;
             }
             applied += page.len();
+            if history.is_some() {
+                pages.extend(page);
+            }
             if !full {
                 break;
             }
         }
         if let Some(history) = history {
+            self.tail
+                .caught_up(watermark, &pages, history.head, history.newest);
             // Everything up to the head read before the pages is applied, including numbers
             // whose rows were superseded or purged since.
             self.replica
