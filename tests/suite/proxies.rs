@@ -70,6 +70,8 @@ pub(crate) async fn upstream() -> (SocketAddr, Seen) {
 pub(crate) struct Running {
     child: std::process::Child,
     addr: SocketAddr,
+    /// Envoy's admin port (the Wasm filter's configuration has one).
+    admin: u16,
     dir: tempfile::TempDir,
 }
 
@@ -141,7 +143,13 @@ pub(crate) fn start(proxy: Proxy, app: u16, sidecar: u16) -> Running {
 fn start_with(proxy: Proxy, app: u16, sidecar: u16, wasm: WasmOptions) -> Running {
     let dir = tempfile::tempdir().expect("dir");
     let listen = crate::common::free_port();
-    let ports = [("LISTEN", listen), ("APP", app), ("SIDECAR", sidecar)];
+    let admin = crate::common::free_port();
+    let ports = [
+        ("LISTEN", listen),
+        ("APP", app),
+        ("SIDECAR", sidecar),
+        ("ADMIN", admin),
+    ];
     let mut command = match proxy {
         Proxy::EnvoyGrpc | Proxy::EnvoyHttp | Proxy::EnvoyWasm => {
             let name = match proxy {
@@ -191,6 +199,7 @@ fn start_with(proxy: Proxy, app: u16, sidecar: u16, wasm: WasmOptions) -> Runnin
     Running {
         child,
         addr: ([127, 0, 0, 1], listen).into(),
+        admin,
         dir,
     }
 }
@@ -402,6 +411,43 @@ async fn scenario(which: Proxy) {
             .contains("REASON_TOKEN_REVOKED"),
         "{which:?}"
     );
+    if which == Proxy::EnvoyWasm {
+        // SPEC §14: the filter's own metrics, at Envoy's /stats/prometheus, labelled.
+        let admin = ([127, 0, 0, 1], proxy.admin).into();
+        let stats = http_request(admin, "GET", "/stats/prometheus", &[], None)
+            .await
+            .expect("Envoy's admin answers")
+            .body;
+        let refused = stats
+            .lines()
+            .find(|l| {
+                l.starts_with("token_sidecar_filter_decisions{")
+                    && l.contains(r#"reason="REASON_TOKEN_REVOKED""#)
+                    && l.contains(r#"result="deny""#)
+            })
+            .unwrap_or_else(|| panic!("no refusal counted at /stats/prometheus:\n{stats}"));
+        let count: f64 = refused
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default();
+        assert!(count >= 1.0, "{refused}");
+        for gauge in [
+            "token_sidecar_filter_entries",
+            "token_sidecar_filter_staleness_ms",
+        ] {
+            assert!(
+                stats.lines().any(|l| l.starts_with(gauge)),
+                "{gauge} at /stats/prometheus:\n{stats}"
+            );
+        }
+        assert!(
+            stats
+                .lines()
+                .any(|l| l.starts_with(r#"token_sidecar_filter_feed_reads{result="ok"}"#)),
+            "{stats}"
+        );
+    }
 
     // Rule 1 on every surface: "logout everywhere" and a ban.
     let everywhere = app.issue("frank").await;

@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod metrics;
 pub mod request;
 pub mod root;
 pub mod state;

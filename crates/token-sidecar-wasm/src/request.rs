@@ -11,7 +11,7 @@ use token_sidecar_core::decision::{Decision, IDENTITY_HEADERS, Presented};
 
 use crate::config::WhenStale;
 use crate::state::Verdict;
-use crate::{SharedState, monotonic_ms, refusal_words, wall_ms};
+use crate::{SharedState, metrics, monotonic_ms, refusal_words, wall_ms};
 
 const ASK_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -160,9 +160,25 @@ impl HttpContext for Request {
             )
         });
         match verdict {
-            Some((Verdict::Decided(decision), _)) => self.apply(decision),
-            Some((Verdict::Stale, WhenStale::AskSidecar)) => self.ask_sidecar(&authorizations),
-            Some((Verdict::Stale, WhenStale::FailClosed)) | None => self.unavailable(),
+            Some((Verdict::Decided(decision), _)) => {
+                let (result, reason) = match &decision {
+                    Decision::Allow { .. } => ("allow", "none"),
+                    Decision::Deny { reason, .. } => {
+                        ("deny", reason.map_or("MISSING_TOKEN", |r| r.code()))
+                    }
+                    Decision::Unavailable => ("unavailable", "none"),
+                };
+                metrics::decision(result, reason);
+                self.apply(decision)
+            }
+            Some((Verdict::Stale, WhenStale::AskSidecar)) => {
+                metrics::decision("ask_sidecar", "none");
+                self.ask_sidecar(&authorizations)
+            }
+            Some((Verdict::Stale, WhenStale::FailClosed)) | None => {
+                metrics::decision("unavailable", "none");
+                self.unavailable()
+            }
         }
     }
 }

@@ -14,7 +14,7 @@ use token_sidecar_core::feed::{FeedPage, MAX_PAGE};
 
 use crate::config::FilterConfig;
 use crate::state::Shared;
-use crate::{SharedState, answer_words, monotonic_ms, refusal_words, wall_ms};
+use crate::{SharedState, answer_words, metrics, monotonic_ms, refusal_words, wall_ms};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const JWKS_EVERY_MS: u64 = 60_000;
@@ -113,9 +113,11 @@ impl Root {
             Some("200") => {
                 let page = body.as_deref().map(serde_json::from_slice::<FeedPage>);
                 let Some(Ok(page)) = page else {
+                    metrics::feed_read(false);
                     warn!("token-sidecar: the feed answered a page that does not parse");
                     return;
                 };
+                metrics::feed_read(true);
                 let wall = wall_ms(self.get_current_time());
                 let applied = self.with_state(|s| s.apply_page(&page, wall, monotonic_ms()));
                 // The next page, or the next long poll, at once (a full page: there is more; a
@@ -130,14 +132,18 @@ impl Root {
                 }
             }
             Some("409") => {
+                metrics::feed_read(true);
                 info!("token-sidecar: the store's history changed; reloading the revocation state");
                 self.with_state(Shared::restart);
                 self.read_feed();
             }
-            other => warn!(
-                "token-sidecar: the feed answered {}; the revocation state ages until it answers",
-                answer_words(other)
-            ),
+            other => {
+                metrics::feed_read(false);
+                warn!(
+                    "token-sidecar: the feed answered {}; the revocation state ages until it answers",
+                    answer_words(other)
+                );
+            }
         }
     }
 
@@ -198,6 +204,12 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         self.read_keys();
         self.read_feed();
+        let now = monotonic_ms();
+        let held = self.with_state(|s| (s.entries(), s.staleness_ms(now)));
+        if let Some((entries, staleness)) = held {
+            let keys_age = self.jwks_at.map(|at| now.saturating_sub(at));
+            metrics::state(entries, staleness, keys_age);
+        }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -166,7 +166,12 @@ impl Shared {
             })
     }
 
-    /// Held entries, for the log.
+    /// How long since a read reached the end (None: never in step).
+    pub fn staleness_ms(&self, monotonic_ms: u64) -> Option<u64> {
+        self.in_step_at.map(|at| monotonic_ms.saturating_sub(at))
+    }
+
+    /// Held entries, for the log and the metrics.
     pub fn entries(&self) -> usize {
         self.mirror.len()
     }
