@@ -205,7 +205,10 @@ async fn changes(
             let next = changes.last().map_or(after, |c| c.seq());
             let page = FeedPage {
                 more: changes.len() as i64 == limit,
-                changes: changes.iter().map(FeedChange::from).collect(),
+                changes: changes
+                    .iter()
+                    .map(|c| FeedChange::with_horizon(c, api.authority.policy()))
+                    .collect(),
                 next,
                 anchor: link.map(|tag| link_hex(&tag)),
                 now_ms: revocations.now_ms(),

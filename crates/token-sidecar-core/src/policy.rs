@@ -260,6 +260,16 @@ impl RevocationPolicy {
         now - self.refresh_window_ms - self.leeway_ms - 1
     }
 
+    /// When a cutoff at `cutoff_ms` becomes moot: the purge may delete it at any later instant
+    /// ([`Self::purge_horizon`]), so a proxy filter's copy drops it then too.
+    pub fn cutoff_moot_after(&self, cutoff_ms: UnixMillis) -> UnixMillis {
+        cutoff_ms
+            .saturating_add(self.refresh_window_ms)
+            .saturating_add(self.leeway_ms)
+            .saturating_add(1)
+            .saturating_add(self.max_clock_skew_ms.saturating_mul(2))
+    }
+
     /// What the purge may delete at `now`: it keeps a margin of twice the tolerated clock skew
     /// (the purger ahead, another instance behind), so that no row goes while an instance
     /// within the tolerance could still accept what it refuses.

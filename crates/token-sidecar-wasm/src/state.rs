@@ -413,6 +413,7 @@ mod tests {
                 seq,
                 user_id: format!("u{seq}"),
                 cutoff_ms: NOW,
+                moot_after_ms: None,
             })
             .collect();
         assert!(!s.apply_page(&page(two, false), NOW, 1));

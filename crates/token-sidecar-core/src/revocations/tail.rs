@@ -133,7 +133,9 @@ impl Tail {
         newest: Option<Link>,
     ) {
         let mut held = self.held.lock();
-        if held.empty || held.covered != from {
+        // Contiguous up to `from` at least (announcements may have gone further meanwhile):
+        // the pages bring every change after it, so the range extends to the head read.
+        if held.empty || held.covered < from {
             held.reset(head, newest);
         } else {
             for change in pages {
@@ -195,5 +197,79 @@ impl Tail {
             return None;
         }
         Some(FeedPage::Changes { changes, link })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(seq: ChangeSeq) -> Change {
+        Change::Cutoff {
+            seq,
+            committed_ms: 0,
+            user_id: format!("u{seq}"),
+            cutoff_ms: seq,
+        }
+    }
+
+    fn link(seq: ChangeSeq) -> Link {
+        Link {
+            seq,
+            tag: [u8::try_from(seq % 250).unwrap_or(0); 16],
+        }
+    }
+
+    fn seqs(page: Option<FeedPage>) -> Option<Vec<ChangeSeq>> {
+        match page? {
+            FeedPage::Changes { changes, .. } => Some(changes.iter().map(Change::seq).collect()),
+            FeedPage::Forked => None,
+        }
+    }
+
+    #[test]
+    fn the_tail_answers_only_what_it_covers_and_can_check() {
+        let tail = Tail::default();
+        assert!(
+            tail.page(1, Some(link(1).tag), 10).is_none(),
+            "nothing before a load"
+        );
+        tail.start_at(2, Some(link(2)));
+        for seq in 3..=5 {
+            tail.announced(&change(seq), link(seq));
+        }
+        assert_eq!(
+            seqs(tail.page(2, Some(link(2).tag), 10)),
+            Some(vec![3, 4, 5])
+        );
+        assert_eq!(seqs(tail.page(3, Some(link(3).tag), 1)), Some(vec![4]));
+        assert!(
+            tail.page(0, None, 10).is_none(),
+            "from 0: the store's snapshot"
+        );
+        assert!(
+            tail.page(1, Some(link(1).tag), 10).is_none(),
+            "behind the tail"
+        );
+        assert!(tail.page(3, None, 10).is_none(), "no anchor to check");
+        assert!(
+            matches!(tail.page(4, Some([9; 16]), 10), Some(FeedPage::Forked)),
+            "another history"
+        );
+        // A number that never came in order: covered anew from it.
+        tail.announced(&change(8), link(8));
+        assert!(tail.page(5, Some(link(5).tag), 10).is_none());
+        // A catch-up from where the tail stands extends it to the head it read. Its changes
+        // come without their links: a page must end on a known one, so the store answers
+        // those (once), and the tail what follows.
+        tail.caught_up(8, &[change(9), change(10)], 11, Some(link(11)));
+        assert!(tail.page(8, Some(link(8).tag), 10).is_none());
+        tail.caught_up(11, &[change(12)], 12, Some(link(12)));
+        assert_eq!(seqs(tail.page(11, Some(link(11).tag), 10)), Some(vec![12]));
+        tail.clear();
+        assert!(
+            tail.page(11, Some(link(11).tag), 10).is_none(),
+            "a fork forgets"
+        );
     }
 }

@@ -6,9 +6,13 @@
 //! A reader starts at 0 (every change still held: the snapshot), pages on with `after=next`
 //! and `anchor`, and starts again from 0 when the sidecar answers 409 (the store's history is
 //! not the one it followed).
+mod deny_set;
+
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
+
+pub use deny_set::{DenySet, Keyer};
 
 use crate::clock::UnixMillis;
 use crate::model::{Change, ChangeSeq, DenyKind};
@@ -31,6 +35,10 @@ pub enum FeedChange {
         user_id: String,
         /// The cutoff in force, in ms on the fleet's clock.
         cutoff_ms: UnixMillis,
+        /// After this instant no token the cutoff refuses can still be valid: the sidecar
+        /// purges it then, and a copy drops it (absent from older sidecars: kept).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        moot_after_ms: Option<UnixMillis>,
     },
     /// A token (`jti`), session (`sid`) or identity provider session (`idp`) is denied.
     Denied {
@@ -57,6 +65,7 @@ impl From<&Change> for FeedChange {
                 seq: *seq,
                 user_id: user_id.clone(),
                 cutoff_ms: *cutoff_ms,
+                moot_after_ms: None,
             },
             Change::Denied {
                 seq,
@@ -71,6 +80,23 @@ impl From<&Change> for FeedChange {
                 moot_after_ms: *moot_after_ms,
             },
         }
+    }
+}
+
+impl FeedChange {
+    /// The change as the feed sends it, a cutoff with the instant it becomes moot under
+    /// `policy` (the sidecar's purge horizon).
+    pub fn with_horizon(change: &Change, policy: &RevocationPolicy) -> Self {
+        let mut wire = Self::from(change);
+        if let FeedChange::Cutoff {
+            cutoff_ms,
+            moot_after_ms,
+            ..
+        } = &mut wire
+        {
+            *moot_after_ms = Some(policy.cutoff_moot_after(*cutoff_ms));
+        }
+        wire
     }
 }
 
@@ -103,12 +129,15 @@ pub enum MirrorError {
 }
 
 /// A copy of the revocation state, bounded in entries, fed change by change; it answers what
-/// Verify answers after the decode (rules 1 and 5) for the state it has applied.
+/// Verify answers after the decode (rules 1 and 5) for the state it has applied. Denied ids are
+/// held compact ([`DenySet`]: 16 bytes an id and its moot second).
 #[derive(Debug)]
 pub struct Mirror {
-    cutoffs: HashMap<String, (ChangeSeq, UnixMillis)>,
-    /// One map per kind, sized by [`DenyKind::ALL`] (a new kind needs no change here).
-    denied: [HashMap<String, UnixMillis>; DenyKind::ALL.len()],
+    /// By user: the change's number, the cutoff, and when it is moot (`i64::MAX`: never said).
+    cutoffs: HashMap<String, (ChangeSeq, UnixMillis, UnixMillis)>,
+    /// One set per kind, sized by [`DenyKind::ALL`] (a new kind needs no change here).
+    denied: [DenySet; DenyKind::ALL.len()],
+    keyer: Keyer,
     watermark: ChangeSeq,
     max_entries: usize,
 }
@@ -119,6 +148,7 @@ impl Mirror {
         Self {
             cutoffs: HashMap::new(),
             denied: Default::default(),
+            keyer: Keyer::default(),
             watermark: 0,
             max_entries,
         }
@@ -131,7 +161,12 @@ impl Mirror {
 
     /// Cutoffs and denied ids held.
     pub fn len(&self) -> usize {
-        self.cutoffs.len() + self.denied.iter().map(HashMap::len).sum::<usize>()
+        self.cutoffs.len() + self.denied.iter().map(DenySet::len).sum::<usize>()
+    }
+
+    /// The bytes the denied ids take (for the measurements).
+    pub fn denied_heap_bytes(&self) -> usize {
+        self.denied.iter().map(DenySet::heap_bytes).sum()
     }
 
     /// Whether nothing is held.
@@ -146,13 +181,21 @@ impl Mirror {
                 seq,
                 user_id,
                 cutoff_ms,
+                moot_after_ms,
             } => {
+                let moot = moot_after_ms.unwrap_or(UnixMillis::MAX);
                 match self.cutoffs.get_mut(user_id) {
                     Some(held) if held.0 >= *seq => {}
-                    Some(held) => *held = (*seq, *cutoff_ms),
+                    // Moot already: nothing it refuses can be valid; as if none were held.
+                    Some(_) if moot < now => {
+                        self.cutoffs.remove(user_id);
+                    }
+                    Some(held) => *held = (*seq, *cutoff_ms, moot),
+                    None if moot < now => {}
                     None => {
                         self.make_room()?;
-                        self.cutoffs.insert(user_id.clone(), (*seq, *cutoff_ms));
+                        self.cutoffs
+                            .insert(user_id.clone(), (*seq, *cutoff_ms, moot));
                     }
                 }
                 *seq
@@ -166,13 +209,11 @@ impl Mirror {
                 let kind = DenyKind::from_name(kind)
                     .ok_or_else(|| MirrorError::UnknownKind(kind.clone()))?;
                 if *moot_after_ms >= now {
-                    let ids = &self.denied[kind.index()];
-                    if !ids.contains_key(id) {
+                    let key = self.keyer.key(id);
+                    if !self.denied[kind.index()].contains(&key) {
                         self.make_room()?;
                     }
-                    let ids = &mut self.denied[kind.index()];
-                    let held = ids.entry(id.clone()).or_insert(*moot_after_ms);
-                    *held = (*held).max(*moot_after_ms);
+                    self.denied[kind.index()].insert(key, *moot_after_ms);
                 }
                 *seq
             }
@@ -188,20 +229,22 @@ impl Mirror {
         Ok(())
     }
 
-    /// Drops denied ids moot before `now` (a token they refused can no longer be valid).
+    /// Drops denied ids and cutoffs moot before `now` (a token they refused can no longer be
+    /// valid), by the sidecar's own purge horizons.
     pub fn purge(&mut self, now: UnixMillis) {
+        self.cutoffs.retain(|_, (_, _, moot)| *moot >= now);
         for ids in &mut self.denied {
-            ids.retain(|_, moot| *moot >= now);
+            ids.purge(now);
         }
     }
 
     /// The rules Verify applies after the decode (SPEC §4 rules 1 and 5), on this state.
     pub fn check(&self, claims: &Claims, now: UnixMillis) -> Result<(), Reason> {
-        let cutoff = self.cutoffs.get(&claims.user_id).map(|(_, c)| *c);
+        let cutoff = self.cutoffs.get(&claims.user_id).map(|(_, c, _)| *c);
         RevocationPolicy::check_cutoff(cutoff, claims.orig_iat_ms, now)?;
         let denied_by = claims
             .deny_ids()
-            .find(|(kind, id)| self.denied[kind.index()].contains_key(*id))
+            .find(|(kind, id)| self.denied[kind.index()].contains(&self.keyer.key(id)))
             .map(|(kind, _)| kind);
         RevocationPolicy::check_denylist(DenyStatus { denied_by })
     }
@@ -248,6 +291,7 @@ mod tests {
             seq,
             user_id: user.into(),
             cutoff_ms: ms,
+            moot_after_ms: None,
         }
     }
 
@@ -294,20 +338,60 @@ mod tests {
         m.apply(&denied(1, "jti", "old", 99), 100).expect("moot");
         assert!(m.is_empty());
         assert_eq!(m.watermark(), 1, "a moot change still moves the position");
-        m.apply(&denied(2, "jti", "a", 200), 100).expect("a");
+        m.apply(&denied(2, "jti", "a", 200_000), 100).expect("a");
         m.apply(&cutoff(3, "u", 50), 100).expect("u");
         assert_eq!(
-            m.apply(&denied(4, "sid", "b", 200), 100),
+            m.apply(&denied(4, "sid", "b", 200_000), 100),
             Err(MirrorError::Full(2))
         );
         m.apply(&cutoff(5, "u", 60), 100)
             .expect("a held user is updated in place");
-        m.purge(201);
+        // Denied ids are held to the second: moot at 200 s, dropped past it.
+        m.purge(200_000);
+        assert_eq!(m.len(), 2);
+        m.purge(200_001);
         assert_eq!(m.len(), 1);
         assert!(matches!(
             m.apply(&denied(6, "what", "x", 300), 100),
             Err(MirrorError::UnknownKind(_))
         ));
+    }
+
+    #[test]
+    fn a_cutoff_goes_when_the_sidecar_would_purge_it() {
+        let policy = RevocationPolicy {
+            refresh_window_ms: 1_000,
+            leeway_ms: 0,
+            max_clock_skew_ms: 0,
+            ..RevocationPolicy::default()
+        };
+        let change = Change::Cutoff {
+            seq: 1,
+            user_id: "u".into(),
+            cutoff_ms: 5_000,
+            committed_ms: 0,
+        };
+        let wire = FeedChange::with_horizon(&change, &policy);
+        let FeedChange::Cutoff { moot_after_ms, .. } = &wire else {
+            panic!("a cutoff")
+        };
+        assert_eq!(*moot_after_ms, Some(6_001));
+        // The sidecar's purge keeps it through 6,001 and may delete it after.
+        assert!(policy.purge_horizon(6_001).cutoffs_before <= 5_000);
+        assert!(policy.purge_horizon(6_002).cutoffs_before > 5_000);
+        let mut m = Mirror::new(10);
+        m.apply(&wire, 5_500).expect("apply");
+        assert_eq!(
+            m.check(&claims("u", 4_000), 5_500),
+            Err(Reason::UserRevoked)
+        );
+        m.purge(6_001);
+        assert_eq!(m.len(), 1);
+        m.purge(6_002);
+        assert!(m.is_empty(), "moot: dropped as the sidecar purges it");
+        // A moot change is not kept at all.
+        m.apply(&wire, 7_000).expect("apply");
+        assert!(m.is_empty());
     }
 
     #[test]
