@@ -77,7 +77,7 @@ impl ForwardAuth {
         match self.authority.verify(token).await {
             Err(_) => Decision::Unavailable,
             Ok(Err(reason)) => Decision::deny(reason),
-            Ok(Ok(claims)) => Decision::allow(claims, &self.forwarded),
+            Ok(Ok(claims)) => Decision::allow(&claims, &self.forwarded),
         }
     }
 }

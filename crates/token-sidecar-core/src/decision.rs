@@ -120,12 +120,13 @@ pub enum Decision {
 }
 
 impl Decision {
-    /// Allows the holder of `claims`, forwarding `forwarded` claims.
-    pub fn allow(claims: Claims, forwarded: &[ForwardedClaim]) -> Self {
+    /// Allows the holder of `claims`, forwarding `forwarded` claims. Borrows the claims: a proxy
+    /// filter answers from its verified-token cache, and only the header values are copied.
+    pub fn allow(claims: &Claims, forwarded: &[ForwardedClaim]) -> Self {
         let mut set = vec![
             ("x-user-id".to_owned(), claims.user_id.clone()),
-            ("x-session-id".to_owned(), claims.session_id),
-            ("x-token-jti".to_owned(), claims.jti),
+            ("x-session-id".to_owned(), claims.session_id.clone()),
+            ("x-token-jti".to_owned(), claims.jti.clone()),
             ("x-token-exp".to_owned(), claims.expires_at.to_string()),
         ];
         let mut remove = Vec::new();
@@ -138,7 +139,7 @@ impl Decision {
         Decision::Allow {
             set,
             remove,
-            user_id: claims.user_id,
+            user_id: claims.user_id.clone(),
         }
     }
 

@@ -242,10 +242,7 @@ impl Shared {
             return Verdict::Stale;
         }
         match self.mirror.check(&claims, now) {
-            Ok(()) => Verdict::Decided(Decision::allow(
-                Claims::clone(&claims),
-                &self.checked.forwarded,
-            )),
+            Ok(()) => Verdict::Decided(Decision::allow(&claims, &self.checked.forwarded)),
             Err(reason) => Verdict::Decided(Decision::deny(reason)),
         }
     }
