@@ -4,8 +4,9 @@
 //! Query: `after` (a change number, default 0: from the start, which is the whole current
 //! state), `anchor` (the hex link the previous page gave at `after`), `limit` (1 to
 //! 10,000, default 1,000), `wait_ms` (0 to 30,000, default 0: a long poll — the answer is held
-//! until a change after `after` has been applied here, or that long). Answers: 200 with a
-//! [`FeedPage`] (JSON); 409 `history_changed` when the history is not the one the reader
+//! until a change after `after` has been applied here, or that long), `format` (`json`, the
+//! default, or `bin`: [`crate::feed::binary`], what the Envoy filter reads). Answers: 200 with a
+//! [`FeedPage`]; 409 `history_changed` when the history is not the one the reader
 //! followed (start again from 0); 400 for a bad parameter; 401 without the feed or admin
 //! credential (the feed is open only on a loopback listener with neither configured); 503 with
 //! `Retry-After` when the store cannot be read. While this instance is in step the pages come
@@ -39,6 +40,7 @@ struct FeedQuery {
     anchor: Option<String>,
     limit: Option<String>,
     wait_ms: Option<String>,
+    format: Option<String>,
 }
 
 impl FeedQuery {
@@ -50,6 +52,7 @@ impl FeedQuery {
                 "anchor" => &mut query.anchor,
                 "limit" => &mut query.limit,
                 "wait_ms" => &mut query.wait_ms,
+                "format" => &mut query.format,
                 _ => continue,
             };
             if slot.replace(value.into_owned()).is_some() {
@@ -162,6 +165,11 @@ async fn changes(
     else {
         return bad("wait_ms: 0 to 30000");
     };
+    let binary = match query.format.as_deref() {
+        None | Some("json") => false,
+        Some("bin") => true,
+        Some(_) => return bad("format: json or bin"),
+    };
     let anchor = match query.anchor.as_deref() {
         None | Some("") => None,
         Some(text) => match link_from_hex(text) {
@@ -213,6 +221,13 @@ async fn changes(
                 anchor: link.map(|tag| link_hex(&tag)),
                 now_ms: revocations.now_ms(),
             };
+            if binary {
+                return answered(
+                    binary_response(crate::feed::binary::encode(&page)),
+                    "ok",
+                    "",
+                );
+            }
             match serde_json::to_value(&page) {
                 Ok(body) => answered(json_response(StatusCode::OK, body), "ok", ""),
                 Err(_) => answered(
@@ -223,6 +238,18 @@ async fn changes(
             }
         }
     }
+}
+
+/// A page in the feed's binary form.
+fn binary_response(body: Vec<u8>) -> Response {
+    let mut response = Response::new(axum::body::Body::from(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(crate::feed::binary::CONTENT_TYPE),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// A decimal parameter, `default` when absent; None when it is not a number.

@@ -178,3 +178,46 @@ async fn a_long_poll_answers_when_a_change_is_applied() {
         assert_eq!(r.status, 400, "{bad}: {r:?}");
     }
 }
+
+/// The binary form (`format=bin`, what the Envoy filter reads) is the same page as the JSON one.
+#[tokio::test]
+async fn the_binary_page_is_the_json_page() {
+    crate::require!(Postgres);
+    let (app, writer) = pair().await;
+    for i in 0..3 {
+        let t = writer.issue(&format!("b-{i}")).await;
+        writer
+            .revoke(Target::Jti(t.jti.clone()))
+            .await
+            .expect("revoke");
+    }
+    writer.revoke_user("carol", None).await;
+    let json = page(&read(&app, "?after=0").await);
+    let r = http_request(
+        app.http_addr.expect("http"),
+        "GET",
+        "/revocations/changes?after=0&format=bin",
+        &[],
+        None,
+    )
+    .await
+    .expect("answer");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some(token_sidecar::feed::binary::CONTENT_TYPE)
+    );
+    // The helper reads the body as text; the page's bytes are what the server sent.
+    let raw = crate::common::http_body_bytes(
+        app.http_addr.expect("http"),
+        "/revocations/changes?after=0&format=bin",
+    )
+    .await;
+    let binary = token_sidecar::feed::binary::decode(&raw).expect("a binary page");
+    assert_eq!(binary.changes, json.changes);
+    assert_eq!(
+        (binary.next, &binary.anchor, binary.more),
+        (json.next, &json.anchor, json.more)
+    );
+    assert_eq!(read(&app, "?after=0&format=xml").await.status, 400);
+}

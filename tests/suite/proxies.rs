@@ -772,7 +772,19 @@ async fn a_revocation_reaches_the_wasm_filter_in_milliseconds() {
     let mut feed_reads_before = 0;
     for (i, t) in tokens.iter().enumerate() {
         if i == 1 {
-            feed_reads_before = app.counter(r#"store_queries_total{kind="feed"}"#);
+            // Each Wasm VM (Envoy's main thread and its worker) read from 0 twice — its first
+            // read, and the one the first change woke — both from the store.
+            let store_reads = || app.counter(r#"store_queries_total{kind="feed"}"#);
+            crate::common::eventually(
+                Duration::from_secs(5),
+                "both copies follow the tail",
+                || {
+                    let n = store_reads();
+                    async move { n >= 4 }
+                },
+            )
+            .await;
+            feed_reads_before = store_reads();
         }
         let auth = bearer(&t.token);
         let started = std::time::Instant::now();

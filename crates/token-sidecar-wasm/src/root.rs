@@ -10,7 +10,7 @@ use std::time::Duration;
 use log::{info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
-use token_sidecar_core::feed::{FeedPage, MAX_PAGE};
+use token_sidecar_core::feed::{FeedPage, MAX_PAGE, binary};
 
 use crate::config::FilterConfig;
 use crate::state::Shared;
@@ -111,7 +111,15 @@ impl Root {
     fn on_feed(&mut self, status: Option<&str>, body: Option<Vec<u8>>) {
         match status {
             Some("200") => {
-                let page = body.as_deref().map(serde_json::from_slice::<FeedPage>);
+                // The binary form when the sidecar knows it (it was asked for); JSON from one
+                // that does not.
+                let page = body.as_deref().map(|b| {
+                    if b.starts_with(&binary::MAGIC) {
+                        binary::decode(b).map_err(|_| ())
+                    } else {
+                        serde_json::from_slice::<FeedPage>(b).map_err(|_| ())
+                    }
+                });
                 let Some(Ok(page)) = page else {
                     metrics::feed_read(false);
                     warn!("token-sidecar: the feed answered a page that does not parse");

@@ -98,7 +98,10 @@ impl Shared {
 
     /// The query of the next feed request.
     pub fn next_query(&self, limit: i64, wait_ms: u64) -> String {
-        let mut path = format!("/revocations/changes?after={}&limit={limit}", self.after);
+        let mut path = format!(
+            "/revocations/changes?after={}&limit={limit}&format=bin",
+            self.after
+        );
         if wait_ms > 0 {
             path.push_str(&format!("&wait_ms={wait_ms}"));
         }
@@ -340,10 +343,13 @@ mod tests {
         assert_eq!(verdict(&s, &good, 20 + 2_001), Verdict::Stale);
         s.restart();
         assert_eq!(verdict(&s, &good, 30), Verdict::Stale);
-        assert_eq!(s.next_query(10, 0), "/revocations/changes?after=0&limit=10");
+        assert_eq!(
+            s.next_query(10, 0),
+            "/revocations/changes?after=0&limit=10&format=bin"
+        );
         assert_eq!(
             s.next_query(10, 500),
-            "/revocations/changes?after=0&limit=10&wait_ms=500"
+            "/revocations/changes?after=0&limit=10&format=bin&wait_ms=500"
         );
     }
 

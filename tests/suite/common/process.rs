@@ -150,6 +150,44 @@ pub async fn http_status(
         .ok_or_else(bad)
 }
 
+/// The body of a GET as bytes (for binary answers), over a fresh connection.
+pub async fn http_body_bytes(addr: SocketAddr, path: &str) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .expect("an answer in 10 s")
+        .expect("read");
+    let at = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP head");
+    let head = String::from_utf8_lossy(&raw[..at]).to_ascii_lowercase();
+    let body = raw[at + 4..].to_vec();
+    // A chunked body (hyper chunks when it does not know the length up front): unchunk it.
+    if !head.contains("transfer-encoding: chunked") {
+        return body;
+    }
+    let mut out = Vec::new();
+    let mut rest = &body[..];
+    loop {
+        let Some(line_end) = rest.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..line_end]).trim(), 16)
+            .unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        let start = line_end + 2;
+        out.extend_from_slice(&rest[start..start + size]);
+        rest = &rest[start + size + 2..];
+    }
+}
+
 /// The value of an unlabelled metric in Prometheus text.
 pub fn metric_value(text: &str, name: &str) -> Option<f64> {
     text.lines()

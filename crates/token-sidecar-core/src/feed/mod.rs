@@ -6,6 +6,7 @@
 //! A reader starts at 0 (every change still held: the snapshot), pages on with `after=next`
 //! and `anchor`, and starts again from 0 when the sidecar answers 409 (the store's history is
 //! not the one it followed).
+pub mod binary;
 mod deny_set;
 
 use std::collections::HashMap;
