@@ -20,7 +20,11 @@ async fn app(backend: Backend, credential: bool) -> (TestApp, tempfile::TempDir)
     (settings.spawn().await, dir)
 }
 
-async fn read(app: &TestApp, query: &str, credential: Option<&str>) -> crate::common::HttpResponse {
+pub(crate) async fn read(
+    app: &TestApp,
+    query: &str,
+    credential: Option<&str>,
+) -> crate::common::HttpResponse {
     let bearer = credential.map(|c| format!("Bearer {c}"));
     let headers: Vec<(&str, &str)> = bearer
         .as_deref()
@@ -37,7 +41,7 @@ async fn read(app: &TestApp, query: &str, credential: Option<&str>) -> crate::co
     .expect("answer")
 }
 
-fn page(r: &crate::common::HttpResponse) -> FeedPage {
+pub(crate) fn page(r: &crate::common::HttpResponse) -> FeedPage {
     assert_eq!(r.status, 200, "{r:?}");
     serde_json::from_str(&r.body).expect("a feed page")
 }

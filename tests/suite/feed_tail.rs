@@ -6,24 +6,12 @@ use std::time::{Duration, Instant};
 
 use crate::common::{Backend, Settings, TestApp, eventually, http_request};
 use token_sidecar::api::pb::revoke_request::Target;
-use token_sidecar::feed::FeedPage;
 
 async fn read(app: &TestApp, query: &str) -> crate::common::HttpResponse {
-    http_request(
-        app.http_addr.expect("--http-listen"),
-        "GET",
-        &format!("/revocations/changes{query}"),
-        &[],
-        None,
-    )
-    .await
-    .expect("answer")
+    crate::feed::read(app, query, None).await
 }
 
-fn page(r: &crate::common::HttpResponse) -> FeedPage {
-    assert_eq!(r.status, 200, "{r:?}");
-    serde_json::from_str(&r.body).expect("a feed page")
-}
+use crate::feed::page;
 
 fn query(after: i64, anchor: Option<&str>, extra: &str) -> String {
     match anchor {

@@ -10,13 +10,13 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use token_sidecar::api::pb::Reason;
 use token_sidecar::clock::{ManualClock, SystemClock};
 
-fn fixture(name: &str) -> PathBuf {
+pub(crate) fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/keys")
         .join(name)
 }
 
-fn key_arg(kid: &str, alg: &str, file: &str) -> String {
+pub(crate) fn key_arg(kid: &str, alg: &str, file: &str) -> String {
     format!("{kid}={alg}:{}", fixture(file).display())
 }
 

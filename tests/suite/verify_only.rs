@@ -3,23 +3,13 @@
 //! key set (`--issuer-jwks`) — on every surface, Envoy included; it refuses Issue and Refresh
 //! (FAILED_PRECONDITION) and the privileged writes (PERMISSION_DENIED) naming the issuer; a
 //! holder's Revoke{token} still works and reaches the fleet; a key that can sign is refused.
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::common::{Backend, Settings, TestApp, assert_status, eventually};
+use crate::keys::key_arg;
 use token_sidecar::api::pb::{self, Reason, revoke_request::Target};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/keys")
-        .join(name)
-}
-
-fn key_arg(kid: &str, alg: &str, file: &str) -> String {
-    format!("{kid}={alg}:{}", fixture(file).display())
-}
 
 /// The issuing service: ES256 private key `2026`, its JWKS on the HTTP listener.
 async fn issuer(backend: Backend) -> TestApp {
