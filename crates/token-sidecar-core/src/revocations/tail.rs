@@ -271,5 +271,12 @@ mod tests {
             tail.page(11, Some(link(11).tag), 10).is_none(),
             "a fork forgets"
         );
+
+        // A fresh store: the tail covers from 0, yet a reader from 0 still reads the store.
+        let fresh = Tail::default();
+        fresh.start_at(0, None);
+        fresh.announced(&change(1), link(1));
+        assert!(fresh.page(0, None, 10).is_none());
+        assert_eq!(seqs(fresh.page(1, Some(link(1).tag), 10)), Some(vec![]));
     }
 }
