@@ -102,9 +102,10 @@ impl KeyReloader {
         }
     }
 
-    /// Whether the keys can verify: false only until the issuer's key set was first read.
+    /// Whether the keys can verify: false only until the issuer's key set, and every trusted
+    /// issuer's, was first read.
     pub fn ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.ready.load(Ordering::Relaxed) && self.authority.trusted_issuers().all_read()
     }
 
     /// Whether anything is watched at all.

@@ -54,4 +54,5 @@ pub mod surfaces;
 pub mod sync;
 pub mod telemetry;
 pub mod tls;
+pub mod trusted_keys;
 pub use token_sidecar_core::token;

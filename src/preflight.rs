@@ -110,6 +110,23 @@ async fn check_idp_keys(config: &Config) -> Result<Vec<String>, StartupError> {
             ));
         }
     }
+    for trusted in &settings.token_issuers {
+        let keys = trusted
+            .check_keys()
+            .await
+            .map_err(|problem| StartupError::IdpKeys {
+                issuer: trusted.issuer.clone(),
+                problem,
+            })?;
+        report.push(format!(
+            "trusted issuer: {} ({} key(s) from {}, audience {}, user id = {:?} + sub)",
+            trusted.issuer,
+            keys.len(),
+            trusted.keys,
+            trusted.audience,
+            trusted.subject_prefix
+        ));
+    }
     Ok(report)
 }
 

@@ -67,13 +67,16 @@ pub async fn keep(
                 }
             }
         };
-        let answering = answering && {
-            let ready = keys.ready();
-            if !ready && serving != Some(false) {
-                tracing::warn!("the issuer's key set has not been read yet: NOT_SERVING");
-            }
-            ready
-        };
+        let answering = answering
+            && {
+                let ready = keys.ready();
+                if !ready && serving != Some(false) {
+                    tracing::warn!(
+                        "a key set (the issuing service's, or a trusted issuer's) has not been read yet: NOT_SERVING"
+                    );
+                }
+                ready
+            };
         if serving != Some(answering) {
             let status = if answering {
                 ServingStatus::Serving

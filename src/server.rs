@@ -24,9 +24,10 @@ use crate::revocations::Revocations;
 use crate::store;
 use crate::supervise::Supervisor;
 use crate::surfaces::Listeners;
+use crate::token::TrustedIssuers;
 use crate::token::VerifiedCache;
 use crate::token::{KeyError, KeySet, TokenCodec};
-use crate::{clock_upkeep, health, preflight, purge, readiness, sync};
+use crate::{clock_upkeep, health, preflight, purge, readiness, sync, trusted_keys};
 
 pub use crate::health::SERVICE_NAME;
 pub use crate::preflight::{check_config, migrate};
@@ -254,6 +255,13 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningSidec
             key_reload::watch(reloader.clone(), interval)
         }));
     }
+    let token_issuers = idp_settings.token_issuers.clone();
+    if !token_issuers.is_empty() {
+        let authority = authority.clone();
+        background.push(supervisor.restartable("trusted_keys", move || {
+            trusted_keys::watch(authority.clone(), token_issuers.clone())
+        }));
+    }
     if store.is_shared() {
         background.push(supervisor.critical(
             "the change feed",
@@ -327,11 +335,16 @@ fn authority(
         ));
     }
     let idp = config.idp_settings()?;
+    let horizon_ms = i64::try_from(config.tokens.refresh_window.as_millis()).unwrap_or(i64::MAX);
+    codec = codec.with_trusted_issuers(Arc::new(TrustedIssuers::new(
+        idp.token_issuers.iter().map(|t| t.trust(horizon_ms)),
+    )));
     let idp_prefixes = idp
         .oidc_issuers
         .iter()
         .chain(&idp.ssf_transmitters)
         .map(|t| t.subject_prefix.clone())
+        .chain(idp.token_issuers.iter().map(|t| t.subject_prefix.clone()))
         .collect();
     let authority = TokenAuthority::new(codec, config.into(), revocations.clone(), clock.clone())
         .with_idp_prefixes(idp_prefixes);

@@ -67,9 +67,10 @@ pub fn change(record: AuditRecord) -> pb::Change {
     }
 }
 
-/// Verify's claims.
-pub fn token_claims(claims: Claims) -> pb::TokenClaims {
+/// Verify's claims; `own_issuer` is the `iss` of the sidecar's own tokens.
+pub fn token_claims(claims: Claims, own_issuer: &str) -> pb::TokenClaims {
     pb::TokenClaims {
+        issuer: claims.issuer.unwrap_or_else(|| own_issuer.to_owned()),
         user_id: claims.user_id,
         jti: claims.jti,
         session_id: claims.session_id,

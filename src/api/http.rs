@@ -60,6 +60,19 @@ const REGISTERED_MEMBERS: [&str; 12] = [
     "jti",
 ];
 
+/// What introspection answers itself for a trusted issuer's token (SPEC §16): the issuer's own
+/// `scope`, `client_id`, `username`, `jti` and `sid` are its word, and pass through.
+const TRUSTED_OVERRIDDEN: [&str; 8] = [
+    "active",
+    "token_type",
+    "exp",
+    "iat",
+    "nbf",
+    "sub",
+    "aud",
+    "iss",
+];
+
 /// `--http-listen`'s forward-auth route (and everything below `/auth/`).
 pub const AUTH: &str = "/auth";
 /// RFC 7662 introspection.
@@ -68,14 +81,17 @@ pub const INTROSPECT: &str = "/oauth2/introspect";
 pub const REVOKE: &str = "/oauth2/revoke";
 /// The public keys (RFC 7517), also on `--metrics-listen`.
 pub const JWKS: &str = "/.well-known/jwks.json";
+/// The trusted issuers (SPEC §16) with their keys, for proxy filters.
+pub const TRUSTED_ISSUERS: &str = "/trusted-issuers";
 
 /// Every route `--http-listen` serves (the identity providers' when they are configured): what
 /// `--help` and the README must name (a test reads this list).
-pub const ROUTES: [&str; 7] = [
+pub const ROUTES: [&str; 8] = [
     AUTH,
     INTROSPECT,
     REVOKE,
     JWKS,
+    TRUSTED_ISSUERS,
     feed::CHANGES,
     idp_routes::BACKCHANNEL_LOGOUT,
     idp_routes::SSF_EVENTS,
@@ -148,6 +164,19 @@ impl HttpApi {
             .route(
                 JWKS,
                 get(|State(api): State<HttpApi>| async move { jwks(api.authority()) }),
+            )
+            .route(
+                TRUSTED_ISSUERS,
+                get(|State(api): State<HttpApi>| async move {
+                    (
+                        [
+                            (header::CONTENT_TYPE, "application/json"),
+                            (header::CACHE_CONTROL, "public, max-age=60"),
+                        ],
+                        api.authority().trusted_issuers().document(),
+                    )
+                        .into_response()
+                }),
             )
             .route(
                 REVOKE,
@@ -305,18 +334,29 @@ async fn introspect(State(api): State<HttpApi>, headers: HeaderMap, body: Body) 
             // A custom claim named like a member RFC 7662 or RFC 7519 registers is left out:
             // the answer would otherwise vouch for it (`"active": false` on a valid token,
             // a `scope` or `client_id` the sidecar never granted). It stays in the token.
+            let answered_here: &[&str] = match claims.issuer {
+                Some(_) => &TRUSTED_OVERRIDDEN,
+                None => &REGISTERED_MEMBERS,
+            };
             answer.extend(
                 claims
                     .extra
                     .into_iter()
-                    .filter(|(name, _)| !REGISTERED_MEMBERS.contains(&name.as_str())),
+                    .filter(|(name, _)| !answered_here.contains(&name.as_str())),
             );
             answer.insert("sub".into(), Value::from(claims.user_id));
-            answer.insert("jti".into(), Value::from(claims.jti));
-            answer.insert("sid".into(), Value::from(claims.session_id));
-            answer.insert("iss".into(), Value::from(authority.issuer()));
-            if let Some(aud) = authority.audience() {
-                answer.insert("aud".into(), Value::from(aud));
+            match claims.issuer {
+                Some(issuer) => {
+                    answer.insert("iss".into(), Value::from(issuer));
+                }
+                None => {
+                    answer.insert("jti".into(), Value::from(claims.jti));
+                    answer.insert("sid".into(), Value::from(claims.session_id));
+                    answer.insert("iss".into(), Value::from(authority.issuer()));
+                    if let Some(aud) = authority.audience() {
+                        answer.insert("aud".into(), Value::from(aud));
+                    }
+                }
             }
             answer.insert("iat".into(), Value::from(claims.issued_at));
             answer.insert("exp".into(), Value::from(claims.expires_at));

@@ -128,7 +128,7 @@ impl TokenService for TokenGrpc {
                 pb::VerifyResponse {
                     valid: true,
                     reason: pb::Reason::Unspecified as i32,
-                    claims: Some(token_claims(claims)),
+                    claims: Some(token_claims(claims, self.authority.issuer())),
                 }
             }
             Err(reason) => {

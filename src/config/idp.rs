@@ -54,6 +54,20 @@ pub struct IdpArgs {
     )]
     pub ssf_audience: Option<String>,
 
+    /// An identity provider whose own access tokens Verify, Check, /auth, introspection and the
+    /// proxy filter accept and revoke, as ISSUER=KEYS,audience=A[,subject-prefix=P]: KEYS a
+    /// JWKS file, an https:// JWKS URL or `discovery` (ISSUER/.well-known/openid-configuration
+    /// names the jwks_uri); the token's aud must name A (`audience=*`: any); user id = P + sub,
+    /// its sid the IdP session P + sid. Keys are read at start (NOT_SERVING until then), every
+    /// 10 minutes, and at most once a second when a token names an unknown kid. Repeatable.
+    #[arg(
+        help_heading = "Identity providers and audit",
+        long = "trusted-issuer",
+        env = "TOKEN_SIDECAR_TRUSTED_ISSUERS",
+        value_delimiter = ','
+    )]
+    pub trusted_issuers: Vec<String>,
+
     /// Map Shared Signals `email` subjects to users: say so when user ids are email addresses.
     #[arg(
         help_heading = "Identity providers and audit",

@@ -101,9 +101,23 @@ impl Config {
             .map_err(|e| StartupError::IdpConfig(format!("--oidc-issuer: {e}")))?;
         let ssf_transmitters = TrustedIssuer::parse_list(&self.idp.ssf_transmitters)
             .map_err(|e| StartupError::IdpConfig(format!("--ssf-transmitter: {e}")))?;
-        let all: Vec<&TrustedIssuer> = oidc_issuers.iter().chain(&ssf_transmitters).collect();
-        crate::idp::check_subject_prefixes(&all).map_err(StartupError::IdpConfig)?;
+        let token_issuers =
+            crate::idp::token_issuers::TokenIssuer::parse_list(&self.idp.trusted_issuers)
+                .map_err(|e| StartupError::IdpConfig(format!("--trusted-issuer: {e}")))?;
+        crate::idp::check_subject_prefixes(
+            oidc_issuers
+                .iter()
+                .chain(&ssf_transmitters)
+                .map(|t| (t.issuer.as_str(), t.subject_prefix.as_str()))
+                .chain(
+                    token_issuers
+                        .iter()
+                        .map(|t| (t.issuer.as_str(), t.subject_prefix.as_str())),
+                ),
+        )
+        .map_err(StartupError::IdpConfig)?;
         Ok(crate::idp::IdpSettings {
+            token_issuers,
             oidc_issuers,
             oidc_client_id: self.idp.oidc_client_id.clone(),
             ssf_transmitters,

@@ -5,15 +5,14 @@
 //! read begins every [`READ_INTERVAL_MS`] per provider, whoever asks (SPEC §13: nothing a
 //! stranger sends spends what the provider needs). A set older than [`MAX_AGE_MS`] is read
 //! again on use, under the same interval. A failed read keeps the keys already held.
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::fetch;
 use crate::clock::{Clock, UnixMillis};
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
-use jsonwebtoken::{Algorithm, DecodingKey};
-use serde_json::Value;
+use jsonwebtoken::Algorithm;
+
+pub use crate::token::{ProviderKey, ProviderKeySet as KeySet};
 
 /// At most one read of a provider's set begins in this many milliseconds.
 pub const READ_INTERVAL_MS: i64 = 1_000;
@@ -53,163 +52,6 @@ impl std::fmt::Display for JwksSource {
             JwksSource::Url(url) => f.write_str(url),
         }
     }
-}
-
-/// One public key of a provider.
-#[derive(Clone)]
-pub struct ProviderKey {
-    /// The algorithm the key names, if it names one.
-    alg: Option<Algorithm>,
-    kind: KeyKind,
-    decoding: DecodingKey,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum KeyKind {
-    Rsa,
-    P256,
-    P384,
-    Ed25519,
-}
-
-impl ProviderKey {
-    /// Whether a token signed with `alg` may be checked with this key.
-    pub fn fits(&self, alg: Algorithm) -> bool {
-        if self.alg.is_some_and(|own| own != alg) {
-            return false;
-        }
-        matches!(
-            (self.kind, alg),
-            (
-                KeyKind::Rsa,
-                Algorithm::RS256
-                    | Algorithm::RS384
-                    | Algorithm::RS512
-                    | Algorithm::PS256
-                    | Algorithm::PS384
-                    | Algorithm::PS512,
-            ) | (KeyKind::P256, Algorithm::ES256)
-                | (KeyKind::P384, Algorithm::ES384)
-                | (KeyKind::Ed25519, Algorithm::EdDSA)
-        )
-    }
-
-    /// The key to verify with.
-    pub fn decoding(&self) -> &DecodingKey {
-        &self.decoding
-    }
-}
-
-/// A provider's key set, parsed: keys by `kid`, and those without one.
-#[derive(Clone, Default)]
-pub struct KeySet {
-    by_kid: HashMap<String, ProviderKey>,
-    unnamed: Vec<ProviderKey>,
-}
-
-impl KeySet {
-    /// The signing keys of a JWKS document. Keys for encryption, of other types, or that do not
-    /// parse are skipped (a provider publishes more than we use); none usable is an error.
-    pub fn parse(json: &[u8]) -> Result<Self, String> {
-        let document: Value =
-            serde_json::from_slice(json).map_err(|e| format!("not a JSON key set: {e}"))?;
-        let keys = document
-            .get("keys")
-            .and_then(Value::as_array)
-            .ok_or("not a JSON Web Key Set (no \"keys\" array)")?;
-        let mut set = KeySet::default();
-        for key in keys {
-            if key.get("use").and_then(Value::as_str) == Some("enc") {
-                continue;
-            }
-            let Ok(jwk) = serde_json::from_value::<Jwk>(key.clone()) else {
-                continue;
-            };
-            let Some(parsed) = provider_key(&jwk) else {
-                continue;
-            };
-            match jwk.common.key_id {
-                Some(kid) => {
-                    set.by_kid.insert(kid, parsed);
-                }
-                None => set.unnamed.push(parsed),
-            }
-        }
-        if set.by_kid.is_empty() && set.unnamed.is_empty() {
-            return Err(
-                "the key set holds no usable signature key (RSA, EC P-256/P-384 or \
-                        Ed25519)"
-                    .into(),
-            );
-        }
-        Ok(set)
-    }
-
-    /// The keys that may check a token with header `kid` and `alg`.
-    pub fn candidates(&self, kid: Option<&str>, alg: Algorithm) -> Vec<ProviderKey> {
-        match kid {
-            Some(kid) => self
-                .by_kid
-                .get(kid)
-                .filter(|k| k.fits(alg))
-                .cloned()
-                .into_iter()
-                .collect(),
-            None => self
-                .by_kid
-                .values()
-                .chain(&self.unnamed)
-                .filter(|k| k.fits(alg))
-                .cloned()
-                .collect(),
-        }
-    }
-
-    /// Whether the set holds a key named `kid`.
-    pub fn has_kid(&self, kid: &str) -> bool {
-        self.by_kid.contains_key(kid)
-    }
-}
-
-fn provider_key(jwk: &Jwk) -> Option<ProviderKey> {
-    let kind = match &jwk.algorithm {
-        AlgorithmParameters::RSA(rsa) => {
-            // The same floor as our own keys.
-            let bits =
-                base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &rsa.n)
-                    .map_or(0, |n| crate::token::rsa_modulus_bits(&n));
-            if bits < crate::token::MIN_RSA_BITS {
-                return None;
-            }
-            KeyKind::Rsa
-        }
-        AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
-            EllipticCurve::P256 => KeyKind::P256,
-            EllipticCurve::P384 => KeyKind::P384,
-            _ => return None,
-        },
-        AlgorithmParameters::OctetKeyPair(okp) if okp.curve == EllipticCurve::Ed25519 => {
-            KeyKind::Ed25519
-        }
-        _ => return None,
-    };
-    // A key naming an algorithm we do not verify with (e.g. RSA-OAEP) is skipped.
-    let alg = match &jwk.common.key_algorithm {
-        None => None,
-        Some(named) => Some(
-            serde_json::to_value(named)
-                .ok()?
-                .as_str()?
-                .parse::<Algorithm>()
-                .ok()?,
-        ),
-    };
-    let decoding = DecodingKey::from_jwk(jwk).ok()?;
-    Some(ProviderKey {
-        alg,
-        kind,
-        decoding,
-    })
 }
 
 /// Why no key could be had.
@@ -385,21 +227,14 @@ impl ProviderKeys {
     }
 }
 
-impl KeySet {
-    /// How many usable keys the set holds.
-    pub fn len(&self) -> usize {
-        self.by_kid.len() + self.unnamed.len()
-    }
-
-    /// Whether the set holds no usable key (never, once parsed).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 /// Reads and parses the key set at `source` once (also what `check-config` does).
 pub async fn read_key_set(source: &JwksSource) -> Result<KeySet, String> {
-    let bytes = match source {
+    KeySet::parse(&read_raw(source).await?)
+}
+
+/// Reads the document at `source` once, bounded in size (and, for a URL, in time).
+pub async fn read_raw(source: &JwksSource) -> Result<Vec<u8>, String> {
+    Ok(match source {
         JwksSource::File(path) => {
             let bytes = tokio::fs::read(path)
                 .await
@@ -413,8 +248,7 @@ pub async fn read_key_set(source: &JwksSource) -> Result<KeySet, String> {
             .await
             .map_err(|e| format!("{url}: {e}"))?
             .to_vec(),
-    };
-    KeySet::parse(&bytes)
+    })
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub(crate) mod fetch;
 pub mod jwks;
 mod receiver;
 pub mod ssf;
+pub mod token_issuers;
 
 pub use receiver::{IdpReceiver, IdpSettings, ReceiveError, Received};
 
@@ -94,12 +95,7 @@ impl TrustedIssuer {
                 let last = parsed
                     .last_mut()
                     .ok_or_else(|| format!("{item:?} must follow ISSUER=JWKS_SOURCE"))?;
-                if user_id_problem_of_prefix(prefix).is_some() {
-                    return Err(format!(
-                        "{item:?}: a subject prefix is printable text without spaces, at most \
-                         {MAX_PREFIX_BYTES} bytes"
-                    ));
-                }
+                check_prefix(item, prefix)?;
                 last.subject_prefix = prefix.to_owned();
                 continue;
             }
@@ -128,6 +124,17 @@ impl TrustedIssuer {
 /// Longest subject prefix.
 pub const MAX_PREFIX_BYTES: usize = 64;
 
+/// Refuses a prefix that is not printable text without spaces (`item` is what said it).
+fn check_prefix(item: &str, prefix: &str) -> Result<(), String> {
+    match user_id_problem_of_prefix(prefix) {
+        None => Ok(()),
+        Some(_) => Err(format!(
+            "{item:?}: a subject prefix is printable text without spaces, at most \
+             {MAX_PREFIX_BYTES} bytes"
+        )),
+    }
+}
+
 fn user_id_problem_of_prefix(prefix: &str) -> Option<&'static str> {
     if prefix.len() > MAX_PREFIX_BYTES {
         return Some("too long");
@@ -138,22 +145,24 @@ fn user_id_problem_of_prefix(prefix: &str) -> Option<&'static str> {
         .then_some("holds white space or control characters")
 }
 
-/// Checks that every issuer's subjects map to users of their own (SPEC §13): one issuer may go
-/// without a prefix; with several, each names one, distinct, and none starts another (else
-/// `P1 + sub1` could equal `P2 + sub2`). The same issuer may be both an OpenID Provider and a
-/// transmitter, with the same prefix.
-pub fn check_subject_prefixes(issuers: &[&TrustedIssuer]) -> Result<(), String> {
+/// Checks that every issuer's subjects map to users of their own (SPEC §13), given as
+/// `(issuer, subject prefix)`: one issuer may go without a prefix; with several, each names
+/// one, distinct, and none starts another (else `P1 + sub1` could equal `P2 + sub2`). The same
+/// issuer may be an OpenID Provider, a transmitter and a trusted issuer of tokens at once, with
+/// the same prefix.
+pub fn check_subject_prefixes<'a>(
+    issuers: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<(), String> {
     let mut by_issuer: Vec<(&str, &str)> = Vec::new();
-    for trusted in issuers {
-        match by_issuer.iter().find(|(iss, _)| *iss == trusted.issuer) {
-            Some((_, prefix)) if *prefix != trusted.subject_prefix => {
+    for (issuer, subject_prefix) in issuers {
+        match by_issuer.iter().find(|(iss, _)| *iss == issuer) {
+            Some((_, prefix)) if *prefix != subject_prefix => {
                 return Err(format!(
-                    "{} is configured twice with different subject prefixes",
-                    trusted.issuer
+                    "{issuer} is configured twice with different subject prefixes"
                 ));
             }
             Some(_) => {}
-            None => by_issuer.push((&trusted.issuer, &trusted.subject_prefix)),
+            None => by_issuer.push((issuer, subject_prefix)),
         }
     }
     if by_issuer.len() < 2 {
@@ -232,18 +241,19 @@ mod tests {
         let a = parse("https://a=/a.json,subject-prefix=a:");
         let b = parse("https://b=/b.json,subject-prefix=b:");
         let nested = parse("https://c=/c.json,subject-prefix=a:x");
-        assert!(check_subject_prefixes(&[&plain_a]).is_ok());
-        assert!(
-            check_subject_prefixes(&[&plain_a, &plain_a]).is_ok(),
-            "one issuer, twice"
-        );
-        assert!(check_subject_prefixes(&[&plain_a, &plain_b]).is_err());
-        assert!(check_subject_prefixes(&[&a, &plain_b]).is_err());
-        assert!(check_subject_prefixes(&[&a, &b]).is_ok());
-        assert!(check_subject_prefixes(&[&a, &nested]).is_err());
-        assert!(
-            check_subject_prefixes(&[&a, &plain_a]).is_err(),
-            "two prefixes for one"
-        );
+        let check = |issuers: &[&TrustedIssuer]| {
+            check_subject_prefixes(
+                issuers
+                    .iter()
+                    .map(|t| (t.issuer.as_str(), t.subject_prefix.as_str())),
+            )
+        };
+        assert!(check(&[&plain_a]).is_ok());
+        assert!(check(&[&plain_a, &plain_a]).is_ok(), "one issuer, twice");
+        assert!(check(&[&plain_a, &plain_b]).is_err());
+        assert!(check(&[&a, &plain_b]).is_err());
+        assert!(check(&[&a, &b]).is_ok());
+        assert!(check(&[&a, &nested]).is_err());
+        assert!(check(&[&a, &plain_a]).is_err(), "two prefixes for one");
     }
 }

@@ -33,6 +33,9 @@ pub struct IdpSettings {
     pub ssf_audience: Option<String>,
     /// Whether an `email` subject names a user (`--ssf-email-subjects`).
     pub ssf_email_subjects: bool,
+    /// Issuers whose access tokens are verified (`--trusted-issuer`; not a receiver, but their
+    /// subjects share the prefixes' rule).
+    pub token_issuers: Vec<super::token_issuers::TokenIssuer>,
 }
 
 impl IdpSettings {

@@ -13,6 +13,7 @@ use crate::common::{
     Backend, DAY, HttpResponse, SEC, Settings, TestApp, assert_status, http_request,
 };
 
+mod access_tokens;
 mod provider;
 mod trust;
 

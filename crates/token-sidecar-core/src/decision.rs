@@ -14,8 +14,18 @@ use serde_json::Value;
 use crate::reason::Reason;
 use crate::token::Claims;
 
-/// The identity headers set on every allowed request.
-pub const IDENTITY_HEADERS: [&str; 4] = ["x-user-id", "x-session-id", "x-token-jti", "x-token-exp"];
+/// The identity headers the sidecar owns: the first four set on every allowed request, and
+/// [`ISSUER_HEADER`] on those allowed with a trusted issuer's token (stripped otherwise).
+pub const IDENTITY_HEADERS: [&str; 5] = [
+    "x-user-id",
+    "x-session-id",
+    "x-token-jti",
+    "x-token-exp",
+    ISSUER_HEADER,
+];
+
+/// Which trusted issuer signed the token (SPEC §16); absent for the sidecar's own tokens.
+pub const ISSUER_HEADER: &str = "x-token-issuer";
 
 /// A custom claim forwarded upstream as a header (`--forward-claim CLAIM=HEADER`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -130,6 +140,10 @@ impl Decision {
             ("x-token-exp".to_owned(), claims.expires_at.to_string()),
         ];
         let mut remove = Vec::new();
+        match &claims.issuer {
+            Some(issuer) => set.push((ISSUER_HEADER.to_owned(), issuer.clone())),
+            None => remove.push(ISSUER_HEADER.to_owned()),
+        }
         for f in forwarded {
             match claims.extra.get(&f.claim).and_then(header_value) {
                 Some(value) => set.push((f.header.clone(), value)),

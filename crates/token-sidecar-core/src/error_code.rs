@@ -78,12 +78,14 @@ pub enum ErrorCode {
     NotConfigured,
     /// The change feed's reader followed another history: it must start again from 0.
     HistoryChanged,
+    /// Refresh of a trusted issuer's token: only the sidecar's own tokens are refreshed here.
+    NotOurToken,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order: a new variant joins it (docs/reference.md lists each,
     /// and a test compares the two).
-    pub const ALL: [ErrorCode; 36] = [
+    pub const ALL: [ErrorCode; 37] = [
         ErrorCode::InvalidUserId,
         ErrorCode::ReservedClaim,
         ErrorCode::ClaimsTooLarge,
@@ -120,6 +122,7 @@ impl ErrorCode {
         ErrorCode::KeysUnavailable,
         ErrorCode::NotConfigured,
         ErrorCode::HistoryChanged,
+        ErrorCode::NotOurToken,
     ];
 
     /// The code as answered and counted.
@@ -161,6 +164,7 @@ impl ErrorCode {
             ErrorCode::KeysUnavailable => "KEYS_UNAVAILABLE",
             ErrorCode::NotConfigured => "NOT_CONFIGURED",
             ErrorCode::HistoryChanged => "HISTORY_CHANGED",
+            ErrorCode::NotOurToken => "NOT_OUR_TOKEN",
         }
     }
 }

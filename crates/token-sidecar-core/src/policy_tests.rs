@@ -28,6 +28,7 @@ fn claims(orig_iat_ms: i64, exp_s: i64) -> Claims {
         orig_iat_ms,
         idp_session_id: None,
         extra: Map::new(),
+        issuer: None,
     }
 }
 

@@ -27,6 +27,7 @@ const MAX_BODY: usize = 16 * 1024 * 1024;
 enum Call {
     Feed,
     Jwks,
+    Trusted,
 }
 
 /// The root context.
@@ -36,6 +37,7 @@ pub struct Root {
     feed_call: Option<u32>,
     jwks_call: Option<u32>,
     jwks_at: Option<u64>,
+    trusted_call: Option<u32>,
 }
 
 impl Root {
@@ -67,6 +69,7 @@ impl Root {
             Ok(token) => match what {
                 Call::Feed => self.feed_call = Some(token),
                 Call::Jwks => self.jwks_call = Some(token),
+                Call::Trusted => self.trusted_call = Some(token),
             },
             Err(status) => warn!(
                 "token-sidecar: cannot call cluster {cluster}: {}",
@@ -105,6 +108,10 @@ impl Root {
         if wanted && due && self.jwks_call.is_none() {
             self.with_state(|s| s.keys_asked());
             self.call(Call::Jwks, "/.well-known/jwks.json", CALL_TIMEOUT);
+            // The trusted issuers' keys are read with ours, at the same bounded pace.
+            if self.trusted_call.is_none() {
+                self.call(Call::Trusted, "/trusted-issuers", CALL_TIMEOUT);
+            }
         }
     }
 
@@ -171,6 +178,26 @@ impl Root {
     }
 }
 
+impl Root {
+    fn on_trusted(&mut self, status: Option<&str>, body: Option<Vec<u8>>) {
+        match (status, body) {
+            (Some("200"), Some(document)) => {
+                if let Some(Err(e)) = self.with_state(|s| s.set_trusted_issuers(&document)) {
+                    warn!("token-sidecar: the sidecar's trusted issuers are refused: {e}");
+                }
+            }
+            // A sidecar from before trusted issuers: there are none.
+            (Some("404"), _) => {
+                self.with_state(|s| s.set_trusted_issuers(br#"{"issuers":[]}"#));
+            }
+            (other, _) => warn!(
+                "token-sidecar: the trusted issuers answered {}; the keys read before stay",
+                answer_words(other)
+            ),
+        }
+    }
+}
+
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
         let status = self.get_http_call_response_header(":status");
@@ -183,6 +210,9 @@ impl Context for Root {
         } else if self.jwks_call == Some(token) {
             self.jwks_call = None;
             self.on_jwks(status.as_deref(), body);
+        } else if self.trusted_call == Some(token) {
+            self.trusted_call = None;
+            self.on_trusted(status.as_deref(), body);
         }
     }
 }

@@ -12,7 +12,9 @@ use token_sidecar_core::feed::{FeedPage, Mirror, MirrorError, link_from_hex};
 use token_sidecar_core::model::{ChangeSeq, LinkTag};
 use token_sidecar_core::policy::RevocationPolicy;
 use token_sidecar_core::reason::Reason;
-use token_sidecar_core::token::{Claims, KeyError, MAX_TOKEN_BYTES, VerifyingKeys, decode_token};
+use token_sidecar_core::token::{
+    Claims, KeyError, MAX_TOKEN_BYTES, TrustedIssuers, VerifyingKeys, decode_token,
+};
 
 use crate::config::Checked;
 
@@ -31,6 +33,8 @@ pub struct Shared {
     pub checked: Checked,
     policy: RevocationPolicy,
     keys: VerifyingKeys,
+    /// The sidecar's trusted issuers (SPEC §16), as its `/trusted-issuers` says.
+    trusted: TrustedIssuers,
     mirror: Mirror,
     /// Where the next feed page starts.
     after: ChangeSeq,
@@ -64,6 +68,7 @@ impl Shared {
             checked,
             policy,
             keys,
+            trusted: TrustedIssuers::default(),
             mirror,
             after: 0,
             anchor: None,
@@ -82,6 +87,13 @@ impl Shared {
         let local = self.checked.local_jwks.as_deref();
         self.keys = VerifyingKeys::from_jwks(local.into_iter().chain([jwks]))?;
         // A decode checked with a key that may be gone is never answered from memory.
+        self.verified.borrow_mut().clear();
+        Ok(())
+    }
+
+    /// The sidecar's trusted issuers and their keys (its `/trusted-issuers` document).
+    pub fn set_trusted_issuers(&mut self, document: &[u8]) -> Result<(), String> {
+        self.trusted = TrustedIssuers::from_document(document)?;
         self.verified.borrow_mut().clear();
         Ok(())
     }
@@ -190,6 +202,7 @@ impl Shared {
                 &self.keys,
                 &config.issuer,
                 config.audience.as_deref(),
+                &self.trusted,
                 token,
             )
             .map(Rc::new)

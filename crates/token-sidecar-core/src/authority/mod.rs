@@ -252,6 +252,16 @@ impl TokenAuthority {
             .verify(token)
             .await?
             .map_err(AuthorityError::Rejected)?;
+        if let Some(issuer) = &claims.issuer {
+            return Err(invalid(
+                "token",
+                ErrorCode::NotOurToken,
+                format!(
+                    "this token was issued by the trusted issuer {issuer}: refresh it there \
+                     (this sidecar refreshes only the tokens it issued)"
+                ),
+            ));
+        }
         self.check_clock().await?;
         let now = self.clock.earliest_ms();
         self.policy
@@ -352,6 +362,7 @@ impl TokenAuthority {
             orig_iat_ms: times.orig_iat_ms,
             idp_session_id: session.idp_session_id,
             extra: session.extra,
+            issuer: None,
         };
         let token = self.codec.encode(&claims)?;
         Ok(IssuedToken {
@@ -385,6 +396,16 @@ impl TokenAuthority {
     /// Swaps in a new key set (hot reload); tokens signed by keys it still holds stay valid.
     pub fn replace_keys(&self, keys: crate::token::KeySet) {
         self.codec.replace_keys(keys);
+    }
+
+    /// The issuers whose tokens are verified too (SPEC §16).
+    pub fn trusted_issuers(&self) -> &Arc<crate::token::TrustedIssuers> {
+        self.codec.trusted_issuers()
+    }
+
+    /// A trusted issuer's key set changed: forget the decodes made with the old one.
+    pub fn trusted_keys_changed(&self) {
+        self.codec.forget_verified();
     }
 }
 

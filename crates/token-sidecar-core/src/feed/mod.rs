@@ -284,6 +284,7 @@ mod tests {
             orig_iat_ms,
             idp_session_id: Some("i1".into()),
             extra: serde_json::Map::new(),
+            issuer: None,
         }
     }
 

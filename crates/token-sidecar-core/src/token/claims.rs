@@ -41,6 +41,8 @@ pub struct Claims {
     pub idp_session_id: Option<String>,
     /// Every claim that is not reserved: the custom claims given at Issue.
     pub extra: Map<String, Value>,
+    /// The trusted issuer that signed it (SPEC §16); None: this sidecar's own token.
+    pub issuer: Option<String>,
 }
 
 // Claims carry user data and ids that let a reader correlate sessions; keep Debug terse.
@@ -171,15 +173,7 @@ pub(super) fn parse_payload(
         return Err(Reason::WrongIssuer);
     }
     if let Some(expected) = audience {
-        let named = match slots.aud {
-            None => return Err(Reason::MissingClaim),
-            Some(Value::String(one)) => one == expected,
-            Some(Value::Array(many)) => many.iter().any(|a| a.as_str() == Some(expected)),
-            Some(_) => return Err(Reason::Malformed),
-        };
-        if !named {
-            return Err(Reason::WrongAudience);
-        }
+        check_audience(slots.aud.as_ref(), expected)?;
     }
     Ok(Claims {
         user_id,
@@ -191,7 +185,23 @@ pub(super) fn parse_payload(
         orig_iat_ms,
         idp_session_id,
         extra: slots.extra,
+        issuer: None,
     })
+}
+
+/// `aud` (a string or an array of them) names `expected`.
+pub(super) fn check_audience(aud: Option<&Value>, expected: &str) -> Result<(), Reason> {
+    let named = match aud {
+        None => return Err(Reason::MissingClaim),
+        Some(Value::String(one)) => one == expected,
+        Some(Value::Array(many)) => many.iter().any(|a| a.as_str() == Some(expected)),
+        Some(_) => return Err(Reason::Malformed),
+    };
+    if named {
+        Ok(())
+    } else {
+        Err(Reason::WrongAudience)
+    }
 }
 
 /// A payload object taken apart in one pass: the reserved claims in their own slots (no map
@@ -199,18 +209,18 @@ pub(super) fn parse_payload(
 /// RFC 7519 allows "last one wins", but two verifiers that pick differently would disagree
 /// about the same token.
 #[derive(Default)]
-struct ClaimSlots {
-    iss: Option<Value>,
-    sub: Option<Value>,
-    aud: Option<Value>,
-    jti: Option<Value>,
-    sid: Option<Value>,
-    iat: Option<Value>,
-    exp: Option<Value>,
-    nbf: Option<Value>,
-    orig_iat: Option<Value>,
-    idp_sid: Option<Value>,
-    extra: Map<String, Value>,
+pub(super) struct ClaimSlots {
+    pub(super) iss: Option<Value>,
+    pub(super) sub: Option<Value>,
+    pub(super) aud: Option<Value>,
+    pub(super) jti: Option<Value>,
+    pub(super) sid: Option<Value>,
+    pub(super) iat: Option<Value>,
+    pub(super) exp: Option<Value>,
+    pub(super) nbf: Option<Value>,
+    pub(super) orig_iat: Option<Value>,
+    pub(super) idp_sid: Option<Value>,
+    pub(super) extra: Map<String, Value>,
 }
 
 impl<'de> serde::Deserialize<'de> for ClaimSlots {
@@ -284,7 +294,7 @@ impl<'de> serde::Deserialize<'de> for MemberName<'de> {
     }
 }
 
-fn required_string(value: Option<Value>) -> Result<String, Reason> {
+pub(super) fn required_string(value: Option<Value>) -> Result<String, Reason> {
     match value {
         None => Err(Reason::MissingClaim),
         Some(Value::String(s)) if !s.is_empty() => Ok(s),
@@ -294,7 +304,7 @@ fn required_string(value: Option<Value>) -> Result<String, Reason> {
 }
 
 /// An integer NumericDate: non-negative, and small enough that milliseconds do not overflow.
-fn as_numeric_date(value: &Value) -> Result<UnixSeconds, Reason> {
+pub(super) fn as_numeric_date(value: &Value) -> Result<UnixSeconds, Reason> {
     const MAX_SECONDS: i64 = i64::MAX / 4_000;
     value
         .as_i64()
@@ -320,6 +330,7 @@ mod tests {
             orig_iat_ms: 0,
             idp_session_id: None,
             extra: Map::new(),
+            issuer: None,
         };
         let ids: Vec<_> = claims.deny_ids().collect();
         assert_eq!(ids, [(DenyKind::Token, "j"), (DenyKind::Session, "s")]);

@@ -8,6 +8,7 @@ use jsonwebtoken::Header;
 use super::claims::{Claims, WireClaims};
 use super::decode::{MAX_TOKEN_BYTES, decode_token};
 use super::keys::KeySet;
+use super::trusted::TrustedIssuers;
 use super::verified::{VerifiedCache, digest};
 use crate::reason::Reason;
 
@@ -36,6 +37,8 @@ pub struct TokenCodec {
     verified_template: Option<VerifiedCache>,
     issuer: String,
     audience: Option<String>,
+    /// Issuers whose tokens are verified too (SPEC §16).
+    trusted: Arc<TrustedIssuers>,
 }
 
 impl std::fmt::Debug for TokenCodec {
@@ -58,7 +61,25 @@ impl TokenCodec {
             verified_template: None,
             issuer,
             audience,
+            trusted: Arc::default(),
         }
+    }
+
+    /// Verifies the tokens of `trusted` issuers too.
+    pub fn with_trusted_issuers(mut self, trusted: Arc<TrustedIssuers>) -> Self {
+        self.trusted = trusted;
+        self
+    }
+
+    /// The trusted issuers (empty unless configured).
+    pub fn trusted_issuers(&self) -> &Arc<TrustedIssuers> {
+        &self.trusted
+    }
+
+    /// Forgets every remembered decode: a trusted issuer's key set changed, and a decode checked
+    /// with a key it dropped must not be answered again.
+    pub fn forget_verified(&self) {
+        self.current.store(Arc::new(self.generation(self.keys())));
     }
 
     /// Remembers successful decodes in `cache` (SPEC §8), for key sets with a public-key
@@ -129,6 +150,7 @@ impl TokenCodec {
                 &current.keys.verifiers,
                 &self.issuer,
                 self.audience.as_deref(),
+                &self.trusted,
                 token,
             )
         };
@@ -196,6 +218,7 @@ mod tests {
             orig_iat_ms: 999_123,
             idp_session_id: None,
             extra,
+            issuer: None,
         }
     }
 

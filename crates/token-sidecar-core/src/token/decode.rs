@@ -5,7 +5,9 @@
 //! It checks, in order: the size cap, the compact shape, the header (`alg` must be the `kid`'s
 //! key's algorithm; `crit` and duplicate members are refused), the payload's base64url, the
 //! signature, then the claims (a JSON object without duplicate members; types, required claims,
-//! issuer, audience). Time-dependent checks (`exp`, `nbf`) belong to the revocation policy, which
+//! issuer, audience). With trusted issuers configured (SPEC §16), the payload's `iss` is read
+//! before the signature to choose whose keys check it — an issuer's keys are never tried on
+//! another's token — and a trusted issuer's token continues in [`super::trusted`]. Time-dependent checks (`exp`, `nbf`) belong to the revocation policy, which
 //! reads the injected clock.
 use std::borrow::Cow;
 
@@ -15,6 +17,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::claims::{Claims, parse_payload};
+use super::trusted::{SignedParts, TrustedIssuers, decode_trusted};
 use super::verifying::{VerificationKey, VerifyingKeys};
 use crate::reason::Reason;
 
@@ -32,12 +35,21 @@ struct JoseHeader<'a> {
     crit: Option<Value>,
 }
 
+/// Only the issuer of a payload (a duplicate `iss` is an error, as everywhere).
+#[derive(Deserialize)]
+struct IssuerOnly<'a> {
+    #[serde(borrow)]
+    iss: Option<Cow<'a, str>>,
+}
+
 /// Decodes a token with `keys` and validates everything that does not depend on time: the
-/// token must name `issuer` and, when one is configured, `audience`.
+/// token must name `issuer` and, when one is configured, `audience` — or be a token of one of
+/// the `trusted` issuers, checked by their rules.
 pub fn decode_token(
     keys: &VerifyingKeys,
     issuer: &str,
     audience: Option<&str>,
+    trusted: &TrustedIssuers,
     token: &str,
 ) -> Result<Claims, Reason> {
     if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
@@ -58,6 +70,32 @@ pub fn decode_token(
         return Err(Reason::Malformed);
     }
     let alg = header.alg.ok_or(Reason::Malformed)?;
+    let signed_len = header_b64.len() + 1 + payload_b64.len();
+    let message = &token.as_bytes()[..signed_len];
+    let mut payload = None;
+    if !trusted.is_empty() {
+        let decoded = URL_SAFE_NO_PAD
+            .decode(payload_b64)
+            .map_err(|_| Reason::Malformed)?;
+        let named: IssuerOnly = serde_json::from_slice(&decoded).map_err(|_| Reason::Malformed)?;
+        if let Some(iss) = named.iss.as_deref()
+            && iss != issuer
+            && let Some(trust) = trusted.get(iss)
+        {
+            return decode_trusted(
+                trust,
+                SignedParts {
+                    kid: header.kid.as_deref(),
+                    alg: &alg,
+                    message,
+                    signature_b64,
+                    payload: &decoded,
+                    token,
+                },
+            );
+        }
+        payload = Some(decoded);
+    }
     let key = header
         .kid
         .and_then(|kid| keys.get(kid.as_ref()))
@@ -70,11 +108,12 @@ pub fn decode_token(
     }
     // The payload's encoding is checked before any cryptography: a format error is reported
     // as such, and garbage costs no signature check.
-    let payload = URL_SAFE_NO_PAD
-        .decode(payload_b64)
-        .map_err(|_| Reason::Malformed)?;
-    let signed_len = header_b64.len() + 1 + payload_b64.len();
-    let message = &token.as_bytes()[..signed_len];
+    let payload = match payload {
+        Some(decoded) => decoded,
+        None => URL_SAFE_NO_PAD
+            .decode(payload_b64)
+            .map_err(|_| Reason::Malformed)?,
+    };
     match verify_signature(key, message, signature_b64) {
         Ok(true) => {}
         Ok(false) => return Err(Reason::BadSignature),
