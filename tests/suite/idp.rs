@@ -15,6 +15,7 @@ use crate::common::{
 
 mod access_tokens;
 mod provider;
+mod through_envoy;
 mod trust;
 
 const ISSUER: &str = "https://keycloak.test/realms/app";

@@ -75,6 +75,13 @@ pub(crate) struct Running {
     dir: tempfile::TempDir,
 }
 
+impl Running {
+    /// Where the proxy listens.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();

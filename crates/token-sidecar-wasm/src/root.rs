@@ -38,6 +38,7 @@ pub struct Root {
     jwks_call: Option<u32>,
     jwks_at: Option<u64>,
     trusted_call: Option<u32>,
+    trusted_at: Option<u64>,
 }
 
 impl Root {
@@ -93,6 +94,8 @@ impl Root {
         }
     }
 
+    /// The sidecar's keys (when `fetch_jwks`) and its trusted issuers (always: SPEC §16), every
+    /// minute, or every few seconds while tokens fail their signature check.
     fn read_keys(&mut self) {
         let (wanted, soon) = self
             .with_state(|s| (s.checked.config.fetch_jwks, s.keys_wanted()))
@@ -102,16 +105,22 @@ impl Root {
         } else {
             JWKS_EVERY_MS
         };
-        let due = self
-            .jwks_at
-            .is_none_or(|at| monotonic_ms().saturating_sub(at) >= every);
-        if wanted && due && self.jwks_call.is_none() {
-            self.with_state(|s| s.keys_asked());
+        let now = monotonic_ms();
+        let due = |at: Option<u64>| at.is_none_or(|at| now.saturating_sub(at) >= every);
+        let mut asked = false;
+        if wanted && due(self.jwks_at) && self.jwks_call.is_none() {
+            asked = true;
             self.call(Call::Jwks, "/.well-known/jwks.json", CALL_TIMEOUT);
-            // The trusted issuers' keys are read with ours, at the same bounded pace.
-            if self.trusted_call.is_none() {
-                self.call(Call::Trusted, "/trusted-issuers", CALL_TIMEOUT);
-            }
+        }
+        if due(self.trusted_at) && self.trusted_call.is_none() {
+            asked = true;
+            // Paced by attempts, not successes: a sidecar that cannot answer is asked again
+            // at the same bounded pace.
+            self.trusted_at = Some(now);
+            self.call(Call::Trusted, "/trusted-issuers", CALL_TIMEOUT);
+        }
+        if asked {
+            self.with_state(|s| s.keys_asked());
         }
     }
 

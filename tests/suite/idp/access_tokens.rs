@@ -14,13 +14,13 @@ const PREFIX: &str = "kc:";
 const API: &str = "orders-api";
 const OTHER: &str = "https://login.other.test";
 
-fn now_s(app: &TestApp) -> i64 {
+pub(super) fn now_s(app: &TestApp) -> i64 {
     token_sidecar::clock::Clock::now_ms(&app.clock) / 1000
 }
 
 /// An access token as Keycloak mints one (realm roles, `azp`, `typ: Bearer`), signed RS256 by
 /// the provider's key `k1`.
-fn access_claims(app: &TestApp, sub: &str, sid: &str) -> Value {
+pub(super) fn access_claims(app: &TestApp, sub: &str, sid: &str) -> Value {
     let now = now_s(app);
     json!({
         "iss": ISSUER, "sub": sub, "aud": ["account", API], "azp": "web-app",
@@ -30,7 +30,7 @@ fn access_claims(app: &TestApp, sub: &str, sid: &str) -> Value {
     })
 }
 
-fn signed(claims: &Value) -> String {
+pub(super) fn signed(claims: &Value) -> String {
     sign(
         "RS256",
         Some("rsa.pem"),
@@ -41,7 +41,7 @@ fn signed(claims: &Value) -> String {
 
 /// A sidecar trusting the provider's access tokens (audience [`API`], prefix `kc:`) and its
 /// back-channel logouts (the same prefix), and a second issuer with the same subjects.
-async fn trusting(dir: &Path) -> TestApp {
+pub(super) async fn trusting(dir: &Path) -> TestApp {
     let jwks = dir.join("jwks.json");
     write_jwks(&jwks, &[("k1", "rsa.pem")]);
     let other = dir.join("other.json");
