@@ -3,68 +3,73 @@
 //! authorization-code flow, the service issues our token with the ID token's `sid`, the user
 //! logs out at the provider (`/session/end` with `id_token_hint`), and the provider's
 //! back-channel logout token (fetched keys: its `/jwks` URL) revokes our token on every
-//! instance within the propagation bound.
-use std::time::Duration;
+//! instance within the propagation bound. With resource indicators the provider mints its own
+//! JWT access tokens, which a sidecar trusting it (keys by discovery) verifies — and refuses
+//! once the provider logs their session out (SPEC §16).
+use std::time::{Duration, Instant};
 
 use token_sidecar::api::pb;
 use token_sidecar::clock::{ManualClock, wall_ms};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout};
 
 use super::issue_for;
 use crate::common::{Backend, Settings, eventually, free_port};
 
 const CLIENT: &str = "token-app";
 
-#[tokio::test]
-async fn logging_out_at_a_real_openid_provider_revokes_our_token_on_every_instance() {
-    crate::require!(Postgres, OidcProvider);
-    let module = format!(
-        "{}/target/oidc/node_modules/oidc-provider/lib/index.js",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    assert!(
-        std::path::Path::new(&module).exists(),
-        "oidc-provider is not installed: npm install --prefix target/oidc oidc-provider \
-         (scripts/test does it)"
-    );
-    let port = free_port();
-    let issuer = format!("http://127.0.0.1:{port}");
-    // The provider stamps logout tokens with the real time: the sidecars' clock starts there.
-    let clock = ManualClock::new(wall_ms());
-    let receiving = || {
-        Settings::new(Backend::Postgres)
-            .clock(clock.clone())
-            .arg("--http-listen", "127.0.0.1:0")
-            .arg("--oidc-issuer", &format!("{issuer}={issuer}/jwks"))
-            .arg("--oidc-client-id", CLIENT)
-    };
-    let a = receiving().spawn().await;
-    let b = receiving().sharing(&a).spawn().await;
-    let backchannel = format!(
-        "http://{}/oidc/backchannel-logout",
-        a.http_addr.expect("http listener")
-    );
+/// The provider script, driven through its stdin and stdout.
+struct Provider {
+    node: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+    issuer: String,
+}
 
-    let mut node = tokio::process::Command::new("node")
-        .arg(format!(
-            "{}/tests/idp/provider.mjs",
+impl Provider {
+    fn start(backchannel: &str, resource: Option<&str>) -> Self {
+        let module = format!(
+            "{}/target/oidc/node_modules/oidc-provider/lib/index.js",
             env!("CARGO_MANIFEST_DIR")
-        ))
-        .env("OIDC_PROVIDER_MODULE", format!("file://{module}"))
-        .env("PORT", port.to_string())
-        .env("BACKCHANNEL_URI", &backchannel)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs tests/idp/provider.mjs");
-    let mut stdin = node.stdin.take().expect("stdin");
-    let mut lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
-    // The script's own lines start with a word of ours; the provider's warnings are skipped.
-    let mut next_line = async |prefix: &str| {
+        );
+        assert!(
+            std::path::Path::new(&module).exists(),
+            "oidc-provider is not installed: npm install --prefix target/oidc oidc-provider \
+             (scripts/test does it)"
+        );
+        let port = free_port();
+        let mut command = tokio::process::Command::new("node");
+        command
+            .arg(format!(
+                "{}/tests/idp/provider.mjs",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .env("OIDC_PROVIDER_MODULE", format!("file://{module}"))
+            .env("PORT", port.to_string())
+            .env("BACKCHANNEL_URI", backchannel)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(resource) = resource {
+            command.env("RESOURCE", resource);
+        }
+        let mut node = command.spawn().expect("node runs tests/idp/provider.mjs");
+        let stdin = node.stdin.take().expect("stdin");
+        let lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
+        Self {
+            node,
+            stdin,
+            lines,
+            issuer: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// The script's next line starting with `prefix` (its own lines start with a word of ours;
+    /// the provider's warnings are skipped).
+    async fn next_line(&mut self, prefix: &str) -> String {
         let wanted = async {
             loop {
-                let line = lines.next_line().await.expect("read").expect("a line");
+                let line = self.lines.next_line().await.expect("read").expect("a line");
                 if let Some(rest) = line.strip_prefix(prefix) {
                     return rest.trim().to_owned();
                 }
@@ -73,9 +78,48 @@ async fn logging_out_at_a_real_openid_provider_revokes_our_token_on_every_instan
         tokio::time::timeout(Duration::from_secs(30), wanted)
             .await
             .expect("the provider script answers within 30 s")
+    }
+
+    /// The next login's ID-token `sub` and `sid`, and the access token when one was minted.
+    async fn login(&mut self) -> serde_json::Value {
+        serde_json::from_str(&self.next_line("login").await).expect("the login line")
+    }
+
+    async fn send(&mut self, command: &str) {
+        self.stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .expect("write to the script");
+    }
+
+    async fn stop(mut self) {
+        drop(self.stdin);
+        let _ = self.node.kill().await;
+    }
+}
+
+#[tokio::test]
+async fn logging_out_at_a_real_openid_provider_revokes_our_token_on_every_instance() {
+    crate::require!(Postgres, OidcProvider);
+    let http = free_port();
+    let mut provider = Provider::start(
+        &format!("http://127.0.0.1:{http}/oidc/backchannel-logout"),
+        None,
+    );
+    let issuer = provider.issuer.clone();
+    // The provider stamps logout tokens with the real time: the sidecars' clock starts there.
+    let clock = ManualClock::new(wall_ms());
+    let receiving = |listen: &str| {
+        Settings::new(Backend::Postgres)
+            .clock(clock.clone())
+            .arg("--http-listen", listen)
+            .arg("--oidc-issuer", &format!("{issuer}={issuer}/jwks"))
+            .arg("--oidc-client-id", CLIENT)
     };
-    let login: serde_json::Value =
-        serde_json::from_str(&next_line("login").await).expect("the ID token's sub and sid");
+    let a = receiving(&format!("127.0.0.1:{http}")).spawn().await;
+    let b = receiving("127.0.0.1:0").sharing(&a).spawn().await;
+
+    let login = provider.login().await;
     let (sub, sid) = (
         login["sub"].as_str().expect("sub"),
         login["sid"]
@@ -90,8 +134,8 @@ async fn logging_out_at_a_real_openid_provider_revokes_our_token_on_every_instan
         .expect("issue");
     assert_eq!(b.verdict(&token).await, pb::Reason::Unspecified);
 
-    stdin.write_all(b"logout\n").await.expect("ask for logout");
-    assert_eq!(next_line("logout").await, "done");
+    provider.send("logout").await;
+    assert_eq!(provider.next_line("logout").await, "done");
     for app in [&a, &b] {
         eventually(
             Duration::from_secs(5),
@@ -105,6 +149,74 @@ async fn logging_out_at_a_real_openid_provider_revokes_our_token_on_every_instan
     assert_eq!(trail.len(), 1, "{trail:?}");
     assert_eq!(trail[0].who, format!("backchannel:{issuer}"));
     assert_eq!(trail[0].target, sid);
-    drop(stdin);
-    let _ = node.kill().await;
+    provider.stop().await;
+}
+
+#[tokio::test]
+async fn a_real_providers_own_access_token_dies_at_its_logout() {
+    crate::require!(OidcProvider);
+    const RESOURCE: &str = "https://orders.api.test";
+    const SESSIONS: usize = 6;
+    let http = free_port();
+    let mut provider = Provider::start(
+        &format!("http://127.0.0.1:{http}/oidc/backchannel-logout"),
+        Some(RESOURCE),
+    );
+    let issuer = provider.issuer.clone();
+    let mut logins = vec![provider.login().await];
+    for _ in 1..SESSIONS {
+        provider.send("login").await;
+        logins.push(provider.login().await);
+    }
+    // Keys by discovery (plain http: a loopback issuer); the provider's logouts too, under the
+    // same prefix.
+    let app = Settings::new(Backend::Sqlite)
+        .clock(ManualClock::new(wall_ms()))
+        .arg("--http-listen", &format!("127.0.0.1:{http}"))
+        .arg(
+            "--trusted-issuer",
+            &format!("{issuer}=discovery,audience={RESOURCE},subject-prefix=op:"),
+        )
+        .arg(
+            "--oidc-issuer",
+            &format!("{issuer}={issuer}/jwks,subject-prefix=op:"),
+        )
+        .arg("--oidc-client-id", CLIENT)
+        .spawn()
+        .await;
+    let token = |i: usize| {
+        logins[i]["access_token"]
+            .as_str()
+            .expect("a JWT access token (resource indicators)")
+            .to_owned()
+    };
+    for i in 0..SESSIONS {
+        let answer = app.verify(&token(i)).await;
+        assert!(answer.valid, "{answer:?}");
+        let claims = answer.claims.expect("claims");
+        assert_eq!(claims.user_id, format!("op:{}", logins[i]["sub"].as_str().expect("sub")));
+        assert_eq!(claims.issuer, issuer);
+        assert_eq!(
+            claims.idp_session_id,
+            format!("op:{}", logins[i]["sid"].as_str().expect("sid"))
+        );
+    }
+    // Each logout but the first session's, timed from the logout's answer to the refusal.
+    let mut took = Vec::new();
+    for i in 1..SESSIONS {
+        provider.send(&format!("logout {i}")).await;
+        let started = Instant::now();
+        assert_eq!(provider.next_line("logout").await, "done");
+        eventually(Duration::from_secs(5), "the logout reaches Verify", || async {
+            app.verdict(&token(i)).await == pb::Reason::TokenRevoked
+        })
+        .await;
+        took.push(started.elapsed());
+    }
+    println!("the provider's logout to the refusal of its access token: {took:?}");
+    assert_eq!(app.verdict(&token(0)).await, pb::Reason::Unspecified);
+    // The provider's token is not refreshed here.
+    let refused = app.refresh(&token(0)).await.expect_err("not ours to refresh");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    provider.stop().await;
 }
