@@ -923,23 +923,7 @@ async fn key_sets_are_fetched_over_https_from_a_trusted_server_only() {
     let dir = tempfile::tempdir().expect("dir");
     write_jwks(&dir.path().join("jwks.json"), &[("k1", "rsa.pem")]);
     let port = crate::common::free_port();
-    let serve = format!(
-        "import http.server, ssl, functools\n\
-         handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory={dir:?})\n\
-         server = http.server.HTTPServer(('127.0.0.1', {port}), handler)\n\
-         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n\
-         context.load_cert_chain({cert:?}, {key:?})\n\
-         server.socket = context.wrap_socket(server.socket, server_side=True)\n\
-         server.serve_forever()\n",
-        dir = dir.path().display().to_string(),
-        cert = fixture("keys/tls/server.pem"),
-        key = fixture("keys/tls/server.key"),
-    );
-    let mut server = std::process::Command::new("python3")
-        .args(["-c", &serve])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("python3 serves the key set over HTTPS");
+    let _server = crate::common::https_file_server(dir.path(), port);
     let issuer = format!("https://localhost:{port}/realms/app");
     let source = format!("{issuer}=https://localhost:{port}/jwks.json");
     let sidecar = |ca: &str| {
@@ -1004,8 +988,6 @@ async fn key_sets_are_fetched_over_https_from_a_trusted_server_only() {
         )
         .await;
     drop(untrusting);
-    let _ = server.kill();
-    let _ = server.wait();
 }
 
 /// The guide's "Your identity provider revokes for you" walkthrough, block by block, against a

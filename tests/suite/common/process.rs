@@ -396,3 +396,40 @@ pub async fn assert_two_authorizations_are_malformed(addr: SocketAddr, path: &st
     );
     assert!(r.header("x-user-id").is_none(), "{r:?}");
 }
+
+/// A child process killed (and reaped) when dropped, also when a test fails: an orphan would
+/// keep the test harness's output pipe open.
+pub struct Reaped(pub std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Python's file server over HTTPS on `port`, serving `dir` with the test server certificate
+/// (`tests/keys/tls/server.pem`, for `localhost`, signed by `ca.pem`).
+pub fn https_file_server(dir: &std::path::Path, port: u16) -> Reaped {
+    let fixture = |name: &str| format!("{}/tests/keys/tls/{name}", env!("CARGO_MANIFEST_DIR"));
+    let serve = format!(
+        "import http.server, ssl, functools\n\
+         handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory={dir:?})\n\
+         server = http.server.HTTPServer(('127.0.0.1', {port}), handler)\n\
+         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n\
+         context.load_cert_chain({cert:?}, {key:?})\n\
+         server.socket = context.wrap_socket(server.socket, server_side=True)\n\
+         server.serve_forever()\n",
+        dir = dir.display().to_string(),
+        cert = fixture("server.pem"),
+        key = fixture("server.key"),
+    );
+    Reaped(
+        std::process::Command::new("python3")
+            .args(["-c", &serve])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 serves files over HTTPS"),
+    )
+}

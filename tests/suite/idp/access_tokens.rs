@@ -248,3 +248,77 @@ async fn a_providers_tokens_are_revoked_by_our_rules() {
     assert_eq!(app.verdict(&new_sign_in).await, pb::Reason::UserBanned);
     assert_eq!(auth(&app, &new_sign_in).await.status, 401);
 }
+
+/// Discovery end to end with the built binary: the issuer's metadata and key set served over
+/// HTTPS (trusted through `SSL_CERT_FILE`), and a key rotation at the provider picked up when a
+/// token names the new `kid` — without waiting for the periodic read.
+#[tokio::test]
+async fn discovery_over_https_finds_the_keys_and_follows_a_rotation() {
+    crate::require!(PythonJwt);
+    let dir = tempfile::tempdir().expect("dir");
+    let port = crate::common::free_port();
+    let issuer = format!("https://localhost:{port}");
+    let well_known = dir.path().join(".well-known");
+    std::fs::create_dir_all(&well_known).expect("mkdir");
+    std::fs::write(
+        well_known.join("openid-configuration"),
+        json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks.json")}).to_string(),
+    )
+    .expect("write metadata");
+    let jwks = dir.path().join("jwks.json");
+    write_jwks(&jwks, &[("k1", "rsa.pem")]);
+    let _server = crate::common::https_file_server(dir.path(), port);
+    let http = crate::common::free_port();
+    let env = [
+        ("SSL_CERT_FILE", fixture("keys/tls/ca.pem")),
+        ("TOKEN_SIDECAR_HTTP_LISTEN", format!("127.0.0.1:{http}")),
+        (
+            "TOKEN_SIDECAR_TRUSTED_ISSUERS",
+            format!("{issuer}=discovery,audience={API}"),
+        ),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let home = tempfile::tempdir().expect("dir");
+    let mut sidecar = crate::common::SidecarProcess::start(home.path(), &env).await;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], http));
+    let token_of = |alg: &str, pem: &str, kid: &str| {
+        let now = token_sidecar::clock::wall_ms() / 1000;
+        sign(
+            alg,
+            Some(pem),
+            json!({"kid": kid}),
+            &json!({"iss": issuer, "sub": "dana", "aud": API, "iat": now, "exp": now + 300}),
+        )
+    };
+    let status = |token: String| async move {
+        let bearer = format!("Bearer {token}");
+        http_request(addr, "GET", "/auth", &[("Authorization", &bearer)], None)
+            .await
+            .map(|r| r.status)
+            .unwrap_or(0)
+    };
+    // The sidecar is NOT_SERVING until the keys are read (a proxy sends nothing before).
+    crate::common::eventually(
+        std::time::Duration::from_secs(15),
+        "the provider's token is admitted once its keys are read",
+        || async { status(token_of("RS256", "rsa.pem", "k1")).await == 200 },
+    )
+    .await;
+    sidecar
+        .wait_for_line(
+            "a trusted issuer's key set read",
+            std::time::Duration::from_secs(1),
+        )
+        .await;
+    // The provider rotates to an EC key and signs with it at once.
+    write_jwks(&jwks, &[("k2", "p256.pem")]);
+    crate::common::eventually(
+        std::time::Duration::from_secs(10),
+        "the rotated key is read on its first use",
+        || async { status(token_of("ES256", "p256.pem", "k2")).await == 200 },
+    )
+    .await;
+    // The old key is gone with the old set.
+    assert_eq!(status(token_of("RS256", "rsa.pem", "k1")).await, 401);
+    drop(sidecar);
+}

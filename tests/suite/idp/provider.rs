@@ -194,7 +194,10 @@ async fn a_real_providers_own_access_token_dies_at_its_logout() {
         let answer = app.verify(&token(i)).await;
         assert!(answer.valid, "{answer:?}");
         let claims = answer.claims.expect("claims");
-        assert_eq!(claims.user_id, format!("op:{}", logins[i]["sub"].as_str().expect("sub")));
+        assert_eq!(
+            claims.user_id,
+            format!("op:{}", logins[i]["sub"].as_str().expect("sub"))
+        );
         assert_eq!(claims.issuer, issuer);
         assert_eq!(
             claims.idp_session_id,
@@ -207,16 +210,21 @@ async fn a_real_providers_own_access_token_dies_at_its_logout() {
         provider.send(&format!("logout {i}")).await;
         let started = Instant::now();
         assert_eq!(provider.next_line("logout").await, "done");
-        eventually(Duration::from_secs(5), "the logout reaches Verify", || async {
-            app.verdict(&token(i)).await == pb::Reason::TokenRevoked
-        })
+        eventually(
+            Duration::from_secs(5),
+            "the logout reaches Verify",
+            || async { app.verdict(&token(i)).await == pb::Reason::TokenRevoked },
+        )
         .await;
         took.push(started.elapsed());
     }
     println!("the provider's logout to the refusal of its access token: {took:?}");
     assert_eq!(app.verdict(&token(0)).await, pb::Reason::Unspecified);
     // The provider's token is not refreshed here.
-    let refused = app.refresh(&token(0)).await.expect_err("not ours to refresh");
+    let refused = app
+        .refresh(&token(0))
+        .await
+        .expect_err("not ours to refresh");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     provider.stop().await;
 }

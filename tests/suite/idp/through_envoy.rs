@@ -39,11 +39,23 @@ async fn a_providers_token_is_judged_by_ext_authz_and_the_filter_and_dies_at_its
     )
     .await;
     for proxy in [&ext_authz, &filter] {
-        let r = get(proxy, &[("authorization", &first), ("x-token-issuer", "forged")]).await;
+        let r = get(
+            proxy,
+            &[("authorization", &first), ("x-token-issuer", "forged")],
+        )
+        .await;
         assert_eq!(r.status, 200, "{r:?}");
-        let headers = seen.lock().expect("seen").last().cloned().expect("a request");
+        let headers = seen
+            .lock()
+            .expect("seen")
+            .last()
+            .cloned()
+            .expect("a request");
         assert_eq!(headers.get("x-user-id"), Some(&vec!["kc:f3a1".to_owned()]));
-        assert_eq!(headers.get("x-token-issuer"), Some(&vec![ISSUER.to_owned()]));
+        assert_eq!(
+            headers.get("x-token-issuer"),
+            Some(&vec![ISSUER.to_owned()])
+        );
     }
 
     // Each logout at the provider, timed until the filter refuses (ext_authz asks the sidecar
@@ -64,7 +76,10 @@ async fn a_providers_token_is_judged_by_ext_authz_and_the_filter_and_dies_at_its
             if status == 401 {
                 break;
             }
-            assert!(started.elapsed() < Duration::from_secs(3), "not refused in 3 s");
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "not refused in 3 s"
+            );
         }
         took.push(started.elapsed());
         let r = get(&ext_authz, &[("authorization", &auth)]).await;
