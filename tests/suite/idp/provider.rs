@@ -190,18 +190,18 @@ async fn a_real_providers_own_access_token_dies_at_its_logout() {
             .expect("a JWT access token (resource indicators)")
             .to_owned()
     };
-    for i in 0..SESSIONS {
+    for (i, login) in logins.iter().enumerate() {
         let answer = app.verify(&token(i)).await;
         assert!(answer.valid, "{answer:?}");
         let claims = answer.claims.expect("claims");
         assert_eq!(
             claims.user_id,
-            format!("op:{}", logins[i]["sub"].as_str().expect("sub"))
+            format!("op:{}", login["sub"].as_str().expect("sub"))
         );
         assert_eq!(claims.issuer, issuer);
         assert_eq!(
             claims.idp_session_id,
-            format!("op:{}", logins[i]["sid"].as_str().expect("sid"))
+            format!("op:{}", login["sid"].as_str().expect("sid"))
         );
     }
     // Each logout but the first session's, timed from the logout's answer to the refusal.

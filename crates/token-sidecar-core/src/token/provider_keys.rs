@@ -58,6 +58,10 @@ impl ProviderKey {
     }
 }
 
+/// A signature that is not base64url: a malformed token, not a bad signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotBase64Url;
+
 /// A provider's key set, parsed: keys by `kid`, and those without one.
 #[derive(Clone, Default)]
 pub struct ProviderKeySet {
@@ -122,16 +126,17 @@ impl ProviderKeySet {
     }
 
     /// Whether any key may check a token with `kid` and `alg`, and that signature holds over
-    /// `message`. `Err` when the signature is not base64url.
+    /// `message`.
     pub fn verify(
         &self,
         kid: Option<&str>,
         alg: Algorithm,
         message: &[u8],
         signature_b64: &str,
-    ) -> Result<bool, ()> {
+    ) -> Result<bool, NotBase64Url> {
         let check = |key: &ProviderKey| {
-            jsonwebtoken::crypto::verify(signature_b64, message, &key.decoding, alg).map_err(|_| ())
+            jsonwebtoken::crypto::verify(signature_b64, message, &key.decoding, alg)
+                .map_err(|_| NotBase64Url)
         };
         match kid {
             Some(kid) => match self.by_kid.get(kid).filter(|k| k.fits(alg)) {

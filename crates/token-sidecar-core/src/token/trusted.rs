@@ -28,7 +28,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::claims::{ClaimSlots, Claims, as_numeric_date, check_audience, required_string};
-use super::provider_keys::ProviderKeySet;
+use super::provider_keys::{NotBase64Url, ProviderKeySet};
 use crate::clock::{UnixMillis, UnixSeconds};
 use crate::policy::user_id_problem;
 use crate::reason::Reason;
@@ -256,13 +256,6 @@ impl TrustedIssuers {
         }
         Ok(Self::new(issuers))
     }
-
-    /// Whether any issuer's decode named a `kid` it lacks since the last call.
-    pub fn take_unknown_kid(&self) -> bool {
-        self.by_issuer
-            .values()
-            .fold(false, |any, trust| trust.take_unknown_kid() || any)
-    }
 }
 
 /// The signed parts of a token whose `iss` names a trusted issuer, as the decode path split it.
@@ -296,7 +289,7 @@ pub(super) fn decode_trusted(
     match keys.verify(parts.kid, alg, parts.message, parts.signature_b64) {
         Ok(true) => {}
         Ok(false) => return Err(Reason::BadSignature),
-        Err(()) => return Err(Reason::Malformed),
+        Err(NotBase64Url) => return Err(Reason::Malformed),
     }
     trusted_claims(trust, parts.payload, parts.token)
 }
