@@ -23,8 +23,9 @@ pub struct ApiArgs {
     /// `/auth` (nginx auth_request, Traefik ForwardAuth, Envoy HTTP ext_authz), RFC 7662
     /// introspection at `/oauth2/introspect`, RFC 7009 revocation at `/oauth2/revoke`, the
     /// public keys at `/.well-known/jwks.json`, the change feed for proxy filters at
-    /// `/revocations/changes`, and the identity providers' `/oidc/backchannel-logout` and
-    /// `/ssf/events` (when configured). Off unless set.
+    /// `/revocations/changes` and the trusted issuers' keys for them at `/trusted-issuers`, and
+    /// the identity providers' `/oidc/backchannel-logout` and `/ssf/events` (when configured).
+    /// Off unless set.
     #[arg(help_heading = "API, TLS and proxies", long, env = "TOKEN_SIDECAR_HTTP_LISTEN", value_parser = parse_listen)]
     pub http_listen: Option<SocketAddr>,
 
