@@ -1,6 +1,7 @@
 //! The in-process verify path (decode + policy + caches, warm) against a bare
-//! `jsonwebtoken::decode` of the same token, per algorithm; and what one change announcement
-//! costs an instance: sealing it (the writer) and opening it (every receiver), MAC included.
+//! `jsonwebtoken::decode` of the same token, per algorithm; a trusted issuer's RS256 token
+//! against one of ours (SPEC §16); and what one change announcement costs an instance: sealing
+//! it (the writer) and opening it (every receiver), MAC included.
 //!
 //!   cargo bench --bench verify
 use std::path::Path;
@@ -16,7 +17,7 @@ use token_sidecar::metrics::CoreMetrics;
 use token_sidecar::policy::RevocationPolicy;
 use token_sidecar::revocations::{CacheSettings, OutageMode, Revocations};
 use token_sidecar::store::{self, RevocationStore};
-use token_sidecar::token::{KeySet, KeySpec, TokenCodec};
+use token_sidecar::token::{Audience, IssuerTrust, KeySet, KeySpec, TokenCodec, TrustedIssuers};
 
 struct Case {
     alg: &'static str,
@@ -61,6 +62,14 @@ fn fixture(name: &str) -> std::path::PathBuf {
 }
 
 async fn authority(case: &Case, dir: &Path) -> Arc<TokenAuthority> {
+    authority_trusting(case, dir, TrustedIssuers::default()).await
+}
+
+async fn authority_trusting(
+    case: &Case,
+    dir: &Path,
+    trusted: TrustedIssuers,
+) -> Arc<TokenAuthority> {
     let path = if case.private.is_empty() {
         let p = dir.join("hs.key");
         std::fs::write(&p, SECRET).unwrap_or_else(|e| panic!("write key: {e}"));
@@ -113,7 +122,8 @@ async fn authority(case: &Case, dir: &Path) -> Arc<TokenAuthority> {
         max_clock_skew_ms: 500,
         audit_retention_ms: 90 * 86_400_000,
     };
-    let codec = TokenCodec::new(keys, "token-sidecar".into(), None);
+    let codec =
+        TokenCodec::new(keys, "token-sidecar".into(), None).with_trusted_issuers(Arc::new(trusted));
     Arc::new(TokenAuthority::new(codec, policy, revocations, clock))
 }
 
@@ -167,6 +177,69 @@ fn verify(c: &mut Criterion) {
     }
 }
 
+/// A trusted issuer's RS256 access token (an identity provider's, its keys from a JWKS) against
+/// one of ours with the same key and algorithm, through the same warm verify path.
+fn trusted_issuer(c: &mut Criterion) {
+    const IDP: &str = "https://sso.example.com/realms/app";
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("dir: {e}"));
+    let private = std::fs::read(fixture("rsa.pem")).unwrap_or_else(|e| panic!("{e}"));
+    let signing =
+        jsonwebtoken::EncodingKey::from_rsa_pem(&private).unwrap_or_else(|e| panic!("{e}"));
+    let mut jwk = serde_json::to_value(
+        jsonwebtoken::jwk::Jwk::from_encoding_key(&signing, Algorithm::RS256)
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    jwk["kid"] = serde_json::json!("idp-1");
+    let jwks = serde_json::json!({ "keys": [jwk] }).to_string();
+    let trust = IssuerTrust::new(IDP, Audience::parse("api"), "kc:", 7 * 86_400_000);
+    trust
+        .publish_keys(jwks.as_bytes())
+        .unwrap_or_else(|e| panic!("jwks: {e}"));
+    let case = &CASES[1];
+    let authority = rt.block_on(authority_trusting(
+        case,
+        dir.path(),
+        TrustedIssuers::new([Arc::new(trust)]),
+    ));
+    let ours = rt
+        .block_on(authority.issue(IssueRequest {
+            user_id: UserId::parse("bench-user").unwrap_or_else(|e| panic!("user id: {e}")),
+            claims: Default::default(),
+            ttl_ms: None,
+            idp_session_id: None,
+        }))
+        .unwrap_or_else(|e| panic!("issue: {e}"))
+        .token;
+    let now = chrono::Utc::now().timestamp();
+    let mut header = jsonwebtoken::Header::new(Algorithm::RS256);
+    header.kid = Some("idp-1".into());
+    let theirs = jsonwebtoken::encode(
+        &header,
+        &serde_json::json!({"iss": IDP, "sub": "f3a1", "aud": ["account", "api"],
+            "iat": now, "exp": now + 3_600, "jti": "8c0f", "sid": "s1", "azp": "web",
+            "realm_access": {"roles": ["user"]}}),
+        &signing,
+    )
+    .unwrap_or_else(|e| panic!("sign: {e}"));
+    for token in [&ours, &theirs] {
+        let warm = rt.block_on(authority.verify(token));
+        assert!(matches!(warm, Ok(Ok(_))), "{warm:?}");
+    }
+    let mut group = c.benchmark_group("RS256_trusted_issuer");
+    group.bench_function("ours_full_verify", |b| {
+        b.to_async(&rt).iter(|| authority.verify(&ours))
+    });
+    group.bench_function("theirs_full_verify", |b| {
+        b.to_async(&rt).iter(|| authority.verify(&theirs))
+    });
+    group.finish();
+}
+
 /// One announcement sealed and opened (HMAC-SHA256 over ~150 bytes), against the parse alone.
 fn announcement(c: &mut Criterion) {
     use token_sidecar::store::Change;
@@ -199,6 +272,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = verify, announcement
+    targets = verify, trusted_issuer, announcement
 }
 criterion_main!(benches);
