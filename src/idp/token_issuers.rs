@@ -132,7 +132,10 @@ impl TokenIssuer {
             KeysSource::Discovery => JwksSource::Url(discover(&self.issuer).await?),
         };
         let raw = super::jwks::read_raw(&source).await?;
-        let set = KeySet::parse(&raw).map_err(|e| format!("{source}: {e}"))?;
+        let set = KeySet::parse_any(&raw).map_err(|e| format!("{source}: {e}"))?;
+        if set.is_empty() {
+            tracing::warn!(issuer = %self.issuer, source = %source, "a trusted issuer's key set holds no usable signature key (RSA of 2048 bits or more, EC P-256/P-384, Ed25519): its tokens are refused");
+        }
         Ok((raw, set))
     }
 

@@ -42,11 +42,15 @@ pub(super) fn signed(claims: &Value) -> String {
 /// A sidecar trusting the provider's access tokens (audience [`API`], prefix `kc:`) and its
 /// back-channel logouts (the same prefix), and a second issuer with the same subjects.
 pub(super) async fn trusting(dir: &Path) -> TestApp {
+    trusting_with(dir, &[]).await
+}
+
+async fn trusting_with(dir: &Path, more: &[(&str, &str)]) -> TestApp {
     let jwks = dir.join("jwks.json");
     write_jwks(&jwks, &[("k1", "rsa.pem")]);
     let other = dir.join("other.json");
     write_jwks(&other, &[("o1", "p256.pem")]);
-    Settings::new(Backend::Sqlite)
+    let settings = Settings::new(Backend::Sqlite)
         .arg("--http-listen", "127.0.0.1:0")
         .arg(
             "--trusted-issuer",
@@ -66,9 +70,11 @@ pub(super) async fn trusting(dir: &Path) -> TestApp {
             "--oidc-issuer",
             &format!("{ISSUER}={},subject-prefix={PREFIX}", jwks.display()),
         )
-        .arg("--oidc-client-id", CLIENT_ID)
-        .spawn()
-        .await
+        .arg("--oidc-client-id", CLIENT_ID);
+    let settings = more.iter().fold(settings, |settings, (flag, value)| {
+        settings.arg(flag, value)
+    });
+    settings.spawn().await
 }
 
 async fn auth(app: &TestApp, token: &str) -> crate::common::HttpResponse {
@@ -321,4 +327,57 @@ async fn discovery_over_https_finds_the_keys_and_follows_a_rotation() {
     // The old key is gone with the old set.
     assert_eq!(status(token_of("RS256", "rsa.pem", "k1")).await, 401);
     drop(sidecar);
+}
+
+/// RFC 7662 introspection of a provider's token: active, its issuer, our user id, and the
+/// provider's own `scope`, `client_id`, `jti` and `sid` passed through (its word, not a custom
+/// claim of an Issue caller's).
+#[tokio::test]
+async fn introspection_answers_for_a_providers_token_in_its_words() {
+    crate::require!(PythonJwt);
+    const RESOURCE_SERVER: &str = "orders-api-introspection-credential";
+    let dir = tempfile::tempdir().expect("dir");
+    let list = dir.path().join("introspection");
+    std::fs::write(&list, format!("{RESOURCE_SERVER}\n")).expect("write");
+    std::fs::set_permissions(&list, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let app = trusting_with(
+        dir.path(),
+        &[("--introspection-token-file", &list.display().to_string())],
+    )
+    .await;
+    let mut claims = access_claims(&app, "f3a1", "kc-session-9");
+    claims["client_id"] = json!("web-app");
+    let token = signed(&claims);
+    let introspect = |token: String| {
+        let http = app.http_addr.expect("http");
+        async move {
+            let bearer = format!("Bearer {RESOURCE_SERVER}");
+            let form = format!("token={token}");
+            let r = http_request(
+                http,
+                "POST",
+                "/oauth2/introspect",
+                &[("Authorization", &bearer)],
+                Some(("application/x-www-form-urlencoded", &form)),
+            )
+            .await
+            .expect("introspection answers");
+            assert_eq!(r.status, 200, "{r:?}");
+            serde_json::from_str::<Value>(&r.body).expect("JSON")
+        }
+    };
+    let body = introspect(token.clone()).await;
+    assert_eq!(body["active"], true, "{body}");
+    assert_eq!(body["iss"], ISSUER);
+    assert_eq!(body["sub"], "kc:f3a1");
+    assert_eq!(body["scope"], "openid profile");
+    assert_eq!(body["client_id"], "web-app");
+    assert_eq!(body["jti"], claims["jti"]);
+    assert_eq!(body["sid"], "kc-session-9");
+    assert_eq!(body["token_type"], "Bearer");
+    app.revoke(pb::revoke_request::Target::Token(token.clone()))
+        .await
+        .expect("revoke");
+    assert_eq!(introspect(token).await, json!({"active": false}));
 }

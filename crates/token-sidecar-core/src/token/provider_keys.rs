@@ -73,6 +73,20 @@ impl ProviderKeySet {
     /// The signing keys of a JWKS document. Keys for encryption, of other types, or that do not
     /// parse are skipped (a provider publishes more than we use); none usable is an error.
     pub fn parse(json: &[u8]) -> Result<Self, String> {
+        let set = Self::parse_any(json)?;
+        if set.is_empty() {
+            return Err(
+                "the key set holds no usable signature key (RSA of 2048 bits or more, EC P-256/P-384 \
+                 or Ed25519)"
+                    .into(),
+            );
+        }
+        Ok(set)
+    }
+
+    /// [`Self::parse`], but a set without a usable key is a set (it verifies nothing): a
+    /// provider that publishes only a weak key has its tokens refused, not its peers' too.
+    pub fn parse_any(json: &[u8]) -> Result<Self, String> {
         let document: Value =
             serde_json::from_slice(json).map_err(|e| format!("not a JSON key set: {e}"))?;
         let keys = document
@@ -96,11 +110,6 @@ impl ProviderKeySet {
                 }
                 None => set.unnamed.push(parsed),
             }
-        }
-        if set.is_empty() {
-            return Err(
-                "the key set holds no usable signature key (RSA, EC P-256/P-384 or Ed25519)".into(),
-            );
         }
         Ok(set)
     }

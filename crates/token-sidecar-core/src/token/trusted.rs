@@ -10,6 +10,7 @@
 //!   `jti` and its session — is minted-shaped: the first 128 bits of SHA-256 over the issuer and
 //!   its `jti` (over the whole token when it has none). Scoped by issuer: two issuers' equal
 //!   `jti`s are two tokens;
+//! - `exp` is required, `iat` is not (RFC 7519; see [`session_start_ms`]);
 //! - the instant a cutoff is compared with ([`session_start_ms`]) is `auth_time` when present
 //!   and earlier than `iat`: a revoke-all is meant to end the user's sign-ins, and a provider
 //!   keeps minting fresh access tokens (new `iat`) from a sign-in made before it. It is never
@@ -134,7 +135,7 @@ impl IssuerTrust {
     /// Reads `jwks` (a JWKS document) and puts its keys in use; it is also what the proxy
     /// filters are given.
     pub fn publish_keys(&self, jwks: &[u8]) -> Result<(), String> {
-        let keys = ProviderKeySet::parse(jwks)?;
+        let keys = ProviderKeySet::parse_any(jwks)?;
         let document: Value = serde_json::from_slice(jwks).map_err(|e| e.to_string())?;
         self.published.store(Some(Arc::new(document)));
         self.replace_keys(keys);
@@ -301,8 +302,8 @@ fn trusted_claims(trust: &IssuerTrust, payload: &[u8], token: &str) -> Result<Cl
         return Err(Reason::WrongIssuer);
     }
     let sub = required_string(slots.sub)?;
-    let issued_at = as_numeric_date(&slots.iat.ok_or(Reason::MissingClaim)?)?;
     let expires_at = as_numeric_date(&slots.exp.ok_or(Reason::MissingClaim)?)?;
+    let issued_at = slots.iat.as_ref().map(as_numeric_date).transpose()?;
     let not_before = slots.nbf.as_ref().map(as_numeric_date).transpose()?;
     if let Audience::Exactly(expected) = &trust.audience {
         check_audience(slots.aud.as_ref(), expected)?;
@@ -330,14 +331,16 @@ fn trusted_claims(trust: &IssuerTrust, payload: &[u8], token: &str) -> Result<Cl
             extra.insert(name.into(), value);
         }
     }
+    let orig_iat_ms = session_start_ms(issued_at, auth_time, expires_at, trust.session_horizon_ms);
     Ok(Claims {
         user_id,
         jti: own_id.clone(),
         session_id: own_id,
-        issued_at,
+        // Without `iat`, the earliest the token can be taken to be issued.
+        issued_at: issued_at.unwrap_or(UnixSeconds::floor_of(orig_iat_ms)),
         expires_at,
         not_before,
-        orig_iat_ms: session_start_ms(issued_at, auth_time, expires_at, trust.session_horizon_ms),
+        orig_iat_ms,
         idp_session_id,
         extra,
         issuer: Some(trust.issuer.clone()),
@@ -363,20 +366,21 @@ pub fn token_id(issuer: &str, jti: Option<&str>, token: &str) -> String {
 }
 
 /// The instant a cutoff is compared with (the module's note): `iat`, or `auth_time` when
-/// earlier, but never before `exp` less the refresh window.
+/// earlier, but never before `exp` less the refresh window. A token without `iat` (RFC 7519
+/// makes it optional) is taken as issued as early as that bound allows: every cutoff that could
+/// concern it refuses it.
 pub fn session_start_ms(
-    issued_at: UnixSeconds,
+    issued_at: Option<UnixSeconds>,
     auth_time: Option<UnixSeconds>,
     expires_at: UnixSeconds,
     session_horizon_ms: i64,
 ) -> UnixMillis {
-    let iat_ms = issued_at.as_millis();
-    match auth_time {
-        None => iat_ms,
-        Some(auth_time) => auth_time
-            .as_millis()
-            .max(expires_at.as_millis().saturating_sub(session_horizon_ms))
-            .min(iat_ms),
+    let floor = expires_at.as_millis().saturating_sub(session_horizon_ms);
+    let signed_in = auth_time.map_or(floor, |at| at.as_millis().max(floor));
+    match issued_at {
+        None => signed_in,
+        Some(iat) if auth_time.is_none() => iat.as_millis(),
+        Some(iat) => signed_in.min(iat.as_millis()),
     }
 }
 

@@ -97,7 +97,7 @@ fn the_audience_expiry_and_issue_time_are_required() {
         }),
         Err(Reason::MissingClaim)
     );
-    for name in ["exp", "iat", "sub"] {
+    for name in ["exp", "sub"] {
         assert_eq!(
             with(&|c| {
                 c.as_object_mut().map(|m| m.remove(name));
@@ -223,27 +223,31 @@ fn a_token_without_a_jti_is_revoked_by_its_own_hash() {
 
 #[test]
 fn the_cutoff_is_compared_with_the_sign_in_bounded_by_the_refresh_window() {
-    let s = UnixSeconds;
+    let s = |seconds| Some(UnixSeconds(seconds));
+    let exp = UnixSeconds(1_300);
     // No auth_time: the issue time.
-    assert_eq!(
-        session_start_ms(s(1_000), None, s(1_300), WINDOW_MS),
-        1_000_000
-    );
+    assert_eq!(session_start_ms(s(1_000), None, exp, WINDOW_MS), 1_000_000);
     // An earlier sign-in is what a revoke-all ends.
-    assert_eq!(
-        session_start_ms(s(1_000), Some(s(400)), s(1_300), WINDOW_MS),
-        400_000
-    );
+    assert_eq!(session_start_ms(s(1_000), s(400), exp, WINDOW_MS), 400_000);
     // Never later than iat.
     assert_eq!(
-        session_start_ms(s(1_000), Some(s(5_000)), s(1_300), WINDOW_MS),
+        session_start_ms(s(1_000), s(5_000), exp, WINDOW_MS),
         1_000_000
     );
     // Never earlier than exp less the window: a cutoff kept that long sees the token die first.
-    let exp = s(30 * 86_400);
+    let exp = UnixSeconds(30 * 86_400);
     assert_eq!(
-        session_start_ms(s(29 * 86_400), Some(s(0)), exp, WINDOW_MS),
+        session_start_ms(s(29 * 86_400), s(0), exp, WINDOW_MS),
         exp.as_millis() - WINDOW_MS
+    );
+    // No iat: as early as the bound allows, or the sign-in.
+    assert_eq!(
+        session_start_ms(None, None, exp, WINDOW_MS),
+        exp.as_millis() - WINDOW_MS
+    );
+    assert_eq!(
+        session_start_ms(None, s(29 * 86_400), exp, WINDOW_MS),
+        29 * 86_400_000
     );
 }
 
@@ -282,4 +286,30 @@ fn the_filters_document_carries_the_same_trust() {
     let copy = TrustedIssuers::from_document(unread.document().as_bytes()).expect("a document");
     assert!(!copy.all_read());
     assert!(TrustedIssuers::from_document(b"[]").is_err());
+}
+
+#[test]
+fn a_token_without_iat_is_judged_by_every_cutoff_that_could_concern_it() {
+    let mut claims = keycloak_claims();
+    claims.as_object_mut().map(|m| m.remove("iat"));
+    let decoded = decode(&keycloak(), &sign("rsa-1", &claims)).expect("iat is optional");
+    assert_eq!(decoded.orig_iat_ms, 2_000_000 - WINDOW_MS);
+}
+
+#[test]
+fn a_set_of_weak_keys_only_is_read_but_verifies_nothing() {
+    // A 1024-bit modulus (the top bit set): below the floor, skipped.
+    let n = URL_SAFE_NO_PAD.encode([0xC1u8; 128]);
+    let weak = json!({"keys": [{"kty": "RSA", "kid": "weak", "n": n, "e": "AQAB"}]});
+    let trust = IssuerTrust::new("https://kc/realms/app", Audience::Any, "kc:", WINDOW_MS);
+    trust
+        .publish_keys(weak.to_string().as_bytes())
+        .expect("read, though nothing in it is usable");
+    let trusted = TrustedIssuers::new([Arc::new(trust)]);
+    assert!(trusted.all_read());
+    assert_eq!(
+        decode(&trusted, &sign("weak", &keycloak_claims())),
+        Err(Reason::BadSignature)
+    );
+    assert!(ProviderKeySet::parse(weak.to_string().as_bytes()).is_err());
 }
