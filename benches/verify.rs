@@ -127,6 +127,18 @@ async fn authority_trusting(
     Arc::new(TokenAuthority::new(codec, policy, revocations, clock))
 }
 
+/// A token of ours for `bench-user`.
+fn issue(rt: &tokio::runtime::Runtime, authority: &TokenAuthority) -> String {
+    rt.block_on(authority.issue(IssueRequest {
+        user_id: UserId::parse("bench-user").unwrap_or_else(|e| panic!("user id: {e}")),
+        claims: Default::default(),
+        ttl_ms: None,
+        idp_session_id: None,
+    }))
+    .unwrap_or_else(|e| panic!("issue: {e}"))
+    .token
+}
+
 fn bare_key(case: &Case) -> DecodingKey {
     if case.public.is_empty() {
         return DecodingKey::from_secret(&SECRET).unwrap_or_else(|e| panic!("{e}"));
@@ -148,15 +160,7 @@ fn verify(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("dir: {e}"));
     for case in CASES {
         let authority = rt.block_on(authority(case, dir.path()));
-        let token = rt
-            .block_on(authority.issue(IssueRequest {
-                user_id: UserId::parse("bench-user").unwrap_or_else(|e| panic!("user id: {e}")),
-                claims: Default::default(),
-                ttl_ms: None,
-                idp_session_id: None,
-            }))
-            .unwrap_or_else(|e| panic!("issue: {e}"))
-            .token;
+        let token = issue(&rt, &authority);
         // Warm: the user's cutoff is cached.
         let warm = rt.block_on(authority.verify(&token));
         assert!(matches!(warm, Ok(Ok(_))), "{}: {warm:?}", case.alg);
@@ -206,15 +210,7 @@ fn trusted_issuer(c: &mut Criterion) {
         dir.path(),
         TrustedIssuers::new([Arc::new(trust)]),
     ));
-    let ours = rt
-        .block_on(authority.issue(IssueRequest {
-            user_id: UserId::parse("bench-user").unwrap_or_else(|e| panic!("user id: {e}")),
-            claims: Default::default(),
-            ttl_ms: None,
-            idp_session_id: None,
-        }))
-        .unwrap_or_else(|e| panic!("issue: {e}"))
-        .token;
+    let ours = issue(&rt, &authority);
     let now = chrono::Utc::now().timestamp();
     let mut header = jsonwebtoken::Header::new(Algorithm::RS256);
     header.kid = Some("idp-1".into());

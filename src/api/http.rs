@@ -60,18 +60,9 @@ const REGISTERED_MEMBERS: [&str; 12] = [
     "jti",
 ];
 
-/// What introspection answers itself for a trusted issuer's token (SPEC §16): the issuer's own
-/// `scope`, `client_id`, `username`, `jti` and `sid` are its word, and pass through.
-const TRUSTED_OVERRIDDEN: [&str; 8] = [
-    "active",
-    "token_type",
-    "exp",
-    "iat",
-    "nbf",
-    "sub",
-    "aud",
-    "iss",
-];
+/// Of those, what a trusted issuer's token answers in its own words (SPEC §16): the provider
+/// granted its `scope`, knows its `client_id` and `username`, and its `jti` is its own.
+const PROVIDERS_OWN: [&str; 4] = ["scope", "client_id", "username", "jti"];
 
 /// `--http-listen`'s forward-auth route (and everything below `/auth/`).
 pub const AUTH: &str = "/auth";
@@ -334,15 +325,15 @@ async fn introspect(State(api): State<HttpApi>, headers: HeaderMap, body: Body) 
             // A custom claim named like a member RFC 7662 or RFC 7519 registers is left out:
             // the answer would otherwise vouch for it (`"active": false` on a valid token,
             // a `scope` or `client_id` the sidecar never granted). It stays in the token.
-            let answered_here: &[&str] = match claims.issuer {
-                Some(_) => &TRUSTED_OVERRIDDEN,
-                None => &REGISTERED_MEMBERS,
+            let trusted = claims.issuer.is_some();
+            let answered_here = |name: &str| {
+                REGISTERED_MEMBERS.contains(&name) && !(trusted && PROVIDERS_OWN.contains(&name))
             };
             answer.extend(
                 claims
                     .extra
                     .into_iter()
-                    .filter(|(name, _)| !answered_here.contains(&name.as_str())),
+                    .filter(|(name, _)| !answered_here(name)),
             );
             answer.insert("sub".into(), Value::from(claims.user_id));
             match claims.issuer {

@@ -104,6 +104,16 @@ impl Config {
         let token_issuers =
             crate::idp::token_issuers::TokenIssuer::parse_list(&self.idp.trusted_issuers)
                 .map_err(|e| StartupError::IdpConfig(format!("--trusted-issuer: {e}")))?;
+        if let Some(own) = token_issuers
+            .iter()
+            .find(|t| t.issuer == self.tokens.issuer)
+        {
+            return Err(StartupError::IdpConfig(format!(
+                "--trusted-issuer: {} is this sidecar's own --issuer: its tokens are checked with \
+                 --key and --issuer-jwks",
+                own.issuer
+            )));
+        }
         crate::idp::check_subject_prefixes(
             oidc_issuers
                 .iter()

@@ -89,3 +89,46 @@ fn keys_repeat_and_the_dev_key_sits_beside_the_database() {
         Some(PathBuf::from("/var/lib/ts/state.db.dev-key"))
     );
 }
+
+#[test]
+fn trusted_issuers_are_checked_with_the_other_identity_providers() {
+    let settings = |args: &[&str]| {
+        let mut argv = vec!["token-sidecar"];
+        argv.extend_from_slice(args);
+        Config::parse_from(argv).idp_settings()
+    };
+    let ok = settings(&[
+        "--trusted-issuer",
+        "https://kc=/jwks.json,audience=api,subject-prefix=kc:",
+        "--oidc-issuer",
+        "https://kc=/jwks.json,subject-prefix=kc:",
+        "--oidc-client-id",
+        "app",
+    ])
+    .expect("one provider, one prefix");
+    assert_eq!(ok.token_issuers.len(), 1);
+    for bad in [
+        // The same provider under two prefixes.
+        &[
+            "--trusted-issuer",
+            "https://kc=/jwks.json,audience=api,subject-prefix=kc:",
+            "--oidc-issuer",
+            "https://kc=/jwks.json,subject-prefix=other:",
+            "--oidc-client-id",
+            "app",
+        ][..],
+        // Two providers, one without a prefix.
+        &[
+            "--trusted-issuer",
+            "https://kc=/jwks.json,audience=api",
+            "--trusted-issuer",
+            "https://b=/b.json,audience=api,subject-prefix=b:",
+        ],
+        // Our own issuer.
+        &["--trusted-issuer", "token-sidecar=/jwks.json,audience=*"],
+        // No audience.
+        &["--trusted-issuer", "https://kc=/jwks.json"],
+    ] {
+        assert!(settings(bad).is_err(), "{bad:?}");
+    }
+}

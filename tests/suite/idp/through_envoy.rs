@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::access_tokens::{access_claims, now_s, signed, trusting};
 use super::{ISSUER, keycloak_logout, logout};
-use crate::common::http_status;
-use crate::proxies::{Proxy, get, start, upstream, wait_ready};
+use crate::proxies::{Proxy, get, last_seen, refused_after, start, upstream, wait_ready};
 
 #[tokio::test]
 async fn a_providers_token_is_judged_by_ext_authz_and_the_filter_and_dies_at_its_logout() {
@@ -45,12 +44,7 @@ async fn a_providers_token_is_judged_by_ext_authz_and_the_filter_and_dies_at_its
         )
         .await;
         assert_eq!(r.status, 200, "{r:?}");
-        let headers = seen
-            .lock()
-            .expect("seen")
-            .last()
-            .cloned()
-            .expect("a request");
+        let headers = last_seen(&seen);
         assert_eq!(headers.get("x-user-id"), Some(&vec!["kc:f3a1".to_owned()]));
         assert_eq!(
             headers.get("x-token-issuer"),
@@ -69,19 +63,7 @@ async fn a_providers_token_is_judged_by_ext_authz_and_the_filter_and_dies_at_its
         );
         let started = Instant::now();
         assert_eq!(logout(&app, &logout_token).await.status, 200);
-        loop {
-            let status = http_status(filter.addr(), "/hello", &[("authorization", &auth)])
-                .await
-                .expect("Envoy answers");
-            if status == 401 {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(3),
-                "not refused in 3 s"
-            );
-        }
-        took.push(started.elapsed());
+        took.push(refused_after(&filter, &auth, started).await);
         let r = get(&ext_authz, &[("authorization", &auth)]).await;
         assert_eq!(r.status, 401, "{r:?}");
     }
