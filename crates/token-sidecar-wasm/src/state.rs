@@ -51,6 +51,10 @@ pub struct Shared {
     purged_at: Option<u64>,
     /// A token failed its signature check: the keys may have rotated, read them again soon.
     keys_wanted: std::cell::Cell<bool>,
+    /// Whether the sidecar's key set (when fetched) and its trusted issuers have been read once:
+    /// until then a bad signature may only mean "not read yet", and is no final answer.
+    keys_read: bool,
+    trusted_read: bool,
     /// Successful decodes with the current keys, by the token's exact text (SPEC §8).
     verified: std::cell::RefCell<FxHashMap<Box<str>, Rc<Claims>>>,
 }
@@ -64,6 +68,7 @@ impl Shared {
             ..RevocationPolicy::default()
         };
         let mirror = Mirror::new(checked.config.max_entries);
+        let keys_read = !checked.config.fetch_jwks;
         Ok(Self {
             checked,
             policy,
@@ -78,6 +83,8 @@ impl Shared {
             broken: None,
             purged_at: None,
             keys_wanted: std::cell::Cell::new(false),
+            keys_read,
+            trusted_read: false,
             verified: std::cell::RefCell::default(),
         })
     }
@@ -86,6 +93,7 @@ impl Shared {
     pub fn set_fetched_keys(&mut self, jwks: &str) -> Result<(), KeyError> {
         let local = self.checked.local_jwks.as_deref();
         self.keys = VerifyingKeys::from_jwks(local.into_iter().chain([jwks]))?;
+        self.keys_read = true;
         // A decode checked with a key that may be gone is never answered from memory.
         self.verified.borrow_mut().clear();
         Ok(())
@@ -94,6 +102,7 @@ impl Shared {
     /// The sidecar's trusted issuers and their keys (its `/trusted-issuers` document).
     pub fn set_trusted_issuers(&mut self, document: &[u8]) -> Result<(), String> {
         self.trusted = TrustedIssuers::from_document(document)?;
+        self.trusted_read = true;
         self.verified.borrow_mut().clear();
         Ok(())
     }
@@ -244,6 +253,11 @@ impl Shared {
             Ok(claims) => claims,
             Err(reason) => {
                 match reason {
+                    Reason::BadSignature if !(self.keys_read && self.trusted_read) => {
+                        // Its key may be one not read yet: no final answer before the read.
+                        self.keys_wanted.set(true);
+                        return Verdict::Stale;
+                    }
                     Reason::BadSignature => self.keys_wanted.set(true),
                     // An entry never outlives its token.
                     Reason::Expired => {
@@ -279,7 +293,34 @@ mod tests {
             r#"{{"sidecar_cluster":"s","fetch_jwks":false,"max_staleness_ms":2000,
                 "local_jwks":{{"keys":[{{"kty":"oct","kid":"main","alg":"HS256","k":"{k}"}}]}}}}"#
         );
-        Shared::new(FilterConfig::parse(config.as_bytes()).expect("config")).expect("keys")
+        let mut s =
+            Shared::new(FilterConfig::parse(config.as_bytes()).expect("config")).expect("keys");
+        s.set_trusted_issuers(br#"{"issuers":[]}"#)
+            .expect("the sidecar's trusted issuers: none");
+        s
+    }
+
+    #[test]
+    fn a_bad_signature_is_no_final_answer_before_the_keys_are_read() {
+        let k = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio";
+        let config = format!(
+            r#"{{"sidecar_cluster":"s","fetch_jwks":false,
+                "local_jwks":{{"keys":[{{"kty":"oct","kid":"main","alg":"HS256","k":"{k}"}}]}}}}"#
+        );
+        let mut s =
+            Shared::new(FilterConfig::parse(config.as_bytes()).expect("config")).expect("keys");
+        // A provider's token, say, whose issuer the filter has not heard of yet.
+        let unknown = signed("alice", "j1", NOW - 1_000, &[7; 32]);
+        assert_eq!(verdict(&s, &unknown, 0), Verdict::Stale);
+        assert!(s.keys_wanted());
+        s.set_trusted_issuers(br#"{"issuers":[]}"#).expect("read");
+        assert!(matches!(
+            verdict(&s, &unknown, 0),
+            Verdict::Decided(Decision::Deny {
+                reason: Some(Reason::BadSignature),
+                ..
+            })
+        ));
     }
 
     fn token(sub: &str, jti: &str, orig_iat_ms: i64) -> String {
