@@ -16,6 +16,7 @@ mod conformance;
 mod connections;
 mod db_roles;
 mod docs;
+mod edge_load;
 mod embedded;
 mod fair;
 mod faults;

@@ -82,13 +82,15 @@ impl Drop for Running {
     }
 }
 
-/// The Wasm filter's settings that vary between tests.
+/// The Wasm filter's settings that vary between tests (and Envoy's worker count).
 #[derive(Debug, Clone, Copy)]
-struct WasmOptions {
-    audience: Option<&'static str>,
-    when_stale: &'static str,
-    poll_ms: u64,
-    staleness_ms: u64,
+pub(crate) struct WasmOptions {
+    pub(crate) audience: Option<&'static str>,
+    pub(crate) when_stale: &'static str,
+    pub(crate) poll_ms: u64,
+    pub(crate) staleness_ms: u64,
+    /// Envoy's `--concurrency`: its workers (each runs its own Wasm VM, as does the main thread).
+    pub(crate) workers: u32,
 }
 
 impl Default for WasmOptions {
@@ -98,6 +100,7 @@ impl Default for WasmOptions {
             when_stale: "fail_closed",
             poll_ms: WASM_POLL_MS,
             staleness_ms: WASM_STALENESS_MS,
+            workers: 1,
         }
     }
 }
@@ -140,7 +143,7 @@ pub(crate) fn start(proxy: Proxy, app: u16, sidecar: u16) -> Running {
 }
 
 /// [`start`], with the Wasm filter's `wasm` settings.
-fn start_with(proxy: Proxy, app: u16, sidecar: u16, wasm: WasmOptions) -> Running {
+pub(crate) fn start_with(proxy: Proxy, app: u16, sidecar: u16, wasm: WasmOptions) -> Running {
     let dir = tempfile::tempdir().expect("dir");
     let listen = crate::common::free_port();
     let admin = crate::common::free_port();
@@ -160,7 +163,8 @@ fn start_with(proxy: Proxy, app: u16, sidecar: u16, wasm: WasmOptions) -> Runnin
             let mut c = std::process::Command::new("envoy");
             c.arg("-c")
                 .arg(config(name, &ports, dir.path(), wasm))
-                .args(["--disable-hot-restart", "--concurrency", "1", "-l", "error"])
+                .args(["--disable-hot-restart", "-l", "error"])
+                .args(["--concurrency", &wasm.workers.to_string()])
                 .args(["--base-id", &listen.to_string()]);
             c
         }
