@@ -8,8 +8,9 @@
 //! second after which the entry is moot (rounded up: kept at most a second longer, when any
 //! token it refused has expired anyway).
 //!
-//! Most entries sit in a sorted vector (binary search); new ones in a small map, merged into the
-//! vector once it holds an eighth as many, so that a load of a million costs a few sorts.
+//! Most entries sit in a sorted run cut into blocks (binary search); new ones in a small map,
+//! merged into the run once it holds an eighth as many, so that a load of a million costs a few
+//! sorts, and a merge frees the blocks it has read as it writes the new ones.
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -65,17 +66,27 @@ fn moot_second(ms: UnixMillis) -> u32 {
     u32::try_from(seconds).unwrap_or(u32::MAX)
 }
 
+/// Entries a block of the sorted run holds.
+const BLOCK: usize = 4_096;
+
 /// The denied ids of one kind.
+///
+/// The sorted run is cut into blocks of [`BLOCK`] entries: a merge writes new blocks while it
+/// frees the old ones it has read, so a copy never holds its run twice (one vector reallocated
+/// as it grows would, for a moment, and a Wasm VM's memory keeps every high-water mark).
 #[derive(Debug, Default)]
 pub struct DenySet {
-    sorted: Vec<(Key, u32)>,
+    blocks: Vec<Vec<(Key, u32)>>,
+    /// The first key of each block, for the search.
+    firsts: Vec<Key>,
+    sorted_len: usize,
     recent: HashMap<Key, u32>,
 }
 
 impl DenySet {
     /// How many ids are held.
     pub fn len(&self) -> usize {
-        self.sorted.len() + self.recent.len()
+        self.sorted_len + self.recent.len()
     }
 
     /// Whether none is.
@@ -85,68 +96,116 @@ impl DenySet {
 
     /// Whether `key` is held.
     pub fn contains(&self, key: &Key) -> bool {
-        self.recent.contains_key(key) || self.position(key).is_ok()
+        self.recent.contains_key(key) || self.position(key).is_some()
     }
 
-    fn position(&self, key: &Key) -> Result<usize, usize> {
-        self.sorted.binary_search_by(|(k, _)| k.cmp(key))
+    /// The block and the place in it where `key` is held.
+    fn position(&self, key: &Key) -> Option<(usize, usize)> {
+        let block = self
+            .firsts
+            .partition_point(|first| first <= key)
+            .checked_sub(1)?;
+        let at = self.blocks[block]
+            .binary_search_by(|(k, _)| k.cmp(key))
+            .ok()?;
+        Some((block, at))
     }
 
     /// Holds `key` until `moot_ms` (the later of two, if held already).
     pub fn insert(&mut self, key: Key, moot_ms: UnixMillis) {
         let moot = moot_second(moot_ms);
-        if let Ok(at) = self.position(&key) {
-            let held = &mut self.sorted[at].1;
+        if let Some((block, at)) = self.position(&key) {
+            let held = &mut self.blocks[block][at].1;
             *held = (*held).max(moot);
             return;
         }
         let held = self.recent.entry(key).or_insert(moot);
         *held = (*held).max(moot);
-        if self.recent.len() >= MIN_RECENT.max(self.sorted.len() / 8) {
+        if self.recent.len() >= MIN_RECENT.max(self.sorted_len / 8) {
             self.merge();
         }
     }
 
-    /// Moves the new entries into the sorted vector, in place: the vector grows by exactly what
-    /// joins and the two runs are merged from the back, so a copy's memory peaks at its
-    /// entries, not at twice them (a Wasm VM's memory never shrinks back).
+    /// Merges the new entries into the sorted run, block by block: each old block is freed as
+    /// soon as it has been read.
     fn merge(&mut self) {
-        let old = self.sorted.len();
-        self.sorted.reserve_exact(self.recent.len());
         let mut recent: Vec<(Key, u32)> = self.recent.drain().collect();
         recent.sort_unstable_by_key(|entry| entry.0);
-        self.sorted.resize(old + recent.len(), ([0; 16], 0));
-        // No key is in both runs (an insert looks in the vector first).
-        let (mut i, mut j) = (old, recent.len());
-        for w in (0..self.sorted.len()).rev() {
-            if j == 0 {
-                break;
-            }
-            if i > 0 && self.sorted[i - 1].0 > recent[j - 1].0 {
-                self.sorted[w] = self.sorted[i - 1];
-                i -= 1;
-            } else {
-                self.sorted[w] = recent[j - 1];
-                j -= 1;
+        let old = std::mem::take(&mut self.blocks);
+        let mut out = Run::default();
+        let mut news = recent.into_iter().peekable();
+        // No key is in both (an insert looks in the run first).
+        for block in old {
+            for entry in block {
+                while let Some(new) = news.next_if(|new| new.0 < entry.0) {
+                    out.push(new);
+                }
+                out.push(entry);
             }
         }
+        news.for_each(|new| out.push(new));
+        self.install(out);
         self.recent.shrink_to(MIN_RECENT);
+    }
+
+    fn install(&mut self, run: Run) {
+        let Run {
+            mut blocks,
+            current,
+        } = run;
+        if !current.is_empty() {
+            blocks.push(current);
+        }
+        self.firsts = blocks
+            .iter()
+            .filter_map(|b| b.first().map(|e| e.0))
+            .collect();
+        self.sorted_len = blocks.iter().map(Vec::len).sum();
+        self.blocks = blocks;
     }
 
     /// Drops the entries moot before `now`.
     pub fn purge(&mut self, now: UnixMillis) {
         let live = |moot: &u32| i64::from(*moot) * 1_000 >= now;
-        self.sorted.retain(|(_, moot)| live(moot));
         self.recent.retain(|_, moot| live(moot));
-        if self.sorted.capacity() > 2 * self.sorted.len() + MIN_RECENT {
-            self.sorted.shrink_to_fit();
+        let mut out = Run::default();
+        for block in std::mem::take(&mut self.blocks) {
+            block
+                .into_iter()
+                .filter(|(_, moot)| live(moot))
+                .for_each(|entry| out.push(entry));
         }
+        self.install(out);
     }
 
     /// The bytes the entries take (for the measurements).
     pub fn heap_bytes(&self) -> usize {
-        self.sorted.capacity() * std::mem::size_of::<(Key, u32)>()
-            + self.recent.capacity() * (std::mem::size_of::<(Key, u32)>() + 1)
+        let entry = std::mem::size_of::<(Key, u32)>();
+        self.blocks
+            .iter()
+            .map(|b| b.capacity() * entry)
+            .sum::<usize>()
+            + self.firsts.capacity() * std::mem::size_of::<Key>()
+            + self.recent.capacity() * (entry + 1)
+    }
+}
+
+/// A sorted run being written, in blocks of [`BLOCK`].
+#[derive(Default)]
+struct Run {
+    blocks: Vec<Vec<(Key, u32)>>,
+    current: Vec<(Key, u32)>,
+}
+
+impl Run {
+    fn push(&mut self, entry: (Key, u32)) {
+        if self.current.capacity() == 0 {
+            self.current.reserve_exact(BLOCK);
+        }
+        self.current.push(entry);
+        if self.current.len() == BLOCK {
+            self.blocks.push(std::mem::take(&mut self.current));
+        }
     }
 }
 
@@ -182,9 +241,11 @@ mod tests {
         }
         assert_eq!(set.len(), 1_000_000);
         assert!((0..1_000_000).step_by(997).all(|i| set.contains(&key(i))));
+        let run: Vec<Key> = set.blocks.iter().flatten().map(|e| e.0).collect();
+        assert_eq!(run.len(), set.sorted_len);
         assert!(
-            set.sorted.windows(2).all(|w| w[0].0 < w[1].0),
-            "the merged vector stays sorted, each key once"
+            run.windows(2).all(|w| w[0] < w[1]),
+            "the merged run stays sorted, each key once"
         );
         assert!(!set.contains(&key(1_000_001)));
         let mib = set.heap_bytes() as f64 / (1024.0 * 1024.0);
@@ -196,6 +257,42 @@ mod tests {
         set.purge(15_000_000);
         assert_eq!(set.len(), 1, "only the one moot later stays");
         assert!(set.contains(&key(5)));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// The blocks answer as a plain ordered map would, through merges (a run of several
+        /// blocks) and purges.
+        #[test]
+        fn the_blocks_answer_as_an_ordered_map(
+            steps in proptest::collection::vec(
+                (0u16..20_000, 0i64..40, proptest::bool::weighted(0.0005)),
+                1..40_000,
+            )
+        ) {
+            let mut set = DenySet::default();
+            let mut model = std::collections::BTreeMap::new();
+            for (id, moot_s, purge) in steps {
+                let mut key = [0u8; 16];
+                key[..2].copy_from_slice(&id.to_be_bytes());
+                if purge {
+                    let now = moot_s * 1_000;
+                    set.purge(now);
+                    model.retain(|_, moot: &mut i64| *moot * 1_000 >= now);
+                } else {
+                    set.insert(key, moot_s * 1_000);
+                    let held = model.entry(key).or_insert(moot_s);
+                    *held = (*held).max(moot_s);
+                }
+            }
+            proptest::prop_assert_eq!(set.len(), model.len());
+            proptest::prop_assert!(set.blocks.iter().all(|b| b.len() <= BLOCK));
+            for id in 0u16..20_000 {
+                let mut key = [0u8; 16];
+                key[..2].copy_from_slice(&id.to_be_bytes());
+                proptest::prop_assert_eq!(set.contains(&key), model.contains_key(&key));
+            }
+        }
     }
 
     #[test]
