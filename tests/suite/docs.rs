@@ -209,3 +209,61 @@ fn every_script_drops_the_databases_it_creates() {
         );
     }
 }
+
+/// The README's move from `jwt_authn` to the filter is an Envoy configuration as pasted: its
+/// `http_filters` entry, in a listener beside the sidecar's cluster, passes `envoy --mode
+/// validate` (with the built filter where the README names `/etc/envoy/`).
+#[test]
+fn the_readmes_filter_entry_is_a_valid_envoy_filter() {
+    crate::require!(Envoy, WasmFilter);
+    let readme = read("README.md");
+    let entry = readme
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|rest| rest.split("```").next())
+        .find(|block| block.contains("envoy.filters.http.wasm"))
+        .expect("the README's filter entry");
+    let wasm = crate::common::services::wasm_filter();
+    let entry = entry.replace(
+        "/etc/envoy/token_sidecar_wasm.wasm",
+        &wasm.display().to_string(),
+    );
+    let indented: String = entry
+        .lines()
+        .map(|l| format!("                  {l}\n"))
+        .collect();
+    let config = format!(
+        r#"static_resources:
+  listeners:
+    - address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: readme
+                route_config: {{virtual_hosts: [{{name: app, domains: ["*"], routes: [{{match: {{prefix: /}}, direct_response: {{status: 200}}}}]}}]}}
+                http_filters:
+{indented}                  - name: envoy.filters.http.router
+                    typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+    - name: token_sidecar_http
+      type: STATIC
+      load_assignment: {{cluster_name: token_sidecar_http, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 8081}}}}}}}}]}}]}}
+"#
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("envoy.yaml");
+    std::fs::write(&path, config).expect("write");
+    let out = std::process::Command::new("envoy")
+        .args(["--mode", "validate", "-l", "error", "-c"])
+        .arg(&path)
+        .output()
+        .expect("envoy runs");
+    assert!(
+        out.status.success(),
+        "envoy refuses the README's filter entry: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
