@@ -329,6 +329,8 @@ async fn a_ban_is_lifted_only_by_its_owner_or_the_operator() {
     assert_eq!(status.banned_by, format!("ssf:{ISSUER}"));
     a.clock.advance_ms(SEC);
     assert_eq!(risc(&b, "account-enabled", "mallory").await, 202);
+    // The other instance answers once the change reached it (the feed, not a race).
+    a.sync_now().await;
     assert!(
         !a.user_status("mallory").await.banned,
         "lifted by its owner"
@@ -340,6 +342,7 @@ async fn a_ban_is_lifted_only_by_its_owner_or_the_operator() {
     a.clock.advance_ms(SEC);
     assert_eq!(risc(&a, "account-disabled", "trudy").await, 202);
     assert!(a.lift_ban("trudy").await, "the operator lifts any ban");
+    b.sync_now().await;
     assert!(!b.user_status("trudy").await.banned);
 }
 
