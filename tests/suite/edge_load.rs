@@ -1,6 +1,6 @@
 //! SPEC §14 at the scale of a pod's proxies: three Envoys with two workers each (nine Wasm VMs:
 //! each Envoy's main thread and its workers) follow one sidecar's change feed while revocations
-//! made on another sidecar flow for a minute (`EDGE_LOAD_SECONDS`, default 60). Once every copy
+//! made on another sidecar flow back to back for a minute (`EDGE_LOAD_SECONDS`, default 60). Once every copy
 //! is in step, reading the feed costs PostgreSQL nothing — `store_queries_total{kind="feed"}` on
 //! the serving sidecar does not move — and every revocation is refused by every Envoy.
 use std::time::{Duration, Instant};
@@ -54,55 +54,35 @@ async fn three_envoys_in_step_cost_the_store_no_feed_query() {
         )
         .await;
     }
-    // Every VM reads from 0 from the store, and again when the first change wakes it; from then
-    // on it follows the sidecar's tail. One revocation settles them all.
-    let first = writer.issue("first").await;
-    writer
-        .revoke(Target::Jti(first.jti.clone()))
-        .await
-        .expect("revoke");
-    let first_auth = format!("Bearer {}", first.token);
-    for envoy in &envoys {
-        refused_after(envoy, &first_auth, Instant::now()).await;
-    }
     let feed_queries = || serving.counter(r#"store_queries_total{kind="feed"}"#);
     let feed_reads =
         || serving.counter(r#"rpc_requests_total{method="feed",result="ok",reason=""}"#);
-    // Settled: no store read for a while (each VM's second read from the store is done).
-    let mut settled = feed_queries();
-    eventually(
-        Duration::from_secs(10),
-        "the copies follow the tail",
-        || {
-            let now = feed_queries();
-            let same = now == settled;
-            settled = now;
-            async move {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                same
-            }
-        },
-    )
-    .await;
-    let (queries_before, reads_before) = (feed_queries(), feed_reads());
+    // Every VM reads from 0 from the store, and again when the first change wakes it; from then
+    // on it follows the sidecar's tail. Settled: three revocations in a row — each waking every
+    // VM's long poll, each refused by all — with no store read between them (events, not time).
+    let mut revoked: u64 = 0;
+    let mut quiet_rounds = 0;
+    while quiet_rounds < 3 {
+        assert!(revoked < 30, "the copies never followed the tail alone");
+        let before = feed_queries();
+        revoke_everywhere(&writer, &envoys, revoked).await;
+        revoked += 1;
+        quiet_rounds = if feed_queries() == before {
+            quiet_rounds + 1
+        } else {
+            0
+        };
+    }
+    let (queries_before, reads_before, revoked_before) = (feed_queries(), feed_reads(), revoked);
 
+    // Revocations back to back for the whole window: each waits until every Envoy refuses it.
     let started = Instant::now();
-    let mut revoked = 0;
     let mut slowest = Duration::ZERO;
     while started.elapsed() < Duration::from_secs(seconds) {
-        let t = writer.issue(&format!("user-{revoked}")).await;
-        let auth = format!("Bearer {}", t.token);
-        let at = Instant::now();
-        writer
-            .revoke(Target::Jti(t.jti.clone()))
-            .await
-            .expect("revoke on the other sidecar");
-        for envoy in &envoys {
-            slowest = slowest.max(refused_after(envoy, &auth, at).await);
-        }
+        slowest = slowest.max(revoke_everywhere(&writer, &envoys, revoked).await);
         revoked += 1;
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    let revoked = revoked - revoked_before;
     let reads = feed_reads() - reads_before;
     println!(
         "{ENVOYS} Envoys x {WORKERS} workers for {seconds} s: {revoked} revocations, each refused \
@@ -119,4 +99,25 @@ async fn three_envoys_in_step_cost_the_store_no_feed_query() {
         queries_before,
         "reading the feed in step costs the store nothing"
     );
+}
+
+/// Issues a token on `writer`, revokes it there, and waits until every Envoy refuses it: how
+/// long the slowest took.
+async fn revoke_everywhere(
+    writer: &crate::common::TestApp,
+    envoys: &[crate::proxies::Running],
+    n: u64,
+) -> Duration {
+    let t = writer.issue(&format!("user-{n}")).await;
+    let auth = format!("Bearer {}", t.token);
+    let at = Instant::now();
+    writer
+        .revoke(Target::Jti(t.jti.clone()))
+        .await
+        .expect("revoke on the other sidecar");
+    let mut slowest = Duration::ZERO;
+    for envoy in envoys {
+        slowest = slowest.max(refused_after(envoy, &auth, at).await);
+    }
+    slowest
 }
