@@ -270,6 +270,12 @@ impl RevocationPolicy {
             .saturating_add(self.max_clock_skew_ms.saturating_mul(2))
     }
 
+    /// When a denylist row moot at `moot_ms` may go: the purge keeps it a margin of twice the
+    /// tolerated skew longer ([`Self::purge_horizon`]), so a proxy filter's copy drops it then.
+    pub fn denied_moot_after(&self, moot_ms: UnixMillis) -> UnixMillis {
+        moot_ms.saturating_add(self.max_clock_skew_ms.saturating_mul(2))
+    }
+
     /// What the purge may delete at `now`: it keeps a margin of twice the tolerated clock skew
     /// (the purger ahead, another instance behind), so that no row goes while an instance
     /// within the tolerance could still accept what it refuses.

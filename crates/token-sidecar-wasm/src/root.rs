@@ -14,7 +14,7 @@ use token_sidecar_core::feed::{FeedPage, MAX_PAGE, binary};
 
 use crate::config::FilterConfig;
 use crate::state::Shared;
-use crate::{SharedState, answer_words, metrics, monotonic_ms, refusal_words, wall_ms};
+use crate::{SharedState, answer_words, metrics, monotonic_ms, refusal_words};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const JWKS_EVERY_MS: u64 = 60_000;
@@ -142,8 +142,7 @@ impl Root {
                     return;
                 };
                 metrics::feed_read(true);
-                let wall = wall_ms(self.get_current_time());
-                let applied = self.with_state(|s| s.apply_page(&page, wall, monotonic_ms()));
+                let applied = self.with_state(|s| s.apply_page(&page, monotonic_ms()));
                 // The next page, or the next long poll, at once (a full page: there is more; a
                 // short one: the sidecar holds the next read until a change arrives). A
                 // broken state (max_entries) waits for the tick.
@@ -228,6 +227,8 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
+        #[cfg(feature = "trivial-shared")]
+        fill_shared_data(self);
         let bytes = self.get_plugin_configuration().unwrap_or_default();
         let checked = match FilterConfig::parse(&bytes) {
             Ok(checked) => checked,
@@ -249,6 +250,7 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        metrics::flush();
         self.read_keys();
         self.read_feed();
         let now = monotonic_ms();
@@ -268,4 +270,19 @@ impl RootContext for Root {
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
+}
+
+/// For the benchmark's "shared" mode only: a million denied ids in proxy-wasm shared data (one
+/// copy per Envoy), written once by the first VM configured, so that the lookups run against a
+/// full map and Envoy's memory shows what a shared copy costs.
+#[cfg(feature = "trivial-shared")]
+fn fill_shared_data(root: &Root) {
+    if root.get_shared_data("token_sidecar_filled").0.is_some() {
+        return;
+    }
+    for i in 0..1_000_000u32 {
+        let key = format!("jti:{i:022}");
+        let _ = root.set_shared_data(&key, Some(&i.to_le_bytes()), None);
+    }
+    let _ = root.set_shared_data("token_sidecar_filled", Some(b"1"), None);
 }

@@ -41,10 +41,14 @@ pub struct Shared {
     anchor: Option<LinkTag>,
     /// Whether the first full read (from 0 to a page that was not full) has finished.
     loaded: bool,
+    /// Whether the last page was full: more may follow at once, so the next read must not be
+    /// held as a long poll (a full last page would otherwise wait out `wait_ms` for nothing).
+    behind: bool,
     /// When the feed was last read to its end, on the monotonic clock (ms).
     in_step_at: Option<u64>,
-    /// The fleet's clock minus this worker's wall clock, as the last page said.
-    offset_ms: i64,
+    /// The fleet's time the last page said, and when it arrived on the monotonic clock: the
+    /// fleet's time now is that plus the monotonic time since (one clock read a request).
+    fleet_at: Option<(UnixMillis, u64)>,
     /// Why the state cannot be trusted, besides age (it outgrew `max_entries`).
     broken: Option<String>,
     /// When the moot entries were last dropped (monotonic ms).
@@ -78,8 +82,9 @@ impl Shared {
             after: 0,
             anchor: None,
             loaded: false,
+            behind: false,
             in_step_at: None,
-            offset_ms: 0,
+            fleet_at: None,
             broken: None,
             purged_at: None,
             keys_wanted: std::cell::Cell::new(false),
@@ -117,13 +122,14 @@ impl Shared {
         self.keys_wanted.set(false);
     }
 
-    /// The query of the next feed request.
+    /// The query of the next feed request: a long poll of `wait_ms` once the state is loaded
+    /// and the last page was not full; until then each page is asked for at once.
     pub fn next_query(&self, limit: i64, wait_ms: u64) -> String {
         let mut path = format!(
             "/revocations/changes?after={}&limit={limit}&format=bin",
             self.after
         );
-        if wait_ms > 0 {
+        if wait_ms > 0 && self.loaded && !self.behind {
             path.push_str(&format!("&wait_ms={wait_ms}"));
         }
         if let Some(anchor) = &self.anchor {
@@ -133,10 +139,10 @@ impl Shared {
         path
     }
 
-    /// Applies a page read at `wall_ms` (this worker's clock) and `monotonic_ms`; answers
-    /// whether the next page should be asked for at once.
-    pub fn apply_page(&mut self, page: &FeedPage, wall_ms: UnixMillis, monotonic_ms: u64) -> bool {
-        self.offset_ms = page.now_ms - wall_ms;
+    /// Applies a page read at `monotonic_ms`; answers whether the next page should be asked
+    /// for at once.
+    pub fn apply_page(&mut self, page: &FeedPage, monotonic_ms: u64) -> bool {
+        self.fleet_at = Some((page.now_ms, monotonic_ms));
         for change in &page.changes {
             match self.mirror.apply(change, page.now_ms) {
                 Ok(()) => {}
@@ -150,6 +156,7 @@ impl Shared {
         }
         self.after = page.next;
         self.anchor = page.anchor.as_deref().and_then(link_from_hex);
+        self.behind = page.more;
         if !page.more {
             self.loaded = true;
             self.in_step_at = Some(monotonic_ms);
@@ -178,6 +185,7 @@ impl Shared {
         self.after = 0;
         self.anchor = None;
         self.loaded = false;
+        self.behind = false;
         self.broken = None;
     }
 
@@ -232,20 +240,29 @@ impl Shared {
         Ok(claims)
     }
 
-    /// The verdict on a request carrying `presented`, at this worker's `wall_ms` and
-    /// `monotonic_ms`: the sidecar's decode path and rules, in Verify's order (a token that
-    /// fails its own checks is refused whatever the state's freshness).
+    /// The fleet's time at `monotonic_ms`, once a page has said it.
+    pub fn fleet_ms(&self, monotonic_ms: u64) -> Option<UnixMillis> {
+        self.fleet_at.map(|(fleet, at)| {
+            let since = i64::try_from(monotonic_ms.saturating_sub(at)).unwrap_or(i64::MAX);
+            fleet.saturating_add(since)
+        })
+    }
+
+    /// The verdict on a request carrying `presented`, at `monotonic_ms`: the sidecar's decode
+    /// path and rules, in Verify's order (a token that fails its own checks is refused whatever
+    /// the state's freshness). The time is the fleet's, from the last page; `wall_ms` (this
+    /// worker's clock, read only then) stands in before any page has said it.
     pub fn judge(
         &self,
         presented: Presented<'_>,
-        wall_ms: UnixMillis,
+        wall_ms: impl FnOnce() -> UnixMillis,
         monotonic_ms: u64,
     ) -> Verdict {
         let token = match presented.token() {
             Ok(token) => token,
             Err(decided) => return Verdict::Decided(decided),
         };
-        let now = wall_ms.saturating_add(self.offset_ms);
+        let now = self.fleet_ms(monotonic_ms).unwrap_or_else(wall_ms);
         let claims = match self
             .decode(token)
             .and_then(|c| self.policy.check_lifetime(&c, now).map(|()| c))
@@ -351,7 +368,43 @@ mod tests {
 
     fn verdict(s: &Shared, token: &str, monotonic: u64) -> Verdict {
         let auth = format!("Bearer {token}");
-        s.judge(Presented::One(&auth), NOW, monotonic)
+        s.judge(Presented::One(&auth), || NOW, monotonic)
+    }
+
+    /// The time a request is judged at is the fleet's: the last page's, moved on by the
+    /// monotonic clock; this worker's wall clock is read only before any page said it.
+    #[test]
+    fn the_fleet_clock_comes_from_the_pages() {
+        let mut s = shared();
+        let good = token("alice", "j1", NOW - 1_000);
+        let expired_on_the_wall = s.judge(
+            Presented::One(&format!("Bearer {good}")),
+            || NOW + 86_400_000,
+            0,
+        );
+        assert!(matches!(
+            expired_on_the_wall,
+            Verdict::Decided(Decision::Deny {
+                reason: Some(Reason::Expired),
+                ..
+            })
+        ));
+        assert!(!s.apply_page(&page(vec![], false), 100));
+        let wall_read = std::cell::Cell::new(false);
+        let judged = s.judge(
+            Presented::One(&format!("Bearer {good}")),
+            || {
+                wall_read.set(true);
+                NOW + 86_400_000
+            },
+            150,
+        );
+        assert!(matches!(judged, Verdict::Decided(Decision::Allow { .. })));
+        assert!(
+            !wall_read.get(),
+            "no wall clock read once a page said the time"
+        );
+        assert_eq!(s.fleet_ms(150), Some(NOW + 50));
     }
 
     #[test]
@@ -371,7 +424,7 @@ mod tests {
         assert!(s.keys_wanted(), "a bad signature asks for the keys again");
 
         // A snapshot in two pages: in step only after the last.
-        assert!(s.apply_page(&page(vec![], true), NOW, 10));
+        assert!(s.apply_page(&page(vec![], true), 10));
         assert_eq!(verdict(&s, &good, 10), Verdict::Stale);
         let revoked = vec![FeedChange::Denied {
             seq: 1,
@@ -379,7 +432,7 @@ mod tests {
             id: "j2".into(),
             moot_after_ms: NOW + 60_000,
         }];
-        assert!(!s.apply_page(&page(revoked, false), NOW, 20));
+        assert!(!s.apply_page(&page(revoked, false), 20));
         match verdict(&s, &good, 30) {
             Verdict::Decided(Decision::Allow { set, .. }) => {
                 assert!(set.contains(&("x-user-id".to_owned(), "alice".to_owned())));
@@ -401,10 +454,19 @@ mod tests {
             s.next_query(10, 0),
             "/revocations/changes?after=0&limit=10&format=bin"
         );
+        // Until loaded, and after a full page, each page is asked for at once (a long poll
+        // after a full last page would hold the reader for `wait_ms` with more waiting).
+        assert_eq!(
+            s.next_query(10, 500),
+            "/revocations/changes?after=0&limit=10&format=bin"
+        );
+        assert!(!s.apply_page(&page(vec![], false), 40));
         assert_eq!(
             s.next_query(10, 500),
             "/revocations/changes?after=0&limit=10&format=bin&wait_ms=500"
         );
+        assert!(s.apply_page(&page(vec![], true), 41));
+        assert!(!s.next_query(10, 500).contains("wait_ms"));
     }
 
     /// With a public-key algorithm a decode is remembered: the same token is answered without
@@ -425,7 +487,7 @@ mod tests {
         let config = format!(r#"{{"sidecar_cluster":"s","local_jwks":{jwks}}}"#);
         let mut s =
             Shared::new(FilterConfig::parse(config.as_bytes()).expect("config")).expect("keys");
-        assert!(!s.apply_page(&page(vec![], false), NOW, 1));
+        assert!(!s.apply_page(&page(vec![], false), 1));
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
         header.kid = Some("ec".into());
         let claims = serde_json::json!({
@@ -443,7 +505,7 @@ mod tests {
             Verdict::Decided(Decision::Allow { .. })
         ));
         // Expired on the fleet's clock: refused though remembered, and forgotten.
-        let later = s.judge(Presented::One(&format!("Bearer {token}")), NOW + 61_000, 4);
+        let later = s.judge(Presented::One(&format!("Bearer {token}")), || NOW, 61_004);
         assert!(matches!(
             later,
             Verdict::Decided(Decision::Deny {
@@ -473,7 +535,7 @@ mod tests {
                 moot_after_ms: None,
             })
             .collect();
-        assert!(!s.apply_page(&page(two, false), NOW, 1));
+        assert!(!s.apply_page(&page(two, false), 1));
         assert!(!s.in_step(1));
     }
 }

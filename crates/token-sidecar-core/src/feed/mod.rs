@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use deny_set::{DenySet, Keyer};
+pub use deny_set::{DenySet, Key, Keyer};
 
 use crate::clock::UnixMillis;
 use crate::model::{Change, ChangeSeq, DenyKind};
@@ -85,17 +85,19 @@ impl From<&Change> for FeedChange {
 }
 
 impl FeedChange {
-    /// The change as the feed sends it, a cutoff with the instant it becomes moot under
-    /// `policy` (the sidecar's purge horizon).
+    /// The change as the feed sends it, with the instant the sidecar's purge may drop it under
+    /// `policy` (its purge horizon): a copy drops it at the same moment on the fleet clock.
     pub fn with_horizon(change: &Change, policy: &RevocationPolicy) -> Self {
         let mut wire = Self::from(change);
-        if let FeedChange::Cutoff {
-            cutoff_ms,
-            moot_after_ms,
-            ..
-        } = &mut wire
-        {
-            *moot_after_ms = Some(policy.cutoff_moot_after(*cutoff_ms));
+        match &mut wire {
+            FeedChange::Cutoff {
+                cutoff_ms,
+                moot_after_ms,
+                ..
+            } => *moot_after_ms = Some(policy.cutoff_moot_after(*cutoff_ms)),
+            FeedChange::Denied { moot_after_ms, .. } => {
+                *moot_after_ms = policy.denied_moot_after(*moot_after_ms);
+            }
         }
         wire
     }
@@ -134,8 +136,12 @@ pub enum MirrorError {
 /// held compact ([`DenySet`]: 16 bytes an id and its moot second).
 #[derive(Debug)]
 pub struct Mirror {
-    /// By user: the change's number, the cutoff, and when it is moot (`i64::MAX`: never said).
-    cutoffs: HashMap<String, (ChangeSeq, UnixMillis, UnixMillis)>,
+    /// By user (the user id's 128-bit key, as denied ids are held): the change's number, the
+    /// cutoff, and when it is moot (`i64::MAX`: never said). Two users sharing a key — keyed at
+    /// random per copy, about n²/2¹²⁹ for n users, nothing an outsider can aim at — share the
+    /// newer of their changes: a revoke-all or a ban then refuses both; only a lifted ban could
+    /// lift the other's too.
+    cutoffs: HashMap<Key, (ChangeSeq, UnixMillis, UnixMillis)>,
     /// One set per kind, sized by [`DenyKind::ALL`] (a new kind needs no change here).
     denied: [DenySet; DenyKind::ALL.len()],
     keyer: Keyer,
@@ -185,18 +191,18 @@ impl Mirror {
                 moot_after_ms,
             } => {
                 let moot = moot_after_ms.unwrap_or(UnixMillis::MAX);
-                match self.cutoffs.get_mut(user_id) {
+                let user = self.keyer.key(user_id);
+                match self.cutoffs.get_mut(&user) {
                     Some(held) if held.0 >= *seq => {}
                     // Moot already: nothing it refuses can be valid; as if none were held.
                     Some(_) if moot < now => {
-                        self.cutoffs.remove(user_id);
+                        self.cutoffs.remove(&user);
                     }
                     Some(held) => *held = (*seq, *cutoff_ms, moot),
                     None if moot < now => {}
                     None => {
                         self.make_room()?;
-                        self.cutoffs
-                            .insert(user_id.clone(), (*seq, *cutoff_ms, moot));
+                        self.cutoffs.insert(user, (*seq, *cutoff_ms, moot));
                     }
                 }
                 *seq
@@ -211,8 +217,9 @@ impl Mirror {
                     .ok_or_else(|| MirrorError::UnknownKind(kind.clone()))?;
                 if *moot_after_ms >= now {
                     let key = self.keyer.key(id);
-                    if !self.denied[kind.index()].contains(&key) {
-                        self.make_room()?;
+                    // Looked up only at the bound: a load of a million pays one search each.
+                    if self.len() >= self.max_entries && !self.denied[kind.index()].contains(&key) {
+                        return Err(MirrorError::Full(self.max_entries));
                     }
                     self.denied[kind.index()].insert(key, *moot_after_ms);
                 }
@@ -241,7 +248,10 @@ impl Mirror {
 
     /// The rules Verify applies after the decode (SPEC §4 rules 1 and 5), on this state.
     pub fn check(&self, claims: &Claims, now: UnixMillis) -> Result<(), Reason> {
-        let cutoff = self.cutoffs.get(&claims.user_id).map(|(_, c, _)| *c);
+        let cutoff = self
+            .cutoffs
+            .get(&self.keyer.key(&claims.user_id))
+            .map(|(_, c, _)| *c);
         RevocationPolicy::check_cutoff(cutoff, claims.orig_iat_ms, now)?;
         let denied_by = claims
             .deny_ids()
@@ -332,6 +342,50 @@ mod tests {
             );
         }
         assert_eq!(m.watermark(), 3);
+    }
+
+    /// Users and ids are held by 128-bit keys: two that share one (forced here; keyed at random
+    /// per copy otherwise) make the copy refuse what it would have admitted, never the reverse.
+    #[test]
+    fn a_shared_key_can_only_refuse() {
+        let mut m = Mirror::new(100);
+        m.keyer.colliding = true;
+        let now = 10_000;
+        m.apply(&denied(1, "jti", "someone-elses", now + 1), now)
+            .expect("deny");
+        let mut other = claims("v", 1);
+        other.jti = "mine".into();
+        assert_eq!(m.check(&other, now), Err(Reason::TokenRevoked));
+        m.apply(&cutoff(2, "u", 5_000), now).expect("revoke-all");
+        assert_eq!(
+            m.check(&claims("w", 4_000), now),
+            Err(Reason::UserRevoked),
+            "another user's cutoff, under the shared key, refuses (rule 1 before rule 5)"
+        );
+        let mut clean = Mirror::new(100);
+        clean.keyer.colliding = true;
+        clean
+            .apply(&cutoff(1, "u", 5_000), now)
+            .expect("revoke-all");
+        assert_eq!(
+            clean.check(&claims("w", 4_000), now),
+            Err(Reason::UserRevoked)
+        );
+        assert_eq!(
+            clean.check(&claims("w", 5_001), now),
+            Ok(()),
+            "a later login"
+        );
+        // Without the forced collision the two users are apart.
+        let mut apart = Mirror::new(100);
+        apart
+            .apply(&cutoff(1, "u", 5_000), now)
+            .expect("revoke-all");
+        assert_eq!(apart.check(&claims("w", 4_000), now), Ok(()));
+        assert_eq!(
+            apart.check(&claims("u", 4_000), now),
+            Err(Reason::UserRevoked)
+        );
     }
 
     #[test]
