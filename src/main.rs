@@ -7,12 +7,6 @@ use token_sidecar::clock::FleetClock;
 use token_sidecar::config::{Cli, Command};
 use token_sidecar::{server, telemetry};
 
-// Serving a feed page decodes ten thousand rows into small strings and frees them again: glibc's
-// allocator spent a third of that time in `_int_malloc` and its consolidation (perf), mimalloc a
-// fraction of it (BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
