@@ -134,6 +134,8 @@ fn issue(rt: &tokio::runtime::Runtime, authority: &TokenAuthority) -> String {
         claims: Default::default(),
         ttl_ms: None,
         idp_session_id: None,
+        dpop_jkt: None,
+        x5t_s256: None,
     }))
     .unwrap_or_else(|e| panic!("issue: {e}"))
     .token

@@ -152,7 +152,12 @@ async fn login(
         let token = issued.token.clone();
         verifies.push(tokio::spawn(async move {
             let started = Instant::now();
-            let answer = client.verify(pb::VerifyRequest { token }).await;
+            let answer = client
+                .verify(pb::VerifyRequest {
+                    token,
+                    ..Default::default()
+                })
+                .await;
             (started.elapsed(), answer.map(|r| r.into_inner().valid))
         }));
     }
@@ -218,6 +223,7 @@ async fn refused_everywhere(
                 let answer = client
                     .verify(pb::VerifyRequest {
                         token: token.clone(),
+                        ..Default::default()
                     })
                     .await
                     .map(|answer| answer.into_inner());

@@ -379,7 +379,10 @@ async fn call(
             .await
             .is_ok(),
         Rpc::Verify => client
-            .verify(pb::VerifyRequest { token: token() })
+            .verify(pb::VerifyRequest {
+                token: token(),
+                ..Default::default()
+            })
             .await
             .is_ok(),
         Rpc::Issue => client
@@ -392,7 +395,13 @@ async fn call(
         // Refused refreshes (revoked tokens) are answers, not failures.
         Rpc::Refresh => {
             let token = chain.take().unwrap_or_else(token);
-            match client.refresh(pb::RefreshRequest { token }).await {
+            match client
+                .refresh(pb::RefreshRequest {
+                    token,
+                    ..Default::default()
+                })
+                .await
+            {
                 Ok(answer) => {
                     *chain = Some(answer.into_inner().token);
                     true

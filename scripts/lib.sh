@@ -62,6 +62,12 @@ ensure_tools() {
     mkdir -p target/oidc
     npm install --silent --no-audit --no-fund --prefix target/oidc oidc-provider >/dev/null
   fi
+  # panva's dpop makes the DPoP proofs the tests present (tests/suite/dpop.rs).
+  if [ ! -f target/dpop/node_modules/dpop/package.json ]; then
+    echo "installing dpop (npm install --prefix target/dpop)"
+    mkdir -p target/dpop
+    npm install --silent --no-audit --no-fund --prefix target/dpop dpop >/dev/null
+  fi
   for tool in jq nginx pgbouncer nats-server faketime h2load:nghttp2-client; do
     package=${tool#*:}
     tool=${tool%%:*}

@@ -45,6 +45,7 @@ pub mod readiness;
 pub use token_sidecar_core::reason;
 pub use token_sidecar_core::revocations;
 pub use token_sidecar_core::secret_file;
+pub use token_sidecar_core::sender;
 pub mod server;
 pub mod shutdown;
 pub mod startup_error;

@@ -347,7 +347,8 @@ fn authority(
         .chain(idp.token_issuers.iter().map(|t| t.subject_prefix.clone()))
         .collect();
     let authority = TokenAuthority::new(codec, config.into(), revocations.clone(), clock.clone())
-        .with_idp_prefixes(idp_prefixes);
+        .with_idp_prefixes(idp_prefixes)
+        .with_sender_rules(config.into(), config.tokens.dpop_nonce);
     Ok(if config.tokens.verify_only {
         authority.verify_only(config.issuing_service())
     } else {

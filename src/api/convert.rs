@@ -79,6 +79,8 @@ pub fn token_claims(claims: Claims, own_issuer: &str) -> pb::TokenClaims {
         expires_at: Some(timestamp(claims.expires_at.as_millis())),
         extra: Some(json_to_struct(claims.extra)),
         idp_session_id: claims.idp_session_id.unwrap_or_default(),
+        dpop_jkt: claims.binding.jkt.unwrap_or_default(),
+        x5t_s256: claims.binding.x5t_s256.unwrap_or_default(),
     }
 }
 
@@ -97,6 +99,10 @@ pub fn proto_reason(reason: Reason) -> pb::Reason {
         Reason::TokenRevoked => pb::Reason::TokenRevoked,
         Reason::RefreshExpired => pb::Reason::RefreshExpired,
         Reason::RefreshReused => pb::Reason::RefreshReused,
+        Reason::ProofRequired => pb::Reason::ProofRequired,
+        Reason::ProofInvalid => pb::Reason::ProofInvalid,
+        Reason::ProofReplayed => pb::Reason::ProofReplayed,
+        Reason::NonceRequired => pb::Reason::NonceRequired,
     }
 }
 

@@ -35,6 +35,11 @@ pub fn classify(err: &AuthorityError) -> Classified {
             (Code::InvalidArgument, "invalid_argument", reason.as_str())
         }
         AuthorityError::Rejected(r) => (Code::Unauthenticated, "unauthenticated", r.code()),
+        AuthorityError::SenderRefused(refusal) => (
+            Code::Unauthenticated,
+            "unauthenticated",
+            refusal.reason.code(),
+        ),
         AuthorityError::InvalidToken(r) => (Code::InvalidArgument, "invalid_argument", r.code()),
         AuthorityError::Banned { .. } => (
             Code::PermissionDenied,
@@ -106,6 +111,19 @@ pub fn to_status(err: AuthorityError) -> Status {
         } => invalid_argument(field, reason.as_str(), &message),
         AuthorityError::Rejected(reason) | AuthorityError::InvalidToken(reason) => {
             token_status(code, reason)
+        }
+        AuthorityError::SenderRefused(refusal) => {
+            let name = proto_reason(refusal.reason).as_str_name();
+            let mut metadata = reason_metadata(refusal.reason);
+            metadata.insert("check".into(), refusal.check.to_owned());
+            if let Some(nonce) = refusal.nonce {
+                metadata.insert("dpop_nonce".into(), nonce);
+            }
+            Status::with_error_details(
+                code,
+                format!("{} ({name}: {})", refusal.reason, refusal.check),
+                ErrorDetails::with_error_info(name, ERROR_DOMAIN, metadata),
+            )
         }
         AuthorityError::Banned { until_ms } => {
             let until = chrono::DateTime::from_timestamp_millis(until_ms)

@@ -9,6 +9,7 @@ use tracing::Instrument;
 
 use crate::api::convert::proto_reason;
 use crate::api::forward_auth::{Decision, ForwardAuth, Presented};
+use crate::api::sender::{ProofInputs, pem_thumbprint};
 use crate::api::trace;
 
 /// The generated code of Envoy's external-authorization API and the packages it imports.
@@ -110,6 +111,9 @@ fn overwrite(key: String, value: String) -> HeaderValueOption {
     }
 }
 
+/// RFC 9449 §8's response header.
+const DPOP_NONCE: &str = "dpop-nonce";
+
 fn authorization_header(request: &pb::CheckRequest) -> Presented<'_> {
     let Some(http) = request
         .attributes
@@ -145,6 +149,46 @@ fn authorization_header(request: &pb::CheckRequest) -> Presented<'_> {
     )
 }
 
+/// What a proof of possession is checked against (SPEC §15): the method, scheme, host and
+/// path Envoy describes, the `dpop` header(s), and the peer's certificate (Envoy sends it with
+/// `include_peer_certificate: true`).
+fn proof_inputs(request: &pb::CheckRequest) -> ProofInputs {
+    let attributes = request.attributes.as_ref();
+    let certificate = attributes
+        .and_then(|a| a.source.as_ref())
+        .and_then(|peer| pem_thumbprint(&peer.certificate));
+    let Some(http) = attributes
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref())
+    else {
+        return ProofInputs {
+            certificate,
+            ..ProofInputs::default()
+        };
+    };
+    let proofs: Vec<String> = match http.headers.get("dpop") {
+        // Envoy joins repeated headers with a comma, which no proof holds.
+        Some(value) => value.split(',').map(str::to_owned).collect(),
+        None => http
+            .header_map
+            .iter()
+            .flat_map(|map| &map.headers)
+            .filter(|h| h.key.eq_ignore_ascii_case("dpop"))
+            .map(|h| match h.value.is_empty() {
+                true => String::from_utf8_lossy(&h.raw_value).into_owned(),
+                false => h.value.clone(),
+            })
+            .collect(),
+    };
+    ProofInputs {
+        dpop_scheme: false,
+        proofs,
+        method: http.method.clone(),
+        uri: ProofInputs::uri_of(&http.scheme, &http.host, &http.path),
+        certificate,
+    }
+}
+
 #[tonic::async_trait]
 impl pb::Authorization for ExtAuthz {
     async fn check(
@@ -165,11 +209,17 @@ impl pb::Authorization for ExtAuthz {
         let request = request.into_inner();
         let decision = self
             .decide
-            .decide(authorization_header(&request), "Check")
+            .decide(
+                authorization_header(&request),
+                proof_inputs(&request),
+                "Check",
+            )
             .instrument(span)
             .await;
         let response = match decision {
-            Decision::Allow { set, remove, .. } => pb::CheckResponse {
+            Decision::Allow {
+                set, remove, nonce, ..
+            } => pb::CheckResponse {
                 status: Some(pb::google::rpc::Status {
                     code: OK,
                     ..Default::default()
@@ -178,12 +228,21 @@ impl pb::Authorization for ExtAuthz {
                     pb::OkHttpResponse {
                         headers: set.into_iter().map(|(k, v)| overwrite(k, v)).collect(),
                         headers_to_remove: remove,
+                        // The client's next proof needs it: added to Envoy's answer to it.
+                        response_headers_to_add: nonce
+                            .map(|n| overwrite(DPOP_NONCE.into(), n))
+                            .into_iter()
+                            .collect(),
                         ..Default::default()
                     },
                 )),
                 ..Default::default()
             },
-            Decision::Deny { challenge, reason } => pb::CheckResponse {
+            Decision::Deny {
+                challenge,
+                reason,
+                nonce,
+            } => pb::CheckResponse {
                 status: Some(pb::google::rpc::Status {
                     code: UNAUTHENTICATED,
                     message: reason
@@ -196,7 +255,9 @@ impl pb::Authorization for ExtAuthz {
                         status: Some(HttpStatus {
                             code: StatusCode::Unauthorized as i32,
                         }),
-                        headers: vec![overwrite("www-authenticate".into(), challenge)],
+                        headers: std::iter::once(overwrite("www-authenticate".into(), challenge))
+                            .chain(nonce.map(|n| overwrite(DPOP_NONCE.into(), n)))
+                            .collect(),
                         body: String::new(),
                     },
                 )),

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::api::log_value::loggable;
+use crate::api::sender::ProofInputs;
 use crate::api::trace;
 use crate::authority::TokenAuthority;
 pub use crate::decision::{
@@ -13,6 +14,7 @@ pub use crate::decision::{
 use crate::error_code::ErrorCode;
 use crate::metrics::Metrics;
 use crate::reason::Reason;
+use crate::sender::Scheme;
 
 /// Decides for the proxies, with the configured forwarded claims; counts and logs every
 /// decision by the surface that asked.
@@ -44,9 +46,14 @@ impl ForwardAuth {
 
     /// Decides for a request carrying this `Authorization` value (if any), asked through
     /// `surface` (the metric's `method` label, e.g. `Check` or `http_auth`).
-    pub async fn decide(&self, authorization: Presented<'_>, surface: &'static str) -> Decision {
+    pub async fn decide(
+        &self,
+        authorization: Presented<'_>,
+        inputs: ProofInputs,
+        surface: &'static str,
+    ) -> Decision {
         let started = Instant::now();
-        let decision = self.decision(authorization).await;
+        let decision = self.decision(authorization, inputs).await;
         let (result, reason) = match &decision {
             Decision::Allow { .. } => ("ok", ""),
             Decision::Deny { reason, .. } => (
@@ -69,15 +76,34 @@ impl ForwardAuth {
         decision
     }
 
-    async fn decision(&self, authorization: Presented<'_>) -> Decision {
-        let token = match authorization.token() {
-            Ok(token) => token,
+    async fn decision(&self, authorization: Presented<'_>, mut inputs: ProofInputs) -> Decision {
+        let (token, scheme) = match authorization.token() {
+            Ok(presented) => presented,
             Err(decided) => return decided,
         };
-        match self.authority.verify(token).await {
-            Err(_) => Decision::Unavailable,
-            Ok(Err(reason)) => Decision::deny(reason),
-            Ok(Ok(claims)) => Decision::allow(&claims, &self.forwarded),
+        inputs.dpop_scheme = scheme == Scheme::Dpop;
+        let proofs = inputs.proof_refs();
+        let presentation = inputs.presentation(&proofs);
+        let verdict = match self.authority.verify_presented(token, &presentation).await {
+            Err(_) => return Decision::Unavailable,
+            Ok(verdict) => verdict,
+        };
+        match verdict.outcome {
+            Ok(claims) => match Decision::allow(&claims, &self.forwarded) {
+                Decision::Allow {
+                    set,
+                    remove,
+                    user_id,
+                    ..
+                } => Decision::Allow {
+                    set,
+                    remove,
+                    user_id,
+                    nonce: verdict.nonce,
+                },
+                other => other,
+            },
+            Err(reason) => Decision::refuse(reason, scheme, verdict.check, verdict.nonce),
         }
     }
 }

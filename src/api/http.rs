@@ -33,6 +33,7 @@ use crate::api::log_value::loggable;
 use crate::api::open_gate::OpenGate;
 use crate::api::outcome::{self, answered};
 use crate::api::responses::{form_param, json_response, oauth_error, overloaded, unavailable};
+use crate::api::sender::ProofInputs;
 use crate::api::trace;
 use crate::authority::{AuthorityError, Cause, RevokeTarget, TokenAuthority};
 use crate::error_code::ErrorCode;
@@ -235,10 +236,63 @@ fn presented(headers: &HeaderMap) -> Presented<'_> {
     )
 }
 
+/// What a proof of possession is checked against (SPEC §15), as the proxy forwards it:
+/// `X-Forwarded-Method/-Proto/-Host/-Uri` (Traefik, Envoy's HTTP ext_authz as configured in
+/// deploy/proxies), nginx's `X-Original-Method` and `X-Original-URI` (or a whole
+/// `X-Original-URL`), and every `DPoP` header. No client certificate is read from a header: a
+/// certificate is public, so a header naming one proves nothing unless every proxy in front
+/// overwrites it — certificate-bound tokens are checked where the connection is seen (Check
+/// with `include_peer_certificate`, Verify's `client_certificate`).
+fn proof_inputs(headers: &HeaderMap) -> ProofInputs {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let method = text("x-forwarded-method")
+        .or_else(|| text("x-original-method"))
+        .unwrap_or_default()
+        .to_owned();
+    let uri = match text("x-original-url") {
+        Some(url) => url.to_owned(),
+        None => {
+            let proto = text("x-forwarded-proto").unwrap_or("http");
+            let host = text("x-forwarded-host")
+                .or_else(|| text("host"))
+                .unwrap_or_default();
+            let path = text("x-forwarded-uri")
+                .or_else(|| text("x-original-uri"))
+                .unwrap_or("/");
+            ProofInputs::uri_of(proto, host, path)
+        }
+    };
+    ProofInputs {
+        dpop_scheme: false,
+        proofs: headers
+            .get_all("dpop")
+            .iter()
+            .map(|v| v.to_str().unwrap_or("-").to_owned())
+            .collect(),
+        method,
+        uri,
+        certificate: None,
+    }
+}
+
 async fn forward_auth(State(api): State<HttpApi>, headers: HeaderMap) -> Response {
-    match api.decide.decide(presented(&headers), "http_auth").await {
-        Decision::Allow { set, remove, .. } => {
+    let inputs = proof_inputs(&headers);
+    match api
+        .decide
+        .decide(presented(&headers), inputs, "http_auth")
+        .await
+    {
+        Decision::Allow {
+            set, remove, nonce, ..
+        } => {
             let mut response = StatusCode::OK.into_response();
+            insert_nonce(&mut response, nonce);
             for (name, value) in set {
                 if let (Ok(name), Ok(value)) = (
                     header::HeaderName::from_bytes(name.as_bytes()),
@@ -257,8 +311,11 @@ async fn forward_auth(State(api): State<HttpApi>, headers: HeaderMap) -> Respons
             }
             response
         }
-        Decision::Deny { challenge, .. } => {
+        Decision::Deny {
+            challenge, nonce, ..
+        } => {
             let mut response = (StatusCode::UNAUTHORIZED, "").into_response();
+            insert_nonce(&mut response, nonce);
             if let Ok(value) = HeaderValue::from_str(&challenge) {
                 response
                     .headers_mut()
@@ -267,6 +324,13 @@ async fn forward_auth(State(api): State<HttpApi>, headers: HeaderMap) -> Respons
             response
         }
         Decision::Unavailable => unavailable(),
+    }
+}
+
+/// RFC 9449 §8: the nonce the client's next proof must carry.
+fn insert_nonce(response: &mut Response, nonce: Option<String>) {
+    if let Some(value) = nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
+        response.headers_mut().insert("dpop-nonce", value);
     }
 }
 

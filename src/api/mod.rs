@@ -32,6 +32,7 @@ pub mod open_gate;
 pub mod outcome;
 pub mod responses;
 pub mod rpc_layer;
+pub mod sender;
 pub mod token_service;
 pub mod trace;
 

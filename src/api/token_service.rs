@@ -88,6 +88,8 @@ impl TokenService for TokenGrpc {
                         claims: req.claims.map(struct_to_json).unwrap_or_default(),
                         ttl_ms,
                         idp_session_id: Some(req.idp_session_id).filter(|s| !s.is_empty()),
+                        dpop_jkt: Some(req.dpop_jkt).filter(|s| !s.is_empty()),
+                        x5t_s256: Some(req.x5t_s256).filter(|s| !s.is_empty()),
                     })
                     .await?;
                 Ok(pb::IssueResponse::from(grant(issued)))
@@ -107,12 +109,25 @@ impl TokenService for TokenGrpc {
         request: Request<pb::VerifyRequest>,
     ) -> Result<Response<pb::VerifyResponse>, Status> {
         let slot = slot(&request);
-        let token = request.into_inner().token;
-        let verdict = match self.authority.verify(&token).await {
+        let req = request.into_inner();
+        let presented = proof_fields(
+            req.dpop_proof,
+            req.http_method,
+            req.http_uri,
+            &req.client_certificate,
+        );
+        let proofs = presented.proof_refs();
+        let presentation = presented.presentation(&proofs);
+        let verdict = match self
+            .authority
+            .verify_presented(&req.token, &presentation)
+            .await
+        {
             Ok(verdict) => verdict,
             Err(e) => return answer(&slot, Err(e), Subject::default()),
         };
-        let response = match verdict {
+        let dpop_nonce = verdict.nonce.unwrap_or_default();
+        let response = match verdict.outcome {
             Ok(claims) => {
                 // The hot path: whom it was about is copied only when a log line or a span
                 // will carry it.
@@ -129,6 +144,7 @@ impl TokenService for TokenGrpc {
                     valid: true,
                     reason: pb::Reason::Unspecified as i32,
                     claims: Some(token_claims(claims, self.authority.issuer())),
+                    dpop_nonce,
                 }
             }
             Err(reason) => {
@@ -137,6 +153,7 @@ impl TokenService for TokenGrpc {
                     valid: false,
                     reason: proto_reason(reason) as i32,
                     claims: None,
+                    dpop_nonce,
                 }
             }
         };
@@ -149,10 +166,18 @@ impl TokenService for TokenGrpc {
     ) -> Result<Response<pb::RefreshResponse>, Status> {
         let slot = slot(&request);
         let caller = peer(&request);
-        let token = request.into_inner().token;
+        let req = request.into_inner();
+        let presented = proof_fields(
+            req.dpop_proof,
+            req.http_method,
+            req.http_uri,
+            &req.client_certificate,
+        );
+        let proofs = presented.proof_refs();
+        let presentation = presented.presentation(&proofs);
         let result = match self.open.admit(caller) {
             Some(_admitted) => Lane::Open(caller)
-                .scope(self.authority.refresh(&token))
+                .scope(self.authority.refresh(&req.token, &presentation))
                 .await
                 .map(|issued| pb::RefreshResponse::from(grant(issued))),
             None => Err(AuthorityError::Store(StoreError::Overloaded)),
@@ -395,6 +420,26 @@ fn page_position(token: &str) -> Result<Option<i64>, AuthorityError> {
 }
 
 /// The caller's address (the store's open lane is shared out by it).
+/// Verify's and Refresh's proof-of-possession fields (SPEC §15): a proof given means the
+/// DPoP scheme.
+fn proof_fields(
+    dpop_proof: String,
+    method: String,
+    uri: String,
+    certificate: &[u8],
+) -> crate::api::sender::ProofInputs {
+    crate::api::sender::ProofInputs {
+        dpop_scheme: !dpop_proof.is_empty(),
+        proofs: Some(dpop_proof)
+            .filter(|p| !p.is_empty())
+            .into_iter()
+            .collect(),
+        method,
+        uri,
+        certificate: crate::api::sender::certificate_thumbprint(certificate),
+    }
+}
+
 fn peer<T>(request: &Request<T>) -> Option<std::net::IpAddr> {
     caller::caller_ip(request.extensions().get::<CallerInfo>())
 }

@@ -24,6 +24,17 @@ impl From<&Config> for RevocationPolicy {
     }
 }
 
+/// The rules a proof of possession is held to (SPEC §15).
+impl From<&Config> for crate::sender::SenderRules {
+    fn from(config: &Config) -> Self {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);
+        crate::sender::SenderRules {
+            max_age_ms: ms(config.tokens.dpop_max_age),
+            leeway_ms: ms(config.tokens.leeway),
+        }
+    }
+}
+
 /// How the flags ask this instance to keep in step with the others.
 impl From<&Config> for SyncSettings {
     fn from(config: &Config) -> Self {

@@ -87,4 +87,21 @@ pub struct TokenArgs {
     /// rule 9) before Issue and Refresh answer UNAVAILABLE; the purge keeps as much margin.
     #[arg(help_heading = "Tokens and keys", long, env = "TOKEN_SIDECAR_MAX_CLOCK_SKEW", default_value = "500ms", value_parser = parse_duration)]
     pub max_clock_skew: Duration,
+
+    /// Sender-constrained tokens (SPEC §15): how old a DPoP proof's `iat` may be on the fleet
+    /// clock (and how long its `jti` is remembered against replay, with --leeway).
+    #[arg(help_heading = "Tokens and keys", long, env = "TOKEN_SIDECAR_DPOP_MAX_AGE", default_value = "60s", value_parser = parse_positive_duration)]
+    pub dpop_max_age: Duration,
+
+    /// Require a DPoP nonce (RFC 9449 §8) in every proof: a MAC over a 30 s time step under the
+    /// fleet's secret, so every instance accepts the others'. A proof without one (or with a
+    /// stale one) is refused with REASON_NONCE_REQUIRED, `WWW-Authenticate: DPoP
+    /// error="use_dpop_nonce"` and a fresh `DPoP-Nonce`.
+    #[arg(
+        help_heading = "Tokens and keys",
+        long,
+        env = "TOKEN_SIDECAR_DPOP_NONCE",
+        default_value_t = false
+    )]
+    pub dpop_nonce: bool,
 }

@@ -497,7 +497,10 @@ async fn health_listen_serves_only_health(backend: Backend) {
     }
     let mut api = pb::token_service_client::TokenServiceClient::new(channel);
     let e = api
-        .verify(pb::VerifyRequest { token: "x".into() })
+        .verify(pb::VerifyRequest {
+            token: "x".into(),
+            ..Default::default()
+        })
         .await
         .expect_err("API is not on the health port");
     assert_eq!(e.code(), Code::Unimplemented);
@@ -610,7 +613,10 @@ async fn oversized_messages_and_headers_get_clear_answers_and_the_server_keeps_s
     assert_eq!(app.verdict(&huge).await, Reason::Malformed);
     let too_big = "A".repeat(server::MAX_MESSAGE_BYTES + 1);
     let status = client
-        .verify(pb::VerifyRequest { token: too_big })
+        .verify(pb::VerifyRequest {
+            token: too_big,
+            ..Default::default()
+        })
         .await
         .expect_err("over the message limit");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
@@ -618,6 +624,7 @@ async fn oversized_messages_and_headers_get_clear_answers_and_the_server_keeps_s
     // Metadata beyond the header-list limit never reaches a handler.
     let mut request = tonic::Request::new(pb::VerifyRequest {
         token: token.clone(),
+        ..Default::default()
     });
     let padding = "x".repeat(server::MAX_HEADER_LIST_BYTES as usize);
     request
@@ -731,6 +738,7 @@ async fn an_unreachable_store_is_not_serving_and_answers_unavailable() {
         .clone()
         .verify(pb::VerifyRequest {
             token: token.clone(),
+            ..Default::default()
         })
         .await
         .expect_err("cannot answer safely");
@@ -804,7 +812,10 @@ async fn silent_connections_are_bounded_and_closed_while_health_answers() {
     let mut client = pb::token_service_client::TokenServiceClient::new(fresh);
     assert!(
         client
-            .verify(pb::VerifyRequest { token: "x".into() })
+            .verify(pb::VerifyRequest {
+                token: "x".into(),
+                ..Default::default()
+            })
             .await
             .is_ok()
     );

@@ -164,7 +164,13 @@ async fn excess_load_is_shed_with_resource_exhausted_and_counted() {
             pb::token_service_client::TokenServiceClient::new(second.clone())
         };
         let token = token.clone();
-        async move { c.verify(pb::VerifyRequest { token }).await }
+        async move {
+            c.verify(pb::VerifyRequest {
+                token,
+                ..Default::default()
+            })
+            .await
+        }
     });
     let health_checks = (0..50).map(|_| {
         let mut h = app.health.clone();

@@ -12,6 +12,7 @@ async fn verdict(api: &Api, token: &str) -> pb::VerifyResponse {
     api.clone()
         .verify(pb::VerifyRequest {
             token: token.to_string(),
+            ..Default::default()
         })
         .await
         .expect("verify")
@@ -170,6 +171,7 @@ async fn logs_over_a_full_scenario_hold_no_token_key_or_credential() {
             .clone()
             .refresh(pb::RefreshRequest {
                 token: first.token.clone(),
+                ..Default::default()
             })
             .await
             .expect("refresh")
@@ -203,6 +205,7 @@ async fn logs_over_a_full_scenario_hold_no_token_key_or_credential() {
             api.clone()
                 .refresh(pb::RefreshRequest {
                     token: first.token.clone(),
+                    ..Default::default()
                 })
                 .await
                 .is_err()
@@ -363,6 +366,7 @@ async fn sigterm_under_load_finishes_in_flight_rpcs_and_exits_0() {
                         .clone()
                         .verify(pb::VerifyRequest {
                             token: token.clone(),
+                            ..Default::default()
                         })
                         .await
                     {

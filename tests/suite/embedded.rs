@@ -226,6 +226,7 @@ async fn a_write_ahead_log_deleted_under_a_running_process_loses_no_acknowledged
         .clone()
         .verify(pb::VerifyRequest {
             token: before.token,
+            ..Default::default()
         })
         .await
         .expect("verify")

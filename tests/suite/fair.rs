@@ -74,6 +74,7 @@ impl Running {
                                     Flood::Refresh => client
                                         .refresh(pb::RefreshRequest {
                                             token: token.clone(),
+                                            ..Default::default()
                                         })
                                         .await
                                         .is_ok(),
@@ -189,6 +190,7 @@ async fn flooded_instance_hears_the_fleet(kind: Flood) {
         match client
             .verify(pb::VerifyRequest {
                 token: a.issue(&format!("uncached-{i}")).await.token,
+                ..Default::default()
             })
             .await
         {

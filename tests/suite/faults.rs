@@ -67,6 +67,7 @@ async fn postgres_crash_under_load_loses_no_acknowledged_revocation() {
                     match client
                         .verify(pb::VerifyRequest {
                             token: token.clone(),
+                            ..Default::default()
                         })
                         .await
                     {

@@ -186,6 +186,7 @@ async fn by_default_a_notify_sidecar_does_all_its_database_work_on_one_connectio
                     let verified = client
                         .verify(token_sidecar::api::pb::VerifyRequest {
                             token: issued.token.clone(),
+                            ..Default::default()
                         })
                         .await
                         .expect("verify under load")
@@ -258,6 +259,7 @@ async fn under_load_at_most(budget: i64) {
                     let answer = client
                         .verify(token_sidecar::api::pb::VerifyRequest {
                             token: token.clone(),
+                            ..Default::default()
                         })
                         .await
                         .expect("verify under load");

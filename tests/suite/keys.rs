@@ -270,6 +270,7 @@ async fn no_rpc_fails_while_keys_reload_under_load() {
                     let v = c
                         .verify(token_sidecar::api::pb::VerifyRequest {
                             token: issued.token,
+                            ..Default::default()
                         })
                         .await
                         .expect("verify never fails during reload")

@@ -16,6 +16,7 @@ mod conformance;
 mod connections;
 mod db_roles;
 mod docs;
+mod dpop;
 mod edge_differential;
 mod edge_load;
 mod edge_million;

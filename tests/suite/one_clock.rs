@@ -100,6 +100,7 @@ impl Instance {
             .clone()
             .verify(pb::VerifyRequest {
                 token: token.into(),
+                ..Default::default()
             })
             .await
             .expect("verify")
@@ -330,7 +331,10 @@ async fn a_clock_step_back_does_not_stretch_the_staleness_bound() {
     let token = writer.issue("alice").await.expect("issue").token;
     let verdict = |api: Api, token: String| async move {
         api.clone()
-            .verify(pb::VerifyRequest { token })
+            .verify(pb::VerifyRequest {
+                token,
+                ..Default::default()
+            })
             .await
             .map(|answer| answer.into_inner().reason())
     };

@@ -404,6 +404,7 @@ async fn a_store_outage_fails_closed_then_recovers_by_itself() {
         .clone()
         .verify(pb::VerifyRequest {
             token: t.token.clone(),
+            ..Default::default()
         })
         .await
         .expect_err("stale and no store");
@@ -417,6 +418,7 @@ async fn a_store_outage_fails_closed_then_recovers_by_itself() {
             .clone()
             .verify(pb::VerifyRequest {
                 token: t.token.clone(),
+                ..Default::default()
             })
             .await
             .is_ok_and(|r| r.into_inner().valid)

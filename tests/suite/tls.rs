@@ -49,10 +49,13 @@ async fn try_verify(port: u16, config: Option<ClientTlsConfig>) -> Result<bool, 
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let mut api = pb::token_service_client::TokenServiceClient::new(channel);
-    api.verify(pb::VerifyRequest { token: "x".into() })
-        .await
-        .map(|r| !r.into_inner().valid)
-        .map_err(|e| format!("rpc: {e}"))
+    api.verify(pb::VerifyRequest {
+        token: "x".into(),
+        ..Default::default()
+    })
+    .await
+    .map(|r| !r.into_inner().valid)
+    .map_err(|e| format!("rpc: {e}"))
 }
 
 #[tokio::test]

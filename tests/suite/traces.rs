@@ -157,6 +157,7 @@ async fn issue(channel: &Channel, user_id: &str) -> pb::IssueResponse {
 async fn verify_in(channel: &Channel, token: &str, trace: Option<String>) -> bool {
     let mut request = tonic::Request::new(pb::VerifyRequest {
         token: token.to_owned(),
+        ..Default::default()
     });
     if let Some(trace) = trace {
         request

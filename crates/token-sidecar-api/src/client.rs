@@ -48,6 +48,7 @@ impl SidecarClient {
     pub async fn verify(&self, token: &str) -> Result<pb::VerifyResponse, tonic::Status> {
         let mut request = tonic::Request::new(pb::VerifyRequest {
             token: token.to_owned(),
+            ..Default::default()
         });
         opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.inject(&mut Metadata(request.metadata_mut()));
@@ -62,12 +63,27 @@ impl SidecarClient {
         token: &str,
         incoming: &http::HeaderMap,
     ) -> Result<pb::VerifyResponse, tonic::Status> {
-        if !incoming.contains_key(TRACEPARENT) {
-            return self.verify(token).await;
-        }
-        let mut request = tonic::Request::new(pb::VerifyRequest {
+        let request = pb::VerifyRequest {
             token: token.to_owned(),
-        });
+            ..Default::default()
+        };
+        self.verify_request_for(request, incoming).await
+    }
+
+    /// Verify with every field given (a DPoP proof, the method and URI it must name, a client
+    /// certificate: SPEC §15), on behalf of an incoming request whose trace context goes along.
+    pub async fn verify_request_for(
+        &self,
+        request: pb::VerifyRequest,
+        incoming: &http::HeaderMap,
+    ) -> Result<pb::VerifyResponse, tonic::Status> {
+        let mut request = tonic::Request::new(request);
+        if !incoming.contains_key(TRACEPARENT) {
+            opentelemetry::global::get_text_map_propagator(|propagator| {
+                propagator.inject(&mut Metadata(request.metadata_mut()));
+            });
+            return self.call(request).await;
+        }
         for name in [TRACEPARENT, TRACESTATE] {
             if let Some(value) = incoming
                 .get(name)
@@ -125,6 +141,8 @@ pub enum WhenUnreachable {
 pub struct VerifyLayer {
     client: SidecarClient,
     unreachable: WhenUnreachable,
+    /// The scheme and host clients address this service by, for a DPoP proof's `htu`.
+    origin: Option<String>,
 }
 
 impl VerifyLayer {
@@ -133,7 +151,15 @@ impl VerifyLayer {
         Self {
             client,
             unreachable: WhenUnreachable::FailClosed,
+            origin: None,
         }
+    }
+
+    /// The scheme and host clients call this service at (`https://api.example.com`): what a
+    /// DPoP proof's `htu` names (SPEC §15). Without it, `http://` and the `Host` header.
+    pub fn origin(mut self, origin: impl Into<String>) -> Self {
+        self.origin = Some(origin.into().trim_end_matches('/').to_owned());
+        self
     }
 
     /// Chooses what an unreachable sidecar means.
@@ -198,13 +224,18 @@ where
                     // Which one is meant is ambiguous (SPEC §9): refused.
                     return Ok(refuse(grpc, Refusal::Invalid("REASON_MALFORMED")));
                 }
-                (Some(value), None) => value.to_str().ok().and_then(bearer_credential),
+                (Some(value), None) => value.to_str().ok().and_then(credential),
                 (None, _) => None,
             };
-            let Some(token) = token.map(str::to_owned) else {
+            let Some((token, _dpop)) = token.map(|(t, d)| (t.to_owned(), d)) else {
                 return Ok(refuse(grpc, Refusal::MissingToken));
             };
-            match layer.client.verify_for(&token, request.headers()).await {
+            let verify = sender_fields(&request, &token, layer.origin.as_deref());
+            match layer
+                .client
+                .verify_request_for(verify, request.headers())
+                .await
+            {
                 Ok(answer) if answer.valid => {
                     if let Some(claims) = answer.claims {
                         request.extensions_mut().insert(claims);
@@ -229,6 +260,55 @@ where
                 Err(_) => Ok(refuse(grpc, Refusal::Unavailable)),
             }
         })
+    }
+}
+
+/// The token of an `Authorization` value, and whether its scheme is `DPoP` (SPEC §15).
+fn credential(value: &str) -> Option<(&str, bool)> {
+    if let Some(token) = bearer_credential(value) {
+        return Some((token, false));
+    }
+    let blank = |c: char| c == ' ' || c == '\t';
+    let (scheme, rest) = value.trim_matches(blank).split_once(blank)?;
+    let token = rest.trim_matches(blank);
+    (scheme.eq_ignore_ascii_case("dpop") && !token.is_empty()).then_some((token, true))
+}
+
+/// Verify's request for `token` on `request`: its `DPoP` proof (every value: several are
+/// refused by the sidecar), method and URI go along.
+fn sender_fields<B>(
+    request: &http::Request<B>,
+    token: &str,
+    origin: Option<&str>,
+) -> pb::VerifyRequest {
+    let mut proofs = request.headers().get_all("dpop").iter();
+    let dpop_proof = match (proofs.next(), proofs.next()) {
+        (Some(one), None) => one.to_str().unwrap_or("-").to_owned(),
+        // Two proofs: sent joined, which no proof can be, so the sidecar refuses it.
+        (Some(_), Some(_)) => "-.-.-.-".to_owned(),
+        (None, _) => String::new(),
+    };
+    let uri = request.uri();
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let http_uri = match (uri.scheme_str(), uri.authority(), origin) {
+        (Some(scheme), Some(authority), _) => format!("{scheme}://{authority}{path}"),
+        (_, _, Some(origin)) => format!("{origin}{path}"),
+        _ => {
+            let host = request
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .or_else(|| uri.authority().map(http::uri::Authority::as_str))
+                .unwrap_or("localhost");
+            format!("http://{host}{path}")
+        }
+    };
+    pb::VerifyRequest {
+        token: token.to_owned(),
+        dpop_proof,
+        http_method: request.method().as_str().to_owned(),
+        http_uri,
+        client_certificate: Vec::new(),
     }
 }
 

@@ -12,6 +12,7 @@
 use serde_json::Value;
 
 use crate::reason::Reason;
+use crate::sender::{ALLOWED_ALGS, Scheme};
 use crate::token::Claims;
 
 /// The identity headers the sidecar owns: the first four set on every allowed request, and
@@ -94,15 +95,28 @@ impl<'a> Presented<'a> {
         }
     }
 
-    /// The bearer token to judge, or the decision already made without one: 401 with a bare
-    /// challenge when none was presented, `MALFORMED` for several.
-    pub fn token(self) -> Result<&'a str, Decision> {
+    /// The token to judge and the scheme it came with (`Bearer`, or `DPoP`: SPEC §15), or the
+    /// decision already made without one: 401 with a bare challenge when none was presented,
+    /// `MALFORMED` for several.
+    pub fn token(self) -> Result<(&'a str, Scheme), Decision> {
         match self {
             Presented::Several => Err(Decision::deny(Reason::Malformed)),
-            Presented::One(value) => bearer_credential(value).ok_or_else(Decision::no_token),
+            Presented::One(value) => credential(value).ok_or_else(Decision::no_token),
             Presented::Absent => Err(Decision::no_token()),
         }
     }
+}
+
+/// The credential of an `Authorization` value and its scheme: `Bearer` or `DPoP` (both
+/// case-insensitive).
+pub fn credential(value: &str) -> Option<(&str, Scheme)> {
+    if let Some(token) = bearer_credential(value) {
+        return Some((token, Scheme::Bearer));
+    }
+    let blank = |c: char| c == ' ' || c == '\t';
+    let (scheme, rest) = value.trim_matches(blank).split_once(blank)?;
+    let token = rest.trim_matches(blank);
+    (scheme.eq_ignore_ascii_case("dpop") && !token.is_empty()).then_some((token, Scheme::Dpop))
 }
 
 /// What the proxy is told.
@@ -117,6 +131,8 @@ pub enum Decision {
         remove: Vec<String>,
         /// Who it is, for the request log.
         user_id: String,
+        /// With `--dpop-nonce`: a fresh nonce for the client (`DPoP-Nonce`).
+        nonce: Option<String>,
     },
     /// Answer 401 with this `WWW-Authenticate` value.
     Deny {
@@ -124,6 +140,8 @@ pub enum Decision {
         challenge: String,
         /// The reason, when a token was presented.
         reason: Option<Reason>,
+        /// With `--dpop-nonce`: the nonce to retry with (`DPoP-Nonce`).
+        nonce: Option<String>,
     },
     /// The answer cannot be given safely.
     Unavailable,
@@ -154,27 +172,77 @@ impl Decision {
             set,
             remove,
             user_id: claims.user_id.clone(),
+            nonce: None,
+        }
+    }
+
+    /// A 401 for a token presented with `scheme` and refused for `reason`: RFC 6750's challenge
+    /// for a bearer token, RFC 9449 §7.1's for DPoP — `use_dpop_nonce` with the nonce,
+    /// `invalid_dpop_proof` for a proof that failed, `invalid_token` otherwise, with the `algs`
+    /// a proof may use. A certificate that is missing or not the bound one is a bearer matter.
+    pub fn refuse(
+        reason: Reason,
+        scheme: Scheme,
+        check: Option<&str>,
+        nonce: Option<String>,
+    ) -> Self {
+        let certificate = matches!(check, Some("certificate" | "x5t#S256"));
+        let dpop = !certificate
+            && (scheme == Scheme::Dpop
+                || matches!(
+                    reason,
+                    Reason::ProofRequired
+                        | Reason::ProofInvalid
+                        | Reason::ProofReplayed
+                        | Reason::NonceRequired
+                ));
+        if !dpop {
+            return Decision::Deny {
+                challenge: bearer_challenge(reason),
+                reason: Some(reason),
+                nonce,
+            };
+        }
+        let error = match reason {
+            Reason::NonceRequired => "use_dpop_nonce",
+            Reason::ProofInvalid | Reason::ProofReplayed => "invalid_dpop_proof",
+            _ => "invalid_token",
+        };
+        Decision::Deny {
+            challenge: format!(
+                "DPoP error=\"{error}\", error_description=\"{}\", algs=\"{}\"",
+                reason.code(),
+                ALLOWED_ALGS.join(" ")
+            ),
+            reason: Some(reason),
+            nonce,
         }
     }
 
     /// A 401 for a presented token, with RFC 6750's `invalid_token` and the reason.
     pub fn deny(reason: Reason) -> Self {
         Decision::Deny {
-            challenge: format!(
-                "Bearer error=\"invalid_token\", error_description=\"{}\"",
-                reason.code()
-            ),
+            challenge: bearer_challenge(reason),
             reason: Some(reason),
+            nonce: None,
         }
     }
 
-    /// A 401 for a request that presented no bearer token: a challenge without an error code.
+    /// A 401 for a request that presented no token: a challenge without an error code.
     pub fn no_token() -> Self {
         Decision::Deny {
             challenge: "Bearer".to_owned(),
             reason: None,
+            nonce: None,
         }
     }
+}
+
+fn bearer_challenge(reason: Reason) -> String {
+    format!(
+        "Bearer error=\"invalid_token\", error_description=\"{}\"",
+        reason.code()
+    )
 }
 
 /// A claim as a header value: strings as they are, anything else as JSON; `None` for a value no
@@ -256,7 +324,41 @@ mod tests {
         );
         assert_eq!(
             Presented::from_values(["Bearer t"].into_iter()).token(),
-            Ok("t")
+            Ok(("t", Scheme::Bearer))
+        );
+        assert_eq!(
+            Presented::from_values(["dpop  t"].into_iter()).token(),
+            Ok(("t", Scheme::Dpop))
+        );
+    }
+
+    #[test]
+    fn dpop_refusals_carry_rfc_9449_challenges() {
+        let challenge = |d: Decision| match d {
+            Decision::Deny { challenge, .. } => challenge,
+            other => panic!("{other:?}"),
+        };
+        let nonce = Decision::refuse(Reason::NonceRequired, Scheme::Dpop, Some("nonce"), None);
+        assert!(challenge(nonce).starts_with("DPoP error=\"use_dpop_nonce\""));
+        let bad = Decision::refuse(Reason::ProofInvalid, Scheme::Dpop, Some("htu"), None);
+        assert!(challenge(bad).starts_with("DPoP error=\"invalid_dpop_proof\""));
+        let downgrade = Decision::refuse(Reason::ProofRequired, Scheme::Bearer, Some("dpop"), None);
+        let text = challenge(downgrade);
+        assert!(text.starts_with("DPoP error=\"invalid_token\""), "{text}");
+        assert!(
+            text.contains("algs=\"ES256 ES384 RS256 PS256 EdDSA Ed25519\""),
+            "{text}"
+        );
+        let certificate = Decision::refuse(
+            Reason::ProofRequired,
+            Scheme::Bearer,
+            Some("certificate"),
+            None,
+        );
+        assert!(challenge(certificate).starts_with("Bearer error=\"invalid_token\""));
+        assert_eq!(
+            Decision::refuse(Reason::Expired, Scheme::Bearer, None, None),
+            Decision::deny(Reason::Expired)
         );
     }
 }

@@ -80,12 +80,14 @@ pub enum ErrorCode {
     HistoryChanged,
     /// Refresh of a trusted issuer's token: only the sidecar's own tokens are refreshed here.
     NotOurToken,
+    /// A `dpop_jkt` or `x5t_s256` that is not a SHA-256 thumbprint (43 base64url characters).
+    InvalidThumbprint,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order: a new variant joins it (docs/reference.md lists each,
     /// and a test compares the two).
-    pub const ALL: [ErrorCode; 37] = [
+    pub const ALL: [ErrorCode; 38] = [
         ErrorCode::InvalidUserId,
         ErrorCode::ReservedClaim,
         ErrorCode::ClaimsTooLarge,
@@ -123,6 +125,7 @@ impl ErrorCode {
         ErrorCode::NotConfigured,
         ErrorCode::HistoryChanged,
         ErrorCode::NotOurToken,
+        ErrorCode::InvalidThumbprint,
     ];
 
     /// The code as answered and counted.
@@ -165,6 +168,7 @@ impl ErrorCode {
             ErrorCode::NotConfigured => "NOT_CONFIGURED",
             ErrorCode::HistoryChanged => "HISTORY_CHANGED",
             ErrorCode::NotOurToken => "NOT_OUR_TOKEN",
+            ErrorCode::InvalidThumbprint => "INVALID_THUMBPRINT",
         }
     }
 }

@@ -42,6 +42,7 @@ pub mod reason;
 #[cfg(feature = "runtime")]
 pub mod revocations;
 pub mod secret_file;
+pub mod sender;
 #[cfg(feature = "runtime")]
 pub mod sequencer;
 #[cfg(feature = "runtime")]

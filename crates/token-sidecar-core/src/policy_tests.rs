@@ -29,6 +29,7 @@ fn claims(orig_iat_ms: i64, exp_s: i64) -> Claims {
         idp_session_id: None,
         extra: Map::new(),
         issuer: None,
+        binding: Default::default(),
     }
 }
 

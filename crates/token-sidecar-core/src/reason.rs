@@ -39,11 +39,23 @@ pub enum Reason {
     /// A token older than its session's newest was refreshed again: the session was revoked.
     #[error("the token was refreshed before: its session was revoked")]
     RefreshReused,
+    /// The token is sender-constrained and came without a proof of possession (SPEC §15).
+    #[error("the token is bound to a key: a proof of possession is required")]
+    ProofRequired,
+    /// The DPoP proof (or the client certificate) failed a check.
+    #[error("the proof of possession is not valid")]
+    ProofInvalid,
+    /// The DPoP proof was used before.
+    #[error("the DPoP proof was used before")]
+    ProofReplayed,
+    /// A DPoP nonce is required and the proof had none, or a stale one.
+    #[error("a fresh DPoP nonce is required")]
+    NonceRequired,
 }
 
 impl Reason {
     /// Every reason, in the proto's order.
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 16] = [
         Reason::Malformed,
         Reason::BadSignature,
         Reason::Expired,
@@ -56,6 +68,10 @@ impl Reason {
         Reason::TokenRevoked,
         Reason::RefreshExpired,
         Reason::RefreshReused,
+        Reason::ProofRequired,
+        Reason::ProofInvalid,
+        Reason::ProofReplayed,
+        Reason::NonceRequired,
     ];
 
     /// The reason's one spelling, as the API names it (`REASON_USER_BANNED`): the `Reason` value
@@ -75,6 +91,10 @@ impl Reason {
             Reason::TokenRevoked => "REASON_TOKEN_REVOKED",
             Reason::RefreshExpired => "REASON_REFRESH_EXPIRED",
             Reason::RefreshReused => "REASON_REFRESH_REUSED",
+            Reason::ProofRequired => "REASON_PROOF_REQUIRED",
+            Reason::ProofInvalid => "REASON_PROOF_INVALID",
+            Reason::ProofReplayed => "REASON_PROOF_REPLAYED",
+            Reason::NonceRequired => "REASON_NONCE_REQUIRED",
         }
     }
 }

@@ -70,6 +70,13 @@ pub struct FilterConfig {
     /// Custom claims forwarded as headers (the sidecar's `--forward-claim`).
     #[serde(default)]
     pub forward_claims: Vec<ClaimHeader>,
+    /// The sidecar's `--dpop-max-age`, in ms: how old a DPoP proof's `iat` may be (SPEC §15).
+    #[serde(default = "default_dpop_max_age_ms")]
+    pub dpop_max_age_ms: i64,
+}
+
+fn default_dpop_max_age_ms() -> i64 {
+    token_sidecar_core::sender::DEFAULT_MAX_AGE_MS
 }
 
 /// One `--forward-claim CLAIM=HEADER`.

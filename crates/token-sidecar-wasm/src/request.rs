@@ -8,12 +8,23 @@ use log::warn;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use token_sidecar_core::decision::{Decision, IDENTITY_HEADERS, Presented};
+use token_sidecar_core::sender::Presentation;
 
 use crate::config::WhenStale;
 use crate::state::Verdict;
 use crate::{SharedState, metrics, monotonic_ms, refusal_words, wall_ms};
 
 const ASK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What a request carries for a DPoP proof's checks (SPEC §15).
+#[derive(Default)]
+struct ProofFacts {
+    proofs: Vec<String>,
+    method: String,
+    scheme: String,
+    authority: String,
+    path: String,
+}
 
 /// The HTTP context of one request.
 pub struct Request {
@@ -32,19 +43,39 @@ impl Request {
         }
     }
 
-    /// The request's `authorization` values, and the names of the headers it carries (one
-    /// fetch of the header map: a host call each is what the hot path pays for).
-    fn authorizations(&self) -> (Vec<String>, Vec<String>) {
+    /// The request's `authorization` values, what a DPoP proof is checked against, and the
+    /// names of the headers it carries (one fetch of the header map: a host call each is what
+    /// the hot path pays for).
+    fn authorizations(&self) -> (Vec<String>, ProofFacts, Vec<String>) {
         let mut authorizations = Vec::new();
+        let mut facts = ProofFacts::default();
         let mut names = Vec::new();
         for (name, value) in self.get_http_request_headers_bytes() {
-            if name.eq_ignore_ascii_case("authorization") {
+            let text = || String::from_utf8(value.clone()).unwrap_or_default();
+            match name.as_str() {
                 // A value that is not text counts too (and is no bearer token).
-                authorizations.push(String::from_utf8(value).unwrap_or_default());
+                n if n.eq_ignore_ascii_case("authorization") => authorizations.push(text()),
+                n if n.eq_ignore_ascii_case("dpop") => facts.proofs.push(text()),
+                ":method" => facts.method = text(),
+                ":scheme" => facts.scheme = text(),
+                ":authority" => facts.authority = text(),
+                ":path" => facts.path = text(),
+                _ => {}
             }
             names.push(name);
         }
-        (authorizations, names)
+        (authorizations, facts, names)
+    }
+
+    /// The peer certificate's SHA-256, as Envoy's connection attributes give it (hex).
+    fn peer_certificate(&self) -> Option<[u8; 32]> {
+        let hex = self.get_property(vec!["connection", "sha256_peer_certificate_digest"])?;
+        let hex = std::str::from_utf8(&hex).ok()?;
+        let mut digest = [0u8; 32];
+        for (i, byte) in digest.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        (hex.len() == 64).then_some(digest)
     }
 
     /// Applies `decision`; `present`: the names of the headers the request carries.
@@ -90,7 +121,7 @@ impl Request {
         Action::Pause
     }
 
-    fn ask_sidecar(&mut self, authorizations: &[String]) -> Action {
+    fn ask_sidecar(&mut self, authorizations: &[String], facts: &ProofFacts) -> Action {
         let Some((cluster, authority, owned)) = self.shared.borrow().as_ref().map(|s| {
             let c = &s.checked.config;
             let mut owned: Vec<String> = IDENTITY_HEADERS.iter().map(|h| (*h).to_owned()).collect();
@@ -109,6 +140,14 @@ impl Request {
             (":authority", authority.as_str()),
         ];
         headers.extend(authorizations.iter().map(|v| ("authorization", v.as_str())));
+        // What a DPoP proof is checked against (SPEC §15), as `/auth` reads it.
+        headers.extend(facts.proofs.iter().map(|v| ("dpop", v.as_str())));
+        headers.extend([
+            ("x-forwarded-method", facts.method.as_str()),
+            ("x-forwarded-proto", facts.scheme.as_str()),
+            ("x-forwarded-host", facts.authority.as_str()),
+            ("x-forwarded-uri", facts.path.as_str()),
+        ]);
         match self.dispatch_http_call(&cluster, headers, None, vec![], ASK_TIMEOUT) {
             Ok(token) => {
                 self.asked = Some(token);
@@ -179,13 +218,27 @@ impl HttpContext for Request {
             self.set_http_request_header("x-user-id", Some(&value[..value.len().min(16)]));
             return Action::Continue;
         }
-        let (authorizations, present) = self.authorizations();
+        let (authorizations, facts, present) = self.authorizations();
         let presented = Presented::from_values(authorizations.iter().map(String::as_str));
+        let proofs: Vec<&str> = facts.proofs.iter().map(String::as_str).collect();
+        // Only a proof is checked against the URI: no string is built for other requests.
+        let uri = match facts.proofs.is_empty() {
+            true => String::new(),
+            false => format!("{}://{}{}", facts.scheme, facts.authority, facts.path),
+        };
+        let request = Presentation {
+            proofs: &proofs,
+            method: &facts.method,
+            uri: &uri,
+            ..Presentation::BARE
+        };
 
         let verdict = self.shared.borrow().as_ref().map(|s| {
             (
                 s.judge(
                     presented,
+                    request,
+                    || self.peer_certificate(),
                     || wall_ms(self.get_current_time()),
                     monotonic_ms(),
                 ),
@@ -206,7 +259,7 @@ impl HttpContext for Request {
             }
             Some((Verdict::Stale, WhenStale::AskSidecar)) => {
                 metrics::decision("ask_sidecar", "none");
-                self.ask_sidecar(&authorizations)
+                self.ask_sidecar(&authorizations, &facts)
             }
             Some((Verdict::Stale, WhenStale::FailClosed)) | None => {
                 metrics::decision("unavailable", "none");

@@ -12,6 +12,7 @@ use token_sidecar_core::feed::{FeedPage, Mirror, MirrorError, link_from_hex};
 use token_sidecar_core::model::{ChangeSeq, LinkTag};
 use token_sidecar_core::policy::RevocationPolicy;
 use token_sidecar_core::reason::Reason;
+use token_sidecar_core::sender::{Presentation, ReplayCache, Seen, SenderRules};
 use token_sidecar_core::token::{
     Claims, KeyError, MAX_TOKEN_BYTES, TrustedIssuers, VerifyingKeys, decode_token,
 };
@@ -59,6 +60,9 @@ pub struct Shared {
     /// until then a bad signature may only mean "not read yet", and is no final answer.
     keys_read: bool,
     trusted_read: bool,
+    /// The proof rules (SPEC §15) and the proofs this worker accepted (single use).
+    sender: SenderRules,
+    replay: ReplayCache,
     /// Successful decodes with the current keys, by the token's exact text (SPEC §8).
     verified: std::cell::RefCell<FxHashMap<Box<str>, Rc<Claims>>>,
 }
@@ -73,7 +77,13 @@ impl Shared {
         };
         let mirror = Mirror::new(checked.config.max_entries);
         let keys_read = !checked.config.fetch_jwks;
+        let sender = SenderRules {
+            max_age_ms: checked.config.dpop_max_age_ms,
+            leeway_ms: policy.leeway_ms,
+        };
         Ok(Self {
+            sender,
+            replay: ReplayCache::new(sender.replay_window_ms()),
             checked,
             policy,
             keys,
@@ -252,14 +262,20 @@ impl Shared {
     /// path and rules, in Verify's order (a token that fails its own checks is refused whatever
     /// the state's freshness). The time is the fleet's, from the last page; `wall_ms` (this
     /// worker's clock, read only then) stands in before any page has said it.
+    ///
+    /// A sender-constrained token (SPEC §15) needs its proof: `request` carries the request's
+    /// method, URI and `DPoP` headers; `certificate` (the peer certificate's thumbprint) is
+    /// asked for only when the token is bound to one.
     pub fn judge(
         &self,
         presented: Presented<'_>,
+        request: Presentation<'_>,
+        certificate: impl FnOnce() -> Option<[u8; 32]>,
         wall_ms: impl FnOnce() -> UnixMillis,
         monotonic_ms: u64,
     ) -> Verdict {
-        let token = match presented.token() {
-            Ok(token) => token,
+        let (token, scheme) = match presented.token() {
+            Ok(presented) => presented,
             Err(decided) => return Verdict::Decided(decided),
         };
         let now = self.fleet_ms(monotonic_ms).unwrap_or_else(wall_ms);
@@ -288,9 +304,29 @@ impl Shared {
         if !self.in_step(monotonic_ms) {
             return Verdict::Stale;
         }
-        match self.mirror.check(&claims, now) {
-            Ok(()) => Verdict::Decided(Decision::allow(&claims, &self.checked.forwarded)),
-            Err(reason) => Verdict::Decided(Decision::deny(reason)),
+        if let Err(reason) = self.mirror.check(&claims, now) {
+            return Verdict::Decided(Decision::deny(reason));
+        }
+        if claims.binding.is_unbound() {
+            return Verdict::Decided(Decision::allow(&claims, &self.checked.forwarded));
+        }
+        let presentation = Presentation {
+            scheme,
+            certificate_sha256: match claims.binding.x5t_s256 {
+                Some(_) => certificate(),
+                None => None,
+            },
+            ..request
+        };
+        let refuse = |reason, check| Verdict::Decided(Decision::refuse(reason, scheme, Some(check), None));
+        match self.sender.check(&claims.binding, token, &presentation, now) {
+            Err(refusal) => refuse(refusal.reason, refusal.check),
+            Ok(None) => Verdict::Decided(Decision::allow(&claims, &self.checked.forwarded)),
+            Ok(Some(proof)) => match self.replay.record(&proof.jkt, &proof.jti, now) {
+                Seen::First => Verdict::Decided(Decision::allow(&claims, &self.checked.forwarded)),
+                Seen::Again => refuse(Reason::ProofReplayed, "jti"),
+                Seen::Full => refuse(Reason::ProofReplayed, "jti-capacity"),
+            },
         }
     }
 }

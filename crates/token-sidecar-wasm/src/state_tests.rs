@@ -69,7 +69,7 @@ fn page(changes: Vec<FeedChange>, more: bool) -> FeedPage {
 
 fn verdict(s: &Shared, token: &str, monotonic: u64) -> Verdict {
     let auth = format!("Bearer {token}");
-    s.judge(Presented::One(&auth), || NOW, monotonic)
+    s.judge(Presented::One(&auth), Presentation::BARE, || None, || NOW, monotonic)
 }
 
 /// The time a request is judged at is the fleet's: the last page's, moved on by the
@@ -80,6 +80,8 @@ fn the_fleet_clock_comes_from_the_pages() {
     let good = token("alice", "j1", NOW - 1_000);
     let expired_on_the_wall = s.judge(
         Presented::One(&format!("Bearer {good}")),
+        Presentation::BARE,
+        || None,
         || NOW + 86_400_000,
         0,
     );
@@ -94,6 +96,8 @@ fn the_fleet_clock_comes_from_the_pages() {
     let wall_read = std::cell::Cell::new(false);
     let judged = s.judge(
         Presented::One(&format!("Bearer {good}")),
+        Presentation::BARE,
+        || None,
         || {
             wall_read.set(true);
             NOW + 86_400_000
@@ -205,7 +209,13 @@ fn verified_decodes_are_remembered_until_the_keys_change() {
         Verdict::Decided(Decision::Allow { .. })
     ));
     // Expired on the fleet's clock: refused though remembered, and forgotten.
-    let later = s.judge(Presented::One(&format!("Bearer {token}")), || NOW, 61_004);
+    let later = s.judge(
+        Presented::One(&format!("Bearer {token}")),
+        Presentation::BARE,
+        || None,
+        || NOW,
+        61_004,
+    );
     assert!(matches!(
         later,
         Verdict::Decided(Decision::Deny {

@@ -341,6 +341,7 @@ impl TestApp {
             .clone()
             .verify(pb::VerifyRequest {
                 token: token.into(),
+                ..Default::default()
             })
             .await
             .expect("verify answers")
@@ -355,6 +356,7 @@ impl TestApp {
             .clone()
             .verify(pb::VerifyRequest {
                 token: token.into(),
+                ..Default::default()
             })
             .await
             .map_err(|status| status.code())?
@@ -379,6 +381,7 @@ impl TestApp {
             .clone()
             .refresh(pb::RefreshRequest {
                 token: token.into(),
+                ..Default::default()
             })
             .await
             .map(|r| r.into_inner())

@@ -1,6 +1,7 @@
 //! Shared helpers, one room each: [`app`] (a sidecar in process), [`nats`], [`postgres`], [`process`] (the
 //! binary as a child, HTTP, waiting), [`tokens`] (hand-made tokens, status checks).
 pub mod app;
+pub mod dpop;
 pub mod nats;
 pub mod postgres;
 pub mod process;

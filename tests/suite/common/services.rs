@@ -45,6 +45,8 @@ pub enum Service {
     OidcProvider,
     /// The Envoy filter built by `scripts/build-wasm`.
     WasmFilter,
+    /// Node with panva's `dpop` under target/dpop (RFC 9449 proofs from an independent client).
+    DpopClient,
 }
 
 impl Service {
@@ -76,6 +78,14 @@ impl Service {
             Service::PythonJwt => python("import jwt, cryptography", "PyJWT[crypto]"),
             Service::WasmFilter => (!wasm_filter().exists())
                 .then(|| "the Envoy filter (scripts/build-wasm)".to_owned()),
+            Service::DpopClient => {
+                let module = format!(
+                    "{}/target/dpop/node_modules/dpop/package.json",
+                    env!("CARGO_MANIFEST_DIR")
+                );
+                (!on_path("node") || !std::path::Path::new(&module).exists())
+                    .then(|| "node with dpop in target/dpop".to_owned())
+            }
             Service::OidcProvider => {
                 let module = format!(
                     "{}/target/oidc/node_modules/oidc-provider/package.json",

@@ -19,6 +19,7 @@ use crate::token::{Claims, TokenCodec, new_random_id};
 
 mod input;
 mod revoke;
+mod sender;
 mod types;
 
 use input::{check_custom_claims, check_reason, invalid};
@@ -36,6 +37,8 @@ pub struct TokenAuthority {
     idp_prefixes: Vec<String>,
     /// Set in a verify-only sidecar: who issues instead (said in every refusal).
     issuing_service: Option<String>,
+    /// Proofs of possession for sender-constrained tokens (SPEC §15).
+    sender: sender::SenderGuard,
 }
 
 impl TokenAuthority {
@@ -53,6 +56,7 @@ impl TokenAuthority {
             clock,
             idp_prefixes: Vec::new(),
             issuing_service: None,
+            sender: sender::SenderGuard::default(),
         }
     }
 
@@ -176,6 +180,15 @@ impl TokenAuthority {
         if let Some(idp_sid) = request.idp_session_id.take() {
             request.idp_session_id = Some(self.scoped_idp_session(&request.user_id, idp_sid)?);
         }
+        let binding = crate::sender::Binding {
+            jkt: request.dpop_jkt.take(),
+            x5t_s256: request.x5t_s256.take(),
+        };
+        for (field, value) in [("dpop_jkt", &binding.jkt), ("x5t_s256", &binding.x5t_s256)] {
+            if let Some(problem) = value.as_deref().and_then(crate::sender::thumbprint_problem) {
+                return Err(invalid(field, ErrorCode::InvalidThumbprint, problem));
+            }
+        }
         if let Some(ttl) = request.ttl_ms
             && ttl < MIN_TTL_MS
         {
@@ -218,6 +231,7 @@ impl TokenAuthority {
                 session_id: new_random_id(),
                 idp_session_id: request.idp_session_id,
                 extra: request.claims,
+                binding,
             },
             new_random_id(),
             times,
@@ -245,13 +259,21 @@ impl TokenAuthority {
         Ok(RevocationPolicy::check_denylist(deny).map(|()| claims))
     }
 
-    /// Exchanges a valid token for a new one of the same session (SPEC §4 rule 4).
-    pub async fn refresh(&self, token: &str) -> Result<IssuedToken, AuthorityError> {
+    /// Exchanges a valid token for a new one of the same session (SPEC §4 rule 4); a bound
+    /// token needs its proof of possession, and its successor keeps the binding (SPEC §15).
+    pub async fn refresh(
+        &self,
+        token: &str,
+        presentation: &crate::sender::Presentation<'_>,
+    ) -> Result<IssuedToken, AuthorityError> {
         self.refuse_if_verify_only("Refresh")?;
         let claims = self
             .verify(token)
             .await?
             .map_err(AuthorityError::Rejected)?;
+        if let Err(refusal) = self.check_sender(&claims, token, presentation).await? {
+            return Err(AuthorityError::SenderRefused(refusal));
+        }
         if let Some(issuer) = &claims.issuer {
             return Err(invalid(
                 "token",
@@ -282,6 +304,7 @@ impl TokenAuthority {
             session_id: claims.session_id.clone(),
             idp_session_id: claims.idp_session_id.clone(),
             extra: claims.extra.clone(),
+            binding: claims.binding.clone(),
         };
         if self.policy.refresh_reuse_interval_ms.is_none() {
             return self.mint(session, jti, times);
@@ -363,6 +386,7 @@ impl TokenAuthority {
             idp_session_id: session.idp_session_id,
             extra: session.extra,
             issuer: None,
+            binding: session.binding,
         };
         let token = self.codec.encode(&claims)?;
         Ok(IssuedToken {
@@ -415,4 +439,5 @@ struct Minted {
     session_id: String,
     idp_session_id: Option<String>,
     extra: Map<String, Value>,
+    binding: crate::sender::Binding,
 }

@@ -7,6 +7,7 @@ use crate::ids::{MintedId, UserId};
 use crate::policy::TokenTimes;
 use crate::reason::Reason;
 use crate::store::StoreError;
+use crate::token::Claims;
 use crate::token::CodecError;
 
 /// Longest accepted user id, in bytes.
@@ -41,6 +42,10 @@ pub enum AuthorityError {
     /// The presented token is not acceptable (Refresh).
     #[error("token rejected: {0}")]
     Rejected(Reason),
+    /// The presented token is sender-constrained and its proof of possession failed
+    /// (Refresh, SPEC §15).
+    #[error("token rejected: {}", .0.reason)]
+    SenderRefused(SenderRefusal),
     /// The presented token cannot even be identified as ours (Revoke by token).
     #[error("invalid token: {0}")]
     InvalidToken(Reason),
@@ -103,6 +108,44 @@ pub struct IssueRequest {
     /// The identity provider's session the token is minted for (its `sid`), if any: a
     /// back-channel logout of that session revokes the token.
     pub idp_session_id: Option<String>,
+    /// `dpop_jkt`: the DPoP key the token is bound to (SPEC §15).
+    pub dpop_jkt: Option<String>,
+    /// `x5t_s256`: the client certificate the token is bound to (SPEC §15).
+    pub x5t_s256: Option<String>,
+}
+
+/// A refused proof of possession: the reason, the check that failed, and a fresh nonce for
+/// the client when nonces are required.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SenderRefusal {
+    /// The token reason (`REASON_PROOF_…`, `REASON_NONCE_REQUIRED`).
+    pub reason: Reason,
+    /// The check that failed (`htu`, `iat`, ...).
+    pub check: &'static str,
+    /// With `--dpop-nonce`: the nonce to retry with.
+    pub nonce: Option<String>,
+}
+
+/// Verify's answer for a presented token: the verdict, and — with `--dpop-nonce`, when a DPoP
+/// proof came or was due — a fresh nonce for the client's next proof.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// The claims, or why the token is refused.
+    pub outcome: Result<Claims, Reason>,
+    /// For a refused proof, the check that failed.
+    pub check: Option<&'static str>,
+    /// A fresh nonce, when nonces are required and DPoP is in play.
+    pub nonce: Option<String>,
+}
+
+impl Verdict {
+    pub(super) fn plain(outcome: Result<Claims, Reason>) -> Self {
+        Self {
+            outcome,
+            check: None,
+            nonce: None,
+        }
+    }
 }
 
 /// Who asks for a change and why: recorded in the audit trail with the change.

@@ -295,6 +295,7 @@ mod tests {
             idp_session_id: Some("i1".into()),
             extra: serde_json::Map::new(),
             issuer: None,
+            binding: Default::default(),
         }
     }
 

@@ -128,6 +128,17 @@ impl FleetKey {
         }
     }
 
+    /// A secret of the fleet's for another use than announcements (`label` names the use):
+    /// every instance derives the same one, and it says nothing of the announcement key.
+    pub fn derive(&self, label: &str) -> [u8; 32] {
+        let mut context = hmac::Context::with_key(&self.key);
+        context.update(b"derive ");
+        context.update(label.as_bytes());
+        let mut secret = [0u8; 32];
+        secret.copy_from_slice(&context.sign().as_ref()[..32]);
+        secret
+    }
+
     /// The fleet's name: 16 hex digits, the last token of the NATS subject.
     pub fn fleet(&self) -> &str {
         &self.fleet

@@ -13,10 +13,11 @@ use serde_json::{Map, Value};
 use crate::clock::{UnixMillis, UnixSeconds};
 use crate::model::DenyKind;
 use crate::reason::Reason;
+use crate::sender::Binding;
 
 /// Claim names that Issue's custom claims may not set.
 pub const RESERVED_CLAIMS: &[&str] = &[
-    "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "sid", "orig_iat", "idp_sid",
+    "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "sid", "orig_iat", "idp_sid", "cnf",
 ];
 
 /// The validated claims of one token.
@@ -43,6 +44,8 @@ pub struct Claims {
     pub extra: Map<String, Value>,
     /// The trusted issuer that signed it (SPEC §16); None: this sidecar's own token.
     pub issuer: Option<String>,
+    /// `cnf`: the key or certificate it is bound to (SPEC §15); unbound for a bearer token.
+    pub binding: Binding,
 }
 
 // Claims carry user data and ids that let a reader correlate sessions; keep Debug terse.
@@ -113,6 +116,8 @@ pub(super) struct WireClaims<'a> {
     orig_iat: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     idp_sid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cnf: Option<Value>,
     #[serde(flatten)]
     extra: &'a Map<String, Value>,
 }
@@ -131,6 +136,7 @@ impl<'a> WireClaims<'a> {
             nbf: claims.not_before,
             orig_iat: crate::clock::fractional_seconds(claims.orig_iat_ms),
             idp_sid: claims.idp_session_id.as_deref(),
+            cnf: claims.binding.to_claim(),
             extra: &claims.extra,
         }
     }
@@ -168,6 +174,7 @@ pub(super) fn parse_payload(
         None => None,
         Some(value) => Some(required_string(Some(value))?),
     };
+    let binding = Binding::from_claim(slots.cnf.as_ref())?;
 
     if iss != issuer {
         return Err(Reason::WrongIssuer);
@@ -186,6 +193,7 @@ pub(super) fn parse_payload(
         idp_session_id,
         extra: slots.extra,
         issuer: None,
+        binding,
     })
 }
 
@@ -220,6 +228,7 @@ pub(super) struct ClaimSlots {
     pub(super) nbf: Option<Value>,
     pub(super) orig_iat: Option<Value>,
     pub(super) idp_sid: Option<Value>,
+    pub(super) cnf: Option<Value>,
     pub(super) extra: Map<String, Value>,
 }
 
@@ -248,6 +257,7 @@ impl<'de> serde::Deserialize<'de> for ClaimSlots {
                         "nbf" => &mut slots.nbf,
                         "orig_iat" => &mut slots.orig_iat,
                         "idp_sid" => &mut slots.idp_sid,
+                        "cnf" => &mut slots.cnf,
                         _ => {
                             if slots.extra.contains_key(name.as_ref()) {
                                 return Err(serde::de::Error::custom("duplicate member"));

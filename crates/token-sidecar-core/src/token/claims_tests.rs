@@ -14,6 +14,7 @@ fn a_token_is_denied_by_an_id_of_every_kind_it_has() {
         idp_session_id: None,
         extra: Map::new(),
         issuer: None,
+        binding: Default::default(),
     };
     let ids: Vec<_> = claims.deny_ids().collect();
     assert_eq!(ids, [(DenyKind::Token, "j"), (DenyKind::Session, "s")]);

@@ -219,6 +219,7 @@ mod tests {
             idp_session_id: None,
             extra,
             issuer: None,
+            binding: Default::default(),
         }
     }
 

@@ -56,6 +56,12 @@ impl ProviderKey {
     pub fn decoding(&self) -> &DecodingKey {
         &self.decoding
     }
+
+    /// One public JWK, held to the same floors as a provider's keys (a DPoP proof's `jwk`,
+    /// SPEC §15); None when it is not one we verify with.
+    pub fn from_jwk(jwk: &Value) -> Option<Self> {
+        provider_key(&serde_json::from_value::<Jwk>(jwk.clone()).ok()?)
+    }
 }
 
 /// A signature that is not base64url: a malformed token, not a bad signature.

@@ -308,6 +308,8 @@ fn trusted_claims(trust: &IssuerTrust, payload: &[u8], token: &str) -> Result<Cl
     if let Audience::Exactly(expected) = &trust.audience {
         check_audience(slots.aud.as_ref(), expected)?;
     }
+    // A provider's DPoP-bound token (`cnf.jkt`) is bound here too (SPEC §15).
+    let binding = crate::sender::Binding::from_claim(slots.cnf.as_ref())?;
     let mut extra = slots.extra;
     let auth_time = extra.get("auth_time").map(as_numeric_date).transpose()?;
     let jti = slots.jti.map(|v| required_string(Some(v))).transpose()?;
@@ -344,6 +346,7 @@ fn trusted_claims(trust: &IssuerTrust, payload: &[u8], token: &str) -> Result<Cl
         idp_session_id,
         extra,
         issuer: Some(trust.issuer.clone()),
+        binding,
     })
 }
 
