@@ -243,7 +243,10 @@ fn presented(headers: &HeaderMap) -> Presented<'_> {
 /// certificate is public, so a header naming one proves nothing unless every proxy in front
 /// overwrites it — certificate-bound tokens are checked where the connection is seen (Check
 /// with `include_peer_certificate`, Verify's `client_certificate`).
-fn proof_inputs(headers: &HeaderMap) -> ProofInputs {
+///
+/// Without them, the check request itself describes the original one, as Envoy's HTTP
+/// ext_authz sends it: the same method, `Host`, and the original path after `/auth`.
+fn proof_inputs(headers: &HeaderMap, method: &axum::http::Method, path: &str) -> ProofInputs {
     let text = |name: &str| {
         headers
             .get(name)
@@ -253,7 +256,7 @@ fn proof_inputs(headers: &HeaderMap) -> ProofInputs {
     };
     let method = text("x-forwarded-method")
         .or_else(|| text("x-original-method"))
-        .unwrap_or_default()
+        .unwrap_or(method.as_str())
         .to_owned();
     let uri = match text("x-original-url") {
         Some(url) => url.to_owned(),
@@ -262,8 +265,10 @@ fn proof_inputs(headers: &HeaderMap) -> ProofInputs {
             let host = text("x-forwarded-host")
                 .or_else(|| text("host"))
                 .unwrap_or_default();
+            let own = path.strip_prefix(AUTH).filter(|p| p.starts_with('/'));
             let path = text("x-forwarded-uri")
                 .or_else(|| text("x-original-uri"))
+                .or(own)
                 .unwrap_or("/");
             ProofInputs::uri_of(proto, host, path)
         }
@@ -281,8 +286,14 @@ fn proof_inputs(headers: &HeaderMap) -> ProofInputs {
     }
 }
 
-async fn forward_auth(State(api): State<HttpApi>, headers: HeaderMap) -> Response {
-    let inputs = proof_inputs(&headers);
+async fn forward_auth(
+    State(api): State<HttpApi>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let inputs = proof_inputs(&headers, &method, path);
     match api
         .decide
         .decide(presented(&headers), inputs, "http_auth")

@@ -17,6 +17,7 @@ mod connections;
 mod db_roles;
 mod docs;
 mod dpop;
+mod dpop_proxies;
 mod edge_differential;
 mod edge_load;
 mod edge_million;

@@ -69,7 +69,7 @@ pub(crate) async fn upstream() -> (SocketAddr, Seen) {
 /// A proxy process, killed on drop.
 pub(crate) struct Running {
     child: std::process::Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// Envoy's admin port (the Wasm filter's configuration has one).
     pub(crate) admin: u16,
     dir: tempfile::TempDir,
