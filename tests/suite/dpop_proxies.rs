@@ -277,3 +277,131 @@ async fn the_nonce_challenge_reaches_the_client_through_each_proxy() {
         assert_eq!(r.status, 200, "{which:?} with the nonce: {r:?}");
     }
 }
+
+/// The SHA-256 thumbprint of a PEM certificate, base64url, as openssl computes it (not our
+/// code).
+fn openssl_thumbprint(pem: &str) -> String {
+    let script = format!(
+        "openssl x509 -in {pem} -outform DER | openssl dgst -sha256 -binary | base64 -w0 \
+         | tr '+/' '-_' | tr -d '='"
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .expect("openssl runs");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .expect("text")
+        .trim()
+        .to_owned()
+}
+
+/// curl over mutual TLS with `client` (a certificate of the mesh CA): the status.
+fn curl_mtls(port: u16, client: &str, authorization: &str) -> u16 {
+    let tls = format!("{}/tests/keys/tls", env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+        ])
+        .args(["--cacert", &format!("{tls}/ca.pem")])
+        .args(["--cert", &format!("{tls}/{client}.pem")])
+        .args(["--key", &format!("{tls}/{client}.key")])
+        .args(["-H", &format!("authorization: {authorization}")])
+        .arg(format!("https://localhost:{port}/hello"))
+        .output()
+        .expect("curl runs");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_certificate_bound_token_passes_envoy_only_with_its_certificate() {
+    crate::require!(Envoy);
+    let app = sidecar(false).await;
+    let tls = format!("{}/tests/keys/tls", env!("CARGO_MANIFEST_DIR"));
+    let x5t = openssl_thumbprint(&format!("{tls}/some-workload.pem"));
+    let issued = app
+        .issue_with(pb::IssueRequest {
+            user_id: "workload".into(),
+            x5t_s256: x5t.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("issue a certificate-bound token");
+    let (app_addr, _seen) = upstream().await;
+    let proxy = start(Proxy::EnvoyMtls, app_addr.port(), app.addr.port());
+    let port = proxy.addr.port();
+    let bearer = format!("Bearer {}", issued.token);
+    // Envoy starts listening a moment after it starts: until then curl answers 0.
+    let mut status = 0;
+    for _ in 0..300 {
+        status = tokio::task::spawn_blocking({
+            let bearer = bearer.clone();
+            move || curl_mtls(port, "some-workload", &bearer)
+        })
+        .await
+        .expect("curl");
+        if status != 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "the bound certificate");
+    // Another certificate of the same CA: the connection is accepted, the token is not.
+    let other = tokio::task::spawn_blocking({
+        let bearer = bearer.clone();
+        move || curl_mtls(port, "token-admin", &bearer)
+    })
+    .await
+    .expect("curl");
+    assert_eq!(other, 401, "another certificate of the same CA");
+    // Over Verify: the certificate (DER) or its thumbprint.
+    let der = std::process::Command::new("openssl")
+        .args([
+            "x509",
+            "-in",
+            &format!("{tls}/some-workload.pem"),
+            "-outform",
+            "DER",
+        ])
+        .output()
+        .expect("openssl")
+        .stdout;
+    let verify = |certificate: Vec<u8>| {
+        let mut client = app.client.clone();
+        let token = issued.token.clone();
+        async move {
+            client
+                .verify(pb::VerifyRequest {
+                    token,
+                    client_certificate: certificate,
+                    ..Default::default()
+                })
+                .await
+                .expect("verify")
+                .into_inner()
+        }
+    };
+    assert!(verify(der.clone()).await.valid);
+    let answer = verify(Vec::new()).await;
+    assert_eq!(answer.reason(), pb::Reason::ProofRequired);
+    let mut wrong = der;
+    wrong.push(0);
+    assert_eq!(verify(wrong).await.reason(), pb::Reason::ProofInvalid);
+    let claims = verify({
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&x5t)
+            .expect("thumbprint")
+    })
+    .await;
+    assert_eq!(claims.claims.expect("valid").x5t_s256, x5t);
+}

@@ -18,6 +18,8 @@ use token_sidecar::clock::Clock;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Proxy {
     EnvoyGrpc,
+    /// Envoy's gRPC ext_authz behind mutual TLS, with the client's certificate (SPEC §15).
+    EnvoyMtls,
     EnvoyHttp,
     /// Envoy judging tokens itself with the Wasm filter, fed by the sidecar's HTTP listener.
     EnvoyWasm,
@@ -131,6 +133,10 @@ fn config(
     text = text
         .replace("DIR", &dir.display().to_string())
         .replace(
+            "CERTS_AT",
+            &format!("{}/tests/keys/tls", env!("CARGO_MANIFEST_DIR")),
+        )
+        .replace(
             "WASM_FILE",
             &crate::common::services::wasm_filter().display().to_string(),
         )
@@ -165,9 +171,10 @@ pub(crate) fn start_with(proxy: Proxy, app: u16, sidecar: u16, wasm: WasmOptions
         ("ADMIN", admin),
     ];
     let mut command = match proxy {
-        Proxy::EnvoyGrpc | Proxy::EnvoyHttp | Proxy::EnvoyWasm => {
+        Proxy::EnvoyGrpc | Proxy::EnvoyMtls | Proxy::EnvoyHttp | Proxy::EnvoyWasm => {
             let name = match proxy {
                 Proxy::EnvoyGrpc => "envoy-grpc.yaml",
+                Proxy::EnvoyMtls => "envoy-mtls.yaml",
                 Proxy::EnvoyHttp => "envoy-http.yaml",
                 _ => "envoy-wasm.yaml",
             };
