@@ -13,9 +13,10 @@ use token_sidecar::api::pb;
 use token_sidecar::clock::ManualClock;
 
 use crate::common::dpop::{ClientKey, ProofMaker, Target, real_now_ms};
+use crate::common::eventually;
 use crate::common::process::{HttpResponse, http_request};
 use crate::common::{Backend, Settings, TestApp};
-use crate::proxies::{Proxy, Running, start, upstream, wait_ready};
+use crate::proxies::{Proxy, Running, WasmOptions, start, start_with, upstream, wait_ready};
 
 const HTU: &str = "http://localhost/hello";
 
@@ -71,14 +72,28 @@ fn challenge(r: &HttpResponse) -> String {
     r.header("www-authenticate").unwrap_or_default()
 }
 
-async fn proxied(which: Proxy, app: &TestApp) -> Running {
+/// `which` in front of an app, asking `app`; the Envoy filter told whether the sidecar requires
+/// nonces, and in step (an unbound token admitted) before it is returned.
+async fn proxied(which: Proxy, app: &TestApp, dpop_nonce: bool) -> Running {
     let (app_addr, _seen) = upstream().await;
     let sidecar_port = match which {
         Proxy::EnvoyGrpc => app.addr.port(),
         _ => app.http_addr.expect("http listener").port(),
     };
-    let proxy = start(which, app_addr.port(), sidecar_port);
+    let options = WasmOptions {
+        dpop_nonce,
+        ..WasmOptions::default()
+    };
+    let proxy = start_with(which, app_addr.port(), sidecar_port, options);
     wait_ready(&proxy, which).await;
+    let unbound = format!("Bearer {}", app.issue("warm-up").await.token);
+    eventually(Duration::from_secs(20), "the proxy admits", || async {
+        send(&proxy, "GET", &[("authorization", &unbound)])
+            .await
+            .status
+            == 200
+    })
+    .await;
     proxy
 }
 
@@ -97,7 +112,7 @@ async fn every_proxy_admits_a_bound_token_only_with_its_proof() {
         Proxy::Traefik,
         Proxy::EnvoyWasm,
     ] {
-        let proxy = proxied(which, &app).await;
+        let proxy = proxied(which, &app, false).await;
         let token = bound(&app, &key).await;
         let dpop_auth = format!("DPoP {token}");
         let target = Target {
@@ -106,27 +121,14 @@ async fn every_proxy_admits_a_bound_token_only_with_its_proof() {
             token: Some(&token),
             nonce: None,
         };
-        // The filter reads the sidecar's state on its first tick: wait until it admits.
-        let mut admitted = None;
-        for _ in 0..200 {
-            let proof = maker.proof(&key, target);
-            let r = send(
-                &proxy,
-                "GET",
-                &[("authorization", &dpop_auth), ("dpop", &proof)],
-            )
-            .await;
-            if r.status == 200 {
-                admitted = Some((r, proof));
-                break;
-            }
-            assert!(
-                which == Proxy::EnvoyWasm && r.status == 503,
-                "{which:?}: a valid proof: {r:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let (r, proof) = admitted.unwrap_or_else(|| panic!("{which:?} never admitted the proof"));
+        let proof = maker.proof(&key, target);
+        let r = send(
+            &proxy,
+            "GET",
+            &[("authorization", &dpop_auth), ("dpop", &proof)],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{which:?}: a valid proof: {r:?}");
         assert_eq!(r.body, "hello from the app", "{which:?}");
 
         let refused = |r: &HttpResponse, error: &str, reason: &str| {
@@ -226,7 +228,7 @@ async fn every_proxy_admits_a_bound_token_only_with_its_proof() {
 
 #[tokio::test]
 async fn the_nonce_challenge_reaches_the_client_through_each_proxy() {
-    crate::require!(Envoy, Nginx, Traefik, DpopClient);
+    crate::require!(Envoy, Nginx, Traefik, WasmFilter, DpopClient);
     let app = sidecar(true).await;
     let _time = FollowRealTime::start(app.clock.clone());
     let mut maker = ProofMaker::start();
@@ -236,8 +238,9 @@ async fn the_nonce_challenge_reaches_the_client_through_each_proxy() {
         Proxy::EnvoyHttp,
         Proxy::Nginx,
         Proxy::Traefik,
+        Proxy::EnvoyWasm,
     ] {
-        let proxy = proxied(which, &app).await;
+        let proxy = proxied(which, &app, true).await;
         let token = bound(&app, &key).await;
         let dpop_auth = format!("DPoP {token}");
         let target = Target {
@@ -275,6 +278,20 @@ async fn the_nonce_challenge_reaches_the_client_through_each_proxy() {
         )
         .await;
         assert_eq!(r.status, 200, "{which:?} with the nonce: {r:?}");
+        // A nonce that is not the fleet's is refused, with a fresh one.
+        let forged = Target {
+            nonce: Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+            ..target
+        };
+        let proof = maker.proof(&key, forged);
+        let r = send(
+            &proxy,
+            "GET",
+            &[("authorization", &dpop_auth), ("dpop", &proof)],
+        )
+        .await;
+        assert_eq!(r.status, 401, "{which:?} with a forged nonce: {r:?}");
+        assert!(r.header("dpop-nonce").is_some(), "{which:?}: {r:?}");
     }
 }
 

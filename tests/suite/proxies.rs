@@ -102,6 +102,8 @@ pub(crate) struct WasmOptions {
     pub(crate) workers: u32,
     /// The most cutoffs and denied ids a copy holds.
     pub(crate) max_entries: u64,
+    /// The sidecar's `--dpop-nonce`.
+    pub(crate) dpop_nonce: bool,
 }
 
 impl Default for WasmOptions {
@@ -113,6 +115,7 @@ impl Default for WasmOptions {
             staleness_ms: WASM_STALENESS_MS,
             workers: 1,
             max_entries: 1_000_000,
+            dpop_nonce: false,
         }
     }
 }
@@ -144,6 +147,7 @@ fn config(
         .replace("STALENESS_MS", &wasm.staleness_ms.to_string())
         .replace("MAX_ENTRIES", &wasm.max_entries.to_string())
         .replace("WHEN_STALE", wasm.when_stale)
+        .replace("DPOP_NONCE", &wasm.dpop_nonce.to_string())
         .replace("LOCAL_JWKS", &test_key_jwks())
         .replace("AUDIENCE", &json_text(wasm.audience));
     let out = dir.join(name);

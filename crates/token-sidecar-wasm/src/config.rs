@@ -73,6 +73,12 @@ pub struct FilterConfig {
     /// The sidecar's `--dpop-max-age`, in ms: how old a DPoP proof's `iat` may be (SPEC §15).
     #[serde(default = "default_dpop_max_age_ms")]
     pub dpop_max_age_ms: i64,
+    /// The sidecar's `--dpop-nonce`: its nonces are MACs under the fleet's secret, which the
+    /// filter does not hold, so a DPoP-bound token that passes the copy's revocation checks is
+    /// judged by the sidecar's `/auth` (one call for such a request; its `DPoP-Nonce` is passed
+    /// on to the client).
+    #[serde(default)]
+    pub dpop_nonce: bool,
 }
 
 fn default_dpop_max_age_ms() -> i64 {

@@ -32,6 +32,8 @@ pub struct Request {
     asked: Option<u32>,
     /// The headers a sidecar's `/auth` answer may set (identity and forwarded claims).
     owned: Vec<String>,
+    /// The `DPoP-Nonce` the sidecar's `/auth` gave, for the client's response.
+    nonce: Option<String>,
 }
 
 impl Request {
@@ -40,6 +42,7 @@ impl Request {
             shared,
             asked: None,
             owned: Vec::new(),
+            nonce: None,
         }
     }
 
@@ -95,20 +98,18 @@ impl Request {
                 }
                 Action::Continue
             }
-            Decision::Deny { challenge, .. } => self.unauthorized(&challenge),
+            Decision::Deny { challenge, .. } => self.unauthorized(&challenge, None),
             Decision::Unavailable => self.unavailable(),
         }
     }
 
-    fn unauthorized(&self, challenge: &str) -> Action {
-        self.send_http_response(
-            401,
-            vec![
-                ("www-authenticate", challenge),
-                ("cache-control", "no-store"),
-            ],
-            Some(b"unauthorized\n"),
-        );
+    fn unauthorized(&self, challenge: &str, nonce: Option<&str>) -> Action {
+        let mut headers = vec![
+            ("www-authenticate", challenge),
+            ("cache-control", "no-store"),
+        ];
+        headers.extend(nonce.map(|n| ("dpop-nonce", n)));
+        self.send_http_response(401, headers, Some(b"unauthorized\n"));
         Action::Pause
     }
 
@@ -177,13 +178,15 @@ impl Context for Request {
                     let value = self.get_http_call_response_header(&name);
                     self.set_http_request_header(&name, value.as_deref());
                 }
+                self.nonce = self.get_http_call_response_header("dpop-nonce");
                 self.resume_http_request();
             }
             Some("401") => {
                 let challenge = self
                     .get_http_call_response_header("www-authenticate")
                     .unwrap_or_else(|| "Bearer".into());
-                self.unauthorized(&challenge);
+                let nonce = self.get_http_call_response_header("dpop-nonce");
+                self.unauthorized(&challenge, nonce.as_deref());
             }
             _ => {
                 self.unavailable();
@@ -193,6 +196,13 @@ impl Context for Request {
 }
 
 impl HttpContext for Request {
+    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        if let Some(nonce) = self.nonce.take() {
+            self.set_http_response_header("dpop-nonce", Some(&nonce));
+        }
+        Action::Continue
+    }
+
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
         if cfg!(feature = "trivial") {
             let value = self
@@ -256,6 +266,10 @@ impl HttpContext for Request {
                 };
                 metrics::decision(result, reason);
                 self.apply(decision, &present)
+            }
+            Some((Verdict::AskSidecar, _)) => {
+                metrics::decision("ask_sidecar", "none");
+                self.ask_sidecar(&authorizations, &facts)
             }
             Some((Verdict::Stale, WhenStale::AskSidecar)) => {
                 metrics::decision("ask_sidecar", "none");

@@ -26,6 +26,9 @@ pub enum Verdict {
     Decided(Decision),
     /// The token decodes, but the revocation state is not in step: `when_stale` decides.
     Stale,
+    /// A DPoP-bound token under the sidecar's `--dpop-nonce`: only the sidecar can check the
+    /// nonce, so its `/auth` decides.
+    AskSidecar,
 }
 
 /// One worker's state.
@@ -309,6 +312,9 @@ impl Shared {
         }
         if claims.binding.is_unbound() {
             return Verdict::Decided(Decision::allow(&claims, &self.checked.forwarded));
+        }
+        if claims.binding.jkt.is_some() && self.checked.config.dpop_nonce {
+            return Verdict::AskSidecar;
         }
         let presentation = Presentation {
             scheme,
