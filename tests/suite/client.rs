@@ -226,3 +226,86 @@ async fn fail_open_is_only_for_a_sidecar_that_cannot_be_reached() {
     let token = sidecar.issue("alice").await.token;
     crate::common::assert_two_authorizations_are_malformed(protected, "/whoami", &token).await;
 }
+
+/// SPEC §15 through the layer: the `DPoP` header, the method and the URI (the service's origin
+/// as clients call it, and the path) go to Verify; a bound token passes only with its proof.
+#[tokio::test]
+async fn the_layer_passes_a_dpop_proof_through() {
+    use crate::common::dpop::{ProofMaker, Target, real_now_ms};
+    crate::require!(DpopClient);
+    let sidecar = crate::common::Settings::new(Backend::Sqlite)
+        .clock(token_sidecar::clock::ManualClock::new(
+            real_now_ms() + 1_000,
+        ))
+        .spawn()
+        .await;
+    let client = SidecarClient::connect_lazy(&format!("http://{}", sidecar.addr)).expect("uri");
+    let app = serve_router(
+        Router::new()
+            .route("/whoami", get(whoami))
+            .layer(VerifyLayer::new(client).origin("https://api.example.com")),
+    )
+    .await;
+    let mut maker = ProofMaker::start();
+    let key = maker.key("ES256");
+    let token = sidecar
+        .issue_with(token_sidecar::api::pb::IssueRequest {
+            user_id: "alice".into(),
+            dpop_jkt: key.jkt.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("issue")
+        .token;
+    let target = Target {
+        htm: "GET",
+        htu: "https://api.example.com/whoami",
+        token: Some(&token),
+        nonce: None,
+    };
+    let auth = format!("DPoP {token}");
+    sidecar.clock.set_ms(real_now_ms() + 1_000);
+    let proof = maker.proof(&key, target);
+    let r = http_request(
+        app,
+        "GET",
+        "/whoami",
+        &[("Authorization", &auth), ("DPoP", &proof)],
+        None,
+    )
+    .await
+    .expect("answer");
+    assert_eq!((r.status, r.body.as_str()), (200, "hello alice"), "{r:?}");
+    let r = http_request(app, "GET", "/whoami", &[("Authorization", &auth)], None)
+        .await
+        .expect("answer");
+    assert_eq!(r.status, 401);
+    let challenge = r.header("www-authenticate").unwrap_or_default();
+    assert!(
+        challenge.starts_with("DPoP error=\"invalid_token\"")
+            && challenge.contains("REASON_PROOF_REQUIRED"),
+        "{challenge}"
+    );
+    let elsewhere = maker.proof(
+        &key,
+        Target {
+            htu: "https://other.example.com/whoami",
+            ..target
+        },
+    );
+    let r = http_request(
+        app,
+        "GET",
+        "/whoami",
+        &[("Authorization", &auth), ("DPoP", &elsewhere)],
+        None,
+    )
+    .await
+    .expect("answer");
+    assert_eq!(r.status, 401);
+    assert!(
+        r.header("www-authenticate")
+            .unwrap_or_default()
+            .starts_with("DPoP error=\"invalid_dpop_proof\"")
+    );
+}

@@ -240,13 +240,26 @@ where
                     if let Some(claims) = answer.claims {
                         request.extensions_mut().insert(claims);
                     }
-                    inner.call(request).await
+                    let mut response = inner.call(request).await?;
+                    // With --dpop-nonce: the client's next proof needs it (RFC 9449 §8).
+                    if let Ok(nonce) = http::HeaderValue::from_str(&answer.dpop_nonce)
+                        && !answer.dpop_nonce.is_empty()
+                    {
+                        response.headers_mut().insert(DPOP_NONCE, nonce);
+                    }
+                    Ok(response)
                 }
                 Ok(answer) => {
                     let reason = pb::Reason::try_from(answer.reason)
                         .unwrap_or(pb::Reason::Malformed)
                         .as_str_name();
-                    Ok(refuse(grpc, Refusal::Invalid(reason)))
+                    let mut response = refuse(grpc, Refusal::Invalid(reason));
+                    if let Ok(nonce) = http::HeaderValue::from_str(&answer.dpop_nonce)
+                        && !answer.dpop_nonce.is_empty()
+                    {
+                        response.headers_mut().insert(DPOP_NONCE, nonce);
+                    }
+                    Ok(response)
                 }
                 // Only a sidecar that cannot be reached (connection refused or timed out) lets
                 // a request through with FailOpen; one that answers — shedding load, past the
@@ -312,6 +325,24 @@ fn sender_fields<B>(
     }
 }
 
+/// RFC 9449 §8's header.
+const DPOP_NONCE: &str = "dpop-nonce";
+
+/// The `WWW-Authenticate` for a refused token: RFC 9449 §7.1's DPoP challenge for a proof of
+/// possession (SPEC §15), RFC 6750's bearer challenge otherwise — as the sidecar's `/auth`.
+fn challenge(reason: &str) -> String {
+    let error = match reason {
+        "REASON_NONCE_REQUIRED" => "use_dpop_nonce",
+        "REASON_PROOF_INVALID" | "REASON_PROOF_REPLAYED" => "invalid_dpop_proof",
+        "REASON_PROOF_REQUIRED" => "invalid_token",
+        _ => return format!("Bearer error=\"invalid_token\", error_description=\"{reason}\""),
+    };
+    format!(
+        "DPoP error=\"{error}\", error_description=\"{reason}\", \
+         algs=\"ES256 ES384 RS256 PS256 EdDSA Ed25519\""
+    )
+}
+
 enum Refusal {
     MissingToken,
     Invalid(&'static str),
@@ -332,7 +363,7 @@ fn refuse<R: Default>(grpc: bool, refusal: Refusal) -> http::Response<R> {
             http::StatusCode::UNAUTHORIZED,
             "16",
             reason.to_owned(),
-            format!("Bearer error=\"invalid_token\", error_description=\"{reason}\""),
+            challenge(reason),
         ),
         Refusal::Unavailable => (
             http::StatusCode::SERVICE_UNAVAILABLE,
