@@ -1,7 +1,8 @@
 //! The in-process verify path (decode + policy + caches, warm) against a bare
 //! `jsonwebtoken::decode` of the same token, per algorithm; a trusted issuer's RS256 token
 //! against one of ours (SPEC §16); and what one change announcement costs an instance: sealing
-//! it (the writer) and opening it (every receiver), MAC included.
+//! it (the writer) and opening it (every receiver), MAC included; and Verify of a DPoP-bound
+//! token with its proof against an unbound one (SPEC §15).
 //!
 //!   cargo bench --bench verify
 use std::path::Path;
@@ -238,6 +239,83 @@ fn trusted_issuer(c: &mut Criterion) {
     group.finish();
 }
 
+/// Verify of a DPoP-bound ES256 token with a fresh ES256 proof each time (SPEC §15: parse, the
+/// proof's signature, `htm`/`htu`/`iat`/`ath`/`jkt`, the replay cache) against Verify of an unbound
+/// token of the same key. Proofs are made in the untimed setup; each is new (a proof is single-use,
+/// so no cache of checked proofs can be sound).
+fn dpop(c: &mut Criterion) {
+    use token_sidecar::sender::{Presentation, Scheme};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("dir: {e}"));
+    let case = &CASES[2];
+    let authority = rt.block_on(authority(case, dir.path()));
+    let private = std::fs::read(fixture("p256.pem")).unwrap_or_else(|e| panic!("{e}"));
+    let client = jsonwebtoken::EncodingKey::from_ec_pem(&private).unwrap_or_else(|e| panic!("{e}"));
+    let jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&client, Algorithm::ES256)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let jwk_json = serde_json::to_value(&jwk).unwrap_or_else(|e| panic!("{e}"));
+    let jkt = token_sidecar::sender::jwk_thumbprint(
+        jwk_json.as_object().unwrap_or_else(|| panic!("jwk")),
+    )
+    .unwrap_or_else(|| panic!("thumbprint"));
+    let bound = rt
+        .block_on(authority.issue(IssueRequest {
+            user_id: UserId::parse("bench-user").unwrap_or_else(|e| panic!("user id: {e}")),
+            claims: Default::default(),
+            ttl_ms: None,
+            idp_session_id: None,
+            dpop_jkt: Some(jkt),
+            x5t_s256: None,
+        }))
+        .unwrap_or_else(|e| panic!("issue: {e}"))
+        .token;
+    let unbound = issue(&rt, &authority);
+    let ath = token_sidecar::sender::access_token_hash(&bound);
+    let htu = "https://api.example.com/orders";
+    let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+    header.typ = Some("dpop+jwt".into());
+    header.jwk = Some(jwk);
+    let counter = std::cell::Cell::new(0u64);
+    let proof = || {
+        counter.set(counter.get() + 1);
+        let claims = serde_json::json!({"jti": format!("bench-{}", counter.get()), "htm": "GET",
+            "htu": htu, "iat": chrono::Utc::now().timestamp(), "ath": ath});
+        jsonwebtoken::encode(&header, &claims, &client).unwrap_or_else(|e| panic!("proof: {e}"))
+    };
+    let verify_bound = |proof: String| {
+        let authority = authority.clone();
+        let bound = bound.clone();
+        async move {
+            let proofs = [proof.as_str()];
+            let presentation = Presentation {
+                scheme: Scheme::Dpop,
+                proofs: &proofs,
+                method: "GET",
+                uri: htu,
+                certificate_sha256: None,
+            };
+            let verdict = authority.verify_presented(&bound, &presentation).await;
+            assert!(
+                matches!(&verdict, Ok(v) if v.outcome.is_ok()),
+                "{verdict:?}"
+            );
+        }
+    };
+    rt.block_on(verify_bound(proof()));
+    let mut group = c.benchmark_group("ES256_dpop");
+    group.bench_function("unbound_full_verify", |b| {
+        b.to_async(&rt).iter(|| authority.verify(&unbound))
+    });
+    group.bench_function("bound_full_verify_with_proof", |b| {
+        b.to_async(&rt)
+            .iter_batched(proof, verify_bound, criterion::BatchSize::SmallInput)
+    });
+    group.finish();
+}
+
 /// One announcement sealed and opened (HMAC-SHA256 over ~150 bytes), against the parse alone.
 fn announcement(c: &mut Criterion) {
     use token_sidecar::store::Change;
@@ -270,6 +348,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = verify, trusted_issuer, announcement
+    targets = verify, trusted_issuer, dpop, announcement
 }
 criterion_main!(benches);

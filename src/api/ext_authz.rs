@@ -9,7 +9,7 @@ use tracing::Instrument;
 
 use crate::api::convert::proto_reason;
 use crate::api::forward_auth::{Decision, ForwardAuth, Presented};
-use crate::api::sender::{ProofInputs, pem_thumbprint};
+use crate::api::sender::ProofInputs;
 use crate::api::trace;
 
 /// The generated code of Envoy's external-authorization API and the packages it imports.
@@ -149,46 +149,6 @@ fn authorization_header(request: &pb::CheckRequest) -> Presented<'_> {
     )
 }
 
-/// What a proof of possession is checked against (SPEC §15): the method, scheme, host and
-/// path Envoy describes, the `dpop` header(s), and the peer's certificate (Envoy sends it with
-/// `include_peer_certificate: true`).
-fn proof_inputs(request: &pb::CheckRequest) -> ProofInputs {
-    let attributes = request.attributes.as_ref();
-    let certificate = attributes
-        .and_then(|a| a.source.as_ref())
-        .and_then(|peer| pem_thumbprint(&peer.certificate));
-    let Some(http) = attributes
-        .and_then(|a| a.request.as_ref())
-        .and_then(|r| r.http.as_ref())
-    else {
-        return ProofInputs {
-            certificate,
-            ..ProofInputs::default()
-        };
-    };
-    let proofs: Vec<String> = match http.headers.get("dpop") {
-        // Envoy joins repeated headers with a comma, which no proof holds.
-        Some(value) => value.split(',').map(str::to_owned).collect(),
-        None => http
-            .header_map
-            .iter()
-            .flat_map(|map| &map.headers)
-            .filter(|h| h.key.eq_ignore_ascii_case("dpop"))
-            .map(|h| match h.value.is_empty() {
-                true => String::from_utf8_lossy(&h.raw_value).into_owned(),
-                false => h.value.clone(),
-            })
-            .collect(),
-    };
-    ProofInputs {
-        dpop_scheme: false,
-        proofs,
-        method: http.method.clone(),
-        uri: ProofInputs::uri_of(&http.scheme, &http.host, &http.path),
-        certificate,
-    }
-}
-
 #[tonic::async_trait]
 impl pb::Authorization for ExtAuthz {
     async fn check(
@@ -211,7 +171,7 @@ impl pb::Authorization for ExtAuthz {
             .decide
             .decide(
                 authorization_header(&request),
-                proof_inputs(&request),
+                ProofInputs::from_check(&request),
                 "Check",
             )
             .instrument(span)

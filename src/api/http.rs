@@ -46,7 +46,7 @@ use crate::token::MAX_TOKEN_BYTES;
 const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
 
 /// Members RFC 7662 §2.2 and RFC 7519 §4.1 register: never taken from custom claims.
-const REGISTERED_MEMBERS: [&str; 12] = [
+const REGISTERED_MEMBERS: [&str; 13] = [
     "active",
     "scope",
     "client_id",
@@ -59,6 +59,7 @@ const REGISTERED_MEMBERS: [&str; 12] = [
     "aud",
     "iss",
     "jti",
+    "cnf",
 ];
 
 /// Of those, what a trusted issuer's token answers in its own words (SPEC §16): the provider
@@ -236,56 +237,6 @@ fn presented(headers: &HeaderMap) -> Presented<'_> {
     )
 }
 
-/// What a proof of possession is checked against (SPEC §15), as the proxy forwards it:
-/// `X-Forwarded-Method/-Proto/-Host/-Uri` (Traefik, Envoy's HTTP ext_authz as configured in
-/// deploy/proxies), nginx's `X-Original-Method` and `X-Original-URI` (or a whole
-/// `X-Original-URL`), and every `DPoP` header. No client certificate is read from a header: a
-/// certificate is public, so a header naming one proves nothing unless every proxy in front
-/// overwrites it — certificate-bound tokens are checked where the connection is seen (Check
-/// with `include_peer_certificate`, Verify's `client_certificate`).
-///
-/// Without them, the check request itself describes the original one, as Envoy's HTTP
-/// ext_authz sends it: the same method, `Host`, and the original path after `/auth`.
-fn proof_inputs(headers: &HeaderMap, method: &axum::http::Method, path: &str) -> ProofInputs {
-    let text = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-    };
-    let method = text("x-forwarded-method")
-        .or_else(|| text("x-original-method"))
-        .unwrap_or(method.as_str())
-        .to_owned();
-    let uri = match text("x-original-url") {
-        Some(url) => url.to_owned(),
-        None => {
-            let proto = text("x-forwarded-proto").unwrap_or("http");
-            let host = text("x-forwarded-host")
-                .or_else(|| text("host"))
-                .unwrap_or_default();
-            let own = path.strip_prefix(AUTH).filter(|p| p.starts_with('/'));
-            let path = text("x-forwarded-uri")
-                .or_else(|| text("x-original-uri"))
-                .or(own)
-                .unwrap_or("/");
-            ProofInputs::uri_of(proto, host, path)
-        }
-    };
-    ProofInputs {
-        dpop_scheme: false,
-        proofs: headers
-            .get_all("dpop")
-            .iter()
-            .map(|v| v.to_str().unwrap_or("-").to_owned())
-            .collect(),
-        method,
-        uri,
-        certificate: None,
-    }
-}
-
 async fn forward_auth(
     State(api): State<HttpApi>,
     method: axum::http::Method,
@@ -293,7 +244,7 @@ async fn forward_auth(
     headers: HeaderMap,
 ) -> Response {
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let inputs = proof_inputs(&headers, &method, path);
+    let inputs = ProofInputs::forwarded(&headers, &method, path);
     match api
         .decide
         .decide(presented(&headers), inputs, "http_auth")
@@ -429,7 +380,16 @@ async fn introspect(State(api): State<HttpApi>, headers: HeaderMap, body: Body) 
             if let Some(nbf) = claims.not_before {
                 answer.insert("nbf".into(), Value::from(nbf));
             }
-            answer.insert("token_type".into(), Value::from("Bearer"));
+            // RFC 9449 §6.2, RFC 8705 §3.2: a bound token's confirmation, for a resource
+            // server that checks the proof itself.
+            let token_type = match claims.binding.jkt {
+                Some(_) => "DPoP",
+                None => "Bearer",
+            };
+            if let Some(cnf) = claims.binding.to_claim() {
+                answer.insert("cnf".into(), cnf);
+            }
+            answer.insert("token_type".into(), Value::from(token_type));
             answered(
                 json_response(StatusCode::OK, Value::Object(answer)),
                 "ok",

@@ -84,7 +84,7 @@ pub(super) fn thumbprint_matches(bound: &str, presented: &[u8; 32]) -> bool {
 
 /// The RFC 7638 thumbprint of a public JWK: SHA-256 over the required members in
 /// lexicographic order, without white space; None for a key type we do not take.
-pub(super) fn jwk_thumbprint(jwk: &Map<String, Value>) -> Option<String> {
+pub fn jwk_thumbprint(jwk: &Map<String, Value>) -> Option<String> {
     let member = |name: &str| jwk.get(name).and_then(Value::as_str);
     let kty = member("kty")?;
     let required: &[&str] = match kty {

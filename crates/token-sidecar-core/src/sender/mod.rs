@@ -12,10 +12,10 @@ mod proof;
 mod replay;
 mod uri;
 
-pub use binding::{Binding, thumbprint_problem};
+pub use binding::{Binding, jwk_thumbprint, thumbprint_problem};
 #[cfg(feature = "runtime")]
 pub use nonce::NonceKey;
-pub use proof::{ALLOWED_ALGS, CheckedProof, check_proof};
+pub use proof::{ALLOWED_ALGS, CheckedProof, access_token_hash, check_proof};
 pub use replay::{ReplayCache, Seen};
 pub use uri::normalize_htu;
 

@@ -58,6 +58,11 @@ struct ProofClaims {
     nonce: Option<Value>,
 }
 
+/// A proof's `ath` for `token`: base64url(SHA-256(token)) (RFC 9449 §4.2).
+pub fn access_token_hash(token: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes()))
+}
+
 /// Checks `proof` for a request `method` `uri` carrying the access token `token`, at `now_ms`
 /// (the fleet clock): everything of RFC 9449 §4.3 but the key binding (the caller compares
 /// [`CheckedProof::jkt`]), the nonce and the replay.
@@ -151,7 +156,7 @@ pub fn check_proof(
         return Err(Refusal::invalid("iat"));
     }
     let ath = text(claims.ath, "ath")?;
-    if ath != URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes())) {
+    if ath != access_token_hash(token) {
         return Err(Refusal::invalid("ath"));
     }
     let jkt = jwk_thumbprint(jwk).ok_or_else(|| Refusal::invalid("jwk"))?;
