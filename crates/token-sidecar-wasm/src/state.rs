@@ -324,8 +324,12 @@ impl Shared {
             },
             ..request
         };
-        let refuse = |reason, check| Verdict::Decided(Decision::refuse(reason, scheme, Some(check), None));
-        match self.sender.check(&claims.binding, token, &presentation, now) {
+        let refuse =
+            |reason, check| Verdict::Decided(Decision::refuse(reason, scheme, Some(check), None));
+        match self
+            .sender
+            .check(&claims.binding, token, &presentation, now)
+        {
             Err(refusal) => refuse(refusal.reason, refusal.check),
             Ok(None) => Verdict::Decided(Decision::allow(&claims, &self.checked.forwarded)),
             Ok(Some(proof)) => match self.replay.record(&proof.jkt, &proof.jti, now) {

@@ -69,7 +69,13 @@ fn page(changes: Vec<FeedChange>, more: bool) -> FeedPage {
 
 fn verdict(s: &Shared, token: &str, monotonic: u64) -> Verdict {
     let auth = format!("Bearer {token}");
-    s.judge(Presented::One(&auth), Presentation::BARE, || None, || NOW, monotonic)
+    s.judge(
+        Presented::One(&auth),
+        Presentation::BARE,
+        || None,
+        || NOW,
+        monotonic,
+    )
 }
 
 /// The time a request is judged at is the fleet's: the last page's, moved on by the
