@@ -38,13 +38,17 @@ pub async fn keep(
         .await;
     let mut last: Option<ClockCheck> = None;
     loop {
-        let pause = match read(store.as_ref(), clock.as_ref()).await {
+        let good_enough_us =
+            token_sidecar_core::fleet_clock::good_enough_us(policy.max_clock_skew_ms);
+        // Spread (±20 %): a fleet started together does not read the clock in step.
+        let pause = match read(store.as_ref(), clock.as_ref(), good_enough_us).await {
             Ok(()) => INTERVAL,
             Err(e) => {
                 tracing::debug!(error = %e, "could not read the database's clock; retrying");
                 RETRY
             }
-        };
+        }
+        .mul_f64(crate::sync::jitter());
         let skew = clock.skew_ms();
         let check = policy.check_clock(skew);
         metrics.clock.skew_ms.set(skew.unwrap_or(0));

@@ -195,6 +195,9 @@ struct Driver {
 impl Driver {
     async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut last_poll = Instant::now();
+        // Each poll's interval is drawn anew within ±20 %: a fleet started (or reconnected)
+        // together spreads its polls instead of sending them in step through one pooler.
+        let mut spread = jitter();
         loop {
             if *shutdown.borrow() {
                 return;
@@ -227,7 +230,8 @@ impl Driver {
                 self.settings.safety_poll_interval
             } else {
                 self.settings.poll_interval
-            };
+            }
+            .mul_f64(spread);
             let open = self.channel.as_ref().is_some_and(|c| c.is_open());
             let has_channel = self.channel.is_some();
             let channel = &mut self.channel;
@@ -250,6 +254,7 @@ impl Driver {
                     self.catch_up("poll").await;
                     self.revocations.observe_lag();
                     last_poll = Instant::now();
+                    spread = jitter();
                 }
                 () = gap => self.catch_up("gap").await,
                 () = tokio::time::sleep(RETRY), if has_channel && !open => {}
@@ -460,4 +465,9 @@ impl Driver {
             Err(e) => tracing::warn!(error = %e, "reload failed; health retries it"),
         }
     }
+}
+
+/// A factor within ±20 % for an interval, so that instances started together drift apart.
+pub(crate) fn jitter() -> f64 {
+    rand::random_range(0.8..1.2)
 }

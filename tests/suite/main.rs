@@ -38,6 +38,7 @@ mod reference;
 mod reuse;
 mod rolling;
 mod rules;
+mod start_cost;
 mod sync;
 mod tls;
 mod traces;

@@ -52,28 +52,40 @@ impl FleetSource {
         if let Some(fleet) = self.cached() {
             return Ok(fleet);
         }
-        let (identity,): (String,) = sqlx::query_as(
-            "SELECT (SELECT id FROM store_identity LIMIT 1)
+        // The identity and the generated secret in one round trip (a start pays it once).
+        macro_rules! identity {
+            () => {
+                "(SELECT id FROM store_identity LIMIT 1)
                  || ':' || (SELECT system_identifier FROM pg_control_system())::text
-                 || ':' || (SELECT oid FROM pg_database WHERE datname = current_database())::text",
-        )
-        .persistent(prepared)
-        .fetch_one(&mut *conn)
-        .await?;
-        let secret = match &self.sync_key_file {
-            Some(path) => read_sync_key(path)?,
+                 || ':' || (SELECT oid FROM pg_database WHERE datname = current_database())::text"
+            };
+        }
+        let (identity, secret) = match &self.sync_key_file {
+            Some(path) => {
+                let (identity,): (String,) = sqlx::query_as(concat!("SELECT ", identity!()))
+                    .persistent(prepared)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                (identity, read_sync_key(path)?)
+            }
             None => {
-                let (secret,): (Vec<u8>,) = sqlx::query_as("SELECT secret FROM sync_key LIMIT 1")
+                let sql = concat!(
+                    "SELECT ",
+                    identity!(),
+                    ", (SELECT secret FROM sync_key LIMIT 1)"
+                );
+                let (identity, secret): (String, Vec<u8>) = sqlx::query_as(sql)
                     .persistent(prepared)
                     .fetch_one(&mut *conn)
                     .await
-                    .map_err(|e| {
-                        StoreError::SyncKey(format!(
+                    .map_err(|e| match e.to_string().contains("sync_key") {
+                        true => StoreError::SyncKey(format!(
                             "cannot read the table sync_key ({e}); grant this role SELECT on it, \
                              or give --sync-key-file"
-                        ))
+                        )),
+                        false => StoreError::from(e),
                     })?;
-                secret
+                (identity, secret)
             }
         };
         let fleet = Arc::new(FleetKey::new(&identity, &secret));

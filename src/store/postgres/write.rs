@@ -425,11 +425,13 @@ impl RevocationLog for PostgresStore {
         now: UnixMillis,
         sink: &mut DenySink<'_>,
     ) -> Result<ChangeSeq, StoreError> {
-        let mut tx = Session::start(self.conn().await?, Some("BEGIN")).await?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .persistent(self.prepared)
-            .execute(tx.conn().await?)
-            .await?;
+        // One snapshot for the watermark and the rows; its mode in the BEGIN itself (one round
+        // trip: a fleet starting at once pays it a thousand times).
+        let mut tx = Session::start(
+            self.conn().await?,
+            Some("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
+        )
+        .await?;
         let (watermark,): (i64,) = sqlx::query_as(
             "SELECT GREATEST(
                  (SELECT COALESCE(MAX(change_seq), 0) FROM user_cutoffs),

@@ -95,6 +95,9 @@ pub struct StoreProxy {
     upstream: std::sync::Arc<parking_lot::Mutex<SocketAddr>>,
     commit_trap: std::sync::Arc<std::sync::atomic::AtomicBool>,
     commits_cut: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Round trips clients asked of the server: connection starts, simple queries and the
+    /// Syncs that end extended-protocol ones (see [`RoundTrips`]).
+    round_trips: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl StoreProxy {
@@ -109,6 +112,8 @@ impl StoreProxy {
         let commit_trap = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let commits_cut = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (trap, counted) = (commit_trap.clone(), commits_cut.clone());
+        let round_trips = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let trips = round_trips.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -121,12 +126,13 @@ impl StoreProxy {
                 let mut cut_rx = cut_rx.clone();
                 let upstream = *upstream.lock();
                 let (trap, counted) = (trap.clone(), counted.clone());
+                let trips = trips.clone();
                 tokio::spawn(async move {
                     let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
                         return;
                     };
                     tokio::select! {
-                        () = pump(client, server, trap, counted) => {}
+                        () = pump(client, server, trap, counted, trips) => {}
                         _ = cut_rx.wait_for(|cut| *cut) => {}
                     }
                 });
@@ -138,7 +144,14 @@ impl StoreProxy {
             upstream: target,
             commit_trap,
             commits_cut,
+            round_trips,
         }
+    }
+
+    /// Round trips asked of the server through this proxy so far (connections must not use
+    /// TLS: `sslmode=disable`).
+    pub fn round_trips(&self) -> usize {
+        self.round_trips.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The next COMMIT of a write transaction (one that took the writers' lock) reaches the
@@ -185,6 +198,7 @@ async fn pump(
     server: tokio::net::TcpStream,
     trap: std::sync::Arc<std::sync::atomic::AtomicBool>,
     counted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    round_trips: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
     use std::sync::atomic::Ordering;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -196,6 +210,7 @@ async fn pump(
     let swallow = swallowing.clone();
     let up = async move {
         let mut writing = false;
+        let mut trips = RoundTrips::default();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             let n = match client_read.read(&mut buf).await {
@@ -203,6 +218,7 @@ async fn pump(
                 Ok(n) => n,
             };
             let chunk = &buf[..n];
+            round_trips.fetch_add(trips.feed(chunk), Ordering::SeqCst);
             writing |= contains(chunk, b"pg_advisory_xact_lock");
             if writing && contains(chunk, b"COMMIT") {
                 writing = false;
@@ -235,6 +251,51 @@ async fn pump(
     tokio::select! {
         () = up => {}
         () = down => {}
+    }
+}
+
+/// Counts the round trips in what a client sends (PostgreSQL's frontend protocol, unencrypted):
+/// the start of a connection, each simple query (`Q`) and each `Sync` (`S`), which ends one
+/// extended-protocol exchange — each waits for the server's answer.
+#[derive(Default)]
+pub struct RoundTrips {
+    started: bool,
+    pending: Vec<u8>,
+}
+
+impl RoundTrips {
+    /// The round trips completed by `chunk` (messages may span chunks).
+    pub fn feed(&mut self, chunk: &[u8]) -> usize {
+        self.pending.extend_from_slice(chunk);
+        let mut trips = 0;
+        loop {
+            let word = |at: usize| {
+                self.pending
+                    .get(at..at + 4)
+                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            };
+            let (total, trip) = if self.started {
+                let (Some(kind), Some(len)) = (self.pending.first().copied(), word(1)) else {
+                    break;
+                };
+                (1 + len, kind == b'Q' || kind == b'S')
+            } else {
+                let (Some(len), Some(code)) = (word(0), word(4)) else {
+                    break;
+                };
+                // SSLRequest, GSSENCRequest and CancelRequest come before (or instead of) a
+                // StartupMessage.
+                let startup = !matches!(code, 80_877_102..=80_877_104);
+                (len, startup)
+            };
+            if total == 0 || self.pending.len() < total {
+                break;
+            }
+            self.pending.drain(..total);
+            self.started |= trip;
+            trips += usize::from(trip);
+        }
+        trips
     }
 }
 

@@ -140,7 +140,13 @@ impl TokenAuthority {
     async fn check_clock(&self) -> Result<(), AuthorityError> {
         let mut check = self.policy.check_clock(self.clock.skew_ms());
         if check == ClockCheck::Unread {
-            fleet_clock::read(self.revocations.store().as_ref(), self.clock.as_ref()).await?;
+            let good_enough_us = fleet_clock::good_enough_us(self.policy.max_clock_skew_ms);
+            fleet_clock::read(
+                self.revocations.store().as_ref(),
+                self.clock.as_ref(),
+                good_enough_us,
+            )
+            .await?;
             check = self.policy.check_clock(self.clock.skew_ms());
         }
         match check {
