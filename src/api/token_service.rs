@@ -43,6 +43,18 @@ impl TokenGrpc {
 
 /// Where the layer wants this RPC's outcome (a default slot when served without the layer, as
 /// in a unit test: the outcome is then dropped).
+/// Verify's and Refresh's proof-of-possession fields (the same four in both requests).
+macro_rules! proof_inputs {
+    ($req:expr) => {
+        proof_fields(
+            $req.dpop_proof,
+            $req.http_method,
+            $req.http_uri,
+            &$req.client_certificate,
+        )
+    };
+}
+
 fn slot<T>(request: &Request<T>) -> OutcomeSlot {
     request
         .extensions()
@@ -110,12 +122,7 @@ impl TokenService for TokenGrpc {
     ) -> Result<Response<pb::VerifyResponse>, Status> {
         let slot = slot(&request);
         let req = request.into_inner();
-        let presented = proof_fields(
-            req.dpop_proof,
-            req.http_method,
-            req.http_uri,
-            &req.client_certificate,
-        );
+        let presented = proof_inputs!(req);
         let proofs = presented.proof_refs();
         let presentation = presented.presentation(&proofs);
         let verdict = match self
@@ -167,12 +174,7 @@ impl TokenService for TokenGrpc {
         let slot = slot(&request);
         let caller = peer(&request);
         let req = request.into_inner();
-        let presented = proof_fields(
-            req.dpop_proof,
-            req.http_method,
-            req.http_uri,
-            &req.client_certificate,
-        );
+        let presented = proof_inputs!(req);
         let proofs = presented.proof_refs();
         let presentation = presented.presentation(&proofs);
         let result = match self.open.admit(caller) {

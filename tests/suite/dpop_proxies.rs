@@ -68,6 +68,34 @@ async fn send(proxy: &Running, method: &str, headers: &[(&str, &str)]) -> HttpRe
         .expect("the proxy answers")
 }
 
+/// A GET of `/hello` with the token as `DPoP` and one proof.
+async fn with_proof(proxy: &Running, dpop_auth: &str, proof: &str) -> HttpResponse {
+    send(
+        proxy,
+        "GET",
+        &[("authorization", dpop_auth), ("dpop", proof)],
+    )
+    .await
+}
+
+/// What a proof for a GET of `/hello` carrying `token` names.
+fn get_hello(token: &str) -> Target<'_> {
+    Target {
+        htm: "GET",
+        htu: HTU,
+        token: Some(token),
+        nonce: None,
+    }
+}
+
+const EVERY_PROXY: [Proxy; 5] = [
+    Proxy::EnvoyGrpc,
+    Proxy::EnvoyHttp,
+    Proxy::Nginx,
+    Proxy::Traefik,
+    Proxy::EnvoyWasm,
+];
+
 fn challenge(r: &HttpResponse) -> String {
     r.header("www-authenticate").unwrap_or_default()
 }
@@ -105,29 +133,13 @@ async fn every_proxy_admits_a_bound_token_only_with_its_proof() {
     let mut maker = ProofMaker::start();
     let key = maker.key("ES256");
     let other_key = maker.key("ES256");
-    for which in [
-        Proxy::EnvoyGrpc,
-        Proxy::EnvoyHttp,
-        Proxy::Nginx,
-        Proxy::Traefik,
-        Proxy::EnvoyWasm,
-    ] {
+    for which in EVERY_PROXY {
         let proxy = proxied(which, &app, false).await;
         let token = bound(&app, &key).await;
         let dpop_auth = format!("DPoP {token}");
-        let target = Target {
-            htm: "GET",
-            htu: HTU,
-            token: Some(&token),
-            nonce: None,
-        };
+        let target = get_hello(&token);
         let proof = maker.proof(&key, target);
-        let r = send(
-            &proxy,
-            "GET",
-            &[("authorization", &dpop_auth), ("dpop", &proof)],
-        )
-        .await;
+        let r = with_proof(&proxy, &dpop_auth, &proof).await;
         assert_eq!(r.status, 200, "{which:?}: a valid proof: {r:?}");
         assert_eq!(r.body, "hello from the app", "{which:?}");
 
@@ -140,12 +152,7 @@ async fn every_proxy_admits_a_bound_token_only_with_its_proof() {
             );
         };
         // The same proof again.
-        let r = send(
-            &proxy,
-            "GET",
-            &[("authorization", &dpop_auth), ("dpop", &proof)],
-        )
-        .await;
+        let r = with_proof(&proxy, &dpop_auth, &proof).await;
         refused(&r, "invalid_dpop_proof", "REASON_PROOF_REPLAYED");
         // No proof; presented as a bearer token (with or without one).
         let r = send(&proxy, "GET", &[("authorization", &dpop_auth)]).await;
@@ -175,20 +182,10 @@ async fn every_proxy_admits_a_bound_token_only_with_its_proof() {
             ..target
         };
         let proof = maker.proof(&key, elsewhere);
-        let r = send(
-            &proxy,
-            "GET",
-            &[("authorization", &dpop_auth), ("dpop", &proof)],
-        )
-        .await;
+        let r = with_proof(&proxy, &dpop_auth, &proof).await;
         refused(&r, "invalid_dpop_proof", "REASON_PROOF_INVALID");
         let proof = maker.proof(&other_key, target);
-        let r = send(
-            &proxy,
-            "GET",
-            &[("authorization", &dpop_auth), ("dpop", &proof)],
-        )
-        .await;
+        let r = with_proof(&proxy, &dpop_auth, &proof).await;
         refused(&r, "invalid_dpop_proof", "REASON_PROOF_INVALID");
         let (one, two) = (maker.proof(&key, target), maker.proof(&key, target));
         let r = send(
@@ -233,29 +230,13 @@ async fn the_nonce_challenge_reaches_the_client_through_each_proxy() {
     let _time = FollowRealTime::start(app.clock.clone());
     let mut maker = ProofMaker::start();
     let key = maker.key("ES256");
-    for which in [
-        Proxy::EnvoyGrpc,
-        Proxy::EnvoyHttp,
-        Proxy::Nginx,
-        Proxy::Traefik,
-        Proxy::EnvoyWasm,
-    ] {
+    for which in EVERY_PROXY {
         let proxy = proxied(which, &app, true).await;
         let token = bound(&app, &key).await;
         let dpop_auth = format!("DPoP {token}");
-        let target = Target {
-            htm: "GET",
-            htu: HTU,
-            token: Some(&token),
-            nonce: None,
-        };
+        let target = get_hello(&token);
         let proof = maker.proof(&key, target);
-        let r = send(
-            &proxy,
-            "GET",
-            &[("authorization", &dpop_auth), ("dpop", &proof)],
-        )
-        .await;
+        let r = with_proof(&proxy, &dpop_auth, &proof).await;
         assert_eq!(r.status, 401, "{which:?}: {r:?}");
         assert!(
             challenge(&r).starts_with("DPoP error=\"use_dpop_nonce\""),
@@ -271,12 +252,7 @@ async fn the_nonce_challenge_reaches_the_client_through_each_proxy() {
                 ..target
             },
         );
-        let r = send(
-            &proxy,
-            "GET",
-            &[("authorization", &dpop_auth), ("dpop", &proof)],
-        )
-        .await;
+        let r = with_proof(&proxy, &dpop_auth, &proof).await;
         assert_eq!(r.status, 200, "{which:?} with the nonce: {r:?}");
         // A nonce that is not the fleet's is refused, with a fresh one.
         let forged = Target {
@@ -284,12 +260,7 @@ async fn the_nonce_challenge_reaches_the_client_through_each_proxy() {
             ..target
         };
         let proof = maker.proof(&key, forged);
-        let r = send(
-            &proxy,
-            "GET",
-            &[("authorization", &dpop_auth), ("dpop", &proof)],
-        )
-        .await;
+        let r = with_proof(&proxy, &dpop_auth, &proof).await;
         assert_eq!(r.status, 401, "{which:?} with a forged nonce: {r:?}");
         assert!(r.header("dpop-nonce").is_some(), "{which:?}: {r:?}");
     }

@@ -236,6 +236,30 @@ async fn introspection_follows_rfc_7662() {
     assert_eq!(body["role"], "admin");
     assert!(body["sid"].is_string() && body["iat"].is_i64() && body["exp"].is_i64());
 
+    // A DPoP-bound token (SPEC §15): its confirmation and its type, for a resource server that
+    // checks the proof itself (RFC 9449 §6.2).
+    let jkt = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs";
+    let mut request = tonic::Request::new(IssueRequest {
+        user_id: "dora".into(),
+        dpop_jkt: jkt.into(),
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", admin.parse().expect("header"));
+    let bound = app
+        .client
+        .clone()
+        .issue(request)
+        .await
+        .expect("issue")
+        .into_inner();
+    let r = introspect(bound.token, Some(admin.clone())).await;
+    let body: serde_json::Value = serde_json::from_str(&r.body).expect("JSON");
+    assert_eq!(body["active"], true, "{body}");
+    assert_eq!(body["token_type"], "DPoP");
+    assert_eq!(body["cnf"], serde_json::json!({ "jkt": jkt }));
+
     // The caller must authenticate.
     for credential in [
         None,

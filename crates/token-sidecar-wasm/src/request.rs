@@ -54,15 +54,16 @@ impl Request {
         let mut facts = ProofFacts::default();
         let mut names = Vec::new();
         for (name, value) in self.get_http_request_headers_bytes() {
-            let text = || String::from_utf8(value.clone()).unwrap_or_default();
+            // The values are the host's copies already: moved, never cloned.
+            let text = String::from_utf8(value).unwrap_or_default();
             match name.as_str() {
                 // A value that is not text counts too (and is no bearer token).
-                n if n.eq_ignore_ascii_case("authorization") => authorizations.push(text()),
-                n if n.eq_ignore_ascii_case("dpop") => facts.proofs.push(text()),
-                ":method" => facts.method = text(),
-                ":scheme" => facts.scheme = text(),
-                ":authority" => facts.authority = text(),
-                ":path" => facts.path = text(),
+                n if n.eq_ignore_ascii_case("authorization") => authorizations.push(text),
+                n if n.eq_ignore_ascii_case("dpop") => facts.proofs.push(text),
+                ":method" => facts.method = text,
+                ":scheme" => facts.scheme = text,
+                ":authority" => facts.authority = text,
+                ":path" => facts.path = text,
                 _ => {}
             }
             names.push(name);
