@@ -4,7 +4,8 @@
 //!   cargo run --release --example fleet_storm -- serving --first-port 18000 --sidecars 500
 //!       seconds until every sidecar's health says SERVING (and how many never did);
 //!   cargo run --release --example fleet_storm -- refused --first-port 18000 --sidecars 500
-//!       a token issued and revoked on the first sidecar: seconds until every sidecar refuses it.
+//!       a token issued and revoked on the first sidecar: seconds until every sidecar refuses it
+//!       (`REASON_TOKEN_REVOKED`).
 //!
 //! One JSON line on stdout. Every wait is bounded by `--timeout-secs`.
 use std::time::{Duration, Instant};
@@ -40,6 +41,30 @@ enum Question {
     Serving,
     /// Seconds from a revocation on the first sidecar until every sidecar refuses the token.
     Refused,
+}
+
+/// Watches one sidecar's health until it says SERVING (true) or the stream ends (false).
+async fn serving_seen(channel: Channel, deadline: Instant) -> bool {
+    let watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await;
+    let Ok(stream) = watch else {
+        return false;
+    };
+    let mut stream = stream.into_inner();
+    let left = deadline.saturating_duration_since(Instant::now());
+    tokio::time::timeout(left, async {
+        while let Ok(Some(update)) = stream.message().await {
+            if update.status == ServingStatus::Serving as i32 {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false)
 }
 
 fn channel(port: u16) -> anyhow::Result<Channel> {
@@ -90,15 +115,30 @@ async fn main() -> anyhow::Result<()> {
     let ports: Vec<u16> = (0..args.sidecars).map(|i| args.first_port + i).collect();
     match args.question {
         Question::Serving => {
-            let (took, never) = until_all(ports, deadline, |channel| async move {
-                let answer = HealthClient::new(channel)
-                    .check(HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await;
-                answer.is_ok_and(|a| a.into_inner().status == ServingStatus::Serving as i32)
-            })
-            .await;
+            // Health's Watch: each sidecar says when it turns SERVING (no polling, which at a
+            // thousand sidecars would itself load the machine being measured).
+            let started = Instant::now();
+            let mut tasks = Vec::new();
+            for port in ports {
+                tasks.push(tokio::spawn(async move {
+                    while Instant::now() < deadline {
+                        if let Ok(channel) = channel(port)
+                            && serving_seen(channel, deadline).await
+                        {
+                            return Some(started.elapsed());
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    None
+                }));
+            }
+            let (mut took, mut never) = (Duration::ZERO, 0);
+            for task in tasks {
+                match task.await.ok().flatten() {
+                    Some(at) => took = took.max(at),
+                    None => never += 1,
+                }
+            }
             println!(
                 "{{\"sidecars\": {}, \"all_serving_s\": {:.2}, \"never\": {never}}}",
                 args.sidecars,
@@ -106,20 +146,38 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Question::Refused => {
-            let mut first = TokenServiceClient::new(channel(args.first_port)?);
-            let issued = first
-                .issue(pb::IssueRequest {
-                    user_id: "storm-user".into(),
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
-            first
-                .revoke(pb::RevokeRequest {
-                    target: Some(pb::revoke_request::Target::Jti(issued.jti.clone())),
-                    ..Default::default()
-                })
-                .await?;
+            // The write may wait its turn at a busy pooler: retried (a fresh jti each time)
+            // until it commits or the deadline passes.
+            let writes = Endpoint::from_shared(format!("http://127.0.0.1:{}", args.first_port))?
+                .timeout(Duration::from_secs(10))
+                .connect_lazy();
+            let mut first = TokenServiceClient::new(writes);
+            let issued = loop {
+                let attempt = async {
+                    let issued = first
+                        .issue(pb::IssueRequest {
+                            user_id: "storm-user".into(),
+                            ..Default::default()
+                        })
+                        .await?
+                        .into_inner();
+                    first
+                        .revoke(pb::RevokeRequest {
+                            target: Some(pb::revoke_request::Target::Jti(issued.jti.clone())),
+                            ..Default::default()
+                        })
+                        .await?;
+                    Ok::<_, tonic::Status>(issued)
+                };
+                match attempt.await {
+                    Ok(issued) => break issued,
+                    Err(status) if Instant::now() < deadline => {
+                        eprintln!("the revocation did not commit ({}); again", status.code());
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(status) => return Err(status.into()),
+                }
+            };
             let token = issued.token;
             let (took, never) = until_all(ports, deadline, move |channel| {
                 let token = token.clone();
@@ -130,7 +188,8 @@ async fn main() -> anyhow::Result<()> {
                             ..Default::default()
                         })
                         .await;
-                    answer.is_ok_and(|a| !a.into_inner().valid)
+                    // Refused for the revocation, not for anything else.
+                    answer.is_ok_and(|a| a.into_inner().reason() == pb::Reason::TokenRevoked)
                 }
             })
             .await;
