@@ -117,28 +117,10 @@ async fn main() -> anyhow::Result<()> {
         Question::Serving => {
             // Health's Watch: each sidecar says when it turns SERVING (no polling, which at a
             // thousand sidecars would itself load the machine being measured).
-            let started = Instant::now();
-            let mut tasks = Vec::new();
-            for port in ports {
-                tasks.push(tokio::spawn(async move {
-                    while Instant::now() < deadline {
-                        if let Ok(channel) = channel(port)
-                            && serving_seen(channel, deadline).await
-                        {
-                            return Some(started.elapsed());
-                        }
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                    None
-                }));
-            }
-            let (mut took, mut never) = (Duration::ZERO, 0);
-            for task in tasks {
-                match task.await.ok().flatten() {
-                    Some(at) => took = took.max(at),
-                    None => never += 1,
-                }
-            }
+            let (took, never) = until_all(ports, deadline, move |channel| {
+                serving_seen(channel, deadline)
+            })
+            .await;
             println!(
                 "{{\"sidecars\": {}, \"all_serving_s\": {:.2}, \"never\": {never}}}",
                 args.sidecars,
