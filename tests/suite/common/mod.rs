@@ -6,12 +6,14 @@ pub mod nats;
 pub mod postgres;
 pub mod process;
 pub mod services;
+pub mod store_proxy;
 pub mod tokens;
 
 pub use app::*;
 pub use nats::*;
 pub use postgres::*;
 pub use process::*;
+pub use store_proxy::*;
 pub use tokens::*;
 
 /// Generates one `#[tokio::test]` per backend for each scenario function.
