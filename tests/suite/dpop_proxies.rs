@@ -3,10 +3,9 @@
 //! configurations of `tests/proxies`. Proofs by panva's `dpop`; the client addresses each proxy
 //! as `http://localhost/hello` (the test client's `Host`).
 //!
-//! The proof's `iat` is the client's real clock, and the Envoy filter reads the fleet's time
-//! from the feed's pages, so here the sidecar's injected clock follows the real one (one second
-//! ahead, so that a proof made just now is never "from the future" to a copy that heard the
-//! time a moment ago). No rule of time is tested here: tests/suite/dpop.rs moves the clock.
+//! The proof's `iat` is the client's real clock: the sidecar's injected clock is set ahead of it
+//! for each proxy's round ([`ahead_of_real_time`]). No rule of time is tested here:
+//! tests/suite/dpop.rs moves the clock for those.
 use std::time::Duration;
 
 use token_sidecar::api::pb;
@@ -20,30 +19,17 @@ use crate::proxies::{Proxy, Running, WasmOptions, start, start_with, upstream, w
 
 const HTU: &str = "http://localhost/hello";
 
-/// Keeps `clock` a second ahead of the real time until dropped.
-struct FollowRealTime(tokio::task::JoinHandle<()>);
-
-impl FollowRealTime {
-    fn start(clock: ManualClock) -> Self {
-        clock.set_ms(real_now_ms() + 1_000);
-        Self(tokio::spawn(async move {
-            loop {
-                clock.set_ms(real_now_ms() + 1_000);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }))
-    }
-}
-
-impl Drop for FollowRealTime {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+/// Sets the sidecar's clock 20 s ahead of the real one before each proxy's round: a proof made
+/// during the round (its `iat` is the client's real clock) is then never "from the future", even
+/// to the Envoy filter, which hears the fleet's time from the feed's pages, and never older than
+/// `--dpop-max-age` (60 s) while the round lasts under 40 s.
+fn ahead_of_real_time(app: &TestApp) {
+    app.clock.set_ms(real_now_ms() + 20_000);
 }
 
 async fn sidecar(nonce: bool) -> TestApp {
     let mut settings = Settings::new(Backend::Sqlite)
-        .clock(ManualClock::new(real_now_ms() + 1_000))
+        .clock(ManualClock::new(real_now_ms() + 20_000))
         .arg("--http-listen", "127.0.0.1:0");
     if nonce {
         settings = settings.flag("--dpop-nonce");
@@ -129,11 +115,11 @@ async fn proxied(which: Proxy, app: &TestApp, dpop_nonce: bool) -> Running {
 async fn every_proxy_admits_a_bound_token_only_with_its_proof() {
     crate::require!(Envoy, Nginx, Traefik, WasmFilter, DpopClient);
     let app = sidecar(false).await;
-    let _time = FollowRealTime::start(app.clock.clone());
     let mut maker = ProofMaker::start();
     let key = maker.key("ES256");
     let other_key = maker.key("ES256");
     for which in EVERY_PROXY {
+        ahead_of_real_time(&app);
         let proxy = proxied(which, &app, false).await;
         let token = bound(&app, &key).await;
         let dpop_auth = format!("DPoP {token}");
@@ -227,10 +213,10 @@ async fn every_proxy_admits_a_bound_token_only_with_its_proof() {
 async fn the_nonce_challenge_reaches_the_client_through_each_proxy() {
     crate::require!(Envoy, Nginx, Traefik, WasmFilter, DpopClient);
     let app = sidecar(true).await;
-    let _time = FollowRealTime::start(app.clock.clone());
     let mut maker = ProofMaker::start();
     let key = maker.key("ES256");
     for which in EVERY_PROXY {
+        ahead_of_real_time(&app);
         let proxy = proxied(which, &app, true).await;
         let token = bound(&app, &key).await;
         let dpop_auth = format!("DPoP {token}");
